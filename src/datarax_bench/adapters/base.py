@@ -1,0 +1,80 @@
+"""The one small interface every framework adapter implements.
+
+An adapter declares what it can do (ops, measures) and builds a loader for one cell. The harness
+does everything else: it times each batch from request to device-ready, delivering every field
+with `jax.device_put` onto the profile's device, so the final work is the same for every adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..catalog import Profile, Workload
+from ..data import Dataset
+
+Batch = Mapping[str, Any]
+
+
+@dataclass
+class CellContext:
+    """Everything a loader needs to build its pipeline for one repetition."""
+
+    workload: Workload
+    dataset: Dataset
+    profile: Profile
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parallelism(self) -> dict[str, int]:
+        return self.profile.parallelism
+
+
+class Loader(ABC):
+    """A built pipeline. `epoch(e)` yields the batches of epoch `e` (drop-remainder)."""
+
+    #: The parallelism this loader really uses (workers, threads, autotune, ...), for the result.
+    parallelism: dict[str, Any]
+
+    @abstractmethod
+    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most loaders hold nothing to release
+        """Release workers, threads and files."""
+
+
+class Adapter(ABC):
+    #: Short id used in file names and on the command line.
+    id: ClassVar[str]
+    #: The name users know.
+    display_name: ClassVar[str]
+    #: Extra names accepted on the command line (case-insensitive).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: pip distributions whose versions go into the result's provenance.
+    distributions: ClassVar[tuple[str, ...]] = ()
+    #: Catalog ops this adapter implements with the reference semantics.
+    ops: ClassVar[frozenset[str]] = frozenset()
+    #: Catalog measures (throughput, checkpoint, ...) this adapter supports.
+    measures: ClassVar[frozenset[str]] = frozenset({"throughput"})
+
+    def support(self, workload: Workload) -> str | None:
+        """None when the adapter runs the workload as specified, else why not (one line)."""
+        if workload.measure not in self.measures:
+            return f"{self.display_name} has no native support for the {workload.measure!r} measurement"
+        for op in workload.ops():
+            if op not in self.ops:
+                return f"{self.display_name} cannot express transform {op!r} with the reference semantics"
+        return None
+
+    @abstractmethod
+    def open(self, ctx: CellContext) -> Loader:
+        """Build the pipeline (the timed setup of a repetition)."""
+
+    def to_host(self, value: Any) -> Any:
+        """What `jax.device_put` receives for one field; override for framework tensors."""
+        return np.asarray(value)

@@ -1,0 +1,304 @@
+"""The scenario catalog (config/scenarios.yaml) and hardware profiles (config/profiles/)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import UserError
+from .schemas import read_yaml, validate
+
+SIZES = ("full", "tiny")
+# Parameters whose string values are names (of fields, ops, dtypes), never dimensions.
+NAME_KEYS = frozenset(
+    {"op", "field", "output", "inputs", "targets", "mask", "merge", "dtype", "kind"}
+)
+# Variant keys that configure a special measurement; a `tiny` block may override some of them.
+OPTION_KEYS = ("backend", "loading", "devices", "checkpoint_after", "epochs")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    generator: dict[str, Any]
+
+    @property
+    def ragged(self) -> bool:
+        return None in self.shape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "generator": self.generator}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One scenario variant with every dimension resolved: what a loader must do."""
+
+    scenario: str
+    scenario_name: str
+    category: str
+    measure: str
+    variant: str
+    size: str
+    num_elements: int
+    batch_size: int
+    fields: dict[str, FieldSpec]
+    transforms: tuple[dict[str, Any], ...]
+    options: dict[str, Any]
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch; the last partial batch is dropped by every adapter."""
+        return self.num_elements // self.batch_size
+
+    def ops(self) -> list[str]:
+        """Every op the pipeline applies, nested chains and branches included, in order."""
+        return list(_iter_ops(self.transforms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_elements": self.num_elements,
+            "batch_size": self.batch_size,
+            "fields": {name: spec.to_dict() for name, spec in self.fields.items()},
+            "transforms": list(self.transforms),
+            "options": self.options,
+        }
+
+
+def _iter_ops(transforms):
+    for step in transforms:
+        if step["op"] == "chain":
+            yield from _iter_ops(chain_steps(step))
+        elif step["op"] == "branch_merge":
+            for branch in step["branches"]:
+                yield from _iter_ops(branch)
+            yield "branch_merge"
+        else:
+            yield step["op"]
+
+
+def chain_steps(step: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `depth` ops of a chain, drawn in order from its cycle, each on the chain's field."""
+    cycle = step["cycle"]
+    return [{**cycle[i % len(cycle)], "field": step["field"]} for i in range(step["depth"])]
+
+
+def _substitute(value: Any, dims: dict[str, int], key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, dims, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, dims, key) for v in value]
+    if isinstance(value, str) and key not in NAME_KEYS:
+        return dims[value]
+    return value
+
+
+def _referenced_dims(value: Any, key: str | None = None) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*(_referenced_dims(v, k) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(_referenced_dims(v, key) for v in value))
+    if isinstance(value, str) and key not in NAME_KEYS:
+        return {value}
+    return set()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    name: str
+    category: str
+    measure: str
+    description: str
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.raw["variants"])
+
+    @property
+    def default_variants(self) -> list[str]:
+        return list(self.raw["default_variants"])
+
+    def resolve(self, variant: str, size: str = "full") -> Workload:
+        if variant not in self.raw["variants"]:
+            raise UserError(
+                f"unknown variant {variant!r} of {self.id}; expected one of {', '.join(self.variants)}"
+            )
+        spec = self.raw["variants"][variant]
+        merged = {k: v for k, v in spec.items() if k != "tiny"}
+        if size == "tiny":
+            tiny = spec["tiny"]
+            merged.update({k: v for k, v in tiny.items() if k != "dims"})
+            merged["dims"] = {**spec["dims"], **tiny.get("dims", {})}
+        dims = merged["dims"]
+        fields = {
+            name: FieldSpec(
+                name=name,
+                shape=tuple(_substitute(f["shape"], dims)),
+                dtype=f["dtype"],
+                generator=_substitute(f["generator"], dims),
+            )
+            for name, f in self.raw["fields"].items()
+        }
+        return Workload(
+            scenario=self.id,
+            scenario_name=self.name,
+            category=self.category,
+            measure=self.measure,
+            variant=variant,
+            size=size,
+            num_elements=merged["num_elements"],
+            batch_size=merged["batch_size"],
+            fields=fields,
+            transforms=tuple(_substitute(copy.deepcopy(self.raw["transforms"]), dims)),
+            options={k: merged[k] for k in OPTION_KEYS if k in merged},
+        )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    scenarios: dict[str, Scenario]
+
+    def get(self, scenario_id: str) -> Scenario:
+        try:
+            return self.scenarios[scenario_id]
+        except KeyError:
+            raise UserError(
+                f"unknown scenario {scenario_id!r}; expected one of {', '.join(self.scenarios)}"
+            ) from None
+
+
+def _check_catalog(doc: dict[str, Any], path: Path) -> None:
+    """What a JSON Schema cannot say: names that must refer to each other."""
+    for sid, s in doc["scenarios"].items():
+        where = f"{path}: scenarios.{sid}"
+        for name in s["default_variants"]:
+            if name not in s["variants"]:
+                raise UserError(
+                    f"{where}.default_variants: unknown variant {name!r}; "
+                    f"expected one of {', '.join(s['variants'])}"
+                )
+        needed = _referenced_dims([f["shape"] for f in s["fields"].values()])
+        needed |= _referenced_dims([f["generator"] for f in s["fields"].values()])
+        needed |= _referenced_dims(s["transforms"])
+        for vname, v in s["variants"].items():
+            missing = sorted(needed - set(v["dims"]))
+            if missing:
+                raise UserError(
+                    f"{where}.variants.{vname}.dims: missing {', '.join(missing)}; "
+                    "expected a value for every dimension the scenario names"
+                )
+        known = set(s["fields"])
+        for i, step in enumerate(s["transforms"]):
+            if step.get("field") not in known:
+                raise UserError(
+                    f"{where}.transforms.{i}.field: got {step.get('field')!r}, "
+                    f"expected one of {', '.join(sorted(known))}"
+                )
+            known |= {step[k] for k in ("output", "inputs", "targets", "mask") if k in step}
+
+
+@cache
+def _load_catalog(path: Path) -> Catalog:
+    doc = read_yaml(path)
+    validate(doc, "catalog", path)
+    _check_catalog(doc, path)
+    scenarios = {
+        sid: Scenario(
+            id=sid,
+            name=s["name"],
+            category=s["category"],
+            measure=s["measure"],
+            description=" ".join(s["description"].split()),
+            raw=s,
+        )
+        for sid, s in doc["scenarios"].items()
+    }
+    return Catalog(path=path, scenarios=scenarios)
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    return _load_catalog(Path(path or paths.catalog_path()).resolve())
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    backend: str
+    size: str
+    seed: int
+    measurement: dict[str, Any]
+    parallelism: dict[str, int]
+    scenarios: list[str]
+    variants: dict[str, list[str]]
+    cloud: dict[str, Any]
+
+    def variants_for(self, scenario: Scenario) -> list[str]:
+        return list(self.variants.get(scenario.id, scenario.default_variants))
+
+    def cells(self, catalog: Catalog, scenarios: list[str] | None = None) -> list[tuple[str, str]]:
+        """(scenario, variant) pairs the profile measures, optionally narrowed to `scenarios`."""
+        chosen = scenarios or self.scenarios
+        return [(sid, v) for sid in chosen for v in self.variants_for(catalog.get(sid))]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "size": self.size,
+            "seed": self.seed,
+            "measurement": self.measurement,
+            "parallelism": self.parallelism,
+        }
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in paths.profiles_dir().glob("*.yaml"))
+
+
+def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
+    path = paths.profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown profile {name!r}; expected one of {', '.join(profile_names())}")
+    doc = read_yaml(path)
+    validate(doc, "profile", path)
+    catalog = catalog or load_catalog()
+    for sid in doc["scenarios"]:
+        if sid not in catalog.scenarios:
+            raise UserError(
+                f"{path}: scenarios: unknown scenario {sid!r}; "
+                f"expected one of {', '.join(catalog.scenarios)}"
+            )
+    for sid, names in doc.get("variants", {}).items():
+        scenario = catalog.scenarios.get(sid)
+        if scenario is None:
+            raise UserError(
+                f"{path}: variants.{sid}: unknown scenario; "
+                f"expected one of {', '.join(catalog.scenarios)}"
+            )
+        for v in names:
+            if v not in scenario.variants:
+                raise UserError(
+                    f"{path}: variants.{sid}: unknown variant {v!r}; "
+                    f"expected one of {', '.join(scenario.variants)}"
+                )
+    return Profile(
+        name=name,
+        description=doc["description"],
+        backend=doc["backend"],
+        size=doc["size"],
+        seed=doc["seed"],
+        measurement=doc["measurement"],
+        parallelism=doc["parallelism"],
+        scenarios=list(doc["scenarios"]),
+        variants={k: list(v) for k, v in doc.get("variants", {}).items()},
+        cloud=doc["cloud"],
+    )

@@ -1,0 +1,255 @@
+"""`datarax-bench`: list, run, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the problem, exit code 2 (not argparse's usage dump)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """`--scenarios A B`, `--scenarios A,B` and repeated flags all mean the same."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+# --- list ------------------------------------------------------------------------------------
+
+
+def support_matrix(profile=None) -> dict[str, dict[str, str]]:
+    """scenario -> adapter -> 'yes' | 'unsupported: ...' | 'not implemented', over the variants
+    the profile selects (all variants without a profile)."""
+    from .adapters import all_adapters
+    from .catalog import load_catalog
+    from .harness import IMPLEMENTED_MEASURES
+
+    catalog = load_catalog()
+    ids = profile.scenarios if profile else list(catalog.scenarios)
+    matrix: dict[str, dict[str, str]] = {}
+    for sid in ids:
+        scenario = catalog.get(sid)
+        variants = profile.variants_for(scenario) if profile else scenario.variants
+        size = profile.size if profile else "full"
+        row = {}
+        for adapter in all_adapters():
+            if scenario.measure not in IMPLEMENTED_MEASURES:
+                row[adapter.id] = "not implemented"
+                continue
+            reasons = [adapter.support(scenario.resolve(v, size)) for v in variants]
+            reason = next((r for r in reasons if r), None)
+            row[adapter.id] = f"unsupported: {reason}" if reason else "yes"
+        matrix[sid] = row
+    return matrix
+
+
+def cmd_list(args) -> int:
+    from .adapters import all_adapters
+    from .catalog import load_catalog, load_profile, profile_names
+
+    catalog = load_catalog()
+    profile = load_profile(args.profile, catalog) if args.profile else None
+    matrix = support_matrix(profile)
+    adapters = all_adapters()
+    if args.json:
+        doc = {
+            "scenarios": {
+                sid: {
+                    "name": s.name,
+                    "category": s.category,
+                    "measure": s.measure,
+                    "variants": s.variants,
+                    "default_variants": s.default_variants,
+                }
+                for sid, s in catalog.scenarios.items()
+            },
+            "profiles": profile_names(),
+            "adapters": {a.id: a.display_name for a in adapters},
+            "support": matrix,
+        }
+        if profile:
+            doc["cells"] = [{"scenario": s, "variant": v} for s, v in profile.cells(catalog)]
+        print(json.dumps(doc, indent=2))
+        return 0
+
+    print("Scenarios:")
+    for sid, s in catalog.scenarios.items():
+        if profile and sid not in profile.scenarios:
+            continue
+        chosen = profile.variants_for(s) if profile else s.default_variants
+        variants = ", ".join(f"{v}*" if v in chosen else v for v in s.variants)
+        print(f"  {sid:7} {s.name} [{s.measure}]  variants: {variants}")
+    print("  (* = measured by " + (f"profile {profile.name})" if profile else "default)"))
+    print("\nProfiles:")
+    for name in profile_names():
+        p = load_profile(name, catalog)
+        print(f"  {name:9} {p.backend:4} {p.description}")
+    print("\nAdapters:")
+    for a in adapters:
+        print(f"  {a.id:8} {a.display_name}")
+    print("\nSupport" + (f" (profile {profile.name})" if profile else "") + ":")
+    width = max(len(a.id) for a in adapters) + 2
+    print("  " + " " * 8 + "".join(f"{a.id:>{width}}" for a in adapters))
+    notes = []
+    for sid, row in matrix.items():
+        cells = []
+        for a in adapters:
+            status = row[a.id]
+            mark = {"yes": "yes", "not implemented": "n/i"}.get(status, "no")
+            if mark == "no":
+                notes.append(f"  {sid} × {a.id}: {status}")
+            cells.append(f"{mark:>{width}}")
+        print(f"  {sid:8}" + "".join(cells))
+    if notes:
+        print("\n" + "\n".join(notes))
+    return 0
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from .catalog import load_catalog, load_profile
+    from .runner import describe, resolve_cell, run_cell, run_matrix
+
+    if bool(args.output) == bool(args.output_dir):
+        raise UserError("run: pass exactly one of --output FILE (one cell) or --output-dir DIR")
+    catalog = load_catalog()
+    profile = load_profile(args.profile, catalog)
+    scenarios = _split(args.scenarios)
+    adapters = _split(args.adapters)
+    for sid in scenarios or []:
+        catalog.get(sid)
+
+    if args.output_dir:
+        if args.variant:
+            raise UserError(
+                "run: --variant selects one cell; use it with --output, not --output-dir"
+            )
+        summary = run_matrix(profile, Path(args.output_dir), scenarios, adapters, catalog)
+        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
+        print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
+        return 0
+
+    if not scenarios or len(scenarios) != 1 or not adapters or len(adapters) != 1:
+        raise UserError("run --output: pass exactly one --scenario and one --adapter")
+    scenario = catalog.get(scenarios[0])
+    if args.variant:
+        variant = args.variant
+        scenario.resolve(variant)  # validates the name
+    else:
+        options = profile.variants_for(scenario)
+        if len(options) != 1:
+            raise UserError(
+                f"run: profile {profile.name} measures {scenario.id} in variants "
+                f"{', '.join(options)}; pass --variant"
+            )
+        variant = options[0]
+    cell = resolve_cell(profile, catalog, scenario.id, variant, adapters[0])
+    result = run_cell(cell, Path(args.output))
+    print(f"{cell.label}: {describe(result)} -> {args.output}")
+    return 0
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def hardware_report(profile) -> dict[str, Any]:
+    if profile.backend == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax  # noqa: F401  (imported so that provenance reports the backend)
+
+    from . import provenance
+    from .adapters import all_adapters
+
+    distributions = [d for a in all_adapters() for d in a.distributions]
+    report = provenance.collect(distributions)
+    report["profile"] = profile.name
+    report["expected_backend"] = profile.backend
+    report["backend_ok"] = report["jax"]["backend"] == profile.backend
+    return report
+
+
+def cmd_doctor(args) -> int:
+    from .catalog import load_profile
+    from .results import write_json_atomic
+
+    profile = load_profile(args.profile)
+    report = hardware_report(profile)
+    jax_info = report["jax"]
+    print(f"profile:      {profile.name} (expects backend {profile.backend})")
+    print(f"jax backend:  {jax_info['backend']}")
+    print(f"devices:      {jax_info['device_count']} x {jax_info['device_kind']}")
+    for d in jax_info["devices"]:
+        print(f"              {d}")
+    print(f"cpu:          {report['cpu']['model']} ({report['cpu']['usable_cores']} usable cores)")
+    print(f"memory:       {report['memory_bytes'] / 2**30:.1f} GiB")
+    print(f"git commit:   {report['git_commit']}")
+    for name, version in report["packages"].items():
+        print(f"  {name:22} {version or 'not installed'}")
+    if args.json:
+        write_json_atomic(Path(args.json), report)
+    if not report["backend_ok"]:
+        print(
+            f"doctor: JAX backend is {jax_info['backend']!r} but profile {profile.name} "
+            f"expects {profile.backend!r}; JAX fell back or the wrong jax build is installed",
+            file=sys.stderr,
+        )
+        return 1
+    print("doctor: ok")
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="datarax-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="scenarios, variants, profiles, adapters and support")
+    p.add_argument("--profile", help="show what this profile measures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="measure one cell (--output) or a matrix (--output-dir)")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--scenario", "--scenarios", dest="scenarios", nargs="+", action="extend")
+    p.add_argument("--variant")
+    p.add_argument("--adapter", "--adapters", dest="adapters", nargs="+", action="extend")
+    p.add_argument("--output", help="result JSON of one cell")
+    p.add_argument("--output-dir", help="directory for a whole matrix")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", help="check that JAX sees the profile's backend")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--json", help="also write the hardware report to this file")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

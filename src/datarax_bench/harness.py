@@ -1,0 +1,233 @@
+"""Measuring one cell: setup -> untimed warmup -> timed window -> teardown, R times.
+
+Each batch is timed from the moment it is requested until every field is device-ready
+(`jax.device_put` onto the profile's device, then blocked on). The harness adds two clock
+reads and a few list appends per batch; tests/perf/bench_harness.py shows what that costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import psutil
+
+from . import stats
+from .adapters.base import Adapter, Batch, CellContext
+from .catalog import Profile, Workload
+from .data import Dataset
+
+Delivered = dict[str, Any]
+
+#: Measures the harness implements today; the others are declared in the catalog and end as
+#: `not_implemented` without running a loader.
+IMPLEMENTED_MEASURES = frozenset({"throughput"})
+RSS_SAMPLE_INTERVAL_S = 0.05
+
+
+def batch_digest(batch: Mapping[str, Any]) -> str:
+    """SHA-256 over every field in name order: name, dtype, shape, then the C-order bytes."""
+    h = hashlib.sha256()
+    for name in sorted(batch):
+        arr = np.ascontiguousarray(np.asarray(batch[name]))
+        h.update(name.encode())
+        h.update(arr.dtype.str.encode())
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def make_delivery(adapter: Adapter, device=None) -> Callable[[Batch], Delivered]:
+    """The delivery contract: every field put on `device` (default: JAX's first) and ready."""
+    import jax
+
+    target = device if device is not None else jax.devices()[0]
+    to_host = adapter.to_host
+    put = jax.device_put
+    ready = jax.block_until_ready
+
+    def deliver(batch: Batch) -> Delivered:
+        out = {name: put(to_host(value), target) for name, value in batch.items()}
+        ready(out)
+        return out
+
+    return deliver
+
+
+class RssSampler:
+    """Peak resident memory of this process and its children (loader workers), sampled."""
+
+    def __init__(self, interval: float = RSS_SAMPLE_INTERVAL_S):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._process = psutil.Process()
+
+    def sample(self) -> None:
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def _stream(loader) -> Iterator[Batch]:
+    """Batches across epoch boundaries, for as long as the harness asks."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in loader.epoch(epoch):
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the loader produced no batch in an epoch")
+        epoch += 1
+
+
+def _device_peak_bytes(device) -> int | None:
+    try:
+        memory = device.memory_stats() if device is not None else None
+    except Exception:  # backends without memory stats raise or return None
+        return None
+    if not memory:
+        return None
+    peak = memory.get("peak_bytes_in_use")
+    return int(peak) if peak is not None else None
+
+
+def measure_repetition(
+    index: int,
+    adapter: Adapter,
+    ctx: CellContext,
+    deliver: Callable[[Batch], Delivered],
+    device=None,
+) -> dict[str, Any]:
+    m = ctx.profile.measurement
+    batch_size = ctx.workload.batch_size
+    clock = time.perf_counter
+
+    setup_start = clock()
+    loader = adapter.open(ctx)
+    setup_s = clock() - setup_start
+    try:
+        batches = _stream(loader)
+        first = deliver(next(batches))
+        time_to_first_batch = clock() - setup_start
+        first_digest = batch_digest(first)
+        del first
+        for _ in range(max(0, m["warmup_batches"] - 1)):
+            deliver(next(batches))
+
+        min_batches, min_seconds = m["min_batches"], m["min_seconds"]
+        latencies: list[float] = []
+        total_bytes = 0
+        with RssSampler() as rss:
+            window_start = now = clock()
+            while len(latencies) < min_batches or now - window_start < min_seconds:
+                requested = now
+                out = deliver(next(batches))
+                now = clock()
+                latencies.append(now - requested)
+                total_bytes += sum(v.nbytes for v in out.values())
+        window_s = now - window_start
+        parallelism = dict(getattr(loader, "parallelism", {}))
+    finally:
+        loader.close()
+
+    n = len(latencies)
+    elements = n * batch_size
+    return {
+        "index": index,
+        "batches": n,
+        "elements": elements,
+        "bytes": int(total_bytes),
+        "window_s": window_s,
+        "epochs": elements / ctx.workload.num_elements,
+        "elements_per_s": elements / window_s,
+        "bytes_per_s": total_bytes / window_s,
+        "latency_ms": stats.latency_summary_ms(latencies),
+        "time_to_first_batch_s": time_to_first_batch,
+        "setup_s": setup_s,
+        "peak_rss_bytes": int(rss.peak),
+        "device_peak_bytes": _device_peak_bytes(device),
+        "first_batch_sha256": first_digest,
+        "_parallelism": parallelism,
+    }
+
+
+def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    digests = {r["first_batch_sha256"] for r in reps}
+    device_peaks = [r["device_peak_bytes"] for r in reps if r["device_peak_bytes"] is not None]
+
+    def median(key):
+        return float(np.median([r[key] for r in reps]))
+
+    def latency_median(p):
+        return float(np.median([r["latency_ms"][p] for r in reps]))
+
+    return {
+        "repetitions": len(reps),
+        "elements_per_s": stats.summarize([r["elements_per_s"] for r in reps]),
+        "bytes_per_s_median": median("bytes_per_s"),
+        "latency_ms_p50_median": latency_median("p50"),
+        "latency_ms_p95_median": latency_median("p95"),
+        "latency_ms_p99_median": latency_median("p99"),
+        "time_to_first_batch_s_median": median("time_to_first_batch_s"),
+        "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in reps),
+        "device_peak_bytes_max": max(device_peaks) if device_peaks else None,
+        "first_batch_sha256": reps[0]["first_batch_sha256"],
+        "first_batch_consistent": len(digests) == 1,
+    }
+
+
+def measure_cell(
+    adapter: Adapter,
+    workload: Workload,
+    dataset: Dataset,
+    profile: Profile,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """All repetitions of one cell (all kept), their statistics, and the parallelism used."""
+    import jax
+
+    device = jax.devices()[0]
+    deliver = make_delivery(adapter, device)
+    ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed)
+    reps = []
+    for r in range(profile.measurement["repetitions"]):
+        rep = measure_repetition(r, adapter, ctx, deliver, device)
+        reps.append(rep)
+        if progress:
+            progress(
+                f"repetition {r + 1}/{profile.measurement['repetitions']}: "
+                f"{rep['elements_per_s']:.1f} elements/s over {rep['batches']} batches"
+            )
+    parallelism = reps[-1].get("_parallelism", {})
+    for rep in reps:
+        rep.pop("_parallelism", None)
+    return {
+        "repetitions": reps,
+        "statistics": summarize_repetitions(reps),
+        "parallelism": parallelism,
+    }

@@ -1,0 +1,130 @@
+"""Where and with what a result was measured. Never includes a secret."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+import psutil
+
+from . import paths
+
+#: Set by the cloud task files: the synced tree there has no `.git`.
+GIT_COMMIT_ENV = "DATARAX_BENCH_GIT_COMMIT"
+_ENV_RECORDED = re.compile(
+    r"^(JAX_|XLA_|TF_|CUDA_|NVIDIA_|TPU_|LIBTPU_|NCCL_|OMP_|MKL_|OPENBLAS_|PYTORCH_|TORCH_|"
+    r"GRAIN_|DATARAX_|PYTHONHASHSEED$|PYTHONDONTWRITEBYTECODE$|WANDB_MODE$|SKYPILOT_TASK_ID$)"
+)
+_ENV_SECRET = re.compile(
+    r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION|CERT", re.I
+)
+BASE_DISTRIBUTIONS = ("numpy", "jax", "jaxlib", "datarax")
+
+
+def recorded_environment(environ=None) -> dict[str, str]:
+    """Variables that change what is measured, minus anything whose name suggests a secret."""
+    environ = os.environ if environ is None else environ
+    return {
+        k: v
+        for k, v in sorted(environ.items())
+        if _ENV_RECORDED.match(k) and not _ENV_SECRET.search(k)
+    }
+
+
+@cache
+def git_info() -> tuple[str | None, bool | None]:
+    root = paths.project_root()
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+            return commit, bool(dirty)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return os.environ.get(GIT_COMMIT_ENV) or None, None
+
+
+def package_versions(names) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@cache
+def cpu_info() -> dict[str, Any]:
+    model = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": usable,
+    }
+
+
+def jax_info() -> dict[str, Any] | None:
+    """JAX backend and devices, only if this process has already imported jax."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return None
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_count": len(devices),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind if devices else None,
+    }
+
+
+def gpu_name(jax_details: dict[str, Any] | None) -> str | None:
+    if jax_details and jax_details["backend"] == "gpu":
+        return jax_details["device_kind"]
+    return None
+
+
+def collect(distributions=()) -> dict[str, Any]:
+    commit, dirty = git_info()
+    jax_details = jax_info()
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "packages": package_versions(dict.fromkeys([*BASE_DISTRIBUTIONS, *distributions])),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu": cpu_info(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "jax": jax_details,
+        "gpu": gpu_name(jax_details),
+        "environment": recorded_environment(),
+    }

@@ -1,0 +1,278 @@
+"""The reference semantics of every catalog op, in plain NumPy.
+
+This module *defines* what each transform does; the NumPy reference adapter runs it as is and
+every framework adapter must reproduce it (conformance tests compare against it).
+
+Randomness is per element: element `i` of epoch `e` draws from
+`np.random.default_rng([seed, e, i])`, in op order, so results do not depend on batching,
+worker count or iteration order. Images are channel-last (H, W, C); volumes (D, H, W, C).
+Arithmetic ops compute in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from .catalog import chain_steps
+
+Element = dict[str, np.ndarray]
+F32 = np.float32
+
+# Ops that work on a whole batch (they need every element's shape); they come last.
+BATCH_OPS = frozenset({"pad_batch"})
+# 32-bit multiplicative hash constant (MurmurHash2's m): below 2**31, so the product of a
+# 32-bit id and it fits in int64 in every framework.
+HASH_MULTIPLIER = 0x5BD1E995
+MASK32 = 0xFFFFFFFF
+
+
+def element_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+# --- random parameter draws (shared so that frameworks can reuse the exact sampling) ---------
+
+
+def sample_resized_crop_box(
+    rng: np.random.Generator, height: int, width: int, scale, ratio
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) like torchvision's RandomResizedCrop: 10 tries, then a centre crop."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres and no antialiasing, float32 out.
+
+    The same convention as `tf.image.resize(method='bilinear', antialias=False)`,
+    `torch.nn.functional.interpolate(mode='bilinear', align_corners=False)` and
+    `jax.image.resize(method='linear')` when upsampling.
+    """
+    in_h, in_w = image.shape[:2]
+    img = image.astype(F32, copy=False)
+
+    def axis(n_in: int, n_out: int):
+        src = (np.arange(n_out, dtype=F32) + F32(0.5)) * F32(n_in / n_out) - F32(0.5)
+        src = np.clip(src, 0, n_in - 1)
+        lo = np.floor(src).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (src - lo).astype(F32)
+
+    y0, y1, wy = axis(in_h, out_h)
+    x0, x1, wx = axis(in_w, out_w)
+    wy = wy[:, None, None]
+    wx = wx[None, :, None]
+    rows = img[y0] * (1 - wy) + img[y1] * wy
+    return (rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(F32, copy=False)
+
+
+@cache
+def embedding_table(num_rows: int, dim: int, table_seed: int) -> np.ndarray:
+    """The fixed embedding table of TAB-2: N(0, 0.01²) float32, read-only."""
+    table = np.random.default_rng(table_seed).normal(0.0, 0.01, size=(num_rows, dim)).astype(F32)
+    table.setflags(write=False)
+    return table
+
+
+def hash_ids(ids: np.ndarray, num_buckets: int) -> np.ndarray:
+    """((id mod 2³²)·m mod 2³², xor-shifted by 15) mod num_buckets, all in int64."""
+    h = ((ids.astype(np.int64) & MASK32) * HASH_MULTIPLIER) & MASK32
+    h ^= h >> 15
+    return h % num_buckets
+
+
+# --- element ops: (array, params, rng) -> array ---------------------------------------------
+
+
+def _random_resized_crop(x, p, rng):
+    top, left, h, w = sample_resized_crop_box(rng, x.shape[0], x.shape[1], p["scale"], p["ratio"])
+    return resize_bilinear(x[top : top + h, left : left + w], *p["size"])
+
+
+def _random_horizontal_flip(x, p, rng):
+    return x[:, ::-1] if rng.random() < p["p"] else x
+
+
+def _normalize(x, p, rng):
+    mean = np.asarray(p["mean"], dtype=F32)
+    std = np.asarray(p["std"], dtype=F32)
+    return (x.astype(F32) - mean) / std
+
+
+def _random_crop_3d(x, p, rng):
+    d, h, w = p["size"]
+    z0 = int(rng.integers(0, x.shape[0] - d + 1))
+    y0 = int(rng.integers(0, x.shape[1] - h + 1))
+    x0 = int(rng.integers(0, x.shape[2] - w + 1))
+    return x[z0 : z0 + d, y0 : y0 + h, x0 : x0 + w]
+
+
+def _zscore(x, p, rng):
+    v = x.astype(F32)
+    return (v - v.mean(dtype=F32)) / (v.std(dtype=F32) + F32(p["epsilon"]))
+
+
+def _random_window(x, p, rng):
+    start = int(rng.integers(0, x.shape[0] - p["length"] + 1))
+    return x[start : start + p["length"]]
+
+
+def _truncate(x, p, rng):
+    return x[: p["max_length"]]
+
+
+def _standardize(x, p, rng):
+    return (x.astype(F32) - F32(p["mean"])) / F32(p["std"])
+
+
+def _log1p(x, p, rng):
+    return np.log1p(np.maximum(x.astype(F32), F32(0)))
+
+
+def _hash_bucket(x, p, rng):
+    return hash_ids(x, p["num_buckets"])
+
+
+def _multiply(x, p, rng):
+    return x.astype(F32) * F32(p["factor"])
+
+
+def _add(x, p, rng):
+    return x.astype(F32) + F32(p["value"])
+
+
+def _random_brightness(x, p, rng):
+    return x.astype(F32) + F32(rng.uniform(-p["max_delta"], p["max_delta"]))
+
+
+def _clip(x, p, rng):
+    return np.clip(x.astype(F32), F32(p["low"]), F32(p["high"]))
+
+
+def _gaussian_noise(x, p, rng):
+    return x.astype(F32) + rng.normal(0.0, p["std"], size=x.shape).astype(F32)
+
+
+def _cast(x, p, rng):
+    return x.astype(p["dtype"])
+
+
+FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], np.random.Generator], np.ndarray]] = {
+    "random_resized_crop": _random_resized_crop,
+    "random_horizontal_flip": _random_horizontal_flip,
+    "normalize": _normalize,
+    "random_crop_3d": _random_crop_3d,
+    "zscore": _zscore,
+    "random_window": _random_window,
+    "truncate": _truncate,
+    "standardize": _standardize,
+    "log1p": _log1p,
+    "hash_bucket": _hash_bucket,
+    "multiply": _multiply,
+    "add": _add,
+    "random_brightness": _random_brightness,
+    "clip": _clip,
+    "gaussian_noise": _gaussian_noise,
+    "cast": _cast,
+}
+ELEMENT_OPS = frozenset(FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge"}
+ALL_OPS = ELEMENT_OPS | BATCH_OPS
+
+
+def _apply_step(step: Mapping[str, Any], element: Element, rng: np.random.Generator) -> None:
+    op, name = step["op"], step["field"]
+    if op == "chain":
+        for sub in chain_steps(dict(step)):
+            _apply_step(sub, element, rng)
+    elif op == "shift_targets":
+        tokens = element.pop(name)
+        element[step["inputs"]] = tokens[:-1]
+        element[step["targets"]] = tokens[1:]
+    elif op == "embedding_lookup":
+        table = embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+        element[step["output"]] = table[element.pop(name)]
+    elif op == "branch_merge":
+        source = element[name]
+        outputs = []
+        for branch in step["branches"]:
+            scratch = {name: source}
+            for sub in branch:
+                _apply_step({**sub, "field": name}, scratch, rng)
+            outputs.append(scratch[name].astype(F32))
+        # Only `mean` exists in the catalog schema today.
+        element[name] = (sum(outputs[1:], outputs[0]) / F32(len(outputs))).astype(F32)
+    else:
+        element[name] = FIELD_OPS[op](element[name], step, rng)
+
+
+def apply_element(
+    transforms: Iterable[Mapping[str, Any]], element: Mapping[str, np.ndarray], rng
+) -> Element:
+    """Every element-level transform, in catalog order, on a copy of the element's dict."""
+    out = dict(element)
+    for step in transforms:
+        if step["op"] not in BATCH_OPS:
+            _apply_step(step, out, rng)
+    return out
+
+
+def pad_batch(sequences: list[np.ndarray], multiple: int, pad_value: int):
+    """Pad to the batch's longest length rounded up to `multiple`; mask is 1 on real tokens."""
+    longest = max(len(s) for s in sequences)
+    length = max(multiple, -(-longest // multiple) * multiple)
+    tokens = np.full((len(sequences), length), pad_value, dtype=sequences[0].dtype)
+    mask = np.zeros((len(sequences), length), dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return tokens, mask
+
+
+def collate(transforms: Iterable[Mapping[str, Any]], elements: list[Element]) -> Element:
+    """Stack transformed elements into a batch, then apply the batch-level ops."""
+    batch_steps = {s["field"]: s for s in transforms if s["op"] in BATCH_OPS}
+    batch: Element = {}
+    for name in elements[0]:
+        column = [e[name] for e in elements]
+        step = batch_steps.get(name)
+        if step is not None:
+            batch[name], batch[step["mask"]] = pad_batch(
+                column, step["multiple"], step["pad_value"]
+            )
+        else:
+            batch[name] = np.stack(column)
+    return batch
+
+
+def reference_batch(
+    dataset, transforms, seed: int, epoch: int, batch_index: int, batch_size: int
+) -> Element:
+    """Batch `batch_index` of `epoch` exactly as the reference defines it (tests use this)."""
+    start = batch_index * batch_size
+    elements = [
+        apply_element(transforms, dataset.element(i), element_rng(seed, epoch, i))
+        for i in range(start, start + batch_size)
+    ]
+    return collate(transforms, elements)

@@ -1,0 +1,236 @@
+"""Running cells: each in its own worker process, under the profile's timeout.
+
+The supervisor never imports a loader framework. It decides `not_implemented` and
+`unsupported` without starting a worker, kills a worker's whole process group when the cell
+exceeds its timeout, and turns a crashed worker into a `failed` result: every cell ends with a
+valid result file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .adapters import Adapter, get_adapter
+from .catalog import Catalog, Profile, Workload, load_catalog
+from .cell import CellClock, make_result
+from .errors import UserError
+from .harness import IMPLEMENTED_MEASURES
+from .results import cell_path, load_result, utc_now, write_json_atomic, write_result
+
+_LOG_TAIL_LINES = 40
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Cell:
+    profile: Profile
+    workload: Workload
+    adapter: Adapter
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
+
+
+def resolve_cell(
+    profile: Profile, catalog: Catalog, scenario: str, variant: str, adapter: str
+) -> Cell:
+    workload = catalog.get(scenario).resolve(variant, profile.size)
+    return Cell(profile, workload, get_adapter(adapter))
+
+
+def static_status(cell: Cell) -> tuple[str, str] | None:
+    """(status, reason) for a cell that must not run a loader at all, else None."""
+    w = cell.workload
+    if w.measure not in IMPLEMENTED_MEASURES:
+        return (
+            "not_implemented",
+            f"{w.scenario} measures {w.measure!r}, which the harness does not implement yet; "
+            "nothing was timed",
+        )
+    reason = cell.adapter.support(w)
+    if reason:
+        return "unsupported", reason
+    return None
+
+
+def _log_tail(path: Path) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+
+
+def _run_worker(cell: Cell, clock: CellClock, output: Path) -> dict[str, Any]:
+    timeout = cell.profile.measurement["timeout_s"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".worker", dir=output.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    worker_output = Path(tmp_name)
+    log_path = worker_output.with_suffix(".log")
+    cmd = [
+        sys.executable,
+        "-m",
+        "datarax_bench.worker",
+        "--profile",
+        cell.profile.name,
+        "--scenario",
+        cell.workload.scenario,
+        "--variant",
+        cell.workload.variant,
+        "--adapter",
+        cell.adapter.id,
+        "--output",
+        str(worker_output),
+    ]
+    try:
+        with open(log_path, "w") as log:
+            # A new session, so that a timeout kills the worker's own workers too.
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return make_result(
+                    "timeout",
+                    f"cell exceeded the profile's timeout of {timeout:g} s; its processes were killed",
+                    cell.profile,
+                    cell.workload,
+                    cell.adapter,
+                    clock,
+                )
+        if worker_output.exists():
+            try:
+                return load_result(worker_output)
+            except UserError as exc:
+                detail = f"the worker wrote an invalid result ({exc})"
+        else:
+            lines = [ln for ln in _log_tail(log_path).splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else "no output"
+            detail = f"the worker exited with code {returncode} without a result: {last}"
+        return make_result(
+            "failed",
+            detail[:500],
+            cell.profile,
+            cell.workload,
+            cell.adapter,
+            clock,
+            error=_log_tail(log_path),
+        )
+    finally:
+        if log_path.exists():
+            sys.stderr.write(log_path.read_text(errors="replace"))
+            log_path.unlink()
+        worker_output.unlink(missing_ok=True)
+
+
+def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
+    """Measure (or classify) one cell and write its result atomically to `output`."""
+    clock = CellClock()
+    decided = static_status(cell)
+    if decided:
+        result = make_result(*decided, cell.profile, cell.workload, cell.adapter, clock)
+    else:
+        result = _run_worker(cell, clock, Path(output))
+    write_result(Path(output), result)
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    if result["status"] == "ok":
+        s = result["statistics"]["elements_per_s"]
+        return f"ok {s['median']:.1f} elements/s (CV {s['cv'] * 100:.1f}%)"
+    return f"{result['status']}: {result['reason']}"
+
+
+def summary_row(result: dict[str, Any], path: str) -> dict[str, Any]:
+    row = {
+        **{k: result["cell"][k] for k in ("scenario", "variant", "adapter", "measure")},
+        "status": result["status"],
+        "reason": result["reason"],
+        "path": path,
+    }
+    if result["status"] == "ok":
+        row.update(
+            {f"elements_per_s_{k}": v for k, v in result["statistics"]["elements_per_s"].items()}
+        )
+    return row
+
+
+def run_matrix(
+    profile: Profile,
+    output_dir: Path,
+    scenarios: list[str] | None = None,
+    adapters: list[str] | None = None,
+    catalog: Catalog | None = None,
+) -> dict[str, Any]:
+    """Every (scenario, variant, adapter) cell of the profile, one after another.
+
+    Writes raw/S/V/A.json per cell, then manifest.json (what was run, file hashes) and
+    summary.json (one row per cell). All names are checked before anything is written.
+    """
+    from .adapters import all_adapters
+
+    catalog = catalog or load_catalog()
+    chosen = [get_adapter(a) for a in adapters] if adapters else all_adapters()
+    pairs = profile.cells(catalog, scenarios)
+    cells = [resolve_cell(profile, catalog, s, v, a.id) for s, v in pairs for a in chosen]
+    output_dir = Path(output_dir)
+    started = utc_now()
+    entries = []
+    for i, cell in enumerate(cells, 1):
+        path = cell_path(output_dir, cell.workload.scenario, cell.workload.variant, cell.adapter.id)
+        t0 = time.monotonic()
+        _say(f"[{i}/{len(cells)}] {cell.label} ...")
+        result = run_cell(cell, path)
+        _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
+        rel = str(path.relative_to(output_dir))
+        entries.append((result, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+
+    commit = entries[0][0]["provenance"]["git_commit"] if entries else None
+    manifest = {
+        "schema_version": 1,
+        "profile": profile.name,
+        "settings": profile.settings(),
+        "git_commit": commit,
+        "started": started,
+        "finished": utc_now(),
+        "cells": [
+            {
+                **{k: r["cell"][k] for k in ("scenario", "variant", "adapter")},
+                "status": r["status"],
+                "path": rel,
+                "sha256": digest,
+            }
+            for r, rel, digest in entries
+        ],
+    }
+    counts: dict[str, int] = {}
+    for r, _, _ in entries:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = {
+        "profile": profile.name,
+        "counts": counts,
+        "cells": [summary_row(r, rel) for r, rel, _ in entries],
+    }
+    write_json_atomic(output_dir / "manifest.json", manifest)
+    write_json_atomic(output_dir / "summary.json", summary)
+    return summary

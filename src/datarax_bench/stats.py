@@ -1,0 +1,54 @@
+"""Statistics across repetitions: median, bootstrap CI, coefficient of variation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+# Fixed so that the same repetitions always give the same interval.
+BOOTSTRAP_SEED = 20260101
+
+
+def bootstrap_ci(values, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 1:
+        return float(data[0]), float(data[0])
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    samples = rng.choice(data, size=(BOOTSTRAP_RESAMPLES, data.size), replace=True)
+    medians = np.median(samples, axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def coefficient_of_variation(values) -> float:
+    data = np.asarray(values, dtype=float)
+    if data.size < 2 or data.mean() == 0:
+        return 0.0
+    return float(data.std(ddof=1) / data.mean())
+
+
+def summarize(values) -> dict[str, float]:
+    data = np.asarray(values, dtype=float)
+    low, high = bootstrap_ci(data)
+    return {
+        "median": float(np.median(data)),
+        "ci95_low": low,
+        "ci95_high": high,
+        "cv": coefficient_of_variation(data),
+        "min": float(data.min()),
+        "max": float(data.max()),
+    }
+
+
+def latency_summary_ms(latencies_s) -> dict[str, float]:
+    ms = np.asarray(latencies_s, dtype=float) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "mean": float(ms.mean()),
+        "max": float(ms.max()),
+    }

@@ -1,0 +1,60 @@
+"""The measuring process of one cell: `python -m datarax_bench.worker ...`.
+
+Started by `datarax_bench.runner`, which enforces the timeout and turns crashes into `failed`
+results. It imports exactly one framework, so frameworks never interfere with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .adapters import get_adapter
+from .catalog import load_catalog, load_profile
+from .cell import CellClock, make_result
+from .data import materialize
+from .results import write_result
+
+
+def _log(message: str) -> None:
+    print(f"[worker] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datarax_bench.worker")
+    for name in ("profile", "scenario", "variant", "adapter", "output"):
+        parser.add_argument(f"--{name}", required=True)
+    args = parser.parse_args(argv)
+
+    clock = CellClock()
+    catalog = load_catalog()
+    profile = load_profile(args.profile, catalog)
+    workload = catalog.get(args.scenario).resolve(args.variant, profile.size)
+    adapter = get_adapter(args.adapter)
+    if profile.backend == "cpu":
+        # Keep JAX from probing for accelerators that a CPU profile does not measure.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    try:
+        from .harness import measure_cell
+
+        dataset = materialize(workload, profile.seed)
+        _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
+        body = measure_cell(adapter, workload, dataset, profile, progress=_log)
+        result = make_result("ok", None, profile, workload, adapter, clock, **body)
+        result["workload"]["data_digest"] = dataset.digest
+    except Exception as exc:  # a failure is data: record it, never only print it
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"{type(exc).__name__}: {first_line}"[:500]
+        _log(f"failed: {reason}")
+        result = make_result(
+            "failed", reason, profile, workload, adapter, clock, error=traceback.format_exc()
+        )
+    write_result(args.output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
