@@ -195,23 +195,38 @@ def run_matrix(
     cells = [resolve_cell(profile, catalog, s, v, a.id) for s, v in pairs for a in chosen]
     output_dir = Path(output_dir)
     started = utc_now()
-    entries = []
+    results = []
     for i, cell in enumerate(cells, 1):
         path = cell_path(output_dir, cell.workload.scenario, cell.workload.variant, cell.adapter.id)
         t0 = time.monotonic()
         _say(f"[{i}/{len(cells)}] {cell.label} ...")
         result = run_cell(cell, path)
         _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
-        rel = str(path.relative_to(output_dir))
-        entries.append((result, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+        results.append(result)
+    return write_run_index(profile, output_dir, results, started)
 
-    commit = entries[0][0]["provenance"]["git_commit"] if entries else None
+
+def write_run_index(
+    profile: Profile, output_dir: Path, results: list[dict[str, Any]], started: str | None = None
+) -> dict[str, Any]:
+    """manifest.json (what was run, with file hashes) and summary.json (a row per cell).
+
+    Shared by `run --output-dir` and the workflow, so that both produce the same layout.
+    """
+    output_dir = Path(output_dir)
+    entries = []
+    for r in results:
+        c = r["cell"]
+        path = cell_path(output_dir, c["scenario"], c["variant"], c["adapter"])
+        rel = str(path.relative_to(output_dir))
+        entries.append((r, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+    commit = results[0]["provenance"]["git_commit"] if results else None
     manifest = {
         "schema_version": 1,
         "profile": profile.name,
         "settings": profile.settings(),
         "git_commit": commit,
-        "started": started,
+        "started": started or min((r["timestamps"]["started"] for r in results), default=None),
         "finished": utc_now(),
         "cells": [
             {
@@ -224,7 +239,7 @@ def run_matrix(
         ],
     }
     counts: dict[str, int] = {}
-    for r, _, _ in entries:
+    for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = {
         "profile": profile.name,

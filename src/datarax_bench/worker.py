@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         body = measure_cell(adapter, workload, dataset, profile, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
         result["workload"]["data_digest"] = dataset.digest
+    except ImportError as exc:
+        # A missing or broken framework makes this adapter's cells unsupported, not the run.
+        reason = f"{adapter.display_name} could not be imported: {type(exc).__name__}: {exc}"
+        _log(reason)
+        result = make_result("unsupported", reason[:500], profile, workload, adapter, clock)
     except Exception as exc:  # a failure is data: record it, never only print it
         first_line = (str(exc).strip().splitlines() or [""])[0]
         reason = f"{type(exc).__name__}: {first_line}"[:500]
