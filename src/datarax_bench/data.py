@@ -166,6 +166,9 @@ def materialize(workload: Workload, seed: int, root: Path | None = None) -> Data
                 _write_dense(tmp / f"{name}.npy", spec, workload.num_elements, field_seed)
         meta = {"key": key, "digest": _digest_files(tmp), "workload": workload.to_dict()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if target.exists() and not (target / "meta.json").is_file():
+            # Only a tampered cache has a dataset directory without its meta: rebuild it.
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp, target)
         except OSError:

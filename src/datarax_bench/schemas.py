@@ -32,7 +32,7 @@ def _best_error(error: jsonschema.ValidationError) -> jsonschema.ValidationError
 
 def validation_message(error: jsonschema.ValidationError) -> str:
     error = _best_error(error)
-    if error.validator == "additionalProperties" and error.params:
+    if error.validator == "additionalProperties":
         return str(error.message)
     if error.validator in {"enum", "const"}:
         expected = error.validator_value if error.validator == "enum" else [error.validator_value]

@@ -1,0 +1,42 @@
+"""Shared test setup: a private data cache and paths to the project's files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Every test (and every subprocess it starts) generates data into one private cache."""
+    cache = tmp_path_factory.mktemp("data-cache")
+    old = os.environ.get("DATARAX_BENCH_CACHE")
+    os.environ["DATARAX_BENCH_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("DATARAX_BENCH_CACHE", None)
+    else:
+        os.environ["DATARAX_BENCH_CACHE"] = old
+
+
+@pytest.fixture
+def cli_path() -> str:
+    """The installed `datarax-bench` console script of this interpreter's environment."""
+    path = BIN / "datarax-bench"
+    return str(path) if path.exists() else shutil.which("datarax-bench")
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    """A copy of config/ and workflow/schemas/ that a test may break on purpose."""
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "config", root / "config")
+    shutil.copytree(ROOT / "workflow" / "schemas", root / "workflow" / "schemas")
+    return root

@@ -1,0 +1,153 @@
+"""The catalog and profiles: the shipped files are valid, and broken ones are named precisely."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from datarax_bench.catalog import load_catalog, load_profile, profile_names
+from datarax_bench.errors import UserError
+from datarax_bench.reference import ALL_OPS
+
+STANDARD = {
+    "CV-1": "Image classification (canonical)",
+    "CV-2": "High-resolution 3-D medical volumes",
+    "NLP-1": "Token-based LLM pretraining data",
+    "NLP-2": "Variable-length text with dynamic padding",
+    "TAB-1": "Dense feature table",
+    "TAB-2": "Sparse features (DLRM pattern)",
+    "PC-1": "Deep transform chain scaling",
+    "PC-2": "Branching DAG pipeline",
+    "IO-1": "Source backend comparison",
+    "IO-2": "Streaming vs eager loading",
+    "DIST-1": "Multi-device sharding",
+    "PR-1": "Checkpoint save/restore of the pipeline state",
+    "PR-2": "Multi-epoch determinism",
+}
+
+
+def test_catalog_has_the_thirteen_standard_scenarios():
+    catalog = load_catalog()
+    assert {sid: s.name for sid, s in catalog.scenarios.items()} == STANDARD
+
+
+def test_every_variant_resolves_in_both_sizes_and_tiny_is_small():
+    catalog = load_catalog()
+    for scenario in catalog.scenarios.values():
+        for variant in scenario.variants:
+            full = scenario.resolve(variant, "full")
+            tiny = scenario.resolve(variant, "tiny")
+            assert tiny.num_elements <= 512, (scenario.id, variant)
+            assert tiny.num_elements <= full.num_elements
+            assert tiny.num_batches >= 4, "tiny forms must give a smoke window a few batches"
+            for spec in tiny.fields.values():
+                assert all(d is None or isinstance(d, int) for d in spec.shape)
+            assert set(tiny.ops()) <= ALL_OPS
+
+
+def test_pc1_depth_variants_apply_exactly_depth_ops():
+    scenario = load_catalog().get("PC-1")
+    for variant, depth in {"d1": 1, "d2": 2, "d5": 5, "d10": 10, "d20": 20, "d50": 50}.items():
+        assert len(scenario.resolve(variant, "tiny").ops()) == depth
+
+
+def test_transform_parameters_are_explicit():
+    cv1 = load_catalog().get("CV-1").resolve("small")
+    crop = cv1.transforms[0]
+    assert crop["op"] == "random_resized_crop"
+    assert crop["scale"] == [0.08, 1.0] and crop["size"] == [64, 64]
+    assert [t["op"] for t in cv1.transforms] == [
+        "random_resized_crop",
+        "random_horizontal_flip",
+        "normalize",
+    ]
+
+
+@pytest.mark.parametrize("name", ["smoke", "ci_cpu", "gpu_a100", "tpu_v5e"])
+def test_shipped_profiles_load(name):
+    profile = load_profile(name)
+    assert profile.cells(load_catalog())
+    assert name in profile_names()
+
+
+def test_profile_contents_match_their_purpose():
+    catalog = load_catalog()
+    assert load_profile("ci_cpu").scenarios == ["CV-1", "NLP-1", "TAB-1", "PC-1", "IO-1", "PR-2"]
+    assert set(load_profile("gpu_a100").scenarios) == set(catalog.scenarios)
+    assert set(load_profile("smoke").scenarios) == set(catalog.scenarios)
+    ci = load_profile("ci_cpu").measurement
+    assert ci["min_batches"] >= 20 and ci["warmup_batches"] == 3 and ci["repetitions"] == 5
+    assert load_profile("smoke").size == "tiny"
+
+
+def _break(project_copy, monkeypatch, relpath, mutate):
+    path = project_copy / relpath
+    doc = yaml.safe_load(path.read_text())
+    mutate(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["scenarios"]["CV-1"].update(measure="speed"), "scenarios.CV-1.measure"),
+        (
+            lambda d: d["scenarios"]["TAB-1"]["transforms"][0].update(op="standardise"),
+            "scenarios.TAB-1.transforms.0.op",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-1"]["variants"]["small"].update(batch_size="64"),
+            "scenarios.CV-1.variants.small.batch_size",
+        ),
+        (lambda d: d["scenarios"]["CV-1"].pop("fields"), "'fields' is a required property"),
+        (
+            lambda d: d["scenarios"]["CV-1"]["variants"]["small"]["dims"].pop("crop"),
+            "scenarios.CV-1.variants.small.dims: missing crop",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-1"].update(default_variants=["huge"]),
+            "unknown variant 'huge'",
+        ),
+    ],
+)
+def test_malformed_catalog_names_file_and_key(project_copy, monkeypatch, mutate, expected):
+    path = _break(project_copy, monkeypatch, "config/scenarios.yaml", mutate)
+    with pytest.raises(UserError) as err:
+        load_catalog(path)
+    message = str(err.value)
+    assert str(path) in message and expected in message
+    assert "\n" not in message
+
+
+def test_catalog_that_is_not_yaml(project_copy, monkeypatch):
+    path = project_copy / "config/scenarios.yaml"
+    path.write_text("scenarios: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d.update(backend="cuda"),
+            "backend: got 'cuda', expected one of 'cpu', 'gpu', 'tpu'",
+        ),
+        (lambda d: d["measurement"].update(repetitions=0), "measurement.repetitions"),
+        (lambda d: d.update(scenarios=["CV-9"]), "unknown scenario 'CV-9'"),
+        (lambda d: d.update(variants={"PC-1": ["d3"]}), "unknown variant 'd3'"),
+        (lambda d: d.update(colour="red"), "'colour' was unexpected"),
+    ],
+)
+def test_malformed_profile_names_file_and_key(project_copy, monkeypatch, mutate, expected):
+    path = _break(project_copy, monkeypatch, "config/profiles/smoke.yaml", mutate)
+    with pytest.raises(UserError) as err:
+        load_profile("smoke")
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_unknown_profile_lists_choices():
+    with pytest.raises(UserError, match="unknown profile 'gpu_h100'; expected one of ci_cpu"):
+        load_profile("gpu_h100")

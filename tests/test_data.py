@@ -1,0 +1,80 @@
+"""Synthetic data: deterministic from (scenario, variant, seed), cached once, memory-mapped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datarax_bench.catalog import load_catalog
+from datarax_bench.data import cache_key, materialize
+
+
+def _workload(sid="CV-1", variant="small", size="tiny"):
+    return load_catalog().get(sid).resolve(variant, size)
+
+
+def test_same_inputs_give_byte_identical_data_in_separate_caches(tmp_path):
+    a = materialize(_workload(), seed=0, root=tmp_path / "a")
+    b = materialize(_workload(), seed=0, root=tmp_path / "b")
+    assert a.generated and b.generated
+    assert a.digest == b.digest
+    for name in a.dense:
+        np.testing.assert_array_equal(a.dense[name], b.dense[name])
+
+
+def test_seed_and_variant_change_the_data(tmp_path):
+    base = materialize(_workload(), seed=0, root=tmp_path)
+    other_seed = materialize(_workload(), seed=1, root=tmp_path)
+    other_size = materialize(_workload(size="full"), seed=0, root=tmp_path)
+    assert len({base.digest, other_seed.digest, other_size.digest}) == 3
+    assert cache_key(_workload(), 0) != cache_key(_workload(), 1)
+
+
+def test_second_materialize_reuses_the_cache(tmp_path):
+    first = materialize(_workload(), seed=0, root=tmp_path)
+    second = materialize(_workload(), seed=0, root=tmp_path)
+    assert first.generated and not second.generated
+    assert second.directory == first.directory and second.digest == first.digest
+    assert isinstance(second.dense["image"], np.memmap)
+    assert not any(p.name.startswith(".tmp-") for p in first.directory.parent.iterdir())
+
+
+def test_generated_values_follow_the_field_specs(tmp_path):
+    w = _workload()
+    ds = materialize(w, seed=0, root=tmp_path)
+    image, label = ds.dense["image"], ds.dense["label"]
+    assert image.shape == (w.num_elements, 20, 20, 3) and image.dtype == np.uint8
+    assert label.shape == (w.num_elements,) and label.dtype == np.int32
+    assert 0 <= label.min() and label.max() < 1000
+    assert image.std() > 50, "uniform 0..255 bytes"
+    volume = materialize(_workload("CV-2"), seed=0, root=tmp_path).dense["volume"]
+    assert volume.dtype == np.int16
+    assert abs(float(volume.mean()) - 40.0) < 30 and 250 < float(volume.std()) < 350
+
+
+def test_ragged_fields_have_lengths_within_bounds(tmp_path):
+    w = _workload("NLP-2")
+    ds = materialize(w, seed=0, root=tmp_path)
+    values, offsets = ds.ragged["tokens"]
+    lengths = np.diff(offsets)
+    assert len(lengths) == w.num_elements
+    assert lengths.min() >= 2 and lengths.max() <= 40 and len(set(lengths.tolist())) > 5
+    assert ds.element(3)["tokens"].shape == (lengths[3],)
+    assert values.min() >= 1 and values.max() < 32000
+
+
+def test_a_dataset_directory_without_meta_is_regenerated(tmp_path):
+    w = _workload()
+    ds = materialize(w, seed=0, root=tmp_path)
+    (ds.directory / "meta.json").unlink()
+    (ds.directory / "image.npy").write_bytes(b"garbage")
+    again = materialize(w, seed=0, root=tmp_path)
+    assert again.generated and again.digest == ds.digest
+    assert again.dense["image"].shape == ds.dense["image"].shape
+
+
+@pytest.mark.parametrize("sid", ["CV-1", "CV-2", "NLP-1", "NLP-2", "TAB-1", "TAB-2", "PC-1"])
+def test_every_throughput_scenario_materializes(sid, tmp_path):
+    scenario = load_catalog().get(sid)
+    ds = materialize(scenario.resolve(scenario.default_variants[0], "tiny"), 0, root=tmp_path)
+    assert sorted(ds.field_names) == sorted(scenario.raw["fields"])
