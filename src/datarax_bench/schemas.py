@@ -45,9 +45,11 @@ def validation_message(error: jsonschema.ValidationError) -> str:
 def validate(document: Any, schema_name: str, source: str | Path) -> None:
     """Raise UserError naming the file, the key path and what was expected."""
     validator = jsonschema.Draft202012Validator(load_schema(schema_name))
-    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    errors = list(validator.iter_errors(document))
     if errors:
-        first = _best_error(errors[0])
+        # Errors from conditional (if/then) branches follow from another error; report that one.
+        direct = [e for e in errors if "then" not in e.schema_path and "else" not in e.schema_path]
+        first = _best_error(min(direct or errors, key=lambda e: list(map(str, e.absolute_path))))
         raise UserError(f"{source}: {_location(first)}: {validation_message(first)}")
 
 

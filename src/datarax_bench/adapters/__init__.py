@@ -1,6 +1,9 @@
 """The adapter registry: every module in this package that defines an `Adapter` subclass
 decorated with `@register` adds a framework. Adding a framework means adding one file.
 
+Adapters outside this package (plugins, test doubles) load from the modules named in
+`DATARAX_BENCH_PLUGINS` (comma-separated), which use the same `@register`.
+
 Adapter modules must not import their framework at module level: `list` and the workflow's
 planning import every adapter, and must stay fast.
 """
@@ -8,6 +11,7 @@ planning import every adapter, and must stay fast.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 from ..errors import UserError
@@ -30,6 +34,11 @@ def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name != "base" and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+    for module in filter(None, os.environ.get("DATARAX_BENCH_PLUGINS", "").split(",")):
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as exc:
+            raise UserError(f"DATARAX_BENCH_PLUGINS: cannot import {module!r} ({exc})") from None
     # The reference first, then frameworks alphabetically by display name.
     ordered = sorted(_REGISTRY.values(), key=lambda a: (a.id != "numpy", a.display_name.lower()))
     _ORDER.update({a.id: i for i, a in enumerate(ordered)})

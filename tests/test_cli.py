@@ -1,0 +1,179 @@
+"""The `datarax-bench` command line: happy paths and bad input (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+
+def _run(cli_path, *args, timeout=120, env=None):
+    return subprocess.run(
+        [cli_path, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_list_shows_scenarios_profiles_adapters_and_support(cli_path):
+    proc = _run(cli_path, "list")
+    assert proc.returncode == 0, proc.stderr
+    for text in (
+        "CV-1",
+        "Multi-epoch determinism",
+        "ci_cpu",
+        "gpu_a100",
+        "NumPy reference",
+        "Support",
+    ):
+        assert text in proc.stdout
+
+
+def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
+    proc = _run(cli_path, "list", "--profile", "ci_cpu", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["support"]["CV-1"]["numpy"] == "yes"
+    assert doc["support"]["PR-2"]["numpy"] == "not implemented"
+    cells = {(c["scenario"], c["variant"]) for c in doc["cells"]}
+    assert ("PC-1", "d50") in cells and ("IO-1", "tfrecord") in cells
+    assert set(doc["support"]) == {"CV-1", "NLP-1", "TAB-1", "PC-1", "IO-1", "PR-2"}
+
+
+def test_adapter_accepts_display_names(cli_path, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenario",
+        "TAB-1",
+        "--adapter",
+        "NumPy Reference",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["cell"]["adapter"] == "numpy"
+
+
+def test_run_requires_a_variant_when_the_profile_measures_several(cli_path, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenario",
+        "PC-1",
+        "--adapter",
+        "numpy",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 2 and "d1, d5; pass --variant" in proc.stderr
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenario",
+        "PC-1",
+        "--variant",
+        "d5",
+        "--adapter",
+        "numpy",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["workload"]["transforms"][0]["depth"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "--profile", "gpu_h100", "--scenario", "CV-1", "--adapter", "numpy"],
+            "unknown profile 'gpu_h100'; expected one of ci_cpu, gpu_a100, smoke, tpu_v5e",
+        ),
+        (
+            ["run", "--profile", "smoke", "--scenario", "CV-7", "--adapter", "numpy"],
+            "unknown scenario 'CV-7'; expected one of CV-1, CV-2",
+        ),
+        (
+            ["run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "jaxloader"],
+            "unknown adapter 'jaxloader'; expected one of numpy (NumPy reference)",
+        ),
+        (
+            [
+                "run",
+                "--profile",
+                "smoke",
+                "--scenario",
+                "CV-1",
+                "--variant",
+                "huge",
+                "--adapter",
+                "numpy",
+            ],
+            "unknown variant 'huge' of CV-1; expected one of small, imagenet",
+        ),
+        (
+            ["run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "numpy", "--bogus"],
+            "unrecognized arguments: --bogus",
+        ),
+        (["list", "--profile", "nope"], "unknown profile 'nope'"),
+        (["doctor"], "the following arguments are required: --profile"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli_path, tmp_path, args, message):
+    out = tmp_path / "out" / "c.json"
+    if args[0] == "run":
+        args = [*args, "--output", str(out)]
+    proc = _run(cli_path, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_matrix_with_a_bad_adapter_writes_nothing(cli_path, tmp_path):
+    out = tmp_path / "results"
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenarios",
+        "TAB-1",
+        "--adapters",
+        "numpy,nope",
+        "--output-dir",
+        str(out),
+    )
+    assert proc.returncode == 2 and "unknown adapter 'nope'" in proc.stderr
+    assert not out.exists()
+
+
+def test_run_needs_exactly_one_output_mode(cli_path, tmp_path):
+    proc = _run(cli_path, "run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "numpy")
+    assert (
+        proc.returncode == 2
+        and "exactly one of --output FILE (one cell) or --output-dir DIR" in proc.stderr
+    )
+
+
+def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path):
+    report = tmp_path / "hw.json"
+    proc = _run(cli_path, "doctor", "--profile", "smoke", "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "jax backend:  cpu" in proc.stdout and "doctor: ok" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["backend_ok"] and doc["jax"]["backend"] == "cpu" and doc["cpu"]["usable_cores"] >= 1
+
+
+def test_doctor_fails_loudly_when_jax_fell_back_to_cpu(cli_path):
+    proc = _run(cli_path, "doctor", "--profile", "gpu_a100")
+    assert proc.returncode == 1
+    assert "JAX backend is 'cpu' but profile gpu_a100 expects 'gpu'" in proc.stderr

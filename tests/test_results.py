@@ -1,0 +1,112 @@
+"""Result files: the schema, atomic writes, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import pytest
+
+from datarax_bench.errors import UserError
+from datarax_bench.provenance import recorded_environment
+from datarax_bench.results import load_result, write_json_atomic, write_result
+
+
+@pytest.fixture(scope="module")
+def ok_result(tmp_path_factory):
+    import shutil
+
+    out = tmp_path_factory.mktemp("r") / "cell.json"
+    cli = shutil.which("datarax-bench") or "datarax-bench"
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "datarax-bench")
+    subprocess.run(
+        [
+            cli,
+            "run",
+            "--profile",
+            "smoke",
+            "--scenario",
+            "CV-1",
+            "--adapter",
+            "numpy",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return json.loads(out.read_text())
+
+
+def test_ok_result_validates_and_round_trips(ok_result, tmp_path):
+    path = tmp_path / "x.json"
+    write_result(path, ok_result)
+    assert load_result(path) == ok_result
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda r: r.update(status="great"), "status: got 'great'"),
+        (lambda r: r.update(status="failed"), "reason"),
+        (lambda r: r.update(reason="all fine"), "reason"),
+        (lambda r: r["repetitions"][0].pop("latency_ms"), "'latency_ms' is a required property"),
+        (lambda r: r["repetitions"][0].update(first_batch_sha256="abc"), "first_batch_sha256"),
+        (lambda r: r.update(schema_version=2), "schema_version 2, expected 1"),
+    ],
+)
+def test_malformed_result_files_are_named(ok_result, tmp_path, mutate, expected):
+    bad = copy.deepcopy(ok_result)
+    mutate(bad)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(UserError) as err:
+        load_result(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_truncated_json_is_named(ok_result, tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(ok_result)[:200])
+    with pytest.raises(UserError, match=r"cut\.json: not valid JSON"):
+        load_result(path)
+
+
+def test_invalid_result_is_never_written(ok_result, tmp_path):
+    bad = copy.deepcopy(ok_result)
+    bad["status"] = "great"
+    path = tmp_path / "never.json"
+    with pytest.raises(UserError):
+        write_result(path, bad)
+    assert not path.exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "doc.json"
+    write_json_atomic(path, {"v": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"v": float("nan")})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]
+
+
+def test_recorded_environment_never_keeps_secret_names():
+    env = {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--x",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "WANDB_API_KEY": "s3cret",
+        "TF_AUTH_TOKEN": "s3cret",
+        "DATARAX_BENCH_SECRET": "s3cret",
+        "AWS_SECRET_ACCESS_KEY": "s3cret",
+        "HOME": "/root",
+    }
+    assert recorded_environment(env) == {
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "XLA_FLAGS": "--x",
+    }
