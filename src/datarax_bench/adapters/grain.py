@@ -1,0 +1,180 @@
+"""Google Grain: a `MapDataset` pipeline, read by threads and (optionally) worker processes.
+
+The pipeline is Grain's documented shape for index-addressable data: an index dataset repeated
+over epochs, a per-element map, batching with drop-remainder inside the `MapDataset` (so every
+worker process produces whole batches in the reference's order), then `to_iter_dataset` with
+`ReadOptions(num_threads=threads)` and `mp_prefetch` with `workers` processes from the profile.
+
+Each element is transformed with the reference semantics and the reference's per-element RNG
+(`np.random.default_rng([seed, epoch, index])`): numpy functions mapped per element are Grain's
+documented way to transform data, so batches equal the reference's bit for bit.
+
+One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
+the elements of the whole batches of an epoch), so worker processes start once per loader.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import data, reference
+from ..catalog import Workload
+from . import register
+from .base import Adapter, Batch, CellContext, Loader
+
+# How long `close()` waits for Grain's reader threads and worker processes to end.
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class ElementTransform:
+    """Grain `map_with_index` function: global element number -> transformed element.
+
+    Picklable for worker processes: it carries the dataset's directory, not its arrays, and
+    reopens the memory maps once per process.
+    """
+
+    def __init__(self, workload: Workload, directory: Path, seed: int, per_epoch: int):
+        self.workload = workload
+        self.directory = Path(directory)
+        self.seed = seed
+        self.per_epoch = per_epoch
+        self._dataset: data.Dataset | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dataset": None}
+
+    def _data(self) -> data.Dataset:
+        if self._dataset is None:
+            self._dataset = data._open(self.directory, self.workload, generated=False)
+        return self._dataset
+
+    def __call__(self, position: int, index: int) -> reference.Element:
+        epoch = position // self.per_epoch
+        rng = reference.element_rng(self.seed, epoch, index)
+        return reference.apply_element(self.workload.transforms, self._data().element(index), rng)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # mp_prefetch reads absl flags; outside an absl app nobody parses them, and reading an
+    # unparsed flag raises UnparsedFlagAccessError. Defaults are what we want.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class GrainLoader(Loader):
+    def __init__(self, ctx: CellContext):
+        import grain
+
+        self._grain = grain
+        w = ctx.workload
+        self.batch_size = w.batch_size
+        self.num_batches = w.num_batches
+        per_epoch = self.num_batches * self.batch_size
+        threads = int(ctx.parallelism.get("threads", 0))
+        workers = int(ctx.parallelism.get("workers", 0))
+        prefetch = int(ctx.parallelism.get("prefetch", 0))
+        self._read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+        self._mp_options = grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=max(1, prefetch)
+        )
+        transform = ElementTransform(w, ctx.dataset.directory, ctx.seed, per_epoch)
+        transform._dataset = ctx.dataset  # this process reuses the already open memory maps
+        self._batches = (
+            grain.MapDataset.range(per_epoch)
+            .repeat(None)
+            .map_with_index(transform)
+            .batch(
+                self.batch_size,
+                drop_remainder=True,
+                batch_fn=functools.partial(reference.collate, w.transforms),
+            )
+        )
+        self.parallelism = {
+            "threads": threads,
+            "workers": workers,
+            "prefetch": prefetch,
+            "mode": "mp_prefetch" if workers > 0 else "threads",
+            "per_worker_buffer_size": max(1, prefetch) if workers > 0 else 0,
+            "rng": "reference per-element numpy rng",
+        }
+        if workers > 0:
+            _ensure_absl_flags_parsed()
+        self._threads_before = set(threading.enumerate())
+        self._iterator = None
+        self._position = 0  # global batch number the iterator yields next
+        self._start(0)
+
+    def _start(self, batch_position: int) -> None:
+        self._stop()
+        ds = self._batches[batch_position:].to_iter_dataset(self._read_options)
+        if self._mp_options.num_workers > 0:
+            ds = ds.mp_prefetch(self._mp_options)
+        self._iterator = iter(ds)
+        self._position = batch_position
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        start = epoch * self.num_batches
+        if self._iterator is None or self._position != start:
+            self._start(start)
+        for _ in range(self.num_batches):
+            batch = next(self._iterator)
+            self._position += 1
+            yield batch
+
+    def _stop(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
+    def close(self) -> None:
+        self._stop()
+        if self._mp_options.num_workers > 0:
+            _stop_shared_memory_release_pool()
+        # Grain shuts its thread pools down without waiting and stops worker processes
+        # asynchronously; wait, so that nothing the loader started outlives it.
+        deadline = time.monotonic() + _SHUTDOWN_TIMEOUT_S
+        for thread in set(threading.enumerate()) - self._threads_before:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for child in multiprocessing.active_children():
+            child.join(max(0.0, deadline - time.monotonic()))
+
+
+def _stop_shared_memory_release_pool() -> None:
+    """Drain and stop the thread pool Grain starts to unlink worker batches' shared memory.
+
+    Grain keeps it in a class attribute for the life of the process and creates it again
+    when the next multiprocess iterator needs it; draining it here also unlinks the shared
+    memory of batches that were in flight when the iterator closed.
+    """
+    try:
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:  # a Grain without this helper has nothing to stop
+        return
+    pool = SharedMemoryArray._del_thread_pool
+    if pool is None:
+        return
+    pool.close()
+    pool.join()  # completion callbacks still use the semaphore: clear it only afterwards
+    with SharedMemoryArray._lock:
+        SharedMemoryArray._del_thread_pool = None
+        SharedMemoryArray._outstanding_del_requests = None
+
+
+@register
+class Grain(Adapter):
+    id = "grain"
+    display_name = "Google Grain"
+    aliases = ("google-grain", "grain-python")
+    distributions = ("grain", "numpy")
+    ops = reference.ALL_OPS
+
+    def open(self, ctx: CellContext) -> Loader:
+        return GrainLoader(ctx)
