@@ -1,0 +1,194 @@
+"""Aggregating cell results into tables and a ranked summary (the workflow's `aggregate` rule).
+
+`results.csv` has one row per cell (every status, all statistics); `repetitions.csv` one row per
+timed repetition of the `ok` cells (the per-repetition latency percentiles the plots use).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .catalog import load_profile
+from .results import load_result
+from .runner import write_run_index
+
+# Coefficient of variation across repetitions above which a cell is marked unstable.
+UNSTABLE_CV = 0.10
+
+CELL_KEYS = ("scenario", "scenario_name", "variant", "size", "adapter", "adapter_name", "measure")
+THROUGHPUT_KEYS = ("median", "ci95_low", "ci95_high", "cv", "min", "max")
+STAT_KEYS = (
+    "bytes_per_s_median",
+    "latency_ms_p50_median",
+    "latency_ms_p95_median",
+    "latency_ms_p99_median",
+    "time_to_first_batch_s_median",
+    "peak_rss_bytes_max",
+    "device_peak_bytes_max",
+    "first_batch_sha256",
+    "first_batch_consistent",
+)
+
+
+def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:
+    """One row of results.csv: identity, status, statistics (empty unless ok), provenance."""
+    row: dict[str, Any] = {"profile": result["cell"]["profile"], "infra": infra}
+    row.update({k: result["cell"][k] for k in CELL_KEYS})
+    row["status"] = result["status"]
+    row["reason"] = result["reason"]
+    stats = result.get("statistics") if result["status"] == "ok" else None
+    row["repetitions"] = stats["repetitions"] if stats else None
+    for key in THROUGHPUT_KEYS:
+        row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
+    for key in STAT_KEYS:
+        row[key] = stats.get(key) if stats else None
+    row["duration_s"] = result["timestamps"]["duration_s"]
+    row["started"] = result["timestamps"]["started"]
+    row["git_commit"] = result["provenance"].get("git_commit")
+    row["path"] = path
+    return row
+
+
+def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    if result["status"] != "ok":
+        return []
+    identity = {"profile": result["cell"]["profile"]}
+    identity.update(
+        {k: result["cell"][k] for k in ("scenario", "variant", "adapter", "adapter_name")}
+    )
+    rows = []
+    for rep in result["repetitions"]:
+        row = {**identity, "repetition": rep["index"]}
+        for key in ("batches", "elements", "window_s", "elements_per_s", "bytes_per_s"):
+            row[key] = rep[key]
+        row.update({f"latency_ms_{k}": v for k, v in rep["latency_ms"].items()})
+        for key in ("time_to_first_batch_s", "setup_s", "peak_rss_bytes", "device_peak_bytes"):
+            row[key] = rep[key]
+        rows.append(row)
+    return rows
+
+
+def results_table(results: list[dict[str, Any]], infra: str, paths: list[str]) -> pd.DataFrame:
+    """One row per cell in input order, with rank and ratio to the best adapter of each variant."""
+    table = pd.DataFrame([cell_row(r, infra, p) for r, p in zip(results, paths, strict=True)])
+    if table.empty:
+        return table
+    median = table["elements_per_s_median"].astype(float)
+    ok = table["status"] == "ok"
+    group = [table["scenario"], table["variant"]]
+    best = median.where(ok).groupby(group).transform("max")
+    table["ratio_to_best"] = (median / best).where(ok)
+    table["rank"] = median.where(ok).groupby(group).rank(ascending=False, method="min")
+    table["rank"] = table["rank"].astype("Int64")
+    table["unstable"] = (table["elements_per_s_cv"].astype(float) > UNSTABLE_CV).where(ok, False)
+    return table
+
+
+def repetitions_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = ["profile", "scenario", "variant", "adapter", "adapter_name", "repetition"]
+    rows = [row for r in results for row in repetition_rows(r)]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
+    """Per scenario: ok cells ranked by median throughput, then the cells that were not measured."""
+    lines = [f"# Benchmark summary: profile `{profile}`, infra `{infra}`", ""]
+    counts = table["status"].value_counts() if not table.empty else pd.Series(dtype=int)
+    described = ", ".join(f"{n} {status}" for status, n in counts.items())
+    lines += [
+        f"{len(table)} cells: {described or 'none'}. Throughput is the median of the repetitions "
+        "in elements/s with its 95% bootstrap confidence interval; the ratio is to the fastest "
+        f"adapter of the same variant; cells whose repetitions vary by more than "
+        f"{UNSTABLE_CV:.0%} (coefficient of variation) are marked **unstable**.",
+        "",
+    ]
+    for scenario, rows in table.groupby("scenario", sort=False):
+        lines += [f"## {scenario}: {rows['scenario_name'].iloc[0]}", ""]
+        order = {v: i for i, v in enumerate(rows["variant"].drop_duplicates())}
+        ok = rows[rows["status"] == "ok"]
+        ok = ok.assign(_order=ok["variant"].map(order)).sort_values(
+            ["_order", "rank"], kind="stable"
+        )
+        if len(ok):
+            lines += [
+                "| Variant | Rank | Adapter | Median elements/s | 95% CI | Ratio to best | CV | Note |",
+                "|---|---:|---|---:|---|---:|---:|---|",
+            ]
+            for r in ok.itertuples():
+                note = "**unstable**" if r.unstable else ""
+                if r.first_batch_consistent is False:
+                    note = (note + " first batch differs between repetitions").strip()
+                lines.append(
+                    f"| {r.variant} | {r.rank} | {_md(r.adapter_name)} (`{r.adapter}`) "
+                    f"| {_number(r.elements_per_s_median)} "
+                    f"| {_number(r.elements_per_s_ci95_low)}–{_number(r.elements_per_s_ci95_high)} "
+                    f"| {r.ratio_to_best:.2f} | {r.elements_per_s_cv:.1%} | {note} |"
+                )
+            lines.append("")
+        missing = rows[rows["status"] != "ok"]
+        if len(missing):
+            lines += ["| Variant | Adapter | Status | Reason |", "|---|---|---|---|"]
+            for r in missing.itertuples():
+                lines.append(
+                    f"| {r.variant} | {_md(r.adapter_name)} (`{r.adapter}`) | {r.status} "
+                    f"| {_md(r.reason)} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False)
+
+
+def aggregate_run(
+    result_paths: Iterable[str | Path],
+    run_dir: str | Path,
+    profile: str,
+    infra: str,
+    table_path: str | Path | None = None,
+    repetitions_path: str | Path | None = None,
+    summary_path: str | Path | None = None,
+) -> pd.DataFrame:
+    """Read every cell (validated), write results.csv, repetitions.csv, summary.md and the run index
+    (manifest.json, summary.json) in `run_dir`. Returns the results table."""
+    run_dir = Path(run_dir)
+    paths = [Path(p) for p in result_paths]
+    results = [load_result(p) for p in paths]
+    relative = [str(p.resolve().relative_to(run_dir.resolve())) for p in paths]
+    table = results_table(results, infra, relative)
+    repetitions = repetitions_table(results)
+    _write_text_atomic(Path(table_path or run_dir / "results.csv"), _csv(table))
+    _write_text_atomic(Path(repetitions_path or run_dir / "repetitions.csv"), _csv(repetitions))
+    _write_text_atomic(
+        Path(summary_path or run_dir / "summary.md"), summary_markdown(table, profile, infra)
+    )
+    write_run_index(load_profile(profile), run_dir, results)
+    return table

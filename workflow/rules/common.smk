@@ -1,0 +1,105 @@
+# Configuration, the cell matrix and input functions. Everything the rules need to know about
+# scenarios, variants, profiles and adapters comes from the package (config/scenarios.yaml,
+# config/profiles/, the adapter registry); nothing here repeats those facts.
+import os
+import re
+from functools import cache
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+# The catalog and profiles are the ones in this checkout (jobs inherit the variable).
+os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
+
+from datarax_bench.adapters import all_adapters
+from datarax_bench.catalog import load_catalog, load_profile, profile_names
+from datarax_bench.results import cell_path
+
+CATALOG = load_catalog()
+PROFILE = load_profile(config["profile"], CATALOG)
+SCENARIOS = config["scenarios"] or PROFILE.scenarios
+ADAPTERS = config["adapters"] or [adapter.id for adapter in all_adapters()]
+# An --infra string such as gcp/us-central1 becomes one directory name.
+INFRA = re.sub(r"[/]", "_", config["infra"])
+RESULTS = os.path.normpath(config["results_dir"])
+
+# results/{profile}/{infra} is a results directory like `datarax-bench run --output-dir` writes.
+RUN_DIR = f"{RESULTS}/{{profile}}/{{infra}}"
+CELL = str(cell_path(RUN_DIR, "{scenario}", "{variant}", "{adapter}"))
+
+
+def _alternatives(names):
+    return "|".join(
+        re.escape(name) for name in sorted(set(names), key=len, reverse=True)
+    )
+
+
+wildcard_constraints:
+    profile=_alternatives(profile_names()),
+    infra=re.escape(INFRA),
+    scenario=_alternatives(CATALOG.scenarios),
+    variant=_alternatives(v for s in CATALOG.scenarios.values() for v in s.variants),
+    adapter=_alternatives(adapter.id for adapter in all_adapters()),
+
+
+@cache
+def profile_named(name):
+    return load_profile(name, CATALOG)
+
+
+def run_dir(profile=PROFILE.name, infra=INFRA):
+    return RUN_DIR.format(profile=profile, infra=infra)
+
+
+def cells(profile_name):
+    """(scenario, variant, adapter) for every cell of a profile under this config."""
+    profile = profile_named(profile_name)
+    return [
+        (scenario, variant, adapter)
+        for scenario, variant in profile.cells(CATALOG, SCENARIOS)
+        for adapter in ADAPTERS
+    ]
+
+
+def get_cell_results(wildcards):
+    root = run_dir(wildcards.profile, wildcards.infra)
+    return [str(cell_path(root, s, v, a)) for s, v, a in cells(wildcards.profile)]
+
+
+def get_measured_settings(wildcards):
+    """The profile's measurement settings: a change re-runs the cells it affects (params trigger)."""
+    return profile_named(wildcards.profile).settings()
+
+
+def get_workload(wildcards):
+    """What the cell's loader must do, resolved from the catalog: a change re-runs that cell."""
+    size = profile_named(wildcards.profile).size
+    return CATALOG.get(wildcards.scenario).resolve(wildcards.variant, size).to_dict()
+
+
+def aggregate_outputs(profile=PROFILE.name, infra=INFRA):
+    root = run_dir(profile, infra)
+    names = [
+        "results.csv",
+        "repetitions.csv",
+        "summary.md",
+        "manifest.json",
+        "summary.json",
+    ]
+    return [f"{root}/{name}" for name in names]
+
+
+def plot_outputs(profile=PROFILE.name, infra=INFRA):
+    root = run_dir(profile, infra)
+    return [
+        f"{root}/plots/{scenario}/{kind}.png"
+        for scenario in SCENARIOS
+        for kind in ("throughput", "latency", "first_batch")
+    ]
+
+
+def get_final_targets():
+    """What `snakemake` (rule all) builds. Later stages (W&B export, cloud teardown) add theirs here."""
+    return aggregate_outputs() + plot_outputs()
