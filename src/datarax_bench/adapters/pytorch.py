@@ -1,0 +1,347 @@
+"""PyTorch DataLoader: a map-style `Dataset`, batching and worker processes inside the DataLoader.
+
+Configured as PyTorch's documentation recommends for training input: `num_workers` worker
+processes (spawn start method: forking a process that imported JAX is unsafe), persistent workers,
+`prefetch_factor` batches per worker, pinned memory on GPU machines, `drop_last=True`.
+
+Every transform runs per element in torch ops inside `Dataset.__getitem__` (in the workers). Random
+parameters are drawn per element from `reference.element_rng(seed, epoch, index)` with the
+reference's own sampling functions, in op order, so batches equal the reference's up to float
+rounding; the pixel, token and table work itself is done by torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from .. import reference
+from ..catalog import chain_steps
+from . import register
+from .base import Adapter, Batch, CellContext, Loader
+
+# torch is imported inside functions only: importing this module (for `list`) must stay light.
+
+
+def _reopenable(array: np.ndarray) -> Any:
+    """How an array travels to a spawned worker: a whole memory-mapped `.npy` file by name
+    (the worker maps it again), anything else by value."""
+    if isinstance(array, np.memmap) and array.filename and array.base is not None:
+        reopened = np.load(array.filename, mmap_mode="r")
+        if reopened.shape == array.shape and reopened.dtype == array.dtype:
+            return ("npy", str(array.filename))
+    return ("array", np.asarray(array))
+
+
+def _restore(entry: Any) -> np.ndarray:
+    kind, value = entry
+    return np.load(value, mmap_mode="r") if kind == "npy" else value
+
+
+class ElementDataset:
+    """Map-style dataset: `dataset[(epoch, index)]` is one transformed element (torch tensors).
+
+    The key carries the epoch because persistent workers keep their copy of the dataset across
+    epochs; the sampler (in the main process) is the one place that knows the current epoch.
+    """
+
+    def __init__(self, ctx: CellContext):
+        self.num_elements = ctx.workload.num_elements
+        self.seed = ctx.seed
+        self.transforms = [s for s in ctx.workload.transforms if s["op"] not in reference.BATCH_OPS]
+        self.dense = dict(ctx.dataset.dense)
+        self.ragged = dict(ctx.dataset.ragged)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["dense"] = {k: _reopenable(v) for k, v in self.dense.items()}
+        state["ragged"] = {k: tuple(_reopenable(a) for a in v) for k, v in self.ragged.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["dense"] = {k: _restore(v) for k, v in state["dense"].items()}
+        state["ragged"] = {k: tuple(_restore(a) for a in v) for k, v in state["ragged"].items()}
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return self.num_elements
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        import torch
+
+        epoch, index = key
+        # Reading the element (a copy out of the memory map) is part of the loader's work.
+        element = {name: torch.from_numpy(np.array(arr[index])) for name, arr in self.dense.items()}
+        for name, (values, offsets) in self.ragged.items():
+            element[name] = torch.from_numpy(np.array(values[offsets[index] : offsets[index + 1]]))
+        rng = reference.element_rng(self.seed, epoch, index)
+        for step in self.transforms:
+            _apply_step(step, element, rng)
+        return element
+
+
+class EpochSampler:
+    """Yields `(epoch, index)` keys in order; `set_epoch` before each pass."""
+
+    def __init__(self, num_elements: int):
+        self.num_elements = num_elements
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, i) for i in range(self.num_elements))
+
+    def __len__(self) -> int:
+        return self.num_elements
+
+
+# --- element ops in torch ------------------------------------------------------------------
+
+
+def _float(x):
+    import torch
+
+    return x.to(torch.float32)
+
+
+def _random_resized_crop(x, p, rng):
+    import torch.nn.functional as F
+
+    top, left, h, w = reference.sample_resized_crop_box(
+        rng, x.shape[0], x.shape[1], p["scale"], p["ratio"]
+    )
+    crop = _float(x[top : top + h, left : left + w]).permute(2, 0, 1).unsqueeze(0)
+    out = F.interpolate(
+        crop, size=tuple(p["size"]), mode="bilinear", align_corners=False, antialias=False
+    )
+    return out[0].permute(1, 2, 0).contiguous()
+
+
+def _random_horizontal_flip(x, p, rng):
+    import torch
+
+    return torch.flip(x, dims=(1,)) if rng.random() < p["p"] else x
+
+
+def _normalize(x, p, rng):
+    import torch
+
+    mean = torch.tensor(p["mean"], dtype=torch.float32)
+    std = torch.tensor(p["std"], dtype=torch.float32)
+    return (_float(x) - mean) / std
+
+
+def _random_crop_3d(x, p, rng):
+    d, h, w = p["size"]
+    z0 = int(rng.integers(0, x.shape[0] - d + 1))
+    y0 = int(rng.integers(0, x.shape[1] - h + 1))
+    x0 = int(rng.integers(0, x.shape[2] - w + 1))
+    return x[z0 : z0 + d, y0 : y0 + h, x0 : x0 + w].contiguous()
+
+
+def _zscore(x, p, rng):
+    v = _float(x)
+    return (v - v.mean()) / (v.std(correction=0) + p["epsilon"])
+
+
+def _random_window(x, p, rng):
+    start = int(rng.integers(0, x.shape[0] - p["length"] + 1))
+    return x[start : start + p["length"]]
+
+
+def _truncate(x, p, rng):
+    return x[: p["max_length"]]
+
+
+def _standardize(x, p, rng):
+    import torch
+
+    return (_float(x) - torch.tensor(p["mean"], dtype=torch.float32)) / torch.tensor(
+        p["std"], dtype=torch.float32
+    )
+
+
+def _log1p(x, p, rng):
+    import torch
+
+    return torch.log1p(torch.clamp_min(_float(x), 0.0))
+
+
+def _hash_bucket(x, p, rng):
+    import torch
+
+    h = ((x.to(torch.int64) & reference.MASK32) * reference.HASH_MULTIPLIER) & reference.MASK32
+    h = h ^ (h >> 15)
+    return torch.remainder(h, p["num_buckets"])
+
+
+def _multiply(x, p, rng):
+    import torch
+
+    return _float(x) * torch.tensor(p["factor"], dtype=torch.float32)
+
+
+def _add(x, p, rng):
+    import torch
+
+    return _float(x) + torch.tensor(p["value"], dtype=torch.float32)
+
+
+def _random_brightness(x, p, rng):
+    import torch
+
+    delta = rng.uniform(-p["max_delta"], p["max_delta"])
+    return _float(x) + torch.tensor(delta, dtype=torch.float32)
+
+
+def _clip(x, p, rng):
+    return _float(x).clamp(float(np.float32(p["low"])), float(np.float32(p["high"])))
+
+
+def _cast(x, p, rng):
+    import torch
+
+    return x.to(getattr(torch, np.dtype(p["dtype"]).name))
+
+
+_FIELD_OPS = {
+    "random_resized_crop": _random_resized_crop,
+    "random_horizontal_flip": _random_horizontal_flip,
+    "normalize": _normalize,
+    "random_crop_3d": _random_crop_3d,
+    "zscore": _zscore,
+    "random_window": _random_window,
+    "truncate": _truncate,
+    "standardize": _standardize,
+    "log1p": _log1p,
+    "hash_bucket": _hash_bucket,
+    "multiply": _multiply,
+    "add": _add,
+    "random_brightness": _random_brightness,
+    "clip": _clip,
+    "cast": _cast,
+}
+
+_TABLES: dict[tuple[int, int, int], Any] = {}
+
+
+def _embedding_table(num_rows: int, dim: int, table_seed: int):
+    import torch
+
+    key = (num_rows, dim, table_seed)
+    if key not in _TABLES:
+        _TABLES[key] = torch.from_numpy(
+            np.array(reference.embedding_table(num_rows, dim, table_seed))
+        )
+    return _TABLES[key]
+
+
+def _apply_step(step: Mapping[str, Any], element: dict[str, Any], rng) -> None:
+    import torch.nn.functional as F
+
+    op, name = step["op"], step["field"]
+    if op == "chain":
+        for sub in chain_steps(dict(step)):
+            _apply_step(sub, element, rng)
+    elif op == "shift_targets":
+        tokens = element.pop(name)
+        element[step["inputs"]] = tokens[:-1]
+        element[step["targets"]] = tokens[1:]
+    elif op == "embedding_lookup":
+        table = _embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+        element[step["output"]] = F.embedding(element.pop(name), table)
+    else:
+        element[name] = _FIELD_OPS[op](element[name], step, rng)
+
+
+def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[str, Any]]):
+    """Stack elements; pad the fields of batch-level `pad_batch` steps (NLP-2's dynamic padding)."""
+    import torch
+    from torch.utils.data import default_collate
+
+    out = default_collate([{k: v for k, v in e.items() if k not in batch_steps} for e in elements])
+    for name, step in batch_steps.items():
+        seqs = [e[name] for e in elements]
+        lengths = torch.tensor([len(s) for s in seqs])
+        multiple = step["multiple"]
+        length = max(multiple, -(-int(lengths.max()) // multiple) * multiple)
+        tokens = torch.full((len(seqs), length), step["pad_value"], dtype=seqs[0].dtype)
+        for row, seq in enumerate(seqs):
+            tokens[row, : len(seq)] = seq
+        out[name] = tokens
+        out[step["mask"]] = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.int32)
+    return out
+
+
+class TorchLoader(Loader):
+    def __init__(self, ctx: CellContext):
+        import torch
+        from torch.utils.data import DataLoader
+
+        workers = int(ctx.parallelism.get("workers", 0))
+        prefetch = int(ctx.parallelism.get("prefetch", 2))
+        pin = ctx.profile.backend == "gpu" and torch.cuda.is_available()
+        batch_steps = {s["field"]: s for s in ctx.workload.transforms if s["op"] == "pad_batch"}
+        self.sampler = EpochSampler(ctx.workload.num_elements)
+        options: dict[str, Any] = {}
+        if workers > 0:
+            options = {
+                "persistent_workers": True,
+                "prefetch_factor": max(1, prefetch),
+                "multiprocessing_context": "spawn",
+            }
+        self.loader = DataLoader(
+            ElementDataset(ctx),
+            batch_size=ctx.workload.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=pin,
+            # A collate_fn only where the catalog needs batch-level work (dynamic padding).
+            collate_fn=partial(pad_collate, batch_steps) if batch_steps else None,
+            **options,
+        )
+        self.parallelism = {
+            "workers": workers,
+            "prefetch_factor": options.get("prefetch_factor"),
+            "persistent_workers": bool(options.get("persistent_workers", False)),
+            "multiprocessing_context": options.get("multiprocessing_context"),
+            "pin_memory": pin,
+            "main_process_torch_threads": torch.get_num_threads(),
+        }
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.sampler.set_epoch(epoch)
+        yield from self.loader
+
+    def close(self) -> None:
+        # Persistent workers live as long as the DataLoader's iterator; stop them now rather
+        # than whenever garbage collection gets to it, so no worker outlives its cell.
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
+
+@register
+class PyTorchDataLoader(Adapter):
+    id = "pytorch"
+    display_name = "PyTorch DataLoader"
+    aliases = ("torch", "dataloader", "pytorch-dataloader")
+    distributions = ("torch",)
+    # Every op of the throughput scenarios; the DAG ops (branch_merge, gaussian_noise) belong to
+    # PC-2's measure, which is not implemented yet.
+    ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "pad_batch"}
+
+    def open(self, ctx: CellContext) -> Loader:
+        return TorchLoader(ctx)
+
+    def to_host(self, value: Any) -> Any:
+        numpy = getattr(value, "numpy", None)
+        return numpy() if callable(numpy) else np.asarray(value)

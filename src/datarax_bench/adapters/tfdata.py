@@ -1,0 +1,308 @@
+"""tf.data: `map(num_parallel_calls=AUTOTUNE)` -> `batch(drop_remainder=True)` -> `prefetch(AUTOTUNE)`.
+
+Configured as the tf.data performance guide recommends: parallel, autotuned per-element map,
+batching after the map, autotuned prefetch at the end, default (deterministic) ordering.
+
+Every transform is a TF op applied per element. Randomness is per element with stateless random
+ops keyed by (seed, epoch, index) and the op's position in the pipeline, so results do not depend
+on thread scheduling; the draws follow the reference's distributions (TF cannot reproduce NumPy's
+generator bit for bit), which the conformance tests check statistically.
+
+TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX owns them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import reference
+from ..catalog import chain_steps
+from . import register
+from .base import Adapter, Batch, CellContext, Loader
+
+_LENGTH_PREFIX = "__length__"
+_TF_STATE: dict[str, Any] = {}
+
+
+def _import_tensorflow():
+    """TensorFlow with its GPUs hidden (before any op), once per process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    if "visible_gpus" not in _TF_STATE:
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            # TF was initialised earlier in this process; record what it can see.
+            pass
+        _TF_STATE["visible_gpus"] = len(tf.config.get_visible_devices("GPU"))
+    return tf
+
+
+def _centre_crop_fallback(height: int, width: int, ratio) -> tuple[int, int, int, int]:
+    """The reference's box when all 10 tries fail (depends only on the shapes)."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class _Ops:
+    """The catalog ops as TF functions of (tensor, step, key); `key` seeds stateless draws."""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def keys(self, key, n: int):
+        return [self.tf.random.experimental.stateless_fold_in(key, j) for j in range(n)]
+
+    def uniform_int(self, key, low, high_exclusive):
+        tf = self.tf
+        return tf.random.stateless_uniform(
+            [], key, minval=low, maxval=high_exclusive, dtype=tf.int32
+        )
+
+    def random_resized_crop(self, x, p, key):
+        tf = self.tf
+        height, width = int(x.shape[0]), int(x.shape[1])
+        area = float(height * width)
+        k_scale, k_ratio, k_top, k_left = self.keys(key, 4)
+        # The reference's 10 rejection-sampling tries, drawn at once; the first valid one wins.
+        scale = tf.random.stateless_uniform(
+            [10], k_scale, minval=p["scale"][0], maxval=p["scale"][1], dtype=tf.float64
+        )
+        log_ratio = tf.random.stateless_uniform(
+            [10],
+            k_ratio,
+            minval=math.log(p["ratio"][0]),
+            maxval=math.log(p["ratio"][1]),
+            dtype=tf.float64,
+        )
+        target, aspect = area * scale, tf.exp(log_ratio)
+        w = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+        h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+        valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
+        f_top, f_left, f_h, f_w = _centre_crop_fallback(height, width, p["ratio"])
+        found = tf.reduce_any(valid)
+        h = tf.where(found, h[first], f_h)
+        w = tf.where(found, w[first], f_w)
+        top = tf.where(found, self.uniform_int(k_top, 0, height - h + 1), f_top)
+        left = tf.where(found, self.uniform_int(k_left, 0, width - w + 1), f_left)
+        crop = x[top : top + h, left : left + w]
+        return tf.image.resize(crop, p["size"], method="bilinear", antialias=False)
+
+    def random_horizontal_flip(self, x, p, key):
+        tf = self.tf
+        flip = tf.random.stateless_uniform([], key, dtype=tf.float64) < p["p"]
+        return tf.cond(flip, lambda: tf.reverse(x, axis=[1]), lambda: x)
+
+    def normalize(self, x, p, key):
+        tf = self.tf
+        mean = tf.constant(p["mean"], tf.float32)
+        std = tf.constant(p["std"], tf.float32)
+        return (tf.cast(x, tf.float32) - mean) / std
+
+    def random_crop_3d(self, x, p, key):
+        tf = self.tf
+        size = [*p["size"], *x.shape[3:]]
+        return tf.image.stateless_random_crop(x, size=size, seed=key)
+
+    def zscore(self, x, p, key):
+        tf = self.tf
+        v = tf.cast(x, tf.float32)
+        return (v - tf.reduce_mean(v)) / (tf.math.reduce_std(v) + p["epsilon"])
+
+    def random_window(self, x, p, key):
+        start = self.uniform_int(key, 0, self.tf.shape(x)[0] - p["length"] + 1)
+        return x[start : start + p["length"]]
+
+    def truncate(self, x, p, key):
+        return x[: p["max_length"]]
+
+    def standardize(self, x, p, key):
+        tf = self.tf
+        return (tf.cast(x, tf.float32) - p["mean"]) / p["std"]
+
+    def log1p(self, x, p, key):
+        tf = self.tf
+        return tf.math.log1p(tf.maximum(tf.cast(x, tf.float32), 0.0))
+
+    def hash_bucket(self, x, p, key):
+        tf = self.tf
+        h = tf.bitwise.bitwise_and(tf.cast(x, tf.int64), reference.MASK32)
+        h = tf.bitwise.bitwise_and(h * reference.HASH_MULTIPLIER, reference.MASK32)
+        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 15))
+        return tf.math.floormod(h, p["num_buckets"])
+
+    def multiply(self, x, p, key):
+        return self.tf.cast(x, self.tf.float32) * p["factor"]
+
+    def add(self, x, p, key):
+        return self.tf.cast(x, self.tf.float32) + p["value"]
+
+    def random_brightness(self, x, p, key):
+        tf = self.tf
+        delta = tf.random.stateless_uniform(
+            [], key, minval=-p["max_delta"], maxval=p["max_delta"], dtype=tf.float32
+        )
+        return tf.cast(x, tf.float32) + delta
+
+    def clip(self, x, p, key):
+        tf = self.tf
+        return tf.clip_by_value(tf.cast(x, tf.float32), p["low"], p["high"])
+
+    def cast(self, x, p, key):
+        return self.tf.cast(x, p["dtype"])
+
+
+FIELD_OPS = frozenset(
+    name for name in vars(_Ops) if not name.startswith("_") and name not in {"keys", "uniform_int"}
+)
+
+
+class TfDataLoader(Loader):
+    def __init__(self, ctx: CellContext):
+        tf = self.tf = _import_tensorflow()
+        self.ops = _Ops(tf)
+        w = ctx.workload
+        self.num_batches = w.num_batches
+        self.seed = ctx.seed
+        self.element_steps = [s for s in w.transforms if s["op"] not in reference.BATCH_OPS]
+        self.pad_steps = [s for s in w.transforms if s["op"] in reference.BATCH_OPS]
+        fields: dict[str, Any] = {k: np.asarray(v) for k, v in ctx.dataset.dense.items()}
+        for name, (values, offsets) in ctx.dataset.ragged.items():
+            fields[name] = tf.RaggedTensor.from_row_splits(np.asarray(values), np.asarray(offsets))
+        per_epoch = w.num_batches * w.batch_size
+        # Whole batches only: the elements of the dropped last batch are not even read.
+        self.elements = (
+            tf.data.Dataset.zip(
+                tf.data.Dataset.range(w.num_elements), tf.data.Dataset.from_tensor_slices(fields)
+            )
+            .take(per_epoch)
+            .repeat()
+        )
+        self.per_epoch = per_epoch
+        self.batch_size = w.batch_size
+        self._iterator = None
+        self._next_epoch: int | None = None
+        self.parallelism = {
+            "map_num_parallel_calls": "AUTOTUNE",
+            "prefetch_buffer_size": "AUTOTUNE",
+            "autotune": True,
+            "deterministic": True,
+            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "tf_visible_gpus": _TF_STATE["visible_gpus"],
+        }
+
+    def _transform(self, position, index, element):
+        tf = self.tf
+        epoch = position // self.per_epoch
+        key = tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(self.seed, tf.int64), epoch]), index
+        )
+        out = dict(element)
+        counter = [0]
+
+        def run(step):
+            op, name = step["op"], step["field"]
+            if op == "chain":
+                for sub in chain_steps(dict(step)):
+                    run(sub)
+                return
+            op_key = tf.random.experimental.stateless_fold_in(key, counter[0])
+            counter[0] += 1
+            if op == "shift_targets":
+                tokens = out.pop(name)
+                out[step["inputs"]], out[step["targets"]] = tokens[:-1], tokens[1:]
+            elif op == "embedding_lookup":
+                table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+                out[step["output"]] = tf.nn.embedding_lookup(tf.constant(table), out.pop(name))
+            else:
+                out[name] = getattr(self.ops, op)(out[name], step, op_key)
+
+        for step in self.element_steps:
+            run(step)
+        for step in self.pad_steps:
+            out[_LENGTH_PREFIX + step["field"]] = tf.shape(out[step["field"]])[0]
+        return out
+
+    def _pad_to_multiple(self, batch):
+        tf = self.tf
+        out = dict(batch)
+        for step in self.pad_steps:
+            name, multiple = step["field"], step["multiple"]
+            lengths = out.pop(_LENGTH_PREFIX + name)
+            tokens = out[name]
+            longest = tf.shape(tokens)[1]
+            length = tf.maximum(multiple, -(-longest // multiple) * multiple)
+            out[name] = tf.pad(
+                tokens, [[0, 0], [0, length - longest]], constant_values=step["pad_value"]
+            )
+            out[step["mask"]] = tf.sequence_mask(lengths, length, dtype=tf.int32)
+        return out
+
+    def _build(self, start_epoch: int):
+        tf = self.tf
+        positions = tf.data.Dataset.counter(start=start_epoch * self.per_epoch)
+        ds = tf.data.Dataset.zip(positions, self.elements).map(
+            lambda position, pair: self._transform(position, *pair),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if self.pad_steps:
+            values = {
+                s["field"]: tf.constant(s["pad_value"], ds.element_spec[s["field"]].dtype)
+                for s in self.pad_steps
+            }
+            ds = ds.padded_batch(
+                self.batch_size,
+                padding_values={
+                    k: values.get(k, tf.constant(0, spec.dtype))
+                    for k, spec in ds.element_spec.items()
+                },
+                drop_remainder=True,
+            ).map(self._pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.batch(self.batch_size, drop_remainder=True)
+        return iter(ds.prefetch(tf.data.AUTOTUNE))
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        # One stream across epochs keeps the prefetch buffer warm at epoch boundaries; asking
+        # for another epoch than the next one (or after an abandoned epoch) starts a new stream.
+        if self._iterator is None or self._next_epoch != epoch:
+            self._iterator = self._build(epoch)
+        self._next_epoch = None
+        for _ in range(self.num_batches):
+            yield next(self._iterator)
+        self._next_epoch = epoch + 1
+
+    def close(self) -> None:
+        self._iterator = None
+
+
+@register
+class TfData(Adapter):
+    id = "tfdata"
+    display_name = "tf.data"
+    aliases = ("tf.data", "tensorflow", "tf")
+    distributions = ("tensorflow",)
+    # Every op of the throughput scenarios; the DAG ops (branch_merge, gaussian_noise) belong to
+    # PC-2's measure, which is not implemented yet.
+    ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "pad_batch"}
+
+    def open(self, ctx: CellContext) -> Loader:
+        return TfDataLoader(ctx)
+
+    def to_host(self, value: Any) -> Any:
+        numpy = getattr(value, "numpy", None)
+        return numpy() if callable(numpy) else np.asarray(value)
