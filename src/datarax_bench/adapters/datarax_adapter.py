@@ -1,0 +1,354 @@
+"""Datarax: a `MemorySource` feeding a `datarax.Pipeline` of operators, batched and JIT-compiled.
+
+Every catalog step is one Datarax operator (an `OperatorModule` subclass, the framework's
+extension point): `generate_random_params` draws the step's random parameters from the
+per-record keys Datarax derives (`fold_in(base_key, record_index)`, folded once more with the
+epoch so that epochs differ like the reference's), and `apply` transforms one element in JAX;
+Datarax vmaps it over the batch and the pipeline compiles source gather + all operators into
+one XLA computation per batch (`for batch in pipeline`, its recommended loop).
+
+Randomness follows JAX's PRNG, not NumPy's: random pipelines match the reference's
+distributions and invariants, not its bits. Deterministic pipelines match it exactly.
+
+What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
+data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
+`branch_merge` belongs to the DAG measurement, which this adapter does not claim.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import reference
+from ..catalog import Workload, chain_steps
+from . import register
+from .base import Adapter, Batch, CellContext, Loader
+
+#: Ops the adapter implements in JAX with the reference semantics.
+DATARAX_OPS = frozenset(reference.FIELD_OPS) | {"shift_targets", "embedding_lookup"}
+#: Why an op is left out (anything else missing gets the generic reason).
+UNSUPPORTED_REASONS = {
+    "pad_batch": (
+        "Datarax cannot express transform 'pad_batch' with the reference semantics: its "
+        "pipeline is compiled with static shapes, and pad_batch pads each batch to that "
+        "batch's longest sequence (a data-dependent shape)"
+    ),
+}
+RANDOM_OPS = frozenset(
+    {
+        "random_resized_crop",
+        "random_horizontal_flip",
+        "random_crop_3d",
+        "random_window",
+        "random_brightness",
+        "gaussian_noise",
+    }
+)
+# Ids of this dtype do not fit JAX's default 32-bit types; hash_bucket reads only id mod 2**32.
+_WIDE_INT = np.dtype(np.int64)
+
+
+def _flat_steps(transforms) -> list[dict[str, Any]]:
+    out = []
+    for step in transforms:
+        out.extend(_flat_steps(chain_steps(step)) if step["op"] == "chain" else [step])
+    return out
+
+
+def _first_use(workload: Workload, name: str) -> str | None:
+    for step in _flat_steps(workload.transforms):
+        if step["field"] == name:
+            return step["op"]
+    return None
+
+
+# --- the ops in JAX: sample(key, element_shape) -> params; apply(value, params) -> value ----
+
+
+def _jax_ops() -> dict[str, tuple[Callable | None, Callable]]:
+    import jax
+    import jax.numpy as jnp
+
+    f32 = jnp.float32
+
+    def resized_crop_sample(step, key, shape):
+        height, width = shape[0], shape[1]
+        scale, ratio = step["scale"], step["ratio"]
+        k_area, k_aspect, k_top, k_left = jax.random.split(key, 4)
+        # torchvision's 10 tries, drawn at once; the first that fits wins, else a centre crop.
+        area = height * width * jax.random.uniform(k_area, (10,), minval=scale[0], maxval=scale[1])
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        aspect = jnp.exp(
+            jax.random.uniform(k_aspect, (10,), minval=log_ratio[0], maxval=log_ratio[1])
+        )
+        w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+        h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = jnp.argmax(fits)
+        fb_top, fb_left, fb_h, fb_w = _centre_box(height, width, ratio)
+        found = fits.any()
+        h = jnp.where(found, h[first], fb_h)
+        w = jnp.where(found, w[first], fb_w)
+        top = jnp.where(found, jax.random.randint(k_top, (), 0, height - h + 1), fb_top)
+        left = jnp.where(found, jax.random.randint(k_left, (), 0, width - w + 1), fb_left)
+        return jnp.stack([top, left, h, w]).astype(jnp.int32)
+
+    def resized_crop_apply(step, x, box):
+        top, left, h, w = box[0], box[1], box[2], box[3]
+        out_h, out_w = step["size"]
+        img = x.astype(f32)
+
+        def axis(start, n_in, n_out):
+            # Half-pixel centres inside the crop, clamped to it (reference.resize_bilinear).
+            scale = n_in.astype(f32) / f32(n_out)
+            src = (jnp.arange(n_out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
+            src = jnp.clip(src, 0, (n_in - 1).astype(f32))
+            lo = jnp.floor(src).astype(jnp.int32)
+            hi = jnp.minimum(lo + 1, n_in - 1)
+            return start + lo, start + hi, src - lo.astype(f32)
+
+        y0, y1, wy = axis(top, h, out_h)
+        x0, x1, wx = axis(left, w, out_w)
+        wy = wy[:, None, None]
+        wx = wx[None, :, None]
+        rows = img[y0] * (1 - wy) + img[y1] * wy
+        return rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+
+    def flip_sample(step, key, shape):
+        return jax.random.uniform(key) < step["p"]
+
+    def crop3d_sample(step, key, shape):
+        keys = jax.random.split(key, 3)
+        return jnp.stack(
+            [
+                jax.random.randint(k, (), 0, shape[i] - step["size"][i] + 1)
+                for i, k in enumerate(keys)
+            ]
+        )
+
+    def crop3d_apply(step, x, start):
+        d, h, w = step["size"]
+        zeros = (jnp.int32(0),) * (x.ndim - 3)
+        return jax.lax.dynamic_slice(
+            x, (start[0], start[1], start[2], *zeros), (d, h, w, *x.shape[3:])
+        )
+
+    def zscore_apply(step, x, _):
+        v = x.astype(f32)
+        return (v - v.mean()) / (v.std() + f32(step["epsilon"]))
+
+    def window_sample(step, key, shape):
+        return jax.random.randint(key, (), 0, shape[0] - step["length"] + 1)
+
+    def window_apply(step, x, start):
+        return jax.lax.dynamic_slice_in_dim(x, start, step["length"], axis=0)
+
+    def hash_apply(step, x, _):
+        # x holds id mod 2**32 as uint32, whose multiply wraps modulo 2**32 like the reference.
+        h = x.astype(jnp.uint32) * jnp.uint32(reference.HASH_MULTIPLIER)
+        h = h ^ (h >> 15)
+        return (h % jnp.uint32(step["num_buckets"])).astype(jnp.int32)
+
+    def normalize_apply(step, x, _):
+        mean = jnp.asarray(step["mean"], dtype=f32)
+        std = jnp.asarray(step["std"], dtype=f32)
+        return (x.astype(f32) - mean) / std
+
+    return {
+        "random_resized_crop": (resized_crop_sample, resized_crop_apply),
+        "random_horizontal_flip": (flip_sample, lambda s, x, flip: jnp.where(flip, x[:, ::-1], x)),
+        "normalize": (None, normalize_apply),
+        "random_crop_3d": (crop3d_sample, crop3d_apply),
+        "zscore": (None, zscore_apply),
+        "random_window": (window_sample, window_apply),
+        "truncate": (None, lambda s, x, _: x[: s["max_length"]]),
+        "standardize": (None, lambda s, x, _: (x.astype(f32) - f32(s["mean"])) / f32(s["std"])),
+        "log1p": (None, lambda s, x, _: jnp.log1p(jnp.maximum(x.astype(f32), f32(0)))),
+        "hash_bucket": (None, hash_apply),
+        "multiply": (None, lambda s, x, _: x.astype(f32) * f32(s["factor"])),
+        "add": (None, lambda s, x, _: x.astype(f32) + f32(s["value"])),
+        "random_brightness": (
+            lambda s, key, shape: jax.random.uniform(
+                key, minval=-s["max_delta"], maxval=s["max_delta"]
+            ),
+            lambda s, x, delta: x.astype(f32) + delta.astype(f32),
+        ),
+        "clip": (None, lambda s, x, _: jnp.clip(x.astype(f32), f32(s["low"]), f32(s["high"]))),
+        "gaussian_noise": (
+            lambda s, key, shape: jax.random.normal(key, shape, dtype=f32) * f32(s["std"]),
+            lambda s, x, noise: x.astype(f32) + noise,
+        ),
+        "cast": (None, lambda s, x, _: x.astype(s["dtype"])),
+    }
+
+
+def _centre_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
+    """The fallback of `reference.sample_resized_crop_box` when none of its tries fits."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@functools.cache
+def _operator_class():
+    """The Datarax operator class, defined on first use so that importing this module is light."""
+    import jax
+    import jax.numpy as jnp
+    from datarax.core.config import OperatorConfig
+    from datarax.core.operator import OperatorModule
+    from flax import nnx
+
+    jax_ops = _jax_ops()
+
+    class CatalogStep(OperatorModule):
+        """One catalog step on one element; random parameters drawn per record."""
+
+        def __init__(self, step: dict[str, Any], embedding: np.ndarray | None, *, rngs):
+            random = step["op"] in RANDOM_OPS
+            config = OperatorConfig(stochastic=random, stream_name="augment" if random else None)
+            super().__init__(config, rngs=rngs if random else None, name=f"{step['op']}")
+            self.step = dict(step)
+            self.embedding = nnx.data(None if embedding is None else jnp.asarray(embedding))
+            # Folded into every record's key, so that each epoch draws anew (the reference's
+            # rng is keyed on (seed, epoch, index)); a plain Variable, carried per batch.
+            self.epoch = nnx.Variable(jnp.zeros((), dtype=jnp.uint32))
+
+        def _sample(self, key, shape):
+            sample = jax_ops[self.step["op"]][0]
+            return sample(self.step, key, shape)
+
+        def generate_random_params(self, element_keys, data_shapes):
+            if not self.stochastic:
+                return None
+            epoch = self.epoch[...]
+            keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(element_keys)
+            shape = data_shapes[self.step["field"]][1:]
+            return jax.vmap(lambda k: self._sample(k, shape))(keys)
+
+        def apply(self, data, state, metadata, random_params=None, stats=None):
+            step, name = self.step, self.step["field"]
+            out = dict(data)
+            if step["op"] == "shift_targets":
+                tokens = out.pop(name)
+                out[step["inputs"]] = tokens[:-1]
+                out[step["targets"]] = tokens[1:]
+            elif step["op"] == "embedding_lookup":
+                out[step["output"]] = jnp.take(self.embedding, out.pop(name), axis=0)
+            else:
+                if self.stochastic and random_params is None:
+                    # Output-structure discovery (eval_shape) calls apply without params.
+                    random_params = self._sample(jax.random.key(0), out[name].shape)
+                out[name] = jax_ops[step["op"]][1](step, out[name], random_params)
+            return out, state, metadata
+
+    return CatalogStep
+
+
+def _source_arrays(workload: Workload, dataset) -> dict[str, np.ndarray]:
+    """The dataset's fields in memory, in types JAX holds without 64-bit mode."""
+    arrays = {}
+    for name, arr in dataset.dense.items():
+        if arr.dtype == _WIDE_INT:
+            # Only hash_bucket consumes 64-bit ids here (support() checks), and it reads id mod
+            # 2**32 first: keep exactly those bits.
+            arrays[name] = (np.asarray(arr) & reference.MASK32).astype(np.uint32)
+        else:
+            arrays[name] = np.ascontiguousarray(arr)
+    return arrays
+
+
+class DataraxLoader(Loader):
+    def __init__(self, ctx: CellContext):
+        import datarax
+        import jax
+        from datarax.sources import MemorySource, MemorySourceConfig
+        from flax import nnx
+
+        w = ctx.workload
+        self.num_batches = w.num_batches
+        step_class = _operator_class()
+        rngs = nnx.Rngs(augment=jax.random.key(ctx.seed))
+        self.operators = []
+        for step in _flat_steps(w.transforms):
+            table = None
+            if step["op"] == "embedding_lookup":
+                table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+            self.operators.append(step_class(step, table, rngs=rngs))
+        source = MemorySource(
+            MemorySourceConfig(shuffle=False),
+            _source_arrays(w, ctx.dataset),
+            rngs=nnx.Rngs(ctx.seed),
+        )
+        self.pipeline = datarax.Pipeline(
+            source=source,
+            stages=self.operators,
+            batch_size=w.batch_size,
+            rngs=nnx.Rngs(ctx.seed),
+        )
+        self._jnp = jax.numpy
+        self.parallelism = {
+            "workers": 0,
+            "threads": 0,
+            "prefetch": 0,
+            "mode": "jit",
+            "execution": "one jax.jit step per batch (source gather + vmapped operators)",
+            "source": "MemorySource, staged on the JAX device once per loader",
+        }
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        for op in self.operators:
+            op.epoch.set_value(self._jnp.asarray(epoch, dtype=self._jnp.uint32))
+        iterator = iter(self.pipeline)
+        # Every epoch reads the source from its first record (drop-remainder batches).
+        state = iterator.get_state()
+        iterator.set_state({**state, "position": 0})
+        try:
+            for _ in range(self.num_batches):
+                yield next(iterator)
+        finally:
+            iterator.close()
+
+    def close(self) -> None:
+        self.operators = []
+        self.pipeline = None
+
+
+@register
+class Datarax(Adapter):
+    id = "datarax"
+    display_name = "Datarax"
+    distributions = ("datarax", "jax", "flax")
+    ops = DATARAX_OPS
+
+    def support(self, workload: Workload) -> str | None:
+        if workload.measure not in self.measures:
+            return super().support(workload)
+        for op in workload.ops():
+            if op in UNSUPPORTED_REASONS:
+                return UNSUPPORTED_REASONS[op]
+        reason = super().support(workload)
+        if reason:
+            return reason
+        for name, spec in workload.fields.items():
+            if spec.ragged:
+                return (
+                    f"Datarax cannot hold ragged field {name!r} in its statically shaped pipeline"
+                )
+            if np.dtype(spec.dtype) == _WIDE_INT and _first_use(workload, name) != "hash_bucket":
+                return (
+                    f"Datarax (JAX without 64-bit mode) cannot hold int64 field {name!r} unchanged"
+                )
+        return None
+
+    def open(self, ctx: CellContext) -> Loader:
+        return DataraxLoader(ctx)
