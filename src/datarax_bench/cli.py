@@ -212,6 +212,27 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+# --- export (W&B; logic in export.py) --------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from .export import DEFAULT_PROJECT, export_results
+
+    report = export_results(
+        Path(args.results_dir),
+        project=args.project or DEFAULT_PROJECT,
+        entity=args.entity,
+        mode="offline" if args.offline else "auto",
+        infra=args.infra,
+        skip_without_key=args.skip_without_key,
+    )
+    if report["mode"] in ("online", "offline"):
+        mode, name = report["mode"], report["run_name"]
+        print(f"{report['cells']} cells exported to W&B run {name} ({mode})")
+        print(f"sync: {report['sync_command']}")
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -237,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True)
     p.add_argument("--json", help="also write the hardware report to this file")
     p.set_defaults(func=cmd_doctor)
+
+    # export (W&B): see export.py
+    p = sub.add_parser("export", help="export a results directory to Weights & Biases")
+    p.add_argument("--results-dir", required=True, help="the --output-dir of a run")
+    p.add_argument("--project", help="W&B project (default datarax-benchmarks)")
+    p.add_argument("--entity", help="W&B entity (team or user)")
+    p.add_argument("--offline", action="store_true", help="write an offline run; upload later")
+    p.add_argument("--infra", help="infra label (default: from results/PROFILE/INFRA, else local)")
+    p.add_argument(
+        "--skip-without-key",
+        action="store_true",
+        help="without WANDB_API_KEY, export nothing and exit 0 (cloud machines)",
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 

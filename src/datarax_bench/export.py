@@ -1,0 +1,519 @@
+"""Export a results directory to Weights & Biases: one run, a table, keyed summary, plots, artifact.
+
+Everything is read and validated before `wandb.init`, so bad input uploads nothing. The export
+never loses results and never hangs: without `WANDB_API_KEY` it writes an offline run under the
+results directory (uploaded later with `wandb sync`); with a key but W&B unreachable, a short
+reachability probe and bounded W&B settings make it fall back to offline within a minute.
+The key is read only to decide the mode; its value is never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .results import load_result, utc_now, write_json_atomic
+from .schemas import read_json
+
+API_KEY_ENV = "WANDB_API_KEY"
+DATA_DIR_ENV = "WANDB_DATA_DIR"
+DEFAULT_PROJECT = "datarax-benchmarks"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+MODES = ("auto", "online", "offline", "disabled")
+ARTIFACT_TYPE = "benchmark-results"
+#: Optional files the workflow writes next to raw/ that belong in the artifact.
+EXTRA_FILES = ("summary.json", "results.csv", "summary.md")
+
+#: Seconds the reachability probe waits for any HTTP answer from the W&B server.
+PROBE_TIMEOUT_S = 5.0
+#: Bounds for an online `wandb.init` against a server that answers but stalls. Without them
+#: wandb 0.26 retried for more than 400 s; with them a stalled server gives up in about 45 s.
+ONLINE_SETTINGS = {
+    "init_timeout": 20.0,
+    "x_graphql_retry_max": 1,
+    "x_graphql_retry_wait_max_seconds": 2.0,
+    "x_graphql_timeout_seconds": 5.0,
+}
+#: For every run: no console capture or system sampling (the export measures nothing), no git
+#: metadata (a remote URL can embed a token; the commit comes from the results), no wandb
+#: chatter (silent also skips the login banner's extra, unbounded viewer query).
+COMMON_SETTINGS = {
+    "console": "off",
+    "x_disable_stats": True,
+    "disable_git": True,
+    "save_code": False,
+    "silent": True,
+}
+
+TABLE_COLUMNS = (
+    "scenario",
+    "scenario_name",
+    "variant",
+    "size",
+    "adapter",
+    "adapter_name",
+    "measure",
+    "status",
+    "reason",
+    "elements_per_s_median",
+    "elements_per_s_ci95_low",
+    "elements_per_s_ci95_high",
+    "elements_per_s_cv",
+    "elements_per_s_min",
+    "elements_per_s_max",
+    "bytes_per_s_median",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "latency_ms_p99",
+    "time_to_first_batch_s",
+    "peak_rss_bytes",
+    "device_peak_bytes",
+    "repetitions",
+    "first_batch_consistent",
+    "special",
+    "path",
+)
+#: The table's measured numbers, also put in the run summary per cell.
+NUMERIC_COLUMNS = TABLE_COLUMNS[
+    TABLE_COLUMNS.index("elements_per_s_median") : TABLE_COLUMNS.index("repetitions") + 1
+]
+
+
+def _say(message: str) -> None:
+    print(f"export: {message}", file=sys.stderr, flush=True)
+
+
+# --- reading and validating the results directory ---------------------------------------------
+
+
+@dataclass
+class CellResult:
+    path: Path  # relative to the results directory: raw/S/V/A.json
+    result: dict[str, Any]
+
+
+@dataclass
+class ResultsBundle:
+    """A validated results directory: every raw result, the manifest, plots, extra files."""
+
+    root: Path
+    manifest: dict[str, Any]
+    cells: list[CellResult]
+    plots: list[Path] = field(default_factory=list)
+    extra_files: list[Path] = field(default_factory=list)
+
+    @property
+    def profile(self) -> str:
+        return self.manifest["profile"]
+
+    @property
+    def git_commit(self) -> str | None:
+        return self.manifest.get("git_commit") or next(
+            (c.result["provenance"]["git_commit"] for c in self.cells), None
+        )
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells:
+            out[c.result["status"]] = out.get(c.result["status"], 0) + 1
+        return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_bundle(results_dir: Path) -> ResultsBundle:
+    """Read and check a results directory; any problem is a UserError naming the file.
+
+    Checks that every raw result validates, sits at the path its cell names, is listed in
+    manifest.json with the same SHA-256 (a partial download or a stale manifest shows here),
+    and that every file the manifest lists exists.
+    """
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: results directory not found; expected the --output-dir of a run")
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{manifest_path}: file not found; expected a results directory written by "
+            "`datarax-bench run --output-dir` or the workflow"
+        )
+    manifest = read_json(manifest_path)
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("profile"), str)
+        or not isinstance(manifest.get("cells"), list)
+    ):
+        raise UserError(f"{manifest_path}: expected a JSON object with 'profile' and 'cells'")
+    listed: dict[str, dict[str, Any]] = {}
+    for entry in manifest["cells"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise UserError(
+                f"{manifest_path}: cells: expected objects with a 'path', got {entry!r}"
+            )
+        listed[entry["path"]] = entry
+
+    raw_files = sorted((root / "raw").glob("*/*/*.json"))
+    if not raw_files:
+        raise UserError(f"{root / 'raw'}: no result files (raw/SCENARIO/VARIANT/ADAPTER.json)")
+    cells = []
+    for path in raw_files:
+        rel = path.relative_to(root)
+        result = load_result(path)
+        c = result["cell"]
+        expected = Path("raw", c["scenario"], c["variant"], f"{c['adapter']}.json")
+        if rel != expected:
+            raise UserError(
+                f"{path}: holds cell {c['scenario']}/{c['variant']}/{c['adapter']}, expected at {expected}"
+            )
+        if c["profile"] != manifest["profile"]:
+            raise UserError(
+                f"{path}: profile {c['profile']!r}, but manifest.json says {manifest['profile']!r}"
+            )
+        entry = listed.pop(str(rel), None)
+        if entry is None:
+            raise UserError(f"{path}: not listed in {manifest_path}; the manifest is stale")
+        if entry.get("sha256") and entry["sha256"] != _sha256(path):
+            raise UserError(
+                f"{path}: SHA-256 differs from {manifest_path}; the file changed or was copied partially"
+            )
+        cells.append(CellResult(rel, result))
+    if listed:
+        missing = next(iter(listed))
+        raise UserError(f"{root / missing}: listed in {manifest_path} but missing")
+
+    plots = sorted((root / "plots").glob("*.png")) if (root / "plots").is_dir() else []
+    extra = [root / name for name in EXTRA_FILES if (root / name).is_file()]
+    return ResultsBundle(root, manifest, cells, plots, extra)
+
+
+def infer_infra(results_dir: Path, profile: str) -> str:
+    """The workflow writes results/{profile}/{infra}/; anything else was run locally."""
+    path = Path(results_dir).resolve()
+    return path.name if path.parent.name == profile else "local"
+
+
+# --- what is logged ----------------------------------------------------------------------------
+
+
+def table_row(cell: CellResult) -> dict[str, Any]:
+    r = cell.result
+    c = r["cell"]
+    s = r.get("statistics") or {}
+    eps = s.get("elements_per_s") or {}
+    special = r.get("special")
+    row = {
+        **{k: c[k] for k in ("scenario", "scenario_name", "variant", "size", "adapter")},
+        "adapter_name": c["adapter_name"],
+        "measure": c["measure"],
+        "status": r["status"],
+        "reason": r["reason"],
+        **{f"elements_per_s_{k}": eps.get(k) for k in ("median", "ci95_low", "ci95_high")},
+        **{f"elements_per_s_{k}": eps.get(k) for k in ("cv", "min", "max")},
+        "bytes_per_s_median": s.get("bytes_per_s_median"),
+        **{f"latency_ms_{p}": s.get(f"latency_ms_{p}_median") for p in ("p50", "p95", "p99")},
+        "time_to_first_batch_s": s.get("time_to_first_batch_s_median"),
+        "peak_rss_bytes": s.get("peak_rss_bytes_max"),
+        "device_peak_bytes": s.get("device_peak_bytes_max"),
+        "repetitions": s.get("repetitions"),
+        "first_batch_consistent": s.get("first_batch_consistent"),
+        "special": json.dumps(special, sort_keys=True) if special else None,
+        "path": str(cell.path),
+    }
+    assert tuple(row) == TABLE_COLUMNS
+    return row
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, bool | int | float | str) and value is not None:
+        out[prefix] = value
+
+
+def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
+    """`<scenario>/<variant>/<adapter>/<metric>`: no two cells share a key."""
+    out: dict[str, Any] = {}
+    for cell in bundle.cells:
+        row = table_row(cell)
+        key = f"{row['scenario']}/{row['variant']}/{row['adapter']}"
+        out[f"{key}/status"] = row["status"]
+        for name in NUMERIC_COLUMNS:
+            if row[name] is not None:
+                out[f"{key}/{name}"] = row[name]
+        special: dict[str, Any] = {}
+        _flatten("special", cell.result.get("special") or {}, special)
+        out.update({f"{key}/{k}": v for k, v in special.items()})
+    out.update({f"cells/{status}": n for status, n in bundle.counts().items()})
+    out["cells/total"] = len(bundle.cells)
+    return out
+
+
+def run_name(profile: str, infra: str, commit: str | None, when: datetime) -> str:
+    sha = (commit or "nogit")[:7]
+    return f"{profile}-{infra}-{sha}-{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _run_time(bundle: ResultsBundle) -> datetime:
+    """When the benchmark started, so that exporting the same results again gives the same name."""
+    try:
+        return datetime.fromisoformat(bundle.manifest["started"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)
+
+
+def run_config(bundle: ResultsBundle, infra: str, name: str) -> dict[str, Any]:
+    provenances = [c.result["provenance"] for c in bundle.cells]
+    first = provenances[0]
+    packages: dict[str, str | None] = {}
+    for p in provenances:
+        packages.update({k: v for k, v in p["packages"].items() if v or k not in packages})
+    jax = next((p["jax"] for p in provenances if p.get("jax")), None)
+    return {
+        "run_name": name,
+        "profile": bundle.profile,
+        "infra": infra,
+        "settings": bundle.manifest.get("settings"),
+        "git_commit": bundle.git_commit,
+        "git_dirty": first.get("git_dirty"),
+        "hardware": {
+            "cpu": first["cpu"],
+            "memory_bytes": first["memory_bytes"],
+            "gpu": next((p["gpu"] for p in provenances if p.get("gpu")), None),
+            "jax_backend": jax["backend"] if jax else None,
+            "jax_devices": jax["devices"] if jax else None,
+            "jax_device_count": jax["device_count"] if jax else None,
+            "hostnames": sorted({p.get("hostname") for p in provenances if p.get("hostname")}),
+            "platform": first["platform"],
+        },
+        "python": first["python"],
+        "packages": dict(sorted(packages.items())),
+        "environment": first["environment"],
+        "benchmark_started": bundle.manifest.get("started"),
+        "benchmark_finished": bundle.manifest.get("finished"),
+        "cells": len(bundle.cells),
+        "counts": bundle.counts(),
+    }
+
+
+# --- choosing the mode -------------------------------------------------------------------------
+
+
+def base_url(environ=None) -> str:
+    environ = os.environ if environ is None else environ
+    return (environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if the server answers HTTP at all (any status), else why not, in words."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{url} unreachable ({reason})"
+
+
+def choose_mode(requested: str, environ=None) -> tuple[str, str | None]:
+    """(mode, reason it is offline) for requested auto/online/offline/disabled."""
+    environ = os.environ if environ is None else environ
+    if requested not in MODES:
+        raise UserError(f"wandb mode {requested!r}: expected one of {', '.join(MODES)}")
+    if requested in ("offline", "disabled"):
+        return requested, None
+    if not environ.get(API_KEY_ENV):
+        why = f"{API_KEY_ENV} is not set"
+        if requested == "online":
+            why += " (online was requested; the run is kept offline instead)"
+        return "offline", why
+    return "online", None
+
+
+# --- the export --------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _settings(mode: str):
+    import wandb
+
+    values = dict(COMMON_SETTINGS, mode=mode)
+    if mode == "online":
+        values.update(ONLINE_SETTINGS)
+    return wandb.Settings(**values)
+
+
+@contextlib.contextmanager
+def _staging_in(root: Path):
+    """Offline artifact files are staged (copied) under WANDB_DATA_DIR until `wandb sync`
+    uploads them; stage them inside the results directory so the run and its files stay together."""
+    previous = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = str(root / "wandb" / "data")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(DATA_DIR_ENV, None)
+        else:
+            os.environ[DATA_DIR_ENV] = previous
+
+
+def _log_run(
+    bundle: ResultsBundle, *, mode: str, project: str, entity: str | None, infra: str, name: str
+):
+    """One W&B run with config, table, keyed summary, plots and the artifact. Returns a report."""
+    import wandb
+
+    backend = (bundle.manifest.get("settings") or {}).get("backend")
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        name=name,
+        group=bundle.profile,
+        job_type="benchmark",
+        tags=[f"infra:{infra}", f"backend:{backend}", f"profile:{bundle.profile}"],
+        config=run_config(bundle, infra, name),
+        dir=str(bundle.root),
+        settings=_settings(mode),
+        reinit="create_new",
+    )
+    try:
+        rows = [table_row(c) for c in bundle.cells]
+        table = wandb.Table(columns=list(TABLE_COLUMNS), data=[list(r.values()) for r in rows])
+        logged: dict[str, Any] = {"cells": table}
+        for plot in bundle.plots:
+            logged[f"plots/{plot.stem}"] = wandb.Image(str(plot))
+        run.log(logged)
+        metrics = summary_metrics(bundle)
+        run.summary.update(metrics)
+
+        artifact = wandb.Artifact(
+            f"results-{bundle.profile}-{infra}",
+            type=ARTIFACT_TYPE,
+            description=f"Raw results, manifest and table of {name}",
+            metadata={
+                "profile": bundle.profile,
+                "infra": infra,
+                "commit": bundle.git_commit,
+                "run_name": name,
+                "counts": bundle.counts(),
+            },
+        )
+        files = [bundle.root / c.path for c in bundle.cells]
+        files += [bundle.root / "manifest.json", *bundle.extra_files, *bundle.plots]
+        for path in files:
+            artifact.add_file(str(path), name=str(path.relative_to(bundle.root)))
+        artifact.add(table, "cells")
+        run.log_artifact(artifact)
+        report = {
+            "run_id": run.id,
+            "run_name": name,
+            "run_path": f"{run.entity}/{run.project}/{run.id}" if mode == "online" else None,
+            "run_url": run.url if mode == "online" else None,
+            "run_dir": str(Path(run.dir).parent),
+            "exported": {
+                "table_rows": len(rows),
+                "summary_keys": len(metrics),
+                "plots": [str(p.relative_to(bundle.root)) for p in bundle.plots],
+                "artifact": {
+                    "name": artifact.name,
+                    "type": ARTIFACT_TYPE,
+                    "files": [str(p.relative_to(bundle.root)) for p in files]
+                    + ["cells.table.json"],
+                },
+            },
+        }
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
+    return report
+
+
+def export_results(
+    results_dir: Path,
+    *,
+    project: str = DEFAULT_PROJECT,
+    entity: str | None = None,
+    mode: str = "auto",
+    infra: str | None = None,
+    skip_without_key: bool = False,
+    marker: Path | None = None,
+) -> dict[str, Any]:
+    """Export one results directory; returns (and writes to `marker`) what happened.
+
+    Bad input raises UserError before W&B is touched. W&B trouble online falls back to an
+    offline run; the returned report always says where the run is and how to upload it.
+    """
+    started = time.monotonic()
+    bundle = load_bundle(Path(results_dir))
+    infra = infra or infer_infra(bundle.root, bundle.profile)
+    name = run_name(bundle.profile, infra, bundle.git_commit, _run_time(bundle))
+    chosen, offline_reason = choose_mode(mode)
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "results_dir": str(bundle.root),
+        "profile": bundle.profile,
+        "infra": infra,
+        "project": project,
+        "entity": entity,
+        "requested_mode": mode,
+        "cells": len(bundle.cells),
+        "run_name": name,
+    }
+
+    if skip_without_key and not os.environ.get(API_KEY_ENV):
+        _say(
+            f"skipped: {API_KEY_ENV} is not set, so nothing is uploaded; results stay in {bundle.root}"
+        )
+        report.update(mode="skipped", reason=f"{API_KEY_ENV} is not set")
+    elif chosen == "disabled":
+        _say("W&B export disabled; nothing logged")
+        report.update(mode="disabled", reason="wandb mode is 'disabled'")
+    else:
+        log = functools.partial(
+            _log_run, bundle, project=project, entity=entity, infra=infra, name=name
+        )
+        if chosen == "online":
+            offline_reason = probe(base_url())
+            if offline_reason is None:
+                try:
+                    report.update(log(mode="online"), mode="online", reason=None)
+                except Exception as exc:  # any W&B failure: keep the results, go offline
+                    offline_reason = f"online export failed ({_one_line(exc)})"
+            if offline_reason:
+                _say(f"W&B not reachable, falling back to offline: {offline_reason}")
+        if report.get("mode") != "online":
+            with _staging_in(bundle.root):
+                report.update(log(mode="offline"), mode="offline", reason=offline_reason)
+        report["sync_command"] = f"wandb sync {shlex.quote(report['run_dir'])}"
+        if report["mode"] == "online":
+            _say(f"uploaded run {report['run_path']} ({report['run_url']})")
+        else:
+            _say(f"offline run written to {report['run_dir']} ({offline_reason})")
+            _say(f"upload it later with: {report['sync_command']}")
+    report["duration_s"] = round(time.monotonic() - started, 3)
+    report["finished"] = utc_now()
+    if marker is not None:
+        write_json_atomic(Path(marker), report)
+    return report
