@@ -25,6 +25,13 @@ ADAPTERS = config["adapters"] or [adapter.id for adapter in all_adapters()]
 INFRA = re.sub(r"[/]", "_", config["infra"])
 RESULTS = os.path.normpath(config["results_dir"])
 
+# One bench slot, so that two measurements never share the machine whatever --cores says
+# (measuring rules take bench_slot=1). workflow/profiles/default declares it too, but Snakemake
+# only finds that profile when given --workflow-profile, so the workflow sets it itself unless
+# the command line already did (`--resources bench_slot=N`).
+if "bench_slot" not in workflow.global_resources:
+    workflow.register_resource("bench_slot", 1)
+
 # results/{profile}/{infra} is a results directory like `datarax-bench run --output-dir` writes.
 RUN_DIR = f"{RESULTS}/{{profile}}/{{infra}}"
 CELL = str(cell_path(RUN_DIR, "{scenario}", "{variant}", "{adapter}"))
@@ -102,4 +109,8 @@ def plot_outputs(profile=PROFILE.name, infra=INFRA):
 
 def get_final_targets():
     """What `snakemake` (rule all) builds. Later stages (W&B export, cloud teardown) add theirs here."""
-    return aggregate_outputs() + plot_outputs()
+    targets = aggregate_outputs() + plot_outputs()
+    # [cloud, issue 5] a cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
+    if config["infra"] != "local":
+        targets.append(teardown_marker())
+    return targets
