@@ -238,7 +238,7 @@ def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):
         "--profile",
         "smoke",
         "--scenarios",
-        "TAB-1,PR-2",
+        "TAB-1,PR-1",
         "--scenarios",
         "CV-1",
         "--adapters",
@@ -256,8 +256,8 @@ def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):
     assert got == {
         ("TAB-1", "numpy"): "ok",
         ("TAB-1", "test-limited"): "ok",
-        ("PR-2", "numpy"): "not_implemented",
-        ("PR-2", "test-limited"): "not_implemented",
+        ("PR-1", "numpy"): "not_implemented",
+        ("PR-1", "test-limited"): "not_implemented",
         ("CV-1", "numpy"): "ok",
         ("CV-1", "test-limited"): "unsupported",
     }

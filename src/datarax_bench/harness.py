@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 
 from . import stats
-from .adapters.base import Adapter, Batch, CellContext
+from .adapters.base import HARNESS_MEASURES, Adapter, Batch, CellContext
 from .catalog import Profile, Workload
 from .data import Dataset
 
@@ -25,7 +25,7 @@ Delivered = dict[str, Any]
 
 #: Measures the harness implements today; the others are declared in the catalog and end as
 #: `not_implemented` without running a loader.
-IMPLEMENTED_MEASURES = frozenset({"throughput"})
+IMPLEMENTED_MEASURES = frozenset({"throughput"}) | HARNESS_MEASURES
 RSS_SAMPLE_INTERVAL_S = 0.05
 
 
@@ -41,8 +41,16 @@ def batch_digest(batch: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+class UnsupportedHere(Exception):
+    """The cell cannot run on this machine (e.g. fewer devices than a sharding variant needs)."""
+
+
 def make_delivery(adapter: Adapter, device=None) -> Callable[[Batch], Delivered]:
-    """The delivery contract: every field put on `device` (default: JAX's first) and ready."""
+    """The delivery contract: every field put on `device` (default: JAX's first) and ready.
+
+    `device` may also be a `jax.sharding.Sharding`: each field then becomes one global array
+    split over the sharding's devices along the batch axis.
+    """
     import jax
 
     target = device if device is not None else jax.devices()[0]
@@ -201,6 +209,165 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _sharding_target(workload: Workload):
+    """A NamedSharding over the first N devices on a 1-D mesh, batch axis split."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    wanted = workload.options["devices"]
+    devices = jax.devices()
+    if len(devices) < wanted:
+        raise UnsupportedHere(
+            f"{workload.variant} shards over {wanted} devices; this machine's JAX backend has {len(devices)}"
+        )
+    if workload.batch_size % wanted:
+        raise ValueError(f"batch size {workload.batch_size} does not split over {wanted} devices")
+    mesh = Mesh(np.array(devices[:wanted]), ("data",))
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def _sharding_report(adapter: Adapter, ctx: CellContext, target) -> dict[str, Any]:
+    """Deliver one batch and record how it was really laid out."""
+    loader = adapter.open(ctx)
+    try:
+        batch = make_delivery(adapter, target)(next(iter(loader.epoch(0))))
+    finally:
+        loader.close()
+    fields = {}
+    for name, arr in sorted(batch.items()):
+        fields[name] = {
+            "global_shape": list(arr.shape),
+            "shard_shapes": sorted({tuple(s.data.shape) for s in arr.addressable_shards}),
+            "devices": len(arr.sharding.device_set),
+            "equivalent": bool(arr.sharding.is_equivalent_to(target, arr.ndim)),
+        }
+    wanted = ctx.workload.options["devices"]
+    return {
+        "devices": wanted,
+        "mesh_shape": dict(target.mesh.shape),
+        "partition_spec": str(target.spec),
+        "fields": {
+            k: {**v, "shard_shapes": [list(x) for x in v["shard_shapes"]]}
+            for k, v in fields.items()
+        },
+        "sharded": all(f["devices"] == wanted and f["equivalent"] for f in fields.values()),
+    }
+
+
+def _digest_run(
+    adapter: Adapter, ctx: CellContext, deliver, epochs: int, index: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Every batch of `epochs` epochs from a fresh loader, each digested after it is timed."""
+    clock = time.perf_counter
+    digests: list[str] = []
+    latencies: list[float] = []
+    total_bytes = 0
+    setup_start = clock()
+    loader = adapter.open(ctx)
+    setup_s = clock() - setup_start
+    try:
+        with RssSampler() as rss:
+            for epoch in range(epochs):
+                batches = iter(loader.epoch(epoch))
+                while True:
+                    requested = clock()
+                    try:
+                        out = deliver(next(batches))
+                    except StopIteration:
+                        break
+                    latencies.append(clock() - requested)
+                    total_bytes += sum(v.nbytes for v in out.values())
+                    digests.append(batch_digest(out))
+        parallelism = dict(getattr(loader, "parallelism", {}))
+    finally:
+        loader.close()
+    if not latencies:
+        raise RuntimeError("the loader produced no batch")
+    # Throughput counts only the time spent waiting for batches, not the digests.
+    window_s = sum(latencies)
+    elements = len(latencies) * ctx.workload.batch_size
+    return {
+        "index": index,
+        "batches": len(latencies),
+        "elements": elements,
+        "bytes": int(total_bytes),
+        "window_s": window_s,
+        "epochs": float(epochs),
+        "elements_per_s": elements / window_s,
+        "bytes_per_s": total_bytes / window_s,
+        "latency_ms": stats.latency_summary_ms(latencies),
+        "time_to_first_batch_s": setup_s + latencies[0],
+        "setup_s": setup_s,
+        "peak_rss_bytes": int(rss.peak),
+        "device_peak_bytes": None,
+        "first_batch_sha256": digests[0],
+        "_parallelism": parallelism,
+    }, digests
+
+
+def _sequence_digest(digests: list[str]) -> str:
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def measure_determinism(
+    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
+) -> dict[str, Any]:
+    """Same seed at least twice, then another seed, over several epochs; every batch digested.
+
+    Deterministic means identical digest sequences for the same seed; a non-deterministic
+    adapter is a finding recorded in the result, not an error.
+    """
+    import jax
+
+    deliver = make_delivery(adapter, jax.devices()[0])
+    epochs = workload.options.get("epochs", 2)
+    runs = max(2, profile.measurement["repetitions"])
+    seed, other_seed = profile.seed, profile.seed + 1
+    reps, sequences = [], []
+    for r in range(runs):
+        ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=seed)
+        rep, digests = _digest_run(adapter, ctx, deliver, epochs, r)
+        reps.append(rep)
+        sequences.append(digests)
+        if progress:
+            progress(f"determinism run {r + 1}/{runs} (seed {seed}): {len(digests)} batches")
+    other_ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=other_seed)
+    _, other = _digest_run(adapter, other_ctx, deliver, epochs, runs)
+    mismatch = None
+    for r, seq in enumerate(sequences[1:], 1):
+        for b, (x, y) in enumerate(zip(sequences[0], seq, strict=False)):
+            if x != y:
+                mismatch = {"run": r, "batch": b}
+                break
+        if mismatch is None and len(seq) != len(sequences[0]):
+            mismatch = {"run": r, "batch": min(len(seq), len(sequences[0]))}
+        if mismatch:
+            break
+    parallelism = reps[-1].pop("_parallelism", {})
+    for rep in reps:
+        rep.pop("_parallelism", None)
+    special = {
+        "epochs": epochs,
+        "batches_per_run": len(sequences[0]),
+        "runs_same_seed": runs,
+        "seed": seed,
+        "other_seed": other_seed,
+        "deterministic": mismatch is None,
+        "first_mismatch": mismatch,
+        "seeds_differ": other != sequences[0],
+        "sequence_sha256": [_sequence_digest(seq) for seq in sequences],
+        "other_seed_sequence_sha256": _sequence_digest(other),
+        "batch_sha256": sequences[0],
+        "other_seed_batch_sha256": other,
+    }
+    return {
+        "repetitions": reps,
+        "statistics": summarize_repetitions(reps),
+        "parallelism": parallelism,
+        "special": special,
+    }
+
+
 def measure_cell(
     adapter: Adapter,
     workload: Workload,
@@ -208,11 +375,15 @@ def measure_cell(
     profile: Profile,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """All repetitions of one cell (all kept), their statistics, and the parallelism used."""
+    """All repetitions of one cell (all kept), their statistics, the parallelism used and,
+    for the special measurements, their own metrics under `special`."""
     import jax
 
+    if workload.measure == "determinism":
+        return measure_determinism(adapter, workload, dataset, profile, progress)
     device = jax.devices()[0]
-    deliver = make_delivery(adapter, device)
+    target = _sharding_target(workload) if workload.measure == "sharding" else device
+    deliver = make_delivery(adapter, target)
     ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed)
     reps = []
     for r in range(profile.measurement["repetitions"]):
@@ -226,8 +397,18 @@ def measure_cell(
     parallelism = reps[-1].get("_parallelism", {})
     for rep in reps:
         rep.pop("_parallelism", None)
-    return {
+    body = {
         "repetitions": reps,
         "statistics": summarize_repetitions(reps),
         "parallelism": parallelism,
     }
+    if workload.measure == "sharding":
+        body["special"] = _sharding_report(adapter, ctx, target)
+    elif workload.measure == "dag":
+        merges = [t for t in workload.transforms if t["op"] == "branch_merge"]
+        body["special"] = {
+            "branches": [len(t["branches"]) for t in merges],
+            "merge": [t["merge"] for t in merges],
+            "ops": workload.ops(),
+        }
+    return body

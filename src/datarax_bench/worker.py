@@ -36,15 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     if profile.backend == "cpu":
         # Keep JAX from probing for accelerators that a CPU profile does not measure.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if workload.measure == "sharding":
+            # N host devices for this cell's process only; must be set before jax is imported.
+            flag = f"--xla_force_host_platform_device_count={workload.options['devices']}"
+            os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), flag]))
+
+    from .harness import UnsupportedHere, measure_cell
 
     try:
-        from .harness import measure_cell
-
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
         body = measure_cell(adapter, workload, dataset, profile, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
         result["workload"]["data_digest"] = dataset.digest
+    except UnsupportedHere as exc:
+        _log(str(exc))
+        result = make_result("unsupported", str(exc), profile, workload, adapter, clock)
     except ImportError as exc:
         # A missing or broken framework makes this adapter's cells unsupported, not the run.
         reason = f"{adapter.display_name} could not be imported: {type(exc).__name__}: {exc}"
