@@ -152,11 +152,18 @@ def launch_argv(
     return argv + list(secrets)
 
 
-def exec_argv(cluster: str, accelerator: str | None, command: str) -> list[str]:
-    """`sky exec`; requesting the accelerator lets the job see it and queues jobs one by one."""
+def exec_argv(
+    cluster: str, accelerator: str | None, command: str, envs: dict[str, str] | None = None
+) -> list[str]:
+    """`sky exec`; requesting the accelerator lets the job see it and queues jobs one by one.
+
+    `envs` are the task's non-secret settings (JAX_PLATFORMS, the git commit, ...).
+    """
     argv = ["sky", "exec", cluster]
     if accelerator:
         argv += ["--gpus", accelerator]
+    for key, value in (envs or {}).items():
+        argv += ["--env", f"{key}={value}"]
     return argv + ["--", command]
 
 
@@ -227,7 +234,7 @@ _PRICE = re.compile(r"\$?\s*(\d+\.\d+)")
 
 def parse_launch_estimate(output: str) -> dict[str, Any]:
     """The chosen resources and hourly price from `sky launch`'s 'Considered resources' table."""
-    lines = output.splitlines()
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()  # colours
     for i, line in enumerate(lines):
         if "COST ($)" in line or "COST ($/hr)" in line:
             header = line
@@ -379,3 +386,93 @@ def teardown(clusters: Sequence[str], log: Path | None = None) -> dict[str, Any]
 
 def write_record(path: Path, document: dict[str, Any]) -> None:
     write_json_atomic(Path(path), document)
+
+
+# --- what the workflow's rules call -----------------------------------------------------------
+
+
+def task_envs(task: dict[str, Any]) -> dict[str, str]:
+    """The rendered task's envs: `sky exec` jobs do not inherit them from the launch."""
+    return {k: "" if v is None else str(v) for k, v in (task.get("envs") or {}).items()}
+
+
+def provision(
+    profile,
+    infra: str,
+    cluster: str,
+    git_commit: str | None,
+    idle_minutes: int,
+    use_spot: bool,
+    work_dir: Path,
+    log: Path,
+) -> dict[str, Any]:
+    """Render the task, reuse or launch the cluster (under its lock), fetch the hardware report.
+
+    Returns the cluster record (what `provision` writes to cluster.json).
+    """
+    work_dir = Path(work_dir)
+    task = render_provision_task(profile, git_commit)
+    task_file = work_dir / "task.yaml"
+    write_task(task, task_file)
+    with cluster_lock(work_dir / "cluster.lock"):
+        launch = ensure_cluster(profile, infra, cluster, task_file, idle_minutes, use_spot, log)
+    hardware_file = work_dir / "doctor.json"
+    try:
+        fetch(cluster, f"{REMOTE_RESULTS}/{profile.name}/doctor.json", hardware_file, log=log)
+        hardware = json.loads(hardware_file.read_text())
+    except (RuntimeError, OSError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"cluster {cluster}: no hardware report from `doctor`: {exc}") from None
+    return {
+        "cluster": cluster,
+        "infra": infra,
+        "profile": profile.name,
+        "idle_minutes_to_autodown": idle_minutes,
+        "use_spot": use_spot,
+        "task": str(task_file),
+        **launch,
+        "hardware": hardware,
+    }
+
+
+def run_remote_cell(
+    profile,
+    infra: str,
+    cluster: str,
+    git_commit: str | None,
+    idle_minutes: int,
+    use_spot: bool,
+    work_dir: Path,
+    scenario: str,
+    variant: str,
+    adapter: str,
+    log: Path,
+) -> dict[str, Any]:
+    """Run one cell with `sky exec`; relaunch first if the cluster went away (autodown, teardown).
+
+    The cluster lock is held throughout: cells on one cluster never overlap.
+    """
+    label = f"{scenario}/{variant}/{adapter}"
+    work_dir = Path(work_dir)
+    task = render_provision_task(profile, git_commit)
+    task_file = work_dir / "task.yaml"
+    with cluster_lock(work_dir / "cluster.lock"):
+        write_task(task, task_file)
+        launch = ensure_cluster(profile, infra, cluster, task_file, idle_minutes, use_spot, log)
+        command = remote_cell_command(profile.name, scenario, variant, adapter)
+        argv = exec_argv(cluster, profile.cloud["accelerator"], command, task_envs(task))
+        started = utc_now()
+        proc = run_sky(argv, log, check=False)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+        raise RuntimeError(
+            f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} "
+            f"(see {log}): {tail}"
+        )
+    return {
+        "cell": label,
+        "cluster": cluster,
+        "cluster_action": launch["action"],
+        "started": started,
+        "finished": utc_now(),
+        "remote_path": remote_cell_path(profile.name, scenario, variant, adapter),
+    }
