@@ -1,0 +1,145 @@
+"""Aggregation: real smoke results (NumPy reference) into results.csv, summary.md, the run index."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from datarax_bench.adapters import get_adapter
+from datarax_bench.aggregate import UNSTABLE_CV, aggregate_run, results_table
+from datarax_bench.catalog import load_catalog, load_profile
+from datarax_bench.cell import CellClock, make_result
+from datarax_bench.errors import UserError
+from datarax_bench.results import cell_path, load_result, write_result
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory, data_cache):
+    """A real `run --output-dir` of two smoke scenarios, plus an `unsupported` PC-2 cell."""
+    out = tmp_path_factory.mktemp("smoke-run")
+    cmd = [
+        str(Path(sys.executable).parent / "datarax-bench"),
+        "run",
+        "--profile",
+        "smoke",
+        "--scenarios",
+        "CV-1",
+        "PC-1",
+        "PC-2",
+    ]
+    subprocess.run([*cmd, "--adapters", "numpy", "--output-dir", str(out)], check=True)
+    profile = load_profile("smoke")
+    workload = load_catalog().get("PC-2").resolve("small", profile.size)
+    reason = "NumPy reference cannot express transform 'branch_merge' (test)"
+    doc = make_result("unsupported", reason, profile, workload, get_adapter("numpy"), CellClock())
+    write_result(cell_path(out, "PC-2", "small", "numpy"), doc)
+    return out
+
+
+def _paths(root):
+    return sorted((root / "raw").rglob("*.json"))
+
+
+def _clone(root, source, adapter, factor):
+    """A second 'adapter' for the same cell whose throughput is `factor` times the source's."""
+    doc = copy.deepcopy(load_result(source))
+    doc["cell"]["adapter"] = adapter
+    doc["cell"]["adapter_name"] = adapter.title()
+    stats = doc["statistics"]["elements_per_s"]
+    for key in ("median", "ci95_low", "ci95_high", "min", "max"):
+        stats[key] *= factor
+    c = doc["cell"]
+    path = cell_path(root, c["scenario"], c["variant"], adapter)
+    write_result(path, doc)
+    return path
+
+
+def test_one_row_per_cell_with_statistics(smoke_dir):
+    paths = _paths(smoke_dir)
+    table = aggregate_run(paths, smoke_dir, "smoke", "local")
+    assert len(table) == len(paths) == 4
+    csv = pd.read_csv(smoke_dir / "results.csv")
+    assert len(csv) == 4
+    ok = csv[csv["status"] == "ok"]
+    assert set(ok["scenario"]) == {"CV-1", "PC-1"}
+    for row in ok.itertuples():
+        doc = json.loads((smoke_dir / row.path).read_text())
+        assert row.elements_per_s_median == pytest.approx(
+            doc["statistics"]["elements_per_s"]["median"]
+        )
+        assert row.elements_per_s_ci95_low <= row.elements_per_s_median
+        assert row.unstable == (doc["statistics"]["elements_per_s"]["cv"] > UNSTABLE_CV)
+        assert row.rank == 1 and row.ratio_to_best == pytest.approx(1.0)
+    missing = csv[csv["status"] != "ok"].iloc[0]
+    assert missing["status"] == "unsupported" and "branch_merge" in missing["reason"]
+    assert pd.isna(missing["elements_per_s_median"]) and pd.isna(missing["rank"])
+    reps = pd.read_csv(smoke_dir / "repetitions.csv")
+    # One row per timed repetition of every ok cell (the smoke profile runs two).
+    assert len(reps) == 2 * len(ok)
+    assert (reps["latency_ms_p99"] >= reps["latency_ms_p50"]).all()
+
+
+def test_run_index_matches_the_cli_layout(smoke_dir):
+    paths = _paths(smoke_dir)
+    aggregate_run(paths, smoke_dir, "smoke", "local")
+    manifest = json.loads((smoke_dir / "manifest.json").read_text())
+    summary = json.loads((smoke_dir / "summary.json").read_text())
+    assert manifest["profile"] == "smoke"
+    assert sorted(c["path"] for c in manifest["cells"]) == sorted(
+        str(p.relative_to(smoke_dir)) for p in paths
+    )
+    assert summary["counts"] == {"ok": 3, "unsupported": 1}
+
+
+def test_ranking_ratio_and_summary(tmp_path, smoke_dir):
+    root = tmp_path / "run"
+    for p in _paths(smoke_dir):
+        target = root / p.relative_to(smoke_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(p.read_bytes())
+    source = cell_path(root, "CV-1", "small", "numpy")
+    slow = _clone(root, source, "slowpoke", 0.5)
+    fast = _clone(root, source, "speedy", 2.0)
+    table = aggregate_run(_paths(root), root, "smoke", "local")
+    cv1 = table[table["scenario"] == "CV-1"].set_index("adapter")
+    assert cv1.loc["speedy", "rank"] == 1
+    assert cv1.loc["numpy", "rank"] == 2 and cv1.loc["slowpoke", "rank"] == 3
+    assert cv1.loc["numpy", "ratio_to_best"] == pytest.approx(0.5)
+    assert cv1.loc["slowpoke", "ratio_to_best"] == pytest.approx(0.25)
+    # Ranks are per variant: PC-1's two variants each have their own best.
+    assert (table[table["scenario"] == "PC-1"]["rank"] == 1).all()
+    text = (root / "summary.md").read_text()
+    section = text.split("## CV-1")[1].split("## ")[0]
+    order = [section.index(f"`{a}`") for a in ("speedy", "numpy", "slowpoke")]
+    assert order == sorted(order), "adapters are listed best first"
+    assert "| 0.25 |" in section
+    pc2 = text.split("## PC-2")[1]
+    assert "unsupported" in pc2 and "branch_merge" in pc2
+    assert str(slow.relative_to(root)) in set(table["path"]) and fast.exists()
+
+
+def test_unstable_cells_are_marked(smoke_dir):
+    doc = load_result(cell_path(smoke_dir, "CV-1", "small", "numpy"))
+    steady, noisy = copy.deepcopy(doc), copy.deepcopy(doc)
+    steady["statistics"]["elements_per_s"]["cv"] = UNSTABLE_CV / 2
+    noisy["cell"]["adapter"] = "noisy"
+    noisy["statistics"]["elements_per_s"]["cv"] = UNSTABLE_CV * 2
+    table = results_table([steady, noisy], "local", ["a.json", "b.json"])
+    assert list(table["unstable"]) == [False, True]
+
+
+def test_a_bad_result_file_names_the_file(tmp_path, smoke_dir):
+    bad = tmp_path / "raw" / "CV-1" / "small" / "numpy.json"
+    bad.parent.mkdir(parents=True)
+    doc = json.loads(cell_path(smoke_dir, "CV-1", "small", "numpy").read_text())
+    doc["status"] = "great"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=str(bad)):
+        aggregate_run([bad], tmp_path, "smoke", "local")
+    assert not (tmp_path / "results.csv").exists()
