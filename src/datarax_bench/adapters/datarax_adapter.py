@@ -12,7 +12,7 @@ distributions and invariants, not its bits. Deterministic pipelines match it exa
 
 What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
 data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
-`branch_merge` belongs to the DAG measurement, which this adapter does not claim.
+`branch_merge` (PC-2) would need a `Pipeline.from_dag` graph, not built yet.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from .. import reference
 from ..catalog import Workload, chain_steps
 from . import register
-from .base import Adapter, Batch, CellContext, Loader
+from .base import HARNESS_MEASURES, Adapter, Batch, CellContext, Loader
 
 #: Ops the adapter implements in JAX with the reference semantics.
 DATARAX_OPS = frozenset(reference.FIELD_OPS) | {"shift_targets", "embedding_lookup"}
@@ -37,6 +37,10 @@ UNSUPPORTED_REASONS = {
         "Datarax cannot express transform 'pad_batch' with the reference semantics: its "
         "pipeline is compiled with static shapes, and pad_batch pads each batch to that "
         "batch's longest sequence (a data-dependent shape)"
+    ),
+    "branch_merge": (
+        "Datarax could express transform 'branch_merge' as a Pipeline.from_dag graph, which "
+        "this adapter does not build yet"
     ),
 }
 RANDOM_OPS = frozenset(
@@ -331,7 +335,7 @@ class Datarax(Adapter):
     ops = DATARAX_OPS
 
     def support(self, workload: Workload) -> str | None:
-        if workload.measure not in self.measures:
+        if workload.measure not in self.measures | HARNESS_MEASURES:
             return super().support(workload)
         for op in workload.ops():
             if op in UNSUPPORTED_REASONS:
