@@ -382,6 +382,8 @@ def _log_run(
     bundle: ResultsBundle, *, mode: str, project: str, entity: str | None, infra: str, name: str
 ):
     """One W&B run with config, table, keyed summary, plots and the artifact. Returns a report."""
+    # No crash reports to wandb's Sentry from a benchmark machine, unless the user opted in.
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     import wandb
 
     backend = (bundle.manifest.get("settings") or {}).get("backend")

@@ -1,0 +1,401 @@
+"""W&B export with the real wandb library, offline: `datarax-bench export` and export.py.
+
+The offline run is inspected through what wandb wrote: the `.wandb` transaction log (read with
+wandb's own DataStore reader) and the table file under the run's files dir.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from datarax_bench import export
+from datarax_bench.errors import UserError
+
+SENTINEL_KEY = "0123456789abcdef" * 2 + "fedcba98"  # well-formed: 40 hex characters
+SCENARIOS = ("CV-1", "TAB-1", "IO-1")  # IO-1 is a non-ok cell for the numpy adapter in smoke
+CLI = Path(sys.executable).parent / "datarax-bench"
+WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+@pytest.fixture(scope="module")
+def results_template(tmp_path_factory, data_cache) -> Path:
+    """A real `datarax-bench run --output-dir` (smoke, numpy adapter), made once per module."""
+    out = tmp_path_factory.mktemp("results") / "run"
+    subprocess.run(
+        [str(CLI), "run", "--profile", "smoke", "--adapters", "numpy", "--scenarios", *SCENARIOS]
+        + ["--output-dir", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+@pytest.fixture
+def results_dir(results_template, tmp_path) -> Path:
+    copy = tmp_path / "downloaded"
+    shutil.copytree(results_template, copy)
+    return copy
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Every place wandb writes points into tmp_path; no key, no mode, no server override."""
+    dirs = {}
+    for name in WANDB_ENV:
+        dirs[name] = tmp_path / "env" / name.lower()
+        dirs[name].mkdir(parents=True)
+        monkeypatch.setenv(name, str(dirs[name]))
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    return dirs
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CLI), "export", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def cells_of(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results_dir / "raw").glob("*/*/*.json"))]
+
+
+def read_offline_run(run_dir: Path) -> dict:
+    """config, summary, tags, group, job type, artifacts and logged table from the .wandb log."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (log_file,) = run_dir.glob("run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(log_file))
+    out = {"config": {}, "summary": {}, "artifacts": [], "history": []}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            out.update(name=run.display_name, group=run.run_group, job_type=run.job_type)
+            out["tags"] = list(run.tags)
+            out["config"].update({u.key: json.loads(u.value_json) for u in run.config.update})
+        elif kind == "config":
+            out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
+        elif kind == "summary":
+            for u in record.summary.update:
+                if u.key:
+                    out["summary"][u.key] = json.loads(u.value_json)
+        elif kind == "history":
+            out["history"].append(
+                {
+                    "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+        elif kind == "artifact":
+            a = record.artifact
+            out["artifacts"].append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "metadata": json.loads(a.metadata) if a.metadata else {},
+                    "files": {c.path: c.local_path for c in a.manifest.contents},
+                }
+            )
+    (history,) = [h for h in out["history"] if "cells/path" in h]
+    table = json.loads((run_dir / "files" / history["cells/path"]).read_text())
+    out["table"] = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    return out
+
+
+def offline_run_dir(results_dir: Path) -> Path:
+    (run_dir,) = (results_dir / "wandb").glob("offline-run-*")
+    return run_dir
+
+
+def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_env):
+    proc = run_cli("--results-dir", str(results_dir))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = offline_run_dir(results_dir)
+    assert f"wandb sync {run_dir}" in proc.stdout + proc.stderr
+    assert "WANDB_API_KEY is not set" in proc.stderr
+
+    run = read_offline_run(run_dir)
+    results = cells_of(results_dir)
+    manifest = json.loads((results_dir / "manifest.json").read_text())
+    commit = manifest["git_commit"]
+    assert run["name"].startswith(f"smoke-local-{(commit or 'nogit')[:7]}-")
+    assert (run["group"], run["job_type"]) == ("smoke", "benchmark")
+    assert {"infra:local", "backend:cpu"} <= set(run["tags"])
+    assert run["config"]["git_commit"] == commit
+    assert run["config"]["settings"] == manifest["settings"]
+    assert run["config"]["hardware"]["jax_backend"] == results[0]["provenance"]["jax"]["backend"]
+    assert run["config"]["packages"]["numpy"] == results[0]["provenance"]["packages"]["numpy"]
+
+    # One table row per cell, carrying that cell's own numbers.
+    assert len(run["table"]) == len(results) == len(manifest["cells"]) >= len(SCENARIOS)
+    rows = {(r["scenario"], r["variant"], r["adapter"]): r for r in run["table"]}
+    statuses = set()
+    for result in results:
+        c = result["cell"]
+        row = rows[(c["scenario"], c["variant"], c["adapter"])]
+        statuses.add(result["status"])
+        assert row["status"] == result["status"]
+        assert row["reason"] == result["reason"]
+        key = f"{c['scenario']}/{c['variant']}/{c['adapter']}"
+        assert run["summary"][f"{key}/status"] == result["status"]
+        if result["status"] == "ok":
+            median = result["statistics"]["elements_per_s"]["median"]
+            assert row["elements_per_s_median"] == pytest.approx(median)
+            assert run["summary"][f"{key}/elements_per_s_median"] == pytest.approx(median)
+            p95 = result["statistics"]["latency_ms_p95_median"]
+            assert run["summary"][f"{key}/latency_ms_p95"] == pytest.approx(p95)
+        else:
+            assert row["elements_per_s_median"] is None
+            assert f"{key}/elements_per_s_median" not in run["summary"]
+    assert "ok" in statuses and len(statuses) > 1, "the fixture should hold ok and non-ok cells"
+    assert run["summary"]["cells/total"] == len(results)
+
+    # The artifact holds every raw result, the manifest and the table.
+    (artifact,) = [a for a in run["artifacts"] if a["type"] == "benchmark-results"]
+    raw = {str(p.relative_to(results_dir)) for p in (results_dir / "raw").glob("*/*/*.json")}
+    assert raw | {"manifest.json", "summary.json", "cells.table.json"} == set(artifact["files"])
+    assert artifact["metadata"]["commit"] == commit
+    assert (artifact["metadata"]["profile"], artifact["metadata"]["infra"]) == ("smoke", "local")
+    # Staged copies live inside the results directory, so `wandb sync` works while it exists.
+    for name in raw:
+        staged = Path(artifact["files"][name])
+        assert staged.is_relative_to(results_dir / "wandb")
+        assert staged.read_bytes() == (results_dir / name).read_bytes()
+
+
+def test_export_infers_infra_from_workflow_layout_and_writes_marker(
+    results_template, tmp_path, wandb_env
+):
+    results_dir = tmp_path / "results" / "smoke" / "vast"
+    shutil.copytree(results_template, results_dir)
+    plots = results_dir / "plots"
+    plots.mkdir()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([1, 2], [3, 4])
+    fig.savefig(plots / "throughput.png")
+    plt.close(fig)
+
+    marker = results_dir / "wandb_export.json"
+    report = export.export_results(results_dir, marker=marker, mode="offline")
+    assert json.loads(marker.read_text()) == report
+    assert report["infra"] == "vast" and report["mode"] == "offline"
+    assert report["run_name"].startswith("smoke-vast-")
+    assert report["exported"]["plots"] == ["plots/throughput.png"]
+    run = read_offline_run(Path(report["run_dir"]))
+    assert run["name"] == report["run_name"]
+    assert "infra:vast" in run["tags"]
+    (artifact,) = [a for a in run["artifacts"] if a["type"] == "benchmark-results"]
+    assert "plots/throughput.png" in artifact["files"]
+    image = [h for h in run["history"] if "plots/throughput/path" in h]
+    assert (
+        image and (Path(report["run_dir"]) / "files" / image[0]["plots/throughput/path"]).is_file()
+    )
+    assert report["sync_command"] == f"wandb sync {report['run_dir']}"
+
+
+def test_skip_without_key_exports_nothing(results_dir, wandb_env):
+    proc = run_cli("--results-dir", str(results_dir), "--skip-without-key")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stderr and "WANDB_API_KEY is not set" in proc.stderr
+    assert not (results_dir / "wandb").exists()
+
+
+def test_disabled_mode_logs_nothing(results_dir, wandb_env):
+    report = export.export_results(results_dir, mode="disabled")
+    assert report["mode"] == "disabled"
+    assert not (results_dir / "wandb").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_key_with_unreachable_server_falls_back_offline_at_once(
+    results_dir, wandb_env, monkeypatch
+):
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.monotonic()
+    proc = run_cli("--results-dir", str(results_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 < 30
+    assert "falling back to offline" in proc.stderr
+    assert "wandb sync" in proc.stdout
+    read_offline_run(offline_run_dir(results_dir))
+    assert_key_nowhere(SENTINEL_KEY, [results_dir, *wandb_env.values()], proc)
+
+
+class _StallingWandb(BaseHTTPRequestHandler):
+    """Answers the reachability probe, then never answers W&B's API calls."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):
+        time.sleep(90)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_key_with_stalling_server_gives_up_within_a_minute(results_dir, wandb_env, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingWandb)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+        t0 = time.monotonic()
+        proc = run_cli("--results-dir", str(results_dir), timeout=150)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    assert elapsed < 60, f"export took {elapsed:.0f} s against a stalled server"
+    assert "falling back to offline" in proc.stderr and "online export failed" in proc.stderr
+    run = read_offline_run(offline_run_dir(results_dir))
+    assert len(run["table"]) == len(cells_of(results_dir))
+    assert_key_nowhere(SENTINEL_KEY, [results_dir, *wandb_env.values()], proc)
+
+
+def assert_key_nowhere(key: str, roots: list[Path], proc: subprocess.CompletedProcess) -> None:
+    assert key not in proc.stdout and key not in proc.stderr
+    needle = key.encode()
+    checked = 0
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert needle not in path.read_bytes(), f"API key written to {path}"
+                checked += 1
+    assert checked > 5
+    assert not (Path(roots[1]) / ".netrc").exists()
+
+
+# --- bad input: one line, exit 2, nothing exported --------------------------------------------
+
+
+def _break_json(d: Path) -> Path:
+    path = next((d / "raw").glob("*/*/*.json"))
+    path.write_text(path.read_text()[:50])
+    return path
+
+
+def _break_schema(d: Path) -> Path:
+    path = next((d / "raw").glob("*/*/*.json"))
+    doc = json.loads(path.read_text())
+    doc["status"] = "great"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _drop_raw(d: Path) -> Path:
+    shutil.rmtree(d / "raw")
+    return d / "raw"
+
+
+def _drop_manifest(d: Path) -> Path:
+    (d / "manifest.json").unlink()
+    return d / "manifest.json"
+
+
+def _stale_manifest(d: Path) -> Path:
+    path = sorted((d / "raw").glob("*/*/*.json"))[-1]
+    doc = json.loads(path.read_text())
+    doc["reason"] = (doc["reason"] or "") + " edited"
+    if doc["status"] == "ok":
+        doc["reason"] = None
+        doc["statistics"]["elements_per_s"]["median"] *= 2
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _missing_cell(d: Path) -> Path:
+    path = next((d / "raw").glob("*/*/*.json"))
+    path.unlink()
+    return path
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [_break_json, _break_schema, _drop_raw, _drop_manifest, _stale_manifest, _missing_cell],
+)
+def test_bad_results_dir_exits_2_with_one_line_naming_the_file(results_dir, wandb_env, breaker):
+    bad = breaker(results_dir)
+    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert str(bad) in lines[0]
+    assert not (results_dir / "wandb").exists()
+    assert not any(wandb_env["WANDB_DIR"].iterdir())
+
+
+def test_missing_results_dir_exits_2(tmp_path, wandb_env):
+    proc = run_cli("--results-dir", str(tmp_path / "nowhere"), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path / 'nowhere'}: results directory not found; "
+        "expected the --output-dir of a run"
+    )
+
+
+# --- units ------------------------------------------------------------------------------------
+
+
+def test_choose_mode():
+    key = {"WANDB_API_KEY": SENTINEL_KEY}
+    assert export.choose_mode("auto", key) == ("online", None)
+    assert export.choose_mode("auto", {})[0] == "offline"
+    assert export.choose_mode("online", {}) == (
+        "offline",
+        "WANDB_API_KEY is not set (online was requested; the run is kept offline instead)",
+    )
+    assert export.choose_mode("offline", key) == ("offline", None)
+    assert export.choose_mode("disabled", key) == ("disabled", None)
+    with pytest.raises(UserError, match="'sometimes'.*expected one of auto, online"):
+        export.choose_mode("sometimes", {})
+
+
+def test_summary_keys_are_unique_per_cell(results_dir):
+    bundle = export.load_bundle(results_dir)
+    metrics = export.summary_metrics(bundle)
+    per_cell = [k for k in metrics if not k.startswith("cells/")]
+    prefixes = {k.rsplit("/", 1)[0] for k in per_cell}
+    assert len(prefixes) == len(bundle.cells)
+    assert all(k.count("/") == 3 for k in per_cell)
+
+
+def test_infer_infra(tmp_path):
+    assert export.infer_infra(tmp_path / "results" / "gpu_a100" / "lambda", "gpu_a100") == "lambda"
+    assert export.infer_infra(tmp_path / "some" / "dir", "smoke") == "local"
+
+
+def test_probe_reports_refused_connection():
+    reason = export.probe(f"http://127.0.0.1:{_closed_port()}", timeout=2)
+    assert reason and "unreachable" in reason
