@@ -1,0 +1,277 @@
+"""The Snakemake workflow end to end on the local machine, run the way users run it.
+
+Each test works in a temporary copy of Snakefile + config/ + workflow/ (the package comes from
+the installed checkout; DATARAX_BENCH_ROOT points at the copy), with the smoke profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from datarax_bench.adapters import all_adapters
+from datarax_bench.catalog import load_catalog, profile_names
+from datarax_bench.results import load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMOKE = ["profile=smoke", "scenarios=[CV-1,PC-1]", "adapters=[numpy]"]
+SMOKE_CELLS = {"CV-1/small/numpy", "PC-1/d1/numpy", "PC-1/d5/numpy"}
+RUN_DIR = Path("results/smoke/local")
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "config", dest / "config")
+    shutil.copytree(ROOT / "workflow", dest / "workflow")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, config=SMOKE, check=True, **kwargs):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DATARAX_BENCH_ROOT", None)
+    cmd = [str(BIN / "snakemake"), *args]
+    if config:
+        cmd += ["--config", *config]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, **kwargs)
+    output = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{output[-4000:]}")
+    proc.output = output
+    return proc
+
+
+def planned(proc, rule: str) -> int:
+    """Jobs of `rule` in a dry run's job stats (0 when nothing is to be done)."""
+    match = re.search(rf"^{rule}\s+(\d+)\s*$", proc.output, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def executed(proc, rule: str) -> int:
+    return len(re.findall(rf"^(?:local)?rule {rule}:", proc.output, re.MULTILINE))
+
+
+def raw_cells(workdir: Path) -> dict[str, Path]:
+    raw = workdir / RUN_DIR / "raw"
+    return {str(p.relative_to(raw).with_suffix("")): p for p in raw.rglob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_cache):
+    """One real run of the smoke workflow (three cells) that later tests inspect and re-run."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("wf") / "checkout")
+    proc = snakemake(workdir, "--cores", "2")
+    return workdir, proc
+
+
+def test_full_run_produces_every_target(smoke_run):
+    workdir, proc = smoke_run
+    assert executed(proc, "measure") == 3
+    cells = raw_cells(workdir)
+    assert set(cells) == SMOKE_CELLS
+    for path in cells.values():
+        assert load_result(path)["cell"]["profile"] == "smoke"
+    table = pd.read_csv(workdir / RUN_DIR / "results.csv")
+    assert len(table) == 3 and set(table["status"]) == {"ok"}
+    assert set(table["infra"]) == {"local"}
+    summary = (workdir / RUN_DIR / "summary.md").read_text()
+    assert "## CV-1" in summary and "## PC-1" in summary
+    manifest = json.loads((workdir / RUN_DIR / "manifest.json").read_text())
+    assert len(manifest["cells"]) == 3
+    for scenario in ("CV-1", "PC-1"):
+        for kind in ("throughput", "latency", "first_batch"):
+            assert (workdir / RUN_DIR / "plots" / scenario / f"{kind}.png").stat().st_size > 0
+    logs = {p.relative_to(workdir / "logs").as_posix() for p in (workdir / "logs").rglob("*.log")}
+    assert "smoke/local/measure/CV-1/small/numpy.log" in logs
+    assert "smoke/local/aggregate.log" in logs and "smoke/local/plots/PC-1.log" in logs
+
+
+def test_measurements_never_overlap_whatever_the_cores(smoke_run):
+    """--cores 2, yet the bench slot ran the cells one after another."""
+    workdir, _ = smoke_run
+    spans = sorted(
+        (doc["timestamps"]["started"], doc["timestamps"]["finished"])
+        for doc in map(load_result, raw_cells(workdir).values())
+    )
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert end <= start, spans
+
+
+def test_report_has_table_plots_and_cells(smoke_run):
+    workdir, _ = smoke_run
+    snakemake(workdir, "--report", "results/report.html")
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    for needle in ("results.csv", "summary.md", "throughput.png", "CV-1", "PC-1", "numpy"):
+        assert needle in html, needle
+
+
+def test_second_invocation_does_nothing(smoke_run):
+    workdir, _ = smoke_run
+    proc = snakemake(workdir, "-n")
+    assert "Nothing to be done" in proc.output
+    assert planned(proc, "measure") == 0
+
+
+def test_one_cell_file_reruns_only_that_cell(smoke_run):
+    workdir, _ = smoke_run
+    cells = raw_cells(workdir)
+    target = cells["PC-1/d5/numpy"]
+    before = {k: p.stat().st_mtime_ns for k, p in cells.items()}
+    target.unlink()
+    proc = snakemake(workdir, "--cores", "1", str(target.relative_to(workdir)))
+    assert executed(proc, "measure") == 1 and executed(proc, "aggregate") == 0
+    after = {k: p.stat().st_mtime_ns for k, p in raw_cells(workdir).items()}
+    assert after["PC-1/d5/numpy"] != before["PC-1/d5/numpy"]
+    assert {k: v for k, v in after.items() if k != "PC-1/d5/numpy"} == {
+        k: v for k, v in before.items() if k != "PC-1/d5/numpy"
+    }
+    # The full target now only re-aggregates and re-plots.
+    proc = snakemake(workdir, "--cores", "1")
+    assert executed(proc, "measure") == 0 and executed(proc, "aggregate") == 1
+
+
+def test_scenario_selection_plans_only_its_cells(smoke_run):
+    workdir, _ = smoke_run
+    config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]"]
+    proc = snakemake(workdir, "-n", config=config)
+    assert planned(proc, "measure") == 1 and planned(proc, "plot_scenario") == 1
+
+
+def test_changed_settings_rerun_exactly_the_affected_cells(smoke_run):
+    workdir, _ = smoke_run
+    catalog_path = workdir / "config/scenarios.yaml"
+    original = catalog_path.read_text()
+    catalog = yaml.safe_load(original)
+    catalog["scenarios"]["PC-1"]["variants"]["d5"]["tiny"]["dims"]["side"] = 10
+    catalog_path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    try:
+        proc = snakemake(workdir, "-n")
+        assert planned(proc, "measure") == 1
+        assert re.search(r"output: \S+/raw/PC-1/d5/numpy\.json$", proc.output, re.MULTILINE)
+    finally:
+        catalog_path.write_text(original)
+    profile_path = workdir / "config/profiles/smoke.yaml"
+    original = profile_path.read_text()
+    profile = yaml.safe_load(original)
+    profile["measurement"]["min_batches"] += 1
+    profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    try:
+        proc = snakemake(workdir, "-n")
+        assert planned(proc, "measure") == 3
+        assert "Params have changed" in proc.output
+    finally:
+        profile_path.write_text(original)
+    assert planned(snakemake(workdir, "-n"), "measure") == 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_cell_leaves_no_partial_result_and_resumes(tmp_path, data_cache):
+    workdir = copy_workflow(tmp_path / "checkout")
+    config = ["profile=smoke", "scenarios=[CV-1,PC-1,TAB-1]", "adapters=[numpy]"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DATARAX_BENCH_ROOT", None)
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--config", *config],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not raw_cells(workdir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert raw_cells(workdir), "no cell finished in time"
+        time.sleep(0.3)  # into the next cell
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    survivors = raw_cells(workdir)
+    assert 0 < len(survivors) < 4
+    for path in survivors.values():
+        load_result(path)  # every file present is a complete, valid result
+    before = {k: p.stat().st_mtime_ns for k, p in survivors.items()}
+    # A killed Snakemake leaves its lock; --unlock is the documented way out.
+    snakemake(workdir, "--unlock", config=config)
+    # A cell whose file landed just before the kill is complete but unconfirmed: Snakemake
+    # names it and --rerun-incomplete measures it again.
+    check = snakemake(workdir, "-n", config=config, check=False)
+    flagged = set(re.findall(r"^\S+/raw/(\S+)\.json$", check.output, re.MULTILINE))
+    resumed = snakemake(workdir, "--cores", "2", "--rerun-incomplete", config=config)
+    assert executed(resumed, "measure") == 4 - len(survivors) + len(flagged)
+    cells = raw_cells(workdir)
+    assert len(cells) == 4
+    kept = set(before) - flagged
+    assert {k: cells[k].stat().st_mtime_ns for k in kept} == {k: before[k] for k in kept}
+
+
+@pytest.mark.parametrize("profile", profile_names())
+def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
+    workdir = copy_workflow(tmp_path / "checkout")
+    proc = snakemake(workdir, "-n", config=[f"profile={profile}"])
+    catalog = load_catalog()
+    from datarax_bench.catalog import load_profile
+
+    expected = len(load_profile(profile, catalog).cells(catalog)) * len(all_adapters())
+    assert planned(proc, "measure") == expected
+    assert not (workdir / "results").exists()
+    dag = snakemake(workdir, "--rulegraph", config=[f"profile={profile}"])
+    assert "digraph" in dag.stdout and "measure" in dag.stdout
+
+
+def test_lint_and_format(tmp_path):
+    workdir = copy_workflow(tmp_path / "checkout")
+    lint = snakemake(workdir, "--lint", config=None)
+    assert "Congratulations" in lint.output
+    files = ["Snakefile", *sorted(str(p) for p in (ROOT / "workflow/rules").glob("*.smk"))]
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", *files], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("profile=nope", ["'nope' is not one of", "smoke", "ci_cpu", "profile"]),
+        ("scenarios=[XX-1]", ["'XX-1' is not one of", "CV-1", "scenarios"]),
+        ("adapters=[nosuch]", ["'nosuch' is not one of", "numpy", "adapters"]),
+        ("infra=mars", ["'mars' does not match", "local|vast|lambda", "infra"]),
+        ("scenarios=CV-1", ["'CV-1' is not of type 'array'", "scenarios"]),
+        ("run=Has_Caps", ["'Has_Caps' does not match", "run"]),
+        ("results_dir=7", ["7 is not of type 'string'", "results_dir"]),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, override, needles):
+    workdir = copy_workflow(tmp_path / "checkout")
+    proc = snakemake(workdir, "--cores", "1", config=[override], check=False)
+    assert proc.returncode != 0
+    assert "Error validating config file" in proc.output
+    for needle in needles:
+        assert needle in proc.output, (needle, proc.output[-2000:])
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()
+
+
+def test_schema_enums_match_profiles_catalog_and_registry():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["properties"]
+    assert sorted(props["profile"]["enum"]) == profile_names()
+    assert props["scenarios"]["items"]["enum"] == list(load_catalog().scenarios)
+    assert sorted(props["adapters"]["items"]["enum"]) == sorted(a.id for a in all_adapters())
+    for key, spec in props.items():
+        assert "description" in spec and "default" in spec, key
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    assert set(config) == set(props), "config.yaml sets every key the schema knows"
