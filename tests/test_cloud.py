@@ -108,11 +108,6 @@ def test_launch_and_exec_command_lines():
     assert "--gpus" not in cloud.exec_argv("c1", None, "echo")
 
 
-def test_secrets_forwarded_by_name_only():
-    assert cloud.forwarded_secrets({"WANDB_API_KEY": "value"}) == ["--secret", "WANDB_API_KEY"]
-    assert cloud.forwarded_secrets({}) == []
-
-
 def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("K", "x")  # `--secret K` copies the local value; sky insists it is set

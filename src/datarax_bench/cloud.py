@@ -35,8 +35,6 @@ from .results import load_result, utc_now, write_json_atomic
 REMOTE_RESULTS = "~/datarax-bench-results"
 #: Written by the task's setup; every remote command sources it.
 REMOTE_ENV_FILE = "~/.datarax-bench-env"
-#: Forwarded by name when set locally, never by value.
-SECRET_NAMES = ("WANDB_API_KEY",)
 _CLUSTER_NAME_MAX = 35  # GCP's limit is the tightest SkyPilot enforces per cloud.
 _RSYNC_TRANSIENT = {10, 12, 30, 35, 255}  # socket, protocol, timeouts, ssh failure
 _UP = "UP"
@@ -127,12 +125,6 @@ def write_task(task: dict[str, Any], path: Path) -> None:
 
 
 # --- command lines ----------------------------------------------------------------------------
-
-
-def forwarded_secrets(environ=None) -> list[str]:
-    """`--secret NAME` for each secret set locally: SkyPilot copies the value itself."""
-    environ = os.environ if environ is None else environ
-    return [arg for name in SECRET_NAMES if environ.get(name) for arg in ("--secret", name)]
 
 
 def launch_argv(
@@ -273,7 +265,8 @@ def ensure_cluster(
         _say(f"cluster {cluster} is up; reusing it")
         return {"action": "reused", "status": status}
     _say(f"cluster {cluster}: {status or 'not found'}; launching on infra {infra}")
-    argv = launch_argv(cluster, task_file, infra, idle_minutes, use_spot, forwarded_secrets())
+    # No secret is forwarded: W&B uploads happen on this machine, the cluster never needs a key.
+    argv = launch_argv(cluster, task_file, infra, idle_minutes, use_spot)
     started = utc_now()
     try:
         proc = run_sky(argv, log)
