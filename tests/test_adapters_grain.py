@@ -8,6 +8,7 @@ import multiprocessing
 import subprocess
 import threading
 
+import numpy as np
 import pytest
 
 from datarax_bench import reference
@@ -128,3 +129,17 @@ def test_cli_runs_a_grain_cell_end_to_end(cli_path, tmp_path):
     expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
     assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
     assert result["statistics"]["first_batch_consistent"] is True
+
+
+@pytest.mark.slow
+def test_worker_processes_read_arrays_held_in_memory_not_the_cache_files():
+    ctx = _context("TAB-1", "small", workers=1)
+    features = np.asarray(ctx.dataset.dense["features"]) * 3.0 + 1.0  # not what is on disk
+    ctx.dataset = dataclasses.replace(
+        ctx.dataset, dense={**ctx.dataset.dense, "features": features}
+    )
+    loader = get_adapter("grain").open(ctx)
+    try:
+        _assert_epochs_equal_reference(loader, ctx, [0])
+    finally:
+        loader.close()

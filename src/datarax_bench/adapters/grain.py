@@ -16,12 +16,14 @@ the elements of the whole batches of an epoch), so worker processes start once p
 from __future__ import annotations
 
 import functools
+import mmap
 import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import data, reference
 from ..catalog import Workload
@@ -35,29 +37,54 @@ _SHUTDOWN_TIMEOUT_S = 10.0
 class ElementTransform:
     """Grain `map_with_index` function: global element number -> transformed element.
 
-    Picklable for worker processes: it carries the dataset's directory, not its arrays, and
-    reopens the memory maps once per process.
+    Picklable for worker processes: memory-mapped arrays travel as their file names and are
+    mapped again in each worker; arrays held in memory travel as they are.
     """
 
-    def __init__(self, workload: Workload, directory: Path, seed: int, per_epoch: int):
+    def __init__(self, workload: Workload, dataset: data.Dataset, seed: int, per_epoch: int):
         self.workload = workload
-        self.directory = Path(directory)
+        self.dataset = dataset
         self.seed = seed
         self.per_epoch = per_epoch
-        self._dataset: data.Dataset | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_dataset": None}
+        ds = self.dataset
+        shipped = {
+            "dense": {k: _ship(v) for k, v in ds.dense.items()},
+            "ragged": {k: (_ship(v), _ship(o)) for k, (v, o) in ds.ragged.items()},
+            "meta": (ds.directory, ds.num_elements, ds.digest, ds.generated),
+        }
+        return {**self.__dict__, "dataset": shipped}
 
-    def _data(self) -> data.Dataset:
-        if self._dataset is None:
-            self._dataset = data._open(self.directory, self.workload, generated=False)
-        return self._dataset
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        shipped = state["dataset"]
+        directory, num_elements, digest, generated = shipped["meta"]
+        state["dataset"] = data.Dataset(
+            directory=directory,
+            num_elements=num_elements,
+            dense={k: _unship(v) for k, v in shipped["dense"].items()},
+            ragged={k: (_unship(v), _unship(o)) for k, (v, o) in shipped["ragged"].items()},
+            digest=digest,
+            generated=generated,
+        )
+        self.__dict__.update(state)
 
     def __call__(self, position: int, index: int) -> reference.Element:
         epoch = position // self.per_epoch
         rng = reference.element_rng(self.seed, epoch, index)
-        return reference.apply_element(self.workload.transforms, self._data().element(index), rng)
+        return reference.apply_element(self.workload.transforms, self.dataset.element(index), rng)
+
+
+def _ship(array: np.ndarray) -> Any:
+    # A whole-file memory map (np.load with mmap_mode) has the mmap itself as its base.
+    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename:
+        return ("npy", array.filename)
+    return ("array", np.asarray(array))
+
+
+def _unship(shipped: tuple[str, Any]) -> np.ndarray:
+    kind, value = shipped
+    return np.load(value, mmap_mode="r") if kind == "npy" else value
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -85,8 +112,7 @@ class GrainLoader(Loader):
         self._mp_options = grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(1, prefetch)
         )
-        transform = ElementTransform(w, ctx.dataset.directory, ctx.seed, per_epoch)
-        transform._dataset = ctx.dataset  # this process reuses the already open memory maps
+        transform = ElementTransform(w, ctx.dataset, ctx.seed, per_epoch)
         self._batches = (
             grain.MapDataset.range(per_epoch)
             .repeat(None)
