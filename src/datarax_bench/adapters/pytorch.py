@@ -7,7 +7,8 @@ processes (spawn start method: forking a process that imported JAX is unsafe), p
 Every transform runs per element in torch ops inside `Dataset.__getitem__` (in the workers). Random
 parameters are drawn per element from `reference.element_rng(seed, epoch, index)` with the
 reference's own sampling functions, in op order, so batches equal the reference's up to float
-rounding; the pixel, token and table work itself is done by torch.
+rounding; the pixel, token and table work itself is done by torch. Gaussian noise is drawn by a
+torch generator seeded from that RNG (same distribution, not the reference's exact values).
 """
 
 from __future__ import annotations
@@ -204,6 +205,15 @@ def _clip(x, p, rng):
     return _float(x).clamp(float(np.float32(p["low"])), float(np.float32(p["high"])))
 
 
+def _gaussian_noise(x, p, rng):
+    import torch
+
+    # Torch draws the noise, from a generator seeded by the element's reference RNG.
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    return _float(x) + noise * torch.tensor(p["std"], dtype=torch.float32)
+
+
 def _cast(x, p, rng):
     import torch
 
@@ -225,6 +235,7 @@ _FIELD_OPS = {
     "add": _add,
     "random_brightness": _random_brightness,
     "clip": _clip,
+    "gaussian_noise": _gaussian_noise,
     "cast": _cast,
 }
 
@@ -256,6 +267,15 @@ def _apply_step(step: Mapping[str, Any], element: dict[str, Any], rng) -> None:
     elif op == "embedding_lookup":
         table = _embedding_table(step["num_rows"], step["dim"], step["table_seed"])
         element[step["output"]] = F.embedding(element.pop(name), table)
+    elif op == "branch_merge":
+        outputs = []
+        for branch in step["branches"]:
+            scratch = {name: element[name]}
+            for sub in branch:
+                _apply_step({**sub, "field": name}, scratch, rng)
+            outputs.append(_float(scratch[name]))
+        # `mean` is the only merge the catalog schema admits.
+        element[name] = sum(outputs[1:], outputs[0]) / float(len(outputs))
     else:
         element[name] = _FIELD_OPS[op](element[name], step, rng)
 
@@ -335,9 +355,7 @@ class PyTorchDataLoader(Adapter):
     display_name = "PyTorch DataLoader"
     aliases = ("torch", "dataloader", "pytorch-dataloader")
     distributions = ("torch",)
-    # Every op of the throughput scenarios; the DAG ops (branch_merge, gaussian_noise) belong to
-    # PC-2's measure, which is not implemented yet.
-    ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "pad_batch"}
+    ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
 
     def open(self, ctx: CellContext) -> Loader:
         return TorchLoader(ctx)

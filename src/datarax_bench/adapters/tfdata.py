@@ -161,6 +161,11 @@ class _Ops:
         tf = self.tf
         return tf.clip_by_value(tf.cast(x, tf.float32), p["low"], p["high"])
 
+    def gaussian_noise(self, x, p, key):
+        tf = self.tf
+        noise = tf.random.stateless_normal(tf.shape(x), key, stddev=p["std"], dtype=tf.float32)
+        return tf.cast(x, tf.float32) + noise
+
     def cast(self, x, p, key):
         return self.tf.cast(x, p["dtype"])
 
@@ -225,6 +230,15 @@ class TfDataLoader(Loader):
             if op == "shift_targets":
                 tokens = out.pop(name)
                 out[step["inputs"]], out[step["targets"]] = tokens[:-1], tokens[1:]
+            elif op == "branch_merge":
+                source, outputs = out[name], []
+                for branch in step["branches"]:
+                    out[name] = source
+                    for sub in branch:
+                        run({**sub, "field": name})
+                    outputs.append(tf.cast(out[name], tf.float32))
+                # `mean` is the only merge the catalog schema admits.
+                out[name] = tf.add_n(outputs) / float(len(outputs))
             elif op == "embedding_lookup":
                 table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
                 out[step["output"]] = tf.nn.embedding_lookup(tf.constant(table), out.pop(name))
@@ -296,9 +310,7 @@ class TfData(Adapter):
     display_name = "tf.data"
     aliases = ("tf.data", "tensorflow", "tf")
     distributions = ("tensorflow",)
-    # Every op of the throughput scenarios; the DAG ops (branch_merge, gaussian_noise) belong to
-    # PC-2's measure, which is not implemented yet.
-    ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "pad_batch"}
+    ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
 
     def open(self, ctx: CellContext) -> Loader:
         return TfDataLoader(ctx)
