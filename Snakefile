@@ -28,6 +28,7 @@ else:
 
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/export.smk"  # [wandb, issue 6]
 
 
 rule all:

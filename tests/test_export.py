@@ -7,6 +7,7 @@ wandb's own DataStore reader) and the table file under the run's files dir.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from datarax_bench.errors import UserError
 
 SENTINEL_KEY = "0123456789abcdef" * 2 + "fedcba98"  # well-formed: 40 hex characters
 SCENARIOS = ("CV-1", "TAB-1", "IO-1")  # IO-1 is a non-ok cell for the numpy adapter in smoke
+ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "datarax-bench"
 WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
@@ -56,7 +58,9 @@ def wandb_env(tmp_path, monkeypatch) -> dict[str, Path]:
         dirs[name] = tmp_path / "env" / name.lower()
         dirs[name].mkdir(parents=True)
         monkeypatch.setenv(name, str(dirs[name]))
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY"):
+    # WANDB_SERVICE: in-process tests start a wandb-core; subprocesses must start their own.
+    unset = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY")
+    for name in (*unset, "WANDB_SERVICE"):
         monkeypatch.delenv(name, raising=False)
     return dirs
 
@@ -399,3 +403,55 @@ def test_infer_infra(tmp_path):
 def test_probe_reports_refused_connection():
     reason = export.probe(f"http://127.0.0.1:{_closed_port()}", timeout=2)
     assert reason and "unreachable" in reason
+
+
+# --- the workflow's export_wandb rule ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_workflow_smoke_run_exports_offline_and_never_writes_the_key(
+    tmp_path, wandb_env, data_cache
+):
+    """The real workflow with a well-formed key and W&B unreachable: the rule falls back to an
+    offline run, records it in the marker, and the key appears in no file and no output."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    shutil.copy(ROOT / "Snakefile", workdir / "Snakefile")
+    shutil.copytree(ROOT / "config", workdir / "config")
+    shutil.copytree(ROOT / "workflow", workdir / "workflow")
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DATARAX_BENCH_ROOT"},
+        "PATH": f"{CLI.parent}:{os.environ['PATH']}",
+        "WANDB_API_KEY": SENTINEL_KEY,
+        "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
+    }
+    config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]"]
+    config += ["wandb={project: bench-test, entity: my-team}"]
+    proc = subprocess.run(
+        [str(CLI.parent / "snakemake"), "--cores", "2", "--config", *config],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_dir = workdir / "results" / "smoke" / "local"
+    marker = json.loads((run_dir / "wandb_export.json").read_text())
+    assert marker["mode"] == "offline" and "unreachable" in marker["reason"]
+    assert (marker["project"], marker["entity"], marker["infra"]) == (
+        "bench-test",
+        "my-team",
+        "local",
+    )
+    assert marker["sync_command"] in proc.stderr
+    offline = Path(marker["run_dir"])
+    assert offline.parent == run_dir / "wandb"
+    run = read_offline_run(offline)
+    assert len(run["table"]) == len(cells_of(run_dir)) == marker["exported"]["table_rows"]
+    (artifact,) = [a for a in run["artifacts"] if a["type"] == "benchmark-results"]
+    assert {"results.csv", "summary.md", "plots/TAB-1/throughput.png"} <= set(artifact["files"])
+    assert (
+        "export: W&B not reachable" in (workdir / "logs/smoke/local/export_wandb.log").read_text()
+    )
+    assert_key_nowhere(SENTINEL_KEY, [workdir, *wandb_env.values()], proc)

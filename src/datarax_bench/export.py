@@ -35,17 +35,19 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 MODES = ("auto", "online", "offline", "disabled")
 ARTIFACT_TYPE = "benchmark-results"
 #: Optional files the workflow writes next to raw/ that belong in the artifact.
-EXTRA_FILES = ("summary.json", "results.csv", "summary.md")
+EXTRA_FILES = ("summary.json", "results.csv", "repetitions.csv", "summary.md")
 
 #: Seconds the reachability probe waits for any HTTP answer from the W&B server.
 PROBE_TIMEOUT_S = 5.0
 #: Bounds for an online `wandb.init` against a server that answers but stalls. Without them
-#: wandb 0.26 retried for more than 400 s; with them a stalled server gives up in about 45 s.
+#: wandb 0.26 retried for more than 400 s. `init_timeout` alone does not bound it: wandb.init
+#: makes about 8 GraphQL requests before giving up, so each is capped at 2 tries of 4 s
+#: (measured: a stalled server is given up on after about 35 s).
 ONLINE_SETTINGS = {
-    "init_timeout": 20.0,
+    "init_timeout": 15.0,
     "x_graphql_retry_max": 1,
-    "x_graphql_retry_wait_max_seconds": 2.0,
-    "x_graphql_timeout_seconds": 5.0,
+    "x_graphql_retry_wait_max_seconds": 1.0,
+    "x_graphql_timeout_seconds": 4.0,
 }
 #: For every run: no console capture or system sampling (the export measures nothing), no git
 #: metadata (a remote URL can embed a token; the commit comes from the results), no wandb
@@ -143,7 +145,7 @@ def load_bundle(results_dir: Path) -> ResultsBundle:
     manifest.json with the same SHA-256 (a partial download or a stale manifest shows here),
     and that every file the manifest lists exists.
     """
-    root = Path(results_dir)
+    root = Path(results_dir).absolute()  # the marker and the sync command name exact paths
     if not root.is_dir():
         raise UserError(f"{root}: results directory not found; expected the --output-dir of a run")
     manifest_path = root / "manifest.json"
@@ -196,7 +198,7 @@ def load_bundle(results_dir: Path) -> ResultsBundle:
         missing = next(iter(listed))
         raise UserError(f"{root / missing}: listed in {manifest_path} but missing")
 
-    plots = sorted((root / "plots").glob("*.png")) if (root / "plots").is_dir() else []
+    plots = sorted((root / "plots").rglob("*.png"))  # the workflow's plots/{scenario}/{kind}.png
     extra = [root / name for name in EXTRA_FILES if (root / name).is_file()]
     return ResultsBundle(root, manifest, cells, plots, extra)
 
@@ -279,7 +281,12 @@ def _run_time(bundle: ResultsBundle) -> datetime:
 
 def run_config(bundle: ResultsBundle, infra: str, name: str) -> dict[str, Any]:
     provenances = [c.result["provenance"] for c in bundle.cells]
-    first = provenances[0]
+    # A measured cell's provenance comes from its worker, which imported JAX and the loader;
+    # cells decided without a worker carry the supervisor's.
+    first = next(
+        (c.result["provenance"] for c in bundle.cells if c.result["status"] == "ok"),
+        provenances[0],
+    )
     packages: dict[str, str | None] = {}
     for p in provenances:
         packages.update({k: v for k, v in p["packages"].items() if v or k not in packages})
@@ -404,7 +411,8 @@ def _log_run(
         table = wandb.Table(columns=list(TABLE_COLUMNS), data=[list(r.values()) for r in rows])
         logged: dict[str, Any] = {"cells": table}
         for plot in bundle.plots:
-            logged[f"plots/{plot.stem}"] = wandb.Image(str(plot))
+            key = plot.relative_to(bundle.root).with_suffix("").as_posix()  # plots/CV-1/latency
+            logged[key] = wandb.Image(str(plot))
         run.log(logged)
         metrics = summary_metrics(bundle)
         run.summary.update(metrics)
@@ -468,6 +476,10 @@ def export_results(
     offline run; the returned report always says where the run is and how to upload it.
     """
     started = time.monotonic()
+    if "wandb" not in sys.modules:
+        # An inherited WANDB_SERVICE points at the wandb-core of a parent process (started with
+        # that process's settings); wandb 0.26's core crashed exporting through one. Start our own.
+        os.environ.pop("WANDB_SERVICE", None)
     bundle = load_bundle(Path(results_dir))
     infra = infra or infer_infra(bundle.root, bundle.profile)
     name = run_name(bundle.profile, infra, bundle.git_commit, _run_time(bundle))
@@ -519,3 +531,27 @@ def export_results(
     if marker is not None:
         write_json_atomic(Path(marker), report)
     return report
+
+
+def export_for_workflow(results_dir: Path, marker: Path, **options: Any) -> dict[str, Any]:
+    """The workflow's export: like export_results, but W&B trouble never fails the rule.
+
+    Bad results (UserError) still fail it. Anything else that goes wrong after the fallback to
+    offline (a wandb bug, a full disk) is recorded in the marker as mode `failed`: the results
+    are on disk either way, and a failing export must not hold up the rest of the workflow.
+    """
+    try:
+        return export_results(results_dir, marker=marker, **options)
+    except UserError:
+        raise
+    except Exception as exc:
+        _say(f"W&B export failed, results are unaffected: {_one_line(exc)}")
+        report = {
+            "schema_version": 1,
+            "results_dir": str(results_dir),
+            "mode": "failed",
+            "reason": _one_line(exc),
+            "finished": utc_now(),
+        }
+        write_json_atomic(Path(marker), report)
+        return report
