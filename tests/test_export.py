@@ -382,6 +382,12 @@ def test_choose_mode():
     )
     assert export.choose_mode("offline", key) == ("offline", None)
     assert export.choose_mode("disabled", key) == ("disabled", None)
+    assert export.choose_mode("auto", {**key, "WANDB_MODE": "offline"}) == (
+        "offline",
+        "WANDB_MODE=offline",
+    )
+    assert export.choose_mode("online", {**key, "WANDB_MODE": "disabled"}) == ("disabled", None)
+    assert export.choose_mode("auto", {**key, "WANDB_MODE": "online"}) == ("online", None)
     with pytest.raises(UserError, match="'sometimes'.*expected one of auto, online"):
         export.choose_mode("sometimes", {})
 

@@ -345,6 +345,10 @@ def choose_mode(requested: str, environ=None) -> tuple[str, str | None]:
         raise UserError(f"wandb mode {requested!r}: expected one of {', '.join(MODES)}")
     if requested in ("offline", "disabled"):
         return requested, None
+    # auto/online defer to wandb's own switch, WANDB_MODE, when it turns uploading off.
+    env_mode = {"dryrun": "offline"}.get(environ.get("WANDB_MODE", ""), environ.get("WANDB_MODE"))
+    if env_mode in ("offline", "disabled"):
+        return env_mode, ("WANDB_MODE=offline" if env_mode == "offline" else None)
     if not environ.get(API_KEY_ENV):
         why = f"{API_KEY_ENV} is not set"
         if requested == "online":
