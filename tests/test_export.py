@@ -461,3 +461,20 @@ def test_workflow_smoke_run_exports_offline_and_never_writes_the_key(
         "export: W&B not reachable" in (workdir / "logs/smoke/local/export_wandb.log").read_text()
     )
     assert_key_nowhere(SENTINEL_KEY, [workdir, *wandb_env.values()], proc)
+
+
+def test_workflow_export_records_wandb_failure_in_marker(results_dir, wandb_env):
+    """W&B itself failing (here: its run directory cannot be created) is recorded, not raised."""
+    (results_dir / "wandb").write_text("not a directory")
+    marker = results_dir / "wandb_export.json"
+    report = export.export_for_workflow(results_dir, marker, mode="offline")
+    assert report["mode"] == "failed" and report["reason"]
+    assert json.loads(marker.read_text()) == report
+
+
+def test_workflow_export_still_fails_on_bad_results(results_dir, wandb_env):
+    _break_schema(results_dir)
+    marker = results_dir / "wandb_export.json"
+    with pytest.raises(UserError, match="status"):
+        export.export_for_workflow(results_dir, marker, mode="offline")
+    assert not marker.exists()
