@@ -48,6 +48,15 @@ ONLINE_SETTINGS = {
     "x_graphql_retry_max": 1,
     "x_graphql_retry_wait_max_seconds": 1.0,
     "x_graphql_timeout_seconds": 4.0,
+    # Uploads after a successful init (history, files, artifact): a few retries with timeouts,
+    # so that a connection lost mid-export ends in minutes instead of retrying for hours (not
+    # measured; the run's transaction log stays on disk for `wandb sync` either way).
+    "x_file_stream_retry_max": 5,
+    "x_file_stream_retry_wait_max_seconds": 10.0,
+    "x_file_stream_timeout_seconds": 60.0,
+    "x_file_transfer_retry_max": 5,
+    "x_file_transfer_retry_wait_max_seconds": 10.0,
+    "x_file_transfer_timeout_seconds": 120.0,
 }
 #: For every run: no console capture or system sampling (the export measures nothing), no git
 #: metadata (a remote URL can embed a token; the commit comes from the results), no wandb
