@@ -529,7 +529,7 @@ def export_results(
                 except Exception as exc:  # any W&B failure: keep the results, go offline
                     offline_reason = f"online export failed ({_one_line(exc)})"
             if offline_reason:
-                _say(f"W&B not reachable, falling back to offline: {offline_reason}")
+                _say(f"cannot upload to W&B, falling back to offline: {offline_reason}")
         if report.get("mode") != "online":
             with _staging_in(bundle.root):
                 report.update(log(mode="offline"), mode="offline", reason=offline_reason)
@@ -537,7 +537,8 @@ def export_results(
         if report["mode"] == "online":
             _say(f"uploaded run {report['run_path']} ({report['run_url']})")
         else:
-            _say(f"offline run written to {report['run_dir']} ({offline_reason})")
+            why = f" ({offline_reason})" if offline_reason else ""
+            _say(f"offline run written to {report['run_dir']}{why}")
             _say(f"upload it later with: {report['sync_command']}")
     report["duration_s"] = round(time.monotonic() - started, 3)
     report["finished"] = utc_now()
