@@ -272,23 +272,27 @@ def test_a_transform_the_framework_cannot_express_is_unsupported_without_a_loade
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "adapter_id,module,text",
+    "adapter_id,module,text,error",
     [
         (
             "pytorch",
             "torch.py",
             "raise ImportError('libtorch_cpu.so: cannot open shared object file')",
+            "ImportError: libtorch_cpu.so: cannot open shared object file",
         ),
         (
             "tfdata",
             "tensorflow/__init__.py",
             "from tensorflow.python import _pywrap_missing  # noqa",
+            "ModuleNotFoundError: No module named 'tensorflow.python'",
         ),
     ],
 )
 def test_a_framework_that_fails_to_import_makes_its_cells_unsupported(
-    adapter_id, module, text, cli_path, tmp_path
+    adapter_id, module, text, error, cli_path, tmp_path
 ):
+    """A broken install (shadowed here by a module earlier on PYTHONPATH) ends the cell as
+    `unsupported` with the import error as the reason, not as a crash."""
     shadow = tmp_path / "shadow"
     (shadow / module).parent.mkdir(parents=True, exist_ok=True)
     (shadow / module).write_text(text + "\n")
@@ -313,7 +317,9 @@ def test_a_framework_that_fails_to_import_makes_its_cells_unsupported(
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "unsupported", result["reason"]
-    assert "could not be imported" in result["reason"] and "ImportError" in result["reason"]
+    assert (
+        result["reason"] == f"{get_adapter(adapter_id).display_name} could not be imported: {error}"
+    )
 
 
 HANGING_PLUGIN = """
