@@ -91,6 +91,7 @@ def read_offline_run(run_dir: Path) -> dict:
         if kind == "run":
             run = record.run
             out.update(name=run.display_name, group=run.run_group, job_type=run.job_type)
+            out.update(project=run.project, entity=run.entity)
             out["tags"] = list(run.tags)
             out["config"].update({u.key: json.loads(u.value_json) for u in run.config.update})
         elif kind == "config":
@@ -216,6 +217,20 @@ def test_export_infers_infra_from_workflow_layout_and_writes_marker(
         image and (Path(report["run_dir"]) / "files" / image[0]["plots/throughput/path"]).is_file()
     )
     assert report["sync_command"] == f"wandb sync {report['run_dir']}"
+
+
+def test_cli_offline_flag_wins_over_a_key_and_sets_project_entity_infra(
+    results_dir, wandb_env, monkeypatch
+):
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    args = ["--offline", "--infra", "lambda", "--project", "proj", "--entity", "team"]
+    proc = run_cli("--results-dir", str(results_dir), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "falling back" not in proc.stderr  # never tried to go online
+    run = read_offline_run(offline_run_dir(results_dir))
+    assert (run["project"], run["entity"]) == ("proj", "team")
+    assert run["name"].startswith("smoke-lambda-") and "infra:lambda" in run["tags"]
 
 
 def test_skip_without_key_exports_nothing(results_dir, wandb_env):
