@@ -26,6 +26,25 @@ def data_cache(tmp_path_factory) -> Path:
         os.environ["DATARAX_BENCH_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_wandb(tmp_path_factory):
+    """No test (nor the workflows they start) touches the real W&B cache, config or key."""
+    root = tmp_path_factory.mktemp("wandb-home")
+    saved = {k: os.environ.get(k) for k in _WANDB_DIRS + ("WANDB_API_KEY",)}
+    for name in _WANDB_DIRS:
+        os.environ[name] = str(root / name.lower())
+    os.environ.pop("WANDB_API_KEY", None)
+    yield root
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+_WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
 @pytest.fixture
 def cli_path() -> str:
     """The installed `datarax-bench` console script of this interpreter's environment."""

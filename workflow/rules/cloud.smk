@@ -82,8 +82,10 @@ rule pull:
 
 rule teardown:
     input:
+        # Torn down only after everything that reads the run's results, the W&B export included.
         lambda wildcards: aggregate_outputs(wildcards.profile, wildcards.infra)
-        + plot_outputs(wildcards.profile, wildcards.infra),
+        + plot_outputs(wildcards.profile, wildcards.infra)
+        + export_outputs(wildcards.profile, wildcards.infra),
     output:
         f"{CLOUD_DIR}/teardown.json",
     log:

@@ -107,12 +107,18 @@ def plot_outputs(profile=PROFILE.name, infra=INFRA):
     ]
 
 
+def export_outputs(profile=PROFILE.name, infra=INFRA):
+    """The W&B export marker when the export is enabled (workflow/rules/export.smk)."""
+    if not config["wandb"]["enabled"]:
+        return []
+    return [f"{run_dir(profile, infra)}/wandb_export.json"]
+
+
 def get_final_targets():
     """What `snakemake` (rule all) builds. Later stages (W&B export, cloud teardown) add theirs here."""
     targets = aggregate_outputs() + plot_outputs()
     # [wandb, issue 6] the W&B export (workflow/rules/export.smk); offline without a key.
-    if config["wandb"]["enabled"]:
-        targets.append(f"{run_dir()}/wandb_export.json")
+    targets += export_outputs()
     # [cloud, issue 5] a cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
     if config["infra"] != "local":
         targets.append(teardown_marker())
