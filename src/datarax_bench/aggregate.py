@@ -6,8 +6,6 @@ timed repetition of the `ok` cells (the per-repetition latency percentiles the p
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .catalog import load_profile
-from .results import load_result
+from .results import load_result, write_text_atomic
 from .runner import write_run_index
 
 # Coefficient of variation across repetitions above which a cell is marked unstable.
@@ -151,19 +149,6 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False)
 
@@ -185,9 +170,9 @@ def aggregate_run(
     relative = [str(p.resolve().relative_to(run_dir.resolve())) for p in paths]
     table = results_table(results, infra, relative)
     repetitions = repetitions_table(results)
-    _write_text_atomic(Path(table_path or run_dir / "results.csv"), _csv(table))
-    _write_text_atomic(Path(repetitions_path or run_dir / "repetitions.csv"), _csv(repetitions))
-    _write_text_atomic(
+    write_text_atomic(Path(table_path or run_dir / "results.csv"), _csv(table))
+    write_text_atomic(Path(repetitions_path or run_dir / "repetitions.csv"), _csv(repetitions))
+    write_text_atomic(
         Path(summary_path or run_dir / "summary.md"), summary_markdown(table, profile, infra)
     )
     write_run_index(load_profile(profile), run_dir, results)

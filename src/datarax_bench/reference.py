@@ -53,6 +53,12 @@ def sample_resized_crop_box(
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return top, left, h, w
+    return centre_crop_box(height, width, ratio)
+
+
+def centre_crop_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
+    """The fallback box of `sample_resized_crop_box`: the centre crop, its aspect clamped to
+    `ratio`. It depends only on the shapes, so adapters that draw all tries at once reuse it."""
     in_ratio = width / height
     if in_ratio < ratio[0]:
         w, h = width, int(round(width / ratio[0]))

@@ -76,10 +76,17 @@ def main() -> None:
     profile = load_profile("smoke")
     profile = dataclasses.replace(
         profile,
-        measurement={**profile.measurement, "warmup_batches": 1, "min_batches": args.batches, "min_seconds": 0.0},
+        measurement={
+            **profile.measurement,
+            "warmup_batches": 1,
+            "min_batches": args.batches,
+            "min_seconds": 0.0,
+        },
     )
     workload = dataclasses.replace(
-        catalog.get("TAB-1").resolve("small", "tiny"), batch_size=BATCH_SIZE, num_elements=BATCH_SIZE * len(batches)
+        catalog.get("TAB-1").resolve("small", "tiny"),
+        batch_size=BATCH_SIZE,
+        num_elements=BATCH_SIZE * len(batches),
     )
     ctx = CellContext(workload=workload, dataset=None, profile=profile, seed=0)
 
@@ -107,13 +114,17 @@ def main() -> None:
         ratios.append(h / b)
     b_med, h_med = statistics.median(bare_runs), statistics.median(harness_runs)
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {cpu_info()['model']}, {cpu_info()['usable_cores']} cores, {platform.platform()}")
+    print(
+        f"machine: {cpu_info()['model']}, {cpu_info()['usable_cores']} cores, {platform.platform()}"
+    )
     print(f"jax {jax.__version__} on {device}")
     print(f"trials: {args.trials} x {args.batches} batches of {BATCH_SIZE} elements")
     print(f"bare loop median:  {b_med:12.0f} elements/s")
     print(f"harness median:    {h_med:12.0f} elements/s")
     print(f"ratio of medians:  {h_med / b_med:.4f}")
-    print(f"median of paired ratios: {statistics.median(ratios):.4f}  (min {min(ratios):.4f}, max {max(ratios):.4f})")
+    print(
+        f"median of paired ratios: {statistics.median(ratios):.4f}  (min {min(ratios):.4f}, max {max(ratios):.4f})"
+    )
 
 
 if __name__ == "__main__":

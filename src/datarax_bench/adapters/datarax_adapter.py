@@ -94,7 +94,7 @@ def _jax_ops() -> dict[str, tuple[Callable | None, Callable]]:
         h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
         fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = jnp.argmax(fits)
-        fb_top, fb_left, fb_h, fb_w = _centre_box(height, width, ratio)
+        fb_top, fb_left, fb_h, fb_w = reference.centre_crop_box(height, width, ratio)
         found = fits.any()
         h = jnp.where(found, h[first], fb_h)
         w = jnp.where(found, w[first], fb_w)
@@ -189,18 +189,6 @@ def _jax_ops() -> dict[str, tuple[Callable | None, Callable]]:
         ),
         "cast": (None, lambda s, x, _: x.astype(s["dtype"])),
     }
-
-
-def _centre_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
-    """The fallback of `reference.sample_resized_crop_box` when none of its tries fits."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 @functools.cache

@@ -44,18 +44,6 @@ def _import_tensorflow():
     return tf
 
 
-def _centre_crop_fallback(height: int, width: int, ratio) -> tuple[int, int, int, int]:
-    """The reference's box when all 10 tries fail (depends only on the shapes)."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 class _Ops:
     """The catalog ops as TF functions of (tensor, step, key); `key` seeds stateless draws."""
 
@@ -92,7 +80,7 @@ class _Ops:
         h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
         valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
-        f_top, f_left, f_h, f_w = _centre_crop_fallback(height, width, p["ratio"])
+        f_top, f_left, f_h, f_w = reference.centre_crop_box(height, width, p["ratio"])
         found = tf.reduce_any(valid)
         h = tf.where(found, h[first], f_h)
         w = tf.where(found, w[first], f_w)
