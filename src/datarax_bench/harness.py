@@ -8,7 +8,6 @@ reads and a few list appends per batch; tests/perf/bench_harness.py shows what t
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -20,13 +19,14 @@ from . import stats
 from .adapters.base import HARNESS_MEASURES, Adapter, Batch, CellContext
 from .catalog import Profile, Workload
 from .data import Dataset
+from .reference import BATCH_OPS
 
 Delivered = dict[str, Any]
 
 #: Measures the harness implements today; the others are declared in the catalog and end as
 #: `not_implemented` without running a loader.
 IMPLEMENTED_MEASURES = frozenset({"throughput"}) | HARNESS_MEASURES
-RSS_SAMPLE_INTERVAL_S = 0.05
+RSS_SAMPLE_INTERVAL_S = 0.1
 
 
 def batch_digest(batch: Mapping[str, Any]) -> str:
@@ -67,37 +67,49 @@ def make_delivery(adapter: Adapter, device=None) -> Callable[[Batch], Delivered]
 
 
 class RssSampler:
-    """Peak resident memory of this process and its children (loader workers), sampled."""
+    """Peak resident memory of this process and its children (loader workers), sampled.
+
+    Sampled between batches by the measuring loop itself (`maybe_sample`), at most every
+    `interval` seconds: a sampling thread measurably slowed fast loops (the benchmark in
+    tests/perf/bench_harness.py showed it). Listing children walks /proc (about a millisecond),
+    so the list is refreshed at most every `CHILDREN_REFRESH_S`; a sample reads ~10 µs of RSS.
+    """
+
+    CHILDREN_REFRESH_S = 2.0
 
     def __init__(self, interval: float = RSS_SAMPLE_INTERVAL_S):
         self.interval = interval
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.next_sample = 0.0
         self._process = psutil.Process()
+        self._children: list[psutil.Process] = []
+        self._listed_at = -float("inf")
 
-    def sample(self) -> None:
+    def sample(self, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        if now - self._listed_at >= self.CHILDREN_REFRESH_S:
+            self._children = self._process.children(recursive=True)
+            self._listed_at = now
         total = self._process.memory_info().rss
-        for child in self._process.children(recursive=True):
+        for child in self._children:
             try:
                 total += child.memory_info().rss
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
+        self.next_sample = now + self.interval
 
     def __enter__(self) -> RssSampler:
         self.sample()
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._listed_at = -float("inf")
         self.sample()
+
+
+def _nbytes(batch: Delivered) -> int:
+    return sum(v.nbytes for v in batch.values())
 
 
 def _stream(loader) -> Iterator[Batch]:
@@ -143,22 +155,35 @@ def measure_repetition(
         first = deliver(next(batches))
         time_to_first_batch = clock() - setup_start
         first_digest = batch_digest(first)
+        first_bytes = _nbytes(first)
         del first
         for _ in range(max(0, m["warmup_batches"] - 1)):
             deliver(next(batches))
 
         min_batches, min_seconds = m["min_batches"], m["min_seconds"]
+        # Batches have one shape unless a batch-level op (dynamic padding) sizes each one; only
+        # then is every batch's size added up inside the window.
+        variable = any(op in BATCH_OPS for op in ctx.workload.ops())
         latencies: list[float] = []
         total_bytes = 0
         with RssSampler() as rss:
             window_start = now = clock()
             while len(latencies) < min_batches or now - window_start < min_seconds:
                 requested = now
-                out = deliver(next(batches))
+                # No reference to the delivered batch outlives this statement, as in a training
+                # loop that consumes each batch: holding it would keep two batches' buffers alive
+                # and change the allocator's behaviour (measurably, for large batches).
+                if variable:
+                    total_bytes += _nbytes(deliver(next(batches)))
+                else:
+                    deliver(next(batches))
                 now = clock()
                 latencies.append(now - requested)
-                total_bytes += sum(v.nbytes for v in out.values())
+                if now >= rss.next_sample:
+                    rss.sample(now)
         window_s = now - window_start
+        if not variable:
+            total_bytes = first_bytes * len(latencies)
         parallelism = dict(getattr(loader, "parallelism", {}))
     finally:
         loader.close()
@@ -275,8 +300,11 @@ def _digest_run(
                         out = deliver(next(batches))
                     except StopIteration:
                         break
-                    latencies.append(clock() - requested)
-                    sizes.append(sum(v.nbytes for v in out.values()))
+                    now = clock()
+                    latencies.append(now - requested)
+                    if now >= rss.next_sample:
+                        rss.sample(now)
+                    sizes.append(_nbytes(out))
                     digests.append(batch_digest(out))
         parallelism = dict(getattr(loader, "parallelism", {}))
     finally:

@@ -107,8 +107,12 @@ def main() -> None:
 
     bare(), harnessed()  # warm both paths up
     bare_runs, harness_runs, ratios = [], [], []
-    for _ in range(args.trials):
-        b, h = bare(), harnessed()
+    for trial in range(args.trials):
+        # Alternate which goes first, so that neither always runs on a "warmer" machine.
+        if trial % 2:
+            h, b = harnessed(), bare()
+        else:
+            b, h = bare(), harnessed()
         bare_runs.append(b)
         harness_runs.append(h)
         ratios.append(h / b)
@@ -124,6 +128,38 @@ def main() -> None:
     print(f"ratio of medians:  {h_med / b_med:.4f}")
     print(
         f"median of paired ratios: {statistics.median(ratios):.4f}  (min {min(ratios):.4f}, max {max(ratios):.4f})"
+    )
+
+    # The harness's own cost per batch, isolated: the same two loops with a delivery that does
+    # nothing, so that only the timing, bookkeeping and sampling remain.
+    def noop(batch):
+        return batch
+
+    n = 200_000
+    quick = dataclasses.replace(profile, measurement={**profile.measurement, "min_batches": n})
+    quick_ctx = dataclasses.replace(ctx, profile=quick)
+
+    def bare_noop() -> float:
+        def stream():
+            while True:
+                yield from batches
+
+        it = stream()
+        start = time.perf_counter()
+        for _ in range(n):
+            noop(next(it))
+        return (time.perf_counter() - start) / n
+
+    def harness_noop() -> float:
+        rep = measure_repetition(0, adapter, quick_ctx, noop, None)
+        return rep["window_s"] / rep["batches"]
+
+    harness_cost = statistics.median(harness_noop() for _ in range(5))
+    overhead = harness_cost - statistics.median(bare_noop() for _ in range(5))
+    per_batch = BATCH_SIZE / b_med
+    print(
+        f"harness cost per batch: {overhead * 1e6:.3f} us = "
+        f"{overhead / per_batch * 100:.2f}% of a delivered batch ({per_batch * 1e6:.1f} us)"
     )
 
 
