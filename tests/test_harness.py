@@ -79,6 +79,7 @@ def test_all_repetitions_are_kept_with_their_statistics():
     )
     assert s["elements_per_s"]["min"] == min(values) and s["elements_per_s"]["max"] == max(values)
     assert s["first_batch_consistent"] and s["first_batch_sha256"] == reps[0]["first_batch_sha256"]
+    assert s["unstable"] == (s["elements_per_s"]["cv"] > 0.10)
 
 
 def test_window_lasts_min_batches_and_min_seconds_across_epochs():

@@ -15,9 +15,7 @@ import pandas as pd
 from .catalog import load_profile
 from .results import load_result, write_text_atomic
 from .runner import write_run_index
-
-# Coefficient of variation across repetitions above which a cell is marked unstable.
-UNSTABLE_CV = 0.10
+from .stats import UNSTABLE_CV, is_unstable
 
 CELL_KEYS = ("scenario", "scenario_name", "variant", "size", "adapter", "adapter_name", "measure")
 THROUGHPUT_KEYS = ("median", "ci95_low", "ci95_high", "cv", "min", "max")
@@ -42,6 +40,7 @@ def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:
     row["reason"] = result["reason"]
     stats = result.get("statistics") if result["status"] == "ok" else None
     row["repetitions"] = stats["repetitions"] if stats else None
+    row["unstable"] = stats.get("unstable") if stats else None
     for key in THROUGHPUT_KEYS:
         row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
     for key in STAT_KEYS:
@@ -84,7 +83,12 @@ def results_table(results: list[dict[str, Any]], infra: str, paths: list[str]) -
     table["ratio_to_best"] = (median / best).where(ok)
     table["rank"] = median.where(ok).groupby(group).rank(ascending=False, method="min")
     table["rank"] = table["rank"].astype("Int64")
-    table["unstable"] = (table["elements_per_s_cv"].astype(float) > UNSTABLE_CV).where(ok, False)
+    # The flag the harness wrote; results from before it existed get the same rule applied here.
+    cv = table["elements_per_s_cv"].astype(float)
+    computed = cv.map(lambda v: bool(v == v and is_unstable(v)))
+    table["unstable"] = (
+        table["unstable"].where(table["unstable"].notna(), computed).where(ok, False)
+    )
     return table
 
 

@@ -219,9 +219,11 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
     def latency_median(p):
         return float(np.median([r["latency_ms"][p] for r in reps]))
 
+    throughput = stats.summarize([r["elements_per_s"] for r in reps])
     return {
         "repetitions": len(reps),
-        "elements_per_s": stats.summarize([r["elements_per_s"] for r in reps]),
+        "elements_per_s": throughput,
+        "unstable": stats.is_unstable(throughput["cv"]),
         "bytes_per_s_median": median("bytes_per_s"),
         "latency_ms_p50_median": latency_median("p50"),
         "latency_ms_p95_median": latency_median("p95"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
+#: Coefficient of variation across repetitions above which a cell is flagged unstable.
+UNSTABLE_CV = 0.10
 # Fixed so that the same repetitions always give the same interval.
 BOOTSTRAP_SEED = 20260101
 
@@ -27,6 +29,10 @@ def coefficient_of_variation(values) -> float:
     if data.size < 2 or data.mean() == 0:
         return 0.0
     return float(data.std(ddof=1) / data.mean())
+
+
+def is_unstable(cv: float) -> bool:
+    return cv > UNSTABLE_CV
 
 
 def summarize(values) -> dict[str, float]:

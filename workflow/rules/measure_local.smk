@@ -21,7 +21,7 @@ rule measure:
         settings=get_measured_settings,
         workload=get_workload,
     resources:
-        # One unit exists (workflow/profiles/default): never two measurements at once.
+        # One unit exists (common.smk registers it): never two measurements at once.
         bench_slot=1,
     conda:
         "../envs/bench.yaml"
