@@ -149,3 +149,26 @@ def test_a_bad_result_file_names_the_file(tmp_path, smoke_dir):
     with pytest.raises(UserError, match=str(bad)):
         aggregate_run([bad], tmp_path, "smoke", "local")
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_special_measurements_get_their_own_tables(tmp_path):
+    out = tmp_path / "special"
+    cli = str(Path(sys.executable).parent / "datarax-bench")
+    subprocess.run(
+        [cli, "run", "--profile", "smoke", "--scenarios", "PR-2", "DIST-1", "TAB-1"]
+        + ["--adapters", "numpy", "--output-dir", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    paths = sorted(out.glob("raw/*/*/*.json"))
+    table = aggregate_run(paths, out, "smoke", "local")
+    pr2 = table[table["scenario"] == "PR-2"].iloc[0]
+    assert pr2["special_deterministic"] == True and pr2["special_seeds_differ"] == True  # noqa: E712
+    assert set(table[table["scenario"] == "DIST-1"]["special_devices"]) == {1, 2, 4, 8}
+    summary = (out / "summary.md").read_text()
+    determinism = summary.split("## PR-2")[1].split("## ")[0]
+    assert "Measurement `determinism`" in determinism and "Rank" not in determinism
+    assert "| small | NumPy reference (`numpy`) | 2 | 16 | 2 | 0 | 1 | True | True |" in determinism
+    sharding = summary.split("## DIST-1")[1].split("## ")[0]
+    assert "| dev8 | NumPy reference (`numpy`) | 8 | P('data',) | True |" in sharding
+    assert "Rank" in summary.split("## TAB-1")[1], "throughput scenarios keep their ranking"

@@ -45,6 +45,14 @@ def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:
         row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
     for key in STAT_KEYS:
         row[key] = stats.get(key) if stats else None
+    # The special measurements' scalar metrics (deterministic, sharded, devices, ...).
+    for key, value in (result.get("special") or {}).items():
+        if "sha256" in key:
+            continue  # digests stay in the result files
+        if isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
+            value = ", ".join(map(str, value))
+        if value is None or isinstance(value, bool | int | float | str):
+            row[f"special_{key}"] = value
     row["duration_s"] = result["timestamps"]["duration_s"]
     row["started"] = result["timestamps"]["started"]
     row["git_commit"] = result["provenance"].get("git_commit")
@@ -125,7 +133,9 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
         ok = ok.assign(_order=ok["variant"].map(order)).sort_values(
             ["_order", "rank"], kind="stable"
         )
-        if len(ok):
+        if len(ok) and ok["measure"].iloc[0] != "throughput":
+            lines += _special_table(ok)
+        elif len(ok):
             lines += [
                 "| Variant | Rank | Adapter | Median elements/s | 95% CI | Ratio to best | CV | Note |",
                 "|---|---:|---|---:|---|---:|---:|---|",
@@ -151,6 +161,39 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """Whole numbers as integers (pandas stores a column with gaps as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return "" if value is None or (isinstance(value, float) and value != value) else value
+
+
+def _special_table(ok: pd.DataFrame) -> list[str]:
+    """A special measurement's own table: its metrics first, throughput beside them, no ranking
+    (what such a scenario measures is not which loader is fastest)."""
+    measure = ok["measure"].iloc[0]
+    keys = [c for c in ok.columns if c.startswith("special_") and ok[c].notna().any()]
+    names = [k.removeprefix("special_").replace("_", " ") for k in keys]
+    header = ["Variant", "Adapter", *names, "Median elements/s", "CV"]
+    lines = [
+        f"Measurement `{measure}`:",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * (len(header) - 2) + "---:|---:|",
+    ]
+    for r in ok.itertuples():
+        note = " **unstable**" if r.unstable else ""
+        cells = [
+            r.variant,
+            f"{_md(r.adapter_name)} (`{r.adapter}`)",
+            *(_md(_plain(getattr(r, k))) for k in keys),
+            _number(r.elements_per_s_median),
+            f"{r.elements_per_s_cv:.1%}{note}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _csv(frame: pd.DataFrame) -> str:
