@@ -236,6 +236,8 @@ def test_lint_and_format(tmp_path):
     workdir = copy_workflow(tmp_path / "checkout")
     lint = snakemake(workdir, "--lint", config=None)
     assert "Congratulations" in lint.output
+    cloud_lint = snakemake(workdir, "--lint", config=["infra=gcp"])
+    assert "Congratulations" in cloud_lint.output
     files = ["Snakefile", *sorted(str(p) for p in (ROOT / "workflow/rules").glob("*.smk"))]
     fmt = subprocess.run(
         [str(BIN / "snakefmt"), "--check", *files], cwd=ROOT, capture_output=True, text=True
@@ -269,9 +271,33 @@ def test_schema_enums_match_profiles_catalog_and_registry():
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     props = schema["properties"]
     assert sorted(props["profile"]["enum"]) == profile_names()
+    assert sorted(props["profiles"]["items"]["enum"]) == profile_names()
     assert props["scenarios"]["items"]["enum"] == list(load_catalog().scenarios)
     assert sorted(props["adapters"]["items"]["enum"]) == sorted(a.id for a in all_adapters())
     for key, spec in props.items():
         assert "description" in spec and "default" in spec, key
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     assert set(config) == set(props), "config.yaml sets every key the schema knows"
+
+
+def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path):
+    workdir = copy_workflow(tmp_path / "checkout")
+    proc = snakemake(workdir, "-n", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"])
+    catalog = load_catalog()
+    from datarax_bench.catalog import load_profile
+
+    cells = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("gpu_a100", "tpu_v5e"))
+    assert planned(proc, "provision") == 2 and planned(proc, "teardown") == 2
+    assert planned(proc, "aggregate") == 2
+    assert planned(proc, "run_remote") == planned(proc, "pull") == cells * len(all_adapters())
+    for profile in ("gpu_a100", "tpu_v5e"):
+        assert f"results/{profile}/gcp/cluster.json" in proc.output
+    # Nothing leads into a provision job, so both clusters are provisioned in parallel.
+    dag = snakemake(workdir, "--dag", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"]).stdout
+    provision_nodes = set(re.findall(r"^\s*(\d+)\[label = \"provision", dag, re.MULTILINE))
+    assert len(provision_nodes) == 2
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.MULTILINE)
+    assert not [e for e in edges if e[1] in provision_nodes]
+    local = snakemake(workdir, "-n", config=["profiles=[smoke,ci_cpu]", "adapters=[numpy]"])
+    expected = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("smoke", "ci_cpu"))
+    assert planned(local, "measure") == expected and planned(local, "aggregate") == 2

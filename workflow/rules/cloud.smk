@@ -2,19 +2,6 @@
 # cell -> (aggregate, plots) -> teardown. `pull` writes the same raw files as measure_local.smk.
 # Nothing here calls `sky` at parse time: `snakemake -n` stays instant and offline. Billing has
 # three stops: the teardown rule, the onerror handler below, and SkyPilot's idle autodown.
-from datarax_bench import cloud as _cloud
-
-CLOUD_DIR = f"{RUN_DIR}/cloud"
-
-
-def cluster_for(profile):
-    return _cloud.cluster_name(profile, config["infra"], config["run"])
-
-
-def teardown_marker(profile=PROFILE.name, infra=INFRA):
-    return f"{run_dir(profile, infra)}/cloud/teardown.json"
-
-
 rule provision:
     output:
         f"{RUN_DIR}/cluster.json",
@@ -102,8 +89,8 @@ rule teardown:
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
     if config["keep_cluster"]:
-        print(f"keep_cluster: true; {cluster_for(PROFILE.name)} stays up (and bills)")
+        print(f"keep_cluster: true; {', '.join(all_clusters())} stay up (and bill)")
     else:
         _log = f"logs/{PROFILE.name}/{INFRA}/cloud/onerror-teardown.log"
-        _record = _cloud.teardown([cluster_for(PROFILE.name)], _log)
+        _record = cloud.teardown(all_clusters(), _log)
         print(f"onerror: tore down {', '.join(_record['clusters'])} (see {_log})")

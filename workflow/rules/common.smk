@@ -13,13 +13,15 @@ validate(config, "../schemas/config.schema.yaml")
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
+from datarax_bench import cloud
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import load_catalog, load_profile, profile_names
 from datarax_bench.results import cell_path
 
 CATALOG = load_catalog()
-PROFILE = load_profile(config["profile"], CATALOG)
-SCENARIOS = config["scenarios"] or PROFILE.scenarios
+# `profiles` (several in one invocation) wins over `profile`; the first is the default target.
+PROFILES = [load_profile(n, CATALOG) for n in config["profiles"] or [config["profile"]]]
+PROFILE = PROFILES[0]
 ADAPTERS = config["adapters"] or [adapter.id for adapter in all_adapters()]
 # An --infra string such as gcp/us-central1 becomes one directory name.
 INFRA = re.sub(r"[/]", "_", config["infra"])
@@ -60,12 +62,17 @@ def run_dir(profile=PROFILE.name, infra=INFRA):
     return RUN_DIR.format(profile=profile, infra=infra)
 
 
+def scenarios_for(profile_name):
+    """The scenarios measured: `--config scenarios=[...]` or else the profile's own list."""
+    return config["scenarios"] or profile_named(profile_name).scenarios
+
+
 def cells(profile_name):
     """(scenario, variant, adapter) for every cell of a profile under this config."""
     profile = profile_named(profile_name)
     return [
         (scenario, variant, adapter)
-        for scenario, variant in profile.cells(CATALOG, SCENARIOS)
+        for scenario, variant in profile.cells(CATALOG, scenarios_for(profile_name))
         for adapter in ADAPTERS
     ]
 
@@ -102,7 +109,7 @@ def plot_outputs(profile=PROFILE.name, infra=INFRA):
     root = run_dir(profile, infra)
     return [
         f"{root}/plots/{scenario}/{kind}.png"
-        for scenario in SCENARIOS
+        for scenario in scenarios_for(profile)
         for kind in ("throughput", "latency", "first_batch")
     ]
 
@@ -115,11 +122,34 @@ def export_outputs(profile=PROFILE.name, infra=INFRA):
 
 
 def get_final_targets():
-    """What `snakemake` (rule all) builds. Later stages (W&B export, cloud teardown) add theirs here."""
-    targets = aggregate_outputs() + plot_outputs()
-    # [wandb, issue 6] the W&B export (workflow/rules/export.smk); offline without a key.
-    targets += export_outputs()
-    # [cloud, issue 5] a cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
-    if config["infra"] != "local":
-        targets.append(teardown_marker())
+    """What `snakemake` builds by default (the `all` target) for every selected profile.
+
+    That is the table, plots, the W&B export and, on a cloud infra, the torn-down cluster.
+    """
+    targets = []
+    for profile in PROFILES:
+        targets += aggregate_outputs(profile.name) + plot_outputs(profile.name)
+        # [wandb, issue 6] the W&B export (workflow/rules/export.smk); offline without a key.
+        targets += export_outputs(profile.name)
+        # [cloud, issue 5] a cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
+        if config["infra"] != "local":
+            targets.append(teardown_marker(profile.name))
     return targets
+
+
+# --- cloud runs (workflow/rules/cloud.smk) ------------------------------------------------
+# Names only: nothing here calls `sky`, so planning stays instant and offline.
+CLOUD_DIR = f"{RUN_DIR}/cloud"
+
+
+def cluster_for(profile):
+    return cloud.cluster_name(profile, config["infra"], config["run"])
+
+
+def all_clusters():
+    """Every selected profile's cluster; tearing down one that never launched is harmless."""
+    return [cluster_for(profile.name) for profile in PROFILES]
+
+
+def teardown_marker(profile=PROFILE.name, infra=INFRA):
+    return f"{run_dir(profile, infra)}/cloud/teardown.json"
