@@ -201,6 +201,8 @@ class Grain(Adapter):
     aliases = ("google-grain", "grain-python")
     distributions = ("grain", "numpy")
     ops = reference.ALL_OPS
+    # Its data source indexes the cached arrays lazily (workers re-map the files): it streams.
+    measures = frozenset({"throughput", "streaming"})
 
     def open(self, ctx: CellContext) -> Loader:
         return GrainLoader(ctx)

@@ -356,6 +356,8 @@ class PyTorchDataLoader(Adapter):
     aliases = ("torch", "dataloader", "pytorch-dataloader")
     distributions = ("torch",)
     ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
+    # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
+    measures = frozenset({"throughput", "streaming"})
 
     def open(self, ctx: CellContext) -> Loader:
         return TorchLoader(ctx)
