@@ -66,11 +66,17 @@ class Adapter(ABC):
     ops: ClassVar[frozenset[str]] = frozenset()
     #: Catalog measures (throughput, checkpoint, ...) this adapter supports.
     measures: ClassVar[frozenset[str]] = frozenset({"throughput"})
+    #: Why a measure outside `measures` is not supported, where there is more to say than
+    #: "no native support" (shown in the cell's `unsupported` reason).
+    measure_reasons: ClassVar[dict[str, str]] = {}
 
     def support(self, workload: Workload) -> str | None:
         """None when the adapter runs the workload as specified, else why not (one line)."""
         if workload.measure not in self.measures | HARNESS_MEASURES:
-            return f"{self.display_name} has no native support for the {workload.measure!r} measurement"
+            return self.measure_reasons.get(
+                workload.measure,
+                f"{self.display_name} has no native support for the {workload.measure!r} measurement",
+            )
         for op in workload.ops():
             if op not in self.ops:
                 return f"{self.display_name} cannot express transform {op!r} with the reference semantics"

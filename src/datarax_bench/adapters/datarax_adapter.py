@@ -320,6 +320,10 @@ class Datarax(Adapter):
     id = "datarax"
     display_name = "Datarax"
     distributions = ("datarax", "jax", "flax")
+    measure_reasons = {
+        "streaming": "Datarax's MemorySource stages the whole dataset on the JAX device at setup: "
+        "it has no lazy path from these files (IO-2 needs one)",
+    }
     ops = DATARAX_OPS
 
     def support(self, workload: Workload) -> str | None:

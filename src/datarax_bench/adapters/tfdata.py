@@ -298,6 +298,10 @@ class TfData(Adapter):
     display_name = "tf.data"
     aliases = ("tf.data", "tensorflow", "tf")
     distributions = ("tensorflow",)
+    measure_reasons = {
+        "streaming": "the tf.data adapter builds its pipeline with from_tensor_slices, which loads "
+        "every array at setup: it has no lazy path from these files (IO-2 needs one)",
+    }
     ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
 
     def open(self, ctx: CellContext) -> Loader:
