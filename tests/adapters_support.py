@@ -286,7 +286,7 @@ def check_nlp1(w, dataset, got, want, indices) -> None:
 
 
 def check_replay(w, dataset, got, want, indices) -> None:
-    """Element-wise pipelines (PC-1 chains, PR-2): replay the reference's ops on each source
+    """Element-wise pipelines (PC-1 chains, PR-1, PR-2): replay the reference's ops on each source
     element with the flip choice and brightness delta that fit; check those draws' statistics."""
     ops = w.ops()
     if ops.count("random_brightness") > 1 or ops.count("random_horizontal_flip") > 1:
@@ -418,6 +418,7 @@ CHECKERS: dict[str, Callable] = {
     "NLP-1": check_nlp1,
     "PC-1": check_replay,
     "PC-2": check_pc2,
+    "PR-1": check_replay,
     "PR-2": check_replay,
 }
 

@@ -129,7 +129,9 @@ def test_special_measure_is_not_implemented_and_nothing_is_timed(cli_path, tmp_p
         "--profile",
         "smoke",
         "--scenario",
-        "PR-1",
+        "IO-1",
+        "--variant",
+        "memory",
         "--adapter",
         "numpy",
         "--output",
@@ -137,7 +139,7 @@ def test_special_measure_is_not_implemented_and_nothing_is_timed(cli_path, tmp_p
     )
     assert proc.returncode == 0
     result = load_result(out)
-    assert result["status"] == "not_implemented" and "'checkpoint'" in result["reason"]
+    assert result["status"] == "not_implemented" and "'source_backends'" in result["reason"]
     assert "repetitions" not in result
 
 
@@ -256,12 +258,12 @@ def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):
     assert got == {
         ("TAB-1", "numpy"): "ok",
         ("TAB-1", "test-limited"): "ok",
-        ("PR-1", "numpy"): "not_implemented",
-        ("PR-1", "test-limited"): "not_implemented",
+        ("PR-1", "numpy"): "ok",
+        ("PR-1", "test-limited"): "unsupported",
         ("CV-1", "numpy"): "ok",
         ("CV-1", "test-limited"): "unsupported",
     }
     for cell in manifest["cells"]:
         load_result(out / cell["path"])
-    assert summary["counts"] == {"ok": 3, "not_implemented": 2, "unsupported": 1}
+    assert summary["counts"] == {"ok": 4, "unsupported": 2}
     assert len(summary["cells"]) == 6

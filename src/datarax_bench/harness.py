@@ -25,7 +25,7 @@ Delivered = dict[str, Any]
 
 #: Measures the harness implements today; the others are declared in the catalog and end as
 #: `not_implemented` without running a loader.
-IMPLEMENTED_MEASURES = frozenset({"throughput", "streaming"}) | HARNESS_MEASURES
+IMPLEMENTED_MEASURES = frozenset({"throughput", "streaming", "checkpoint"}) | HARNESS_MEASURES
 RSS_SAMPLE_INTERVAL_S = 0.1
 
 
@@ -419,6 +419,10 @@ def measure_cell(
         from .streaming import measure_streaming
 
         return measure_streaming(adapter, workload, dataset, profile, progress)
+    if workload.measure == "checkpoint":
+        from .checkpoint import measure_checkpoint
+
+        return measure_checkpoint(adapter, workload, dataset, profile, progress)
     device = jax.devices()[0]
     target = _sharding_target(workload) if workload.measure == "sharding" else device
     deliver = make_delivery(adapter, target)

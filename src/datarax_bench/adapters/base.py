@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +52,26 @@ class Loader(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; most loaders hold nothing to release
         """Release workers, threads and files."""
+
+    # Checkpointing (PR-1), for adapters that declare the "checkpoint" measure: both methods use
+    # the framework's own state API and its own serialized form, written as files under
+    # `directory` (their total size is the reported state size).
+
+    def save_state(self, directory: Path) -> None:
+        """Save the state after the batches yielded so far into the empty `directory`.
+
+        Called between two batches of an epoch, its generator suspended; the loader then goes
+        on yielding that epoch's batches as if nothing happened.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no state API")
+
+    def restore_state(self, directory: Path) -> None:
+        """Restore a state saved by `save_state` into this freshly opened loader.
+
+        Called before any `epoch()`. The next `epoch(e)` call, for the epoch whose batch came
+        next when the state was saved, yields from that batch to the end of the epoch.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no state API")
 
 
 class Adapter(ABC):

@@ -13,13 +13,19 @@ distributions and invariants, not its bits. Deterministic pipelines match it exa
 What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
 data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
 `branch_merge` (PC-2) would need a `Pipeline.from_dag` graph, not built yet.
+
+Checkpoints use Datarax's iterator state (`PipelineIterator.get_state()`/`set_state()`: records
+consumed and the RNG streams' counts, "for exact mid-epoch resume"), written as JSON, plus the
+epoch this adapter folds into every record's key.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -288,6 +294,9 @@ class DataraxLoader(Loader):
             rngs=nnx.Rngs(ctx.seed),
         )
         self._jnp = jax.numpy
+        self._iterator = None
+        self._epoch = 0
+        self._resumed: tuple[int, Any] | None = None  # (epoch, restored iterator) for epoch()
         self.parallelism = {
             "workers": 0,
             "threads": 0,
@@ -298,17 +307,41 @@ class DataraxLoader(Loader):
         }
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        for op in self.operators:
-            op.epoch.set_value(self._jnp.asarray(epoch, dtype=self._jnp.uint32))
-        iterator = iter(self.pipeline)
-        # Every epoch reads the source from its first record (drop-remainder batches).
-        state = iterator.get_state()
-        iterator.set_state({**state, "position": 0})
+        first = 0
+        if self._resumed is not None and self._resumed[0] == epoch:
+            iterator = self._resumed[1]
+            first = int(iterator.get_state()["position"]) // self.pipeline.batch_size
+        else:
+            self._set_epoch(epoch)
+            iterator = iter(self.pipeline)
+            # Every epoch reads the source from its first record (drop-remainder batches).
+            state = iterator.get_state()
+            iterator.set_state({**state, "position": 0})
+        self._resumed = None
+        self._iterator, self._epoch = iterator, epoch
         try:
-            for _ in range(self.num_batches):
+            for _ in range(first, self.num_batches):
                 yield next(iterator)
         finally:
             iterator.close()
+
+    def save_state(self, directory: Path) -> None:
+        state = self._iterator.get_state()
+        iterator = {"position": int(state["position"]), "rng_counts": state["rng_counts"]}
+        (directory / "state.json").write_text(
+            json.dumps({"epoch": self._epoch, "iterator": iterator})
+        )
+
+    def restore_state(self, directory: Path) -> None:
+        saved = json.loads((directory / "state.json").read_text())
+        self._set_epoch(saved["epoch"])
+        iterator = iter(self.pipeline)
+        iterator.set_state(saved["iterator"])
+        self._resumed = (saved["epoch"], iterator)
+
+    def _set_epoch(self, epoch: int) -> None:
+        for op in self.operators:
+            op.epoch.set_value(self._jnp.asarray(epoch, dtype=self._jnp.uint32))
 
     def close(self) -> None:
         self.operators = []
@@ -325,6 +358,7 @@ class Datarax(Adapter):
         "it has no lazy path from these files (IO-2 needs one)",
     }
     ops = DATARAX_OPS
+    measures = Adapter.measures | {"checkpoint"}
 
     def support(self, workload: Workload) -> str | None:
         if workload.measure not in self.measures | HARNESS_MEASURES:

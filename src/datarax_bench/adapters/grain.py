@@ -11,16 +11,21 @@ documented way to transform data, so batches equal the reference's bit for bit.
 
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
+
+Checkpoints use Grain's own: the iterator's `get_state()`/`set_state()` as written and read by
+`grain.checkpoint.CheckpointHandler` (JSON, worker states included under `mp_prefetch`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import mmap
 import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,6 +141,8 @@ class GrainLoader(Loader):
         self._threads_before = set(threading.enumerate())
         self._iterator = None
         self._position = 0  # global batch number the iterator yields next
+        self._iterator_start = 0  # global batch number the iterator began at
+        self._resumed = False  # set by restore_state: the next epoch() continues mid-epoch
         self._start(0)
 
     def _start(self, batch_position: int) -> None:
@@ -144,16 +151,40 @@ class GrainLoader(Loader):
         if self._mp_options.num_workers > 0:
             ds = ds.mp_prefetch(self._mp_options)
         self._iterator = iter(ds)
-        self._position = batch_position
+        self._position = self._iterator_start = batch_position
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         start = epoch * self.num_batches
-        if self._iterator is None or self._position != start:
+        resumed, self._resumed = self._resumed, False
+        if resumed and start <= self._position < start + self.num_batches:
+            start = self._position
+        elif self._iterator is None or self._position != start:
             self._start(start)
-        for _ in range(self.num_batches):
+        for _ in range(epoch * self.num_batches + self.num_batches - start):
             batch = next(self._iterator)
             self._position += 1
             yield batch
+
+    def save_state(self, directory: Path) -> None:
+        from etils import epath
+        from grain.checkpoint import CheckpointHandler
+
+        CheckpointHandler().save(epath.Path(directory), item=self._iterator)
+        # Where the iterator began (it is built over the batches from there on).
+        (directory / "loader.json").write_text(
+            json.dumps({"iterator_start": self._iterator_start, "position": self._position})
+        )
+
+    def restore_state(self, directory: Path) -> None:
+        from etils import epath
+        from grain.checkpoint import CheckpointHandler
+
+        loader = json.loads((directory / "loader.json").read_text())
+        if self._iterator is None or self._iterator_start != loader["iterator_start"]:
+            self._start(int(loader["iterator_start"]))
+        CheckpointHandler().restore(epath.Path(directory), item=self._iterator)
+        self._position = int(loader["position"])
+        self._resumed = True
 
     def _stop(self) -> None:
         if self._iterator is not None:
@@ -202,7 +233,7 @@ class Grain(Adapter):
     distributions = ("grain", "numpy")
     ops = reference.ALL_OPS
     # Its data source indexes the cached arrays lazily (workers re-map the files): it streams.
-    measures = frozenset({"throughput", "streaming"})
+    measures = frozenset({"throughput", "streaming", "checkpoint"})
 
     def open(self, ctx: CellContext) -> Loader:
         return GrainLoader(ctx)

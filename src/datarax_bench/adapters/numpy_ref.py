@@ -1,12 +1,16 @@
 """The NumPy reference adapter: no loader framework, the zero-framework floor.
 
 Slices elements from the cached arrays, applies every catalog transform with the reference
-semantics (`datarax_bench.reference`) and stacks batches, in the consuming thread.
+semantics (`datarax_bench.reference`) and stacks batches, in the consuming thread. Its whole
+state is its position (epoch, next batch): every batch is a pure function of seed, epoch and
+batch index.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from .. import reference
 from . import register
@@ -17,13 +21,29 @@ class NumpyLoader(Loader):
     def __init__(self, ctx: CellContext):
         self.ctx = ctx
         self.parallelism = {"threads": 1, "workers": 0, "prefetch": 0}
+        self._next = (0, 0)  # (epoch, batch) of the next batch to yield
+        self._resume: tuple[int, int] | None = None
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         w = self.ctx.workload
-        for b in range(w.num_batches):
-            yield reference.reference_batch(
+        first = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            first = self._resume[1]
+        self._resume = None
+        for b in range(first, w.num_batches):
+            batch = reference.reference_batch(
                 self.ctx.dataset, w.transforms, self.ctx.seed, epoch, b, w.batch_size
             )
+            self._next = (epoch, b + 1)
+            yield batch
+
+    def save_state(self, directory: Path) -> None:
+        epoch, batch = self._next
+        (directory / "position.json").write_text(json.dumps({"epoch": epoch, "batch": batch}))
+
+    def restore_state(self, directory: Path) -> None:
+        state = json.loads((directory / "position.json").read_text())
+        self._resume = (int(state["epoch"]), int(state["batch"]))
 
 
 @register
@@ -34,7 +54,7 @@ class NumpyReference(Adapter):
     distributions = ("numpy",)
     ops = reference.ALL_OPS
     # Reads each element from the cached arrays as it goes: memory-mapped files stream from disk.
-    measures = frozenset({"throughput", "streaming"})
+    measures = frozenset({"throughput", "streaming", "checkpoint"})
 
     def open(self, ctx: CellContext) -> Loader:
         return NumpyLoader(ctx)

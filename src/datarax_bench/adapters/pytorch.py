@@ -358,6 +358,10 @@ class PyTorchDataLoader(Adapter):
     ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
     # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming"})
+    measure_reasons = {
+        "checkpoint": "PyTorch DataLoader has no iterator-state API (no state_dict to save and "
+        "restore its position mid-epoch), so PR-1 cannot use a native one",
+    }
 
     def open(self, ctx: CellContext) -> Loader:
         return TorchLoader(ctx)

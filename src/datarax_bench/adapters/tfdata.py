@@ -9,13 +9,18 @@ on thread scheduling; the draws follow the reference's distributions (TF cannot 
 generator bit for bit), which the conformance tests check statistically.
 
 TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX owns them.
+
+Checkpoints are tf.data's own: `tf.train.Checkpoint(iterator=...)` written to files (the
+iterator's position and whatever its map and prefetch buffers hold at that moment).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,6 +193,9 @@ class TfDataLoader(Loader):
         self.batch_size = w.batch_size
         self._iterator = None
         self._next_epoch: int | None = None
+        self._built_epoch = 0  # the epoch the stream began at (part of its structure)
+        self._next = (0, 0)  # (epoch, batch) of the next batch to yield
+        self._resume: tuple[int, int] | None = None
         self.parallelism = {
             "map_num_parallel_calls": "AUTOTUNE",
             "prefetch_buffer_size": "AUTOTUNE",
@@ -254,7 +262,7 @@ class TfDataLoader(Loader):
             out[step["mask"]] = tf.sequence_mask(lengths, length, dtype=tf.int32)
         return out
 
-    def _build(self, start_epoch: int):
+    def _build_stream(self, start_epoch: int):
         tf = self.tf
         positions = tf.data.Dataset.counter(start=start_epoch * self.per_epoch)
         ds = tf.data.Dataset.zip(positions, self.elements).map(
@@ -281,12 +289,37 @@ class TfDataLoader(Loader):
     def epoch(self, epoch: int) -> Iterator[Batch]:
         # One stream across epochs keeps the prefetch buffer warm at epoch boundaries; asking
         # for another epoch than the next one (or after an abandoned epoch) starts a new stream.
-        if self._iterator is None or self._next_epoch != epoch:
+        first = 0
+        if self._resume is not None and self._resume[0] == epoch:
+            first = self._resume[1]  # the iterator restore_state built continues here
+        elif self._iterator is None or self._next_epoch != epoch:
             self._iterator = self._build(epoch)
+        self._resume = None
         self._next_epoch = None
-        for _ in range(self.num_batches):
-            yield next(self._iterator)
+        for b in range(first, self.num_batches):
+            batch = next(self._iterator)
+            self._next = (epoch, b + 1)
+            yield batch
         self._next_epoch = epoch + 1
+
+    def _build(self, start_epoch: int):
+        self._built_epoch = start_epoch
+        return self._build_stream(start_epoch)
+
+    def save_state(self, directory: Path) -> None:
+        self.tf.train.Checkpoint(iterator=self._iterator).write(str(directory / "iterator"))
+        epoch, batch = self._next
+        (directory / "loader.json").write_text(
+            json.dumps({"built_epoch": self._built_epoch, "epoch": epoch, "batch": batch})
+        )
+
+    def restore_state(self, directory: Path) -> None:
+        loader = json.loads((directory / "loader.json").read_text())
+        # The same pipeline as the saved one (same start), then its saved position and buffers.
+        self._iterator = self._build(int(loader["built_epoch"]))
+        checkpoint = self.tf.train.Checkpoint(iterator=self._iterator)
+        checkpoint.read(str(directory / "iterator")).assert_consumed()
+        self._resume = (int(loader["epoch"]), int(loader["batch"]))
 
     def close(self) -> None:
         self._iterator = None
@@ -303,6 +336,7 @@ class TfData(Adapter):
         "every array at setup: it has no lazy path from these files (IO-2 needs one)",
     }
     ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
+    measures = Adapter.measures | {"checkpoint"}
 
     def open(self, ctx: CellContext) -> Loader:
         return TfDataLoader(ctx)

@@ -1,0 +1,147 @@
+"""PR-1: checkpoint save/restore of the pipeline state, through each framework's own state API.
+
+Per repetition, after the usual throughput repetition: loader A delivers k batches, saves its
+state (timed) into an empty directory in the framework's own serialized form (the files'
+total size is the state size), then delivers its next batch: the uninterrupted run's. A fresh
+loader B restores the state (timed) and delivers its next batch. The resume is exact when the
+two batches' digests are equal; an inexact resume is a finding recorded in the result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .adapters.base import Adapter, CellContext
+from .catalog import Profile, Workload
+from .data import Dataset
+from .harness import (
+    _stream,
+    batch_digest,
+    make_delivery,
+    measure_repetition,
+    summarize_repetitions,
+)
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def checkpoint_after(workload: Workload) -> int:
+    """k, validated: the state is saved inside an epoch, where resuming is not trivial."""
+    k = int(workload.options["checkpoint_after"])
+    per_epoch = workload.num_batches
+    if k < 1 or k % per_epoch == 0:
+        raise ValueError(
+            f"checkpoint_after={k} must be a positive number of batches that is not a multiple "
+            f"of the {per_epoch} batches per epoch: at an epoch boundary there is no mid-epoch "
+            "state to resume"
+        )
+    return k
+
+
+def checkpoint_experiment(
+    adapter: Adapter, ctx: CellContext, deliver: Callable, k: int, directory: Path
+) -> dict[str, Any]:
+    """One save/restore round trip; `directory` must be empty and is left holding the state."""
+    clock = time.perf_counter
+    uninterrupted = adapter.open(ctx)
+    try:
+        batches = _stream(uninterrupted)
+        for _ in range(k):
+            deliver(next(batches))
+        start = clock()
+        uninterrupted.save_state(directory)
+        save_s = clock() - start
+        expected = batch_digest(deliver(next(batches)))
+    finally:
+        uninterrupted.close()
+    state_bytes = _directory_bytes(directory)
+
+    resumed = adapter.open(ctx)
+    try:
+        start = clock()
+        resumed.restore_state(directory)
+        restore_s = clock() - start
+        # Some frameworks restore lazily and pay at the first batch (worker start-up, refill).
+        got = batch_digest(deliver(next(iter(resumed.epoch(k // ctx.workload.num_batches)))))
+        first_batch_s = clock() - start - restore_s
+    finally:
+        resumed.close()
+    return {
+        "save_s": save_s,
+        "restore_s": restore_s,
+        "first_batch_after_restore_s": first_batch_s,
+        "state_bytes": state_bytes,
+        "state_files": sorted(str(p.relative_to(directory)) for p in directory.rglob("*")),
+        "resume_exact": got == expected,
+        "expected_sha256": expected,
+        "resumed_sha256": got,
+    }
+
+
+def measure_checkpoint(
+    adapter: Adapter,
+    workload: Workload,
+    dataset: Dataset,
+    profile: Profile,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Throughput repetitions, each followed by one checkpoint round trip."""
+    import jax
+
+    k = checkpoint_after(workload)
+    device = jax.devices()[0]
+    deliver = make_delivery(adapter, device)
+    ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed)
+    runs = profile.measurement["repetitions"]
+    reps, trips = [], []
+    for r in range(runs):
+        rep = measure_repetition(r, adapter, ctx, deliver, device)
+        reps.append(rep)
+        directory = Path(tempfile.mkdtemp(prefix="datarax-bench-checkpoint-"))
+        try:
+            trip = checkpoint_experiment(adapter, ctx, deliver, k, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        trips.append(trip)
+        if progress:
+            progress(
+                f"repetition {r + 1}/{runs}: {rep['elements_per_s']:.1f} elements/s; "
+                f"checkpoint after {k} batches: save {trip['save_s'] * 1e3:.2f} ms, "
+                f"restore {trip['restore_s'] * 1e3:.2f} ms, {trip['state_bytes']} bytes, "
+                f"resume {'exact' if trip['resume_exact'] else 'NOT exact'}"
+            )
+    parallelism = reps[-1].get("_parallelism", {})
+    for rep in reps:
+        rep.pop("_parallelism", None)
+
+    def median(key):
+        return float(np.median([t[key] for t in trips]))
+
+    special = {
+        "checkpoint_after": k,
+        "resume_epoch": k // workload.num_batches,
+        "resume_batch": k % workload.num_batches,
+        "resume_exact": all(t["resume_exact"] for t in trips),
+        "save_s_median": median("save_s"),
+        "restore_s_median": median("restore_s"),
+        "first_batch_after_restore_s_median": median("first_batch_after_restore_s"),
+        # The largest state any repetition saved: what a training job must be ready to store.
+        "state_bytes": max(t["state_bytes"] for t in trips),
+        "state_files": trips[-1]["state_files"],
+        "repetitions": [{n: v for n, v in t.items() if n != "state_files"} for t in trips],
+    }
+    return {
+        "repetitions": reps,
+        "statistics": summarize_repetitions(reps),
+        "parallelism": parallelism,
+        "special": special,
+    }
