@@ -144,7 +144,6 @@ def measure_repetition(
     device=None,
 ) -> dict[str, Any]:
     m = ctx.profile.measurement
-    batch_size = ctx.workload.batch_size
     clock = time.perf_counter
 
     setup_start = clock()
@@ -188,11 +187,39 @@ def measure_repetition(
     finally:
         loader.close()
 
-    n = len(latencies)
-    elements = n * batch_size
+    return _repetition_record(
+        index=index,
+        ctx=ctx,
+        latencies=latencies,
+        total_bytes=total_bytes,
+        window_s=window_s,
+        time_to_first_batch=time_to_first_batch,
+        setup_s=setup_s,
+        peak_rss=rss.peak,
+        device_peak=_device_peak_bytes(device),
+        first_digest=first_digest,
+        parallelism=parallelism,
+    )
+
+
+def _repetition_record(
+    index,
+    ctx,
+    latencies,
+    total_bytes,
+    window_s,
+    time_to_first_batch,
+    setup_s,
+    peak_rss,
+    device_peak,
+    first_digest,
+    parallelism,
+) -> dict[str, Any]:
+    """One repetition as the result schema records it."""
+    elements = len(latencies) * ctx.workload.batch_size
     return {
         "index": index,
-        "batches": n,
+        "batches": len(latencies),
         "elements": elements,
         "bytes": int(total_bytes),
         "window_s": window_s,
@@ -202,8 +229,8 @@ def measure_repetition(
         "latency_ms": stats.latency_summary_ms(latencies),
         "time_to_first_batch_s": time_to_first_batch,
         "setup_s": setup_s,
-        "peak_rss_bytes": int(rss.peak),
-        "device_peak_bytes": _device_peak_bytes(device),
+        "peak_rss_bytes": int(peak_rss),
+        "device_peak_bytes": device_peak,
         "first_batch_sha256": first_digest,
         "_parallelism": parallelism,
     }
@@ -317,26 +344,20 @@ def _digest_run(
     # every other measurement) not the first batch, which pays the loader's start-up (worker
     # processes): that goes to time to first batch.
     steady = latencies[1:] or latencies
-    total_bytes = sum(sizes[1:] or sizes)
-    window_s = sum(steady)
-    elements = len(steady) * ctx.workload.batch_size
-    return {
-        "index": index,
-        "batches": len(steady),
-        "elements": elements,
-        "bytes": int(total_bytes),
-        "window_s": window_s,
-        "epochs": elements / ctx.workload.num_elements,
-        "elements_per_s": elements / window_s,
-        "bytes_per_s": total_bytes / window_s,
-        "latency_ms": stats.latency_summary_ms(latencies),
-        "time_to_first_batch_s": setup_s + latencies[0],
-        "setup_s": setup_s,
-        "peak_rss_bytes": int(rss.peak),
-        "device_peak_bytes": None,
-        "first_batch_sha256": digests[0],
-        "_parallelism": parallelism,
-    }, digests
+    record = _repetition_record(
+        index=index,
+        ctx=ctx,
+        latencies=steady,
+        total_bytes=sum(sizes[1:] or sizes),
+        window_s=sum(steady),
+        time_to_first_batch=setup_s + latencies[0],
+        setup_s=setup_s,
+        peak_rss=rss.peak,
+        device_peak=None,
+        first_digest=digests[0],
+        parallelism=parallelism,
+    )
+    return record, digests
 
 
 def _sequence_digest(digests: list[str]) -> str:
