@@ -29,6 +29,14 @@ def _run(cli_path, *args, timeout=120):
     return subprocess.run([cli_path, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _run_cell(cli_path, scenario, adapter, out):
+    """`datarax-bench run` of one smoke cell into `out`."""
+    return _run(
+        cli_path, "run", "--profile", "smoke", "--scenario", scenario, "--adapter", adapter,
+        "--output", str(out),
+    )  # fmt: skip
+
+
 def _short_timeout_profile(tmp_path, monkeypatch, seconds):
     """A project copy whose smoke profile has a short cell timeout."""
     import shutil
@@ -46,18 +54,7 @@ def test_ok_cell_writes_a_valid_result_with_provenance(cli_path, tmp_path, monke
     monkeypatch.setenv("WANDB_API_KEY", "sentinel-secret-value-0123456789")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
     out = tmp_path / "cell.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "numpy",
-        "--output",
-        str(out),
-    )
+    proc = _run_cell(cli_path, "TAB-1", "numpy", out)
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "ok" and result["reason"] is None
@@ -101,18 +98,7 @@ def test_git_commit_comes_from_the_environment_without_a_checkout(cli_path, tmp_
 
 def test_unsupported_cell_names_the_transform_and_runs_no_loader(cli_path, plugin_env):
     out = plugin_env / "cell.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "CV-1",
-        "--adapter",
-        "test-limited",
-        "--output",
-        str(out),
-    )
+    proc = _run_cell(cli_path, "CV-1", "test-limited", out)
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "unsupported"
@@ -145,18 +131,7 @@ def test_special_measure_is_not_implemented_and_nothing_is_timed(cli_path, tmp_p
 
 def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env):
     out = plugin_env / "cell.json"
-    _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "test-raise",
-        "--output",
-        str(out),
-    )
+    _run_cell(cli_path, "TAB-1", "test-raise", out)
     result = load_result(out)
     assert result["status"] == "failed"
     assert result["reason"] == "ValueError: the loader refused this workload"
@@ -165,18 +140,7 @@ def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env):
 
 def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env):
     out = plugin_env / "cell.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "test-crash",
-        "--output",
-        str(out),
-    )
+    proc = _run_cell(cli_path, "TAB-1", "test-crash", out)
     assert proc.returncode == 0
     result = load_result(out)
     assert result["status"] == "failed"
@@ -185,18 +149,7 @@ def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env):
 
 def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env):
     out = plugin_env / "cell.json"
-    _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "test-missing",
-        "--output",
-        str(out),
-    )
+    _run_cell(cli_path, "TAB-1", "test-missing", out)
     result = load_result(out)
     assert result["status"] == "unsupported"
     assert "framework_that_is_not_installed" in result["reason"]
@@ -208,18 +161,7 @@ def test_hanging_loader_times_out_and_leaves_no_process(cli_path, plugin_env, mo
     monkeypatch.setenv("DATARAX_TEST_CHILD_PID_FILE", str(pid_file))
     out = plugin_env / "cell.json"
     start = time.monotonic()
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "test-hang",
-        "--output",
-        str(out),
-    )
+    proc = _run_cell(cli_path, "TAB-1", "test-hang", out)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
