@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def project_copy(tmp_path) -> Path:
     shutil.copytree(ROOT / "config", root / "config")
     shutil.copytree(ROOT / "workflow" / "schemas", root / "workflow" / "schemas")
     return root
+
+
+@pytest.fixture
+def run_smoke_cell(cli_path):
+    """`datarax-bench run` of one smoke-profile cell into `out`, as a user would type it."""
+
+    def run(scenario: str, adapter: str, out: Path, timeout: float = 120):
+        cmd = [cli_path, "run", "--profile", "smoke", "--scenario", scenario]
+        cmd += ["--adapter", adapter, "--output", str(out)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    return run

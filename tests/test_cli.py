@@ -39,38 +39,18 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
     assert set(doc["support"]) == {"CV-1", "NLP-1", "TAB-1", "PC-1", "IO-1", "PR-2"}
 
 
-def test_adapter_accepts_display_names(cli_path, tmp_path):
+def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
     out = tmp_path / "c.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "TAB-1",
-        "--adapter",
-        "NumPy Reference",
-        "--output",
-        str(out),
-    )
+    proc = run_smoke_cell("TAB-1", "NumPy Reference", out)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["cell"]["adapter"] == "numpy"
 
 
-def test_run_requires_a_variant_when_the_profile_measures_several(cli_path, tmp_path):
+def test_run_requires_a_variant_when_the_profile_measures_several(
+    cli_path, tmp_path, run_smoke_cell
+):
     out = tmp_path / "c.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "PC-1",
-        "--adapter",
-        "numpy",
-        "--output",
-        str(out),
-    )
+    proc = run_smoke_cell("PC-1", "numpy", out)
     assert proc.returncode == 2 and "d1, d5; pass --variant" in proc.stderr
     proc = _run(
         cli_path,

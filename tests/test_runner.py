@@ -29,14 +29,6 @@ def _run(cli_path, *args, timeout=120):
     return subprocess.run([cli_path, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _run_cell(cli_path, scenario, adapter, out):
-    """`datarax-bench run` of one smoke cell into `out`."""
-    return _run(
-        cli_path, "run", "--profile", "smoke", "--scenario", scenario, "--adapter", adapter,
-        "--output", str(out),
-    )  # fmt: skip
-
-
 def _short_timeout_profile(tmp_path, monkeypatch, seconds):
     """A project copy whose smoke profile has a short cell timeout."""
     import shutil
@@ -50,11 +42,13 @@ def _short_timeout_profile(tmp_path, monkeypatch, seconds):
     monkeypatch.setenv("DATARAX_BENCH_ROOT", str(copy))
 
 
-def test_ok_cell_writes_a_valid_result_with_provenance(cli_path, tmp_path, monkeypatch):
+def test_ok_cell_writes_a_valid_result_with_provenance(
+    cli_path, tmp_path, monkeypatch, run_smoke_cell
+):
     monkeypatch.setenv("WANDB_API_KEY", "sentinel-secret-value-0123456789")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
     out = tmp_path / "cell.json"
-    proc = _run_cell(cli_path, "TAB-1", "numpy", out)
+    proc = run_smoke_cell("TAB-1", "numpy", out)
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "ok" and result["reason"] is None
@@ -96,9 +90,11 @@ def test_git_commit_comes_from_the_environment_without_a_checkout(cli_path, tmp_
     provenance.git_info.cache_clear()
 
 
-def test_unsupported_cell_names_the_transform_and_runs_no_loader(cli_path, plugin_env):
+def test_unsupported_cell_names_the_transform_and_runs_no_loader(
+    cli_path, plugin_env, run_smoke_cell
+):
     out = plugin_env / "cell.json"
-    proc = _run_cell(cli_path, "CV-1", "test-limited", out)
+    proc = run_smoke_cell("CV-1", "test-limited", out)
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "unsupported"
@@ -129,39 +125,41 @@ def test_special_measure_is_not_implemented_and_nothing_is_timed(cli_path, tmp_p
     assert "repetitions" not in result
 
 
-def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env):
+def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
-    _run_cell(cli_path, "TAB-1", "test-raise", out)
+    run_smoke_cell("TAB-1", "test-raise", out)
     result = load_result(out)
     assert result["status"] == "failed"
     assert result["reason"] == "ValueError: the loader refused this workload"
     assert "Traceback" in result["error"]
 
 
-def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env):
+def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
-    proc = _run_cell(cli_path, "TAB-1", "test-crash", out)
+    proc = run_smoke_cell("TAB-1", "test-crash", out)
     assert proc.returncode == 0
     result = load_result(out)
     assert result["status"] == "failed"
     assert "exited with code 3" in result["reason"] and "about to die hard" in result["reason"]
 
 
-def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env):
+def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
-    _run_cell(cli_path, "TAB-1", "test-missing", out)
+    run_smoke_cell("TAB-1", "test-missing", out)
     result = load_result(out)
     assert result["status"] == "unsupported"
     assert "framework_that_is_not_installed" in result["reason"]
 
 
-def test_hanging_loader_times_out_and_leaves_no_process(cli_path, plugin_env, monkeypatch):
+def test_hanging_loader_times_out_and_leaves_no_process(
+    cli_path, plugin_env, monkeypatch, run_smoke_cell
+):
     _short_timeout_profile(plugin_env, monkeypatch, 6)
     pid_file = plugin_env / "child.pid"
     monkeypatch.setenv("DATARAX_TEST_CHILD_PID_FILE", str(pid_file))
     out = plugin_env / "cell.json"
     start = time.monotonic()
-    proc = _run_cell(cli_path, "TAB-1", "test-hang", out)
+    proc = run_smoke_cell("TAB-1", "test-hang", out)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
