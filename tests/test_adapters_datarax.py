@@ -220,8 +220,51 @@ def test_support_names_what_datarax_cannot_express():
     for scenario in ("CV-1", "CV-2", "NLP-1", "TAB-1", "TAB-2", "PC-1"):
         workload = catalog.get(scenario).resolve(catalog.get(scenario).default_variants[0], "tiny")
         assert adapter.support(workload) is None, scenario
-    dag = catalog.get("PC-2").resolve("small", "tiny")
-    assert "'branch_merge'" in adapter.support(dag)
+    assert adapter.support(catalog.get("PC-2").resolve("small", "tiny")) is None
+
+
+def test_pc2_is_a_datarax_dag_whose_merge_averages_the_branches_draws(opened):
+    ctx, loader = opened("PC-2", "small")
+    pipeline = loader.pipeline
+    # A fan-out from the source into two operator branches, joined by one merge node (the sink).
+    heads = sorted(name for name, preds in pipeline._predecessors.items() if not preds)
+    assert len(heads) == 2
+    assert sorted(pipeline._predecessors[pipeline._sink]) == heads
+    assert [pipeline._stage_modules[h].step["op"] for h in heads] == [
+        "random_brightness",
+        "gaussian_noise",
+    ]
+    brightness, noise = (pipeline._stage_modules[h] for h in heads)
+    from datarax.core.prng import per_record_keys
+
+    w = ctx.workload
+    batches = [_as_numpy(b) for b in loader.epoch(0)]
+    assert len(batches) == w.num_batches
+    index = len(batches) - 1
+    start = index * w.batch_size
+    indices = jnp.arange(start, start + w.batch_size, dtype=jnp.int32)
+    shapes = {"image": (w.batch_size, *w.fields["image"].shape)}
+    deltas, noises = (
+        np.asarray(op.generate_random_params(per_record_keys(op._base_key[...], indices), shapes))
+        for op in (brightness, noise)
+    )
+    images = np.stack([ctx.dataset.element(i)["image"] for i in range(start, start + w.batch_size)])
+    expected = ((images + deltas[:, None, None, None]) + (images + noises)) / F32(2)
+    _assert_close(batches[index], {"image": expected.astype(F32)})
+
+
+@pytest.mark.slow
+def test_cli_runs_pc2_on_datarax_with_the_dag_report(run_smoke_cell, tmp_path):
+    out = tmp_path / "pc2-datarax.json"
+    proc = run_smoke_cell("PC-2", "datarax", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert result["special"] == {
+        "branches": [2],
+        "merge": ["mean"],
+        "ops": ["random_brightness", "gaussian_noise", "branch_merge"],
+    }
 
 
 def test_module_import_does_not_import_the_framework():

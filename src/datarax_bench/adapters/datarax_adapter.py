@@ -12,7 +12,11 @@ distributions and invariants, not its bits. Deterministic pipelines match it exa
 
 What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
 data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
-`branch_merge` (PC-2) would need a `Pipeline.from_dag` graph, not built yet.
+
+`branch_merge` (PC-2) is built with Datarax's DAG API, `Pipeline.from_dag`: each branch is its own
+chain of operator nodes reading the same predecessor, and a merge node (a plain `nnx.Module`,
+the DAG node shape Datarax recommends) takes the branches' outputs as positional arguments and
+averages the field. Every other workload stays a linear `Pipeline(stages=...)`.
 
 Checkpoints use Datarax's iterator state (`PipelineIterator.get_state()`/`set_state()`: records
 consumed and the RNG streams' counts, "for exact mid-epoch resume"), written as JSON, plus the
@@ -36,17 +40,13 @@ from . import register
 from .base import HARNESS_MEASURES, Adapter, Batch, CellContext, Loader
 
 #: Ops the adapter implements in JAX with the reference semantics.
-DATARAX_OPS = frozenset(reference.FIELD_OPS) | {"shift_targets", "embedding_lookup"}
+DATARAX_OPS = frozenset(reference.FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge"}
 #: Why an op is left out (anything else missing gets the generic reason).
 UNSUPPORTED_REASONS = {
     "pad_batch": (
         "Datarax cannot express transform 'pad_batch' with the reference semantics: its "
         "pipeline is compiled with static shapes, and pad_batch pads each batch to that "
         "batch's longest sequence (a data-dependent shape)"
-    ),
-    "branch_merge": (
-        "Datarax could express transform 'branch_merge' as a Pipeline.from_dag graph, which "
-        "this adapter does not build yet"
     ),
 }
 RANDOM_OPS = frozenset(
@@ -252,6 +252,30 @@ def _operator_class():
     return CatalogStep
 
 
+@functools.cache
+def _merge_class():
+    """The DAG node that merges branch outputs, defined on first use like the operator class."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    class MeanMerge(nnx.Module):
+        """Merge node: the element-wise mean of one field over its branches' batches.
+
+        Only the merged field differs between branches; every other field is taken from the
+        first branch.
+        """
+
+        def __init__(self, field: str):
+            self.field = field
+
+        def __call__(self, *branches: dict) -> dict:
+            values = [b[self.field].astype(jnp.float32) for b in branches]
+            merged = sum(values[1:], values[0]) / jnp.float32(len(values))
+            return {**branches[0], self.field: merged}
+
+    return MeanMerge
+
+
 def _source_arrays(workload: Workload, dataset) -> dict[str, np.ndarray]:
     """The dataset's fields in memory, in types JAX holds without 64-bit mode."""
     arrays = {}
@@ -274,25 +298,32 @@ class DataraxLoader(Loader):
 
         w = ctx.workload
         self.num_batches = w.num_batches
-        step_class = _operator_class()
-        rngs = nnx.Rngs(augment=jax.random.key(ctx.seed))
+        self._step_class = _operator_class()
+        self._rngs = nnx.Rngs(augment=jax.random.key(ctx.seed))
         self.operators = []
-        for step in _flat_steps(w.transforms):
-            table = None
-            if step["op"] == "embedding_lookup":
-                table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
-            self.operators.append(step_class(step, table, rngs=rngs))
+        steps = _flat_steps(w.transforms)
         source = MemorySource(
             MemorySourceConfig(shuffle=False),
             _source_arrays(w, ctx.dataset),
             rngs=nnx.Rngs(ctx.seed),
         )
-        self.pipeline = datarax.Pipeline(
-            source=source,
-            stages=self.operators,
-            batch_size=w.batch_size,
-            rngs=nnx.Rngs(ctx.seed),
-        )
+        if any(step["op"] == "branch_merge" for step in steps):
+            nodes, edges, sink = self._dag(steps)
+            self.pipeline = datarax.Pipeline.from_dag(
+                source=source,
+                nodes=nodes,
+                edges=edges,
+                sink=sink,
+                batch_size=w.batch_size,
+                rngs=nnx.Rngs(ctx.seed),
+            )
+        else:
+            self.pipeline = datarax.Pipeline(
+                source=source,
+                stages=[self._operator(step) for step in steps],
+                batch_size=w.batch_size,
+                rngs=nnx.Rngs(ctx.seed),
+            )
         self._jnp = jax.numpy
         self._iterator = None
         self._epoch = 0
@@ -305,6 +336,40 @@ class DataraxLoader(Loader):
             "execution": "one jax.jit step per batch (source gather + vmapped operators)",
             "source": "MemorySource, staged on the JAX device once per loader",
         }
+
+    def _operator(self, step: dict[str, Any]):
+        table = None
+        if step["op"] == "embedding_lookup":
+            table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+        op = self._step_class(step, table, rngs=self._rngs)
+        self.operators.append(op)
+        return op
+
+    def _dag(self, steps: list[dict[str, Any]]) -> tuple[dict, dict, str]:
+        """(nodes, edges, sink) for `Pipeline.from_dag`: each step a node after the previous one,
+        each branch_merge a fan-out into its branches' operator chains and a merge node."""
+        nodes: dict[str, Any] = {}
+        edges: dict[str, list[str]] = {}
+        last: list[str] = []  # predecessors of the next node; empty means the source batch
+
+        def add(name: str, module, preds: list[str]) -> list[str]:
+            nodes[name], edges[name] = module, list(preds)
+            return [name]
+
+        for i, step in enumerate(steps):
+            if step["op"] != "branch_merge":
+                last = add(f"step_{i}", self._operator(step), last)
+                continue
+            ends = []
+            for b, branch in enumerate(step["branches"]):
+                tip = last
+                for j, sub in enumerate(
+                    _flat_steps([{**s, "field": step["field"]} for s in branch])
+                ):
+                    tip = add(f"step_{i}_branch_{b}_{j}", self._operator(sub), tip)
+                ends.extend(tip)
+            last = add(f"step_{i}_merge", _merge_class()(step["field"]), ends)
+        return nodes, edges, last[0]
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         first = 0
