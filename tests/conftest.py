@@ -66,8 +66,9 @@ def project_copy(tmp_path) -> Path:
 def run_smoke_cell(cli_path):
     """`datarax-bench run` of one smoke-profile cell into `out`, as a user would type it."""
 
-    def run(scenario: str, adapter: str, out: Path, timeout: float = 120):
+    def run(scenario: str, adapter: str, out: Path, timeout: float = 120, variant=None):
         cmd = [cli_path, "run", "--profile", "smoke", "--scenario", scenario]
+        cmd += ["--variant", variant] if variant else []
         cmd += ["--adapter", adapter, "--output", str(out)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 

@@ -279,15 +279,9 @@ def test_module_import_does_not_import_the_framework():
 
 
 @pytest.mark.slow
-def test_cli_runs_a_datarax_cell_end_to_end(cli_path, tmp_path):
+def test_cli_runs_a_datarax_cell_end_to_end(tmp_path, run_smoke_cell):
     out = tmp_path / "cv1-datarax.json"
-    proc = subprocess.run(
-        [cli_path, "run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "datarax"]
-        + ["--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_smoke_cell("CV-1", "datarax", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["status"] == "ok", result["reason"]

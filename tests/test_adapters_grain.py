@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
-import subprocess
 import threading
 
 import numpy as np
@@ -109,15 +108,9 @@ def test_worker_processes_equal_reference_and_stop_on_close(workers):
 
 
 @pytest.mark.slow
-def test_cli_runs_a_grain_cell_end_to_end(cli_path, tmp_path):
+def test_cli_runs_a_grain_cell_end_to_end(tmp_path, run_smoke_cell):
     out = tmp_path / "cv1-grain.json"
-    proc = subprocess.run(
-        [cli_path, "run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "grain"]
-        + ["--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_smoke_cell("CV-1", "grain", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["status"] == "ok", result["reason"]

@@ -52,20 +52,7 @@ def test_run_requires_a_variant_when_the_profile_measures_several(
     out = tmp_path / "c.json"
     proc = run_smoke_cell("PC-1", "numpy", out)
     assert proc.returncode == 2 and "d1, d5; pass --variant" in proc.stderr
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "PC-1",
-        "--variant",
-        "d5",
-        "--adapter",
-        "numpy",
-        "--output",
-        str(out),
-    )
+    proc = run_smoke_cell("PC-1", "numpy", out, variant="d5")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["workload"]["transforms"][0]["depth"] == 5
 

@@ -103,22 +103,11 @@ def test_unsupported_cell_names_the_transform_and_runs_no_loader(
     assert "repetitions" not in result
 
 
-def test_special_measure_is_not_implemented_and_nothing_is_timed(cli_path, tmp_path):
+def test_special_measure_is_not_implemented_and_nothing_is_timed(
+    cli_path, tmp_path, run_smoke_cell
+):
     out = tmp_path / "cell.json"
-    proc = _run(
-        cli_path,
-        "run",
-        "--profile",
-        "smoke",
-        "--scenario",
-        "IO-1",
-        "--variant",
-        "memory",
-        "--adapter",
-        "numpy",
-        "--output",
-        str(out),
-    )
+    proc = run_smoke_cell("IO-1", "numpy", out, variant="memory")
     assert proc.returncode == 0
     result = load_result(out)
     assert result["status"] == "not_implemented" and "'source_backends'" in result["reason"]
