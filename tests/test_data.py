@@ -1,4 +1,5 @@
-"""Synthetic data: deterministic from (scenario, variant, seed), cached once, memory-mapped."""
+"""Synthetic data: deterministic from (scenario, fields, element count, seed), cached once,
+memory-mapped."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ def test_seed_and_variant_change_the_data(tmp_path):
     other_size = materialize(_workload(size="full"), seed=0, root=tmp_path)
     assert len({base.digest, other_seed.digest, other_size.digest}) == 3
     assert cache_key(_workload(), 0) != cache_key(_workload(), 1)
+
+
+def test_variants_that_change_only_the_measurement_read_the_same_records(tmp_path):
+    """IO-1's backends (and IO-2's loadings, PC-1's depths) compare readers of one dataset."""
+    io1 = [materialize(_workload("IO-1", v), seed=0, root=tmp_path) for v in ("memory", "tfds")]
+    assert io1[0].directory == io1[1].directory and io1[0].digest == io1[1].digest
+    assert not io1[1].generated
+    pc1 = [materialize(_workload("PC-1", v), seed=0, root=tmp_path) for v in ("d1", "d50")]
+    assert pc1[0].digest == pc1[1].digest
+    # A variant with other dimensions is other data.
+    imagenet = materialize(_workload("CV-1", "imagenet"), seed=0, root=tmp_path)
+    assert imagenet.digest != materialize(_workload(), seed=0, root=tmp_path).digest
+
+
+def test_a_dataset_pickles_its_memory_maps_by_file_name(tmp_path):
+    """What a loader's worker process receives: file names to map again, not the bytes."""
+    import pickle
+
+    ds = materialize(_workload(), seed=0, root=tmp_path)
+    shipped = pickle.dumps(ds)
+    assert len(shipped) < 4096 < ds.dense["image"].nbytes
+    back = pickle.loads(shipped)
+    assert isinstance(back.dense["image"], np.memmap)
+    np.testing.assert_array_equal(back[5]["image"], ds.element(5)["image"])
+    in_memory = ds.load_into_memory()
+    assert len(pickle.dumps(in_memory)) > in_memory.dense["image"].nbytes
 
 
 def test_second_materialize_reuses_the_cache(tmp_path):
