@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from datarax_bench import paths, reference
+from datarax_bench import formats, paths, reference
 from datarax_bench.adapters import Adapter, CellContext, all_adapters
 from datarax_bench.adapters.numpy_ref import NumpyLoader, NumpyReference
 from datarax_bench.catalog import Workload, load_catalog, load_profile
@@ -79,8 +79,17 @@ def run_loader(
     epochs: tuple[int, ...] = (0,),
     prof=None,
 ) -> list[list[dict[str, np.ndarray]]]:
-    """Every batch of the given epochs, as host NumPy arrays, one list per epoch."""
-    ctx = CellContext(workload=w, dataset=dataset, profile=prof or profile(), seed=seed)
+    """Every batch of the given epochs, as host NumPy arrays, one list per epoch.
+
+    IO-1 cells read their backend's files (built from `dataset`) as the harness has them do."""
+    source = None
+    if w.measure == "source_backends":
+        source = formats.prepare(dataset, w.options["backend"])
+        if w.options["backend"] == "memory":
+            dataset = dataset.load_into_memory()
+    ctx = CellContext(
+        workload=w, dataset=dataset, profile=prof or profile(), seed=seed, source=source
+    )
     loader = adapter.open(ctx)
     try:
         return [

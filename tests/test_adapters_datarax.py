@@ -223,6 +223,57 @@ def test_support_names_what_datarax_cannot_express():
     assert adapter.support(catalog.get("PC-2").resolve("small", "tiny")) is None
 
 
+def test_datarax_file_sources_fail_in_its_pipeline_as_the_unsupported_reasons_say(tmp_path):
+    """IO-1's npy_mmap and array_record cells are `unsupported` for Datarax because its own
+    sources for them cannot feed its Pipeline. These are facts about the installed Datarax: when
+    an upgrade fixes them this test fails, and the adapter should read those backends."""
+    from importlib import metadata
+
+    import datarax
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from datarax.sources import ArrayRecordSourceConfig, ArrayRecordSourceModule
+    from datarax.sources.streaming_disk_source import (
+        StreamingDiskSource,
+        StreamingDiskSourceConfig,
+    )
+    from flax import nnx
+
+    from datarax_bench import formats
+
+    io1 = load_catalog().get("IO-1")
+    reasons = {b: get_adapter("datarax").support(io1.resolve(b, "tiny")) for b in io1.variants}
+    assert all(
+        f"Datarax {metadata.version('datarax')}" in reasons[b] for b in ("npy_mmap", "array_record")
+    )
+
+    np.save(tmp_path / "image.npy", np.zeros((16, 4, 4, 3), np.uint8))
+    disk = StreamingDiskSource(
+        StreamingDiskSourceConfig(path=str(tmp_path / "image.npy"), feature_key="image")
+    )
+    assert list(disk.element_spec()) == ["image"]  # one array per source
+    pipeline = datarax.Pipeline(source=disk, stages=[], batch_size=4, rngs=nnx.Rngs(0))
+    with pytest.raises(AttributeError, match="get_batch"):
+        next(iter(pipeline))
+    with pytest.raises(Exception, match="UnexpectedTracerError"):
+        pipeline.step()
+    assert "get_batch" in reasons["npy_mmap"] and "tracer" in reasons["npy_mmap"]
+
+    writer = ArrayRecordWriter(str(tmp_path / "r.array_record"), "group_size:1")
+    for i in range(16):
+        writer.write(formats.pickle_record({"label": np.int32(i)}))
+    writer.close()
+    records = ArrayRecordSourceModule(ArrayRecordSourceConfig(), str(tmp_path / "r.array_record"))
+    assert isinstance(records[0], bytes)  # raw record bytes
+    pipeline = datarax.Pipeline(source=records, stages=[], batch_size=4, rngs=nnx.Rngs(0))
+    with pytest.raises(AttributeError, match="get_batch"):
+        next(iter(pipeline))
+    with pytest.raises(TypeError, match="concrete Python int"):
+        pipeline.step()
+    records.close()
+    assert "get_batch" in reasons["array_record"] and "concrete" in reasons["array_record"]
+    assert reasons["memory"] is None and reasons["tfds"] is None
+
+
 def test_pc2_is_a_datarax_dag_whose_merge_averages_the_branches_draws(opened):
     ctx, loader = opened("PC-2", "small")
     pipeline = loader.pipeline

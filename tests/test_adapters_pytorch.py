@@ -134,8 +134,11 @@ def test_a_memory_mapped_dataset_travels_to_workers_by_file_name():
 
     w = support.workload("CV-1", "small")
     dataset = materialize(w, 0)
-    element_dataset = ElementDataset(CellContext(w, dataset, support.profile(), seed=0))
-    payload = pickle.dumps(element_dataset)
+    ctx = CellContext(w, dataset, support.profile(), seed=0)
+    payload = pickle.dumps(ElementDataset(ctx, dataset))
     assert len(payload) < dataset.dense["image"].nbytes / 4  # names, not the pixels
     clone = pickle.loads(payload)
-    assert np.array_equal(clone.dense["image"][5], dataset.dense["image"][5])
+    assert np.array_equal(clone.records.dense["image"][5], dataset.dense["image"][5])
+    assert np.array_equal(
+        clone[(0, 5)]["label"].numpy(), ElementDataset(ctx, dataset)[(0, 5)]["label"].numpy()
+    )

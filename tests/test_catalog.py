@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from datarax_bench.catalog import load_catalog, load_profile, profile_names
 from datarax_bench.errors import UserError
 from datarax_bench.reference import ALL_OPS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STANDARD = {
     "CV-1": "Image classification (canonical)",
@@ -110,6 +114,15 @@ def _break(project_copy, monkeypatch, relpath, mutate):
             lambda d: d["scenarios"]["CV-1"].update(default_variants=["huge"]),
             "unknown variant 'huge'",
         ),
+        (
+            lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].pop("backend"),
+            "scenarios.IO-1.variants.tfds: missing 'backend'; every variant of a "
+            "'source_backends' scenario must say its backend",
+        ),
+        (
+            lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].update(backend="parquet"),
+            "scenarios.IO-1.variants.tfds.backend",
+        ),
     ],
 )
 def test_malformed_catalog_names_file_and_key(project_copy, monkeypatch, mutate, expected):
@@ -151,3 +164,14 @@ def test_malformed_profile_names_file_and_key(project_copy, monkeypatch, mutate,
 def test_unknown_profile_lists_choices():
     with pytest.raises(UserError, match="unknown profile 'gpu_h100'; expected one of ci_cpu"):
         load_profile("gpu_h100")
+
+
+def test_catalog_backends_are_the_ones_the_code_writes():
+    """The catalog schema's list of IO-1 backends and the writers' agree."""
+    from datarax_bench import formats
+    from datarax_bench.schemas import read_yaml
+
+    schema = read_yaml(ROOT / "workflow" / "schemas" / "catalog.schema.yaml")
+    assert schema["$defs"]["variant"]["properties"]["backend"]["enum"] == list(formats.BACKENDS)
+    io1 = load_catalog().get("IO-1")
+    assert [io1.resolve(v).options["backend"] for v in io1.variants] == list(formats.BACKENDS)

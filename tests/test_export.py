@@ -23,7 +23,7 @@ from datarax_bench import export
 from datarax_bench.errors import UserError
 
 SENTINEL_KEY = "0123456789abcdef" * 2 + "fedcba98"  # well-formed: 40 hex characters
-SCENARIOS = ("CV-1", "TAB-1", "IO-1")  # IO-1 is a non-ok cell for the numpy adapter in smoke
+SCENARIOS = ("CV-1", "TAB-1", "IO-1")  # IO-1 has cells the numpy adapter does not support
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "datarax-bench"
 WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")

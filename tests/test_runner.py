@@ -103,15 +103,22 @@ def test_unsupported_cell_names_the_transform_and_runs_no_loader(
     assert "repetitions" not in result
 
 
-def test_special_measure_is_not_implemented_and_nothing_is_timed(
-    cli_path, tmp_path, run_smoke_cell
+def test_a_measure_the_harness_does_not_implement_is_not_implemented_and_nothing_is_timed(
+    cli_path, tmp_path, run_smoke_cell, project_copy, monkeypatch
 ):
+    """Every shipped measure is implemented; a catalog that declares a new one before the
+    harness has it gets `not_implemented` cells, without a worker."""
+    schema = project_copy / "workflow/schemas/catalog.schema.yaml"
+    schema.write_text(schema.read_text().replace("determinism]", "determinism, energy]"))
+    catalog = project_copy / "config/scenarios.yaml"
+    catalog.write_text(catalog.read_text().replace("measure: dag", "measure: energy"))
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
     out = tmp_path / "cell.json"
-    proc = run_smoke_cell("IO-1", "numpy", out, variant="memory")
-    assert proc.returncode == 0
+    proc = run_smoke_cell("PC-2", "numpy", out)
+    assert proc.returncode == 0, proc.stderr
     result = load_result(out)
-    assert result["status"] == "not_implemented" and "'source_backends'" in result["reason"]
-    assert "repetitions" not in result
+    assert result["status"] == "not_implemented" and "'energy'" in result["reason"]
+    assert "repetitions" not in result and "[worker]" not in proc.stderr
 
 
 def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):

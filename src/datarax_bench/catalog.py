@@ -19,6 +19,13 @@ NAME_KEYS = frozenset(
 )
 # Variant keys that configure a special measurement; a `tiny` block may override some of them.
 OPTION_KEYS = ("backend", "loading", "devices", "checkpoint_after", "epochs")
+# The option every variant of a scenario with this measure must set.
+REQUIRED_OPTION = {
+    "source_backends": "backend",
+    "streaming": "loading",
+    "sharding": "devices",
+    "checkpoint": "checkpoint_after",
+}
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,12 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
         needed |= _referenced_dims([f["generator"] for f in s["fields"].values()])
         needed |= _referenced_dims(s["transforms"])
         for vname, v in s["variants"].items():
+            option = REQUIRED_OPTION.get(s["measure"])
+            if option and option not in v:
+                raise UserError(
+                    f"{where}.variants.{vname}: missing {option!r}; every variant of a "
+                    f"{s['measure']!r} scenario must say its {option}"
+                )
             missing = sorted(needed - set(v["dims"]))
             if missing:
                 raise UserError(

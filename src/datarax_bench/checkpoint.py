@@ -24,6 +24,7 @@ from .data import Dataset
 from .harness import (
     _stream,
     batch_digest,
+    loader_reports,
     make_delivery,
     measure_repetition,
     summarize_repetitions,
@@ -119,9 +120,7 @@ def measure_checkpoint(
                 f"restore {trip['restore_s'] * 1e3:.2f} ms, {trip['state_bytes']} bytes, "
                 f"resume {'exact' if trip['resume_exact'] else 'NOT exact'}"
             )
-    parallelism = reps[-1].get("_parallelism", {})
-    for rep in reps:
-        rep.pop("_parallelism", None)
+    parallelism = loader_reports(reps)["parallelism"]
 
     def median(key):
         return float(np.median([t[key] for t in trips]))

@@ -30,29 +30,42 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 
 def support_matrix(profile=None) -> dict[str, dict[str, str]]:
-    """scenario -> adapter -> 'yes' | 'unsupported: ...' | 'not implemented', over the variants
-    the profile selects (all variants without a profile)."""
+    """row -> adapter -> 'yes' | 'unsupported: ...' | 'not implemented', over the variants the
+    profile selects (all variants without a profile). A row is a scenario, or, where its
+    variants' support differs (IO-1's backends), one row per variant named 'scenario/variant'."""
     from .adapters import all_adapters
     from .catalog import load_catalog
     from .harness import IMPLEMENTED_MEASURES
 
     catalog = load_catalog()
     ids = profile.scenarios if profile else list(catalog.scenarios)
+    size = profile.size if profile else "full"
     matrix: dict[str, dict[str, str]] = {}
     for sid in ids:
         scenario = catalog.get(sid)
         variants = profile.variants_for(scenario) if profile else scenario.variants
-        size = profile.size if profile else "full"
-        row = {}
-        for adapter in all_adapters():
-            if scenario.measure not in IMPLEMENTED_MEASURES:
-                row[adapter.id] = "not implemented"
-                continue
-            reasons = [adapter.support(scenario.resolve(v, size)) for v in variants]
-            reason = next((r for r in reasons if r), None)
-            row[adapter.id] = f"unsupported: {reason}" if reason else "yes"
-        matrix[sid] = row
+        rows = {}
+        for variant in variants:
+            workload = scenario.resolve(variant, size)
+            row = {}
+            for adapter in all_adapters():
+                if scenario.measure not in IMPLEMENTED_MEASURES:
+                    row[adapter.id] = "not implemented"
+                    continue
+                reason = adapter.support(workload)
+                row[adapter.id] = f"unsupported: {reason}" if reason else "yes"
+            rows[f"{sid}/{variant}"] = row
+        if len({tuple(row.items()) for row in rows.values()}) == 1:
+            matrix[sid] = next(iter(rows.values()))
+        else:
+            matrix.update(rows)
     return matrix
+
+
+def support_status(matrix: dict[str, dict[str, str]], scenario: str, variant: str, adapter: str):
+    """A cell's entry in `support_matrix`."""
+    row = matrix.get(f"{scenario}/{variant}") or matrix[scenario]
+    return row[adapter]
 
 
 def cmd_list(args) -> int:
@@ -101,7 +114,8 @@ def cmd_list(args) -> int:
         print(f"  {a.id:8} {a.display_name}")
     print("\nSupport" + (f" (profile {profile.name})" if profile else "") + ":")
     width = max(len(a.id) for a in adapters) + 2
-    print("  " + " " * 8 + "".join(f"{a.id:>{width}}" for a in adapters))
+    label = max(8, *(len(row) + 1 for row in matrix))
+    print("  " + " " * label + "".join(f"{a.id:>{width}}" for a in adapters))
     notes = []
     for sid, row in matrix.items():
         cells = []
@@ -111,7 +125,7 @@ def cmd_list(args) -> int:
             if mark == "no":
                 notes.append(f"  {sid} × {a.id}: {status}")
             cells.append(f"{mark:>{width}}")
-        print(f"  {sid:8}" + "".join(cells))
+        print(f"  {sid:{label}}" + "".join(cells))
     if notes:
         print("\n" + "\n".join(notes))
     return 0

@@ -23,9 +23,11 @@ from .reference import BATCH_OPS
 
 Delivered = dict[str, Any]
 
-#: Measures the harness implements today; the others are declared in the catalog and end as
-#: `not_implemented` without running a loader.
-IMPLEMENTED_MEASURES = frozenset({"throughput", "streaming", "checkpoint"}) | HARNESS_MEASURES
+#: Measures the harness implements; any other a catalog declares ends as `not_implemented`
+#: without running a loader.
+IMPLEMENTED_MEASURES = (
+    frozenset({"throughput", "streaming", "checkpoint", "source_backends"}) | HARNESS_MEASURES
+)
 RSS_SAMPLE_INTERVAL_S = 0.1
 
 
@@ -184,6 +186,7 @@ def measure_repetition(
         if not variable:
             total_bytes = first_bytes * len(latencies)
         parallelism = dict(getattr(loader, "parallelism", {}))
+        source_info = getattr(loader, "source_info", None)
     finally:
         loader.close()
 
@@ -199,6 +202,7 @@ def measure_repetition(
         device_peak=_device_peak_bytes(device),
         first_digest=first_digest,
         parallelism=parallelism,
+        source_info=source_info,
     )
 
 
@@ -214,8 +218,10 @@ def _repetition_record(
     device_peak,
     first_digest,
     parallelism,
+    source_info=None,
 ) -> dict[str, Any]:
-    """One repetition as the result schema records it."""
+    """One repetition as the result schema records it, plus what the loader reported about
+    itself under private keys that `loader_reports` takes out."""
     elements = len(latencies) * ctx.workload.batch_size
     return {
         "index": index,
@@ -233,7 +239,17 @@ def _repetition_record(
         "device_peak_bytes": device_peak,
         "first_batch_sha256": first_digest,
         "_parallelism": parallelism,
+        "_source_info": source_info,
     }
+
+
+def loader_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Remove the loader's own reports from every repetition; return the last one's
+    (`parallelism`, `source_info`)."""
+    reports = {}
+    for rep in reps:
+        reports = {key.removeprefix("_"): rep.pop(key) for key in [k for k in rep if k[0] == "_"]}
+    return reports
 
 
 def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -398,9 +414,7 @@ def measure_determinism(
             mismatch = {"run": r, "batch": min(len(seq), len(sequences[0]))}
         if mismatch:
             break
-    parallelism = reps[-1].pop("_parallelism", {})
-    for rep in reps:
-        rep.pop("_parallelism", None)
+    parallelism = loader_reports(reps)["parallelism"]
     special = {
         "epochs": epochs,
         "batches_per_run": len(sequences[0]),
@@ -444,6 +458,10 @@ def measure_cell(
         from .checkpoint import measure_checkpoint
 
         return measure_checkpoint(adapter, workload, dataset, profile, progress)
+    if workload.measure == "source_backends":
+        from .backends import measure_source_backends
+
+        return measure_source_backends(adapter, workload, dataset, profile, progress)
     device = jax.devices()[0]
     target = _sharding_target(workload) if workload.measure == "sharding" else device
     deliver = make_delivery(adapter, target)
@@ -457,9 +475,7 @@ def measure_cell(
                 f"repetition {r + 1}/{profile.measurement['repetitions']}: "
                 f"{rep['elements_per_s']:.1f} elements/s over {rep['batches']} batches"
             )
-    parallelism = reps[-1].get("_parallelism", {})
-    for rep in reps:
-        rep.pop("_parallelism", None)
+    parallelism = loader_reports(reps)["parallelism"]
     body = {
         "repetitions": reps,
         "statistics": summarize_repetitions(reps),

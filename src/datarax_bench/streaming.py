@@ -17,7 +17,7 @@ import numpy as np
 from .adapters.base import Adapter, CellContext
 from .catalog import Profile, Workload
 from .data import Dataset
-from .harness import make_delivery, measure_repetition, summarize_repetitions
+from .harness import loader_reports, make_delivery, measure_repetition, summarize_repetitions
 
 #: Writing 3 here drops the page cache (Linux, root only).
 DROP_CACHES = "/proc/sys/vm/drop_caches"
@@ -68,9 +68,7 @@ def measure_streaming(
                 f"{loading} repetition {r + 1}: {reps[-1]['elements_per_s']:.1f} elements/s, "
                 f"first batch {reps[-1]['time_to_first_batch_s']:.3f} s{extra} ({states[-1]})"
             )
-    parallelism = reps[-1].pop("_parallelism", {})
-    for rep in reps:
-        rep.pop("_parallelism", None)
+    parallelism = loader_reports(reps)["parallelism"]
     ttfb = [rep["time_to_first_batch_s"] for rep in reps]
     special = {
         "loading": loading,

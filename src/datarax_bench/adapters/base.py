@@ -17,12 +17,14 @@ import numpy as np
 
 from ..catalog import Profile, Workload
 from ..data import Dataset
+from ..formats import SourceFiles
 
 Batch = Mapping[str, Any]
 
 #: Measurements the harness performs the same way for every loader (sharded delivery, digests
 #: of every batch, a DAG that is just more ops): an adapter supports them when it expresses the
-#: workload's ops. The others (checkpoint, source backends, streaming) need a native API.
+#: workload's ops. The others (checkpoint, streaming) need a native API, and source backends a
+#: native reader of each backend (`Adapter.backends`).
 HARNESS_MEASURES = frozenset({"dag", "sharding", "determinism"})
 
 
@@ -34,6 +36,8 @@ class CellContext:
     dataset: Dataset
     profile: Profile
     seed: int
+    #: IO-1: the files of the workload's source backend (`formats.prepare`); None otherwise.
+    source: SourceFiles | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,6 +50,9 @@ class Loader(ABC):
 
     #: The parallelism this loader really uses (workers, threads, autotune, ...), for the result.
     parallelism: dict[str, Any]
+    #: What the loader reads: {"reader": the API, "paths": files or directories}. IO-1 reports
+    #: it, with the size of those files on disk.
+    source_info: dict[str, Any] | None = None
 
     @abstractmethod
     def epoch(self, epoch: int) -> Iterator[Batch]: ...
@@ -90,14 +97,33 @@ class Adapter(ABC):
     #: Why a measure outside `measures` is not supported, where there is more to say than
     #: "no native support" (shown in the cell's `unsupported` reason).
     measure_reasons: ClassVar[dict[str, str]] = {}
+    #: IO-1 source backends (`formats.BACKENDS`) the adapter reads with its framework's own
+    #: readers; `backend_reasons` says why another one is not, where there is more to say.
+    backends: ClassVar[frozenset[str]] = frozenset()
+    backend_reasons: ClassVar[dict[str, str]] = {}
 
     def support(self, workload: Workload) -> str | None:
         """None when the adapter runs the workload as specified, else why not (one line)."""
+        return self.measure_support(workload) or self.ops_support(workload)
+
+    def measure_support(self, workload: Workload) -> str | None:
+        """Why the adapter cannot perform the workload's measurement, or None."""
+        if workload.measure == "source_backends":
+            backend = workload.options["backend"]
+            if backend in self.backends:
+                return None
+            return self.backend_reasons.get(
+                backend, f"{self.display_name} has no native reader for the {backend!r} backend"
+            )
         if workload.measure not in self.measures | HARNESS_MEASURES:
             return self.measure_reasons.get(
                 workload.measure,
                 f"{self.display_name} has no native support for the {workload.measure!r} measurement",
             )
+        return None
+
+    def ops_support(self, workload: Workload) -> str | None:
+        """Why the adapter cannot express one of the workload's transforms, or None."""
         for op in workload.ops():
             if op not in self.ops:
                 return f"{self.display_name} cannot express transform {op!r} with the reference semantics"

@@ -1,7 +1,7 @@
 """Google Grain: a `MapDataset` pipeline, read by threads and (optionally) worker processes.
 
-The pipeline is Grain's documented shape for index-addressable data: an index dataset repeated
-over epochs, a per-element map, batching with drop-remainder inside the `MapDataset` (so every
+The pipeline is Grain's documented shape for index-addressable data: a `MapDataset.source`
+repeated over epochs, a per-element map, batching with drop-remainder inside the `MapDataset` (so every
 worker process produces whole batches in the reference's order), then `to_iter_dataset` with
 `ReadOptions(num_threads=threads)` and `mp_prefetch` with `workers` processes from the profile.
 
@@ -12,6 +12,9 @@ documented way to transform data, so batches equal the reference's bit for bit.
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
 
+The source is the cached arrays themselves or, for IO-1's file backends, Grain's
+`ArrayRecordDataSource` or TFDS's `data_source`.
+
 Checkpoints use Grain's own: the iterator's `get_state()`/`set_state()` as written and read by
 `grain.checkpoint.CheckpointHandler` (JSON, worker states included under `mp_prefetch`).
 """
@@ -20,17 +23,13 @@ from __future__ import annotations
 
 import functools
 import json
-import mmap
 import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from .. import data, reference
+from .. import formats, reference
 from ..catalog import Workload
 from . import register
 from .base import Adapter, Batch, CellContext, Loader
@@ -40,56 +39,50 @@ _SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class ElementTransform:
-    """Grain `map_with_index` function: global element number -> transformed element.
+    """Grain `map_with_index` function: (global element number, element) -> transformed element.
 
-    Picklable for worker processes: memory-mapped arrays travel as their file names and are
-    mapped again in each worker; arrays held in memory travel as they are.
+    Picklable for worker processes (the source it follows pickles itself: the cached arrays
+    travel as their file names, ArrayRecord and TFDS sources as their paths).
     """
 
-    def __init__(self, workload: Workload, dataset: data.Dataset, seed: int, per_epoch: int):
+    def __init__(self, workload: Workload, seed: int, per_epoch: int):
         self.workload = workload
-        self.dataset = dataset
         self.seed = seed
         self.per_epoch = per_epoch
 
-    def __getstate__(self) -> dict[str, Any]:
-        ds = self.dataset
-        shipped = {
-            "dense": {k: _ship(v) for k, v in ds.dense.items()},
-            "ragged": {k: (_ship(v), _ship(o)) for k, (v, o) in ds.ragged.items()},
-            "meta": (ds.directory, ds.num_elements, ds.digest, ds.generated),
-        }
-        return {**self.__dict__, "dataset": shipped}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        shipped = state["dataset"]
-        directory, num_elements, digest, generated = shipped["meta"]
-        state["dataset"] = data.Dataset(
-            directory=directory,
-            num_elements=num_elements,
-            dense={k: _unship(v) for k, v in shipped["dense"].items()},
-            ragged={k: (_unship(v), _unship(o)) for k, (v, o) in shipped["ragged"].items()},
-            digest=digest,
-            generated=generated,
-        )
-        self.__dict__.update(state)
-
-    def __call__(self, position: int, index: int) -> reference.Element:
-        epoch = position // self.per_epoch
+    def __call__(self, position: int, element: reference.Element) -> reference.Element:
+        epoch, index = divmod(position, self.per_epoch)
         rng = reference.element_rng(self.seed, epoch, index)
-        return reference.apply_element(self.workload.transforms, self.dataset.element(index), rng)
+        return reference.apply_element(self.workload.transforms, element, rng)
 
 
-def _ship(array: np.ndarray) -> Any:
-    # A whole-file memory map (np.load with mmap_mode) has the mmap itself as its base.
-    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename:
-        return ("npy", array.filename)
-    return ("array", np.asarray(array))
+def _records(ctx: CellContext):
+    """The elements as a Grain `MapDataset` read from the cell's source, and what was read.
 
+    The cached arrays (in memory or memory-mapped) are a random-access source as they are; IO-1's
+    file backends use Grain's own `ArrayRecordDataSource` (records decoded by a map, as Grain's
+    ArrayRecord tutorial does) and TFDS's `data_source`, the random-access reader TFDS documents
+    for Grain.
+    """
+    import grain
 
-def _unship(shipped: tuple[str, Any]) -> np.ndarray:
-    kind, value = shipped
-    return np.load(value, mmap_mode="r") if kind == "npy" else value
+    backend = ctx.workload.options.get("backend")
+    if backend == "array_record":
+        paths = ctx.source.array_record_paths()
+        source = grain.sources.ArrayRecordDataSource(paths)
+        records = grain.MapDataset.source(source).map(formats.unpickle_record)
+        return records, {"reader": "grain.sources.ArrayRecordDataSource", "paths": paths}
+    if backend == "tfds":
+        import tensorflow_datasets as tfds
+
+        data_dir = ctx.source.tfds_data_dir("array_record")
+        source = tfds.data_source(
+            formats.TFDS_NAME, split=formats.TFDS_SPLIT, data_dir=data_dir, download=False
+        )
+        records = grain.MapDataset.source(source).map(formats.TfdsElement(ctx.workload.fields))
+        paths = [ctx.source.tfds_builder_dir("array_record")]
+        return records, {"reader": "tfds.data_source (ArrayRecord files)", "paths": paths}
+    return grain.MapDataset.source(ctx.dataset), formats.npy_source_info(ctx.dataset)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -117,11 +110,11 @@ class GrainLoader(Loader):
         self._mp_options = grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(1, prefetch)
         )
-        transform = ElementTransform(w, ctx.dataset, ctx.seed, per_epoch)
+        records, self.source_info = _records(ctx)
         self._batches = (
-            grain.MapDataset.range(per_epoch)
+            records[:per_epoch]
             .repeat(None)
-            .map_with_index(transform)
+            .map_with_index(ElementTransform(w, ctx.seed, per_epoch))
             .batch(
                 self.batch_size,
                 drop_remainder=True,
@@ -234,6 +227,12 @@ class Grain(Adapter):
     ops = reference.ALL_OPS
     # Its data source indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming", "checkpoint"})
+    backends = frozenset({"memory", "npy_mmap", "array_record", "tfds"})
+    backend_reasons = {
+        "tfrecord": "Google Grain has no TFRecord reader for these records: its only one, "
+        "grain.experimental.TFRecordIterDataset, yields raw record bytes sequentially, and the "
+        "records are tf.train.Example protos, which Grain cannot parse without TensorFlow",
+    }
 
     def open(self, ctx: CellContext) -> Loader:
         return GrainLoader(ctx)

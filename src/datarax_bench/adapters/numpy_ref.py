@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import reference
+from .. import formats, reference
 from . import register
 from .base import Adapter, Batch, CellContext, Loader
 
@@ -21,6 +21,7 @@ class NumpyLoader(Loader):
     def __init__(self, ctx: CellContext):
         self.ctx = ctx
         self.parallelism = {"threads": 1, "workers": 0, "prefetch": 0}
+        self.source_info = formats.npy_source_info(ctx.dataset)
         self._next = (0, 0)  # (epoch, batch) of the next batch to yield
         self._resume: tuple[int, int] | None = None
 
@@ -55,6 +56,13 @@ class NumpyReference(Adapter):
     ops = reference.ALL_OPS
     # Reads each element from the cached arrays as it goes: memory-mapped files stream from disk.
     measures = frozenset({"throughput", "streaming", "checkpoint"})
+    # The zero-framework floor reads the .npy cache, from RAM or memory-mapped, and nothing else.
+    backends = frozenset({"memory", "npy_mmap"})
+    backend_reasons = {
+        b: f"The NumPy reference reads only the .npy cache (in memory or memory-mapped); "
+        f"reading {b} files takes a framework"
+        for b in ("array_record", "tfrecord", "tfds")
+    }
 
     def open(self, ctx: CellContext) -> Loader:
         return NumpyLoader(ctx)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import reference
+from .. import formats, reference
 from ..catalog import chain_steps
 from . import register
 from .base import Adapter, Batch, CellContext, Loader
@@ -27,45 +27,21 @@ from .base import Adapter, Batch, CellContext, Loader
 # torch is imported inside functions only: importing this module (for `list`) must stay light.
 
 
-def _reopenable(array: np.ndarray) -> Any:
-    """How an array travels to a spawned worker: a whole memory-mapped `.npy` file by name
-    (the worker maps it again), anything else by value."""
-    if isinstance(array, np.memmap) and array.filename and array.base is not None:
-        reopened = np.load(array.filename, mmap_mode="r")
-        if reopened.shape == array.shape and reopened.dtype == array.dtype:
-            return ("npy", str(array.filename))
-    return ("array", np.asarray(array))
-
-
-def _restore(entry: Any) -> np.ndarray:
-    kind, value = entry
-    return np.load(value, mmap_mode="r") if kind == "npy" else value
-
-
 class ElementDataset:
     """Map-style dataset: `dataset[(epoch, index)]` is one transformed element (torch tensors).
 
     The key carries the epoch because persistent workers keep their copy of the dataset across
     epochs; the sampler (in the main process) is the one place that knows the current epoch.
+    `records[index]` is the untransformed element as NumPy arrays: the cached arrays (which
+    pickle themselves for spawned workers by file name) or, for IO-1's TFDS backend, TFDS's
+    `data_source`, the random-access reader TFDS documents for PyTorch.
     """
 
-    def __init__(self, ctx: CellContext):
+    def __init__(self, ctx: CellContext, records):
         self.num_elements = ctx.workload.num_elements
         self.seed = ctx.seed
         self.transforms = [s for s in ctx.workload.transforms if s["op"] not in reference.BATCH_OPS]
-        self.dense = dict(ctx.dataset.dense)
-        self.ragged = dict(ctx.dataset.ragged)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["dense"] = {k: _reopenable(v) for k, v in self.dense.items()}
-        state["ragged"] = {k: tuple(_reopenable(a) for a in v) for k, v in self.ragged.items()}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state["dense"] = {k: _restore(v) for k, v in state["dense"].items()}
-        state["ragged"] = {k: tuple(_restore(a) for a in v) for k, v in state["ragged"].items()}
-        self.__dict__.update(state)
+        self.records = records
 
     def __len__(self) -> int:
         return self.num_elements
@@ -74,14 +50,32 @@ class ElementDataset:
         import torch
 
         epoch, index = key
-        # Reading the element (a copy out of the memory map) is part of the loader's work.
-        element = {name: torch.from_numpy(np.array(arr[index])) for name, arr in self.dense.items()}
-        for name, (values, offsets) in self.ragged.items():
-            element[name] = torch.from_numpy(np.array(values[offsets[index] : offsets[index + 1]]))
+        # Reading the element (a copy out of a memory map) is part of the loader's work.
+        element = {
+            name: torch.from_numpy(value if value.flags.writeable else np.array(value))
+            for name, value in self.records[index].items()
+        }
         rng = reference.element_rng(self.seed, epoch, index)
         for step in self.transforms:
             _apply_step(step, element, rng)
         return element
+
+
+def _records(ctx: CellContext):
+    """The untransformed elements the DataLoader's dataset reads, and what that reads."""
+    if ctx.workload.options.get("backend") == "tfds":
+        import tensorflow_datasets as tfds
+
+        source = tfds.data_source(
+            formats.TFDS_NAME,
+            split=formats.TFDS_SPLIT,
+            data_dir=ctx.source.tfds_data_dir("array_record"),
+            download=False,
+        )
+        records = formats.DecodedRecords(source, formats.TfdsElement(ctx.workload.fields))
+        paths = [ctx.source.tfds_builder_dir("array_record")]
+        return records, {"reader": "tfds.data_source (ArrayRecord files)", "paths": paths}
+    return ctx.dataset, formats.npy_source_info(ctx.dataset)
 
 
 class EpochSampler:
@@ -316,8 +310,9 @@ class TorchLoader(Loader):
                 "prefetch_factor": max(1, prefetch),
                 "multiprocessing_context": "spawn",
             }
+        records, self.source_info = _records(ctx)
         self.loader = DataLoader(
-            ElementDataset(ctx),
+            ElementDataset(ctx, records),
             batch_size=ctx.workload.batch_size,
             sampler=self.sampler,
             drop_last=True,
@@ -358,6 +353,13 @@ class PyTorchDataLoader(Adapter):
     ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
     # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming"})
+    backends = frozenset({"memory", "npy_mmap", "tfds"})
+    backend_reasons = {
+        "array_record": "PyTorch has no ArrayRecord reader (TFDS's data_source, its documented "
+        "random-access path, is the tfds variant)",
+        "tfrecord": "PyTorch has no TFRecord reader (torchdata's TFRecordLoader went with its "
+        "DataPipes)",
+    }
     measure_reasons = {
         "checkpoint": "PyTorch DataLoader has no iterator-state API (no state_dict to save and "
         "restore its position mid-epoch), so PR-1 cannot use a native one",

@@ -18,35 +18,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import reference
+from .. import formats, reference
 from ..catalog import chain_steps
 from . import register
+from ._tensorflow import import_tensorflow, visible_gpus
 from .base import Adapter, Batch, CellContext, Loader
 
 _LENGTH_PREFIX = "__length__"
-_TF_STATE: dict[str, Any] = {}
-
-
-def _import_tensorflow():
-    """TensorFlow with its GPUs hidden (before any op), once per process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    if "visible_gpus" not in _TF_STATE:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:
-            # TF was initialised earlier in this process; record what it can see.
-            pass
-        _TF_STATE["visible_gpus"] = len(tf.config.get_visible_devices("GPU"))
-    return tf
 
 
 class _Ops:
@@ -170,22 +154,18 @@ FIELD_OPS = frozenset(
 
 class TfDataLoader(Loader):
     def __init__(self, ctx: CellContext):
-        tf = self.tf = _import_tensorflow()
+        tf = self.tf = import_tensorflow()
         self.ops = _Ops(tf)
         w = ctx.workload
         self.num_batches = w.num_batches
         self.seed = ctx.seed
         self.element_steps = [s for s in w.transforms if s["op"] not in reference.BATCH_OPS]
         self.pad_steps = [s for s in w.transforms if s["op"] in reference.BATCH_OPS]
-        fields: dict[str, Any] = {k: np.asarray(v) for k, v in ctx.dataset.dense.items()}
-        for name, (values, offsets) in ctx.dataset.ragged.items():
-            fields[name] = tf.RaggedTensor.from_row_splits(np.asarray(values), np.asarray(offsets))
+        records, self._decode, self.source_info = self._records(ctx)
         per_epoch = w.num_batches * w.batch_size
         # Whole batches only: the elements of the dropped last batch are not even read.
         self.elements = (
-            tf.data.Dataset.zip(
-                tf.data.Dataset.range(w.num_elements), tf.data.Dataset.from_tensor_slices(fields)
-            )
+            tf.data.Dataset.zip(tf.data.Dataset.range(w.num_elements), records)
             .take(per_epoch)
             .repeat()
         )
@@ -203,11 +183,62 @@ class TfDataLoader(Loader):
             "deterministic": True,
             "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "tf_visible_gpus": _TF_STATE["visible_gpus"],
+            "tf_visible_gpus": visible_gpus(),
         }
+
+    def _records(self, ctx: CellContext):
+        """(records, decode, source_info): the elements as a tf.data dataset of what the source
+        holds, the per-element decoding (run in the parallel map), and what is read.
+
+        The cached arrays go in with `from_tensor_slices` (which copies them into memory: the
+        `memory` backend); IO-1's TFRecord file is read with `TFRecordDataset` and each
+        `tf.train.Example` parsed and decoded per element, and the TFDS dataset with TFDS's own
+        `as_dataset` (its TFRecord files, decoded by TFDS).
+        """
+        tf = self.tf
+        backend = ctx.workload.options.get("backend")
+        if backend == "tfrecord":
+            paths = ctx.source.tfrecord_paths()
+            info = {
+                "reader": "tf.data.TFRecordDataset + tf.io.parse_single_example",
+                "paths": paths,
+            }
+            return tf.data.TFRecordDataset(paths), self._example_decoder(ctx.workload), info
+        if backend == "tfds":
+            import tensorflow_datasets as tfds
+
+            builder_dir = ctx.source.tfds_builder_dir("tfrecord")
+            records = tfds.builder_from_directory(builder_dir).as_dataset(
+                split=formats.TFDS_SPLIT, shuffle_files=False
+            )
+            info = {"reader": "tfds as_dataset (TFRecord files)", "paths": [builder_dir]}
+            return records, None, info
+        fields: dict[str, Any] = {k: np.asarray(v) for k, v in ctx.dataset.dense.items()}
+        for name, (values, offsets) in ctx.dataset.ragged.items():
+            fields[name] = tf.RaggedTensor.from_row_splits(np.asarray(values), np.asarray(offsets))
+        info = {**formats.npy_source_info(ctx.dataset), "reader": "from_tensor_slices"}
+        return tf.data.Dataset.from_tensor_slices(fields), None, info
+
+    def _example_decoder(self, workload):
+        """A TFRecord record (a tf.train.Example of raw field bytes) back into the fields."""
+        tf = self.tf
+        spec = {name: tf.io.FixedLenFeature([], tf.string) for name in workload.fields}
+        shapes = {name: f.shape for name, f in workload.fields.items()}
+        dtypes = {name: tf.as_dtype(f.dtype) for name, f in workload.fields.items()}
+
+        def decode(record):
+            parsed = tf.io.parse_single_example(record, spec)
+            return {
+                name: tf.reshape(tf.io.decode_raw(parsed[name], dtypes[name]), shapes[name])
+                for name in spec
+            }
+
+        return decode
 
     def _transform(self, position, index, element):
         tf = self.tf
+        if self._decode is not None:
+            element = self._decode(element)
         epoch = position // self.per_epoch
         key = tf.random.experimental.stateless_fold_in(
             tf.stack([tf.constant(self.seed, tf.int64), epoch]), index
@@ -337,6 +368,13 @@ class TfData(Adapter):
     }
     ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
     measures = Adapter.measures | {"checkpoint"}
+    backends = frozenset({"memory", "tfrecord", "tfds"})
+    backend_reasons = {
+        "npy_mmap": "tf.data has no .npy reader: the tf.data adapter builds from_tensor_slices, "
+        "which copies the arrays into memory at setup (the memory variant)",
+        "array_record": "tf.data has no ArrayRecord reader (TFDS's as_dataset refuses ArrayRecord "
+        "files: it reads TFRecord, the tfds variant)",
+    }
 
     def open(self, ctx: CellContext) -> Loader:
         return TfDataLoader(ctx)

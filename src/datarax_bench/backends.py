@@ -1,0 +1,98 @@
+"""IO-1: the same records read from memory and from each native on-disk format.
+
+The backend's files are built once (`formats.prepare`, outside every repetition; the build time
+is reported on its own). Each repetition then starts like IO-2's: the OS page cache is dropped
+where this process may, and for the `memory` backend the cached arrays are read into RAM first
+(that load is timed apart). The loader reads the backend with its framework's own reader and
+says what it read; the result reports throughput, time to first batch, and the on-disk size of
+exactly those files.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import formats
+from .adapters.base import Adapter, CellContext
+from .catalog import Profile, Workload
+from .data import Dataset
+from .harness import loader_reports, make_delivery, measure_repetition, summarize_repetitions
+from .streaming import drop_page_cache
+
+#: The record encoding of the backends that read the `.npy` cache.
+NPY_ENCODING = "NumPy .npy files, one per field, elements along the first axis (C order)"
+
+
+def _files(source: formats.SourceFiles, source_info: dict[str, Any] | None) -> dict[str, int]:
+    """{path relative to the backend's root: bytes on disk} of every file the loader read."""
+    if not source_info or not source_info.get("paths"):
+        raise RuntimeError("the loader did not report what it read (source_info)")
+    return {
+        str(path.resolve().relative_to(source.root.resolve())): path.stat().st_size
+        for path in formats.files_read([Path(p) for p in source_info["paths"]])
+    }
+
+
+def measure_source_backends(
+    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
+) -> dict[str, Any]:
+    import jax
+
+    backend = workload.options["backend"]
+    built = not formats.is_prepared(dataset, backend)
+    source = formats.prepare(dataset, backend)
+    if progress and built:
+        progress(f"built the {backend} files in {source.meta['build_s']:.1f} s")
+    device = jax.devices()[0]
+    deliver = make_delivery(adapter, device)
+    reps, loads, states = [], [], []
+    note = ""
+    for r in range(profile.measurement["repetitions"]):
+        dropped, note = drop_page_cache()
+        states.append("cold" if dropped else "warm")
+        records = dataset
+        if backend == "memory":
+            start = time.perf_counter()
+            records = dataset.load_into_memory()
+            loads.append(time.perf_counter() - start)
+        ctx = CellContext(
+            workload=workload, dataset=records, profile=profile, seed=profile.seed, source=source
+        )
+        reps.append(measure_repetition(r, adapter, ctx, deliver, device))
+        del records, ctx
+        if progress:
+            progress(
+                f"{backend} repetition {r + 1}: {reps[-1]['elements_per_s']:.1f} elements/s, "
+                f"first batch {reps[-1]['time_to_first_batch_s']:.3f} s ({states[-1]})"
+            )
+    reports = loader_reports(reps)
+    files = _files(source, reports["source_info"])
+    ttfb = [rep["time_to_first_batch_s"] for rep in reps]
+    special = {
+        "backend": backend,
+        "reader": reports["source_info"]["reader"],
+        "record_encoding": source.meta.get("encoding", NPY_ENCODING),
+        "records": workload.num_elements,
+        "files": files,
+        "bytes_on_disk": sum(files.values()),
+        "page_cache": "cold" if all(s == "cold" for s in states) else "warm",
+        "page_cache_note": note,
+        "time_to_first_batch_s": ttfb,
+        "time_to_first_batch_s_median": float(np.median(ttfb)),
+        # The memory backend reads the cache into RAM before its first batch; no other has to.
+        "load_s": loads or None,
+        "load_s_median": float(np.median(loads)) if loads else None,
+        # Writing the files is a one-time conversion, never part of a repetition.
+        "build_s": source.meta.get("build_s"),
+        "built_in_this_cell": built,
+    }
+    return {
+        "repetitions": reps,
+        "statistics": summarize_repetitions(reps),
+        "parallelism": reports["parallelism"],
+        "special": special,
+    }
