@@ -155,7 +155,7 @@ def test_special_measurements_get_their_own_tables(tmp_path):
     out = tmp_path / "special"
     cli = str(Path(sys.executable).parent / "datarax-bench")
     subprocess.run(
-        [cli, "run", "--profile", "smoke", "--scenarios", "PR-2", "DIST-1", "TAB-1"]
+        [cli, "run", "--profile", "smoke", "--scenarios", "PR-2", "DIST-1", "TAB-1", "IO-1"]
         + ["--adapters", "numpy", "--output-dir", str(out)],
         check=True,
         capture_output=True,
@@ -171,4 +171,16 @@ def test_special_measurements_get_their_own_tables(tmp_path):
     assert "| small | NumPy reference (`numpy`) | 2 | 16 | 2 | 0 | 1 | True | True |" in determinism
     sharding = summary.split("## DIST-1")[1].split("## ")[0]
     assert "| dev8 | NumPy reference (`numpy`) | 8 | P('data',) | True |" in sharding
-    assert "Rank" in summary.split("## TAB-1")[1], "throughput scenarios keep their ranking"
+    assert "Rank" in summary.split("## TAB-1")[1].split("## ")[0], "throughput keeps its ranking"
+    # IO-1: the reader and the on-disk size in binary units; per-repetition lists stay out of
+    # the table, and the record encoding is said once per backend below it.
+    backends = summary.split("## IO-1")[1].split("## ")[0]
+    io1 = table[(table["scenario"] == "IO-1") & (table["status"] == "ok")]
+    assert list(io1["variant"]) == ["memory", "npy_mmap"]
+    size = io1["special_bytes_on_disk"].iloc[0]
+    assert 1024 < size < 1024**2
+    row = f"| npy_mmap | NumPy reference (`numpy`) | np.load(mmap_mode='r') memory maps | {size / 1024:.3g} KiB |"
+    assert row in backends
+    assert "| reader | bytes on disk | time to first batch s median | load s median |" in backends
+    assert "- record encoding (memory, npy_mmap): NumPy .npy files" in backends
+    assert io1["special_time_to_first_batch_s"].iloc[0].count(", ") == 1, "kept in results.csv"

@@ -163,6 +163,37 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
     return "\n".join(lines)
 
 
+#: The metrics a special measurement's summary table shows, in order, where not all of its
+#: scalar metrics (lists such as per-repetition times stay in results.csv and the result files).
+SUMMARY_METRICS = {
+    "source_backends": (
+        "reader",
+        "bytes_on_disk",
+        "time_to_first_batch_s_median",
+        "load_s_median",
+        "page_cache",
+        "build_s",
+    ),
+    "streaming": (
+        "dataset_bytes",
+        "time_to_first_batch_s_median",
+        "load_s_median",
+        "time_to_first_batch_including_load_s_median",
+        "page_cache",
+    ),
+    "checkpoint": (
+        "checkpoint_after",
+        "resume_exact",
+        "save_s_median",
+        "restore_s_median",
+        "first_batch_after_restore_s_median",
+        "state_bytes",
+    ),
+}
+#: Text metrics said once under the table, for each distinct value, instead of in every row.
+SUMMARY_NOTES = ("record_encoding", "page_cache_note")
+
+
 def _plain(value: Any) -> Any:
     """Whole numbers as integers (pandas stores a column with gaps as floats)."""
     if isinstance(value, float) and value.is_integer():
@@ -170,11 +201,33 @@ def _plain(value: Any) -> Any:
     return "" if value is None or (isinstance(value, float) and value != value) else value
 
 
+def _metric(key: str, value: Any) -> str:
+    """One special metric for the summary: sizes in binary units, times to three figures."""
+    value = _plain(value)
+    if isinstance(value, bool) or value == "":
+        return str(value)
+    if key.endswith("bytes") or key.endswith("bytes_on_disk"):
+        size, unit = float(value), "B"
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if size < 1024 or unit == "TiB":
+                break
+            size /= 1024
+        return f"{value} B" if unit == "B" else f"{size:.3g} {unit}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return _md(value)
+
+
 def _special_table(ok: pd.DataFrame) -> list[str]:
     """A special measurement's own table: its metrics first, throughput beside them, no ranking
     (what such a scenario measures is not which loader is fastest)."""
     measure = ok["measure"].iloc[0]
-    keys = [c for c in ok.columns if c.startswith("special_") and ok[c].notna().any()]
+    present = [c for c in ok.columns if c.startswith("special_") and ok[c].notna().any()]
+    chosen = SUMMARY_METRICS.get(measure)
+    if chosen:
+        keys = [f"special_{k}" for k in chosen if f"special_{k}" in present]
+    else:
+        keys = [c for c in present if c.removeprefix("special_") not in SUMMARY_NOTES]
     names = [k.removeprefix("special_").replace("_", " ") for k in keys]
     header = ["Variant", "Adapter", *names, "Median elements/s", "CV"]
     lines = [
@@ -188,12 +241,21 @@ def _special_table(ok: pd.DataFrame) -> list[str]:
         cells = [
             r.variant,
             f"{_md(r.adapter_name)} (`{r.adapter}`)",
-            *(_md(_plain(getattr(r, k))) for k in keys),
+            *(_metric(k, getattr(r, k)) for k in keys),
             _number(r.elements_per_s_median),
             f"{r.elements_per_s_cv:.1%}{note}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    lines.append("")
+    for key in SUMMARY_NOTES:
+        column = f"special_{key}"
+        if column not in present:
+            continue
+        for value, rows in ok.groupby(column, sort=False):
+            variants = ", ".join(dict.fromkeys(rows["variant"]))
+            lines.append(f"- {key.replace('_', ' ')} ({variants}): {_md(value)}")
+        lines.append("")
+    return lines
 
 
 def _csv(frame: pd.DataFrame) -> str:
