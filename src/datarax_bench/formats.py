@@ -12,9 +12,10 @@ tfrecord        one TFRecord file; each record a `tf.train.Example` holding ever
                 raw C-order bytes as a bytes feature (the TFRecord guide's way to store a
                 tensor), decoded with `tf.io.decode_raw`
 tfds            a TFDS dataset built here with `tfds.dataset_builders.store_as_tfds_dataset`
-                (a `FeaturesDict` of `Tensor` features, element order kept), in both file
-                formats TFDS reads: TFRecord for `as_dataset` (tf.data, Datarax's
-                `from_tfds`) and ArrayRecord for `data_source` (Grain, PyTorch)
+                (a `FeaturesDict` of `Tensor` features, arrays in the raw-bytes encoding TFDS
+                recommends for them, element order kept), in both file formats TFDS reads:
+                TFRecord for `as_dataset` (tf.data, Datarax's `from_tfds`) and ArrayRecord
+                for `data_source` (Grain, PyTorch)
 ==============  =========================================================================
 
 Element `i` of every backend is element `i` of the cache, byte for byte, so every backend must
@@ -47,7 +48,7 @@ BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
 #: Backends that read the `.npy` cache itself; the others have files of their own.
 NPY_BACKENDS = frozenset({"memory", "npy_mmap"})
 #: Bump when a writer changes, so that files of an old encoding are never read as new.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The TFDS dataset's name and version (its builder is ad hoc: nothing is registered).
 TFDS_NAME = "datarax_bench_records"
 TFDS_VERSION = "1.0.0"
@@ -229,9 +230,17 @@ def _write_tfrecord(target: Path, arrays, fields, n) -> dict[str, Any]:
 def _write_tfds(target: Path, arrays, fields, n) -> dict[str, Any]:
     import tensorflow_datasets as tfds
 
+    # TFDS recommends raw-bytes encoding for tensors of higher dimension ("to save space on
+    # disk"): its default upcasts integers to an int64 list. Scalars keep the default.
     features = tfds.features.FeaturesDict(
         {
-            name: tfds.features.Tensor(shape=tuple(f["shape"]), dtype=np.dtype(f["dtype"]))
+            name: tfds.features.Tensor(
+                shape=tuple(f["shape"]),
+                dtype=np.dtype(f["dtype"]),
+                encoding=tfds.features.Encoding.BYTES
+                if f["shape"]
+                else tfds.features.Encoding.NONE,
+            )
             for name, f in sorted(fields.items())
         }
     )
@@ -248,7 +257,8 @@ def _write_tfds(target: Path, arrays, fields, n) -> dict[str, Any]:
             disable_shuffling=True,
         )
     return {
-        "encoding": "TFDS FeaturesDict of Tensor features (serialized tf.train.Example)",
+        "encoding": "TFDS FeaturesDict of Tensor features in serialized tf.train.Examples "
+        "(arrays as raw bytes, scalars as int64)",
         "name": TFDS_NAME,
         "version": TFDS_VERSION,
         "split": TFDS_SPLIT,
