@@ -494,3 +494,22 @@ def test_workflow_export_still_fails_on_bad_results(results_dir, wandb_env):
     with pytest.raises(UserError, match="status"):
         export.export_for_workflow(results_dir, marker, mode="offline")
     assert not marker.exists()
+
+
+def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, wandb_env):
+    """`snakemake --config scenarios=[CV-1]` in a results directory that holds other scenarios
+    too: the aggregate rule's manifest names the CV-1 cells, and the export sends those, while
+    `datarax-bench export` of the same directory still calls the manifest stale."""
+    from datarax_bench.aggregate import aggregate_run
+
+    subset = sorted((results_dir / "raw" / "CV-1").glob("*/*.json"))
+    others = set((results_dir / "raw").glob("*/*/*.json")) - set(subset)
+    assert subset and others
+    aggregate_run(subset, results_dir, "smoke", "local")
+    marker = results_dir / "wandb_export.json"
+    report = export.export_for_workflow(results_dir, marker, mode="offline")
+    assert report["mode"] == "offline" and report["cells"] == len(subset)
+    run = read_offline_run(offline_run_dir(results_dir))
+    assert {row["scenario"] for row in run["table"]} == {"CV-1"}
+    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    assert proc.returncode == 2 and "the manifest is stale" in proc.stderr

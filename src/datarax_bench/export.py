@@ -147,12 +147,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_bundle(results_dir: Path) -> ResultsBundle:
+def load_bundle(results_dir: Path, only_listed: bool = False) -> ResultsBundle:
     """Read and check a results directory; any problem is a UserError naming the file.
 
     Checks that every raw result validates, sits at the path its cell names, is listed in
     manifest.json with the same SHA-256 (a partial download or a stale manifest shows here),
-    and that every file the manifest lists exists.
+    and that every file the manifest lists exists. With `only_listed`, raw files the manifest
+    does not list are left out instead (the workflow's manifest names exactly the cells of its
+    invocation; a scenario subset leaves the other scenarios' files in the directory).
     """
     root = Path(results_dir).absolute()  # the marker and the sync command name exact paths
     if not root.is_dir():
@@ -196,6 +198,8 @@ def load_bundle(results_dir: Path) -> ResultsBundle:
                 f"{path}: profile {c['profile']!r}, but manifest.json says {manifest['profile']!r}"
             )
         entry = listed.pop(str(rel), None)
+        if entry is None and only_listed:
+            continue
         if entry is None:
             raise UserError(f"{path}: not listed in {manifest_path}; the manifest is stale")
         if entry.get("sha256") and entry["sha256"] != _sha256(path):
@@ -482,18 +486,20 @@ def export_results(
     infra: str | None = None,
     skip_without_key: bool = False,
     marker: Path | None = None,
+    only_listed: bool = False,
 ) -> dict[str, Any]:
     """Export one results directory; returns (and writes to `marker`) what happened.
 
     Bad input raises UserError before W&B is touched. W&B trouble online falls back to an
     offline run; the returned report always says where the run is and how to upload it.
+    `only_listed` exports the manifest's cells and leaves other raw files out (`load_bundle`).
     """
     started = time.monotonic()
     if "wandb" not in sys.modules:
         # An inherited WANDB_SERVICE points at the wandb-core of a parent process (started with
         # that process's settings); wandb 0.26's core crashed exporting through one. Start our own.
         os.environ.pop("WANDB_SERVICE", None)
-    bundle = load_bundle(Path(results_dir))
+    bundle = load_bundle(Path(results_dir), only_listed=only_listed)
     infra = infra or infer_infra(bundle.root, bundle.profile)
     name = run_name(bundle.profile, infra, bundle.git_commit, _run_time(bundle))
     chosen, offline_reason = choose_mode(mode)
@@ -555,7 +561,9 @@ def export_for_workflow(results_dir: Path, marker: Path, **options: Any) -> dict
     are on disk either way, and a failing export must not hold up the rest of the workflow.
     """
     try:
-        return export_results(results_dir, marker=marker, **options)
+        # The aggregate rule wrote the manifest for exactly this invocation's cells: with a
+        # scenario subset (`--config scenarios=[...]`) the other scenarios' files stay on disk.
+        return export_results(results_dir, marker=marker, only_listed=True, **options)
     except UserError:
         raise
     except Exception as exc:
