@@ -1,9 +1,10 @@
 """Google Grain: a `MapDataset` pipeline, read by threads and (optionally) worker processes.
 
 The pipeline is Grain's documented shape for index-addressable data: a `MapDataset.source`
-repeated over epochs, a per-element map, batching with drop-remainder inside the `MapDataset` (so every
-worker process produces whole batches in the reference's order), then `to_iter_dataset` with
-`ReadOptions(num_threads=threads)` and `mp_prefetch` with `workers` processes from the profile.
+repeated over epochs, a per-element map, batching with drop-remainder inside the `MapDataset`
+(so every worker process produces whole batches in the reference's order), then
+`to_iter_dataset` with `ReadOptions(num_threads=threads)` and `mp_prefetch` with `workers`
+processes from the profile.
 
 Each element is transformed with the reference semantics and the reference's per-element RNG
 (`np.random.default_rng([seed, epoch, index])`): numpy functions mapped per element are Grain's
