@@ -254,3 +254,14 @@ def test_an_ok_source_backend_result_without_its_metrics_is_rejected(run_smoke_c
     Path(path).write_text(json.dumps(broken))
     with pytest.raises(UserError, match="'special' is a required property"):
         load_result(path)
+
+
+@pytest.mark.parametrize("scenario", ["IO-1", "NLP-2"])
+def test_the_npy_reader_names_exactly_the_cache_files(scenario):
+    """Built from the cache's layout without touching the disk; dense and ragged fields."""
+    scenario = load_catalog().get(scenario)
+    dataset = materialize(scenario.resolve(scenario.default_variants[0], "tiny"), 0)
+    info = formats.npy_source_info(dataset)
+    assert info["paths"] == sorted(dataset.directory.glob("*.npy"))
+    assert info["reader"] == "np.load(mmap_mode='r') memory maps"
+    assert formats.npy_source_info(dataset.load_into_memory())["reader"] == "arrays in memory"

@@ -81,12 +81,18 @@ class SourceFiles:
 
 
 def npy_source_info(dataset: Dataset) -> dict[str, Any]:
-    """What a loader of the cached arrays reads (its `source_info`): memory maps or RAM."""
+    """What a loader of the cached arrays reads (its `source_info`): memory maps or RAM.
+
+    Built inside a loader's timed setup, so it only names files (the cache's layout, see
+    `data.materialize`) and never touches the disk."""
     arrays = [*dataset.dense.values(), *(a for pair in dataset.ragged.values() for a in pair)]
-    mapped = any(isinstance(a, np.memmap) for a in arrays)
+    names = [f"{name}.npy" for name in dataset.dense]
+    names += [f"{name}.{part}.npy" for name in dataset.ragged for part in ("values", "offsets")]
     return {
-        "reader": "np.load(mmap_mode='r') memory maps" if mapped else "arrays in memory",
-        "paths": sorted(dataset.directory.glob("*.npy")),
+        "reader": "np.load(mmap_mode='r') memory maps"
+        if any(isinstance(a, np.memmap) for a in arrays)
+        else "arrays in memory",
+        "paths": [dataset.directory / name for name in sorted(names)],
     }
 
 
