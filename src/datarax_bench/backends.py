@@ -10,18 +10,17 @@ exactly those files.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import formats
-from .adapters.base import Adapter, CellContext
+from .adapters.base import Adapter
 from .catalog import Profile, Workload
 from .data import Dataset
-from .harness import loader_reports, make_delivery, measure_repetition, summarize_repetitions
-from .streaming import drop_page_cache
+from .harness import loader_reports, summarize_repetitions
+from .streaming import cold_start_repetitions
 
 #: The record encoding of the backends that read the `.npy` cache.
 NPY_ENCODING = "NumPy .npy files, one per field, elements along the first axis (C order)"
@@ -40,35 +39,21 @@ def _files(source: formats.SourceFiles, source_info: dict[str, Any] | None) -> d
 def measure_source_backends(
     adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
 ) -> dict[str, Any]:
-    import jax
-
     backend = workload.options["backend"]
     built = not formats.is_prepared(dataset, backend)
     source = formats.prepare(dataset, backend)
     if progress and built:
         progress(f"built the {backend} files in {source.meta['build_s']:.1f} s")
-    device = jax.devices()[0]
-    deliver = make_delivery(adapter, device)
-    reps, loads, states = [], [], []
-    note = ""
-    for r in range(profile.measurement["repetitions"]):
-        dropped, note = drop_page_cache()
-        states.append("cold" if dropped else "warm")
-        records = dataset
-        if backend == "memory":
-            start = time.perf_counter()
-            records = dataset.load_into_memory()
-            loads.append(time.perf_counter() - start)
-        ctx = CellContext(
-            workload=workload, dataset=records, profile=profile, seed=profile.seed, source=source
-        )
-        reps.append(measure_repetition(r, adapter, ctx, deliver, device))
-        del records, ctx
-        if progress:
-            progress(
-                f"{backend} repetition {r + 1}: {reps[-1]['elements_per_s']:.1f} elements/s, "
-                f"first batch {reps[-1]['time_to_first_batch_s']:.3f} s ({states[-1]})"
-            )
+    reps, loads, page_cache, note = cold_start_repetitions(
+        adapter,
+        workload,
+        dataset,
+        profile,
+        load_first=backend == "memory",
+        label=backend,
+        source=source,
+        progress=progress,
+    )
     reports = loader_reports(reps)
     files = _files(source, reports["source_info"])
     ttfb = [rep["time_to_first_batch_s"] for rep in reps]
@@ -79,7 +64,7 @@ def measure_source_backends(
         "records": workload.num_elements,
         "files": files,
         "bytes_on_disk": sum(files.values()),
-        "page_cache": "cold" if all(s == "cold" for s in states) else "warm",
+        "page_cache": page_cache,
         "page_cache_note": note,
         "time_to_first_batch_s": ttfb,
         "time_to_first_batch_s_median": float(np.median(ttfb)),

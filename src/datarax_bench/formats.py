@@ -80,6 +80,24 @@ class SourceFiles:
         return str(Path(self.tfds_data_dir(file_format)) / TFDS_NAME / TFDS_VERSION)
 
 
+def tfds_data_source(source: SourceFiles):
+    """TFDS's random-access `data_source` over the dataset's ArrayRecord copy (the path TFDS
+    documents for Grain and PyTorch), and the `source_info` of a loader that reads it."""
+    import tensorflow_datasets as tfds
+
+    records = tfds.data_source(
+        TFDS_NAME,
+        split=TFDS_SPLIT,
+        data_dir=source.tfds_data_dir("array_record"),
+        download=False,
+    )
+    info = {
+        "reader": "tfds.data_source (ArrayRecord files)",
+        "paths": [source.tfds_builder_dir("array_record")],
+    }
+    return records, info
+
+
 def npy_source_info(dataset: Dataset) -> dict[str, Any]:
     """What a loader of the cached arrays reads (its `source_info`): memory maps or RAM.
 

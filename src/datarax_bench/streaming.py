@@ -40,39 +40,70 @@ def dataset_bytes(dataset: Dataset) -> int:
     return int(sum(np.asarray(a).nbytes for a in arrays))
 
 
-def measure_streaming(
-    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
-) -> dict[str, Any]:
+def cold_start_repetitions(
+    adapter: Adapter,
+    workload: Workload,
+    dataset: Dataset,
+    profile: Profile,
+    *,
+    load_first: bool,
+    label: str,
+    source=None,
+    progress=None,
+) -> tuple[list[dict[str, Any]], list[float], str, str]:
+    """The profile's repetitions, each after dropping the page cache where permitted and, with
+    `load_first`, after reading the dataset into memory (timed on its own).
+
+    Returns (repetitions, load times, "cold" or "warm", the page-cache note). Shared by IO-2
+    and IO-1 (`backends.py`), whose `source` is the backend's files.
+    """
     import jax
 
     device = jax.devices()[0]
     deliver = make_delivery(adapter, device)
-    loading = workload.options["loading"]
     reps, loads, states = [], [], []
     note = ""
     for r in range(profile.measurement["repetitions"]):
         dropped, note = drop_page_cache()
         states.append("cold" if dropped else "warm")
-        source, load_s = dataset, None
-        if loading == "eager":
+        records, load_s = dataset, None
+        if load_first:
             start = time.perf_counter()
-            source = dataset.load_into_memory()
+            records = dataset.load_into_memory()
             load_s = time.perf_counter() - start
             loads.append(load_s)
-        ctx = CellContext(workload=workload, dataset=source, profile=profile, seed=profile.seed)
+        ctx = CellContext(
+            workload=workload, dataset=records, profile=profile, seed=profile.seed, source=source
+        )
         reps.append(measure_repetition(r, adapter, ctx, deliver, device))
-        del source
+        del records, ctx
         if progress:
             extra = f", load {load_s:.3f} s" if load_s is not None else ""
             progress(
-                f"{loading} repetition {r + 1}: {reps[-1]['elements_per_s']:.1f} elements/s, "
+                f"{label} repetition {r + 1}: {reps[-1]['elements_per_s']:.1f} elements/s, "
                 f"first batch {reps[-1]['time_to_first_batch_s']:.3f} s{extra} ({states[-1]})"
             )
+    return reps, loads, "cold" if all(s == "cold" for s in states) else "warm", note
+
+
+def measure_streaming(
+    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
+) -> dict[str, Any]:
+    loading = workload.options["loading"]
+    reps, loads, page_cache, note = cold_start_repetitions(
+        adapter,
+        workload,
+        dataset,
+        profile,
+        load_first=loading == "eager",
+        label=loading,
+        progress=progress,
+    )
     parallelism = loader_reports(reps)["parallelism"]
     ttfb = [rep["time_to_first_batch_s"] for rep in reps]
     special = {
         "loading": loading,
-        "page_cache": "cold" if all(s == "cold" for s in states) else "warm",
+        "page_cache": page_cache,
         "page_cache_note": note,
         "dataset_bytes": dataset_bytes(dataset),
         "time_to_first_batch_s": ttfb,

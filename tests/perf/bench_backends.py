@@ -27,18 +27,12 @@ from datarax_bench.provenance import cpu_info
 
 def _readers(dataset, workload):
     import grain
-    import tensorflow_datasets as tfds
 
     mapped = dataset.dense
     array_record = grain.sources.ArrayRecordDataSource(
         formats.prepare(dataset, "array_record").array_record_paths()
     )
-    tfds_source = tfds.data_source(
-        formats.TFDS_NAME,
-        split=formats.TFDS_SPLIT,
-        data_dir=formats.prepare(dataset, "tfds").tfds_data_dir("array_record"),
-        download=False,
-    )
+    tfds_source, _ = formats.tfds_data_source(formats.prepare(dataset, "tfds"))
     decode = formats.TfdsElement(workload.fields)
     return {
         "npy memory map (element copied out)": lambda i: {

@@ -74,15 +74,9 @@ def _records(ctx: CellContext):
         records = grain.MapDataset.source(source).map(formats.unpickle_record)
         return records, {"reader": "grain.sources.ArrayRecordDataSource", "paths": paths}
     if backend == "tfds":
-        import tensorflow_datasets as tfds
-
-        data_dir = ctx.source.tfds_data_dir("array_record")
-        source = tfds.data_source(
-            formats.TFDS_NAME, split=formats.TFDS_SPLIT, data_dir=data_dir, download=False
-        )
+        source, info = formats.tfds_data_source(ctx.source)
         records = grain.MapDataset.source(source).map(formats.TfdsElement(ctx.workload.fields))
-        paths = [ctx.source.tfds_builder_dir("array_record")]
-        return records, {"reader": "tfds.data_source (ArrayRecord files)", "paths": paths}
+        return records, info
     return grain.MapDataset.source(ctx.dataset), formats.npy_source_info(ctx.dataset)
 
 

@@ -64,17 +64,8 @@ class ElementDataset:
 def _records(ctx: CellContext):
     """The untransformed elements the DataLoader's dataset reads, and what that reads."""
     if ctx.workload.options.get("backend") == "tfds":
-        import tensorflow_datasets as tfds
-
-        source = tfds.data_source(
-            formats.TFDS_NAME,
-            split=formats.TFDS_SPLIT,
-            data_dir=ctx.source.tfds_data_dir("array_record"),
-            download=False,
-        )
-        records = formats.DecodedRecords(source, formats.TfdsElement(ctx.workload.fields))
-        paths = [ctx.source.tfds_builder_dir("array_record")]
-        return records, {"reader": "tfds.data_source (ArrayRecord files)", "paths": paths}
+        source, info = formats.tfds_data_source(ctx.source)
+        return formats.DecodedRecords(source, formats.TfdsElement(ctx.workload.fields)), info
     return ctx.dataset, formats.npy_source_info(ctx.dataset)
 
 
