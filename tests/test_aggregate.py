@@ -184,3 +184,39 @@ def test_special_measurements_get_their_own_tables(tmp_path):
     assert "| reader | bytes on disk | time to first batch s median | load s median |" in backends
     assert "- record encoding (memory, npy_mmap): NumPy .npy files" in backends
     assert io1["special_time_to_first_batch_s"].iloc[0].count(", ") == 1, "kept in results.csv"
+
+
+OUTPUTS = ("results.csv", "repetitions.csv", "summary.md", "manifest.json", "summary.json")
+
+
+def _copy_cells(smoke_dir, root):
+    for p in _paths(smoke_dir):
+        target = root / p.relative_to(smoke_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(p.read_bytes())
+    return _paths(root)
+
+
+def test_a_nan_median_is_rejected_before_any_output_is_written(tmp_path, smoke_dir):
+    paths = _copy_cells(smoke_dir, tmp_path)
+    bad = cell_path(tmp_path, "PC-1", "d5", "numpy")
+    doc = json.loads(bad.read_text())
+    median = doc["statistics"]["elements_per_s"]["median"]
+    bad.write_text(bad.read_text().replace(repr(median), "NaN", 1))
+    with pytest.raises(UserError) as err:
+        aggregate_run(paths, tmp_path, "smoke", "local")
+    assert str(err.value).startswith(f"{bad}: statistics.elements_per_s.median: got NaN")
+    assert not any((tmp_path / name).exists() for name in OUTPUTS)
+
+
+def test_a_failed_aggregation_leaves_the_previous_outputs_untouched(tmp_path, smoke_dir):
+    paths = _copy_cells(smoke_dir, tmp_path)
+    aggregate_run(paths, tmp_path, "smoke", "local")
+    before = {name: (tmp_path / name).read_bytes() for name in OUTPUTS}
+    (tmp_path / "blocked").write_text("a file where a directory is needed")
+    with pytest.raises(OSError):
+        aggregate_run(
+            paths[:1], tmp_path, "smoke", "local", summary_path=tmp_path / "blocked" / "summary.md"
+        )
+    assert {name: (tmp_path / name).read_bytes() for name in OUTPUTS} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*OUTPUTS, "blocked", "raw"])

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 import subprocess
 
 import pytest
 
 from datarax_bench.errors import UserError
 from datarax_bench.provenance import recorded_environment
-from datarax_bench.results import load_result, write_json_atomic, write_result
+from datarax_bench.results import (
+    all_or_nothing,
+    load_result,
+    write_json_atomic,
+    write_result,
+    write_text_atomic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +118,55 @@ def test_recorded_environment_never_keeps_secret_names():
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "XLA_FLAGS": "--x",
     }
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_rejected_naming_file_and_key(ok_result, tmp_path, literal):
+    """`minimum: 0` cannot reject NaN (every comparison with it is false): reading must."""
+    marker = 123456.789
+    doc = copy.deepcopy(ok_result)
+    doc["statistics"]["elements_per_s"]["median"] = marker
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(doc).replace(str(marker), literal))
+    with pytest.raises(UserError) as err:
+        load_result(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: statistics.elements_per_s.median: got {literal}")
+    assert "expected a finite number" in message and "\n" not in message
+
+
+def test_non_finite_numbers_are_never_written(ok_result, tmp_path):
+    bad = copy.deepcopy(ok_result)
+    bad["statistics"]["elements_per_s"]["cv"] = float("nan")
+    path = tmp_path / "never.json"
+    with pytest.raises(ValueError, match=r"statistics\.elements_per_s\.cv is nan"):
+        write_result(path, bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_all_or_nothing_renames_every_file_or_none(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"v": 1})
+    with pytest.raises(ValueError), all_or_nothing():
+        write_json_atomic(tmp_path / "a.json", {"v": 2})
+        write_text_atomic(tmp_path / "b.txt", "new")
+        write_json_atomic(tmp_path / "c.json", {"v": float("inf")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
+    with all_or_nothing():
+        write_json_atomic(tmp_path / "a.json", {"v": 2})
+        write_text_atomic(tmp_path / "b.txt", "new")
+    assert json.loads((tmp_path / "a.json").read_text()) == {"v": 2}
+    assert (tmp_path / "b.txt").read_text() == "new"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """Like any file the user creates (the plots already were), not mkstemp's private 0600."""
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "doc.json", {"v": 1})
+        write_text_atomic(tmp_path / "table.csv", "a,b\n")
+    finally:
+        os.umask(old)
+    for name in ("doc.json", "table.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode

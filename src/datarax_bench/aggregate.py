@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .catalog import load_profile
-from .results import load_result, write_text_atomic
+from .results import all_or_nothing, load_result, write_text_atomic
 from .runner import write_run_index
 from .stats import UNSTABLE_CV, is_unstable
 
@@ -279,10 +279,12 @@ def aggregate_run(
     relative = [str(p.resolve().relative_to(run_dir.resolve())) for p in paths]
     table = results_table(results, infra, relative)
     repetitions = repetitions_table(results)
-    write_text_atomic(Path(table_path or run_dir / "results.csv"), _csv(table))
-    write_text_atomic(Path(repetitions_path or run_dir / "repetitions.csv"), _csv(repetitions))
-    write_text_atomic(
-        Path(summary_path or run_dir / "summary.md"), summary_markdown(table, profile, infra)
-    )
-    write_run_index(load_profile(profile), run_dir, results)
+    summary = summary_markdown(table, profile, infra)
+    run_profile = load_profile(profile)
+    # Every output or none: a failure part-way leaves the previous outputs as they were.
+    with all_or_nothing():
+        write_text_atomic(Path(table_path or run_dir / "results.csv"), _csv(table))
+        write_text_atomic(Path(repetitions_path or run_dir / "repetitions.csv"), _csv(repetitions))
+        write_text_atomic(Path(summary_path or run_dir / "summary.md"), summary)
+        write_run_index(run_profile, run_dir, results)
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -53,23 +54,92 @@ def validate(document: Any, schema_name: str, source: str | Path) -> None:
         raise UserError(f"{source}: {_location(first)}: {validation_message(first)}")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping itself reports it
+                if first != line:
+                    raise DuplicateKeyError(key, first, line)
+        return super().construct_mapping(node, deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"duplicate key {key!r} at lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
 def read_yaml(path: Path) -> Any:
+    """A YAML file; a syntax error or a key given twice is a UserError naming file and line."""
     try:
         with open(path) as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except DuplicateKeyError as exc:
+        raise UserError(
+            f"{path}: line {exc.second}: duplicate key {exc.key!r} (first at line {exc.first}); "
+            "expected each key once"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
+class _NonFinite(str):
+    """Stands in for NaN or an infinity while a JSON file is parsed, so its key can be named."""
+
+
+def _non_finite_constant(text: str) -> _NonFinite:
+    return _NonFinite(text)
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)  # a literal such as 1e999 overflows to infinity
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def first_non_finite(document: Any, where: tuple[str, ...] = ()) -> tuple[str, Any] | None:
+    """(key path, value) of the first NaN or infinity in a JSON-like document, else None."""
+    if isinstance(document, _NonFinite) or (
+        isinstance(document, float) and not math.isfinite(document)
+    ):
+        return ".".join(where) or "(top level)", document
+    items = (
+        document.items()
+        if isinstance(document, dict)
+        else enumerate(document)
+        if isinstance(document, list | tuple)
+        else ()
+    )
+    for key, value in items:
+        found = first_non_finite(value, (*where, str(key)))
+        if found:
+            return found
+    return None
+
+
 def read_json(path: Path) -> Any:
+    """A JSON file; NaN and infinities are refused (no result or manifest may hold one)."""
     try:
         with open(path) as fh:
-            return json.load(fh)
+            document = json.load(fh, parse_constant=_non_finite_constant, parse_float=_finite_float)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    found = first_non_finite(document)
+    if found:
+        raise UserError(f"{path}: {found[0]}: got {found[1]}, expected a finite number")
+    return document
