@@ -149,3 +149,40 @@ def test_doctor_fails_loudly_when_jax_fell_back_to_cpu(cli_path):
     proc = _run(cli_path, "doctor", "--profile", "gpu_a100")
     assert proc.returncode == 1
     assert "JAX backend is 'cpu' but profile gpu_a100 expects 'gpu'" in proc.stderr
+
+
+# /sys refuses new files even to root (a read-only directory does not: root writes anyway).
+UNWRITABLE = "/sys"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "target", "message"),
+    [
+        ("run", "--output", "{unwritable}/c.json", "cannot write in /sys (Permission denied)"),
+        ("run", "--output", "{unwritable}/new/c.json", "cannot write in /sys (Permission denied)"),
+        ("run", "--output", "{tmp}/existing", "existing: is a directory; expected the path of a"),
+        ("run", "--output", "{tmp}/afile/c.json", "afile is not a directory"),
+        ("run", "--output-dir", "{tmp}/afile", "afile: is a file; expected a directory"),
+        ("run", "--output-dir", "{unwritable}/results", "cannot write in /sys (Permission denied)"),
+        ("doctor", "--json", "{unwritable}/hw.json", "cannot write in /sys (Permission denied)"),
+        ("doctor", "--json", "{tmp}/existing", "existing: is a directory"),
+    ],
+)
+def test_output_paths_are_checked_before_anything_runs(
+    cli_path, tmp_path, command, option, target, message
+):
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "afile").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    target = target.format(unwritable=UNWRITABLE, tmp=tmp_path)
+    args = [command, "--profile", "smoke", option, target]
+    if command == "run" and option == "--output":
+        args += ["--scenario", "TAB-1", "--adapter", "numpy"]
+    elif command == "run":
+        args += ["--scenarios", "TAB-1", "--adapters", "numpy"]
+    proc = _run(cli_path, *args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{option} {target}: " in lines[0] and message in lines[0], lines
+    assert proc.stdout == "", "nothing was measured or reported"
+    assert sorted(tmp_path.rglob("*")) == before, "nothing was left behind"

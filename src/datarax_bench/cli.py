@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,34 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
+
+
+def check_output(option: str, value: str, kind: str) -> Path:
+    """`value` can be written as a `kind` ("file" or "directory"), checked before anything runs.
+
+    The nearest existing directory is tried with a file created and removed at once: permission
+    bits say nothing for root or on a read-only mount, and the measurement must not be lost.
+    """
+    path = Path(value)
+    if kind == "file" and path.is_dir():
+        raise UserError(f"{option} {value}: is a directory; expected the path of a file")
+    if kind == "directory" and path.exists() and not path.is_dir():
+        raise UserError(f"{option} {value}: is a file; expected a directory")
+    start = path if kind == "directory" else path.parent
+    existing = next(p for p in (start.absolute(), *start.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} {value}: {existing} is not a directory; expected a writable path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".datarax-bench-write-check."):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{option} {value}: cannot write in {existing} ({exc.strerror}); "
+            "expected a writable location"
+        ) from None
+    return path
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -140,6 +169,10 @@ def cmd_run(args) -> int:
 
     if bool(args.output) == bool(args.output_dir):
         raise UserError("run: pass exactly one of --output FILE (one cell) or --output-dir DIR")
+    if args.output:
+        check_output("run: --output", args.output, "file")
+    else:
+        check_output("run: --output-dir", args.output_dir, "directory")
     catalog = load_catalog()
     profile = load_profile(args.profile, catalog)
     scenarios = _split(args.scenarios)
@@ -201,6 +234,8 @@ def cmd_doctor(args) -> int:
     from .results import write_json_atomic
 
     profile = load_profile(args.profile)
+    if args.json:
+        check_output("doctor: --json", args.json, "file")
     report = hardware_report(profile)
     jax_info = report["jax"]
     print(f"profile:      {profile.name} (expects backend {profile.backend})")
