@@ -513,3 +513,71 @@ def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, w
     assert {row["scenario"] for row in run["table"]} == {"CV-1"}
     proc = run_cli("--results-dir", str(results_dir), timeout=60)
     assert proc.returncode == 2 and "the manifest is stale" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--project", "a/b#c"), ("--entity", "team/x"), ("--project", ""), ("--project", "p" * 129)],
+)
+def test_bad_project_or_entity_is_one_line_exit_2_before_wandb(
+    results_dir, wandb_env, option, value
+):
+    proc = run_cli("--results-dir", str(results_dir), "--offline", option, value, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"W&B {option[2:]} {value!r}: expected" in lines[0], lines
+    assert not (results_dir / "wandb").exists()
+
+
+def test_a_nan_median_fails_the_export_before_any_wandb_run(results_dir, wandb_env):
+    path = next(
+        p for p in sorted((results_dir / "raw").glob("*/*/*.json")) if '"ok"' in p.read_text()
+    )
+    median = json.loads(path.read_text())["statistics"]["elements_per_s"]["median"]
+    path.write_text(path.read_text().replace(repr(median), "NaN", 1))
+    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"error: {path}: statistics.elements_per_s.median: got NaN, expected a finite number"
+    ]
+    assert not (results_dir / "wandb").exists()
+
+
+class _RefusingWandb(BaseHTTPRequestHandler):
+    """Answers the reachability probe, then refuses every API call (a revoked key)."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_online_attempt_leaves_only_the_offline_run(results_dir, wandb_env, monkeypatch):
+    """`wandb sync` of the results directory must find the offline run and nothing else."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+        proc = run_cli("--results-dir", str(results_dir), timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    assert "online export failed" in proc.stderr and "falling back to offline" in proc.stderr
+    runs = sorted(p.name for p in (results_dir / "wandb").iterdir() if "run-" in p.name)
+    assert [r for r in runs if r.startswith("run-")] == [], runs
+    assert len([r for r in runs if r.startswith("offline-run-")]) == 1, runs
+    logs = [p.relative_to(results_dir) for p in (results_dir / "wandb").rglob("*.wandb")]
+    assert logs == [offline_run_dir(results_dir).relative_to(results_dir) / logs[0].name]
+    read_offline_run(offline_run_dir(results_dir))

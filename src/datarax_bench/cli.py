@@ -269,7 +269,7 @@ def cmd_export(args) -> int:
 
     report = export_results(
         Path(args.results_dir),
-        project=args.project or DEFAULT_PROJECT,
+        project=DEFAULT_PROJECT if args.project is None else args.project,
         entity=args.entity,
         mode="offline" if args.offline else "auto",
         infra=args.infra,

@@ -14,7 +14,9 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
+import shutil
 import sys
 import time
 import urllib.error
@@ -373,6 +375,25 @@ def choose_mode(requested: str, environ=None) -> tuple[str, str | None]:
 # --- the export --------------------------------------------------------------------------------
 
 
+def check_names(project: str, entity: str | None) -> None:
+    """The W&B project and entity, against the patterns the workflow's config schema states."""
+    from .schemas import load_schema
+
+    allowed = load_schema("config")["properties"]["wandb"]["properties"]
+    for key, value in (("project", project), ("entity", entity)):
+        pattern = allowed[key]["pattern"]
+        if value is not None and not re.fullmatch(pattern, value):
+            raise UserError(
+                f"W&B {key} {value!r}: expected 1 to 128 letters, digits, '_', '.' or '-' "
+                f"(pattern {pattern})"
+            )
+
+
+def _online_run_dirs(root: Path) -> set[Path]:
+    """The `run-*` directories wandb made for online runs under a results directory."""
+    return {p for p in (root / "wandb").glob("run-*") if p.is_dir()}
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
@@ -495,6 +516,7 @@ def export_results(
     `only_listed` exports the manifest's cells and leaves other raw files out (`load_bundle`).
     """
     started = time.monotonic()
+    check_names(project, entity)
     if "wandb" not in sys.modules:
         # An inherited WANDB_SERVICE points at the wandb-core of a parent process (started with
         # that process's settings); wandb 0.26's core crashed exporting through one. Start our own.
@@ -530,10 +552,15 @@ def export_results(
         if chosen == "online":
             offline_reason = probe(base_url())
             if offline_reason is None:
+                earlier = _online_run_dirs(bundle.root)
                 try:
                     report.update(log(mode="online"), mode="online", reason=None)
                 except Exception as exc:  # any W&B failure: keep the results, go offline
                     offline_reason = f"online export failed ({_one_line(exc)})"
+                    # Its partial run directory would make a later `wandb sync` of the results
+                    # directory upload this failed run next to the offline one.
+                    for partial in _online_run_dirs(bundle.root) - earlier:
+                        shutil.rmtree(partial, ignore_errors=True)
             if offline_reason:
                 _say(f"cannot upload to W&B, falling back to offline: {offline_reason}")
         if report.get("mode") != "online":
