@@ -123,6 +123,59 @@ def _break(project_copy, monkeypatch, relpath, mutate):
             lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].update(backend="parquet"),
             "scenarios.IO-1.variants.tfds.backend",
         ),
+        # Each op's parameters, as reference.OP_PARAMS declares them.
+        (
+            lambda d: d["scenarios"]["CV-1"]["transforms"][0].pop("scale"),
+            "scenarios.CV-1.transforms.0 (random_resized_crop): missing parameter 'scale'; "
+            "expected 2 numbers in (0, 1]",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-1"]["transforms"][1].update(prob=0.5),
+            "scenarios.CV-1.transforms.1 (random_horizontal_flip): unknown parameter 'prob'; "
+            "expected 'p'",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-1"]["transforms"][1].update(p=1.5),
+            "scenarios.CV-1.transforms.1 (random_horizontal_flip).p: got 1.5, "
+            "expected a number in [0, 1]",
+        ),
+        (
+            lambda d: d["scenarios"]["TAB-1"]["transforms"][0].update(std=0),
+            "scenarios.TAB-1.transforms.0 (standardize).std: got 0, expected a number > 0",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-2"]["transforms"][0].update(size=[8, 8]),
+            "scenarios.CV-2.transforms.0 (random_crop_3d).size: got [8, 8], "
+            "expected 3 integers ≥ 1",
+        ),
+        (
+            lambda d: d["scenarios"]["PC-1"]["transforms"][0]["cycle"][3].pop("high"),
+            "scenarios.PC-1.transforms.0.cycle.3 (clip): missing parameter 'high'",
+        ),
+        (
+            lambda d: d["scenarios"]["PC-2"]["transforms"][0]["branches"][1][0].update(std=-1.0),
+            "scenarios.PC-2.transforms.0.branches.1.0 (gaussian_noise).std: got -1.0",
+        ),
+        (
+            lambda d: d["scenarios"]["PR-1"]["transforms"][1].update(dtype="float16"),
+            "scenarios.PR-1.transforms.1 (cast).dtype: got 'float16', expected one of 'uint8'",
+        ),
+        # A dimension's value is checked in every form of every variant, tiny included.
+        (
+            lambda d: d["scenarios"]["CV-1"]["variants"]["small"]["tiny"]["dims"].update(crop=0),
+            "scenarios.CV-1.variants.small.tiny: transforms.0 (random_resized_crop).size: "
+            "got [0, 0], expected 2 integers ≥ 1",
+        ),
+        (
+            lambda d: d["scenarios"]["TAB-1"]["variants"]["small"].update(batch_size=70000),
+            "scenarios.TAB-1.variants.small.batch_size: got 70000, expected at most "
+            "num_elements (65536)",
+        ),
+        (
+            lambda d: d["scenarios"]["TAB-1"]["variants"]["small"]["tiny"].update(batch_size=640),
+            "scenarios.TAB-1.variants.small.tiny.batch_size: got 640, expected at most "
+            "num_elements (512)",
+        ),
     ],
 )
 def test_malformed_catalog_names_file_and_key(project_copy, monkeypatch, mutate, expected):
@@ -175,3 +228,64 @@ def test_catalog_backends_are_the_ones_the_code_writes():
     assert schema["$defs"]["variant"]["properties"]["backend"]["enum"] == list(formats.BACKENDS)
     io1 = load_catalog().get("IO-1")
     assert [io1.resolve(v).options["backend"] for v in io1.variants] == list(formats.BACKENDS)
+
+
+def test_every_op_declares_its_parameters_once():
+    """The schema's op names, the reference's implementations and the declarations agree."""
+    from datarax_bench.reference import OP_PARAMS
+    from datarax_bench.schemas import load_schema
+
+    schema_ops = load_schema("catalog")["$defs"]["transform"]["properties"]["op"]["enum"]
+    assert set(OP_PARAMS) == set(schema_ops) == ALL_OPS | {"chain"}
+
+
+@pytest.mark.parametrize(
+    ("relpath", "original", "duplicate", "key"),
+    [
+        # A second TAB-1 block, after the first: PyYAML alone would silently keep the last.
+        ("config/scenarios.yaml", "  TAB-2:\n", "  TAB-1:\n    name: again\n  TAB-2:\n", "TAB-1"),
+        (
+            "config/scenarios.yaml",
+            "    category: cv\n",
+            "    category: cv\n    category: io\n",
+            "category",
+        ),
+        ("config/profiles/smoke.yaml", "seed: 0\n", "seed: 0\nseed: 1\n", "seed"),
+    ],
+)
+def test_duplicate_keys_name_the_key_and_both_lines(
+    project_copy, monkeypatch, relpath, original, duplicate, key
+):
+    path = project_copy / relpath
+    text = path.read_text()
+    assert original in text
+    text = text.replace(original, duplicate, 1)
+    path.write_text(text)
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines, 1) if ln.strip().startswith(f"{key}:"))
+    second = next(
+        i for i, ln in enumerate(lines, 1) if i > first and ln.strip().startswith(f"{key}:")
+    )
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
+    with pytest.raises(UserError) as err:
+        load_profile("smoke") if "profiles" in relpath else load_catalog(path)
+    assert str(err.value) == (
+        f"{path}: line {second}: duplicate key {key!r} (first at line {first}); "
+        "expected each key once"
+    )
+
+
+def test_a_catalog_error_stops_the_cli_with_one_line(project_copy, cli_path):
+    """Before: the catalog loaded, listed and dry-ran; every cell then failed with KeyError."""
+    import os
+    import subprocess
+
+    path = project_copy / "config/scenarios.yaml"
+    path.write_text(path.read_text().replace("        scale: [0.08, 1.0]\n", "", 1))
+    env = {**os.environ, "DATARAX_BENCH_ROOT": str(project_copy)}
+    proc = subprocess.run([cli_path, "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: scenarios.CV-1.transforms.0 (random_resized_crop): missing parameter "
+        "'scale'; expected 2 numbers in (0, 1]"
+    ]

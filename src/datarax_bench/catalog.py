@@ -209,6 +209,8 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
                     f"{where}.variants.{vname}.dims: missing {', '.join(missing)}; "
                     "expected a value for every dimension the scenario names"
                 )
+        _check_steps(s["transforms"], f"{where}.transforms", dims_resolved=False)
+        _check_variant_forms(s, where)
         known = set(s["fields"])
         for i, step in enumerate(s["transforms"]):
             if step.get("field") not in known:
@@ -217,6 +219,69 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
                     f"expected one of {', '.join(sorted(known))}"
                 )
             known |= {step[k] for k in ("output", "inputs", "targets", "mask") if k in step}
+
+
+def _check_steps(steps: list[Any], where: str, dims_resolved: bool) -> None:
+    """Every step's op is known and its parameters are exactly the op's declared ones, each of
+    the declared kind and in range (reference.OP_PARAMS)."""
+    from .reference import OP_PARAMS
+
+    for i, step in enumerate(steps):
+        at = f"{where}.{i}"
+        if not isinstance(step, dict) or step.get("op") not in OP_PARAMS:
+            got = step.get("op") if isinstance(step, dict) else step
+            raise UserError(f"{at}.op: got {got!r}, expected one of {', '.join(OP_PARAMS)}")
+        op = step["op"]
+        declared = OP_PARAMS[op]
+        given = set(step) - {"op", "field"}
+        for name in sorted(set(declared) - given):
+            raise UserError(
+                f"{at} ({op}): missing parameter {name!r}; expected {declared[name].describe()}"
+            )
+        for name in sorted(given - set(declared)):
+            expected = ", ".join(map(repr, declared)) or "none"
+            raise UserError(f"{at} ({op}): unknown parameter {name!r}; expected {expected}")
+        for name, param in declared.items():
+            value = step[name]
+            if not param.accepts(value, dims_resolved):
+                raise UserError(f"{at} ({op}).{name}: got {value!r}, expected {param.describe()}")
+            if param.kind == "steps":
+                _check_steps(value, f"{at}.{name}", dims_resolved)
+            elif param.kind == "branches":
+                for b, branch in enumerate(value):
+                    if not isinstance(branch, list) or not branch:
+                        raise UserError(
+                            f"{at} ({op}).{name}.{b}: got {branch!r}, expected a list of ops"
+                        )
+                    _check_steps(branch, f"{at}.{name}.{b}", dims_resolved)
+
+
+def _forms(variant: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A variant's full form and its tiny form, with the tiny overrides applied."""
+    tiny = {
+        **variant,
+        **variant["tiny"],
+        "dims": {**variant["dims"], **variant["tiny"].get("dims", {})},
+    }
+    return {"": variant, ".tiny": tiny}
+
+
+def _check_variant_forms(s: dict[str, Any], where: str) -> None:
+    """Each form of each variant: batches fit in the elements, parameters in range once the
+    dimensions are known."""
+    for vname, v in s["variants"].items():
+        for suffix, form in _forms(v).items():
+            at = f"{where}.variants.{vname}{suffix}"
+            if form["batch_size"] > form["num_elements"]:
+                raise UserError(
+                    f"{at}.batch_size: got {form['batch_size']}, expected at most num_elements "
+                    f"({form['num_elements']}): not one whole batch"
+                )
+            resolved = _substitute(copy.deepcopy(s["transforms"]), form["dims"])
+            try:
+                _check_steps(resolved, "transforms", dims_resolved=True)
+            except UserError as exc:
+                raise UserError(f"{at}: {exc}") from None
 
 
 @cache
@@ -254,6 +319,8 @@ class Profile:
     scenarios: list[str]
     variants: dict[str, list[str]]
     cloud: dict[str, Any]
+    # Not a measured setting: a retried cell's number is the same number.
+    retries: int = 1
 
     def variants_for(self, scenario: Scenario) -> list[str]:
         return list(self.variants.get(scenario.id, scenario.default_variants))
@@ -314,4 +381,5 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         scenarios=list(doc["scenarios"]),
         variants={k: list(v) for k, v in doc.get("variants", {}).items()},
         cloud=doc["cloud"],
+        retries=doc.get("retries", 1),
     )

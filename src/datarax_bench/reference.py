@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -205,6 +206,122 @@ FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], np.random.Generato
 }
 ELEMENT_OPS = frozenset(FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge"}
 ALL_OPS = ELEMENT_OPS | BATCH_OPS
+
+
+# --- each op's parameters: what the catalog must give (checked when it is loaded) -----------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an op: its kind and allowed range.
+
+    kind: "number", "integer" (either may name a dimension), "name" (a field the op creates),
+    "choice", "steps" (a chain's cycle of ops) or "branches" (lists of ops). `count` makes it a
+    list of exactly that many values; 0 a list of one or more.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    count: int | None = None
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "steps":
+            return "a list of ops"
+        if self.kind == "branches":
+            return "a list of branches, each a list of ops"
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.kind == "name":
+            what = "a field name"
+        else:
+            article = "an" if self.kind == "integer" else "a"
+            what = {None: f"{article} {self.kind}", 0: f"a list of {self.kind}s"}.get(
+                self.count, f"{self.count} {self.kind}s"
+            )
+            if self.low is not None and self.high is not None:
+                what += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            elif self.low is not None:
+                what += f" {'>' if self.low_open else '≥'} {self.low:g}"
+        return what
+
+    def accepts(self, value: Any, dims_resolved: bool) -> bool:
+        """Whether `value` fits; before dimensions are resolved a dimension's name fits a number."""
+        if self.kind in ("steps", "branches"):
+            return isinstance(value, list) and bool(value)
+        if self.count is not None:
+            if not isinstance(value, list) or not value:
+                return False
+            if self.count and len(value) != self.count:
+                return False
+            return all(self._accepts_one(v, dims_resolved) for v in value)
+        return self._accepts_one(value, dims_resolved)
+
+    def _accepts_one(self, value: Any, dims_resolved: bool) -> bool:
+        if self.kind == "name":
+            return isinstance(value, str) and bool(value)
+        if self.kind == "choice":
+            return value in self.choices
+        if isinstance(value, str):
+            return not dims_resolved
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "integer" and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _number(low=None, high=None, low_open=False, count=None) -> Param:
+    return Param("number", low, high, low_open, count)
+
+
+def _integer(low=None, count=None) -> Param:
+    return Param("integer", low, None, False, count)
+
+
+_SIZE = _integer(low=1)
+_NAME = Param("name")
+
+#: Every op's parameters besides `op` and `field`, each declared once; the semantics above use
+#: exactly these.
+OP_PARAMS: dict[str, dict[str, Param]] = {
+    "random_resized_crop": {
+        "scale": _number(0, 1, low_open=True, count=2),
+        "ratio": _number(0, low_open=True, count=2),
+        "size": _integer(1, count=2),
+    },
+    "random_horizontal_flip": {"p": _number(0, 1)},
+    "normalize": {"mean": _number(count=0), "std": _number(0, low_open=True, count=0)},
+    "random_crop_3d": {"size": _integer(1, count=3)},
+    "zscore": {"epsilon": _number(0)},
+    "random_window": {"length": _SIZE},
+    "shift_targets": {"inputs": _NAME, "targets": _NAME},
+    "truncate": {"max_length": _SIZE},
+    "pad_batch": {"multiple": _SIZE, "pad_value": _integer(), "mask": _NAME},
+    "standardize": {"mean": _number(), "std": _number(0, low_open=True)},
+    "log1p": {},
+    "hash_bucket": {"num_buckets": _SIZE},
+    "embedding_lookup": {
+        "output": _NAME,
+        "num_rows": _SIZE,
+        "dim": _SIZE,
+        "table_seed": _integer(low=0),
+    },
+    "chain": {"depth": _SIZE, "cycle": Param("steps")},
+    "multiply": {"factor": _number()},
+    "add": {"value": _number()},
+    "random_brightness": {"max_delta": _number(0)},
+    "clip": {"low": _number(), "high": _number()},
+    "gaussian_noise": {"std": _number(0)},
+    "branch_merge": {"merge": Param("choice", choices=("mean",)), "branches": Param("branches")},
+    "cast": {"dtype": Param("choice", choices=("uint8", "int16", "int32", "int64", "float32"))},
+}
 
 
 def _apply_step(step: Mapping[str, Any], element: Element, rng: np.random.Generator) -> None:
