@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,20 @@ def test_constraints_agree_with_the_pins():
         pins.update(_pins(project["optional-dependencies"][extra]))
     for name, version in pins.items():
         assert constraints.get(name.replace("_", "-")) == version, name
+
+
+@pytest.mark.parametrize("extra", ["bench", "orchestrate"])
+def test_workflow_conda_envs_carry_their_extra(extra):
+    # The measuring rules' env must match what a cloud machine installs (bench: loaders + wandb).
+    project = _pyproject()
+    expected = _pins(project["dependencies"])
+    expected.update(_pins(project["optional-dependencies"][extra]))
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / f"{extra}.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert _pins(pip_section) == expected
+
+
+def test_a_cloud_machine_can_export_its_results():
+    # The standalone task files install `.[bench,...]` and export to W&B from the machine.
+    bench = _pins(_pyproject()["optional-dependencies"]["bench"])
+    assert bench["wandb"] == _pins(_pyproject()["optional-dependencies"]["orchestrate"])["wandb"]
