@@ -3,11 +3,14 @@
 The supervisor never imports a loader framework. It decides `not_implemented` and
 `unsupported` without starting a worker, kills a worker's whole process group when the cell
 exceeds its timeout, and turns a crashed worker into a `failed` result: every cell ends with a
-valid result file.
+valid result file. A failed attempt is tried again (the profile's `retries`), and every attempt
+is recorded in the result. A measurement holds the machine's bench lock, and its worker dies
+with the supervisor (`supervision`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import supervision
 from .adapters import Adapter, get_adapter
 from .catalog import Catalog, Profile, Workload, load_catalog
 from .cell import CellClock, make_result
@@ -71,14 +75,33 @@ def _log_tail(path: Path) -> str:
     return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
 
 
-def _run_worker(cell: Cell, clock: CellClock, output: Path) -> dict[str, Any]:
+def _exit_description(returncode: int) -> tuple[int | None, str | None]:
+    """(exit code, signal name) of a finished worker; Popen reports a signal as -N."""
+    if returncode >= 0:
+        return returncode, None
+    try:
+        return None, signal.Signals(-returncode).name
+    except ValueError:
+        return None, f"signal {-returncode}"
+
+
+def _run_worker(
+    cell: Cell, output: Path, lock_fd: int, number: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One attempt at the cell in a worker process: (its result, the record of the attempt)."""
+    clock = CellClock()
     timeout = cell.profile.measurement["timeout_s"]
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".worker", dir=output.parent)
+    # The supervisor's pid in the names lets a later run tell stale files from a live run's.
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=supervision.temp_name(output), suffix=".worker", dir=output.parent
+    )
     os.close(fd)
     os.unlink(tmp_name)
     worker_output = Path(tmp_name)
     log_path = worker_output.with_suffix(".log")
+    # The worker holds the read end; it sees end-of-file once this process is gone.
+    lifeline_read, lifeline_write = os.pipe()
     cmd = [
         sys.executable,
         "-m",
@@ -93,72 +116,133 @@ def _run_worker(cell: Cell, clock: CellClock, output: Path) -> dict[str, Any]:
         cell.adapter.id,
         "--output",
         str(worker_output),
+        "--supervisor-pid",
+        str(os.getpid()),
+        "--lifeline-fd",
+        str(lifeline_read),
     ]
+    timed_out = False
     try:
         with open(log_path, "w") as log:
-            # A new session, so that a timeout kills the worker's own workers too.
-            proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
             try:
-                returncode = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return make_result(
-                    "timeout",
-                    f"cell exceeded the profile's timeout of {timeout:g} s; its processes were killed",
-                    cell.profile,
-                    cell.workload,
-                    cell.adapter,
-                    clock,
+                # A new session, so that killing its process group kills the worker's own
+                # workers too; it inherits the bench lock, which it holds until it is gone.
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    pass_fds=(lifeline_read, lock_fd),
                 )
-        if worker_output.exists():
+            finally:
+                os.close(lifeline_read)
             try:
-                return load_result(worker_output)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # However the wait ended (exit, timeout, an interrupt of this process), nothing
+                # of the worker's group survives it. The worker's guard keeps the group, and so
+                # its id, in existence until this kill.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        exit_code, signal_name = _exit_description(proc.returncode)
+        if timed_out:
+            result = make_result(
+                "timeout",
+                f"cell exceeded the profile's timeout of {timeout:g} s; its processes were killed",
+                cell.profile,
+                cell.workload,
+                cell.adapter,
+                clock,
+            )
+        elif worker_output.exists():
+            try:
+                result = load_result(worker_output)
             except UserError as exc:
-                detail = f"the worker wrote an invalid result ({exc})"
+                result = _failed(
+                    cell, clock, f"the worker wrote an invalid result ({exc})", log_path
+                )
         else:
             lines = [ln for ln in _log_tail(log_path).splitlines() if ln.strip()]
             last = lines[-1].strip() if lines else "no output"
-            detail = f"the worker exited with code {returncode} without a result: {last}"
-        return make_result(
-            "failed",
-            detail[:500],
-            cell.profile,
-            cell.workload,
-            cell.adapter,
-            clock,
-            error=_log_tail(log_path),
-        )
+            how = f"was killed by {signal_name}" if signal_name else f"exited with code {exit_code}"
+            result = _failed(cell, clock, f"the worker {how} without a result: {last}", log_path)
+        attempt = {
+            "attempt": number,
+            "status": result["status"],
+            "reason": result["reason"],
+            "exit_code": exit_code,
+            "signal": None if timed_out else signal_name,
+            "started": clock.started,
+            "duration_s": clock.stamps()["duration_s"],
+        }
+        return result, attempt
     finally:
+        os.close(lifeline_write)
         if log_path.exists():
             sys.stderr.write(log_path.read_text(errors="replace"))
             log_path.unlink()
         worker_output.unlink(missing_ok=True)
 
 
+def _failed(cell: Cell, clock: CellClock, detail: str, log_path: Path) -> dict[str, Any]:
+    return make_result(
+        "failed",
+        detail[:500],
+        cell.profile,
+        cell.workload,
+        cell.adapter,
+        clock,
+        error=_log_tail(log_path),
+    )
+
+
+def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
+    """Attempts until one does not fail, at most 1 + the profile's `retries`.
+
+    A `failed` attempt (an exception in the loader, a crashed worker) is tried again; a timeout
+    is not: a loader that hung once usually hangs again, and each try costs the whole timeout.
+    Repetitions are never combined across attempts: an `ok` cell is one attempt's repetitions.
+    """
+    attempts = []
+    for number in range(1, cell.profile.retries + 2):
+        result, attempt = _run_worker(cell, output, lock_fd, number)
+        attempts.append(attempt)
+        if result["status"] != "failed" or number > cell.profile.retries:
+            break
+        _say(f"{cell.label}: attempt {number} failed ({result['reason']}); trying again")
+    result["attempts"] = attempts
+    return result
+
+
 def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
-    """Measure (or classify) one cell and write its result atomically to `output`."""
-    clock = CellClock()
+    """Measure (or classify) one cell and write its result atomically to `output`.
+
+    A measurement holds the machine's bench lock; SIGTERM and SIGHUP end it like Ctrl-C does,
+    killing the worker's processes and removing temporary files.
+    """
+    output = Path(output)
     decided = static_status(cell)
     if decided:
-        result = make_result(*decided, cell.profile, cell.workload, cell.adapter, clock)
+        result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
     else:
-        result = _run_worker(cell, clock, Path(output))
-    write_result(Path(output), result)
+        with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
+            supervision.sweep_stale_files(output.parent)
+            result = _measure(cell, output, lock_fd)
+    write_result(output, result)
     return result
 
 
 def describe(result: dict[str, Any]) -> str:
+    tries = len(result.get("attempts") or [])
+    after = f" after {tries} attempts" if tries > 1 else ""
     if result["status"] == "ok":
         s = result["statistics"]["elements_per_s"]
-        return f"ok {s['median']:.1f} elements/s (CV {s['cv'] * 100:.1f}%)"
-    return f"{result['status']}: {result['reason']}"
+        return f"ok {s['median']:.1f} elements/s (CV {s['cv'] * 100:.1f}%){after}"
+    return f"{result['status']}{after}: {result['reason']}"
 
 
 def summary_row(result: dict[str, Any], path: str) -> dict[str, Any]:
@@ -194,6 +278,7 @@ def run_matrix(
     pairs = profile.cells(catalog, scenarios)
     cells = [resolve_cell(profile, catalog, s, v, a.id) for s, v in pairs for a in chosen]
     output_dir = Path(output_dir)
+    supervision.sweep_stale_files(output_dir / "raw")
     started = utc_now()
     results = []
     for i, cell in enumerate(cells, 1):

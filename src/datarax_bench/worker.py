@@ -16,6 +16,7 @@ from .catalog import load_catalog, load_profile
 from .cell import CellClock, make_result
 from .data import materialize
 from .results import write_result
+from .supervision import guard_worker
 
 
 def _log(message: str) -> None:
@@ -26,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datarax_bench.worker")
     for name in ("profile", "scenario", "variant", "adapter", "output"):
         parser.add_argument(f"--{name}", required=True)
+    # Given by the runner: the worker (and its group) must not outlive that process.
+    parser.add_argument("--supervisor-pid", type=int)
+    parser.add_argument("--lifeline-fd", type=int)
     args = parser.parse_args(argv)
+    if args.supervisor_pid is not None and args.lifeline_fd is not None:
+        guard_worker(args.supervisor_pid, args.lifeline_fd)
 
     clock = CellClock()
     catalog = load_catalog()

@@ -1,0 +1,321 @@
+"""However a run ends, no measuring process outlives it, and measurements never overlap.
+
+Real processes and real signals: a supervisor (`datarax-bench run`, or Snakemake above it) is
+interrupted or killed while its worker measures, and the worker, its guard and the loader's own
+processes must be gone within about a second; the next run removes what the killed one left and
+measures alone, which the machine's bench lock enforces whoever started the measurements.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from datarax_bench.results import load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PLUGINS = Path(__file__).parent / "plugins"
+#: How long the worker's processes may take to be gone after their supervisor was.
+GONE_WITHIN_S = 1.0
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Test adapters available, and a bench lock of this test's own."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("DATARAX_BENCH_PLUGINS", "misbehaving_adapters")
+    monkeypatch.setenv("DATARAX_BENCH_LOCK", str(tmp_path / "bench.lock"))
+    monkeypatch.delenv("DATARAX_BENCH_LOCK_TIMEOUT_S", raising=False)
+    return tmp_path
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], limit: float) -> float:
+    """Seconds until none of `procs` lives; fails after `limit`."""
+    start = time.monotonic()
+    while any(_alive(p) for p in procs):
+        if time.monotonic() - start > limit:
+            left = [" ".join(p.cmdline())[:120] for p in procs if _alive(p)]
+            raise AssertionError(f"still running {limit} s after the supervisor died: {left}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def _kill_leftovers(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        if _alive(p):
+            p.kill()
+
+
+def _wait_for(condition, limit: float, what: str):
+    deadline = time.monotonic() + limit
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def _workers(root: psutil.Process) -> list[psutil.Process]:
+    return [p for p in root.children(recursive=True) if "datarax_bench.worker" in p.cmdline()]
+
+
+def _stale(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob(".*") if p.is_file())
+
+
+def _cli(*args: str) -> list[str]:
+    return [str(BIN / "datarax-bench"), *args]
+
+
+def _start_hanging_cell(out: Path, pid_file: Path) -> subprocess.Popen:
+    """A supervisor, in a session of its own, whose worker measures (hangs) with a child process
+    of its own, like a DataLoader's worker."""
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "test-hang")
+    return subprocess.Popen(
+        [*cmd, "--output", str(out)],
+        env={**os.environ, "DATARAX_TEST_CHILD_PID_FILE": str(pid_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+KILLS = {
+    "SIGINT": lambda pid: os.kill(pid, signal.SIGINT),
+    "SIGTERM": lambda pid: os.kill(pid, signal.SIGTERM),
+    "SIGKILL": lambda pid: os.kill(pid, signal.SIGKILL),
+    "SIGKILL of its group": lambda pid: os.killpg(pid, signal.SIGKILL),
+}
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_the_worker_and_its_processes_die_with_the_supervisor(env, kill, run_smoke_cell):
+    out_dir = env / "cells"
+    out_dir.mkdir()
+    out = out_dir / "cell.json"
+    pid_file = env / "child.pid"
+    proc = _start_hanging_cell(out, pid_file)
+    below: list[psutil.Process] = []
+    try:
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the loader's child")
+        below = psutil.Process(proc.pid).children(recursive=True)
+        assert len(below) >= 2, "expected the worker and the loader's child"
+        sent = time.monotonic()
+        KILLS[kill](proc.pid)
+        proc.wait(timeout=30)
+        _wait_gone(below, GONE_WITHIN_S)
+        took = time.monotonic() - sent
+        print(f"{kill}: the worker's processes were gone {took * 1000:.0f} ms after the signal")
+        # pgrep -f for this test's cells: nothing names them any more
+        assert not [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if any(str(out_dir) in arg for arg in p.info["cmdline"] or [])
+        ]
+    finally:
+        _kill_leftovers(below)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and not out.exists(), "an interrupted cell has no result"
+    if kill in ("SIGINT", "SIGTERM"):
+        assert not _stale(out_dir), "an interrupted supervisor removes its temporary files"
+    # The next run of the cell removes what a killed one left, then measures it.
+    rerun = run_smoke_cell("TAB-1", "numpy", out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert load_result(out)["status"] == "ok"
+    assert _stale(out_dir) == []
+
+
+def test_a_start_removes_only_the_temporary_files_of_dead_supervisors(env, run_smoke_cell):
+    out = env / "cell.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [f".cell.json.{dead.pid}.abc123.worker", f".cell.json.{dead.pid}.abc123.log"]
+    stale.append(f"..cell.json.{dead.pid}.abc123.worker.x7y8.tmp")
+    live = [f".cell.json.{os.getpid()}.def456.log", f".other.json.{os.getpid()}.q.worker"]
+    for name in stale + live:
+        (env / name).write_text("x")
+    proc = run_smoke_cell("TAB-1", "numpy", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in env.glob(".*.json.*")) == sorted(live)
+
+
+def _hold_lock(path: Path, holder: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, holder.encode())
+    return fd
+
+
+def test_a_measurement_waits_while_the_bench_lock_is_held_and_says_by_whom(env):
+    lock = env / "bench.lock"
+    fd = _hold_lock(lock, "pid 4242 measuring CV-1/small/grain since 2026-12-01T00:00:00Z\n")
+    out = env / "cell.json"
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None and not out.exists(), "it must wait, not measure"
+        released = datetime.now().astimezone()
+    finally:
+        os.close(fd)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    waits = [ln for ln in stderr.splitlines() if "waiting for the bench lock" in ln]
+    assert waits == [
+        f"waiting for the bench lock {lock}, held by pid 4242 measuring "
+        "CV-1/small/grain since 2026-12-01T00:00:00Z"
+    ]
+    attempt = load_result(out)["attempts"][0]
+    assert datetime.fromisoformat(attempt["started"]) >= released
+
+
+def test_a_lock_wait_that_runs_out_measures_nothing(env):
+    lock = env / "bench.lock"
+    fd = _hold_lock(lock, "pid 4242 measuring CV-1/small/grain since 2026-12-01T00:00:00Z\n")
+    out = env / "cell.json"
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")
+    try:
+        for value, expected in (("0.5", "gave up after 0.5 s"), ("soon", "'soon': expected")):
+            proc = subprocess.run(
+                [*cmd, "--output", str(out)],
+                env={**os.environ, "DATARAX_BENCH_LOCK_TIMEOUT_S": value},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 2, proc.stderr
+            lines = proc.stderr.strip().splitlines()
+            assert (
+                len(lines) == 1
+                and expected in lines[0]
+                and "DATARAX_BENCH_LOCK_TIMEOUT_S" in lines[0]
+            )
+            assert "[worker]" not in proc.stderr and not out.exists()
+    finally:
+        os.close(fd)
+
+
+def test_two_runs_started_together_never_measure_at_once(env):
+    """Two users' `datarax-bench run` at the same moment: one measures, then the other."""
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")
+    outs = [env / "a.json", env / "b.json"]
+    procs = [
+        subprocess.Popen([*cmd, "--output", str(o)], stderr=subprocess.PIPE, text=True)
+        for o in outs
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    spans = []
+    for out in outs:
+        result = load_result(out)
+        assert result["status"] == "ok"
+        start = datetime.fromisoformat(result["timestamps"]["started"])
+        spans.append((start, datetime.fromisoformat(result["timestamps"]["finished"])))
+    first, second = sorted(spans)
+    assert first[1] <= second[0], f"the measurements overlapped: {spans}"
+
+
+def _copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "config", dest / "config")
+    shutil.copytree(ROOT / "workflow", dest / "workflow")
+    return dest
+
+
+@pytest.mark.slow
+def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(env):
+    """`setsid snakemake ... & kill -9 -- -PGID` mid-measurement, then the documented recovery."""
+    workdir = _copy_workflow(env / "checkout")
+    run_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    run_env.pop("DATARAX_BENCH_ROOT", None)
+    raw = workdir / "results/smoke/local/raw"
+    targets = [
+        str(raw.relative_to(workdir) / c)
+        for c in ("TAB-1/small/numpy.json", "NLP-1/small/numpy.json")
+    ]
+    config = ["--config", "profile=smoke", "scenarios=[TAB-1,NLP-1]", "adapters=[numpy]"]
+
+    def snakemake(*args, **kwargs):
+        cmd = [str(BIN / "snakemake"), "--cores", "2", *args, *config]
+        return subprocess.Popen(cmd, cwd=workdir, env=run_env, text=True, **kwargs)
+
+    first = snakemake(
+        *targets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    top = psutil.Process(first.pid)
+    below: list[psutil.Process] = []
+    try:
+        _wait_for(lambda: first.poll() is not None or _workers(top), 120, "a worker")
+        assert first.poll() is None, "snakemake ended before it started a worker"
+        below = top.children(recursive=True)
+        sent = time.monotonic()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        _wait_gone(below, GONE_WITHIN_S)
+        took = time.monotonic() - sent
+        print(f"kill -9 of snakemake's group: all below it gone {took * 1000:.0f} ms after")
+        # pgrep -f datarax_bench.worker, for this checkout only
+        orphans = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if "datarax_bench.worker" in (p.info["cmdline"] or []) and p.cwd() == str(workdir):
+                    orphans.append(p)
+            except psutil.Error:
+                pass
+        assert orphans == [], "a worker outlived snakemake"
+    finally:
+        _kill_leftovers(below)
+    left = _stale(raw)
+    assert [n for n in left if n.endswith(".log")], f"expected the killed cell's log: {left}"
+
+    recovery = subprocess.run(
+        [str(BIN / "snakemake"), "--unlock", *config],
+        cwd=workdir,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert recovery.returncode == 0, recovery.stderr[-2000:]
+    killed_at = datetime.now().astimezone()
+    rerun = snakemake(
+        "--rerun-incomplete", *targets, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output[-4000:]
+    assert _stale(raw) == [], "the rerun removed what the killed run left"
+    spans = []
+    for target in targets:
+        result = load_result(workdir / target)
+        assert result["status"] == "ok"
+        spans.append((result["timestamps"]["started"], result["timestamps"]["finished"], target))
+    # Whatever the rerun measured, it measured after the kill and one cell at a time.
+    remeasured = sorted(s for s in spans if datetime.fromisoformat(s[0]) >= killed_at)
+    assert remeasured, "the rerun measured the killed cell"
+    for a, b in zip(remeasured, remeasured[1:], strict=False):
+        assert a[1] <= b[0], f"overlapping measurements: {a} {b}"
