@@ -137,6 +137,100 @@ def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cel
     result = load_result(out)
     assert result["status"] == "failed"
     assert "exited with code 3" in result["reason"] and "about to die hard" in result["reason"]
+    # A failure that repeats stays failed; each attempt is recorded with its reason.
+    assert [(a["attempt"], a["status"], a["exit_code"]) for a in result["attempts"]] == [
+        (1, "failed", 3),
+        (2, "failed", 3),
+    ]
+    assert all("about to die hard" in a["reason"] for a in result["attempts"])
+    assert "attempt 1 failed" in proc.stderr
+
+
+def test_a_worker_that_aborts_once_is_retried_and_the_cell_is_one_attempts_measurement(
+    cli_path, plugin_env, monkeypatch, run_smoke_cell
+):
+    marker = plugin_env / "aborted"
+    monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(marker))
+    out = plugin_env / "cell.json"
+    proc = run_smoke_cell("TAB-1", "test-abort-once", out)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists(), "the first worker aborted"
+    result = load_result(out)
+    assert result["status"] == "ok" and result["reason"] is None
+    first, second = result["attempts"]
+    assert (first["status"], first["signal"], first["exit_code"]) == ("failed", "SIGABRT", None)
+    assert "killed by SIGABRT" in first["reason"] and "terminate called" in first["reason"]
+    assert (second["status"], second["signal"], second["exit_code"]) == ("ok", None, 0)
+    # All repetitions come from the attempt that completed; none from the aborted one.
+    assert [r["index"] for r in result["repetitions"]] == [0, 1]
+    assert result["statistics"]["repetitions"] == 2
+    assert "after 2 attempts" in proc.stdout
+
+
+def test_retries_zero_leaves_a_crashed_cell_failed_after_one_attempt(
+    cli_path, plugin_env, monkeypatch, run_smoke_cell, project_copy
+):
+    profile = project_copy / "config/profiles/smoke.yaml"
+    profile.write_text(profile.read_text().replace("retries: 1", "retries: 0"))
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
+    monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(plugin_env / "aborted"))
+    out = plugin_env / "cell.json"
+    run_smoke_cell("TAB-1", "test-abort-once", out)
+    result = load_result(out)
+    assert result["status"] == "failed" and "SIGABRT" in result["reason"]
+    assert len(result["attempts"]) == 1
+
+
+def test_a_bad_retries_value_is_one_line_naming_it(cli_path, project_copy, monkeypatch, tmp_path):
+    profile = project_copy / "config/profiles/smoke.yaml"
+    profile.write_text(profile.read_text().replace("retries: 1", "retries: -1"))
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
+    out = tmp_path / "cell.json"
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenario",
+        "TAB-1",
+        "--adapter",
+        "numpy",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "retries" in lines[0] and "-1" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
+    from datarax_bench.aggregate import aggregate_run
+
+    monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(plugin_env / "aborted"))
+    out = plugin_env / "results"
+    proc = _run(
+        cli_path,
+        "run",
+        "--profile",
+        "smoke",
+        "--scenarios",
+        "TAB-1",
+        "--adapters",
+        "numpy",
+        "test-abort-once",
+        "test-crash",
+        "--output-dir",
+        str(out),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cells = sorted(out.glob("raw/*/*/*.json"))
+    table = aggregate_run(cells, out, "smoke", "local")
+    attempts = dict(zip(table["adapter"], table["attempts"], strict=True))
+    assert attempts == {"numpy": 1, "test-abort-once": 2, "test-crash": 2}
+    summary = (out / "summary.md").read_text()
+    assert "3 cells: 2 ok, 1 failed; 2 retried after a failed attempt (1 ok, 1 failed)" in summary
 
 
 def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_smoke_cell):
@@ -160,6 +254,7 @@ def test_hanging_loader_times_out_and_leaves_no_process(
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
     assert result["status"] == "timeout" and "6 s" in result["reason"]
+    assert [a["status"] for a in result["attempts"]] == ["timeout"], "a timeout is not retried"
     assert elapsed < 60
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 5

@@ -53,6 +53,8 @@ def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:
             value = ", ".join(map(str, value))
         if value is None or isinstance(value, bool | int | float | str):
             row[f"special_{key}"] = value
+    # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
+    row["attempts"] = len(result.get("attempts") or [])
     row["duration_s"] = result["timestamps"]["duration_s"]
     row["started"] = result["timestamps"]["started"]
     row["git_commit"] = result["provenance"].get("git_commit")
@@ -119,6 +121,10 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
     lines = [f"# Benchmark summary: profile `{profile}`, infra `{infra}`", ""]
     counts = table["status"].value_counts() if not table.empty else pd.Series(dtype=int)
     described = ", ".join(f"{n} {status}" for status, n in counts.items())
+    retried = table[table["attempts"] > 1] if not table.empty else table
+    if len(retried):
+        outcome = ", ".join(f"{n} {s}" for s, n in retried["status"].value_counts().items())
+        described += f"; {len(retried)} retried after a failed attempt ({outcome})"
     lines += [
         f"{len(table)} cells: {described or 'none'}. Throughput is the median of the repetitions "
         "in elements/s with its 95% bootstrap confidence interval; the ratio is to the fastest "

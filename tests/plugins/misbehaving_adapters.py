@@ -86,3 +86,37 @@ class LimitedAdapter(Adapter):
 
     def open(self, ctx):
         return NumpyLoader(ctx)
+
+
+#: Where the adapter that aborts once marks that it did, so that its next worker measures.
+ABORT_ONCE_FILE = "DATARAX_TEST_ABORT_ONCE_FILE"
+#: Batches the first worker delivers before it aborts: the warmup and the first repetition.
+ABORT_AFTER_BATCHES = 5
+
+
+class _AbortsOnce(NumpyLoader):
+    """The NumPy reference, whose first worker ever aborts mid-measurement (as a C++ runtime's
+    `terminate` does), after it measured a repetition."""
+
+    delivered = 0
+
+    def epoch(self, epoch):
+        marker = os.environ[ABORT_ONCE_FILE]
+        for batch in super().epoch(epoch):
+            _AbortsOnce.delivered += 1
+            if _AbortsOnce.delivered > ABORT_AFTER_BATCHES and not os.path.exists(marker):
+                with open(marker, "w") as fh:
+                    fh.write(str(os.getpid()))
+                print("terminate called without an active exception", file=sys.stderr, flush=True)
+                os.abort()
+            yield batch
+
+
+@register
+class AbortsOnceAdapter(Adapter):
+    id = "test-abort-once"
+    display_name = "Test loader that aborts once"
+    ops = ALL_OPS
+
+    def open(self, ctx):
+        return _AbortsOnce(ctx)
