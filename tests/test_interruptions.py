@@ -319,3 +319,37 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
     assert remeasured, "the rerun measured the killed cell"
     for a, b in zip(remeasured, remeasured[1:], strict=False):
         assert a[1] <= b[0], f"overlapping measurements: {a} {b}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["test-hang-torch-workers", "test-hang-grain-workers"])
+def test_a_frameworks_worker_processes_die_with_a_killed_supervisor(env, adapter, monkeypatch):
+    """PyTorch's DataLoader and Grain's mp_prefetch workers, hung in the element function."""
+    monkeypatch.setenv("DATARAX_BENCH_PLUGINS", "misbehaving_adapters,hanging_loaders")
+    pids = env / "pids"
+    pids.mkdir()
+    out = env / "cell.json"
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", adapter)
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(out)],
+        env={**os.environ, "DATARAX_TEST_HANG_PID_DIR": str(pids)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    below: list[psutil.Process] = []
+    try:
+        _wait_for(lambda: list(pids.iterdir()), 120, "a loader worker process")
+        below = psutil.Process(proc.pid).children(recursive=True)
+        hung = [psutil.Process(int(p.name)) for p in pids.iterdir()]
+        assert all(p in below for p in hung), "the loader's workers run below the supervisor"
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _wait_gone(below, GONE_WITHIN_S)
+        took = time.monotonic() - sent
+        print(
+            f"{adapter}: {len(below)} processes below the supervisor gone in {took * 1000:.0f} ms"
+        )
+    finally:
+        _kill_leftovers(below)
