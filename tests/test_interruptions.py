@@ -219,6 +219,18 @@ def test_a_lock_wait_that_runs_out_measures_nothing(env):
         os.close(fd)
 
 
+def test_a_bench_lock_that_cannot_be_opened_is_one_line(env, monkeypatch):
+    monkeypatch.setenv("DATARAX_BENCH_LOCK", str(env / "missing-file-as-dir" / "x" / "bench.lock"))
+    (env / "missing-file-as-dir").write_text("a file, not a directory")
+    out = env / "cell.json"
+    cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")
+    proc = subprocess.run([*cmd, "--output", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bench lock" in lines[0] and "DATARAX_BENCH_LOCK" in lines[0]
+    assert not out.exists()
+
+
 def test_two_runs_started_together_never_measure_at_once(env):
     """Two users' `datarax-bench run` at the same moment: one measures, then the other."""
     cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")
@@ -319,6 +331,13 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
     assert remeasured, "the rerun measured the killed cell"
     for a, b in zip(remeasured, remeasured[1:], strict=False):
         assert a[1] <= b[0], f"overlapping measurements: {a} {b}"
+
+    # `retries` is not a measurement setting: changing it re-runs nothing.
+    profile = workdir / "config/profiles/smoke.yaml"
+    profile.write_text(profile.read_text().replace("retries: 1", "retries: 3"))
+    dry = snakemake("-n", *targets, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = dry.communicate(timeout=120)[0]
+    assert dry.returncode == 0 and "Nothing to be done" in output, output[-3000:]
 
 
 @pytest.mark.slow

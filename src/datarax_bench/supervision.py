@@ -73,8 +73,14 @@ def bench_lock(label: str, say=lambda message: print(message, file=sys.stderr, f
     """
     path = lock_path()
     timeout = _lock_timeout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"bench lock {path}: cannot open it ({exc.strerror}); expected a writable file "
+            f"(set {LOCK_ENV} to choose another)"
+        ) from None
     try:
         start = time.monotonic()
         announced = False
