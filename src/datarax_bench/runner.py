@@ -127,6 +127,8 @@ def _run_worker(
             try:
                 # A new session, so that killing its process group kills the worker's own
                 # workers too; it inherits the bench lock, which it holds until it is gone.
+                # Its death signal fires when the thread that starts it ends: call from a
+                # thread that lives as long as the measurement (the CLI's main thread).
                 proc = subprocess.Popen(
                     cmd,
                     stdout=log,

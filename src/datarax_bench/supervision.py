@@ -113,8 +113,9 @@ def guard_worker(supervisor_pid: int, lifeline_fd: int) -> None:
 
     Exits at once when the supervisor is already gone (it may die before the death signal is set).
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    # Linux only; elsewhere the guard below alone ends the worker with its supervisor.
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None and prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != supervisor_pid:
         os._exit(1)
