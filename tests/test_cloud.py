@@ -47,7 +47,12 @@ def test_static_task_files_pass_skypilot_loader(path):
     assert "WANDB_API_KEY" not in yaml.safe_load(text).get("envs", {})
     assert "secrets" not in task
     assert "datarax-bench doctor" in task["run"] and "--output-dir" in task["run"]
-    assert "-c constraints.txt" in task["setup"]
+    # The run's outcome is kept before the exit: `persist` is the last command but `exit`.
+    run_lines = [line for line in task["run"].splitlines() if line.strip()]
+    assert run_lines[-2].startswith("datarax-bench persist --results-dir")
+    assert run_lines[-1] == 'exit "$rc"'
+    assert task["setup"].strip().splitlines()[-1] == "bash benchmarks/sky/setup.sh"
+    assert "-c constraints.txt" in (SKY_DIR / "setup.sh").read_text()
 
 
 def test_backend_specific_settings():

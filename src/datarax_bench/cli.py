@@ -282,6 +282,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --- standalone task files (logic in standalone.py) -----------------------------------------
+
+
+def cmd_persist(args) -> int:
+    from .standalone import persist
+
+    return persist(Path(args.results_dir), Path(args.bucket_dir) if args.bucket_dir else None)
+
+
+def cmd_task_file(args) -> int:
+    from .standalone import write_bucket_task
+
+    print(write_bucket_task(Path(args.template), Path(args.output)))
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -321,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="without WANDB_API_KEY, export nothing and exit 0 (cloud machines)",
     )
     p.set_defaults(func=cmd_export)
+
+    # standalone task files (benchmarks/sky): see standalone.py
+    p = sub.add_parser("persist", help="keep a cloud machine's results (W&B and/or a bucket)")
+    p.add_argument("--results-dir", required=True, help="the --output-dir of a run")
+    p.add_argument("--bucket-dir", help="where the results bucket is mounted")
+    p.set_defaults(func=cmd_persist)
+
+    p = sub.add_parser("task-file", help="a task file from benchmarks/sky with a results bucket")
+    p.add_argument("template", help="benchmarks/sky/<name>.yaml")
+    p.add_argument("--results-bucket", action="store_true", required=True)
+    p.add_argument("-o", "--output", required=True, help="the new task file")
+    p.set_defaults(func=cmd_task_file)
     return parser
 
 

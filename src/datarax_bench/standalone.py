@@ -1,0 +1,158 @@
+"""The standalone task files (benchmarks/sky/*.yaml): keeping a machine's results, and the
+variant of a task file that mounts a results bucket.
+
+`persist` is the run step's last command on the machine. `sky launch ... --down` deletes the
+machine when the job ends, so results must be somewhere else by then: in a bucket mounted by
+SkyPilot (`MOUNT_CACHED`: the job ends only after the bucket has the files), and/or in W&B
+(`WANDB_API_KEY` forwarded with `--secret`). When neither holds them it exits non-zero, saying
+where the only copy is, so the job is marked failed rather than succeeding with nothing kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BUCKET_ENV = "DATARAX_BENCH_BUCKET"
+# Where SkyPilot mounts the bucket on the machine (`~/` paths are home-relative there).
+BUCKET_MOUNT = "~/datarax-bench-bucket"
+RECORD = "PERSISTED.json"
+# Exit status when no copy outside the machine exists (or a requested one failed).
+NOT_KEPT = 3
+
+
+def _say(message: str) -> None:
+    print(f"persist: {message}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_to_bucket(results_dir: Path, bucket_dir: Path, stamp: str) -> Path:
+    """Copy the results into `bucket_dir/<results dir name>/<stamp>/`, check every file read back,
+    and write PERSISTED.json (files and sha256) last, so a complete copy is recognisable."""
+    if not bucket_dir.is_dir():
+        raise RuntimeError(
+            f"the bucket mount {bucket_dir} does not exist (was the task file made with "
+            f"`datarax-bench task-file --results-bucket` and {BUCKET_ENV} passed with --env?)"
+        )
+    dest = bucket_dir / results_dir.name / stamp
+    dest.mkdir(parents=True, exist_ok=False)
+    files: dict[str, str] = {}
+    for src in sorted(p for p in results_dir.rglob("*") if p.is_file()):
+        rel = src.relative_to(results_dir).as_posix()
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        files[rel] = _sha256(src)
+        if _sha256(target) != files[rel]:
+            raise RuntimeError(f"{target} differs from {src} after copying")
+    record = {"schema_version": 1, "source": str(results_dir), "files": files}
+    (dest / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return dest
+
+
+def persist(
+    results_dir: Path,
+    bucket_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+    stamp: str | None = None,
+) -> int:
+    """Keep `results_dir` outside the machine; the exit status of `datarax-bench persist`."""
+    environ = os.environ if environ is None else environ
+    results_dir = Path(results_dir).expanduser()
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if not results_dir.is_dir():
+        _say(f"no results directory {results_dir}: nothing was measured, nothing to keep")
+        return NOT_KEPT
+    kept: list[str] = []
+    failed: list[str] = []
+
+    # W&B first: an offline fallback run lands inside the results directory, and the bucket
+    # copy below then carries it too (`wandb sync` it later).
+    if environ.get("WANDB_API_KEY"):
+        try:
+            from .export import export_results
+
+            report = export_results(results_dir, mode="auto")
+        except Exception as exc:  # an incomplete run's results still go to the bucket
+            _say(f"W&B export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        else:
+            if report.get("mode") == "online":
+                kept.append(f"W&B run {report.get('run_path')}")
+            else:
+                _say(f"W&B upload failed; an offline run is in {report.get('run_dir')}")
+    else:
+        _say("WANDB_API_KEY was not forwarded (--secret WANDB_API_KEY): no W&B upload")
+
+    if bucket_dir is not None:
+        try:
+            dest = copy_to_bucket(results_dir, Path(bucket_dir).expanduser(), stamp)
+        except (OSError, RuntimeError) as exc:
+            failed.append(f"bucket: {exc}")
+            _say(f"copy to the bucket failed: {exc}")
+        else:
+            name = environ.get(BUCKET_ENV) or "the bucket"
+            kept.append(f"bucket {name} at {results_dir.name}/{stamp}/ (mounted at {dest})")
+
+    if kept and not failed:
+        for where in kept:
+            _say(f"results kept in {where}")
+        return 0
+    for where in kept:
+        _say(f"results kept in {where}")
+    _say(
+        f"the results are ONLY on this machine, in {results_dir}; a cluster launched with --down "
+        "deletes them when this job ends. Next time pass --secret WANDB_API_KEY or a results "
+        "bucket, or launch without --down and copy them first: "
+        "rsync -a <cluster>:datarax-bench-results/ ./datarax-bench-results/"
+    )
+    return NOT_KEPT
+
+
+def with_results_bucket(task: dict[str, Any]) -> dict[str, Any]:
+    """A task file's config with the results bucket: SkyPilot storage named by `--env
+    DATARAX_BENCH_BUCKET=<name>`, mounted with MOUNT_CACHED at BUCKET_MOUNT.
+
+    A separate file, because SkyPilot 0.14.1 constructs every storage mount at launch (dry runs
+    included) and rejects an empty name, so one file cannot leave the bucket optional.
+    """
+    task = copy.deepcopy(task)
+    envs = dict(task.get("envs") or {})
+    # null: SkyPilot refuses the launch until `--env DATARAX_BENCH_BUCKET=...` names it.
+    envs[BUCKET_ENV] = None
+    task["envs"] = envs
+    mounts = dict(task.get("file_mounts") or {})
+    mounts[BUCKET_MOUNT] = {"name": f"${{{BUCKET_ENV}}}", "mode": "MOUNT_CACHED"}
+    task["file_mounts"] = mounts
+    return task
+
+
+def write_bucket_task(template: Path, output: Path) -> Path:
+    template = Path(template).resolve()
+    task = with_results_bucket(yaml.safe_load(template.read_text()))
+    # An absolute workdir (benchmarks/sky/ -> the checkout): the new file may live anywhere.
+    task["workdir"] = str(template.parents[2])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# {template.name} with a results bucket; made by `datarax-bench task-file "
+        "--results-bucket`.\n# sky launch THIS_FILE --env DATARAX_BENCH_BUCKET=<bucket> ... "
+        "(see the header of the original)\n"
+    )
+    output.write_text(header + yaml.safe_dump(task, sort_keys=False, default_flow_style=False))
+    return output
