@@ -21,18 +21,18 @@ def load_schema(name: str) -> dict[str, Any]:
         return yaml.safe_load(fh)
 
 
-def _location(error: jsonschema.ValidationError) -> str:
+def error_location(error: jsonschema.ValidationError) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "(top level)"
 
 
-def _best_error(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+def best_error(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     # For oneOf/anyOf the top error says little; the deepest sub-error names the real problem.
     return jsonschema.exceptions.best_match([error]) if error.context else error
 
 
 def validation_message(error: jsonschema.ValidationError) -> str:
-    error = _best_error(error)
+    error = best_error(error)
     if error.validator == "additionalProperties":
         return str(error.message)
     if error.validator in {"enum", "const"}:
@@ -50,8 +50,8 @@ def validate(document: Any, schema_name: str, source: str | Path) -> None:
     if errors:
         # Errors from conditional (if/then) branches follow from another error; report that one.
         direct = [e for e in errors if "then" not in e.schema_path and "else" not in e.schema_path]
-        first = _best_error(min(direct or errors, key=lambda e: list(map(str, e.absolute_path))))
-        raise UserError(f"{source}: {_location(first)}: {validation_message(first)}")
+        first = best_error(min(direct or errors, key=lambda e: list(map(str, e.absolute_path))))
+        raise UserError(f"{source}: {error_location(first)}: {validation_message(first)}")
 
 
 class _StrictLoader(yaml.SafeLoader):

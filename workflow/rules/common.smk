@@ -5,11 +5,6 @@ import os
 import re
 from functools import cache
 
-from snakemake.utils import validate
-
-
-validate(config, "../schemas/config.schema.yaml")
-
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
@@ -17,10 +12,16 @@ from datarax_bench import cloud
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import load_catalog, load_profile, profile_names
 from datarax_bench.results import cell_path
+from datarax_bench.workflow_config import check_config, one_line_errors
 
-CATALOG = load_catalog()
-# `profiles` (several in one invocation) wins over `profile`; the first is the default target.
-PROFILES = [load_profile(n, CATALOG) for n in config["profiles"] or [config["profile"]]]
+# A bad config value, catalog or profile: one line and exit code 2 before any job, as the CLI.
+with one_line_errors():
+    check_config(config, workflow.config_settings.config, workflow.configfiles)
+    CATALOG = load_catalog()
+    # `profiles` (several in one invocation) wins over `profile`; the first is the default.
+    PROFILES = [
+        load_profile(n, CATALOG) for n in config["profiles"] or [config["profile"]]
+    ]
 PROFILE = PROFILES[0]
 ADAPTERS = config["adapters"] or [adapter.id for adapter in all_adapters()]
 # An --infra string such as gcp/us-central1 becomes one directory name.
