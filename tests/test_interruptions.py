@@ -26,8 +26,9 @@ from datarax_bench.results import load_result
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PLUGINS = Path(__file__).parent / "plugins"
-#: How long the worker's processes may take to be gone after their supervisor was.
-GONE_WITHIN_S = 1.0
+#: How long the worker's processes may take to be gone after the signal. They are killed at
+#: once; a worker that has imported JAX takes a few hundred ms to exit on a loaded machine.
+GONE_WITHIN_S = 1.5
 
 
 @pytest.fixture
@@ -260,8 +261,10 @@ def _copy_workflow(dest: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(env):
-    """`setsid snakemake ... & kill -9 -- -PGID` mid-measurement, then the documented recovery."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill -9", "Ctrl-C"])
+def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(env, sig):
+    """`setsid snakemake ... & kill -9 -- -PGID` (or Ctrl-C's SIGINT to the whole group)
+    mid-measurement, then the documented recovery."""
     workdir = _copy_workflow(env / "checkout")
     run_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     run_env.pop("DATARAX_BENCH_ROOT", None)
@@ -285,12 +288,14 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
         _wait_for(lambda: first.poll() is not None or _workers(top), 120, "a worker")
         assert first.poll() is None, "snakemake ended before it started a worker"
         below = top.children(recursive=True)
+        workers = _workers(top)
         sent = time.monotonic()
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
-        _wait_gone(below, GONE_WITHIN_S)
+        os.killpg(first.pid, sig)
+        _wait_gone(workers, GONE_WITHIN_S)
         took = time.monotonic() - sent
-        print(f"kill -9 of snakemake's group: all below it gone {took * 1000:.0f} ms after")
+        first.wait(timeout=60)
+        _wait_gone(below, 10)
+        print(f"{sig.name} to snakemake's group: its workers gone {took * 1000:.0f} ms after")
         # pgrep -f datarax_bench.worker, for this checkout only
         orphans = []
         for p in psutil.process_iter(["cmdline"]):
@@ -303,7 +308,10 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
     finally:
         _kill_leftovers(below)
     left = _stale(raw)
-    assert [n for n in left if n.endswith(".log")], f"expected the killed cell's log: {left}"
+    if sig == signal.SIGKILL:
+        assert [n for n in left if n.endswith(".log")], f"expected the killed cell's log: {left}"
+    else:
+        assert left == [], "an interrupted supervisor removes its temporary files"
 
     recovery = subprocess.run(
         [str(BIN / "snakemake"), "--unlock", *config],
