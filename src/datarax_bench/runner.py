@@ -220,6 +220,12 @@ def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
     return result
 
 
+def _sweep_root(output: Path) -> Path:
+    """The `raw/` of a results directory that holds `output` (raw/S/V/A.json), else its folder."""
+    parents = output.resolve().parents
+    return parents[2] if len(parents) > 2 and parents[2].name == "raw" else output.parent
+
+
 def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
     """Measure (or classify) one cell and write its result atomically to `output`.
 
@@ -232,7 +238,7 @@ def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
         result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
     else:
         with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
-            supervision.sweep_stale_files(output.parent)
+            supervision.sweep_stale_files(_sweep_root(output))
             result = _measure(cell, output, lock_fd)
     write_result(output, result)
     return result
