@@ -27,7 +27,8 @@ install_stack() {
       sha=5337c30bb893b4f9ce0ceb921ba2da0d13f649da644f40ad3bef84083bef0203 ;;
     *) echo "setup: no uv wheel pinned for $(uname -m)" >&2; return 1 ;;
   esac
-  if [ "$("$TOOLS/uv" --version 2>/dev/null || true)" != "uv $UV_VERSION" ]; then
+  # `uv 0.13.8 (x86_64-unknown-linux-gnu)`: anything else is replaced.
+  if [[ "$("$TOOLS/uv" --version 2>/dev/null || true)" != "uv $UV_VERSION "* ]]; then
     mkdir -p "$TOOLS"
     tmp="$(mktemp -d)"
     curl -fsSL --retry 5 --retry-delay 5 --connect-timeout 20 --max-time 600 -o "$tmp/uv.whl" "$url"
