@@ -73,6 +73,9 @@ else
   fi
 fi
 
+# Provenance reads the commit from the synced .git: say so now if the image cannot.
+command -v git > /dev/null || echo "setup: WARNING: no git on this image; results will name no commit" >&2
+
 # Every later command (run, `sky exec` cells) sources this file; PYTHONPATH makes the synced
 # sources win over whatever copy the environment was built from.
 cat > "$HOME/.datarax-bench-env" <<ENVFILE
