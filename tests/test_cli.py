@@ -186,3 +186,23 @@ def test_output_paths_are_checked_before_anything_runs(
     assert len(lines) == 1 and f"{option} {target}: " in lines[0] and message in lines[0], lines
     assert proc.stdout == "", "nothing was measured or reported"
     assert sorted(tmp_path.rglob("*")) == before, "nothing was left behind"
+
+
+def test_results_are_written_with_the_users_umask(cli_path, tmp_path):
+    """A result, manifest and summary as readable as any file the user makes (not 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        proc = _run(
+            cli_path, "run", "--profile", "smoke", "--scenarios", "TAB-1", "--adapters", "numpy",
+            "--output-dir", str(tmp_path / "run"),
+        )  # fmt: skip
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    written = [tmp_path / "run" / n for n in ("manifest.json", "summary.json")]
+    written += list((tmp_path / "run" / "raw").rglob("*.json"))
+    assert len(written) == 3
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
