@@ -1,5 +1,5 @@
 # datarax-bench: benchmark the data loaders that feed JAX.
-#   snakemake --cores all                      # profile ci_cpu on this machine
+#   snakemake                      # profile ci_cpu on this machine
 #   snakemake --cores all --config profile=smoke scenarios=[CV-1]
 #   snakemake --report results/report.html     # after a run
 from snakemake.utils import min_version
@@ -28,7 +28,7 @@ else:
 
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
-include: "workflow/rules/export.smk"  # [wandb, issue 6]
+include: "workflow/rules/export.smk"
 
 
 rule all:
