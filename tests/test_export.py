@@ -298,6 +298,7 @@ def test_key_with_stalling_server_gives_up_within_a_minute(results_dir, wandb_en
     assert proc.returncode == 0, proc.stderr
     assert elapsed < 60, f"export took {elapsed:.0f} s against a stalled server"
     assert "falling back to offline" in proc.stderr and "online export failed" in proc.stderr
+    assert not list((results_dir / "wandb").glob("run-*")), "the failed online run is removed"
     run = read_offline_run(offline_run_dir(results_dir))
     assert len(run["table"]) == len(cells_of(results_dir))
     assert_key_nowhere(SENTINEL_KEY, [results_dir, *wandb_env.values()], proc)
