@@ -76,9 +76,11 @@ def test_misspelled_field_is_rejected_by_skypilot():
 @pytest.mark.parametrize("name", profile_names())
 def test_rendered_tasks_are_valid_and_only_run_doctor(name, tmp_path):
     profile = load_profile(name)
-    task = cloud.render_provision_task(profile, "0123abcd")
+    task = cloud.render_provision_task(profile)
     assert task["envs"]["DATARAX_BENCH_PROFILE"] == name
-    assert task["envs"]["DATARAX_BENCH_GIT_COMMIT"] == "0123abcd"
+    # Provenance is read on the cluster from the synced .git, never copied from here.
+    assert "DATARAX_BENCH_GIT_COMMIT" not in task["envs"]
+    assert task["setup"].rstrip().endswith(f"> {cloud.REMOTE_SETUP_DONE}")
     assert "doctor" in task["run"] and "datarax-bench run" not in task["run"]
     assert Path(task["workdir"]) == ROOT
     cloud.write_task(task, tmp_path / "task.yaml")
@@ -104,13 +106,19 @@ def test_launch_and_exec_command_lines():
     argv = cloud.launch_argv("c1", Path("t.yaml"), "vast", 30, True, ["--secret", "WANDB_API_KEY"])
     assert argv == [
         "sky", "launch", "-c", "c1", "t.yaml", "-y", "--infra", "vast", "-i", "30", "--down",
-        "--use-spot", "--secret", "WANDB_API_KEY",
+        "--wait-for", "none", "--use-spot", "--secret", "WANDB_API_KEY",
     ]  # fmt: skip
     assert "--infra" not in cloud.launch_argv("c1", Path("t"), "any", 5, False)
     assert "--no-use-spot" in cloud.launch_argv("c1", Path("t"), "gcp", 5, False)
-    gpu = cloud.exec_argv("c1", "A100-80GB:1", "echo", {"A": "1"})
-    assert gpu == ["sky", "exec", "c1", "--gpus", "A100-80GB:1", "--env", "A=1", "--", "echo"]
+    gpu = cloud.exec_argv("c1", "A100-80GB:1", "echo", {"A": "1"}, Path("/w"))
+    assert gpu == [
+        "sky", "exec", "c1", "--workdir", "/w", "--gpus", "A100-80GB:1", "--env", "A=1", "--",
+        "echo",
+    ]  # fmt: skip
     assert "--gpus" not in cloud.exec_argv("c1", None, "echo")
+    assert cloud.autostop_argv("c1", 19) == [
+        "sky", "autostop", "c1", "-i", "19", "--down", "--wait-for", "none", "-y",
+    ]  # fmt: skip
 
 
 def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
@@ -120,7 +128,9 @@ def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
 
     for argv in (
         cloud.launch_argv("c1", Path("t.yaml"), "gcp/us-central1", 30, True, ["--secret", "K"]),
-        cloud.exec_argv("c1", "A100-80GB:1", "echo hi", {"A": "1"}),
+        cloud.exec_argv("c1", "A100-80GB:1", "echo hi", {"A": "1"}, tmp_path),
+        cloud.autostop_argv("c1", 19),
+        ["sky", "cancel", "-y", "c1", "-a"],
         ["sky", "status", "--refresh", "-o", "json", "c1"],
         ["sky", "down", "-y", "c1"],
         ["sky", "cost-report", "--all", "-o", "json"],
@@ -183,7 +193,7 @@ def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(tmp_path):
     key = home / ".config" / "vastai" / "vast_api_key"
     key.parent.mkdir(parents=True)
     key.write_text("dummy-not-a-key\n")
-    task = cloud.render_provision_task(load_profile("gpu_a100"), "0123abcd")
+    task = cloud.render_provision_task(load_profile("gpu_a100"))
     task_file = tmp_path / "task.yaml"
     cloud.write_task(task, task_file)
     sky = str(Path(sys.executable).parent / "sky")

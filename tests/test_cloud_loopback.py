@@ -1,19 +1,22 @@
-"""The whole cloud DAG against a loopback cluster: real Snakemake, ssh, rsync; a test-only `sky`.
+"""The whole cloud DAG against a loopback cluster: real Snakemake, ssh, rsync; a test-only `sky`
+as harsh as SkyPilot (tests/loopback/sky: setup inside the first job, jobs that outlive the CLI,
+autodown on the "cluster", `sky down` that can fail with exit 0, start-up noise, preemption).
 
-provision -> run_remote -> pull (rsync over the ssh alias) -> aggregate -> teardown, compared
-with a local run of the same cells; every `sky` command line the workflow issued is parsed by
-the real SkyPilot CLI; a WANDB_API_KEY sentinel must leave no trace; a node that dies mid-run
-fails the workflow, keeps pulled results, tears down, and a rerun redoes only what is missing.
+Each workflow runs on a copy of this checkout with its own git history, so that a test can
+change the code between two invocations and see which code ran on the cluster. Every `sky`
+command line the workflow issued is parsed by the real SkyPilot CLI; a WANDB_API_KEY sentinel
+must leave no trace.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +25,14 @@ from datarax_bench.results import load_result
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
 import node as loopback  # noqa: E402
+from test_export import read_offline_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SENTINEL = "wandb-sentinel-0123456789abcdef0123456789abcdef"
 SCENARIOS = ["TAB-1", "CV-1"]
 INFRA = "ssh/loopback"
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,25 +43,52 @@ pytestmark = [
 ]
 
 
+def checkout_copy(dest: Path) -> Path:
+    """This working tree (tracked and untracked, not ignored files) with its .git, committed."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    shutil.copytree(ROOT / ".git", dest / ".git")
+    commit(dest, "the working tree under test")
+    return dest
+
+
+def commit(repo: Path, message: str) -> str:
+    subprocess.run([*GIT, "-C", str(repo), "add", "-A"], check=True, capture_output=True)
+    subprocess.run(
+        [*GIT, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", message],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 @pytest.fixture
 def cluster_env(tmp_path):
-    """A loopback node, a private HOME whose `sky` is the loopback, and a workflow directory."""
+    """A loopback node, a private HOME whose `sky` is the loopback, a checkout and a work dir."""
     node = loopback.make_node(tmp_path / "node")
     home = tmp_path / "home"
     home.mkdir()
     env = loopback.loopback_env(home, node)
     env["WANDB_API_KEY"] = SENTINEL
     env["WANDB_MODE"] = "offline"
+    repo = checkout_copy(tmp_path / "repo")
     work = tmp_path / "work"
     (work / "config").mkdir(parents=True)
     shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
-    yield node, home, env, work
+    yield node, home, env, work, repo
+    loopback.stop_skylets(home)
     node.stop()
 
 
-def snakemake(
-    work: Path, env: dict, *extra: str, scenarios=SCENARIOS
-) -> subprocess.CompletedProcess:
+def snakemake_argv(repo: Path, work: Path, *extra: str, scenarios=SCENARIOS) -> list[str]:
     config = [
         "profile=smoke",
         f"infra={INFRA}",
@@ -64,9 +96,13 @@ def snakemake(
         "adapters=[numpy]",
         "idle_minutes=5",
     ]
-    argv = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile")]
-    argv += ["--directory", str(work), "--cores", "2", "--config", *config, *extra]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    argv = [str(BIN / "snakemake"), "--snakefile", str(repo / "Snakefile")]
+    return argv + ["--directory", str(work), "--config", *config, *extra]
+
+
+def snakemake(repo, work, env, *extra, scenarios=SCENARIOS, timeout=900):
+    argv = snakemake_argv(repo, work, *extra, scenarios=scenarios)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def raw_cells(run_dir: Path) -> dict[tuple[str, str, str], str]:
@@ -84,9 +120,9 @@ def check_against_real_sky_cli(calls: list[dict]) -> None:
 
     for call in calls:
         argv = call["argv"]
-        cmd = command.cli.commands[argv[0]]
         if argv[0] == "api":
             continue
+        cmd = command.cli.commands[argv[0]]
         cmd.make_context(f"sky {argv[0]}", list(argv[1:]))  # raises on a bad option
 
 
@@ -97,44 +133,81 @@ def assert_no_secret(*roots: Path) -> None:
                 assert SENTINEL.encode() not in path.read_bytes(), f"secret leaked into {path}"
 
 
-def test_loopback_run_matches_local_run_and_tears_down(cluster_env, tmp_path):
-    node, home, env, work = cluster_env
+def verbs(calls: list[dict]) -> list[str]:
+    return [c["argv"][0] for c in calls]
+
+
+def ledger(run_dir: Path) -> list[dict]:
+    path = run_dir / "cloud" / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def sky_status(env) -> list:
+    proc = subprocess.run(
+        ["sky", "status", "-o", "json"], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout[proc.stdout.index("[") :])
+
+
+def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_path):
+    node, home, env, work, repo = cluster_env
     run_dir = work / "results" / "smoke" / "ssh_loopback"
 
     # First run keeps the cluster, so that a rerun can show it is reused.
-    first = snakemake(work, env, "keep_cluster=True")
+    first = snakemake(repo, work, env, "keep_cluster=True")
     assert first.returncode == 0, first.stderr[-3000:]
     calls = loopback.calls(home)
-    verbs = [c["argv"][0] for c in calls]
-    assert verbs.count("launch") == 1 and verbs.count("exec") == 2 and "down" not in verbs
-    cluster = json.loads((run_dir / "cluster.json").read_text())
-    assert cluster["action"] == "launched" and cluster["hardware"]["backend_ok"] is True
-    assert cluster["estimate"]["hourly_usd"] == 0.0
-    assert json.loads((run_dir / "cloud" / "teardown.json").read_text())["kept"] == [
-        cluster["cluster"]
-    ]
+    assert verbs(calls).count("launch") == 1 and verbs(calls).count("exec") == 2
+    assert "down" not in verbs(calls)
     launch = next(c["argv"] for c in calls if c["argv"][0] == "launch")
-    assert {"--infra", INFRA, "-i", "5", "--down", "--use-spot"} <= set(launch)
+    assert {"--infra", INFRA, "--down", "--wait-for", "none"} <= set(launch)
+    # use_spot auto: SkyPilot's own check says SSH node pools have no spot here.
+    assert "--no-use-spot" in launch and "--use-spot" not in launch
     assert "--secret" not in launch  # uploads happen here; the cluster never gets the key
+    # autodown: launch timeout + idle before setup, then a cell's allowance + idle.
+    assert launch[launch.index("-i") + 1] == str(60 + 5)
+    autostop = next(c["argv"] for c in calls if c["argv"][0] == "autostop")
+    assert autostop[autostop.index("-i") + 1] == str(int((120 * 2 + 600) / 60 + 5))
+    hardware = json.loads((run_dir / "cloud" / "doctor.json").read_text())
+    assert hardware["backend_ok"] is True
+    assert json.loads((run_dir / "cloud" / "teardown.json").read_text())["kept"]
+    events = [e["event"] for e in ledger(run_dir)]
+    assert events[:5] == ["launch_requested", "up", "setup_done", "autodown_armed", "cell_started"]
+    assert events.count("pulled") == 2
 
-    # Rerun one cell while the cluster is up: no second launch; then teardown.
-    job = run_dir / "cloud" / "jobs" / "TAB-1" / "small" / "numpy.json"
-    second = snakemake(work, env, "keep_cluster=False", "-R", str(job.relative_to(work)))
+    # Change the code, then rerun one cell while the cluster is up: no second launch, the
+    # cell runs the new code and says so; then teardown, verified.
+    (repo / "src" / "datarax_bench" / "marker_of_new_code.py").write_text("# new\n")
+    new_commit = commit(repo, "a change made between two invocations")
+    cell = run_dir / "raw" / "TAB-1" / "small" / "numpy.json"
+    second = snakemake(repo, work, env, "keep_cluster=False", "-R", str(cell.relative_to(work)))
     assert second.returncode == 0, second.stderr[-3000:]
     calls = loopback.calls(home)
-    verbs = [c["argv"][0] for c in calls]
-    assert verbs.count("launch") == 1 and verbs.count("exec") == 3
-    assert verbs[-2:] == ["down", "cost-report"]
+    assert verbs(calls).count("launch") == 1 and verbs(calls).count("exec") == 3
+    rerun = load_result(cell)
+    assert rerun["provenance"]["git_commit"] == new_commit
+    assert rerun["provenance"]["git_dirty"] is False
+    untouched = load_result(run_dir / "raw" / "CV-1" / "small" / "numpy.json")
+    assert untouched["provenance"]["git_commit"] != new_commit
     teardown = json.loads((run_dir / "cloud" / "teardown.json").read_text())
-    assert teardown["clusters"] == [cluster["cluster"]] and teardown["down_exit_code"] == 0
-    assert teardown["cost_report"][0]["name"] == cluster["cluster"]
+    assert teardown["verified"] is True and teardown["still_up"] == []
+    assert teardown["cost_report"][0]["name"] == teardown["clusters"][0]
     assert not list(node.home.iterdir()), "teardown left files on the node"
-    status = subprocess.run(
-        ["sky", "status", "-o", "json"], env=env, capture_output=True, text=True, check=True
-    )
-    assert json.loads(status.stdout) == []
+    assert sky_status(env) == []
 
-    # Same cells, same statuses as a local run; provenance carries the commit to the remote.
+    # The bill: in teardown.json, summary.md and the W&B run's summary.
+    bill = teardown["billing"]
+    assert bill["launches"] == 1 and bill["cells_pulled"] == 3 and bill["still_up"] is False
+    assert bill["cost_usd"] == 0.0 and bill["hourly_usd"] == 0.0
+    assert 0 < bill["measuring_share"] < 1 and bill["billed_s"] > 0
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Cloud cost" in summary and "share of billed time measuring" in summary
+    marker = json.loads((run_dir / "wandb_export.json").read_text())
+    wandb_summary = read_offline_run(Path(marker["run_dir"]))["summary"]
+    assert wandb_summary["cloud/cells_pulled"] == 3
+    assert wandb_summary["cloud/measuring_share"] == bill["measuring_share"]
+
+    # Same cells, same statuses as a local run.
     local = tmp_path / "local"
     subprocess.run(
         [str(BIN / "datarax-bench"), "run", "--profile", "smoke", "--scenarios", *SCENARIOS,
@@ -143,42 +216,127 @@ def test_loopback_run_matches_local_run_and_tears_down(cluster_env, tmp_path):
     )  # fmt: skip
     assert raw_cells(run_dir) == raw_cells(local)
     assert set(raw_cells(run_dir).values()) == {"ok"}
-    pulled = load_result(run_dir / "raw" / "TAB-1" / "small" / "numpy.json")
-    # The synced tree has no .git: a commit here came through DATARAX_BENCH_GIT_COMMIT.
-    # (HEAD may move between the two invocations, so only its form is checked.)
-    assert re.fullmatch(r"[0-9a-f]{40}", pulled["provenance"]["git_commit"] or "")
-    assert re.fullmatch(r"[0-9a-f]{40}", cluster["hardware"]["git_commit"] or "")
-    assert pulled["provenance"]["environment"]["JAX_PLATFORMS"] == "cpu"
-    assert (run_dir / "results.csv").exists()
+    assert rerun["provenance"]["environment"]["JAX_PLATFORMS"] == "cpu"
 
     check_against_real_sky_cli(loopback.calls(home))
     assert not any(SENTINEL in " ".join(c["argv"]) for c in loopback.calls(home))
     assert_no_secret(work, home / ".sky", node.home)
 
 
-def test_node_death_fails_clearly_tears_down_and_rerun_redoes_only_missing(cluster_env):
-    node, home, env, work = cluster_env
+def test_preemption_costs_only_what_failed_and_a_plain_rerun_finishes(cluster_env):
+    node, home, env, work, repo = cluster_env
     run_dir = work / "results" / "smoke" / "ssh_loopback"
-    first = snakemake(work, env, "--until", "pull", scenarios=["TAB-1"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    kept = run_dir / "raw" / "TAB-1" / "small" / "numpy.json"
-    before = kept.read_bytes()
+    scenarios = ["TAB-1", "CV-1", "NLP-1"]
+    loopback.set_faults(home, preempt_after_execs=1)  # the node dies during the second cell
 
-    node.stop()  # the machine disappears (preemption, host failure)
-    failed = snakemake(work, env, scenarios=["TAB-1", "CV-1"])
+    failed = snakemake(repo, work, env, scenarios=scenarios)
     assert failed.returncode != 0
-    log = "\n".join(p.read_text() for p in (work / "logs").rglob("*.log"))
-    assert "ResourcesUnavailableError" in log or "not up" in log, log[-2000:]
-    assert "onerror: tore down" in failed.stdout + failed.stderr
-    assert kept.read_bytes() == before and load_result(kept)["status"] == "ok"
-    assert not (run_dir / "raw" / "CV-1").exists()
+    out = failed.stdout + failed.stderr
+    logs = "\n".join(p.read_text() for p in (work / "logs").rglob("*.log"))
+    cluster = ledger(run_dir)[0]["cluster"]
+    assert f"cluster {cluster} is" in logs and "the cell was not measured" in logs
+    assert "the cell was not measured" in out
+    assert "onerror: tore down" in out and "verified" in out
+    first_calls = loopback.calls(home)
+    assert verbs(first_calls).count("launch") == 1, "a cell launched the cluster again"
+    measured = raw_cells(run_dir)
+    assert len(measured) == 1 and set(measured.values()) == {"ok"}
+    kept = {p: p.read_bytes() for p in (run_dir / "raw").rglob("*.json")}
+    assert sky_status(env) == []
 
-    node.start()  # the node is back: the rerun provisions again and measures only CV-1
-    n_exec = [c["argv"][0] for c in loopback.calls(home)].count("exec")
-    rerun = snakemake(work, env, scenarios=["TAB-1", "CV-1"])
+    node.start()  # capacity is back: the same command provisions and measures what is missing
+    rerun = snakemake(repo, work, env, scenarios=scenarios)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    calls = loopback.calls(home)
-    execs = [c["argv"] for c in calls if c["argv"][0] == "exec"][n_exec:]
-    assert len(execs) == 1 and "CV-1" in execs[0][-1]
-    assert kept.read_bytes() == before
-    assert [c["argv"][0] for c in calls][-2:] == ["down", "cost-report"]
+    calls = loopback.calls(home)[len(first_calls) :]
+    assert verbs(calls).count("launch") == 1
+    execs = [c["argv"][-1] for c in calls if c["argv"][0] == "exec"]
+    missing = {s for s in scenarios if (s, "small", "numpy") not in measured}
+    assert sorted(e.split("--scenario ")[1].split()[0] for e in execs) == sorted(missing)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert len(raw_cells(run_dir)) == 3
+    assert verbs(calls)[-1] == "cost-report" and "down" in verbs(calls)
+    check_against_real_sky_cli(loopback.calls(home))
+
+
+def test_a_killed_run_resumes_on_its_cluster_without_deleting_anything(cluster_env):
+    node, home, env, work, repo = cluster_env
+    run_dir = work / "results" / "smoke" / "ssh_loopback"
+    scenarios = ["TAB-1", "CV-1", "NLP-1"]
+    proc = subprocess.Popen(
+        snakemake_argv(repo, work, scenarios=scenarios),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+    def started() -> list[dict]:
+        path = run_dir / "cloud" / "ledger.jsonl"
+        return [e for e in ledger(run_dir) if e["event"] == "cell_started"] if path.exists() else []
+
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(started()) < 2:
+            time.sleep(0.1)
+        time.sleep(3)  # the second cell is measuring; Snakemake has recorded the first
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # this machine "dies": no onerror handler runs
+        proc.wait()
+    assert len(started()) >= 2, "the second cell never started"
+    first = started()[0]["cell"].replace("/", os.sep)
+    before = {p: p.read_bytes() for p in (run_dir / "raw").rglob("*.json") if first in str(p)}
+    assert len(before) == 1
+    n_calls = len(loopback.calls(home))
+    subprocess.run([str(BIN / "snakemake"), "--directory", str(work), "--snakefile",
+                    str(repo / "Snakefile"), "--unlock"], env=env, capture_output=True)  # fmt: skip
+    rerun = snakemake(repo, work, env, "--rerun-incomplete", scenarios=scenarios)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    calls = loopback.calls(home)[n_calls:]
+    assert verbs(calls).count("launch") == 0, "the cluster was up: it must be reused"
+    # The killed run's job was still measuring there: cancelled before any new cell ran.
+    assert verbs(calls).index("cancel") < verbs(calls).index("exec")
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert len(raw_cells(run_dir)) == 3
+    assert sky_status(env) == []
+
+
+def test_a_hanging_setup_is_cut_by_the_launch_timeout_and_torn_down(cluster_env):
+    node, home, env, work, repo = cluster_env
+    loopback.set_faults(home, setup_hangs=True)
+    started = time.monotonic()
+    failed = snakemake(
+        repo, work, env, "launch_timeout_minutes=0.25", scenarios=["TAB-1"], timeout=240
+    )
+    assert failed.returncode != 0
+    assert time.monotonic() - started < 200
+    log = work / "logs" / "smoke" / "ssh_loopback" / "cloud" / "measure" / "TAB-1" / "small"
+    log = (log / "numpy.log").read_text()
+    assert "ran past its limit of 15 s" in log
+    assert "it was torn down (verified with `sky status`)" in log
+    assert sky_status(env) == []
+    assert not list(node.home.iterdir())
+
+
+def test_the_cluster_autodowns_itself_when_this_machine_dies_during_a_hung_setup(cluster_env):
+    node, home, env, work, repo = cluster_env
+    loopback.set_faults(home, setup_hangs=True)
+    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "0.25"}
+    # The launch limit (60 min) is far away; the cluster's own deadline is 60 + 1 "minutes".
+    proc = subprocess.Popen(
+        snakemake_argv(repo, work, "idle_minutes=1", scenarios=["TAB-1"]),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    clusters = home / ".sky" / "loopback" / "clusters"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            json.loads(p.read_text()).get("autostop", -1) > 0 for p in clusters.glob("*.json")
+        ):
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing on this side tears anything down now
+        proc.wait()
+    assert list(clusters.glob("*.json")), "the cluster was never launched"
+    deadline = time.monotonic() + 61 * 0.25 + 30
+    while time.monotonic() < deadline and list(clusters.glob("*.json")):
+        time.sleep(0.5)
+    assert not list(clusters.glob("*.json")), "the hung cluster was never torn down"
+    history = json.loads((home / ".sky" / "loopback" / "history.json").read_text())
+    assert [r["reason"] for r in history.values()] == ["AUTODOWN"]

@@ -346,17 +346,17 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path)
     from datarax_bench.catalog import load_profile
 
     cells = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("gpu_a100", "tpu_v5e"))
-    assert planned(proc, "provision") == 2 and planned(proc, "teardown") == 2
-    assert planned(proc, "aggregate") == 2
-    assert planned(proc, "run_remote") == planned(proc, "pull") == cells * len(all_adapters())
+    assert planned(proc, "teardown") == 2 and planned(proc, "aggregate") == 2
+    assert planned(proc, "measure_remote") == cells * len(all_adapters())
     for profile in ("gpu_a100", "tpu_v5e"):
-        assert f"results/{profile}/gcp/cluster.json" in proc.output
-    # Nothing leads into a provision job, so both clusters are provisioned in parallel.
+        assert f"results/{profile}/gcp/cloud/teardown.json" in proc.output
+    # No cell waits for another: each profile's first cell provisions its own cluster, so the
+    # two clusters are provisioned in parallel (cells of one cluster queue on its lock).
     dag = snakemake(workdir, "--dag", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"]).stdout
-    provision_nodes = set(re.findall(r"^\s*(\d+)\[label = \"provision", dag, re.MULTILINE))
-    assert len(provision_nodes) == 2
+    cell_nodes = set(re.findall(r"^\s*(\d+)\[label = \"measure_remote", dag, re.MULTILINE))
+    assert len(cell_nodes) == cells * len(all_adapters())
     edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.MULTILINE)
-    assert not [e for e in edges if e[1] in provision_nodes]
+    assert not [e for e in edges if e[1] in cell_nodes]
     local = snakemake(workdir, "-n", config=["profiles=[smoke,ci_cpu]", "adapters=[numpy]"])
     expected = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("smoke", "ci_cpu"))
     assert planned(local, "measure") == expected and planned(local, "aggregate") == 2

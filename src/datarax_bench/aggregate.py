@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .catalog import load_profile
+from .cloud import billing_markdown
 from .results import all_or_nothing, load_result, write_text_atomic
 from .runner import write_run_index
 from .stats import UNSTABLE_CV, is_unstable
@@ -285,7 +286,7 @@ def aggregate_run(
     relative = [str(p.resolve().relative_to(run_dir.resolve())) for p in paths]
     table = results_table(results, infra, relative)
     repetitions = repetitions_table(results)
-    summary = summary_markdown(table, profile, infra)
+    summary = summary_markdown(table, profile, infra) + billing_markdown(run_dir)
     run_profile = load_profile(profile)
     # Every output or none: a failure part-way leaves the previous outputs as they were.
     with all_or_nothing():

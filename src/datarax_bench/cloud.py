@@ -1,9 +1,21 @@
-"""Cloud runs through SkyPilot: task files, cluster names, launch/exec/pull/teardown.
+"""Cloud runs through SkyPilot: task files, cluster names, launch/exec/pull/teardown, billing.
 
 The Snakemake rules in `workflow/rules/cloud.smk` only call these functions. Everything goes
 through the `sky` executable on PATH (the real SkyPilot CLI, or the test loopback) and plain
 `rsync` over the ssh alias SkyPilot writes for each cluster. Secrets are forwarded by name
 (`--secret NAME`, which copies the local value) and never appear in a file or command line.
+
+What keeps a cluster from billing without limit (SkyPilot 0.14 runs the task's setup inside the
+first job and arms autostop just before it; a running job keeps a cluster from ever idling):
+
+- every `sky` call has a wall-clock limit; a launch that fails or overruns is torn down;
+- autodown is armed with `--wait-for none`, which SkyPilot's skylet applies on the cluster
+  itself whatever the cluster is doing: it tears the cluster down a fixed number of minutes
+  after the last job was submitted (each submission and each setting restarts the count). The
+  minutes are the longest the next job may legitimately take plus `idle_minutes`, and never
+  more than what is left of `max_cluster_hours` since the launch was requested, so a hung
+  setup, a hung cell or a dead orchestrator all end within those bounds;
+- teardown is verified with a refreshed `sky status` (`sky down` exits 0 when it fails).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
 import pwd
 import re
@@ -22,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +49,54 @@ from .results import load_result, utc_now, write_json_atomic
 REMOTE_RESULTS = "~/datarax-bench-results"
 #: Written by the task's setup; every remote command sources it.
 REMOTE_ENV_FILE = "~/.datarax-bench-env"
+#: Written (epoch seconds) when the rendered task's setup has finished.
+REMOTE_SETUP_DONE = "~/.datarax-bench-setup-done"
+#: Each Snakemake invocation has its own id (set in common.smk, inherited by its jobs): a
+#: cluster record from an earlier invocation is re-checked before it is trusted.
+INVOCATION_ENV = "DATARAX_BENCH_INVOCATION"
 _CLUSTER_NAME_MAX = 35  # GCP's limit is the tightest SkyPilot enforces per cloud.
 _RSYNC_TRANSIENT = {10, 12, 30, 35, 255}  # socket, protocol, timeouts, ssh failure
 _UP = "UP"
+# Wall-clock limits of the short `sky` calls, in seconds.
+STATUS_TIMEOUT_S = 300
+DOWN_TIMEOUT_S = 900
+SHORT_TIMEOUT_S = 300
+#: What a cell may need beyond its repetitions: imports, data generation, format builds.
+CELL_MARGIN_S = 600
+TEARDOWN_ATTEMPTS = 3
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class SkyTimeout(RuntimeError):
+    """A `sky` call ran past its wall-clock limit and was killed."""
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """The workflow's cloud keys (config/README.md)."""
+
+    idle_minutes: float = 30
+    use_spot: bool | str = "auto"
+    max_cluster_hours: float = 8
+    launch_timeout_minutes: float = 60
+    keep_cluster: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> CloudSettings:
+        return cls(
+            idle_minutes=config["idle_minutes"],
+            use_spot=config["use_spot"],
+            max_cluster_hours=config["max_cluster_hours"],
+            launch_timeout_minutes=config["launch_timeout_minutes"],
+            keep_cluster=config["keep_cluster"],
+        )
+
+
+def invocation_id() -> str | None:
+    return os.environ.get(INVOCATION_ENV) or None
 
 
 # --- names and task files ---------------------------------------------------------------------
@@ -98,19 +153,23 @@ def doctor_command(profile_name: str) -> str:
     )
 
 
-def render_provision_task(profile, git_commit: str | None) -> dict[str, Any]:
+def render_provision_task(profile) -> dict[str, Any]:
     """The profile's task with the same setup; its `run` only checks the hardware (`doctor`).
 
-    The cells then run one by one with `sky exec`, so that each becomes a Snakemake job.
+    The cells then run one by one with `sky exec`, so that each becomes a Snakemake job. The
+    commit is not passed along: SkyPilot syncs `.git` with the workdir, so provenance is read
+    on the cluster from the tree that really runs there.
     """
     template = task_template_path(profile)
     task = load_task(template)
     task["name"] = f"datarax-bench-{profile.name}".replace("_", "-")
     task["workdir"] = str(paths.project_root())
     envs = dict(task.get("envs") or {})
+    envs.pop("DATARAX_BENCH_GIT_COMMIT", None)
     envs["DATARAX_BENCH_PROFILE"] = profile.name
-    envs["DATARAX_BENCH_GIT_COMMIT"] = git_commit or "unknown"
     task["envs"] = envs
+    if task.get("setup"):
+        task["setup"] = task["setup"].rstrip("\n") + f"\ndate +%s > {REMOTE_SETUP_DONE}\n"
     task["run"] = doctor_command(profile.name)
     validate_task(task, f"task rendered from {template}")
     return task
@@ -124,6 +183,57 @@ def write_task(task: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+# --- spot ------------------------------------------------------------------------------------
+
+
+def infra_cloud_name(infra: str) -> str:
+    return infra.split("/")[0]
+
+
+def spot_support(infra: str) -> tuple[bool | None, str]:
+    """Whether SkyPilot offers spot on `infra`, from the cloud's own feature check.
+
+    None when the check cannot be made here (a Kubernetes or SSH pool needs its cluster's node
+    labels, and the kubernetes client, to tell).
+    """
+    if infra == "any":
+        return True, "infra any: SkyPilot chooses among the enabled clouds that offer spot"
+    import sky
+    from sky import clouds, exceptions
+
+    try:
+        resources = sky.Resources(infra=infra)
+    except Exception as exc:  # SkyPilot's own parse of the infra string
+        raise UserError(f"infra {infra!r}: SkyPilot does not accept it: {exc}") from None
+    cloud = resources.cloud
+    if cloud is None:
+        return True, f"infra {infra!r}: SkyPilot chooses the cloud"
+    try:
+        cloud.check_features_are_supported(
+            resources, {clouds.CloudImplementationFeatures.SPOT_INSTANCE}
+        )
+    except exceptions.NotSupportedError:
+        return False, f"{cloud} has no spot instances (SkyPilot's feature check)"
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        return None, f"spot support on {cloud} could not be checked here ({reason})"
+    return True, f"{cloud} offers spot instances"
+
+
+def resolve_use_spot(infra: str, use_spot: bool | str) -> tuple[bool, str]:
+    """`auto`: spot where the cloud offers it; an explicit `true` where it does not is an error."""
+    if use_spot is False:
+        return False, "use_spot: false"
+    supported, why = spot_support(infra)
+    if use_spot is True:
+        if supported is False:
+            raise UserError(
+                f"use_spot: true, but infra {infra!r}: {why}; expected use_spot: auto or false"
+            )
+        return True, f"use_spot: true ({why})"
+    return supported is True, f"use_spot: auto: {why}"
+
+
 # --- command lines ----------------------------------------------------------------------------
 
 
@@ -131,27 +241,38 @@ def launch_argv(
     cluster: str,
     task_file: Path,
     infra: str,
-    idle_minutes: int,
+    autodown_minutes: int,
     use_spot: bool,
     secrets: Sequence[str] = (),
 ) -> list[str]:
-    """`sky launch` with idle autodown: the backstop that stops billing if all else fails."""
+    """`sky launch` with autodown armed before setup, as a deadline (`--wait-for none`)."""
     argv = ["sky", "launch", "-c", cluster, str(task_file), "-y"]
     if infra != "any":  # `any`: SkyPilot picks the cheapest enabled infra
         argv += ["--infra", infra]
-    argv += ["-i", str(idle_minutes), "--down"]
+    argv += ["-i", str(autodown_minutes), "--down", "--wait-for", "none"]
     argv.append("--use-spot" if use_spot else "--no-use-spot")
     return argv + list(secrets)
 
 
+def autostop_argv(cluster: str, minutes: int) -> list[str]:
+    return ["sky", "autostop", cluster, "-i", str(minutes), "--down", "--wait-for", "none", "-y"]
+
+
 def exec_argv(
-    cluster: str, accelerator: str | None, command: str, envs: dict[str, str] | None = None
+    cluster: str,
+    accelerator: str | None,
+    command: str,
+    envs: dict[str, str] | None = None,
+    workdir: Path | None = None,
 ) -> list[str]:
     """`sky exec`; requesting the accelerator lets the job see it and queues jobs one by one.
 
-    `envs` are the task's non-secret settings (JAX_PLATFORMS, the git commit, ...).
+    `workdir` is synced first (`sky exec` syncs nothing otherwise), so that the cell runs the
+    code of the local checkout at this moment. `envs` are the task's non-secret settings.
     """
     argv = ["sky", "exec", cluster]
+    if workdir is not None:
+        argv += ["--workdir", str(workdir)]
     if accelerator:
         argv += ["--gpus", accelerator]
     for key, value in (envs or {}).items():
@@ -173,39 +294,114 @@ def remote_cell_command(profile: str, scenario: str, variant: str, adapter: str)
     )
 
 
+def cell_allowance_s(profile) -> float:
+    """The longest a cell may legitimately take: every attempt's timeout plus start-up."""
+    attempts = 1 + int(getattr(profile, "retries", 0) or 0)
+    return float(profile.measurement["timeout_s"]) * attempts + CELL_MARGIN_S
+
+
 # --- running sky ------------------------------------------------------------------------------
 
 
 def run_sky(
-    argv: list[str], log: Path | None = None, check: bool = True
+    argv: list[str], log: Path | None = None, check: bool = True, timeout: float = SHORT_TIMEOUT_S
 ) -> subprocess.CompletedProcess:
-    """Run one sky command, teeing its output to `log` (appended)."""
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    """Run one sky command under a wall-clock limit, teeing its output to `log` (appended).
+
+    On timeout the command is killed and `SkyTimeout` is raised. It stays in this process's
+    group, so whatever kills the workflow kills it too.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    timed_out = False
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    returncode = proc.returncode
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as fh:
-            fh.write(f"$ {shlex.join(argv)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
-    if check and proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            end = f"timed out after {timeout:g} s, killed" if timed_out else f"exit {returncode}"
+            took = time.monotonic() - started
+            fh.write(f"$ {shlex.join(argv)}\n{stdout}{stderr}[{end}; {took:.1f} s]\n")
+    if timed_out:
+        raise SkyTimeout(f"`{shlex.join(argv[:3])} ...` ran past its limit of {timeout:g} s")
+    result = subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+    if check and returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
         raise RuntimeError(
-            f"`{shlex.join(argv[:3])} ...` exited with {proc.returncode}: {' | '.join(tail)}"
+            f"`{shlex.join(argv[:3])} ...` exited with {returncode}: {' | '.join(tail)}"
         )
-    return proc
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def json_records(text: str) -> list[dict[str, Any]]:
+    """The JSON list of records in a CLI's output, whatever text surrounds it.
+
+    The CLI may print the API server's start-up text or "Cluster(s) not found" on stdout
+    before the JSON. Raises ValueError when there is no such list.
+    """
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\[", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return value
+    raise ValueError("no JSON list of records in the output")
+
+
+def cluster_records(clusters: Sequence[str], log: Path | None = None) -> dict[str, dict]:
+    """Refreshed `sky status` records of these clusters that still exist (any status).
+
+    Raises RuntimeError when the status cannot be read: "unknown" is never taken for "gone".
+    """
+    argv = ["sky", "status", "--refresh", "-o", "json", *clusters]
+    last_error = ""
+    for attempt in range(2):
+        try:
+            proc = run_sky(argv, log, check=False, timeout=STATUS_TIMEOUT_S)
+        except SkyTimeout as exc:
+            last_error = str(exc)
+            continue
+        if proc.returncode == 0:
+            try:
+                records = json_records(proc.stdout)
+            except ValueError as exc:
+                last_error = str(exc)
+            else:
+                return {r["name"]: r for r in records if r.get("name") in set(clusters)}
+        else:
+            last_error = f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}"
+        if attempt == 0:
+            time.sleep(2)
+    raise RuntimeError(f"cannot read the status of {', '.join(clusters)}: {last_error}")
 
 
 def cluster_status(cluster: str, log: Path | None = None) -> str | None:
     """The cluster's status ('UP', 'INIT', 'STOPPED') after a refresh, or None if it is gone."""
-    proc = run_sky(["sky", "status", "--refresh", "-o", "json", cluster], log, check=False)
-    if proc.returncode != 0:
-        return None
-    try:
-        records = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        return None
-    for record in records:
-        if record.get("name") == cluster:
-            return record.get("status")
-    return None
+    record = cluster_records([cluster], log).get(cluster)
+    return None if record is None else str(record.get("status"))
 
 
 @contextmanager
@@ -247,39 +443,111 @@ def parse_launch_estimate(output: str) -> dict[str, Any]:
     return {"table_header": None, "chosen": None, "hourly_usd": None}
 
 
-def ensure_cluster(
+# --- the cloud ledger -------------------------------------------------------------------------
+
+
+class Ledger:
+    """Append-only record of what a run's clusters did and when (cloud/ledger.jsonl).
+
+    One JSON object per line: `event`, `cluster`, `at` (UTC), `t` (epoch seconds), details.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def add(self, event: str, cluster: str, **details: Any) -> dict[str, Any]:
+        record = {"event": event, "cluster": cluster, "at": utc_now(), "t": time.time()}
+        record.update(details)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
+        return record
+
+    def events(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill; the rest stays readable
+            if cluster is None or record.get("cluster") == cluster:
+                out.append(record)
+        return out
+
+    def current_launch(self, cluster: str) -> dict[str, Any] | None:
+        """The latest `launch_requested` of the cluster's present life (none after teardown)."""
+        launch = None
+        for record in self.events(cluster):
+            if record["event"] == "launch_requested":
+                launch = record
+            elif record["event"] in ("teardown_verified", "gone"):
+                launch = None
+        return launch
+
+
+def ledger_for(work_dir: Path) -> Ledger:
+    return Ledger(Path(work_dir) / "ledger.jsonl")
+
+
+def remaining_minutes(ledger: Ledger, cluster: str, max_cluster_hours: float) -> float:
+    launch = ledger.current_launch(cluster)
+    started = launch["t"] if launch else time.time()
+    return max_cluster_hours * 60 - (time.time() - started) / 60
+
+
+def arm_autodown(cluster: str, ledger: Ledger, minutes: int, reason: str, log: Path | None) -> None:
+    run_sky(autostop_argv(cluster, minutes), log, timeout=SHORT_TIMEOUT_S)
+    ledger.add("autodown_armed", cluster, minutes=minutes, wait_for="none", reason=reason)
+
+
+# --- provisioning -----------------------------------------------------------------------------
+
+
+def task_envs(task: dict[str, Any]) -> dict[str, str]:
+    """The rendered task's envs: `sky exec` jobs do not inherit them from the launch."""
+    return {k: "" if v is None else str(v) for k, v in (task.get("envs") or {}).items()}
+
+
+def _launch(
     profile,
     infra: str,
     cluster: str,
     task_file: Path,
-    idle_minutes: int,
-    use_spot: bool,
+    settings: CloudSettings,
+    ledger: Ledger,
     log: Path,
 ) -> dict[str, Any]:
-    """Reuse the cluster if it is UP, else launch it (setup + `doctor`). Caller holds the lock.
-
-    Returns what happened: launched or reused, the launch's price estimate.
-    """
-    status = cluster_status(cluster, log)
-    if status == _UP:
-        _say(f"cluster {cluster} is up; reusing it")
-        return {"action": "reused", "status": status}
-    _say(f"cluster {cluster}: {status or 'not found'}; launching on infra {infra}")
-    # No secret is forwarded: W&B uploads happen on this machine, the cluster never needs a key.
-    argv = launch_argv(cluster, task_file, infra, idle_minutes, use_spot)
-    started = utc_now()
+    use_spot, spot_reason = resolve_use_spot(infra, settings.use_spot)
+    launch_minutes = settings.launch_timeout_minutes
+    autodown = math.ceil(
+        min(settings.max_cluster_hours * 60, launch_minutes + settings.idle_minutes)
+    )
+    argv = launch_argv(cluster, task_file, infra, autodown, use_spot)
+    _say(
+        f"cluster {cluster}: launching on infra {infra} ({spot_reason}); autodown {autodown} min "
+        f"after the setup job starts, whatever it is doing"
+    )
+    ledger.add(
+        "launch_requested", cluster, infra=infra, use_spot=use_spot, autodown_minutes=autodown
+    )
     try:
-        proc = run_sky(argv, log)
-    except RuntimeError as exc:
+        proc = run_sky(argv, log, timeout=launch_minutes * 60)
+    except (RuntimeError, SkyTimeout) as exc:
+        ledger.add("launch_failed", cluster, error=str(exc))
+        try:
+            teardown([cluster], log, ledger)
+            fate = "it was torn down (verified with `sky status`)"
+        except RuntimeError as down_exc:
+            fate = f"TEARDOWN FAILED: {down_exc}"
         raise RuntimeError(
-            f"provisioning {cluster} on {infra} failed (see {log}); "
-            f"idle autodown ({idle_minutes} min) removes a half-made cluster: {exc}"
+            f"provisioning {cluster} on {infra} failed (see {log}): {exc}; {fate}"
         ) from None
-    return {
-        "action": "launched",
-        "launched_at": started,
-        "estimate": parse_launch_estimate(proc.stdout + proc.stderr),
-    }
+    estimate = parse_launch_estimate(proc.stdout + proc.stderr)
+    ledger.add("up", cluster, hourly_usd=estimate["hourly_usd"], chosen=estimate["chosen"])
+    return {"action": "launched", "use_spot": use_spot, "spot": spot_reason, "estimate": estimate}
 
 
 def ssh_command() -> list[str]:
@@ -306,7 +574,9 @@ def fetch(
     argv = ["rsync", "-a", "--timeout=60", "-e", ssh]
     argv += [f"{cluster}:{remote}", str(local)]
     for attempt in range(1, attempts + 1):
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
+        )
         if log is not None:
             with open(log, "a") as fh:
                 fh.write(
@@ -319,6 +589,59 @@ def fetch(
             raise RuntimeError(f"rsync {cluster}:{remote} failed ({proc.returncode}): {message}")
         _say(f"rsync {cluster}:{remote}: attempt {attempt} failed ({message}); retrying")
         time.sleep(2 * attempt)
+
+
+def _provision_locked(
+    profile, infra: str, cluster: str, settings: CloudSettings, work_dir: Path, log: Path
+) -> dict[str, Any]:
+    work_dir = Path(work_dir)
+    ledger = ledger_for(work_dir)
+    task = render_provision_task(profile)
+    task_file = work_dir / "task.yaml"
+    write_task(task, task_file)
+    status = cluster_status(cluster, log)
+    if status == _UP:
+        _say(f"cluster {cluster} is up; reusing it")
+        launch = {"action": "reused", "status": status}
+        ledger.add("reused", cluster)
+    else:
+        if status is not None:
+            _say(f"cluster {cluster} is {status}; launching it again")
+        launch = _launch(profile, infra, cluster, task_file, settings, ledger, log)
+    remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
+    if remaining <= 0:
+        raise RuntimeError(
+            f"cluster {cluster} reached max_cluster_hours ({settings.max_cluster_hours:g} h "
+            "since its launch); tear it down or raise max_cluster_hours"
+        )
+    hardware_file = work_dir / "doctor.json"
+    setup_file = work_dir / "setup-done.txt"
+    try:
+        fetch(cluster, f"{REMOTE_RESULTS}/{profile.name}/doctor.json", hardware_file, log=log)
+        hardware = json.loads(hardware_file.read_text())
+    except (RuntimeError, OSError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"cluster {cluster}: no hardware report from `doctor`: {exc}") from None
+    if launch["action"] == "launched":
+        try:
+            fetch(cluster, REMOTE_SETUP_DONE, setup_file, log=log)
+            ledger.add("setup_done", cluster, remote_t=float(setup_file.read_text().split()[0]))
+        except (RuntimeError, OSError, ValueError, IndexError) as exc:
+            _say(f"cluster {cluster}: setup's end time not read ({exc})")
+    # From now on a job is a cell: autodown follows the longest a cell may take.
+    cell_minutes = cell_allowance_s(profile) / 60 + settings.idle_minutes
+    autodown = math.ceil(min(remaining, cell_minutes))
+    arm_autodown(cluster, ledger, autodown, "cells", log)
+    return {
+        "cluster": cluster,
+        "infra": infra,
+        "profile": profile.name,
+        "invocation": invocation_id(),
+        "autodown_minutes": autodown,
+        "max_cluster_hours": settings.max_cluster_hours,
+        "task": str(task_file),
+        **launch,
+        "hardware": hardware,
+    }
 
 
 def pull_cell(
@@ -347,125 +670,314 @@ def pull_cell(
         cell = result["cell"]
         if (cell["scenario"], cell["variant"], cell["adapter"]) != (scenario, variant, adapter):
             raise RuntimeError(f"cell {label}: the pulled file describes another cell {cell}")
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, output)
         return result
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def cluster_record_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "cluster.json"
+
+
+def _cluster_record(work_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(cluster_record_path(work_dir).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _cluster_for_this_invocation(
+    profile, infra: str, cluster: str, settings: CloudSettings, work_dir: Path, log: Path
+) -> dict[str, Any]:
+    """The cluster record of this invocation: provisioned by its first cell, trusted after.
+
+    A record from an earlier invocation (a finished or killed run) is checked again; a failed
+    provisioning fails every later cell of the same invocation at once, without a relaunch.
+    """
+    ledger = ledger_for(work_dir)
+    record = _cluster_record(work_dir)
+    if record is not None and record.get("invocation") == invocation_id():
+        return record
+    failed = [
+        e
+        for e in ledger.events(cluster)
+        if e["event"] == "provision_failed" and e.get("invocation") == invocation_id()
+    ]
+    if failed:
+        raise RuntimeError(
+            f"cluster {cluster}: provisioning already failed in this run ({failed[-1]['error']}); "
+            "not launched again"
+        )
+    try:
+        record = _provision_locked(profile, infra, cluster, settings, work_dir, log)
+    except Exception as exc:
+        ledger.add("provision_failed", cluster, invocation=invocation_id(), error=str(exc))
+        raise
+    write_record(cluster_record_path(work_dir), record)
+    if record["action"] == "reused":
+        # A killed run's jobs may still be measuring on the cluster: never two at once.
+        run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
+        ledger.add("earlier_jobs_cancelled", cluster)
+    return record
+
+
+def measure_remote_cell(
+    profile,
+    infra: str,
+    cluster: str,
+    settings: CloudSettings,
+    work_dir: Path,
+    scenario: str,
+    variant: str,
+    adapter: str,
+    output: Path,
+    log: Path,
+) -> dict[str, Any]:
+    """Run one cell on the cluster, pull its result and validate it: one job, one outcome.
+
+    The local result exists if and only if the cell was measured, pulled and validated. The
+    invocation's first cell provisions; a cluster provisioned by this invocation that is gone
+    fails the cell at once, unmeasured. The cluster lock is held throughout: cells on one
+    cluster never overlap.
+    """
+    label = f"{scenario}/{variant}/{adapter}"
+    work_dir = Path(work_dir)
+    ledger = ledger_for(work_dir)
+    with cluster_lock(work_dir / "cluster.lock"):
+        record = _cluster_for_this_invocation(profile, infra, cluster, settings, work_dir, log)
+        remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
+        allowance_s = cell_allowance_s(profile)
+        if remaining <= 0:
+            raise RuntimeError(
+                f"cell {label}: cluster {cluster} reached max_cluster_hours "
+                f"({settings.max_cluster_hours:g} h); not measured"
+            )
+        armed = record.get("autodown_minutes") or 0
+        if remaining < armed:  # the deadline draws near: autodown at it, not later
+            minutes = max(1, math.floor(remaining))
+            arm_autodown(cluster, ledger, minutes, "max_cluster_hours", log)
+            record["autodown_minutes"] = minutes
+            write_record(cluster_record_path(work_dir), record)
+        task = load_task(Path(record.get("task") or work_dir / "task.yaml"))
+        command = remote_cell_command(profile.name, scenario, variant, adapter)
+        argv = exec_argv(
+            cluster,
+            profile.cloud["accelerator"],
+            command,
+            task_envs(task),
+            workdir=paths.project_root(),
+        )
+        started = ledger.add("cell_started", cluster, cell=label)
+        try:
+            proc = run_sky(argv, log, check=False, timeout=allowance_s)
+        except SkyTimeout as exc:
+            ledger.add("cell_finished", cluster, cell=label, outcome="timeout")
+            run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
+            raise RuntimeError(f"cell {label}: {exc}; its job on {cluster} was cancelled") from None
+        ledger.add("cell_finished", cluster, cell=label, exit=proc.returncode)
+        if proc.returncode != 0:
+            try:
+                status = cluster_status(cluster, log)
+            except RuntimeError:
+                status = "unknown"
+            if status != _UP:
+                ledger.add("gone", cluster, status=status)
+                raise RuntimeError(
+                    f"cell {label}: cluster {cluster} is {status or 'gone'} (preempted, "
+                    "torn down or autodowned); the cell was not measured. Rerun the same "
+                    "command to provision again and measure what is missing"
+                )
+            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+            raise RuntimeError(
+                f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} "
+                f"(see {log}): {tail}"
+            )
+        result = pull_cell(cluster, profile.name, scenario, variant, adapter, output, log)
+        ledger.add(
+            "pulled",
+            cluster,
+            cell=label,
+            job_s=round(time.time() - started["t"], 3),  # sync, job, log streaming, pull
+            measured_s=result["timestamps"]["duration_s"],
+            status=result["status"],
+        )
+    return result
+
+
+# --- teardown ---------------------------------------------------------------------------------
+
+
 def cost_report(clusters: Sequence[str], log: Path | None = None) -> list[dict[str, Any]]:
     """SkyPilot's recorded cost for these clusters (it keeps history after teardown)."""
-    proc = run_sky(["sky", "cost-report", "--all", "-o", "json"], log, check=False)
-    if proc.returncode != 0:
-        return []
     try:
-        records = json.loads(proc.stdout)
-    except json.JSONDecodeError:
+        proc = run_sky(["sky", "cost-report", "--all", "-o", "json"], log, check=False)
+        records = json_records(proc.stdout) if proc.returncode == 0 else []
+    except (SkyTimeout, ValueError):
         return []
     keep = ("name", "status", "total_cost", "duration", "num_nodes", "launched_at")
     return [{k: r.get(k) for k in keep} for r in records if r.get("name") in set(clusters)]
 
 
-def teardown(clusters: Sequence[str], log: Path | None = None) -> dict[str, Any]:
-    """`sky down -y` (exits 0 for clusters that are already gone), then the cost report."""
-    proc = run_sky(["sky", "down", "-y", *clusters], log, check=False)
-    return {
-        "clusters": list(clusters),
-        "down_exit_code": proc.returncode,
+def teardown(
+    clusters: Sequence[str], log: Path | None = None, ledger: Ledger | None = None
+) -> dict[str, Any]:
+    """`sky down -y`, verified by a refreshed `sky status`; retried; loud when it fails.
+
+    `sky down` exits 0 even when termination failed, so only the status afterwards counts.
+    Raises RuntimeError naming every cluster that still exists (and so still bills).
+    """
+    clusters = list(clusters)
+    attempts: list[dict[str, Any]] = []
+    remaining = clusters
+    for attempt in range(1, TEARDOWN_ATTEMPTS + 1):
+        try:
+            proc = run_sky(
+                ["sky", "down", "-y", *remaining], log, check=False, timeout=DOWN_TIMEOUT_S
+            )
+            down_exit = proc.returncode
+        except SkyTimeout:
+            down_exit = None
+        try:
+            left = cluster_records(remaining, log)
+            remaining = [c for c in remaining if c in left]
+            verified = True
+        except RuntimeError:
+            verified = False
+        attempts.append(
+            {"attempt": attempt, "down_exit_code": down_exit, "status_read": verified,
+             "still_listed": list(remaining) if verified else None}
+        )  # fmt: skip
+        if verified and not remaining:
+            break
+        if attempt < TEARDOWN_ATTEMPTS:
+            time.sleep(2 * attempt)
+    record = {
+        "clusters": clusters,
+        "attempts": attempts,
+        "verified": bool(attempts[-1]["status_read"]) and not remaining,
+        "still_up": remaining,
         "torn_down_at": utc_now(),
         "cost_report": cost_report(clusters, log),
     }
+    for cluster in clusters:
+        if ledger is not None:
+            if cluster in remaining:
+                ledger.add("teardown_failed", cluster, attempts=len(attempts))
+            else:
+                ledger.add("teardown_verified", cluster, attempts=len(attempts))
+    if remaining:
+        raise RuntimeError(
+            f"cluster(s) {', '.join(remaining)} still exist after {len(attempts)} `sky down` "
+            f"attempts and STILL BILL: run `sky down {' '.join(remaining)}` and check the "
+            "provider's console"
+        )
+    return record
 
 
 def write_record(path: Path, document: dict[str, Any]) -> None:
     write_json_atomic(Path(path), document)
 
 
-# --- what the workflow's rules call -----------------------------------------------------------
+# --- billing ------------------------------------------------------------------------------------
 
 
-def task_envs(task: dict[str, Any]) -> dict[str, str]:
-    """The rendered task's envs: `sky exec` jobs do not inherit them from the launch."""
-    return {k: "" if v is None else str(v) for k, v in (task.get("envs") or {}).items()}
+def billing(work_dir: Path, cluster: str, cost_records: Sequence[dict] = ()) -> dict[str, Any]:
+    """Billed time and cost of a run's cluster, from its ledger (and SkyPilot's cost report).
 
-
-def provision(
-    profile,
-    infra: str,
-    cluster: str,
-    git_commit: str | None,
-    idle_minutes: int,
-    use_spot: bool,
-    work_dir: Path,
-    log: Path,
-) -> dict[str, Any]:
-    """Render the task, reuse or launch the cluster (under its lock), fetch the hardware report.
-
-    Returns the cluster record (what `provision` writes to cluster.json).
+    Billed time runs from each launch request to its verified teardown (or to now while the
+    cluster is up): an upper bound, since the provider starts billing once the machine exists.
     """
-    work_dir = Path(work_dir)
-    task = render_provision_task(profile, git_commit)
-    task_file = work_dir / "task.yaml"
-    write_task(task, task_file)
-    with cluster_lock(work_dir / "cluster.lock"):
-        launch = ensure_cluster(profile, infra, cluster, task_file, idle_minutes, use_spot, log)
-    hardware_file = work_dir / "doctor.json"
+    events = ledger_for(work_dir).events(cluster)
+    billed_s, start, price = 0.0, None, None
+    for record in events:
+        if record["event"] == "launch_requested" and start is None:
+            start = record["t"]
+        elif record["event"] == "up" and record.get("hourly_usd") is not None:
+            price = record["hourly_usd"]
+        elif record["event"] in ("teardown_verified", "gone") and start is not None:
+            billed_s += record["t"] - start
+            start = None
+    up_now = start is not None
+    if up_now:
+        billed_s += time.time() - start
+    measured = [r for r in events if r["event"] == "pulled"]
+    measuring_s = sum(r.get("measured_s", 0.0) for r in measured)
+    job_s = sum(r.get("job_s", 0.0) for r in measured)
+    cost = None if price is None else price * billed_s / 3600
+    reported = [r.get("total_cost") for r in cost_records if r.get("name") == cluster]
+    return {
+        "cluster": cluster,
+        "launches": sum(1 for r in events if r["event"] == "launch_requested"),
+        "billed_s": round(billed_s, 1),
+        "still_up": up_now,
+        "hourly_usd": price,
+        "cost_usd": None if cost is None else round(cost, 4),
+        "cells_pulled": len(measured),
+        "cost_per_cell_usd": (
+            None if cost is None or not measured else round(cost / len(measured), 5)
+        ),
+        "measuring_s": round(measuring_s, 1),
+        "measuring_share": round(measuring_s / billed_s, 4) if billed_s > 0 else None,
+        # What each cell cost beyond its own run: sync, job submission, log streaming, pull.
+        "orchestration_s_per_cell": (
+            round((job_s - measuring_s) / len(measured), 2) if measured else None
+        ),
+        "sky_cost_report_usd": reported[0] if reported else None,
+    }
+
+
+def read_billing(run_dir: Path) -> dict[str, Any] | None:
+    """The bill recorded by a cloud run's teardown (cloud/teardown.json), None for local runs."""
     try:
-        fetch(cluster, f"{REMOTE_RESULTS}/{profile.name}/doctor.json", hardware_file, log=log)
-        hardware = json.loads(hardware_file.read_text())
-    except (RuntimeError, OSError, json.JSONDecodeError) as exc:
-        raise RuntimeError(f"cluster {cluster}: no hardware report from `doctor`: {exc}") from None
-    return {
-        "cluster": cluster,
-        "infra": infra,
-        "profile": profile.name,
-        "idle_minutes_to_autodown": idle_minutes,
-        "use_spot": use_spot,
-        "task": str(task_file),
-        **launch,
-        "hardware": hardware,
-    }
+        record = json.loads((Path(run_dir) / "cloud" / "teardown.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record.get("billing")
 
 
-def run_remote_cell(
-    profile,
-    infra: str,
-    cluster: str,
-    git_commit: str | None,
-    idle_minutes: int,
-    use_spot: bool,
-    work_dir: Path,
-    scenario: str,
-    variant: str,
-    adapter: str,
-    log: Path,
-) -> dict[str, Any]:
-    """Run one cell with `sky exec`; relaunch first if the cluster went away (autodown, teardown).
+def billing_markdown(run_dir: Path) -> str:
+    """summary.md's section on what the cluster cost; empty for a local run."""
+    bill = read_billing(run_dir)
+    if not bill:
+        return ""
 
-    The cluster lock is held throughout: cells on one cluster never overlap.
-    """
-    label = f"{scenario}/{variant}/{adapter}"
-    work_dir = Path(work_dir)
-    task = render_provision_task(profile, git_commit)
-    task_file = work_dir / "task.yaml"
-    with cluster_lock(work_dir / "cluster.lock"):
-        write_task(task, task_file)
-        launch = ensure_cluster(profile, infra, cluster, task_file, idle_minutes, use_spot, log)
-        command = remote_cell_command(profile.name, scenario, variant, adapter)
-        argv = exec_argv(cluster, profile.cloud["accelerator"], command, task_envs(task))
-        started = utc_now()
-        proc = run_sky(argv, log, check=False)
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise RuntimeError(
-            f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} "
-            f"(see {log}): {tail}"
-        )
-    return {
-        "cell": label,
-        "cluster": cluster,
-        "cluster_action": launch["action"],
-        "started": started,
-        "finished": utc_now(),
-        "remote_path": remote_cell_path(profile.name, scenario, variant, adapter),
-    }
+    def money(value: float | None) -> str:
+        return "not quoted" if value is None else f"${value:.4f}"
+
+    share = bill.get("measuring_share")
+    rows = [
+        ("cluster", f"`{bill['cluster']}`" + (" (still up)" if bill.get("still_up") else "")),
+        ("launches", str(bill.get("launches"))),
+        ("billed time", f"{bill['billed_s'] / 60:.1f} min (launch request to verified teardown)"),
+        (
+            "quoted price",
+            "not quoted" if bill.get("hourly_usd") is None else f"${bill['hourly_usd']:.2f}/h",
+        ),
+        ("cost", money(bill.get("cost_usd"))),
+        ("cells pulled", str(bill.get("cells_pulled"))),
+        ("cost per cell", money(bill.get("cost_per_cell_usd"))),
+        ("share of billed time measuring", "n/a" if share is None else f"{share:.1%}"),
+        ("orchestration per cell", f"{bill.get('orchestration_s_per_cell')} s"),
+        ("`sky cost-report`", money(bill.get("sky_cost_report_usd"))),
+    ]
+    lines = ["", "## Cloud cost", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def billing_metrics(run_dir: Path) -> dict[str, Any]:
+    """W&B summary metrics of the bill (`cloud/...`); empty for a local run."""
+    bill = read_billing(run_dir) or {}
+    keys = (
+        "billed_s", "hourly_usd", "cost_usd", "cells_pulled", "cost_per_cell_usd",
+        "measuring_share", "orchestration_s_per_cell", "sky_cost_report_usd", "launches",
+    )  # fmt: skip
+    return {f"cloud/{k}": bill[k] for k in keys if bill.get(k) is not None}

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .cloud import billing_metrics
 from .errors import UserError
 from .results import load_result, utc_now, write_json_atomic
 from .schemas import read_json
@@ -278,6 +279,7 @@ def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
         out.update({f"{key}/{k}": v for k, v in special.items()})
     out.update({f"cells/{status}": n for status, n in bundle.counts().items()})
     out["cells/total"] = len(bundle.cells)
+    out.update(billing_metrics(bundle.root))
     return out
 
 

@@ -87,7 +87,12 @@ class LoopbackNode:
         raise RuntimeError(f"loopback sshd did not listen on port {self.port}")
 
     def stop(self) -> None:
-        """Kill the sshd (by its PidFile) and every session it started: the node dies."""
+        """Kill the sshd (by its PidFile), every session and every job on it: the node dies."""
+        for job_pid in (self.home / ".sky-loopback" / "jobs").glob("*.pid"):
+            try:
+                os.killpg(int(job_pid.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
         if not self.pid_file.exists():
             return
         pid = int(self.pid_file.read_text().split()[0])
@@ -120,6 +125,7 @@ def make_node(root: Path) -> LoopbackNode:
                 "user": pwd.getpwuid(os.getuid()).pw_name,
                 "identity_file": str(root / "user_key"),
                 "home": str(node.home),
+                "pid_file": str(node.pid_file),
             }
         )
     )
@@ -134,6 +140,22 @@ def loopback_env(home: Path, node: LoopbackNode, base: dict | None = None) -> di
     env["PATH"] = f"{LOOPBACK_DIR}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["LOOPBACK_SKY_NODE"] = str(node.description)
     return env
+
+
+def stop_skylets(home: Path) -> None:
+    """Stop the loopback's per-cluster autostop processes (they also exit with their cluster)."""
+    for state in (home / ".sky" / "loopback" / "clusters").glob("*.json"):
+        try:
+            os.kill(json.loads(state.read_text())["skylet_pid"], signal.SIGKILL)
+        except (KeyError, ValueError, ProcessLookupError, json.JSONDecodeError):
+            pass
+
+
+def set_faults(home: Path, **faults) -> None:
+    """Faults the loopback `sky` applies (see its docstring): down_noop, setup_hangs, ..."""
+    path = home / ".sky" / "loopback" / "faults.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(faults))
 
 
 def calls(home: Path) -> list[dict]:

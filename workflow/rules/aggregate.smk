@@ -3,7 +3,9 @@
 
 rule aggregate:
     input:
-        get_cell_results,
+        cells=get_cell_results,
+        # On a cloud infra, the verified teardown too, so the bill in summary.md is complete.
+        teardown=get_teardown_inputs,
     output:
         table=report(
             f"{RUN_DIR}/results.csv",

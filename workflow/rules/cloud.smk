@@ -1,49 +1,14 @@
-# Cells on a SkyPilot cluster (config["infra"] != "local"): provision -> run_remote -> pull per
-# cell -> (aggregate, plots) -> teardown. `pull` writes the same raw files as measure_local.smk.
-# Nothing here calls `sky` at parse time: `snakemake -n` stays instant and offline. Billing has
-# three stops: the teardown rule, the onerror handler below, and SkyPilot's idle autodown.
-rule provision:
-    output:
-        f"{RUN_DIR}/cluster.json",
-    log:
-        "logs/{profile}/{infra}/cloud/provision.log",
-    params:
-        cluster=lambda wildcards: cluster_for(wildcards.profile),
-        infra=config["infra"],
-        idle_minutes=config["idle_minutes"],
-        use_spot=config["use_spot"],
-        work_dir=CLOUD_DIR,
-    conda:
-        "../envs/orchestrate.yaml"
-    script:
-        "../scripts/cloud_provision.py"
+# Cells on a SkyPilot cluster (config["infra"] != "local"): measure_remote per cell (the first
+# job of an invocation provisions: reuses the cluster if it is up, else launches it; then each
+# runs its cell, pulls and validates the result: a raw result exists only if it was measured
+# and pulled) -> teardown (verified) -> aggregate, plots, export. `measure_remote` writes the
+# same raw files as measure_local.smk. Provisioning is no rule of its own, so that it never
+# makes measured cells out of date. Nothing here calls `sky` at parse time: `snakemake -n`
+# stays instant and offline. Billing has three stops: the teardown rule, the onerror handler
+# below, and the autodown deadline armed on the cluster itself (src/datarax_bench/cloud.py).
 
 
-rule run_remote:
-    input:
-        # ancient: re-provisioning a gone cluster must not re-run cells already measured.
-        ancient(f"{RUN_DIR}/cluster.json"),
-    output:
-        f"{CLOUD_DIR}/jobs/{{scenario}}/{{variant}}/{{adapter}}.json",
-    log:
-        "logs/{profile}/{infra}/cloud/run/{scenario}/{variant}/{adapter}.log",
-    params:
-        cluster=lambda wildcards: cluster_for(wildcards.profile),
-        infra=config["infra"],
-        idle_minutes=config["idle_minutes"],
-        use_spot=config["use_spot"],
-        work_dir=CLOUD_DIR,
-        settings=get_measured_settings,
-        workload=get_workload,
-    conda:
-        "../envs/orchestrate.yaml"
-    script:
-        "../scripts/cloud_run_remote.py"
-
-
-rule pull:
-    input:
-        f"{CLOUD_DIR}/jobs/{{scenario}}/{{variant}}/{{adapter}}.json",
+rule measure_remote:
     output:
         report(
             CELL,
@@ -57,22 +22,23 @@ rule pull:
             },
         ),
     log:
-        "logs/{profile}/{infra}/cloud/pull/{scenario}/{variant}/{adapter}.log",
+        "logs/{profile}/{infra}/cloud/measure/{scenario}/{variant}/{adapter}.log",
     params:
         cluster=lambda wildcards: cluster_for(wildcards.profile),
-    retries: 1
+        infra=config["infra"],
+        work_dir=CLOUD_DIR,
+        measured=get_measured_settings,
+        workload=get_workload,
     conda:
         "../envs/orchestrate.yaml"
     script:
-        "../scripts/cloud_pull.py"
+        "../scripts/cloud_measure.py"
 
 
 rule teardown:
     input:
-        # Torn down only after everything that reads the run's results, the W&B export included.
-        lambda wildcards: aggregate_outputs(wildcards.profile, wildcards.infra)
-        + plot_outputs(wildcards.profile, wildcards.infra)
-        + export_outputs(wildcards.profile, wildcards.infra),
+        # As soon as the last cell is pulled: nothing after it needs the cluster.
+        get_cell_results,
     output:
         f"{CLOUD_DIR}/teardown.json",
     log:
@@ -80,6 +46,7 @@ rule teardown:
     params:
         cluster=lambda wildcards: cluster_for(wildcards.profile),
         keep_cluster=config["keep_cluster"],
+        work_dir=CLOUD_DIR,
     conda:
         "../envs/orchestrate.yaml"
     script:
@@ -92,5 +59,10 @@ onerror:
         print(f"keep_cluster: true; {', '.join(all_clusters())} stay up (and bill)")
     else:
         _log = f"logs/{PROFILE.name}/{INFRA}/cloud/onerror-teardown.log"
-        _record = cloud.teardown(all_clusters(), _log)
-        print(f"onerror: tore down {', '.join(_record['clusters'])} (see {_log})")
+        try:
+            _record = cloud.teardown(all_clusters(), _log, None)
+            print(
+                f"onerror: tore down {', '.join(_record['clusters'])} (verified; see {_log})"
+            )
+        except RuntimeError as _exc:
+            print(f"onerror: {_exc} (see {_log})")

@@ -3,6 +3,7 @@
 # config/profiles/, the adapter registry); nothing here repeats those facts.
 import os
 import re
+import uuid
 from functools import cache
 
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
@@ -29,9 +30,9 @@ INFRA = re.sub(r"[/]", "_", config["infra"])
 RESULTS = os.path.normpath(config["results_dir"])
 
 # One bench slot, so that two measurements never share the machine whatever --cores says
-# (measuring rules take bench_slot=1). workflow/profiles/default declares it too, but Snakemake
-# only finds that profile when given --workflow-profile, so the workflow sets it itself unless
-# the command line already did (`--resources bench_slot=N`).
+# (measuring rules take bench_slot=1). profiles/default declares it too; the workflow sets it
+# itself when another profile or none is used, unless the command line already did
+# (`--resources bench_slot=N`).
 if "bench_slot" not in workflow.global_resources:
     workflow.register_resource("bench_slot", 1)
 
@@ -130,9 +131,9 @@ def get_final_targets():
     targets = []
     for profile in PROFILES:
         targets += aggregate_outputs(profile.name) + plot_outputs(profile.name)
-        # [wandb, issue 6] the W&B export (workflow/rules/export.smk); offline without a key.
+        # The W&B export (workflow/rules/export.smk); offline without a key.
         targets += export_outputs(profile.name)
-        # [cloud, issue 5] a cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
+        # A cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
         if config["infra"] != "local":
             targets.append(teardown_marker(profile.name))
     return targets
@@ -141,6 +142,24 @@ def get_final_targets():
 # --- cloud runs (workflow/rules/cloud.smk) ------------------------------------------------
 # Names only: nothing here calls `sky`, so planning stays instant and offline.
 CLOUD_DIR = f"{RUN_DIR}/cloud"
+
+
+# One id per invocation, inherited by its jobs: a cluster record from an earlier invocation
+# (a killed run) is checked again before a cell trusts it.
+os.environ.setdefault(cloud.INVOCATION_ENV, uuid.uuid4().hex)
+
+# An explicit `use_spot: true` on a cloud without spot fails here, before anything launches
+# (`auto` needs no check at planning time: the provision job decides).
+if config["infra"] != "local" and config["use_spot"] is True:
+    with one_line_errors():
+        cloud.resolve_use_spot(config["infra"], True)
+
+
+def get_teardown_inputs(wildcards):
+    """On a cloud infra, the verified teardown record (the bill); nothing for a local run."""
+    if config["infra"] == "local":
+        return []
+    return [teardown_marker(wildcards.profile, wildcards.infra)]
 
 
 def cluster_for(profile):

@@ -10,7 +10,7 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 with open(sm.log[0], "w") as log:
     try:
         table = aggregate_run(
-            sm.input,
+            sm.input.cells,
             run_dir=Path(sm.output.manifest).parent,
             profile=sm.wildcards.profile,
             infra=sm.wildcards.infra,

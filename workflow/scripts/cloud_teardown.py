@@ -1,4 +1,4 @@
-"""Rule teardown: `sky down` the run's cluster (unless keep_cluster) and record the cost."""
+"""Rule teardown: `sky down` the run's cluster (unless keep_cluster), verified, with its bill."""
 
 import sys
 from contextlib import redirect_stderr
@@ -8,9 +8,11 @@ from datarax_bench.results import utc_now
 
 with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821
     p = snakemake.params  # noqa: F821
+    ledger = cloud.ledger_for(p.work_dir)
     if p.keep_cluster:
         record = {"clusters": [], "kept": [p.cluster], "at": utc_now()}
         print(f"keep_cluster: true; {p.cluster} stays up and bills", file=sys.stderr)
     else:
-        record = cloud.teardown([p.cluster], snakemake.log[0])  # noqa: F821
+        record = cloud.teardown([p.cluster], snakemake.log[0], ledger)  # noqa: F821
+    record["billing"] = cloud.billing(p.work_dir, p.cluster, record.get("cost_report", []))
     cloud.write_record(snakemake.output[0], record)  # noqa: F821
