@@ -91,7 +91,7 @@ def test_unreachable_wandb_with_bucket_keeps_the_offline_run_there(
 
 def _run_step_without_measuring(path: Path) -> str:
     """The task file's run step minus `doctor` and `run` (the results are made beforehand)."""
-    run = yaml.safe_load(path.read_text())["run"]
+    run = yaml.safe_load(path.read_text())["run"].replace("\\\n", " ")  # join continued lines
     kept = [
         line
         for line in run.splitlines()
