@@ -98,6 +98,22 @@ def test_a_sky_call_that_hangs_is_killed_at_its_limit(tmp_path):
 
 
 @needs_loopback
+def test_the_loopback_reports_job_status_with_skypilots_exit_codes(loopback_home):
+    node, home = loopback_home
+    launch(home, "c1")
+    subprocess.run(["sky", "exec", "c1", "--", "exit 3"], capture_output=True)
+    codes = [
+        subprocess.run(["sky", "logs", "c1", job, "--status"], capture_output=True).returncode
+        for job in ("1", "2", "9")
+    ]
+    assert codes == [0, 100, 102]
+    subprocess.run(["sky", "exec", "-d", "c1", "--", "sleep 60"], check=True, capture_output=True)
+    assert subprocess.run(["sky", "logs", "c1", "3", "--status"]).returncode == 101
+    subprocess.run(["sky", "cancel", "-y", "c1", "-a"], check=True, capture_output=True)
+    assert subprocess.run(["sky", "logs", "c1", "3", "--status"]).returncode == 103
+
+
+@needs_loopback
 def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path):
     node, home = loopback_home
     launch(home, "c1")

@@ -237,6 +237,7 @@ def test_preemption_costs_only_what_failed_and_a_plain_rerun_finishes(cluster_en
     assert f"cluster {cluster} is" in logs and "the cell was not measured" in logs
     assert "the cell was not measured" in out
     assert "onerror: tore down" in out and "verified" in out
+    assert ledger(run_dir)[-1]["event"] == "teardown_verified"
     first_calls = loopback.calls(home)
     assert verbs(first_calls).count("launch") == 1, "a cell launched the cluster again"
     measured = raw_cells(run_dir)
@@ -255,6 +256,15 @@ def test_preemption_costs_only_what_failed_and_a_plain_rerun_finishes(cluster_en
     assert {p: p.read_bytes() for p in kept} == kept
     assert len(raw_cells(run_dir)) == 3
     assert verbs(calls)[-1] == "cost-report" and "down" in verbs(calls)
+    bill = json.loads((run_dir / "cloud" / "teardown.json").read_text())["billing"]
+    assert bill["launches"] == 2 and bill["cells_pulled"] == 3
+    # Billed: each launch to its end (preempted, then torn down), not the gap between runs.
+    events = ledger(run_dir)
+    launches = [e["t"] for e in events if e["event"] == "launch_requested"]
+    gone = next(e["t"] for e in events if e["event"] == "gone")
+    down = next(e["t"] for e in events[::-1] if e["event"] == "teardown_verified")
+    expected = gone - launches[0] + down - launches[1]
+    assert bill["billed_s"] == pytest.approx(expected, abs=0.5)
     check_against_real_sky_cli(loopback.calls(home))
 
 

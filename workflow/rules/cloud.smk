@@ -58,11 +58,14 @@ onerror:
     if config["keep_cluster"]:
         print(f"keep_cluster: true; {', '.join(all_clusters())} stay up (and bill)")
     else:
-        _log = f"logs/{PROFILE.name}/{INFRA}/cloud/onerror-teardown.log"
-        try:
-            _record = cloud.teardown(all_clusters(), _log, None)
-            print(
-                f"onerror: tore down {', '.join(_record['clusters'])} (verified; see {_log})"
+        for _profile in PROFILES:
+            _cluster = cluster_for(_profile.name)
+            _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-teardown.log"
+            _ledger = cloud.ledger_for(
+                CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
             )
-        except RuntimeError as _exc:
-            print(f"onerror: {_exc} (see {_log})")
+            try:
+                cloud.teardown([_cluster], _log, _ledger)
+                print(f"onerror: tore down {_cluster} (verified; see {_log})")
+            except RuntimeError as _exc:
+                print(f"onerror: {_exc} (see {_log})")
