@@ -109,7 +109,7 @@ def aggregate_outputs(profile=PROFILE.name, infra=INFRA):
 
 def plot_outputs(profile=PROFILE.name, infra=INFRA):
     root = run_dir(profile, infra)
-    return [
+    return [f"{root}/plots/overview.png"] + [
         f"{root}/plots/{scenario}/{kind}.png"
         for scenario in scenarios_for(profile)
         for kind in ("throughput", "latency", "first_batch")

@@ -33,3 +33,21 @@ rule plot_scenario:
         "../envs/orchestrate.yaml"
     script:
         "../scripts/plots.py"
+
+
+rule plot_overview:
+    input:
+        table=f"{RUN_DIR}/results.csv",
+    output:
+        overview=report(
+            f"{RUN_DIR}/plots/overview.png",
+            caption="../report/overview.rst",
+            category="Summary",
+            labels={"plot": "overview"},
+        ),
+    log:
+        "logs/{profile}/{infra}/plots/overview.log",
+    conda:
+        "../envs/orchestrate.yaml"
+    script:
+        "../scripts/plots.py"

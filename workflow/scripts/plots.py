@@ -1,22 +1,26 @@
-"""Snakemake `script:` for rule plot_scenario; the logic is datarax_bench.plots."""
+"""Snakemake `script:` for rules plot_scenario and plot_overview; the logic is datarax_bench.plots."""
 
 import traceback
 
-from datarax_bench.plots import plot_scenario
+from datarax_bench.plots import plot_overview, plot_scenario
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 
 with open(sm.log[0], "w") as log:
     try:
-        plot_scenario(
-            sm.input.table,
-            sm.input.repetitions,
-            sm.wildcards.scenario,
-            throughput=sm.output.throughput,
-            latency=sm.output.latency,
-            first_batch=sm.output.first_batch,
-        )
-        print(f"plotted {sm.wildcards.scenario}", file=log)
+        if sm.rule == "plot_overview":
+            plot_overview(sm.input.table, sm.output.overview)
+            print("plotted the overview", file=log)
+        else:
+            plot_scenario(
+                sm.input.table,
+                sm.input.repetitions,
+                sm.wildcards.scenario,
+                throughput=sm.output.throughput,
+                latency=sm.output.latency,
+                first_batch=sm.output.first_batch,
+            )
+            print(f"plotted {sm.wildcards.scenario}", file=log)
     except Exception:
         traceback.print_exc(file=log)
         raise
