@@ -9,6 +9,8 @@ meet long labels, wide spans and unstable cells.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -331,3 +333,67 @@ def test_overview_names_the_fastest_adapter_of_each_variant_and_the_ratios(figur
     # every measured variant has exactly one best
     bests = [t for t in ax.texts if t.get_text().startswith("best")]
     assert len(bests) == len(ok.groupby(["scenario", "variant"]))
+
+
+def _offline_history(run_dir: Path) -> dict:
+    """Every key logged to the history of an offline W&B run, with its value; the W&B charts
+    (panels) it declares under `charts`."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (log_file,) = run_dir.glob("run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(log_file))
+    logged: dict = {"charts": {}}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            for item in record.history.item:
+                logged["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                if list(item.nested_key[:2]) == ["_wandb", "visualize"]:
+                    panel = json.loads(item.value_json)["panel_config"]
+                    logged["charts"][item.nested_key[2]] = panel
+    return logged
+
+
+def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path, monkeypatch):
+    from datarax_bench import export
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SERVICE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    results = tmp_path / "results" / "smoke" / "local"
+    shutil.copytree(real, results)
+    for scenario in SCENARIOS:
+        outputs = {k: results / "plots" / scenario / f"{k}.png" for k in plots.PLOT_KINDS}
+        plots.plot_scenario(
+            results / "results.csv", results / "repetitions.csv", scenario, **outputs
+        )
+    plots.plot_overview(results / "results.csv", results / "plots" / "overview.png")
+    report = export.export_results(results, marker=tmp_path / "marker.json", mode="offline")
+    assert "plots/overview.png" in report["exported"]["plots"]
+    run_dir = Path(report["run_dir"])
+    logged = _offline_history(run_dir)
+    assert {"plots/overview/path", "plots/PC-1/throughput/path"} <= set(logged)
+
+    def chart_rows(key, kind, fields):
+        panel = logged["charts"][key]
+        assert panel["panelDefId"] == f"wandb/{kind}/v0" and panel["fieldSettings"] == fields
+        table = logged[f"{key}_table/path"]
+        doc = json.loads((run_dir / "files" / table).read_text())
+        return [dict(zip(doc["columns"], row, strict=True)) for row in doc["data"]]
+
+    ok = pd.read_csv(results / "results.csv").query("status == 'ok'")
+    for scenario, cells in ok.groupby("scenario"):
+        bars = {"label": "cell", "value": "elements_per_s_median"}
+        rows = chart_rows(f"charts/{scenario}/throughput", "bar", bars)
+        assert sorted(r["elements_per_s_median"] for r in rows) == pytest.approx(
+            sorted(cells["elements_per_s_median"])
+        )
+    lines = {"x": "depth", "y": "elements_per_s_median", "stroke": "adapter"}
+    sweep = chart_rows("charts/PC-1/throughput_by_depth", "line", lines)
+    assert sorted(r["depth"] for r in sweep) == [1, 5]
+    assert {r["adapter"] for r in sweep} == {"NumPy reference"}

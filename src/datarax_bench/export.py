@@ -425,6 +425,45 @@ def _staging_in(root: Path):
             os.environ[DATA_DIR_ENV] = previous
 
 
+def interactive_charts(wandb, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """W&B's own charts from the table's rows, per scenario: median elements/s per cell as bars
+    and, where the variants sweep a number (PC-1's depth), one line per adapter against it."""
+    from .catalog import load_catalog
+    from .plots import throughput_shape
+
+    scenarios = load_catalog().scenarios
+    ok = [r for r in rows if r["status"] == "ok" and r["elements_per_s_median"] is not None]
+    charts: dict[str, Any] = {}
+    for scenario in dict.fromkeys(r["scenario"] for r in ok):
+        mine = [r for r in ok if r["scenario"] == scenario]
+        cells = wandb.Table(
+            columns=["cell", "adapter", "variant", "elements_per_s_median"],
+            data=[
+                [f"{r['adapter_name']} · {r['variant']}", r["adapter_name"], r["variant"]]
+                + [r["elements_per_s_median"]]
+                for r in mine
+            ],
+        )
+        title = f"{scenario}: median elements/s"
+        charts[f"charts/{scenario}/throughput"] = wandb.plot.bar(
+            cells, "cell", "elements_per_s_median", title=title
+        )
+        variants = list(dict.fromkeys(r["variant"] for r in mine))
+        shape, key, x_of = throughput_shape(scenarios.get(scenario), variants)
+        if shape == "line":
+            sweep = wandb.Table(
+                columns=[key, "adapter", "elements_per_s_median"],
+                data=[
+                    [x_of[r["variant"]], r["adapter_name"], r["elements_per_s_median"]]
+                    for r in mine
+                ],
+            )
+            charts[f"charts/{scenario}/throughput_by_{key}"] = wandb.plot.line(
+                sweep, key, "elements_per_s_median", stroke="adapter", title=f"{title} by {key}"
+            )
+    return charts
+
+
 def _log_run(
     bundle: ResultsBundle, *, mode: str, project: str, entity: str | None, infra: str, name: str
 ):
@@ -449,7 +488,7 @@ def _log_run(
     try:
         rows = [table_row(c) for c in bundle.cells]
         table = wandb.Table(columns=list(TABLE_COLUMNS), data=[list(r.values()) for r in rows])
-        logged: dict[str, Any] = {"cells": table}
+        logged: dict[str, Any] = {"cells": table, **interactive_charts(wandb, rows)}
         for plot in bundle.plots:
             key = plot.relative_to(bundle.root).with_suffix("").as_posix()  # plots/CV-1/latency
             logged[key] = wandb.Image(str(plot))

@@ -647,6 +647,7 @@ def overview_figure(table: pd.DataFrame, facts: RunFacts):
                     va="center",
                     fontsize=8,
                     fontweight="bold" if best else "normal",
+                    color="white" if norm(ratio[i, j]) < 0.2 or best else "black",
                 )
             else:
                 status = grid.loc[key, "status"] if key in grid.index else "not run"
