@@ -525,7 +525,7 @@ def latency_figure(
     )
     ax.set_yticks(y, [_cell_label(a, v, several) for v, a in keys], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(min(values) / 2 if log else 0, max(values) * (1.5 if log else 1.1))
+    ax.set_xlim(np.nanmin(values) / 2 if log else 0, np.nanmax(values) * (1.5 if log else 1.1))
     texts = [
         ax.text(
             h * 1.08 if log else h + ax.get_xlim()[1] * 0.01,
@@ -560,14 +560,18 @@ def first_batch_figure(
     """Per cell: one dot per repetition's time to first batch, a tick at their median."""
     colors = colors or adapter_colors(cells)
     keys = _rep_keys(cells, reps) if len(reps) else []
+    seconds = {}
+    if keys:
+        grouped = reps.groupby(["variant", "adapter_name"], sort=False)["time_to_first_batch_s"]
+        seconds = {k: grouped.get_group(k).dropna().to_numpy(float) for k in keys}
+        keys = [k for k in keys if len(seconds[k])]  # a measure that times no first batch
     fig, ax = _figure(len(keys))
     _title(ax, title)
     if not keys:
         _empty(fig, ax, "first batch measured")
         finish(fig, cells, facts, unstable_marked=False)
         return fig
-    grouped = reps.groupby(["variant", "adapter_name"], sort=False)["time_to_first_batch_s"]
-    seconds = {k: grouped.get_group(k).to_numpy(float) for k in keys}
+    seconds = {k: seconds[k] for k in keys}
     values = np.concatenate(list(seconds.values()))
     log = _value_axis(
         ax, "x", values, "time to first batch (dot: one repetition; bar: median)", duration
