@@ -200,3 +200,35 @@ def test_billing_from_the_ledger(tmp_path):
     assert bill["measuring_share"] == pytest.approx(150 / 600)
     assert bill["orchestration_s_per_cell"] == pytest.approx(10.0)
     assert bill["sky_cost_report_usd"] == 0.19 and bill["still_up"] is False
+
+
+@needs_loopback
+def test_the_loopback_refuses_what_skypilot_refuses_before_launching(loopback_home):
+    node, home = loopback_home
+    task = home / "task.yaml"
+    task.write_text(yaml.safe_dump({"run": "true", "envs": {"BUCKET": None}}))
+    base = ["sky", "launch", "-c", "c1", str(task), "-y", "--infra", "ssh/pool"]
+    unset = subprocess.run(base, capture_output=True, text=True)
+    assert unset.returncode != 0 and "Environment variable 'BUCKET' is None" in unset.stderr
+    assert subprocess.run([*base, "--env", "BUCKET=b"], capture_output=True).returncode == 0
+    mounted = home / "mounted.yaml"
+    mounted.write_text(
+        yaml.safe_dump({"run": "true", "file_mounts": {"~/b": {"name": "b", "mode": "MOUNT"}}})
+    )
+    vast = ["sky", "launch", "-c", "c2", str(mounted), "-y", "--infra", "vast"]
+    refused = subprocess.run(vast, capture_output=True, text=True)
+    assert "Mounting object stores is not supported on Vast" in refused.stderr
+
+
+@needs_loopback
+def test_two_loopback_clusters_on_one_node_keep_their_jobs_apart(loopback_home):
+    node, home = loopback_home
+    launch(home, "c1")
+    launch(home, "c2")
+    subprocess.run(["sky", "exec", "c1", "--", "exit 3"], capture_output=True)
+    subprocess.run(["sky", "exec", "c2", "--", "true"], check=True, capture_output=True)
+    status = [
+        subprocess.run(["sky", "logs", c, "2", "--status"], capture_output=True).returncode
+        for c in ("c1", "c2")
+    ]
+    assert status == [100, 0]

@@ -15,7 +15,8 @@ import psutil
 
 from . import paths
 
-#: Set by the cloud task files: the synced tree there has no `.git`.
+#: Names the commit where a tree has no `.git` (an image built from an export, say). Cloud
+#: machines read their own: SkyPilot syncs `.git` with the workdir.
 GIT_COMMIT_ENV = "DATARAX_BENCH_GIT_COMMIT"
 _ENV_RECORDED = re.compile(
     r"^(JAX_|XLA_|TF_|CUDA_|NVIDIA_|TPU_|LIBTPU_|NCCL_|OMP_|MKL_|OPENBLAS_|PYTORCH_|TORCH_|"
