@@ -406,3 +406,22 @@ def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path
     sweep = chart_rows("charts/PC-1/throughput_by_depth", "line", lines)
     assert sorted(r["depth"] for r in sweep) == [1, 5]
     assert {r["adapter"] for r in sweep} == {"NumPy reference"}
+
+
+def test_pc1_over_the_full_depth_range_is_log_log(spread):
+    """The default profiles' depths (1 to 50): the measured d1 rows, slower with depth."""
+    table, _, facts = _load(spread)
+    d1 = table[(table["scenario"] == "PC-1") & (table["variant"] == "d1")]
+    eps = [c for c in table.columns if c.startswith("elements_per_s_") and not c.endswith("_cv")]
+    depths = [1, 2, 5, 10, 20, 50]
+    cells = pd.concat(
+        [d1.assign(variant=f"d{n}", **{c: d1[c] / n**0.7 for c in eps}) for n in depths]
+    )
+    fig = plots.throughput_figure(cells, "t", facts, CATALOG.get("PC-1"))
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert "log scale" in ax.get_xlabel() and "log scale" in ax.get_ylabel()
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_visible()]
+    assert ticks == [str(n) for n in depths]
+    plots.plt.close(fig)
