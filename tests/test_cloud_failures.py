@@ -47,12 +47,14 @@ def loopback_home(tmp_path, monkeypatch):
     node = loopback.make_node(tmp_path / "node")
     home = tmp_path / "home"
     home.mkdir()
-    env = loopback.loopback_env(home, node)
-    for key in ("HOME", "PATH", "LOOPBACK_SKY_NODE"):
-        monkeypatch.setenv(key, env[key])
-    yield node, home
-    loopback.stop_skylets(home)
-    node.stop()
+    try:  # the node is stopped however the setup or the test ends
+        env = loopback.loopback_env(home, node)
+        for key in ("HOME", "PATH", "LOOPBACK_SKY_NODE"):
+            monkeypatch.setenv(key, env[key])
+        yield node, home
+    finally:
+        loopback.stop_skylets(home)
+        node.stop()
 
 
 def launch(home: Path, cluster: str) -> None:

@@ -76,16 +76,18 @@ def cluster_env(tmp_path):
     node = loopback.make_node(tmp_path / "node")
     home = tmp_path / "home"
     home.mkdir()
-    env = loopback.loopback_env(home, node)
-    env["WANDB_API_KEY"] = SENTINEL
-    env["WANDB_MODE"] = "offline"
-    repo = checkout_copy(tmp_path / "repo")
-    work = tmp_path / "work"
-    (work / "config").mkdir(parents=True)
-    shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
-    yield node, home, env, work, repo
-    loopback.stop_skylets(home)
-    node.stop()
+    try:  # the node is stopped however the setup or the test ends
+        env = loopback.loopback_env(home, node)
+        env["WANDB_API_KEY"] = SENTINEL
+        env["WANDB_MODE"] = "offline"
+        repo = checkout_copy(tmp_path / "repo")
+        work = tmp_path / "work"
+        (work / "config").mkdir(parents=True)
+        shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
+        yield node, home, env, work, repo
+    finally:
+        loopback.stop_skylets(home)
+        node.stop()
 
 
 def snakemake_argv(repo: Path, work: Path, *extra: str, scenarios=SCENARIOS) -> list[str]:
