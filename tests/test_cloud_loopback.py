@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -135,6 +136,12 @@ def assert_no_secret(*roots: Path) -> None:
                 assert SENTINEL.encode() not in path.read_bytes(), f"secret leaked into {path}"
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def verbs(calls: list[dict]) -> list[str]:
     return [c["argv"][0] for c in calls]
 
@@ -187,6 +194,7 @@ def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_pa
     calls = loopback.calls(home)
     assert verbs(calls).count("launch") == 1 and verbs(calls).count("exec") == 3
     rerun = load_result(cell)
+    assert stat.S_IMODE(cell.stat().st_mode) == 0o666 & ~current_umask()  # as a local result
     assert rerun["provenance"]["git_commit"] == new_commit
     assert rerun["provenance"]["git_dirty"] is False
     untouched = load_result(run_dir / "raw" / "CV-1" / "small" / "numpy.json")

@@ -160,6 +160,21 @@ def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
     assert not list(tmp_path.rglob(".*.png")), "no temporary files left behind"
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_figures_follow_the_umask_like_every_other_output(real, tmp_path, umask, mode):
+    import os
+    import stat
+
+    outputs = {k: tmp_path / f"{k}.png" for k in plots.PLOT_KINDS}
+    old = os.umask(umask)
+    try:
+        plots.plot_scenario(real / "results.csv", real / "repetitions.csv", "TAB-1", **outputs)
+        plots.plot_overview(real / "results.csv", tmp_path / "overview.png")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*.png")} == {mode}
+
+
 def test_no_two_labels_overlap(figures):
     _, _, _, _, made = figures
     for name, fig in made.items():

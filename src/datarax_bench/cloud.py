@@ -43,7 +43,7 @@ import yaml
 
 from . import paths
 from .errors import UserError
-from .results import load_result, utc_now, write_json_atomic
+from .results import load_result, user_file_mode, utc_now, write_json_atomic
 
 #: Where the remote machine keeps results, relative to its home (`~` expands there).
 REMOTE_RESULTS = "~/datarax-bench-results"
@@ -670,17 +670,11 @@ def pull_cell(
         cell = result["cell"]
         if (cell["scenario"], cell["variant"], cell["adapter"]) != (scenario, variant, adapter):
             raise RuntimeError(f"cell {label}: the pulled file describes another cell {cell}")
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, user_file_mode())
         os.replace(tmp, output)
         return result
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def cluster_record_path(work_dir: Path) -> Path:

@@ -37,6 +37,7 @@ from matplotlib.text import Annotation  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
+from .results import user_file_mode  # noqa: E402
 from .stats import UNSTABLE_CV  # noqa: E402
 
 PERCENTILES = ("p50", "p95", "p99")
@@ -683,6 +684,7 @@ def _save(fig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.fchmod(fd, user_file_mode())
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")

@@ -23,10 +23,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _umask() -> int:
+def user_file_mode() -> int:
+    """The mode a file the user creates gets (0o666 less the umask), not mkstemp's 0600."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 # Inside `all_or_nothing()`: the (temporary, target) pairs written but not yet renamed.
@@ -66,7 +67,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            os.fchmod(fh.fileno(), user_file_mode())
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
