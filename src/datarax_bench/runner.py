@@ -286,7 +286,6 @@ def run_matrix(
     pairs = profile.cells(catalog, scenarios)
     cells = [resolve_cell(profile, catalog, s, v, a.id) for s, v in pairs for a in chosen]
     output_dir = Path(output_dir)
-    supervision.sweep_stale_files(output_dir / "raw")
     started = utc_now()
     results = []
     for i, cell in enumerate(cells, 1):

@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from . import paths
+from .cloud import load_task
+
 BUCKET_ENV = "DATARAX_BENCH_BUCKET"
 # Where SkyPilot mounts the bucket on the machine (`~/` paths are home-relative there).
 BUCKET_MOUNT = "~/datarax-bench-bucket"
@@ -109,12 +112,10 @@ def persist(
             name = environ.get(BUCKET_ENV) or "the bucket"
             kept.append(f"bucket {name} at {results_dir.name}/{stamp}/ (mounted at {dest})")
 
-    if kept and not failed:
-        for where in kept:
-            _say(f"results kept in {where}")
-        return 0
     for where in kept:
         _say(f"results kept in {where}")
+    if kept and not failed:
+        return 0
     _say(
         f"the results are ONLY on this machine, in {results_dir}; a cluster launched with --down "
         "deletes them when this job ends. Next time pass --secret WANDB_API_KEY or a results "
@@ -144,9 +145,9 @@ def with_results_bucket(task: dict[str, Any]) -> dict[str, Any]:
 
 def write_bucket_task(template: Path, output: Path) -> Path:
     template = Path(template).resolve()
-    task = with_results_bucket(yaml.safe_load(template.read_text()))
-    # An absolute workdir (benchmarks/sky/ -> the checkout): the new file may live anywhere.
-    task["workdir"] = str(template.parents[2])
+    task = with_results_bucket(load_task(template))
+    # An absolute workdir (the checkout): the new file may live anywhere.
+    task["workdir"] = str(paths.project_root())
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     header = (
