@@ -76,13 +76,12 @@ class SkyTimeout(RuntimeError):
 
 @dataclass(frozen=True)
 class CloudSettings:
-    """The workflow's cloud keys (config/README.md)."""
+    """The workflow keys that decide provisioning and the billing limits (config/README.md)."""
 
     idle_minutes: float = 30
     use_spot: bool | str = "auto"
     max_cluster_hours: float = 8
     launch_timeout_minutes: float = 60
-    keep_cluster: bool = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CloudSettings:
@@ -91,7 +90,6 @@ class CloudSettings:
             use_spot=config["use_spot"],
             max_cluster_hours=config["max_cluster_hours"],
             launch_timeout_minutes=config["launch_timeout_minutes"],
-            keep_cluster=config["keep_cluster"],
         )
 
 
@@ -184,10 +182,6 @@ def write_task(task: dict[str, Any], path: Path) -> None:
 
 
 # --- spot ------------------------------------------------------------------------------------
-
-
-def infra_cloud_name(infra: str) -> str:
-    return infra.split("/")[0]
 
 
 def spot_support(infra: str) -> tuple[bool | None, str]:
@@ -296,7 +290,7 @@ def remote_cell_command(profile: str, scenario: str, variant: str, adapter: str)
 
 def cell_allowance_s(profile) -> float:
     """The longest a cell may legitimately take: every attempt's timeout plus start-up."""
-    attempts = 1 + int(getattr(profile, "retries", 0) or 0)
+    attempts = 1 + profile.retries
     return float(profile.measurement["timeout_s"]) * attempts + CELL_MARGIN_S
 
 
@@ -512,7 +506,6 @@ def task_envs(task: dict[str, Any]) -> dict[str, str]:
 
 
 def _launch(
-    profile,
     infra: str,
     cluster: str,
     task_file: Path,
@@ -607,7 +600,7 @@ def _provision_locked(
     else:
         if status is not None:
             _say(f"cluster {cluster} is {status}; launching it again")
-        launch = _launch(profile, infra, cluster, task_file, settings, ledger, log)
+        launch = _launch(infra, cluster, task_file, settings, ledger, log)
     remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
     if remaining <= 0:
         raise RuntimeError(
