@@ -1,4 +1,4 @@
-"""`datarax-bench`: list, run, doctor."""
+"""`datarax-bench`: list, run, doctor, compare."""
 
 from __future__ import annotations
 
@@ -282,6 +282,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --- compare two runs (logic in compare.py) ---------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    from . import compare
+
+    threshold = compare.parse_threshold(args.threshold)
+    alpha = compare.parse_alpha(args.alpha)
+    outputs = [("--markdown", args.markdown), ("--csv", args.csv), ("--plot", args.plot)]
+    for option, value in outputs:
+        if value:
+            check_output(f"compare: {option}", value, "file")
+    result = compare.compare_runs(
+        compare.load_run(args.base),
+        compare.load_run(args.new),
+        threshold,
+        alpha,
+        allow_different_hardware=args.allow_different_hardware,
+    )
+    print(compare.comparison_text(result), end="")
+    compare.write_outputs(
+        result, Path(args.markdown) if args.markdown else None, Path(args.csv) if args.csv else None
+    )
+    if args.plot:
+        from .compare_plot import plot_comparison
+
+        plot_comparison(result, args.plot)
+    return 1 if result.regressions else 0
+
+
 # --- standalone task files (logic in standalone.py) -----------------------------------------
 
 
@@ -337,6 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="without WANDB_API_KEY, export nothing and exit 0 (cloud machines)",
     )
     p.set_defaults(func=cmd_export)
+
+    # compare two results directories: see compare.py
+    p = sub.add_parser("compare", help="compare two results directories; exit 1 on a regression")
+    p.add_argument("base", help="the earlier results directory (the baseline)")
+    p.add_argument("new", help="the results directory to check against it")
+    p.add_argument("--threshold", default="5%", help="smallest change called (default 5%%)")
+    p.add_argument("--alpha", default="0.01", help="significance level (default 0.01)")
+    p.add_argument("--markdown", help="also write the table as Markdown to this file")
+    p.add_argument("--csv", help="also write one row per cell and metric to this CSV file")
+    p.add_argument("--plot", help="also draw the ratios with their intervals to this PNG")
+    p.add_argument(
+        "--allow-different-hardware",
+        action="store_true",
+        help="compare runs from different machines (every row then says so)",
+    )
+    p.set_defaults(func=cmd_compare)
 
     # standalone task files (benchmarks/sky): see standalone.py
     p = sub.add_parser("persist", help="keep a cloud machine's results (W&B and/or a bucket)")

@@ -1,0 +1,652 @@
+"""Comparing two results directories: which cells got faster, slower, or broke.
+
+Cells are matched by (scenario, variant, adapter, style where a result has one). For every
+matched pair and metric: the ratio of the medians (as a speed, new over base: above 1 is
+faster, for times too), a bootstrap 95% interval of that ratio resampling both runs'
+repetitions, and a two-sided Mann-Whitney U test over the repetitions. A change is called only
+when the test is significant at `alpha` and the whole interval lies outside the threshold band
+[1 / (1 + threshold), 1 + threshold]; otherwise the cell is `same`.
+
+Before any number is compared the two runs must have measured the same work (data digest,
+transforms, batch size, element count; else that cell is `incomparable`) on the same hardware
+(CPU model and usable cores, RAM, GPU name and count, JAX backend and device kind; else the
+comparison is refused unless explicitly allowed, and then every row says so).
+
+Only numpy and the standard library: the CLI compares results without the orchestration extra
+(the Mann-Whitney test is computed exactly here rather than by scipy, a runtime dependency
+of 40 MB for some twenty lines).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .results import load_result, write_text_atomic
+from .schemas import read_json
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_ALPHA = 0.01
+#: Up to this many repetitions in the smaller sample (and no ties) the p-value is exact.
+EXACT_MAX = 8
+FAILURES = ("failed", "timeout")
+REGRESSING = ("slower", "regressed")
+WORKLOAD_KEYS = ("data_digest", "transforms", "batch_size", "num_elements")
+
+Key = tuple[str, str, str, str | None]
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def _u_distribution(m: int, n: int) -> list[int]:
+    """Number of orderings of m against n values (no ties) for each U = 0 .. m*n.
+
+    The generating function is the Gaussian binomial [m+n choose m]_q = prod_{i=1..m}
+    (1 - q^(n+i)) / (1 - q^i), multiplied and divided out exactly in integers.
+    """
+    m, n = min(m, n), max(m, n)
+    counts = [1] + [0] * (m * n)
+    for i in range(1, m + 1):
+        for k in range(len(counts) - 1, n + i - 1, -1):  # times (1 - q^(n+i))
+            counts[k] -= counts[k - n - i]
+        for k in range(i, len(counts)):  # divided by (1 - q^i)
+            counts[k] += counts[k - i]
+    return counts
+
+
+def mann_whitney_u(x, y) -> tuple[float, float]:
+    """U statistic of `x` and two-sided p-value, as scipy.stats.mannwhitneyu(method="auto").
+
+    Exact when the smaller sample has at most EXACT_MAX values and no value is tied; else the
+    normal approximation with tie and continuity corrections.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    m, n = x.size, y.size
+    if m == 0 or n == 0:
+        raise ValueError("Mann-Whitney U needs at least one value in each sample")
+    both = np.concatenate([x, y])
+    order = both.argsort(kind="mergesort")
+    ranks = np.empty(both.size)
+    sorted_values = both[order]
+    _, first, tie_counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    average = first + (tie_counts + 1) / 2  # 1-based average rank of each distinct value
+    ranks[order] = np.repeat(average, tie_counts)
+    u1 = float(ranks[:m].sum() - m * (m + 1) / 2)
+    u = max(u1, m * n - u1)
+    if min(m, n) <= EXACT_MAX and tie_counts.max() == 1:
+        counts = _u_distribution(m, n)
+        at_least = sum(counts[math.ceil(u) :])
+        return u1, min(1.0, 2 * at_least / math.comb(m + n, m))
+    total = m + n
+    ties = float((tie_counts**3 - tie_counts).sum())
+    sigma = math.sqrt(m * n / 12 * ((total + 1) - ties / (total * (total - 1))))
+    if sigma == 0:
+        return u1, 1.0
+    z = (u - m * n / 2 - 0.5) / sigma
+    return u1, min(1.0, math.erfc(z / math.sqrt(2)))
+
+
+def smallest_p_value(m: int, n: int) -> float:
+    """The smallest two-sided p-value the exact test can reach with m against n repetitions."""
+    return min(1.0, 2 / math.comb(m + n, m))
+
+
+def ratio_interval(base, new, level: float = 0.95) -> tuple[float, float, float]:
+    """median(new) / median(base) and its percentile bootstrap interval, both runs resampled.
+
+    Seeded, so that the same repetitions always give the same interval.
+    """
+    base, new = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    ratio = float(np.median(new) / np.median(base))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    base_medians = np.median(rng.choice(base, (BOOTSTRAP_RESAMPLES, base.size)), axis=1)
+    new_medians = np.median(rng.choice(new, (BOOTSTRAP_RESAMPLES, new.size)), axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(new_medians / base_medians, [tail, 100 - tail])
+    return ratio, float(low), float(high)
+
+
+# --- reading the two runs --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A results directory: its run index (manifest.json) and the results it lists."""
+
+    root: Path
+    manifest: dict[str, Any]
+    results: dict[Key, dict[str, Any]]
+
+
+def cell_key(result: dict[str, Any]) -> Key:
+    c = result["cell"]
+    return c["scenario"], c["variant"], c["adapter"], c.get("style")
+
+
+def load_run(path: str | Path) -> Run:
+    """Every result the run index lists, validated; a bad directory or file is a UserError."""
+    root = Path(path)
+    expected = "expected a results directory (the --output-dir of a run, or results/PROFILE/INFRA)"
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory; {expected}")
+    index = root / "manifest.json"
+    if not index.is_file():
+        raise UserError(f"{root}: no manifest.json, so not a results directory; {expected}")
+    manifest = read_json(index)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cells"), list):
+        raise UserError(f"{index}: expected a run index, a JSON object with a list of 'cells'")
+    results: dict[Key, dict[str, Any]] = {}
+    for entry in manifest["cells"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise UserError(f"{index}: cells: expected objects with a 'path', got {entry!r}")
+        file = root / entry["path"]
+        if not file.is_file():
+            raise UserError(f"{file}: listed in {index} but missing")
+        digest = entry.get("sha256")
+        if digest and hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise UserError(f"{file}: SHA-256 differs from {index}; the file changed or is partial")
+        result = load_result(file)
+        results[cell_key(result)] = result
+    if not results:
+        raise UserError(f"{index}: lists no cells; nothing to compare")
+    return Run(root, manifest, results)
+
+
+def hardware(result: dict[str, Any]) -> dict[str, Any]:
+    """What must match for two measurements to be comparable at all."""
+    p = result["provenance"]
+    cpu, jax = p.get("cpu") or {}, p.get("jax") or {}
+    gpu = p.get("gpu")
+    return {
+        "CPU model": cpu.get("model"),
+        "usable cores": cpu.get("usable_cores"),
+        # Total RAM, to the GiB: the same instance type reports a few MiB more or less.
+        "RAM GiB": round(p.get("memory_bytes", 0) / 2**30),
+        "GPU": gpu,
+        "GPU count": jax.get("device_count") if gpu else 0,
+        "JAX backend": jax.get("backend"),
+        "JAX device kind": jax.get("device_kind"),
+    }
+
+
+def _differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k} {base.get(k)!r} -> {new.get(k)!r}" for k in base if base.get(k) != new.get(k)]
+
+
+def packages(run: Run) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for result in run.results.values():
+        for name, version in result["provenance"].get("packages", {}).items():
+            found.setdefault(name, version)
+    found.setdefault("python", next(iter(run.results.values()))["provenance"].get("python"))
+    return found
+
+
+# --- metrics and verdicts ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    higher_is_better: bool
+
+
+THROUGHPUT = Metric("throughput", "elements/s", True)
+RESTORE = Metric("restore time", "s", False)
+FIRST_BATCH = Metric("time to first batch", "s", False)
+#: Special measures' key metrics beyond throughput: samples per measure.
+TIMED = {
+    "checkpoint": (RESTORE, lambda r: [t["restore_s"] for t in r["special"]["repetitions"]]),
+    "streaming": (FIRST_BATCH, lambda r: r["special"]["time_to_first_batch_s"]),
+}
+#: Properties whose loss is a regression whatever the timings: (measure, key, good, bad).
+FLAGS = {
+    "checkpoint": ("resume_exact", "exact", "not exact"),
+    "determinism": ("deterministic", "deterministic", "not deterministic"),
+    "sharding": ("sharded", "split over the devices", "not split"),
+}
+
+
+@dataclass
+class Row:
+    key: Key
+    adapter_name: str
+    metric: str
+    unit: str
+    verdict: str
+    reason: str = ""
+    base_status: str = ""
+    new_status: str = ""
+    base_n: int | None = None
+    new_n: int | None = None
+    base_median: float | str | None = None
+    new_median: float | str | None = None
+    ratio: float | None = None
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+    p_value: float | None = None
+    note: str = ""
+
+    @property
+    def regression(self) -> bool:
+        if self.verdict == "status changed":
+            return self.new_status != "ok" and (
+                self.base_status == "ok"
+                or (self.new_status in FAILURES and self.base_status not in FAILURES)
+            )
+        return self.verdict in REGRESSING
+
+    @property
+    def verdict_text(self) -> str:
+        return f"{self.verdict}: {self.reason}" if self.reason else self.verdict
+
+    @property
+    def effect(self) -> float:
+        return abs(math.log(self.ratio)) if self.ratio else 0.0
+
+
+def timed_row(key, name, metric: Metric, base, new, threshold: float, alpha: float) -> Row:
+    """Ratio (as a speed), its interval, the test and the verdict for one metric of a pair."""
+    ratio, low, high = ratio_interval(base, new)
+    if not metric.higher_is_better:  # a time: the speed ratio is base / new
+        ratio, low, high = 1 / ratio, 1 / high, 1 / low
+    _, p = mann_whitney_u(base, new)
+    significant = p < alpha
+    if significant and high < 1 / (1 + threshold):
+        verdict = "slower"
+    elif significant and low > 1 + threshold:
+        verdict = "faster"
+    else:
+        verdict = "same"
+    return Row(
+        key,
+        name,
+        metric.name,
+        metric.unit,
+        verdict,
+        base_status="ok",
+        new_status="ok",
+        base_n=len(base),
+        new_n=len(new),
+        base_median=float(np.median(base)),
+        new_median=float(np.median(new)),
+        ratio=ratio,
+        ci95_low=low,
+        ci95_high=high,
+        p_value=p,
+    )
+
+
+def _workload_differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    bw, nw = base.get("workload") or {}, new.get("workload") or {}
+    return [k for k in WORKLOAD_KEYS if bw.get(k) != nw.get(k)]
+
+
+def compare_pair(key: Key, base, new, threshold: float, alpha: float) -> list[Row]:
+    """The rows of one cell: every metric it has, or why it cannot be compared."""
+    some = new or base
+    name = some["cell"]["adapter_name"]
+    if base is None or new is None:
+        which = "base" if new is None else "new"
+        bs, ns = (base or {}).get("status", ""), (new or {}).get("status", "")
+        return [Row(key, name, "status", "", "incomparable", f"only in the {which} run", bs, ns)]
+    bs, ns = base["status"], new["status"]
+    if bs != ns:
+        reason = f"{bs} -> {ns}" + (f" ({new['reason']})" if new["reason"] else "")
+        return [Row(key, name, "status", "", "status changed", reason, bs, ns)]
+    if bs != "ok":
+        return [Row(key, name, "status", "", "incomparable", f"{bs} in both runs", bs, ns)]
+    differs = _workload_differences(base, new)
+    if differs:
+        reason = f"workload differs ({', '.join(differs)})"
+        return [Row(key, name, "workload", "", "incomparable", reason, bs, ns)]
+    measure = new["cell"]["measure"]
+    samples = [(THROUGHPUT, lambda r: [rep["elements_per_s"] for rep in r["repetitions"]])]
+    if measure in TIMED:
+        samples.append(TIMED[measure])
+    rows = [
+        timed_row(key, name, metric, get(base), get(new), threshold, alpha)
+        for metric, get in samples
+    ]
+    if measure in FLAGS:
+        flag, good, bad = FLAGS[measure]
+        was, now = bool(base["special"][flag]), bool(new["special"][flag])
+        word = {True: good, False: bad}
+        if was == now:
+            verdict, reason = "same", ""
+        else:
+            verdict = "regressed" if was else "improved"
+            reason = f"{word[was]} -> {word[now]}"
+        row = Row(key, name, flag, "", verdict, reason, bs, ns)
+        row.base_median, row.new_median = word[was], word[now]
+        rows.insert(0, row)
+    return rows
+
+
+@dataclass
+class Comparison:
+    base: Run
+    new: Run
+    threshold: float
+    alpha: float
+    rows: list[Row]
+    hardware_differences: list[str] = field(default_factory=list)
+    package_differences: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    settings_differences: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.regression]
+
+
+def _sort_key(row: Row) -> tuple:
+    # Regressions first, then improvements, then the rest; each by the size of the effect.
+    if row.regression:
+        group = 0
+    elif row.verdict in ("faster", "improved", "status changed"):
+        group = 1
+    elif row.verdict == "same":
+        group = 2
+    else:
+        group = 3
+    return group, -row.effect, row.key[:3], row.metric
+
+
+def _flat(settings: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        return {prefix: settings}
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def compare_runs(
+    base: Run,
+    new: Run,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    allow_different_hardware: bool = False,
+) -> Comparison:
+    """Every cell of either run, matched, compared and sorted by effect (regressions first).
+
+    Refuses (UserError) runs measured on different hardware unless allowed; then every row
+    carries a note saying how the hardware differs.
+    """
+    check_threshold(threshold)
+    check_alpha(alpha)
+    keys = list(dict.fromkeys([*base.results, *new.results]))
+    hardware_differences: list[str] = []
+    for key in keys:
+        b, n = base.results.get(key), new.results.get(key)
+        if b is not None and n is not None:
+            hardware_differences = _differences(hardware(b), hardware(n))
+            if hardware_differences:
+                break
+    if hardware_differences and not allow_different_hardware:
+        raise UserError(
+            f"{new.root} was measured on different hardware than {base.root} "
+            f"({'; '.join(hardware_differences)}); timings are comparable only on the same "
+            "machine (pass --allow-different-hardware to compare anyway)"
+        )
+    rows = [
+        row
+        for key in keys
+        for row in compare_pair(key, base.results.get(key), new.results.get(key), threshold, alpha)
+    ]
+    if hardware_differences:
+        note = "different hardware: " + "; ".join(hardware_differences)
+        for row in rows:
+            row.note = note
+    rows.sort(key=_sort_key)
+    old, now = packages(base), packages(new)
+    package_differences = [
+        (name, old.get(name), now.get(name))
+        for name in dict.fromkeys([*old, *now])
+        if old.get(name) != now.get(name)
+    ]
+    bs, ns = _flat(base.manifest.get("settings") or {}), _flat(new.manifest.get("settings") or {})
+    settings_differences = _differences(bs, ns) + [
+        f"{k} (new only) {ns[k]!r}" for k in ns if k not in bs
+    ]
+    return Comparison(
+        base,
+        new,
+        threshold,
+        alpha,
+        rows,
+        hardware_differences,
+        package_differences,
+        settings_differences,
+    )
+
+
+def check_threshold(value: float) -> float:
+    if not 0 < value < 1:
+        raise UserError(f"threshold {value!r}: expected a fraction between 0 and 1, e.g. 0.05")
+    return value
+
+
+def check_alpha(value: float) -> float:
+    if not 0 < value < 1:
+        raise UserError(f"alpha {value!r}: expected a significance level between 0 and 1")
+    return value
+
+
+def parse_threshold(text: str) -> float:
+    """'5%' or '0.05'; a bare number of 1 or more is refused as ambiguous."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise UserError(
+            f"--threshold {text!r}: expected a percentage such as 5% or a fraction such as 0.05"
+        )
+    return value
+
+
+def parse_alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise UserError(
+            f"--alpha {text!r}: expected a significance level between 0 and 1, e.g. 0.01"
+        )
+    return value
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "scenario",
+    "variant",
+    "adapter",
+    "adapter_name",
+    "style",
+    "metric",
+    "unit",
+    "base_status",
+    "new_status",
+    "base_n",
+    "new_n",
+    "base_median",
+    "new_median",
+    "ratio",
+    "ci95_low",
+    "ci95_high",
+    "p_value",
+    "verdict",
+    "reason",
+    "regression",
+    "note",
+)
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    scenario, variant, adapter, style = row.key
+    record = {
+        "scenario": scenario,
+        "variant": variant,
+        "adapter": adapter,
+        "style": style or "",
+    }
+    record.update({k: getattr(row, k) for k in CSV_COLUMNS if k not in record})
+    return {k: "" if v is None else v for k, v in record.items()}
+
+
+def comparison_csv(comparison: Comparison) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in comparison.rows:
+        writer.writerow(row_record(row))
+    return out.getvalue()
+
+
+def _value(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return value
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def cell_label(row: Row) -> str:
+    scenario, variant, _, style = row.key
+    return f"{scenario}/{variant}" + (f" ({style})" if style else "")
+
+
+def _ratio(row: Row) -> str:
+    if row.ratio is None:
+        return ""
+    return f"{row.ratio:.3f} [{row.ci95_low:.3f}, {row.ci95_high:.3f}]"
+
+
+def table_rows(comparison: Comparison) -> list[list[str]]:
+    """Cell, adapter, metric, base, new, ratio [CI], p, verdict: what both tables show."""
+    rows = []
+    for r in comparison.rows:
+        unit = f" {r.unit}" if r.unit and r.ratio is not None else ""
+        rows.append(
+            [
+                cell_label(r),
+                r.adapter_name,
+                r.metric,
+                _value(r.base_median) + unit if r.base_median not in (None, "") else "",
+                _value(r.new_median) + unit if r.new_median not in (None, "") else "",
+                _ratio(r),
+                "" if r.p_value is None else f"{r.p_value:.3g}",
+                r.verdict_text + (" (REGRESSION)" if r.regression else ""),
+            ]
+        )
+    return rows
+
+
+HEADER = ["Cell", "Adapter", "Metric", "Base", "New", "New/base speed [95% CI]", "p", "Verdict"]
+
+
+def _run_line(label: str, run: Run) -> str:
+    some = next(iter(run.results.values()))
+    commit = run.manifest.get("git_commit") or some["provenance"].get("git_commit") or "unknown"
+    when = (run.manifest.get("started") or some["timestamps"]["started"])[:16].replace("T", " ")
+    profile = run.manifest.get("profile") or some["cell"]["profile"]
+    return f"{label}: {run.root} (profile {profile}, commit {str(commit)[:12]}, {when} UTC)"
+
+
+def preamble(comparison: Comparison) -> list[str]:
+    """Runs, rule, hardware, package and settings differences, and a power warning."""
+    c = comparison
+    regress = len(c.regressions)
+    lines = [
+        _run_line("base", c.base),
+        _run_line("new", c.new),
+        f"{len(c.rows)} rows, {regress} regression{'s' if regress != 1 else ''}. A change is "
+        f"called when the Mann-Whitney U test gives p < {c.alpha:g} and the 95% bootstrap "
+        f"interval of the speed ratio lies outside [{1 / (1 + c.threshold):.3f}, "
+        f"{1 + c.threshold:.3f}] (threshold {c.threshold:.0%}). Speed ratio above 1 is faster "
+        "(for times: base time / new time).",
+    ]
+    if c.hardware_differences:
+        lines.append("Different hardware (compared anyway): " + "; ".join(c.hardware_differences))
+    if c.package_differences:
+        lines.append(
+            "Package versions differ: "
+            + ", ".join(
+                f"{n} {b or 'absent'} -> {v or 'absent'}" for n, b, v in c.package_differences
+            )
+        )
+    if c.settings_differences:
+        lines.append("Profile settings differ: " + "; ".join(c.settings_differences))
+    weak = sorted(
+        {
+            (r.base_n, r.new_n)
+            for r in c.rows
+            if r.base_n and r.new_n and smallest_p_value(r.base_n, r.new_n) >= c.alpha
+        }
+    )
+    for m, n in weak:
+        lines.append(
+            f"Warning: with {m} against {n} repetitions the smallest p-value is "
+            f"{smallest_p_value(m, n):.3g}, not below alpha {c.alpha:g}: no change can be called "
+            "in those cells; measure more repetitions."
+        )
+    return lines
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    lines = ["# Comparison of two benchmark runs", ""]
+    lines += [f"- {_escape(line)}" for line in preamble(comparison)]
+    lines += ["", "| " + " | ".join(HEADER) + " |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for cells in table_rows(comparison):
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    if comparison.rows and comparison.rows[0].note:
+        lines += ["", f"Every row: {comparison.rows[0].note}."]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_text(comparison: Comparison) -> str:
+    """The terminal table: aligned columns, the preamble above it."""
+    rows = [HEADER, *table_rows(comparison)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    right = {3, 4, 5, 6}
+    out = [*preamble(comparison), ""]
+    for i, cells in enumerate(rows):
+        out.append(
+            "  ".join(
+                c.rjust(w) if j in right else c.ljust(w)
+                for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    if comparison.rows and comparison.rows[0].note:
+        out += ["", f"Every row: {comparison.rows[0].note}."]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(
+    comparison: Comparison, markdown: Path | None = None, table: Path | None = None
+) -> None:
+    if markdown is not None:
+        write_text_atomic(Path(markdown), comparison_markdown(comparison))
+    if table is not None:
+        write_text_atomic(Path(table), comparison_csv(comparison))
