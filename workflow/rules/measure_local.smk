@@ -2,6 +2,19 @@
 # produces the same files for other infras.
 
 
+from datarax_bench import machine_load
+
+
+# Before the first job (not on a dry run): say what makes this machine noisy right now; with
+# strict_machine, refuse to start.
+onstart:
+    machine_load.check_before_measuring(
+        max(machine_load.cores_assumed(p.parallelism) for p in PROFILES),
+        config["strict_machine"],
+        seconds=2.0,
+    )
+
+
 rule measure:
     output:
         report(
