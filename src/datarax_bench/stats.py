@@ -58,3 +58,30 @@ def latency_summary_ms(latencies_s) -> dict[str, float]:
         "mean": float(ms.mean()),
         "max": float(ms.max()),
     }
+
+
+def relative_precision(values) -> float:
+    """Half-width of the reported 95% interval of the median, relative to the median."""
+    data = np.asarray(values, dtype=float)
+    median = float(np.median(data))
+    if data.size < 2 or median == 0:
+        return float("inf")
+    low, high = bootstrap_ci(data)
+    return (high - low) / 2 / median
+
+
+def stop_reason(values, precision: float | None, minimum: int, maximum: int) -> str | None:
+    """Why a cell may stop measuring after these repetitions, or None to measure another.
+
+    Without a `precision` target the cell measures exactly `minimum` repetitions (a profile's
+    fixed `repetitions`). With one, it stops once the interval is that tight (never before
+    `minimum`), or at `maximum` however wide the interval still is.
+    """
+    n = len(values)
+    if precision is None:
+        return "fixed repetitions" if n >= minimum else None
+    if n >= minimum and relative_precision(values) <= precision:
+        return "precision reached"
+    if n >= maximum:
+        return "max_repetitions reached"
+    return None
