@@ -49,6 +49,8 @@ from .results import load_result, user_file_mode, utc_now, write_json_atomic
 REMOTE_RESULTS = "~/datarax-bench-results"
 #: Written by the task's setup; every remote command sources it.
 REMOTE_ENV_FILE = "~/.datarax-bench-env"
+#: The pinned stack inside the benchmark images (benchmarks/docker/Dockerfile.*).
+IMAGE_VENV = "/opt/datarax-bench/venv"
 #: Written (epoch seconds) when the rendered task's setup has finished.
 REMOTE_SETUP_DONE = "~/.datarax-bench-setup-done"
 #: Each Snakemake invocation has its own id (set in common.smk, inherited by its jobs): a
@@ -82,6 +84,8 @@ class CloudSettings:
     use_spot: bool | str = "auto"
     max_cluster_hours: float = 8
     launch_timeout_minutes: float = 60
+    #: A benchmark image (benchmarks/docker) the cluster runs in instead of installing; "" none.
+    image: str = ""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CloudSettings:
@@ -90,6 +94,7 @@ class CloudSettings:
             use_spot=config["use_spot"],
             max_cluster_hours=config["max_cluster_hours"],
             launch_timeout_minutes=config["launch_timeout_minutes"],
+            image=config.get("image") or "",
         )
 
 
@@ -151,12 +156,13 @@ def doctor_command(profile_name: str) -> str:
     )
 
 
-def render_provision_task(profile) -> dict[str, Any]:
+def render_provision_task(profile, image: str = "") -> dict[str, Any]:
     """The profile's task with the same setup; its `run` only checks the hardware (`doctor`).
 
     The cells then run one by one with `sky exec`, so that each becomes a Snakemake job. The
     commit is not passed along: SkyPilot syncs `.git` with the workdir, so provenance is read
-    on the cluster from the tree that really runs there.
+    on the cluster from the tree that really runs there. With an `image` the cluster runs in
+    that container, whose venv the setup uses instead of installing; every result names it.
     """
     template = task_template_path(profile)
     task = load_task(template)
@@ -165,6 +171,10 @@ def render_provision_task(profile) -> dict[str, Any]:
     envs = dict(task.get("envs") or {})
     envs.pop("DATARAX_BENCH_GIT_COMMIT", None)
     envs["DATARAX_BENCH_PROFILE"] = profile.name
+    if image:
+        task["resources"] = {**(task.get("resources") or {}), "image_id": f"docker:{image}"}
+        envs["DATARAX_BENCH_IMAGE"] = image
+        envs["DATARAX_BENCH_PREINSTALLED_VENV"] = IMAGE_VENV
     task["envs"] = envs
     if task.get("setup"):
         task["setup"] = task["setup"].rstrip("\n") + f"\ndate +%s > {REMOTE_SETUP_DONE}\n"
@@ -524,7 +534,12 @@ def _launch(
         f"after the setup job starts, whatever it is doing"
     )
     ledger.add(
-        "launch_requested", cluster, infra=infra, use_spot=use_spot, autodown_minutes=autodown
+        "launch_requested",
+        cluster,
+        infra=infra,
+        use_spot=use_spot,
+        autodown_minutes=autodown,
+        image=settings.image or None,
     )
     try:
         proc = run_sky(argv, log, timeout=launch_minutes * 60)
@@ -584,16 +599,26 @@ def fetch(
         time.sleep(2 * attempt)
 
 
+def _environment(image: str | None) -> str:
+    return f"image {image}" if image else "the setup's install"
+
+
 def _provision_locked(
     profile, infra: str, cluster: str, settings: CloudSettings, work_dir: Path, log: Path
 ) -> dict[str, Any]:
     work_dir = Path(work_dir)
     ledger = ledger_for(work_dir)
-    task = render_provision_task(profile)
+    task = render_provision_task(profile, settings.image)
     task_file = work_dir / "task.yaml"
     write_task(task, task_file)
     status = cluster_status(cluster, log)
     if status == _UP:
+        launched = (ledger.current_launch(cluster) or {}).get("image")
+        if (launched or None) != (settings.image or None):
+            raise RuntimeError(
+                f"cluster {cluster} is up with {_environment(launched)}, not the requested "
+                f"{_environment(settings.image)}; tear it down (sky down {cluster}) first"
+            )
         _say(f"cluster {cluster} is up; reusing it")
         launch = {"action": "reused", "status": status}
         ledger.add("reused", cluster)
@@ -632,6 +657,7 @@ def _provision_locked(
         "autodown_minutes": autodown,
         "max_cluster_hours": settings.max_cluster_hours,
         "task": str(task_file),
+        "image": settings.image or None,
         **launch,
         "hardware": hardware,
     }
