@@ -291,11 +291,16 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
         cmd = [str(BIN / "snakemake"), "--cores", "2", *args, *config]
         return subprocess.Popen(cmd, cwd=workdir, env=run_env, text=True, **kwargs)
 
-    first = snakemake(
-        *targets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    first_log = env / "first-snakemake.log"
+    with open(first_log, "w") as log:
+        first = snakemake(*targets, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     top = psutil.Process(first.pid)
     below: list[psutil.Process] = []
+
+    def what_happened() -> str:
+        left = [f"{p.pid} {' '.join(p.cmdline())[:150]}" for p in below if _alive(p)]
+        return f"still alive: {left}\nsnakemake said:\n{first_log.read_text()[-3000:]}"
+
     try:
         _wait_for(lambda: first.poll() is not None or _workers(top), 120, "a worker")
         assert first.poll() is None, "snakemake ended before it started a worker"
@@ -305,8 +310,11 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
         os.killpg(first.pid, sig)
         _wait_gone(workers, GONE_WITHIN_S)
         took = time.monotonic() - sent
-        first.wait(timeout=60)
-        _wait_gone(below, 10)
+        try:
+            first.wait(timeout=60)
+            _wait_gone(below, 10)
+        except (subprocess.TimeoutExpired, AssertionError) as exc:
+            raise AssertionError(f"{exc}\n{what_happened()}") from None
         print(f"{sig.name} to snakemake's group: its workers gone {took * 1000:.0f} ms after")
         # pgrep -f datarax_bench.worker, for this checkout only
         orphans = []
