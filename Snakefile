@@ -29,6 +29,7 @@ else:
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:

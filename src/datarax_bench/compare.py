@@ -433,8 +433,10 @@ def compare_runs(
 
 
 def check_threshold(value: float) -> float:
-    if not 0 < value < 1:
-        raise UserError(f"threshold {value!r}: expected a fraction between 0 and 1, e.g. 0.05")
+    if not (isinstance(value, int | float) and 0 < value < math.inf):
+        raise UserError(
+            f"threshold {value!r}: expected a positive fraction of the speed, e.g. 0.05"
+        )
     return value
 
 
@@ -445,13 +447,13 @@ def check_alpha(value: float) -> float:
 
 
 def parse_threshold(text: str) -> float:
-    """'5%' or '0.05'; a bare number of 1 or more is refused as ambiguous."""
+    """'5%' or '0.05'; a bare number of 1 or more is refused as ambiguous (say '300%')."""
     raw = text.strip()
     try:
         value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
         value = math.nan
-    if not 0 < value < 1:
+    if not (0 < value < math.inf and (raw.endswith("%") or value < 1)):
         raise UserError(
             f"--threshold {text!r}: expected a percentage such as 5% or a fraction such as 0.05"
         )
@@ -468,6 +470,30 @@ def parse_alpha(text: str) -> float:
             f"--alpha {text!r}: expected a significance level between 0 and 1, e.g. 0.01"
         )
     return value
+
+
+def check_baseline_option(baseline: str, profiles: list[str], infra: str) -> None:
+    """The workflow's `baseline`: a results directory per profile, checked before any job runs."""
+    if not baseline:
+        return
+    if len(profiles) > 1 and "{profile}" not in baseline:
+        raise UserError(
+            f"baseline {baseline!r}: {len(profiles)} profiles are measured; expected a path "
+            "with {profile} (and {infra}) in it, e.g. results-before/{profile}/{infra}"
+        )
+    for profile in profiles:
+        try:
+            path = Path(baseline.format(profile=profile, infra=infra))
+        except (KeyError, IndexError, ValueError):
+            raise UserError(
+                f"baseline {baseline!r}: expected a path whose only placeholders are "
+                "{profile} and {infra}"
+            ) from None
+        if not (path / "manifest.json").is_file():
+            raise UserError(
+                f"baseline {baseline!r}: {path} is not a results directory (no manifest.json); "
+                "expected an earlier run's results/PROFILE/INFRA or --output-dir"
+            )
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -650,3 +676,23 @@ def write_outputs(
         write_text_atomic(Path(markdown), comparison_markdown(comparison))
     if table is not None:
         write_text_atomic(Path(table), comparison_csv(comparison))
+
+
+def fresh_comparison(run_dir: Path) -> Path | None:
+    """comparison.csv of a results directory if it was written for its current run index.
+
+    A comparison left from an earlier run with a baseline is older than the manifest.
+    """
+    table, index = Path(run_dir) / "comparison.csv", Path(run_dir) / "manifest.json"
+    if table.is_file() and index.is_file() and table.stat().st_mtime >= index.stat().st_mtime:
+        return table
+    return None
+
+
+def read_comparison(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The columns and rows of a comparison.csv (for the W&B table)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise UserError(f"{path}: empty; expected the comparison table with its header")
+    return rows[0], rows[1:]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cloud import billing_metrics
+from .compare import fresh_comparison, read_comparison
 from .errors import UserError
 from .results import load_result, utc_now, write_json_atomic
 from .schemas import read_json
@@ -489,6 +490,10 @@ def _log_run(
         rows = [table_row(c) for c in bundle.cells]
         table = wandb.Table(columns=list(TABLE_COLUMNS), data=[list(r.values()) for r in rows])
         logged: dict[str, Any] = {"cells": table, **interactive_charts(wandb, rows)}
+        comparison = fresh_comparison(bundle.root)  # written with a baseline (compare.py)
+        if comparison is not None:
+            columns, data = read_comparison(comparison)
+            logged["comparison"] = wandb.Table(columns=columns, data=data)
         for plot in bundle.plots:
             key = plot.relative_to(bundle.root).with_suffix("").as_posix()  # plots/CV-1/latency
             logged[key] = wandb.Image(str(plot))
@@ -510,6 +515,8 @@ def _log_run(
         )
         files = [bundle.root / c.path for c in bundle.cells]
         files += [bundle.root / "manifest.json", *bundle.extra_files, *bundle.plots]
+        if comparison is not None:
+            files += [p for p in (comparison, comparison.with_suffix(".md")) if p.is_file()]
         for path in files:
             artifact.add_file(str(path), name=str(path.relative_to(bundle.root)))
         artifact.add(table, "cells")

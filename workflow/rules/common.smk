@@ -123,16 +123,35 @@ def export_outputs(profile=PROFILE.name, infra=INFRA):
     return [f"{run_dir(profile, infra)}/wandb_export.json"]
 
 
+# --- a comparison with an earlier run (workflow/rules/compare.smk) ------------------------
+
+
+def baseline_dir(profile=PROFILE.name, infra=INFRA):
+    return config["baseline"].format(profile=profile, infra=infra)
+
+
+def comparison_outputs(profile=PROFILE.name, infra=INFRA):
+    """The comparison files when a baseline is configured, else nothing."""
+    if not config["baseline"]:
+        return []
+    root = run_dir(profile, infra)
+    names = ["comparison.md", "comparison.csv", "plots/comparison.png"]
+    return [f"{root}/{name}" for name in names]
+
+
 def get_final_targets():
     """What `snakemake` builds by default (the `all` target) for every selected profile.
 
-    That is the table, plots, the W&B export and, on a cloud infra, the torn-down cluster.
+    That is the table, plots, the W&B export, the comparison with a baseline and, on a cloud
+    infra, the torn-down cluster.
     """
     targets = []
     for profile in PROFILES:
         targets += aggregate_outputs(profile.name) + plot_outputs(profile.name)
         # The W&B export (workflow/rules/export.smk); offline without a key.
         targets += export_outputs(profile.name)
+        # With a baseline, the comparison with it (workflow/rules/compare.smk).
+        targets += comparison_outputs(profile.name)
         # A cloud run ends with its cluster torn down (workflow/rules/cloud.smk).
         if config["infra"] != "local":
             targets.append(teardown_marker(profile.name))

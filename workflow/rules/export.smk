@@ -1,12 +1,14 @@
 # The aggregated run to Weights & Biases: one W&B run (table, keyed summary, plots, artifact).
 # Without WANDB_API_KEY, or with W&B unreachable, it writes an offline run under the results
 # directory and records the `wandb sync` command in the marker; only bad results fail the rule.
+# With a baseline, the comparison (workflow/rules/compare.smk) goes into the run too.
 
 
 rule export_wandb:
     input:
         lambda wildcards: aggregate_outputs(wildcards.profile, wildcards.infra)
-        + plot_outputs(wildcards.profile, wildcards.infra),
+        + plot_outputs(wildcards.profile, wildcards.infra)
+        + comparison_outputs(wildcards.profile, wildcards.infra),
     output:
         marker=f"{RUN_DIR}/wandb_export.json",
     log:
