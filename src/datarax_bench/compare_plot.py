@@ -3,6 +3,7 @@ on a logarithmic axis (a halving and a doubling look alike), over the threshold 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,16 @@ from .plots import _save  # noqa: E402
 #: Ratios labelled on the log axis (those inside its range).
 TICKS = (0.1, 0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4, 10)
 VERDICT_COLORS = {"slower": "#c0392b", "faster": "#1e8449", "same": "#555555"}
+
+
+def _ticks(left: float, right: float) -> list[float]:
+    """TICKS within the axis, 1 always, the others only where their labels cannot collide."""
+    gap = math.log(right / left) / 10
+    chosen = [1.0]
+    for tick in sorted((t for t in TICKS if left <= t <= right), key=lambda t: abs(math.log(t))):
+        if all(abs(math.log(tick / c)) >= gap for c in chosen):
+            chosen.append(tick)
+    return sorted(chosen)
 
 
 def _short(path: Path) -> str:
@@ -63,7 +74,7 @@ def comparison_figure(comparison: Comparison):
     left, right = min(values) / 1.15, max(values) * 1.6
     ax.set_xlim(left, right)
     ax.set_ylim(-0.6, max(len(rows), 1) - 0.4)
-    ax.xaxis.set_major_locator(FixedLocator([t for t in TICKS if left <= t <= right]))
+    ax.xaxis.set_major_locator(FixedLocator(_ticks(left, right)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", labelsize=8)
