@@ -73,3 +73,14 @@ def run_smoke_cell(cli_path):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "docker: builds and runs the benchmark images on a Docker daemon (run last)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Docker tests last: one image build for all of them, after everything else has run."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
