@@ -205,9 +205,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def build_image(
-    daemon: Daemon, dockerfile: Path, tag: str, context: Path, **build_args: str
+    daemon: Daemon, dockerfile: Path, tag: str, context: Path, *options: str, **build_args: str
 ) -> subprocess.CompletedProcess:
-    argv = ["build", "--network", "host", "--progress", "plain", "-f", str(dockerfile)]
+    argv = ["build", "--network", "host", "--progress", "plain", "-f", str(dockerfile), *options]
     for name, value in build_args.items():
         argv += ["--build-arg", f"{name}={value}"]
     return daemon.docker(*argv, "-t", tag, str(context), timeout=1800)

@@ -194,3 +194,21 @@ def test_a_code_change_rebuilds_without_reinstalling_the_stack(image, tmp_path):
         "/app/src/datarax_bench/__init__.py",
     ).stdout  # fmt: skip
     assert source.endswith(marker)
+
+
+def test_the_gpu_file_builds_its_stages_and_asks_for_the_gpu_extra(image):
+    # The install itself needs PyPI's CUDA wheels (GBs) and the run a GPU: not on this machine.
+    docker_support.build_image(
+        image["daemon"],
+        ROOT / "benchmarks" / "docker" / "Dockerfile.gpu",
+        "datarax-bench:gpu-requirements",
+        ROOT,
+        "--target",
+        "requirements",
+        BASE_IMAGE=image["base"],
+    )
+    listed = image["daemon"].docker(
+        "run", "--rm", "datarax-bench:gpu-requirements", "cat", "/tmp/requirements.txt"
+    ).stdout.split()  # fmt: skip
+    assert listed == docker_support.image_requirements(("bench", "gpu"))
+    assert "jax[cuda12]==0.10.2" in listed
