@@ -23,7 +23,7 @@ from datarax_bench.adapters import Adapter, CellContext, all_adapters
 from datarax_bench.adapters.numpy_ref import NumpyLoader, NumpyReference
 from datarax_bench.catalog import Workload, load_catalog, load_profile
 from datarax_bench.data import Dataset, materialize
-from datarax_bench.harness import IMPLEMENTED_MEASURES
+from datarax_bench.measures import implemented, support
 
 PROFILE = "smoke"
 RANDOM_OPS = frozenset(
@@ -58,7 +58,7 @@ def claimed_cells() -> list[tuple[str, str, str]]:
     for adapter in all_adapters():
         for sid, variant in prof.cells(catalog):
             w = catalog.get(sid).resolve(variant, prof.size)
-            if w.measure in IMPLEMENTED_MEASURES and adapter.support(w) is None:
+            if w.measure in implemented() and support(adapter, w) is None:
                 cells.append((adapter.id, sid, variant))
     return cells
 

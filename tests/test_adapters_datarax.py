@@ -21,6 +21,7 @@ from datarax_bench.adapters.base import CellContext
 from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.data import materialize
 from datarax_bench.harness import batch_digest
+from datarax_bench.measures import support
 
 pytest.importorskip("datarax")
 jax = pytest.importorskip("jax")
@@ -114,7 +115,7 @@ def _assert_close(actual, expected):
 @pytest.mark.parametrize(("scenario", "variant"), RANDOM_CELLS)
 def test_random_pipelines_apply_the_reference_ops_with_their_draws(opened, scenario, variant):
     ctx, loader = opened(scenario, variant)
-    assert get_adapter("datarax").support(ctx.workload) is None
+    assert support(get_adapter("datarax"), ctx.workload) is None
     for epoch in (0, 1):
         # The operators' epoch is what epoch() set; replay while it is current.
         batches = [_as_numpy(b) for b in loader.epoch(epoch)]
@@ -214,13 +215,13 @@ def test_support_names_what_datarax_cannot_express():
     catalog = load_catalog()
     adapter = get_adapter("datarax")
     nlp2 = catalog.get("NLP-2").resolve("small", "tiny")
-    reason = adapter.support(nlp2)
+    reason = support(adapter, nlp2)
     assert reason and "pad_batch" in reason and "static shapes" in reason
     assert "pad_batch" not in adapter.ops
     for scenario in ("CV-1", "CV-2", "NLP-1", "TAB-1", "TAB-2", "PC-1"):
         workload = catalog.get(scenario).resolve(catalog.get(scenario).default_variants[0], "tiny")
-        assert adapter.support(workload) is None, scenario
-    assert adapter.support(catalog.get("PC-2").resolve("small", "tiny")) is None
+        assert support(adapter, workload) is None, scenario
+    assert support(adapter, catalog.get("PC-2").resolve("small", "tiny")) is None
 
 
 def test_datarax_file_sources_fail_in_its_pipeline_as_the_unsupported_reasons_say(tmp_path):
@@ -241,7 +242,7 @@ def test_datarax_file_sources_fail_in_its_pipeline_as_the_unsupported_reasons_sa
     from datarax_bench import formats
 
     io1 = load_catalog().get("IO-1")
-    reasons = {b: get_adapter("datarax").support(io1.resolve(b, "tiny")) for b in io1.variants}
+    reasons = {b: support(get_adapter("datarax"), io1.resolve(b, "tiny")) for b in io1.variants}
     assert all(
         f"Datarax {metadata.version('datarax')}" in reasons[b] for b in ("npy_mmap", "array_record")
     )
@@ -320,7 +321,7 @@ def test_cli_runs_pc2_on_datarax_with_the_dag_report(run_smoke_cell, tmp_path):
 
 def test_module_import_does_not_import_the_framework():
     code = (
-        "import sys, datarax_bench.adapters.datarax_adapter, datarax_bench.adapters.grain;"
+        "import sys, datarax_bench.adapters.datarax, datarax_bench.adapters.grain;"
         "print(sorted(m for m in ('datarax', 'jax', 'flax', 'grain') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -16,6 +16,7 @@ from datarax_bench.adapters.base import CellContext
 from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.data import materialize
 from datarax_bench.harness import batch_digest
+from datarax_bench.measures import support
 
 pytest.importorskip("grain")
 
@@ -57,7 +58,7 @@ def _assert_epochs_equal_reference(loader, ctx, epochs):
 def test_threaded_pipeline_equals_reference_over_two_epochs(scenario, variant):
     ctx = _context(scenario, variant)
     adapter = get_adapter("grain")
-    assert adapter.support(ctx.workload) is None
+    assert support(adapter, ctx.workload) is None
     loader = adapter.open(ctx)
     try:
         _assert_epochs_equal_reference(loader, ctx, [0, 1])

@@ -103,10 +103,10 @@ def test_cluster_names_are_deterministic_valid_and_distinct():
 
 
 def test_launch_and_exec_command_lines():
-    argv = cloud.launch_argv("c1", Path("t.yaml"), "vast", 30, True, ["--secret", "WANDB_API_KEY"])
+    argv = cloud.launch_argv("c1", Path("t.yaml"), "vast", 30, True)
     assert argv == [
         "sky", "launch", "-c", "c1", "t.yaml", "-y", "--infra", "vast", "-i", "30", "--down",
-        "--wait-for", "none", "--use-spot", "--secret", "WANDB_API_KEY",
+        "--wait-for", "none", "--use-spot",
     ]  # fmt: skip
     assert "--infra" not in cloud.launch_argv("c1", Path("t"), "any", 5, False)
     assert "--no-use-spot" in cloud.launch_argv("c1", Path("t"), "gcp", 5, False)
@@ -123,11 +123,10 @@ def test_launch_and_exec_command_lines():
 
 def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("K", "x")  # `--secret K` copies the local value; sky insists it is set
     from sky.client.cli import command
 
     for argv in (
-        cloud.launch_argv("c1", Path("t.yaml"), "gcp/us-central1", 30, True, ["--secret", "K"]),
+        cloud.launch_argv("c1", Path("t.yaml"), "gcp/us-central1", 30, True),
         cloud.exec_argv("c1", "A100-80GB:1", "echo hi", {"A": "1"}, tmp_path),
         cloud.autostop_argv("c1", 19),
         ["sky", "cancel", "-y", "c1", "-a"],

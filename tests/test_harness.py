@@ -14,7 +14,8 @@ from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import Adapter, Loader
 from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest, measure_cell
+from datarax_bench.harness import batch_digest
+from datarax_bench.measures import measure_cell
 from datarax_bench.reference import reference_batch
 
 

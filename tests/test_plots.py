@@ -385,7 +385,7 @@ def _offline_history(run_dir: Path) -> dict:
 
 
 def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path, monkeypatch):
-    from datarax_bench import export
+    from datarax_bench import wandb_export as export
 
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SERVICE", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)

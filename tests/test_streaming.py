@@ -12,8 +12,10 @@ import pytest
 from datarax_bench.adapters import all_adapters, get_adapter
 from datarax_bench.catalog import load_catalog
 from datarax_bench.errors import UserError
+from datarax_bench.harness import drop_page_cache
+from datarax_bench.measures import support
+from datarax_bench.measures.streaming import dataset_bytes
 from datarax_bench.results import load_result
-from datarax_bench.streaming import dataset_bytes, drop_page_cache
 
 
 def _run(cli_path, tmp_path, variant, adapter="numpy"):
@@ -63,7 +65,7 @@ def test_a_machine_that_forbids_dropping_the_cache_is_measured_warm_and_says_why
 
 def test_only_loaders_that_read_lazily_claim_streaming():
     workload = load_catalog().get("IO-2").resolve("streaming", "tiny")
-    claims = {a.id: a.support(workload) is None for a in all_adapters()}
+    claims = {a.id: support(a, workload) is None for a in all_adapters()}
     assert claims == {
         "numpy": True,
         "datarax": False,
@@ -71,8 +73,8 @@ def test_only_loaders_that_read_lazily_claim_streaming():
         "pytorch": True,
         "tfdata": False,
     }
-    assert "from_tensor_slices" in get_adapter("tfdata").support(workload)
-    assert "stages the whole dataset" in get_adapter("datarax").support(workload)
+    assert "from_tensor_slices" in support(get_adapter("tfdata"), workload)
+    assert "stages the whole dataset" in support(get_adapter("datarax"), workload)
 
 
 @pytest.mark.slow

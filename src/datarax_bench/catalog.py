@@ -12,7 +12,6 @@ from . import paths
 from .errors import UserError
 from .schemas import read_yaml, validate
 
-SIZES = ("full", "tiny")
 # Parameters whose string values are names (of fields, ops, dtypes), never dimensions.
 NAME_KEYS = frozenset(
     {"op", "field", "output", "inputs", "targets", "mask", "merge", "dtype", "kind"}

@@ -1,4 +1,4 @@
-"""`datarax-bench`: list, run, doctor, compare."""
+"""`datarax-bench`: list, run, doctor, compare, export, persist, task-file (see `--help` of each)."""
 
 from __future__ import annotations
 
@@ -68,13 +68,20 @@ def _split(values: list[str] | None) -> list[str] | None:
 # --- list ------------------------------------------------------------------------------------
 
 
+_SUPPORT_CELL = {
+    None: "yes",
+    "unsupported": "unsupported: {reason}",
+    "not_implemented": "not implemented",
+}
+
+
 def support_matrix(profile=None) -> dict[str, dict[str, str]]:
     """row -> adapter -> 'yes' | 'unsupported: ...' | 'not implemented', over the variants the
     profile selects (all variants without a profile). A row is a scenario, or, where its
     variants' support differs (IO-1's backends), one row per variant named 'scenario/variant'."""
     from .adapters import all_adapters
     from .catalog import load_catalog
-    from .harness import IMPLEMENTED_MEASURES
+    from .measures import static_status
 
     catalog = load_catalog()
     ids = profile.scenarios if profile else list(catalog.scenarios)
@@ -88,11 +95,10 @@ def support_matrix(profile=None) -> dict[str, dict[str, str]]:
             workload = scenario.resolve(variant, size)
             row = {}
             for adapter in all_adapters():
-                if scenario.measure not in IMPLEMENTED_MEASURES:
-                    row[adapter.id] = "not implemented"
-                    continue
-                reason = adapter.support(workload)
-                row[adapter.id] = f"unsupported: {reason}" if reason else "yes"
+                decided = static_status(adapter, workload)
+                row[adapter.id] = _SUPPORT_CELL[decided[0] if decided else None].format(
+                    reason=decided and decided[1]
+                )
             rows[f"{sid}/{variant}"] = row
         if len({tuple(row.items()) for row in rows.values()}) == 1:
             matrix[sid] = next(iter(rows.values()))
@@ -294,7 +300,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import DEFAULT_PROJECT, export_results
+    from .wandb_export import DEFAULT_PROJECT, export_results
 
     report = export_results(
         Path(args.results_dir),

@@ -2,8 +2,8 @@
 
 The Snakemake rules in `workflow/rules/cloud.smk` only call these functions. Everything goes
 through the `sky` executable on PATH (the real SkyPilot CLI, or the test loopback) and plain
-`rsync` over the ssh alias SkyPilot writes for each cluster. Secrets are forwarded by name
-(`--secret NAME`, which copies the local value) and never appear in a file or command line.
+`rsync` over the ssh alias SkyPilot writes for each cluster. No secret goes to the cluster:
+results come back by rsync and the W&B export runs on this machine.
 
 What keeps a cluster from billing without limit (SkyPilot 0.14 runs the task's setup inside the
 first job and arms autostop just before it; a running job keeps a cluster from ever idling):
@@ -31,7 +31,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +42,8 @@ import yaml
 
 from . import paths
 from .errors import UserError
-from .results import load_result, user_file_mode, utc_now, write_json_atomic
+from .files import atomic_file, write_text_atomic
+from .results import load_result, utc_now, write_json_atomic
 
 #: Where the remote machine keeps results, relative to its home (`~` expands there).
 REMOTE_RESULTS = "~/datarax-bench-results"
@@ -184,11 +184,7 @@ def render_provision_task(profile, image: str = "") -> dict[str, Any]:
 
 
 def write_task(task: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(task, sort_keys=False, default_flow_style=False))
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), yaml.safe_dump(task, sort_keys=False, default_flow_style=False))
 
 
 # --- spot ------------------------------------------------------------------------------------
@@ -247,7 +243,6 @@ def launch_argv(
     infra: str,
     autodown_minutes: int,
     use_spot: bool,
-    secrets: Sequence[str] = (),
 ) -> list[str]:
     """`sky launch` with autodown armed before setup, as a deadline (`--wait-for none`)."""
     argv = ["sky", "launch", "-c", cluster, str(task_file), "-y"]
@@ -255,7 +250,7 @@ def launch_argv(
         argv += ["--infra", infra]
     argv += ["-i", str(autodown_minutes), "--down", "--wait-for", "none"]
     argv.append("--use-spot" if use_spot else "--no-use-spot")
-    return argv + list(secrets)
+    return argv
 
 
 def autostop_argv(cluster: str, minutes: int) -> list[str]:
@@ -668,12 +663,7 @@ def pull_cell(
 ) -> dict[str, Any]:
     """Bring one cell's result back; it becomes the target only if it is a valid result."""
     label = f"{scenario}/{variant}/{adapter}"
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".pull", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_file(Path(output), suffix=".pull") as tmp:
         try:
             fetch(cluster, remote_cell_path(profile, scenario, variant, adapter), tmp, log=log)
         except RuntimeError as exc:
@@ -689,11 +679,7 @@ def pull_cell(
         cell = result["cell"]
         if (cell["scenario"], cell["variant"], cell["adapter"]) != (scenario, variant, adapter):
             raise RuntimeError(f"cell {label}: the pulled file describes another cell {cell}")
-        os.chmod(tmp, user_file_mode())
-        os.replace(tmp, output)
-        return result
-    finally:
-        tmp.unlink(missing_ok=True)
+    return result
 
 
 def cluster_record_path(work_dir: Path) -> Path:
@@ -734,7 +720,7 @@ def _cluster_for_this_invocation(
     except Exception as exc:
         ledger.add("provision_failed", cluster, invocation=invocation_id(), error=str(exc))
         raise
-    write_record(cluster_record_path(work_dir), record)
+    write_json_atomic(cluster_record_path(work_dir), record)
     if record["action"] == "reused":
         # A killed run's jobs may still be measuring on the cluster: never two at once.
         run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
@@ -778,7 +764,7 @@ def measure_remote_cell(
             minutes = max(1, math.floor(remaining))
             arm_autodown(cluster, ledger, minutes, "max_cluster_hours", log)
             record["autodown_minutes"] = minutes
-            write_record(cluster_record_path(work_dir), record)
+            write_json_atomic(cluster_record_path(work_dir), record)
         task = load_task(Path(record.get("task") or work_dir / "task.yaml"))
         command = remote_cell_command(profile.name, scenario, variant, adapter)
         argv = exec_argv(
@@ -893,10 +879,6 @@ def teardown(
             "provider's console"
         )
     return record
-
-
-def write_record(path: Path, document: dict[str, Any]) -> None:
-    write_json_atomic(Path(path), document)
 
 
 # --- billing ------------------------------------------------------------------------------------

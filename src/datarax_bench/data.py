@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import numpy as np
 
 from . import paths
 from .catalog import FieldSpec, Workload
+from .files import atomic_directory
 
 # Bump when generation changes, so that old caches are never mistaken for new data.
 GENERATOR_VERSION = 2
@@ -191,11 +189,7 @@ def materialize(workload: Workload, seed: int, root: Path | None = None) -> Data
     target = base / workload.scenario / key[:16]
     if (target / "meta.json").is_file():
         return _open(target, workload, generated=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temporary directory and rename: a reader never sees half a dataset,
-    # and two processes generating the same key at once both end with one complete copy.
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target, lambda d: (d / "meta.json").is_file()) as tmp:
         for name, spec in workload.fields.items():
             field_seed = _field_seed(seed, workload, name)
             if spec.ragged:
@@ -204,15 +198,4 @@ def materialize(workload: Workload, seed: int, root: Path | None = None) -> Data
                 _write_dense(tmp / f"{name}.npy", spec, workload.num_elements, field_seed)
         meta = {"key": key, "digest": _digest_files(tmp), "data": data_spec(workload, seed)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if target.exists() and not (target / "meta.json").is_file():
-            # Only a tampered cache has a dataset directory without its meta: rebuild it.
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return _open(target, workload, generated=True)

@@ -30,10 +30,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .data import Dataset
+from .files import atomic_directory
 
 BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
 #: Backends that read the `.npy` cache itself; the others have files of their own.
@@ -311,9 +310,7 @@ def build(directory: Path, backend: str) -> Path:
         return root
     writer, distributions = _WRITERS[backend]
     arrays, fields, n = _open_cache(Path(directory))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{backend}-", dir=root.parent))
-    try:
+    with atomic_directory(root, lambda d: (d / _COMPLETE).is_file()) as tmp:
         start = time.perf_counter()
         described = writer(tmp, arrays, fields, n)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in files_read([tmp])}
@@ -327,15 +324,6 @@ def build(directory: Path, backend: str) -> Path:
             **described,
         }
         (tmp / _COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            # Another process finished the same files first: theirs are as good as ours.
-            if not (root / _COMPLETE).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

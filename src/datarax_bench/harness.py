@@ -1,6 +1,7 @@
-"""Measuring one cell: setup -> untimed warmup -> timed window -> teardown, R times.
+"""What every measure shares: open a loader, warm it up, time a window, deliver, digest, and
+sample memory; a repetition's record and the statistics over repetitions.
 
-Each batch is timed from the moment it is requested until every field is device-ready
+One repetition is setup -> untimed warmup -> timed window -> teardown. Each batch is timed from the moment it is requested until every field is device-ready
 (`jax.device_put` onto the profile's device, then blocked on). The harness adds two clock
 reads and a few list appends per batch; tests/perf/bench_harness.py shows what that costs.
 """
@@ -8,26 +9,23 @@ reads and a few list appends per batch; tests/perf/bench_harness.py shows what t
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import psutil
 
 from . import stats
-from .adapters.base import HARNESS_MEASURES, Adapter, Batch, CellContext
+from .adapters.base import Adapter, Batch, CellContext
 from .catalog import Profile, Workload
 from .data import Dataset
 from .reference import BATCH_OPS
 
 Delivered = dict[str, Any]
 
-#: Measures the harness implements; any other a catalog declares ends as `not_implemented`
-#: without running a loader.
-IMPLEMENTED_MEASURES = (
-    frozenset({"throughput", "streaming", "checkpoint", "source_backends"}) | HARNESS_MEASURES
-)
 RSS_SAMPLE_INTERVAL_S = 0.1
 
 
@@ -110,12 +108,12 @@ class RssSampler:
         self.sample()
 
 
-def _nbytes(batch: Delivered) -> int:
+def nbytes(batch: Delivered) -> int:
     return sum(v.nbytes for v in batch.values())
 
 
-def _stream(loader) -> Iterator[Batch]:
-    """Batches across epoch boundaries, for as long as the harness asks."""
+def stream(loader) -> Iterator[Batch]:
+    """Batches across epoch boundaries, for as long as the caller asks."""
     epoch = 0
     while True:
         empty = True
@@ -138,13 +136,45 @@ def _device_peak_bytes(device) -> int | None:
     return int(peak) if peak is not None else None
 
 
+@dataclass
+class Repetition:
+    """One repetition: its record as the result schema has it, and what the loader reported
+    about itself (the result keeps the last repetition's)."""
+
+    record: dict[str, Any]
+    parallelism: dict[str, Any]
+    source_info: dict[str, Any] | None = None
+
+
+@dataclass
+class MeasureBody:
+    """What a measure returns: its repetitions and, for the special measures, their metrics."""
+
+    repetitions: list[Repetition]
+    special: dict[str, Any] | None = None
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [rep.record for rep in self.repetitions]
+
+    def to_json(self) -> dict[str, Any]:
+        body = {
+            "repetitions": self.records,
+            "statistics": summarize_repetitions(self.records),
+            "parallelism": self.repetitions[-1].parallelism,
+        }
+        if self.special is not None:
+            body["special"] = self.special
+        return body
+
+
 def measure_repetition(
     index: int,
     adapter: Adapter,
     ctx: CellContext,
     deliver: Callable[[Batch], Delivered],
     device=None,
-) -> dict[str, Any]:
+) -> Repetition:
     m = ctx.profile.measurement
     clock = time.perf_counter
 
@@ -152,11 +182,11 @@ def measure_repetition(
     loader = adapter.open(ctx)
     setup_s = clock() - setup_start
     try:
-        batches = _stream(loader)
+        batches = stream(loader)
         first = deliver(next(batches))
         time_to_first_batch = clock() - setup_start
         first_digest = batch_digest(first)
-        first_bytes = _nbytes(first)
+        first_bytes = nbytes(first)
         del first
         for _ in range(max(0, m["warmup_batches"] - 1)):
             deliver(next(batches))
@@ -175,7 +205,7 @@ def measure_repetition(
                 # loop that consumes each batch: holding it would keep two batches' buffers alive
                 # and change the allocator's behaviour (measurably, for large batches).
                 if variable:
-                    total_bytes += _nbytes(deliver(next(batches)))
+                    total_bytes += nbytes(deliver(next(batches)))
                 else:
                     deliver(next(batches))
                 now = clock()
@@ -190,7 +220,7 @@ def measure_repetition(
     finally:
         loader.close()
 
-    return _repetition_record(
+    record = repetition_record(
         index=index,
         ctx=ctx,
         latencies=latencies,
@@ -201,12 +231,11 @@ def measure_repetition(
         peak_rss=rss.peak,
         device_peak=_device_peak_bytes(device),
         first_digest=first_digest,
-        parallelism=parallelism,
-        source_info=source_info,
     )
+    return Repetition(record, parallelism, source_info)
 
 
-def _repetition_record(
+def repetition_record(
     index,
     ctx,
     latencies,
@@ -217,11 +246,8 @@ def _repetition_record(
     peak_rss,
     device_peak,
     first_digest,
-    parallelism,
-    source_info=None,
 ) -> dict[str, Any]:
-    """One repetition as the result schema records it, plus what the loader reported about
-    itself under private keys that `loader_reports` takes out."""
+    """One repetition as the result schema records it."""
     elements = len(latencies) * ctx.workload.batch_size
     return {
         "index": index,
@@ -238,18 +264,36 @@ def _repetition_record(
         "peak_rss_bytes": int(peak_rss),
         "device_peak_bytes": device_peak,
         "first_batch_sha256": first_digest,
-        "_parallelism": parallelism,
-        "_source_info": source_info,
     }
 
 
-def loader_reports(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Remove the loader's own reports from every repetition; return the last one's
-    (`parallelism`, `source_info`)."""
-    reports = {}
-    for rep in reps:
-        reports = {key.removeprefix("_"): rep.pop(key) for key in [k for k in rep if k[0] == "_"]}
-    return reports
+def report_repetition(progress, label: str, rep: Repetition, total: int, extra: str = "") -> None:
+    """The progress line every repetition loop prints."""
+    if progress:
+        r = rep.record
+        progress(
+            f"{label}repetition {r['index'] + 1}/{total}: {r['elements_per_s']:.1f} elements/s "
+            f"over {r['batches']} batches{extra}"
+        )
+
+
+def repeat(
+    adapter: Adapter,
+    ctx: CellContext,
+    deliver: Callable[[Batch], Delivered],
+    device,
+    progress: Callable[[str], None] | None = None,
+    after: Callable[[Repetition], str] | None = None,
+) -> list[Repetition]:
+    """The profile's repetitions of the timed window; `after` runs after each one (untimed)
+    and returns what the progress line adds."""
+    total = ctx.profile.measurement["repetitions"]
+    reps = []
+    for r in range(total):
+        rep = measure_repetition(r, adapter, ctx, deliver, device)
+        reps.append(rep)
+        report_repetition(progress, "", rep, total, after(rep) if after else "")
+    return reps
 
 
 def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -279,215 +323,69 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _sharding_target(workload: Workload):
-    """A NamedSharding over the first N devices on a 1-D mesh, batch axis split."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    wanted = workload.options["devices"]
-    devices = jax.devices()
-    if len(devices) < wanted:
-        raise UnsupportedHere(
-            f"{workload.variant} shards over {wanted} devices; this machine's JAX backend has {len(devices)}"
-        )
-    if workload.batch_size % wanted:
-        raise ValueError(f"batch size {workload.batch_size} does not split over {wanted} devices")
-    mesh = Mesh(np.array(devices[:wanted]), ("data",))
-    return NamedSharding(mesh, PartitionSpec("data"))
-
-
-def _sharding_report(adapter: Adapter, ctx: CellContext, target) -> dict[str, Any]:
-    """Deliver one batch and record how it was really laid out."""
-    loader = adapter.open(ctx)
-    try:
-        batch = make_delivery(adapter, target)(next(iter(loader.epoch(0))))
-    finally:
-        loader.close()
-    fields = {}
-    for name, arr in sorted(batch.items()):
-        fields[name] = {
-            "global_shape": list(arr.shape),
-            "shard_shapes": sorted({tuple(s.data.shape) for s in arr.addressable_shards}),
-            "devices": len(arr.sharding.device_set),
-            "equivalent": bool(arr.sharding.is_equivalent_to(target, arr.ndim)),
-        }
-    wanted = ctx.workload.options["devices"]
-    return {
-        "devices": wanted,
-        "mesh_shape": dict(target.mesh.shape),
-        "partition_spec": str(target.spec),
-        "fields": {
-            k: {**v, "shard_shapes": [list(x) for x in v["shard_shapes"]]}
-            for k, v in fields.items()
-        },
-        "sharded": all(f["devices"] == wanted and f["equivalent"] for f in fields.values()),
-    }
-
-
-def _digest_run(
-    adapter: Adapter, ctx: CellContext, deliver, epochs: int, index: int
-) -> tuple[dict[str, Any], list[str]]:
-    """Every batch of `epochs` epochs from a fresh loader, each digested after it is timed."""
-    clock = time.perf_counter
-    digests: list[str] = []
-    latencies: list[float] = []
-    sizes: list[int] = []
-    setup_start = clock()
-    loader = adapter.open(ctx)
-    setup_s = clock() - setup_start
-    try:
-        with RssSampler() as rss:
-            for epoch in range(epochs):
-                batches = iter(loader.epoch(epoch))
-                while True:
-                    requested = clock()
-                    try:
-                        out = deliver(next(batches))
-                    except StopIteration:
-                        break
-                    now = clock()
-                    latencies.append(now - requested)
-                    if now >= rss.next_sample:
-                        rss.sample(now)
-                    sizes.append(_nbytes(out))
-                    digests.append(batch_digest(out))
-        parallelism = dict(getattr(loader, "parallelism", {}))
-    finally:
-        loader.close()
-    if not latencies:
-        raise RuntimeError("the loader produced no batch")
-    # Throughput counts only the time spent waiting for batches, not the digests, and (as in
-    # every other measurement) not the first batch, which pays the loader's start-up (worker
-    # processes): that goes to time to first batch.
-    steady = latencies[1:] or latencies
-    record = _repetition_record(
-        index=index,
-        ctx=ctx,
-        latencies=steady,
-        total_bytes=sum(sizes[1:] or sizes),
-        window_s=sum(steady),
-        time_to_first_batch=setup_s + latencies[0],
-        setup_s=setup_s,
-        peak_rss=rss.peak,
-        device_peak=None,
-        first_digest=digests[0],
-        parallelism=parallelism,
-    )
-    return record, digests
-
-
-def _sequence_digest(digests: list[str]) -> str:
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
-
-
-def measure_determinism(
-    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
-) -> dict[str, Any]:
-    """Same seed at least twice, then another seed, over several epochs; every batch digested.
-
-    Deterministic means identical digest sequences for the same seed; a non-deterministic
-    adapter is a finding recorded in the result, not an error.
-    """
+def first_device():
     import jax
 
-    deliver = make_delivery(adapter, jax.devices()[0])
-    epochs = workload.options.get("epochs", 2)
-    runs = max(2, profile.measurement["repetitions"])
-    seed, other_seed = profile.seed, profile.seed + 1
-    reps, sequences = [], []
-    for r in range(runs):
-        ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=seed)
-        rep, digests = _digest_run(adapter, ctx, deliver, epochs, r)
-        reps.append(rep)
-        sequences.append(digests)
-        if progress:
-            progress(f"determinism run {r + 1}/{runs} (seed {seed}): {len(digests)} batches")
-    other_ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=other_seed)
-    _, other = _digest_run(adapter, other_ctx, deliver, epochs, runs)
-    mismatch = None
-    for r, seq in enumerate(sequences[1:], 1):
-        for b, (x, y) in enumerate(zip(sequences[0], seq, strict=False)):
-            if x != y:
-                mismatch = {"run": r, "batch": b}
-                break
-        if mismatch is None and len(seq) != len(sequences[0]):
-            mismatch = {"run": r, "batch": min(len(seq), len(sequences[0]))}
-        if mismatch:
-            break
-    parallelism = loader_reports(reps)["parallelism"]
-    special = {
-        "epochs": epochs,
-        "batches_per_run": len(sequences[0]),
-        "runs_same_seed": runs,
-        "seed": seed,
-        "other_seed": other_seed,
-        "deterministic": mismatch is None,
-        "first_mismatch": mismatch,
-        "seeds_differ": other != sequences[0],
-        "sequence_sha256": [_sequence_digest(seq) for seq in sequences],
-        "other_seed_sequence_sha256": _sequence_digest(other),
-        "batch_sha256": sequences[0],
-        "other_seed_batch_sha256": other,
-    }
-    return {
-        "repetitions": reps,
-        "statistics": summarize_repetitions(reps),
-        "parallelism": parallelism,
-        "special": special,
-    }
+    return jax.devices()[0]
 
 
-def measure_cell(
+def cell_context(workload: Workload, dataset: Dataset, profile: Profile, **kw) -> CellContext:
+    return CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed, **kw)
+
+
+#: Writing 3 here drops the page cache (Linux, root only).
+DROP_CACHES = "/proc/sys/vm/drop_caches"
+
+
+def drop_page_cache(path: str = DROP_CACHES) -> tuple[bool, str]:
+    """(dropped, note). Never raises: a machine that forbids it is measured warm, and says so."""
+    try:
+        os.sync()
+        with open(path, "w") as fh:
+            fh.write("3\n")
+    except OSError as exc:
+        return False, f"page cache could not be dropped ({exc.strerror or exc}): runs start warm"
+    return True, "page cache dropped before each repetition: runs start cold"
+
+
+def cold_start_repetitions(
     adapter: Adapter,
     workload: Workload,
     dataset: Dataset,
     profile: Profile,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """All repetitions of one cell (all kept), their statistics, the parallelism used and,
-    for the special measurements, their own metrics under `special`."""
-    import jax
+    *,
+    load_first: bool,
+    label: str,
+    source=None,
+    progress=None,
+) -> tuple[list[Repetition], list[float], str, str]:
+    """The profile's repetitions, each after dropping the page cache where permitted and, with
+    `load_first`, after reading the dataset into memory (timed on its own).
 
-    if workload.measure == "determinism":
-        return measure_determinism(adapter, workload, dataset, profile, progress)
-    if workload.measure == "streaming":
-        from .streaming import measure_streaming
-
-        return measure_streaming(adapter, workload, dataset, profile, progress)
-    if workload.measure == "checkpoint":
-        from .checkpoint import measure_checkpoint
-
-        return measure_checkpoint(adapter, workload, dataset, profile, progress)
-    if workload.measure == "source_backends":
-        from .backends import measure_source_backends
-
-        return measure_source_backends(adapter, workload, dataset, profile, progress)
-    device = jax.devices()[0]
-    target = _sharding_target(workload) if workload.measure == "sharding" else device
-    deliver = make_delivery(adapter, target)
-    ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed)
-    reps = []
+    Returns (repetitions, load times, "cold" or "warm", the page-cache note). Shared by the
+    measures that start from files on disk (streaming, sources).
+    """
+    device = first_device()
+    deliver = make_delivery(adapter, device)
+    reps, loads, states = [], [], []
+    note = ""
     for r in range(profile.measurement["repetitions"]):
-        rep = measure_repetition(r, adapter, ctx, deliver, device)
-        reps.append(rep)
+        dropped, note = drop_page_cache()
+        states.append("cold" if dropped else "warm")
+        records, load_s = dataset, None
+        if load_first:
+            start = time.perf_counter()
+            records = dataset.load_into_memory()
+            load_s = time.perf_counter() - start
+            loads.append(load_s)
+        ctx = cell_context(workload, records, profile, source=source)
+        reps.append(measure_repetition(r, adapter, ctx, deliver, device))
+        del records, ctx
         if progress:
+            rec = reps[-1].record
+            extra = f", load {load_s:.3f} s" if load_s is not None else ""
             progress(
-                f"repetition {r + 1}/{profile.measurement['repetitions']}: "
-                f"{rep['elements_per_s']:.1f} elements/s over {rep['batches']} batches"
+                f"{label} repetition {r + 1}: {rec['elements_per_s']:.1f} elements/s, "
+                f"first batch {rec['time_to_first_batch_s']:.3f} s{extra} ({states[-1]})"
             )
-    parallelism = loader_reports(reps)["parallelism"]
-    body = {
-        "repetitions": reps,
-        "statistics": summarize_repetitions(reps),
-        "parallelism": parallelism,
-    }
-    if workload.measure == "sharding":
-        body["special"] = _sharding_report(adapter, ctx, target)
-    elif workload.measure == "dag":
-        merges = [t for t in workload.transforms if t["op"] == "branch_merge"]
-        body["special"] = {
-            "branches": [len(t["branches"]) for t in merges],
-            "merge": [t["merge"] for t in merges],
-            "ops": workload.ops(),
-        }
-    return body
+    return reps, loads, "cold" if all(s == "cold" for s in states) else "warm", note

@@ -17,8 +17,6 @@ adapter x variant; anything else horizontal bars.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from matplotlib.text import Annotation  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from .results import user_file_mode  # noqa: E402
+from .files import atomic_file  # noqa: E402
 from .stats import UNSTABLE_CV  # noqa: E402
 
 PERCENTILES = ("p50", "p95", "p99")
@@ -681,19 +679,8 @@ def overview_figure(table: pd.DataFrame, facts: RunFacts):
 
 def _save(fig, path: str | Path) -> None:
     """Write via a temporary file so that an interrupted job never leaves half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.fchmod(fd, user_file_mode())
-    os.close(fd)
-    try:
+    with atomic_file(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
 
 
 def in_catalog_order(frame: pd.DataFrame, catalog) -> pd.DataFrame:

@@ -2,83 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import all_or_nothing, user_file_mode, write_text_atomic
 from .schemas import first_non_finite, read_json, validate
 
 SCHEMA_VERSION = 1
+__all__ = ["all_or_nothing", "user_file_mode", "write_text_atomic"]  # re-exported for callers
+
 STATUSES = ("ok", "unsupported", "failed", "timeout", "not_implemented")
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def user_file_mode() -> int:
-    """The mode a file the user creates gets (0o666 less the umask), not mkstemp's 0600."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# Inside `all_or_nothing()`: the (temporary, target) pairs written but not yet renamed.
-_pending: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("_pending", default=None)
-
-
-@contextlib.contextmanager
-def all_or_nothing() -> Iterator[None]:
-    """Files written atomically inside the block appear together when it ends, or not at all.
-
-    Each is written and fsynced to a temporary file first; the renames happen only once every
-    file is complete, so an error (a NaN, a full disk) leaves the previous files untouched.
-    """
-    outer = _pending.get()
-    if outer is not None:  # nested: the outermost block renames
-        yield
-        return
-    pending: list[tuple[Path, Path]] = []
-    token = _pending.set(pending)
-    try:
-        yield
-        for tmp, path in pending:
-            os.replace(tmp, path)
-    finally:
-        _pending.reset(token)
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temporary file in the target directory, fsync, then rename: never a half-written file.
-
-    The file gets the permissions of any file the user creates (the umask), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), user_file_mode())
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        pending = _pending.get()
-        if pending is None:
-            os.replace(tmp, path)
-        else:
-            pending.append((Path(tmp), path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

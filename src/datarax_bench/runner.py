@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import supervision
+from . import measures, supervision
 from .adapters import Adapter, get_adapter
 from .catalog import Catalog, Profile, Workload, load_catalog
 from .cell import CellClock, make_result
 from .errors import UserError
-from .harness import IMPLEMENTED_MEASURES
 from .results import cell_path, load_result, utc_now, write_json_atomic, write_result
 
 _LOG_TAIL_LINES = 40
@@ -57,17 +56,7 @@ def resolve_cell(
 
 def static_status(cell: Cell) -> tuple[str, str] | None:
     """(status, reason) for a cell that must not run a loader at all, else None."""
-    w = cell.workload
-    if w.measure not in IMPLEMENTED_MEASURES:
-        return (
-            "not_implemented",
-            f"{w.scenario} measures {w.measure!r}, which the harness does not implement yet; "
-            "nothing was timed",
-        )
-    reason = cell.adapter.support(w)
-    if reason:
-        return "unsupported", reason
-    return None
+    return measures.static_status(cell.adapter, cell.workload)
 
 
 def _log_tail(path: Path) -> str:

@@ -24,6 +24,7 @@ import yaml
 
 from . import paths
 from .cloud import load_task
+from .files import write_text_atomic
 
 BUCKET_ENV = "DATARAX_BENCH_BUCKET"
 # Where SkyPilot mounts the bucket on the machine (`~/` paths are home-relative there).
@@ -89,7 +90,7 @@ def persist(
     # copy below then carries it too (`wandb sync` it later).
     if environ.get("WANDB_API_KEY"):
         try:
-            from .export import export_results
+            from .wandb_export import export_results
 
             report = export_results(results_dir, mode="auto")
         except Exception as exc:  # an incomplete run's results still go to the bucket
@@ -149,11 +150,12 @@ def write_bucket_task(template: Path, output: Path) -> Path:
     # An absolute workdir (the checkout): the new file may live anywhere.
     task["workdir"] = str(paths.project_root())
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"# {template.name} with a results bucket; made by `datarax-bench task-file "
         "--results-bucket`.\n# sky launch THIS_FILE --env DATARAX_BENCH_BUCKET=<bucket> ... "
         "(see the header of the original)\n"
     )
-    output.write_text(header + yaml.safe_dump(task, sort_keys=False, default_flow_style=False))
+    write_text_atomic(
+        output, header + yaml.safe_dump(task, sort_keys=False, default_flow_style=False)
+    )
     return output

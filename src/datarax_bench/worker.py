@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             flag = f"--xla_force_host_platform_device_count={workload.options['devices']}"
             os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), flag]))
 
-    from .harness import UnsupportedHere, measure_cell
+    from .harness import UnsupportedHere
+    from .measures import measure_cell
 
     try:
         dataset = materialize(workload, profile.seed)

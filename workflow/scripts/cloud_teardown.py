@@ -4,7 +4,7 @@ import sys
 from contextlib import redirect_stderr
 
 from datarax_bench import cloud
-from datarax_bench.results import utc_now
+from datarax_bench.results import utc_now, write_json_atomic
 
 with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821
     p = snakemake.params  # noqa: F821
@@ -15,4 +15,4 @@ with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_f
     else:
         record = cloud.teardown([p.cluster], snakemake.log[0], ledger)  # noqa: F821
     record["billing"] = cloud.billing(p.work_dir, p.cluster, record.get("cost_report", []))
-    cloud.write_record(snakemake.output[0], record)  # noqa: F821
+    write_json_atomic(snakemake.output[0], record)  # noqa: F821

@@ -1,8 +1,9 @@
 """The adapter registry: every module in this package that defines an `Adapter` subclass
 decorated with `@register` adds a framework. Adding a framework means adding one file.
 
-Adapters outside this package (plugins, test doubles) load from the modules named in
-`DATARAX_BENCH_PLUGINS` (comma-separated), which use the same `@register`.
+Adapters outside this package use the same `@register` and load as plugins (`plugins`): from
+the `datarax_bench.adapters` entry point group, and from the modules named in
+`DATARAX_BENCH_PLUGINS` (test doubles).
 
 Adapter modules must not import their framework at module level: `list` and the workflow's
 planning import every adapter, and must stay fast.
@@ -11,13 +12,15 @@ planning import every adapter, and must stay fast.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 
 from ..errors import UserError
+from ..plugins import load_entry_points, load_named_modules
 from .base import Adapter, CellContext, Loader
 
 __all__ = ["Adapter", "CellContext", "Loader", "all_adapters", "get_adapter", "register"]
+
+ENTRY_POINT_GROUP = "datarax_bench.adapters"
 
 _REGISTRY: dict[str, Adapter] = {}
 _ORDER: dict[str, int] = {}
@@ -34,11 +37,8 @@ def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name != "base" and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
-    for module in filter(None, os.environ.get("DATARAX_BENCH_PLUGINS", "").split(",")):
-        try:
-            importlib.import_module(module.strip())
-        except ImportError as exc:
-            raise UserError(f"DATARAX_BENCH_PLUGINS: cannot import {module!r} ({exc})") from None
+    load_entry_points(ENTRY_POINT_GROUP)
+    load_named_modules()
     # The reference first, then frameworks alphabetically by display name.
     ordered = sorted(_REGISTRY.values(), key=lambda a: (a.id != "numpy", a.display_name.lower()))
     _ORDER.update({a.id: i for i, a in enumerate(ordered)})

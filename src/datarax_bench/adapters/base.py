@@ -1,7 +1,7 @@
 """The one small interface every framework adapter implements.
 
-An adapter declares what it can do (ops, measures) and builds a loader for one cell. The harness
-does everything else: it times each batch from request to device-ready, delivering every field
+An adapter declares what it can do (ops, measures) and builds a loader for one cell. The
+measures (`measures/`, through the harness) do everything else: it times each batch from request to device-ready, delivering every field
 with `jax.device_put` onto the profile's device, so the final work is the same for every adapter.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,12 +20,6 @@ from ..data import Dataset
 from ..formats import SourceFiles
 
 Batch = Mapping[str, Any]
-
-#: Measurements the harness performs the same way for every loader (sharded delivery, digests
-#: of every batch, a DAG that is just more ops): an adapter supports them when it expresses the
-#: workload's ops. The others (checkpoint, streaming) need a native API, and source backends a
-#: native reader of each backend (`Adapter.backends`).
-HARNESS_MEASURES = frozenset({"dag", "sharding", "determinism"})
 
 
 @dataclass
@@ -38,7 +32,6 @@ class CellContext:
     seed: int
     #: IO-1: the files of the workload's source backend (`formats.prepare`); None otherwise.
     source: SourceFiles | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def parallelism(self) -> dict[str, int]:
@@ -92,7 +85,9 @@ class Adapter(ABC):
     distributions: ClassVar[tuple[str, ...]] = ()
     #: Catalog ops this adapter implements with the reference semantics.
     ops: ClassVar[frozenset[str]] = frozenset()
-    #: Catalog measures (throughput, checkpoint, ...) this adapter supports.
+    #: Catalog measures needing a native API (checkpoint, streaming, ...) this adapter supports;
+    #: the measures the harness performs alike for every loader need no declaration
+    #: (`measures.Measure.any_adapter`), and which are supported is `measures.support`.
     measures: ClassVar[frozenset[str]] = frozenset({"throughput"})
     #: Why a measure outside `measures` is not supported, where there is more to say than
     #: "no native support" (shown in the cell's `unsupported` reason).
@@ -102,28 +97,9 @@ class Adapter(ABC):
     backends: ClassVar[frozenset[str]] = frozenset()
     backend_reasons: ClassVar[dict[str, str]] = {}
 
-    def support(self, workload: Workload) -> str | None:
-        """None when the adapter runs the workload as specified, else why not (one line)."""
-        return self.measure_support(workload) or self.ops_support(workload)
-
-    def measure_support(self, workload: Workload) -> str | None:
-        """Why the adapter cannot perform the workload's measurement, or None."""
-        if workload.measure == "source_backends":
-            backend = workload.options["backend"]
-            if backend in self.backends:
-                return None
-            return self.backend_reasons.get(
-                backend, f"{self.display_name} has no native reader for the {backend!r} backend"
-            )
-        if workload.measure not in self.measures | HARNESS_MEASURES:
-            return self.measure_reasons.get(
-                workload.measure,
-                f"{self.display_name} has no native support for the {workload.measure!r} measurement",
-            )
-        return None
-
     def ops_support(self, workload: Workload) -> str | None:
-        """Why the adapter cannot express one of the workload's transforms, or None."""
+        """Why the adapter cannot express one of the workload's transforms or hold its
+        fields, or None."""
         for op in workload.ops():
             if op not in self.ops:
                 return f"{self.display_name} cannot express transform {op!r} with the reference semantics"

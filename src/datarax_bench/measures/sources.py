@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from . import formats
-from .adapters.base import Adapter
-from .catalog import Profile, Workload
-from .data import Dataset
-from .harness import loader_reports, summarize_repetitions
-from .streaming import cold_start_repetitions
+from .. import formats
+from ..adapters.base import Adapter
+from ..catalog import Workload
+from ..harness import MeasureBody, cold_start_repetitions
+from . import register
 
 #: The record encoding of the backends that read the `.npy` cache.
 NPY_ENCODING = "NumPy .npy files, one per field, elements along the first axis (C order)"
@@ -36,9 +35,18 @@ def _files(source: formats.SourceFiles, source_info: dict[str, Any] | None) -> d
     }
 
 
-def measure_source_backends(
-    adapter: Adapter, workload: Workload, dataset: Dataset, profile: Profile, progress=None
-) -> dict[str, Any]:
+def backend_support(adapter: Adapter, workload: Workload) -> str | None:
+    """The adapter reads the variant's backend with its framework's own reader, or why not."""
+    backend = workload.options["backend"]
+    if backend in adapter.backends:
+        return None
+    return adapter.backend_reasons.get(
+        backend, f"{adapter.display_name} has no native reader for the {backend!r} backend"
+    )
+
+
+@register("source_backends", support=backend_support)
+def measure_source_backends(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     backend = workload.options["backend"]
     built = not formats.is_prepared(dataset, backend)
     source = formats.prepare(dataset, backend)
@@ -54,12 +62,12 @@ def measure_source_backends(
         source=source,
         progress=progress,
     )
-    reports = loader_reports(reps)
-    files = _files(source, reports["source_info"])
-    ttfb = [rep["time_to_first_batch_s"] for rep in reps]
+    source_info = reps[-1].source_info
+    files = _files(source, source_info)
+    ttfb = [rep.record["time_to_first_batch_s"] for rep in reps]
     special = {
         "backend": backend,
-        "reader": reports["source_info"]["reader"],
+        "reader": source_info["reader"],
         "record_encoding": source.meta.get("encoding", NPY_ENCODING),
         "records": workload.num_elements,
         "files": files,
@@ -75,9 +83,4 @@ def measure_source_backends(
         "build_s": source.meta.get("build_s"),
         "built_in_this_cell": built,
     }
-    return {
-        "repetitions": reps,
-        "statistics": summarize_repetitions(reps),
-        "parallelism": reports["parallelism"],
-        "special": special,
-    }
+    return MeasureBody(reps, special)

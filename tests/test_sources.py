@@ -23,9 +23,9 @@ from datarax_bench.adapters import all_adapters, get_adapter
 from datarax_bench.catalog import load_catalog
 from datarax_bench.data import materialize
 from datarax_bench.errors import UserError
-from datarax_bench.harness import batch_digest
+from datarax_bench.harness import batch_digest, drop_page_cache
+from datarax_bench.measures import support
 from datarax_bench.results import load_result
-from datarax_bench.streaming import drop_page_cache
 
 
 def _workload(backend: str):
@@ -151,7 +151,7 @@ def test_a_failed_build_is_one_clear_error_and_leaves_nothing(tmp_path):
 
 def test_each_adapter_claims_the_backends_its_framework_reads():
     claims = {
-        a.id: [b for b in formats.BACKENDS if a.support(_workload(b)) is None]
+        a.id: [b for b in formats.BACKENDS if support(a, _workload(b)) is None]
         for a in all_adapters()
     }
     assert claims == {
@@ -161,8 +161,8 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "pytorch": ["memory", "npy_mmap", "tfds"],
         "tfdata": ["memory", "tfrecord", "tfds"],
     }
-    assert "TFRecordIterDataset" in get_adapter("grain").support(_workload("tfrecord"))
-    assert "from_tensor_slices" in get_adapter("tfdata").support(_workload("npy_mmap"))
+    assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
+    assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))
 
 
 # --- the measurement, through the CLI ------------------------------------------------------

@@ -465,14 +465,11 @@ class Datarax(Adapter):
         "variant)",
     }
 
-    def support(self, workload: Workload) -> str | None:
-        reason = self.measure_support(workload)
-        if reason:
-            return reason
+    def ops_support(self, workload: Workload) -> str | None:
         for op in workload.ops():
             if op in UNSUPPORTED_REASONS:
                 return UNSUPPORTED_REASONS[op]
-        reason = self.ops_support(workload)
+        reason = super().ops_support(workload)
         if reason:
             return reason
         for name, spec in workload.fields.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench import export
+from datarax_bench import wandb_export as export
 from datarax_bench.errors import UserError
 
 SENTINEL_KEY = "0123456789abcdef" * 2 + "fedcba98"  # well-formed: 40 hex characters

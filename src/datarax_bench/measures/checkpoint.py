@@ -9,8 +9,6 @@ two batches' digests are equal; an inexact resume is a finding recorded in the r
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,17 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from .adapters.base import Adapter, CellContext
-from .catalog import Profile, Workload
-from .data import Dataset
-from .harness import (
-    _stream,
+from ..adapters.base import Adapter, CellContext
+from ..catalog import Workload
+from ..files import temporary_directory
+from ..harness import (
+    MeasureBody,
+    Repetition,
     batch_digest,
-    loader_reports,
+    cell_context,
+    first_device,
     make_delivery,
-    measure_repetition,
-    summarize_repetitions,
+    repeat,
+    stream,
 )
+from . import register
 
 
 def _directory_bytes(directory: Path) -> int:
@@ -55,7 +56,7 @@ def checkpoint_experiment(
     clock = time.perf_counter
     uninterrupted = adapter.open(ctx)
     try:
-        batches = _stream(uninterrupted)
+        batches = stream(uninterrupted)
         for _ in range(k):
             deliver(next(batches))
         start = clock()
@@ -88,39 +89,26 @@ def checkpoint_experiment(
     }
 
 
-def measure_checkpoint(
-    adapter: Adapter,
-    workload: Workload,
-    dataset: Dataset,
-    profile: Profile,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+@register("checkpoint")
+def measure_checkpoint(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     """Throughput repetitions, each followed by one checkpoint round trip."""
-    import jax
-
     k = checkpoint_after(workload)
-    device = jax.devices()[0]
+    device = first_device()
     deliver = make_delivery(adapter, device)
-    ctx = CellContext(workload=workload, dataset=dataset, profile=profile, seed=profile.seed)
-    runs = profile.measurement["repetitions"]
-    reps, trips = [], []
-    for r in range(runs):
-        rep = measure_repetition(r, adapter, ctx, deliver, device)
-        reps.append(rep)
-        directory = Path(tempfile.mkdtemp(prefix="datarax-bench-checkpoint-"))
-        try:
+    ctx = cell_context(workload, dataset, profile)
+    trips = []
+
+    def round_trip(_: Repetition) -> str:
+        with temporary_directory("datarax-bench-checkpoint-") as directory:
             trip = checkpoint_experiment(adapter, ctx, deliver, k, directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
         trips.append(trip)
-        if progress:
-            progress(
-                f"repetition {r + 1}/{runs}: {rep['elements_per_s']:.1f} elements/s; "
-                f"checkpoint after {k} batches: save {trip['save_s'] * 1e3:.2f} ms, "
-                f"restore {trip['restore_s'] * 1e3:.2f} ms, {trip['state_bytes']} bytes, "
-                f"resume {'exact' if trip['resume_exact'] else 'NOT exact'}"
-            )
-    parallelism = loader_reports(reps)["parallelism"]
+        return (
+            f"; checkpoint after {k} batches: save {trip['save_s'] * 1e3:.2f} ms, "
+            f"restore {trip['restore_s'] * 1e3:.2f} ms, {trip['state_bytes']} bytes, "
+            f"resume {'exact' if trip['resume_exact'] else 'NOT exact'}"
+        )
+
+    reps = repeat(adapter, ctx, deliver, device, progress, after=round_trip)
 
     def median(key):
         return float(np.median([t[key] for t in trips]))
@@ -138,9 +126,4 @@ def measure_checkpoint(
         "state_files": trips[-1]["state_files"],
         "repetitions": [{n: v for n, v in t.items() if n != "state_files"} for t in trips],
     }
-    return {
-        "repetitions": reps,
-        "statistics": summarize_repetitions(reps),
-        "parallelism": parallelism,
-        "special": special,
-    }
+    return MeasureBody(reps, special)
