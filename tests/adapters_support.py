@@ -26,10 +26,7 @@ from datarax_bench.data import Dataset, materialize
 from datarax_bench.measures import implemented, support
 
 PROFILE = "smoke"
-RANDOM_OPS = frozenset(
-    {"random_resized_crop", "random_horizontal_flip", "random_crop_3d", "random_window"}
-    | {"random_brightness", "gaussian_noise"}
-)
+RANDOM_OPS = reference.RANDOM_OPS
 # Ops whose results are correctly rounded (or pure data movement) in every framework, so that a
 # deterministic pipeline of them must match the reference bit for bit. Transcendental functions
 # (log1p) and reductions (zscore's mean/std) legitimately differ in the last bits.

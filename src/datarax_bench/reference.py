@@ -26,6 +26,13 @@ F32 = np.float32
 
 # Ops that work on a whole batch (they need every element's shape); they come last.
 BATCH_OPS = frozenset({"pad_batch"})
+# Ops that draw from the element's randomness.
+RANDOM_OPS = frozenset(
+    {"random_resized_crop", "random_horizontal_flip", "random_crop_3d", "random_window"}
+    | {"random_brightness", "gaussian_noise"}
+)
+# Ops the walk (`apply_step`) implements over the leaf ops: structure, not arithmetic.
+STRUCTURE_OPS = frozenset({"shift_targets", "embedding_lookup", "branch_merge"})
 # 32-bit multiplicative hash constant (MurmurHash2's m): below 2**31, so the product of a
 # 32-bit id and it fits in int64 in every framework.
 HASH_MULTIPLIER = 0x5BD1E995
@@ -204,7 +211,7 @@ FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], np.random.Generato
     "gaussian_noise": _gaussian_noise,
     "cast": _cast,
 }
-ELEMENT_OPS = frozenset(FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge"}
+ELEMENT_OPS = frozenset(FIELD_OPS) | STRUCTURE_OPS
 ALL_OPS = ELEMENT_OPS | BATCH_OPS
 
 
@@ -324,30 +331,73 @@ OP_PARAMS: dict[str, dict[str, Param]] = {
 }
 
 
-def _apply_step(step: Mapping[str, Any], element: Element, rng: np.random.Generator) -> None:
+# --- the one walk over a scenario's steps ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeafOps:
+    """A framework's implementation of the leaf ops; `apply_step` does the walking.
+
+    `fields[op](value, step, key)` computes one field op; `embedding_lookup(step, ids)` looks
+    ids up in `embedding_table`; `mean(outputs)` merges a branch_merge's branch outputs (float32).
+    `step_key(rng)` is the randomness one step receives (called once per step, in step order:
+    the reference passes its element generator on; a framework with stateless keys folds in a
+    counter).
+    """
+
+    fields: Mapping[str, Callable[[Any, Mapping[str, Any], Any], Any]]
+    embedding_lookup: Callable[[Mapping[str, Any], Any], Any]
+    mean: Callable[[list[Any]], Any]
+    step_key: Callable[[Any], Any] = lambda rng: rng  # noqa: E731 - the reference's: as is
+
+
+def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, rng) -> None:
+    """One catalog step on `element` (a dict, changed in place) with `ops`' leaf ops."""
     op, name = step["op"], step["field"]
     if op == "chain":
         for sub in chain_steps(dict(step)):
-            _apply_step(sub, element, rng)
-    elif op == "shift_targets":
+            apply_step(sub, element, ops, rng)
+        return
+    key = ops.step_key(rng)
+    if op == "shift_targets":
         tokens = element.pop(name)
         element[step["inputs"]] = tokens[:-1]
         element[step["targets"]] = tokens[1:]
     elif op == "embedding_lookup":
-        table = embedding_table(step["num_rows"], step["dim"], step["table_seed"])
-        element[step["output"]] = table[element.pop(name)]
+        element[step["output"]] = ops.embedding_lookup(step, element.pop(name))
     elif op == "branch_merge":
-        source = element[name]
         outputs = []
         for branch in step["branches"]:
-            scratch = {name: source}
+            scratch = {name: element[name]}
             for sub in branch:
-                _apply_step({**sub, "field": name}, scratch, rng)
-            outputs.append(scratch[name].astype(F32))
-        # Only `mean` exists in the catalog schema today.
-        element[name] = (sum(outputs[1:], outputs[0]) / F32(len(outputs))).astype(F32)
+                apply_step({**sub, "field": name}, scratch, ops, rng)
+            outputs.append(scratch[name])
+        # `mean` is the only merge the catalog schema admits.
+        element[name] = ops.mean(outputs)
     else:
-        element[name] = FIELD_OPS[op](element[name], step, rng)
+        element[name] = ops.fields[op](element[name], step, key)
+
+
+def flat_steps(transforms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The steps with every chain expanded into its sub-steps, in order."""
+    out = []
+    for step in transforms:
+        out.extend(flat_steps(chain_steps(dict(step))) if step["op"] == "chain" else [dict(step)])
+    return out
+
+
+def _mean_f32(outputs: list[np.ndarray]) -> np.ndarray:
+    outputs = [o.astype(F32) for o in outputs]
+    return (sum(outputs[1:], outputs[0]) / F32(len(outputs))).astype(F32)
+
+
+REFERENCE_OPS = LeafOps(
+    fields=FIELD_OPS,
+    embedding_lookup=lambda step, ids: embedding_table(
+        step["num_rows"], step["dim"], step["table_seed"]
+    )[ids],
+    mean=_mean_f32,
+)
 
 
 def apply_element(
@@ -357,7 +407,7 @@ def apply_element(
     out = dict(element)
     for step in transforms:
         if step["op"] not in BATCH_OPS:
-            _apply_step(step, out, rng)
+            apply_step(step, out, REFERENCE_OPS, rng)
     return out
 
 

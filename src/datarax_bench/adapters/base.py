@@ -74,6 +74,13 @@ class Loader(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no state API")
 
 
+def tensor_to_host(value: Any) -> Any:
+    """A framework tensor with a `.numpy()` (torch, TF eager) as a NumPy array, without a copy
+    where the framework allows; anything else through `np.asarray`."""
+    numpy = getattr(value, "numpy", None)
+    return numpy() if callable(numpy) else np.asarray(value)
+
+
 class Adapter(ABC):
     #: Short id used in file names and on the command line.
     id: ClassVar[str]

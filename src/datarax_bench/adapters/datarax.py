@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from .. import formats, reference
-from ..catalog import Workload, chain_steps
+from ..catalog import Workload
 from . import register
 from ._tensorflow import import_tensorflow
 from .base import Adapter, Batch, CellContext, Loader
 
 #: Ops the adapter implements in JAX with the reference semantics.
-DATARAX_OPS = frozenset(reference.FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge"}
+DATARAX_OPS = frozenset(reference.FIELD_OPS) | reference.STRUCTURE_OPS
 #: Why an op is left out (anything else missing gets the generic reason).
 UNSUPPORTED_REASONS = {
     "pad_batch": (
@@ -50,29 +50,12 @@ UNSUPPORTED_REASONS = {
         "batch's longest sequence (a data-dependent shape)"
     ),
 }
-RANDOM_OPS = frozenset(
-    {
-        "random_resized_crop",
-        "random_horizontal_flip",
-        "random_crop_3d",
-        "random_window",
-        "random_brightness",
-        "gaussian_noise",
-    }
-)
 # Ids of this dtype do not fit JAX's default 32-bit types; hash_bucket reads only id mod 2**32.
 _WIDE_INT = np.dtype(np.int64)
 
 
-def _flat_steps(transforms) -> list[dict[str, Any]]:
-    out = []
-    for step in transforms:
-        out.extend(_flat_steps(chain_steps(step)) if step["op"] == "chain" else [step])
-    return out
-
-
 def _first_use(workload: Workload, name: str) -> str | None:
-    for step in _flat_steps(workload.transforms):
+    for step in reference.flat_steps(workload.transforms):
         if step["field"] == name:
             return step["op"]
     return None
@@ -213,7 +196,7 @@ def _operator_class():
         """One catalog step on one element; random parameters drawn per record."""
 
         def __init__(self, step: dict[str, Any], embedding: np.ndarray | None, *, rngs):
-            random = step["op"] in RANDOM_OPS
+            random = step["op"] in reference.RANDOM_OPS
             config = OperatorConfig(stochastic=random, stream_name="augment" if random else None)
             super().__init__(config, rngs=rngs if random else None, name=f"{step['op']}")
             self.step = dict(step)
@@ -331,7 +314,7 @@ class DataraxLoader(Loader):
         self._step_class = _operator_class()
         self._rngs = nnx.Rngs(augment=jax.random.key(ctx.seed))
         self.operators = []
-        steps = _flat_steps(w.transforms)
+        steps = reference.flat_steps(w.transforms)
         source, self.source_info = _source(ctx)
         if any(step["op"] == "branch_merge" for step in steps):
             nodes, edges, sink = self._dag(steps)
@@ -390,7 +373,7 @@ class DataraxLoader(Loader):
             for b, branch in enumerate(step["branches"]):
                 tip = last
                 for j, sub in enumerate(
-                    _flat_steps([{**s, "field": step["field"]} for s in branch])
+                    reference.flat_steps([{**s, "field": step["field"]} for s in branch])
                 ):
                     tip = add(f"step_{i}_branch_{b}_{j}", self._operator(sub), tip)
                 ends.extend(tip)

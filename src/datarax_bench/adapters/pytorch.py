@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import formats, reference
-from ..catalog import chain_steps
 from . import register
-from .base import Adapter, Batch, CellContext, Loader
+from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
 
 # torch is imported inside functions only: importing this module (for `list`) must stay light.
 
@@ -57,7 +56,7 @@ class ElementDataset:
         }
         rng = reference.element_rng(self.seed, epoch, index)
         for step in self.transforms:
-            _apply_step(step, element, rng)
+            reference.apply_step(step, element, TORCH_OPS, rng)
         return element
 
 
@@ -238,31 +237,18 @@ def _embedding_table(num_rows: int, dim: int, table_seed: int):
     return _TABLES[key]
 
 
-def _apply_step(step: Mapping[str, Any], element: dict[str, Any], rng) -> None:
+def _embedding_lookup(step: Mapping[str, Any], ids):
     import torch.nn.functional as F
 
-    op, name = step["op"], step["field"]
-    if op == "chain":
-        for sub in chain_steps(dict(step)):
-            _apply_step(sub, element, rng)
-    elif op == "shift_targets":
-        tokens = element.pop(name)
-        element[step["inputs"]] = tokens[:-1]
-        element[step["targets"]] = tokens[1:]
-    elif op == "embedding_lookup":
-        table = _embedding_table(step["num_rows"], step["dim"], step["table_seed"])
-        element[step["output"]] = F.embedding(element.pop(name), table)
-    elif op == "branch_merge":
-        outputs = []
-        for branch in step["branches"]:
-            scratch = {name: element[name]}
-            for sub in branch:
-                _apply_step({**sub, "field": name}, scratch, rng)
-            outputs.append(_float(scratch[name]))
-        # `mean` is the only merge the catalog schema admits.
-        element[name] = sum(outputs[1:], outputs[0]) / float(len(outputs))
-    else:
-        element[name] = _FIELD_OPS[op](element[name], step, rng)
+    return F.embedding(ids, _embedding_table(step["num_rows"], step["dim"], step["table_seed"]))
+
+
+def _mean(outputs: list[Any]):
+    outputs = [_float(o) for o in outputs]
+    return sum(outputs[1:], outputs[0]) / float(len(outputs))
+
+
+TORCH_OPS = reference.LeafOps(fields=_FIELD_OPS, embedding_lookup=_embedding_lookup, mean=_mean)
 
 
 def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[str, Any]]):
@@ -341,7 +327,7 @@ class PyTorchDataLoader(Adapter):
     display_name = "PyTorch DataLoader"
     aliases = ("torch", "dataloader", "pytorch-dataloader")
     distributions = ("torch",)
-    ops = frozenset(_FIELD_OPS) | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
+    ops = frozenset(_FIELD_OPS) | reference.STRUCTURE_OPS | reference.BATCH_OPS
     # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming"})
     backends = frozenset({"memory", "npy_mmap", "tfds"})
@@ -359,6 +345,4 @@ class PyTorchDataLoader(Adapter):
     def open(self, ctx: CellContext) -> Loader:
         return TorchLoader(ctx)
 
-    def to_host(self, value: Any) -> Any:
-        numpy = getattr(value, "numpy", None)
-        return numpy() if callable(numpy) else np.asarray(value)
+    to_host = staticmethod(tensor_to_host)

@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from .. import formats, reference
-from ..catalog import chain_steps
 from . import register
 from ._tensorflow import import_tensorflow, visible_gpus
-from .base import Adapter, Batch, CellContext, Loader
+from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
 
 _LENGTH_PREFIX = "__length__"
 
@@ -152,10 +151,34 @@ FIELD_OPS = frozenset(
 )
 
 
+class _StepKeys:
+    """One stateless key per step of an element, folded from the element's key in step order."""
+
+    def __init__(self, tf, key):
+        self.tf, self.key, self.count = tf, key, 0
+
+    def next(self):
+        self.count += 1
+        return self.tf.random.experimental.stateless_fold_in(self.key, self.count - 1)
+
+
 class TfDataLoader(Loader):
     def __init__(self, ctx: CellContext):
         tf = self.tf = import_tensorflow()
         self.ops = _Ops(tf)
+        self.leaf_ops = reference.LeafOps(
+            fields={op: getattr(self.ops, op) for op in FIELD_OPS},
+            embedding_lookup=lambda step, ids: tf.nn.embedding_lookup(
+                tf.constant(
+                    reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
+                ),
+                ids,
+            ),
+            mean=lambda outputs: (
+                tf.add_n([tf.cast(o, tf.float32) for o in outputs]) / float(len(outputs))
+            ),
+            step_key=_StepKeys.next,
+        )
         w = ctx.workload
         self.num_batches = w.num_batches
         self.seed = ctx.seed
@@ -244,36 +267,9 @@ class TfDataLoader(Loader):
             tf.stack([tf.constant(self.seed, tf.int64), epoch]), index
         )
         out = dict(element)
-        counter = [0]
-
-        def run(step):
-            op, name = step["op"], step["field"]
-            if op == "chain":
-                for sub in chain_steps(dict(step)):
-                    run(sub)
-                return
-            op_key = tf.random.experimental.stateless_fold_in(key, counter[0])
-            counter[0] += 1
-            if op == "shift_targets":
-                tokens = out.pop(name)
-                out[step["inputs"]], out[step["targets"]] = tokens[:-1], tokens[1:]
-            elif op == "branch_merge":
-                source, outputs = out[name], []
-                for branch in step["branches"]:
-                    out[name] = source
-                    for sub in branch:
-                        run({**sub, "field": name})
-                    outputs.append(tf.cast(out[name], tf.float32))
-                # `mean` is the only merge the catalog schema admits.
-                out[name] = tf.add_n(outputs) / float(len(outputs))
-            elif op == "embedding_lookup":
-                table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
-                out[step["output"]] = tf.nn.embedding_lookup(tf.constant(table), out.pop(name))
-            else:
-                out[name] = getattr(self.ops, op)(out[name], step, op_key)
-
+        keys = _StepKeys(tf, key)
         for step in self.element_steps:
-            run(step)
+            reference.apply_step(step, out, self.leaf_ops, keys)
         for step in self.pad_steps:
             out[_LENGTH_PREFIX + step["field"]] = tf.shape(out[step["field"]])[0]
         return out
@@ -366,7 +362,7 @@ class TfData(Adapter):
         "streaming": "the tf.data adapter builds its pipeline with from_tensor_slices, which loads "
         "every array at setup: it has no lazy path from these files (IO-2 needs one)",
     }
-    ops = FIELD_OPS | {"shift_targets", "embedding_lookup", "branch_merge", "pad_batch"}
+    ops = FIELD_OPS | reference.STRUCTURE_OPS | reference.BATCH_OPS
     measures = Adapter.measures | {"checkpoint"}
     backends = frozenset({"memory", "tfrecord", "tfds"})
     backend_reasons = {
@@ -379,6 +375,4 @@ class TfData(Adapter):
     def open(self, ctx: CellContext) -> Loader:
         return TfDataLoader(ctx)
 
-    def to_host(self, value: Any) -> Any:
-        numpy = getattr(value, "numpy", None)
-        return numpy() if callable(numpy) else np.asarray(value)
+    to_host = staticmethod(tensor_to_host)
