@@ -14,53 +14,14 @@ import pandas as pd
 
 from .catalog import load_profile
 from .cloud import billing_markdown
-from .results import all_or_nothing, load_result, write_text_atomic
-from .runner import write_run_index
+from .results import all_or_nothing, load_result, result_row, write_run_index, write_text_atomic
 from .stats import UNSTABLE_CV, is_unstable
-
-CELL_KEYS = ("scenario", "scenario_name", "variant", "size", "adapter", "adapter_name", "measure")
-THROUGHPUT_KEYS = ("median", "ci95_low", "ci95_high", "cv", "min", "max")
-STAT_KEYS = (
-    "bytes_per_s_median",
-    "latency_ms_p50_median",
-    "latency_ms_p95_median",
-    "latency_ms_p99_median",
-    "time_to_first_batch_s_median",
-    "peak_rss_bytes_max",
-    "device_peak_bytes_max",
-    "first_batch_sha256",
-    "first_batch_consistent",
-)
 
 
 def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:
-    """One row of results.csv: identity, status, statistics (empty unless ok), provenance."""
-    row: dict[str, Any] = {"profile": result["cell"]["profile"], "infra": infra}
-    row.update({k: result["cell"][k] for k in CELL_KEYS})
-    row["status"] = result["status"]
-    row["reason"] = result["reason"]
-    stats = result.get("statistics") if result["status"] == "ok" else None
-    row["repetitions"] = stats["repetitions"] if stats else None
-    row["unstable"] = stats.get("unstable") if stats else None
-    for key in THROUGHPUT_KEYS:
-        row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
-    for key in STAT_KEYS:
-        row[key] = stats.get(key) if stats else None
-    # The special measurements' scalar metrics (deterministic, sharded, devices, ...).
-    for key, value in (result.get("special") or {}).items():
-        if "sha256" in key:
-            continue  # digests stay in the result files
-        if isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
-            value = ", ".join(map(str, value))
-        if value is None or isinstance(value, bool | int | float | str):
-            row[f"special_{key}"] = value
-    # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
-    row["attempts"] = len(result.get("attempts") or [])
-    row["duration_s"] = result["timestamps"]["duration_s"]
-    row["started"] = result["timestamps"]["started"]
-    row["git_commit"] = result["provenance"].get("git_commit")
-    row["path"] = path
-    return row
+    """One row of results.csv: the result's row (`results.result_row`) on `infra`."""
+    row = result_row(result, path)
+    return {"profile": row.pop("profile"), "infra": infra, **row}
 
 
 def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import paths
 from .errors import UserError
+from .reference import OP_PARAMS, chain_steps
 from .schemas import read_yaml, validate
 
 # Parameters whose string values are names (of fields, ops, dtypes), never dimensions.
@@ -87,12 +88,6 @@ def _iter_ops(transforms):
             yield "branch_merge"
         else:
             yield step["op"]
-
-
-def chain_steps(step: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `depth` ops of a chain, drawn in order from its cycle, each on the chain's field."""
-    cycle = step["cycle"]
-    return [{**cycle[i % len(cycle)], "field": step["field"]} for i in range(step["depth"])]
 
 
 def _substitute(value: Any, dims: dict[str, int], key: str | None = None) -> Any:
@@ -223,7 +218,6 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
 def _check_steps(steps: list[Any], where: str, dims_resolved: bool) -> None:
     """Every step's op is known and its parameters are exactly the op's declared ones, each of
     the declared kind and in range (reference.OP_PARAMS)."""
-    from .reference import OP_PARAMS
 
     for i, step in enumerate(steps):
         at = f"{where}.{i}"

@@ -1,14 +1,34 @@
-"""One cell's result document, whatever its status."""
+"""One cell (a profile, a workload, an adapter) and its result document, whatever its status."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import provenance
+from .adapters import get_adapter
 from .adapters.base import Adapter
-from .catalog import Profile, Workload
+from .catalog import Catalog, Profile, Workload
 from .results import SCHEMA_VERSION, utc_now
+
+
+@dataclass(frozen=True)
+class Cell:
+    profile: Profile
+    workload: Workload
+    adapter: Adapter
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
+
+
+def resolve_cell(
+    profile: Profile, catalog: Catalog, scenario: str, variant: str, adapter: str
+) -> Cell:
+    workload = catalog.get(scenario).resolve(variant, profile.size)
+    return Cell(profile, workload, get_adapter(adapter))
 
 
 class CellClock:

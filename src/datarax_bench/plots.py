@@ -250,6 +250,16 @@ def _empty(fig, ax, what: str) -> None:
     ax.text(0.5, 0.5, f"No {what}.", ha="center", va="center", fontsize=10)
 
 
+def _timing_figure(keys, title: str, cells, facts, what: str):
+    """A figure with a row per key; with no key, the finished "No <what>." figure."""
+    fig, ax = _figure(len(keys))
+    _title(ax, title)
+    if not keys:
+        _empty(fig, ax, what)
+        finish(fig, cells, facts, unstable_marked=False)
+    return fig, ax
+
+
 def _cell_label(adapter: str, variant: str, several_variants: bool) -> str:
     return f"{adapter} · {variant}" if several_variants else adapter
 
@@ -489,11 +499,8 @@ def latency_figure(
     the min-max of the p99 across repetitions."""
     colors = colors or adapter_colors(cells)
     keys = _rep_keys(cells, reps) if len(reps) else []
-    fig, ax = _figure(len(keys))
-    _title(ax, title)
+    fig, ax = _timing_figure(keys, title, cells, facts, "latency measured")
     if not keys:
-        _empty(fig, ax, "latency measured")
-        finish(fig, cells, facts, unstable_marked=False)
         return fig
     grouped = reps.groupby(["variant", "adapter_name"], sort=False)
     med = {p: grouped[f"latency_ms_{p}"].median() for p in PERCENTILES}
@@ -564,11 +571,8 @@ def first_batch_figure(
         grouped = reps.groupby(["variant", "adapter_name"], sort=False)["time_to_first_batch_s"]
         seconds = {k: grouped.get_group(k).dropna().to_numpy(float) for k in keys}
         keys = [k for k in keys if len(seconds[k])]  # a measure that times no first batch
-    fig, ax = _figure(len(keys))
-    _title(ax, title)
+    fig, ax = _timing_figure(keys, title, cells, facts, "first batch measured")
     if not keys:
-        _empty(fig, ax, "first batch measured")
-        finish(fig, cells, facts, unstable_marked=False)
         return fig
     seconds = {k: seconds[k] for k in keys}
     values = np.concatenate(list(seconds.values()))

@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import chain_steps
-
 Element = dict[str, np.ndarray]
 F32 = np.float32
 
@@ -37,6 +35,12 @@ STRUCTURE_OPS = frozenset({"shift_targets", "embedding_lookup", "branch_merge"})
 # 32-bit id and it fits in int64 in every framework.
 HASH_MULTIPLIER = 0x5BD1E995
 MASK32 = 0xFFFFFFFF
+
+
+def chain_steps(step: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `depth` ops of a chain, drawn in order from its cycle, each on the chain's field."""
+    cycle = step["cycle"]
+    return [{**cycle[i % len(cycle)], "field": step["field"]} for i in range(step["depth"])]
 
 
 def element_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -1,7 +1,10 @@
-"""Result files: building, validating, atomic writing and reading."""
+"""Result files: validating, writing and reading them; flattening one to a row (the columns of
+results.csv, summary.md, summary.json and the W&B table); the run index (manifest.json,
+summary.json). `cell.make_result` builds them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,3 +55,116 @@ def load_result(path: Path) -> dict[str, Any]:
 def cell_path(root: Path, scenario: str, variant: str, adapter: str) -> Path:
     """The layout shared by the CLI's --output-dir and the workflow: raw/S/V/A.json."""
     return Path(root) / "raw" / scenario / variant / f"{adapter}.json"
+
+
+# --- one result as one row ----------------------------------------------------------------
+
+CELL_KEYS = ("scenario", "scenario_name", "variant", "size", "adapter", "adapter_name", "measure")
+THROUGHPUT_KEYS = ("median", "ci95_low", "ci95_high", "cv", "min", "max")
+STAT_KEYS = (
+    "bytes_per_s_median",
+    "latency_ms_p50_median",
+    "latency_ms_p95_median",
+    "latency_ms_p99_median",
+    "time_to_first_batch_s_median",
+    "peak_rss_bytes_max",
+    "device_peak_bytes_max",
+    "first_batch_sha256",
+    "first_batch_consistent",
+)
+#: The measured numbers of a row (None unless the cell is ok).
+NUMERIC_KEYS = (
+    *(f"elements_per_s_{k}" for k in THROUGHPUT_KEYS),
+    *(k for k in STAT_KEYS if k not in ("first_batch_sha256", "first_batch_consistent")),
+    "repetitions",
+)
+
+
+def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
+    """One cell as one flat row: identity, status, statistics (None unless ok), the special
+    measurements' scalar metrics (`special_*`), attempts, timing, commit, path."""
+    row: dict[str, Any] = {"profile": result["cell"]["profile"]}
+    row.update({k: result["cell"][k] for k in CELL_KEYS})
+    row["status"] = result["status"]
+    row["reason"] = result["reason"]
+    stats = result.get("statistics") if result["status"] == "ok" else None
+    row["repetitions"] = stats["repetitions"] if stats else None
+    row["unstable"] = stats.get("unstable") if stats else None
+    for key in THROUGHPUT_KEYS:
+        row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
+    for key in STAT_KEYS:
+        row[key] = stats.get(key) if stats else None
+    # The special measurements' scalar metrics (deterministic, sharded, devices, ...).
+    for key, value in (result.get("special") or {}).items():
+        if "sha256" in key:
+            continue  # digests stay in the result files
+        if isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
+            value = ", ".join(map(str, value))
+        if value is None or isinstance(value, bool | int | float | str):
+            row[f"special_{key}"] = value
+    # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
+    row["attempts"] = len(result.get("attempts") or [])
+    row["duration_s"] = result["timestamps"]["duration_s"]
+    row["started"] = result["timestamps"]["started"]
+    row["git_commit"] = result["provenance"].get("git_commit")
+    row["path"] = path
+    return row
+
+
+# --- the run index ------------------------------------------------------------------------
+
+#: The columns of summary.json's rows.
+SUMMARY_KEYS = ("scenario", "variant", "adapter", "measure", "status", "reason", "path")
+
+
+def summary_row(result: dict[str, Any], path: str) -> dict[str, Any]:
+    row = result_row(result, path)
+    keys = SUMMARY_KEYS + (
+        tuple(f"elements_per_s_{k}" for k in THROUGHPUT_KEYS) if result["status"] == "ok" else ()
+    )
+    return {k: row[k] for k in keys}
+
+
+def write_run_index(
+    profile, output_dir: Path, results: list[dict[str, Any]], started: str | None = None
+) -> dict[str, Any]:
+    """manifest.json (what was run, with file hashes) and summary.json (a row per cell).
+
+    Shared by `run --output-dir` and the workflow, so that both produce the same layout.
+    """
+    output_dir = Path(output_dir)
+    entries = []
+    for r in results:
+        c = r["cell"]
+        path = cell_path(output_dir, c["scenario"], c["variant"], c["adapter"])
+        rel = str(path.relative_to(output_dir))
+        entries.append((r, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+    commit = results[0]["provenance"]["git_commit"] if results else None
+    manifest = {
+        "schema_version": 1,
+        "profile": profile.name,
+        "settings": profile.settings(),
+        "git_commit": commit,
+        "started": started or min((r["timestamps"]["started"] for r in results), default=None),
+        "finished": utc_now(),
+        "cells": [
+            {
+                **{k: r["cell"][k] for k in ("scenario", "variant", "adapter")},
+                "status": r["status"],
+                "path": rel,
+                "sha256": digest,
+            }
+            for r, rel, digest in entries
+        ],
+    }
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = {
+        "profile": profile.name,
+        "counts": counts,
+        "cells": [summary_row(r, rel) for r, rel, _ in entries],
+    }
+    write_json_atomic(output_dir / "manifest.json", manifest)
+    write_json_atomic(output_dir / "summary.json", summary)
+    return summary

@@ -11,47 +11,27 @@ with the supervisor (`supervision`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import measures, supervision
-from .adapters import Adapter, get_adapter
-from .catalog import Catalog, Profile, Workload, load_catalog
-from .cell import CellClock, make_result
+from .adapters import get_adapter
+from .catalog import Catalog, Profile, load_catalog
+from .cell import Cell, CellClock, make_result, resolve_cell
 from .errors import UserError
-from .results import cell_path, load_result, utc_now, write_json_atomic, write_result
+from .results import cell_path, load_result, utc_now, write_result, write_run_index
 
 _LOG_TAIL_LINES = 40
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Cell:
-    profile: Profile
-    workload: Workload
-    adapter: Adapter
-
-    @property
-    def label(self) -> str:
-        return f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
-
-
-def resolve_cell(
-    profile: Profile, catalog: Catalog, scenario: str, variant: str, adapter: str
-) -> Cell:
-    workload = catalog.get(scenario).resolve(variant, profile.size)
-    return Cell(profile, workload, get_adapter(adapter))
 
 
 def static_status(cell: Cell) -> tuple[str, str] | None:
@@ -242,20 +222,6 @@ def describe(result: dict[str, Any]) -> str:
     return f"{result['status']}{after}: {result['reason']}"
 
 
-def summary_row(result: dict[str, Any], path: str) -> dict[str, Any]:
-    row = {
-        **{k: result["cell"][k] for k in ("scenario", "variant", "adapter", "measure")},
-        "status": result["status"],
-        "reason": result["reason"],
-        "path": path,
-    }
-    if result["status"] == "ok":
-        row.update(
-            {f"elements_per_s_{k}": v for k, v in result["statistics"]["elements_per_s"].items()}
-        )
-    return row
-
-
 def run_matrix(
     profile: Profile,
     output_dir: Path,
@@ -285,48 +251,3 @@ def run_matrix(
         _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
         results.append(result)
     return write_run_index(profile, output_dir, results, started)
-
-
-def write_run_index(
-    profile: Profile, output_dir: Path, results: list[dict[str, Any]], started: str | None = None
-) -> dict[str, Any]:
-    """manifest.json (what was run, with file hashes) and summary.json (a row per cell).
-
-    Shared by `run --output-dir` and the workflow, so that both produce the same layout.
-    """
-    output_dir = Path(output_dir)
-    entries = []
-    for r in results:
-        c = r["cell"]
-        path = cell_path(output_dir, c["scenario"], c["variant"], c["adapter"])
-        rel = str(path.relative_to(output_dir))
-        entries.append((r, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
-    commit = results[0]["provenance"]["git_commit"] if results else None
-    manifest = {
-        "schema_version": 1,
-        "profile": profile.name,
-        "settings": profile.settings(),
-        "git_commit": commit,
-        "started": started or min((r["timestamps"]["started"] for r in results), default=None),
-        "finished": utc_now(),
-        "cells": [
-            {
-                **{k: r["cell"][k] for k in ("scenario", "variant", "adapter")},
-                "status": r["status"],
-                "path": rel,
-                "sha256": digest,
-            }
-            for r, rel, digest in entries
-        ],
-    }
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = {
-        "profile": profile.name,
-        "counts": counts,
-        "cells": [summary_row(r, rel) for r, rel, _ in entries],
-    }
-    write_json_atomic(output_dir / "manifest.json", manifest)
-    write_json_atomic(output_dir / "summary.json", summary)
-    return summary

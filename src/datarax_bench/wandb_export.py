@@ -29,7 +29,14 @@ from typing import Any
 from .cloud import billing_metrics
 from .compare import fresh_comparison, read_comparison
 from .errors import UserError
-from .results import load_result, utc_now, write_json_atomic
+from .results import (
+    CELL_KEYS,
+    NUMERIC_KEYS,
+    load_result,
+    result_row,
+    utc_now,
+    write_json_atomic,
+)
 from .schemas import read_json
 
 API_KEY_ENV = "WANDB_API_KEY"
@@ -73,38 +80,19 @@ COMMON_SETTINGS = {
     "silent": True,
 }
 
+#: The W&B table's columns: results.csv's names (`results.result_row`), the special metrics as
+#: one JSON column.
 TABLE_COLUMNS = (
-    "scenario",
-    "scenario_name",
-    "variant",
-    "size",
-    "adapter",
-    "adapter_name",
-    "measure",
+    *CELL_KEYS,
     "status",
     "reason",
-    "elements_per_s_median",
-    "elements_per_s_ci95_low",
-    "elements_per_s_ci95_high",
-    "elements_per_s_cv",
-    "elements_per_s_min",
-    "elements_per_s_max",
-    "bytes_per_s_median",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "latency_ms_p99",
-    "time_to_first_batch_s",
-    "peak_rss_bytes",
-    "device_peak_bytes",
-    "repetitions",
+    *NUMERIC_KEYS,
     "first_batch_consistent",
     "special",
     "path",
 )
 #: The table's measured numbers, also put in the run summary per cell.
-NUMERIC_COLUMNS = TABLE_COLUMNS[
-    TABLE_COLUMNS.index("elements_per_s_median") : TABLE_COLUMNS.index("repetitions") + 1
-]
+NUMERIC_COLUMNS = NUMERIC_KEYS
 
 
 def _say(message: str) -> None:
@@ -230,31 +218,12 @@ def infer_infra(results_dir: Path, profile: str) -> str:
 
 
 def table_row(cell: CellResult) -> dict[str, Any]:
-    r = cell.result
-    c = r["cell"]
-    s = r.get("statistics") or {}
-    eps = s.get("elements_per_s") or {}
-    special = r.get("special")
+    special = cell.result.get("special")
     row = {
-        **{k: c[k] for k in ("scenario", "scenario_name", "variant", "size", "adapter")},
-        "adapter_name": c["adapter_name"],
-        "measure": c["measure"],
-        "status": r["status"],
-        "reason": r["reason"],
-        **{f"elements_per_s_{k}": eps.get(k) for k in ("median", "ci95_low", "ci95_high")},
-        **{f"elements_per_s_{k}": eps.get(k) for k in ("cv", "min", "max")},
-        "bytes_per_s_median": s.get("bytes_per_s_median"),
-        **{f"latency_ms_{p}": s.get(f"latency_ms_{p}_median") for p in ("p50", "p95", "p99")},
-        "time_to_first_batch_s": s.get("time_to_first_batch_s_median"),
-        "peak_rss_bytes": s.get("peak_rss_bytes_max"),
-        "device_peak_bytes": s.get("device_peak_bytes_max"),
-        "repetitions": s.get("repetitions"),
-        "first_batch_consistent": s.get("first_batch_consistent"),
+        **result_row(cell.result, str(cell.path)),
         "special": json.dumps(special, sort_keys=True) if special else None,
-        "path": str(cell.path),
     }
-    assert tuple(row) == TABLE_COLUMNS
-    return row
+    return {k: row[k] for k in TABLE_COLUMNS}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:

@@ -135,15 +135,6 @@ def _zscore(x, p, rng):
     return (v - v.mean()) / (v.std(correction=0) + p["epsilon"])
 
 
-def _random_window(x, p, rng):
-    start = int(rng.integers(0, x.shape[0] - p["length"] + 1))
-    return x[start : start + p["length"]]
-
-
-def _truncate(x, p, rng):
-    return x[: p["max_length"]]
-
-
 def _standardize(x, p, rng):
     import torch
 
@@ -204,24 +195,9 @@ def _cast(x, p, rng):
     return x.to(getattr(torch, np.dtype(p["dtype"]).name))
 
 
-_FIELD_OPS = {
-    "random_resized_crop": _random_resized_crop,
-    "random_horizontal_flip": _random_horizontal_flip,
-    "normalize": _normalize,
-    "random_crop_3d": _random_crop_3d,
-    "zscore": _zscore,
-    "random_window": _random_window,
-    "truncate": _truncate,
-    "standardize": _standardize,
-    "log1p": _log1p,
-    "hash_bucket": _hash_bucket,
-    "multiply": _multiply,
-    "add": _add,
-    "random_brightness": _random_brightness,
-    "clip": _clip,
-    "gaussian_noise": _gaussian_noise,
-    "cast": _cast,
-}
+# Each reference field op's torch version, found by name (`_<op>` above); the reference's own
+# where it is pure slicing, which a torch tensor does the same way (random_window, truncate).
+_FIELD_OPS = {op: globals().get(f"_{op}", fn) for op, fn in reference.FIELD_OPS.items()}
 
 _TABLES: dict[tuple[int, int, int], Any] = {}
 
