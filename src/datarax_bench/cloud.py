@@ -98,6 +98,24 @@ class CloudSettings:
         )
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A run's cluster and what every step on it shares: the profile it measures, where it
+    runs, its name, the billing limits, the local work directory (task, ledger, record) and
+    the log of the current job."""
+
+    profile: Any
+    infra: str
+    name: str
+    settings: CloudSettings
+    work_dir: Path
+    log: Path
+
+    @property
+    def ledger(self) -> Ledger:
+        return ledger_for(self.work_dir)
+
+
 def invocation_id() -> str | None:
     return os.environ.get(INVOCATION_ENV) or None
 
@@ -510,14 +528,8 @@ def task_envs(task: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in (task.get("envs") or {}).items()}
 
 
-def _launch(
-    infra: str,
-    cluster: str,
-    task_file: Path,
-    settings: CloudSettings,
-    ledger: Ledger,
-    log: Path,
-) -> dict[str, Any]:
+def _launch(spec: ClusterSpec, task_file: Path, ledger: Ledger) -> dict[str, Any]:
+    infra, cluster, settings, log = spec.infra, spec.name, spec.settings, spec.log
     use_spot, spot_reason = resolve_use_spot(infra, settings.use_spot)
     launch_minutes = settings.launch_timeout_minutes
     autodown = math.ceil(
@@ -598,11 +610,10 @@ def _environment(image: str | None) -> str:
     return f"image {image}" if image else "the setup's install"
 
 
-def _provision_locked(
-    profile, infra: str, cluster: str, settings: CloudSettings, work_dir: Path, log: Path
-) -> dict[str, Any]:
-    work_dir = Path(work_dir)
-    ledger = ledger_for(work_dir)
+def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
+    profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
+    work_dir = Path(spec.work_dir)
+    ledger = spec.ledger
     task = render_provision_task(profile, settings.image)
     task_file = work_dir / "task.yaml"
     write_task(task, task_file)
@@ -620,7 +631,7 @@ def _provision_locked(
     else:
         if status is not None:
             _say(f"cluster {cluster} is {status}; launching it again")
-        launch = _launch(infra, cluster, task_file, settings, ledger, log)
+        launch = _launch(spec, task_file, ledger)
     remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
     if remaining <= 0:
         raise RuntimeError(
@@ -646,7 +657,7 @@ def _provision_locked(
     arm_autodown(cluster, ledger, autodown, "cells", log)
     return {
         "cluster": cluster,
-        "infra": infra,
+        "infra": spec.infra,
         "profile": profile.name,
         "invocation": invocation_id(),
         "autodown_minutes": autodown,
@@ -693,15 +704,14 @@ def _cluster_record(work_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _cluster_for_this_invocation(
-    profile, infra: str, cluster: str, settings: CloudSettings, work_dir: Path, log: Path
-) -> dict[str, Any]:
+def _cluster_for_this_invocation(spec: ClusterSpec) -> dict[str, Any]:
     """The cluster record of this invocation: provisioned by its first cell, trusted after.
 
     A record from an earlier invocation (a finished or killed run) is checked again; a failed
     provisioning fails every later cell of the same invocation at once, without a relaunch.
     """
-    ledger = ledger_for(work_dir)
+    cluster, work_dir, log = spec.name, spec.work_dir, spec.log
+    ledger = spec.ledger
     record = _cluster_record(work_dir)
     if record is not None and record.get("invocation") == invocation_id():
         return record
@@ -716,7 +726,7 @@ def _cluster_for_this_invocation(
             "not launched again"
         )
     try:
-        record = _provision_locked(profile, infra, cluster, settings, work_dir, log)
+        record = _provision_locked(spec)
     except Exception as exc:
         ledger.add("provision_failed", cluster, invocation=invocation_id(), error=str(exc))
         raise
@@ -729,16 +739,7 @@ def _cluster_for_this_invocation(
 
 
 def measure_remote_cell(
-    profile,
-    infra: str,
-    cluster: str,
-    settings: CloudSettings,
-    work_dir: Path,
-    scenario: str,
-    variant: str,
-    adapter: str,
-    output: Path,
-    log: Path,
+    spec: ClusterSpec, scenario: str, variant: str, adapter: str, output: Path
 ) -> dict[str, Any]:
     """Run one cell on the cluster, pull its result and validate it: one job, one outcome.
 
@@ -748,10 +749,11 @@ def measure_remote_cell(
     cluster never overlap.
     """
     label = f"{scenario}/{variant}/{adapter}"
-    work_dir = Path(work_dir)
-    ledger = ledger_for(work_dir)
+    profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
+    work_dir = Path(spec.work_dir)
+    ledger = spec.ledger
     with cluster_lock(work_dir / "cluster.lock"):
-        record = _cluster_for_this_invocation(profile, infra, cluster, settings, work_dir, log)
+        record = _cluster_for_this_invocation(spec)
         remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
         allowance_s = cell_allowance_s(profile)
         if remaining <= 0:

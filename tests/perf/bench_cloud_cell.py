@@ -54,9 +54,9 @@ def main() -> None:
             settings = cloud.CloudSettings(use_spot=False)
             cluster, log = "dxb-bench", tmp / "log"
             samples: dict[str, list[float]] = {}
+            spec = cloud.ClusterSpec(profile, "ssh/loopback", cluster, settings, work, log)
             cloud.measure_remote_cell(
-                profile, "ssh/loopback", cluster, settings, work, "TAB-1", "small", "numpy",
-                tmp / "warm.json", log,
+                spec, "TAB-1", "small", "numpy", tmp / "warm.json"
             )  # fmt: skip  # launch + setup + first data generation, not timed
             for i in range(args.repeats):
                 samples.setdefault("sky exec (bare)", []).append(
@@ -74,10 +74,7 @@ def main() -> None:
                 )
                 out = tmp / f"cell{i}.json"
                 t0 = time.perf_counter()
-                result = cloud.measure_remote_cell(
-                    profile, "ssh/loopback", cluster, settings, work, "TAB-1", "small",
-                    "numpy", out, log,
-                )  # fmt: skip
+                result = cloud.measure_remote_cell(spec, "TAB-1", "small", "numpy", out)
                 job = time.perf_counter() - t0
                 samples.setdefault("cell job", []).append(job)
                 measured = result["timestamps"]["duration_s"]
