@@ -1,7 +1,7 @@
 """IO-1: the same records read from memory and from each native on-disk format.
 
 The files themselves (formats.py): every backend holds the cached records byte for byte, built
-once in a child process, atomically. The measurement (backends.py) through the CLI: each
+once in a child process, atomically. The measurement (measures/sources.py) through the CLI: each
 framework reads its backends natively, delivers the reference's first batch, and the result
 names the reader and the on-disk size of exactly the files it read.
 """

@@ -103,7 +103,7 @@ def main() -> None:
         return args.batches * BATCH_SIZE / (time.perf_counter() - start)
 
     def harnessed() -> float:
-        return measure_repetition(0, adapter, ctx, deliver, device)["elements_per_s"]
+        return measure_repetition(0, adapter, ctx, deliver, device).record["elements_per_s"]
 
     bare(), harnessed()  # warm both paths up
     bare_runs, harness_runs, ratios = [], [], []
@@ -151,7 +151,7 @@ def main() -> None:
         return (time.perf_counter() - start) / n
 
     def harness_noop() -> float:
-        rep = measure_repetition(0, adapter, quick_ctx, noop, None)
+        rep = measure_repetition(0, adapter, quick_ctx, noop, None).record
         return rep["window_s"] / rep["batches"]
 
     harness_cost = statistics.median(harness_noop() for _ in range(5))
