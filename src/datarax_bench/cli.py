@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_doctor)
 
-    # export (W&B): see export.py
+    # export (W&B): see wandb_export.py
     p = sub.add_parser("export", help="export a results directory to Weights & Biases")
     p.add_argument("--results-dir", required=True, help="the --output-dir of a run")
     p.add_argument("--project", help="W&B project (default datarax-benchmarks)")
