@@ -26,7 +26,7 @@ from datarax_bench.results import load_result
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
 import node as loopback  # noqa: E402
-from test_export import read_offline_run  # noqa: E402
+from test_wandb_export import read_offline_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

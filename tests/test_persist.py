@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_export
+import test_wandb_export as test_export
 import yaml
 from loopback import storage
-from test_export import SENTINEL_KEY, _closed_port, assert_key_nowhere, offline_run_dir
+from test_wandb_export import SENTINEL_KEY, _closed_port, assert_key_nowhere, offline_run_dir
 
 from datarax_bench import standalone
 
