@@ -55,7 +55,13 @@ def checkout_copy(dest: Path) -> Path:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    shutil.copytree(ROOT / ".git", dest / ".git")
+    if (ROOT / ".git").is_dir():
+        shutil.copytree(ROOT / ".git", dest / ".git")
+    else:  # a `git worktree`, whose .git is a file naming the shared repository: clone its HEAD
+        clone = dest.parent / f".{dest.name}-clone"
+        subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True)
+        (clone / ".git").rename(dest / ".git")
+        shutil.rmtree(clone)
     commit(dest, "the working tree under test")
     return dest
 
