@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_export import read_offline_run
+from test_wandb_export import read_offline_run
 from test_workflow import copy_workflow, snakemake
 
 PLUGINS = Path(__file__).parent / "plugins"
