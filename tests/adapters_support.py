@@ -1,7 +1,7 @@
 """Helpers of the cross-adapter conformance suite (tests/test_conformance.py).
 
 `claimed_cells()` is every (adapter, scenario, variant) of the smoke profile whose workload the
-adapter claims (`adapter.support(workload) is None`), so a new adapter is checked as soon as it
+adapter claims (`measures.support(adapter, workload) is None`), so a new adapter is checked as soon as it
 registers. `run_loader` drives an adapter in-process exactly as the harness does (open, epochs,
 `to_host`, close). `CHECKERS` holds, per scenario, what the reference's random transforms must
 visibly do to each element; they compare an adapter's output with the reference's on the same

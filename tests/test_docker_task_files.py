@@ -96,7 +96,9 @@ def test_an_up_cluster_started_for_another_environment_is_not_reused(tmp_path, m
     settings = cloud.CloudSettings(image=IMAGE)
     with pytest.raises(RuntimeError) as info:
         cloud._provision_locked(
-            load_profile("smoke"), "gcp", "dxb-x", settings, tmp_path, tmp_path / "log"
+            cloud.ClusterSpec(
+                load_profile("smoke"), "gcp", "dxb-x", settings, tmp_path, tmp_path / "log"
+            )
         )
     assert str(info.value) == (
         f"cluster dxb-x is up with the setup's install, not the requested image {IMAGE}; "
