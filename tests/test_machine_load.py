@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from datarax_bench import machine_load
+from datarax_bench.results import load_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 #: /proc/stat and a process's times tick at USER_HZ (100 Hz here): a few ticks either way.
@@ -92,6 +98,8 @@ def test_summary_weights_windows_by_length_and_flags_busy():
     assert summary["busy"] is True
     assert machine_load.summarize([quiet, quiet])["busy"] is False
     assert machine_load.summarize([])["busy"] is None
+    short = {**loud, "wall_s": 0.01, "foreign_cpu_s": 0.01}
+    assert machine_load.summarize([short, short])["busy"] is None, "too short to tell"
 
 
 def test_preflight_warns_about_a_busy_machine_and_too_few_cores(foreign_burner):
@@ -144,3 +152,49 @@ def test_the_workflow_with_strict_machine_refuses_a_busy_machine_before_any_job(
     # A dry run stays instant: no pre-flight.
     dry = snakemake(work, "-n", config=config)
     assert "pre-flight" not in dry.output
+
+
+def _load_profile_root(tmp_path: Path) -> Path:
+    """A checkout whose `loadcheck` profile times TAB-1 for 2 x 1.5 s: long enough to tell."""
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "config", root / "config")
+    shutil.copytree(ROOT / "workflow" / "schemas", root / "workflow" / "schemas")
+    profile = yaml.safe_load((root / "config/profiles/smoke.yaml").read_text())
+    profile["measurement"].update(min_seconds=1.5, repetitions=2)
+    profile["scenarios"] = ["TAB-1"]
+    (root / "config/profiles/loadcheck.yaml").write_text(yaml.safe_dump(profile))
+    return root
+
+
+@pytest.mark.slow
+def test_a_cell_measured_beside_a_busy_process_records_it_and_is_flagged_busy(tmp_path):
+    root = _load_profile_root(tmp_path)
+    env = {**os.environ, "DATARAX_BENCH_ROOT": str(root)}
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", "loadcheck"]
+    cmd += ["--scenario", "TAB-1", "--adapter", "numpy", "--output"]
+
+    def measure(name: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return load_result(out)
+
+    burner = subprocess.Popen([sys.executable, "-c", BURN], start_new_session=True)
+    try:
+        busy = measure("busy")
+    finally:
+        burner.kill()
+        burner.wait()
+    quiet = measure("quiet")
+    for result in (busy, quiet):
+        for rep in result["repetitions"]:
+            load = rep["machine_load"]
+            assert load["own_cpu_s"] > 0 and rep["cpu_s_per_1k_elements"] > 0
+    # One core of two burned by a process outside the cell's tree: about half the machine.
+    assert busy["statistics"]["busy"] is True
+    assert busy["statistics"]["machine_load"]["foreign_share"] > 0.3
+    if quiet["statistics"]["busy"]:
+        # A shared machine may really be busy without the burner: then a look of its own right
+        # after must see the same, or the flag was wrong.
+        seen = machine_load.preflight(seconds=2.0)["foreign_share"]
+        assert seen > machine_load.BUSY_SHARE / 2, (quiet["statistics"]["machine_load"], seen)

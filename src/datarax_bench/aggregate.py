@@ -14,6 +14,7 @@ import pandas as pd
 
 from .catalog import load_profile
 from .cloud import billing_markdown
+from .machine_load import BUSY_SHARE
 from .results import all_or_nothing, load_result, result_row, write_run_index, write_text_atomic
 from .stats import UNSTABLE_CV, is_unstable
 
@@ -39,6 +40,8 @@ def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         row.update({f"latency_ms_{k}": v for k, v in rep["latency_ms"].items()})
         for key in ("time_to_first_batch_s", "setup_s", "peak_rss_bytes", "device_peak_bytes"):
             row[key] = rep[key]
+        row["cpu_s_per_1k_elements"] = rep.get("cpu_s_per_1k_elements")
+        row["others_cpu_share"] = (rep.get("machine_load") or {}).get("foreign_share")
         rows.append(row)
     return rows
 
@@ -74,6 +77,18 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
 
 
+def _optional(value: Any) -> str:
+    return "" if value is None or value != value else _number(float(value))
+
+
+def _busy(r) -> str:
+    """The busy note, with the share of the machine others used during the cell's windows."""
+    busy = getattr(r, "busy", None)
+    if busy is None or busy != busy or not bool(busy):  # None or NaN: not known
+        return ""
+    return f"**busy** (others used {r.others_cpu_share:.0%})"
+
+
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -91,7 +106,10 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
         f"{len(table)} cells: {described or 'none'}. Throughput is the median of the repetitions "
         "in elements/s with its 95% bootstrap confidence interval; the ratio is to the fastest "
         f"adapter of the same variant; cells whose repetitions vary by more than "
-        f"{UNSTABLE_CV:.0%} (coefficient of variation) are marked **unstable**.",
+        f"{UNSTABLE_CV:.0%} (coefficient of variation) are marked **unstable**, and cells "
+        f"during whose windows other processes used more than {BUSY_SHARE:.0%} of the machine's "
+        "CPU are marked **busy**, with that share. CPU seconds count the measuring process and "
+        "all its worker processes.",
         "",
     ]
     for scenario, rows in table.groupby("scenario", sort=False):
@@ -105,18 +123,20 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
             lines += _special_table(ok)
         elif len(ok):
             lines += [
-                "| Variant | Rank | Adapter | Median elements/s | 95% CI | Ratio to best | CV | Note |",
-                "|---|---:|---|---:|---|---:|---:|---|",
+                "| Variant | Rank | Adapter | Median elements/s | 95% CI | Ratio to best | CV "
+                "| CPU s per 1k elements | Note |",
+                "|---|---:|---|---:|---|---:|---:|---:|---|",
             ]
             for r in ok.itertuples():
-                note = "**unstable**" if r.unstable else ""
+                note = " ".join(filter(None, ["**unstable**" if r.unstable else "", _busy(r)]))
                 if r.first_batch_consistent is False:
                     note = (note + " first batch differs between repetitions").strip()
                 lines.append(
                     f"| {r.variant} | {r.rank} | {_md(r.adapter_name)} (`{r.adapter}`) "
                     f"| {_number(r.elements_per_s_median)} "
                     f"| {_number(r.elements_per_s_ci95_low)}–{_number(r.elements_per_s_ci95_high)} "
-                    f"| {r.ratio_to_best:.2f} | {r.elements_per_s_cv:.1%} | {note} |"
+                    f"| {r.ratio_to_best:.2f} | {r.elements_per_s_cv:.1%} "
+                    f"| {_optional(getattr(r, 'cpu_s_per_1k_elements_median', None))} | {note} |"
                 )
             lines.append("")
         missing = rows[rows["status"] != "ok"]
@@ -205,7 +225,8 @@ def _special_table(ok: pd.DataFrame) -> list[str]:
         "|" + "---|" * (len(header) - 2) + "---:|---:|",
     ]
     for r in ok.itertuples():
-        note = " **unstable**" if r.unstable else ""
+        note = " ".join(filter(None, ["**unstable**" if r.unstable else "", _busy(r)]))
+        note = f" {note}" if note else ""
         cells = [
             r.variant,
             f"{_md(r.adapter_name)} (`{r.adapter}`)",

@@ -22,6 +22,8 @@ from . import stats
 from .adapters.base import Adapter, Batch, CellContext
 from .catalog import Profile, Workload
 from .data import Dataset
+from .machine_load import WindowLoad
+from .machine_load import summarize as summarize_load
 from .reference import BATCH_OPS
 
 Delivered = dict[str, Any]
@@ -197,6 +199,7 @@ def measure_repetition(
         variable = any(op in BATCH_OPS for op in ctx.workload.ops())
         latencies: list[float] = []
         total_bytes = 0
+        load = WindowLoad().start()
         with RssSampler() as rss:
             window_start = now = clock()
             while len(latencies) < min_batches or now - window_start < min_seconds:
@@ -213,6 +216,7 @@ def measure_repetition(
                 if now >= rss.next_sample:
                     rss.sample(now)
         window_s = now - window_start
+        machine = load.stop()
         if not variable:
             total_bytes = first_bytes * len(latencies)
         parallelism = dict(getattr(loader, "parallelism", {}))
@@ -231,6 +235,7 @@ def measure_repetition(
         peak_rss=rss.peak,
         device_peak=_device_peak_bytes(device),
         first_digest=first_digest,
+        machine=machine,
     )
     return Repetition(record, parallelism, source_info)
 
@@ -246,10 +251,12 @@ def repetition_record(
     peak_rss,
     device_peak,
     first_digest,
+    machine=None,
 ) -> dict[str, Any]:
-    """One repetition as the result schema records it."""
+    """One repetition as the result schema records it; `machine` is the window's load
+    (machine_load.WindowLoad), when it was taken."""
     elements = len(latencies) * ctx.workload.batch_size
-    return {
+    record = {
         "index": index,
         "batches": len(latencies),
         "elements": elements,
@@ -265,6 +272,11 @@ def repetition_record(
         "device_peak_bytes": device_peak,
         "first_batch_sha256": first_digest,
     }
+    if machine is not None:
+        record["machine_load"] = machine
+        # The measuring process and every worker process of the loader, per 1,000 elements.
+        record["cpu_s_per_1k_elements"] = machine["own_cpu_s"] / elements * 1000
+    return record
 
 
 def report_repetition(progress, label: str, rep: Repetition, total: int, extra: str = "") -> None:
@@ -320,6 +332,24 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "device_peak_bytes_max": max(device_peaks) if device_peaks else None,
         "first_batch_sha256": reps[0]["first_batch_sha256"],
         "first_batch_consistent": len(digests) == 1,
+        **_load_statistics(reps),
+    }
+
+
+def _load_statistics(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cell's CPU cost and how busy the rest of the machine was, where every window's load
+    was taken."""
+    windows = [r.get("machine_load") for r in reps]
+    if not windows or None in windows:
+        return {}
+    load = summarize_load(windows)
+    return {
+        "cpu_s_per_1k_elements_median": float(
+            np.median([r["cpu_s_per_1k_elements"] for r in reps])
+        ),
+        "busy_cores_median": float(np.median([w["own_busy_cores"] for w in windows])),
+        "busy": load.pop("busy"),
+        "machine_load": load,
     }
 
 

@@ -22,6 +22,9 @@ import psutil
 #: A cell is `busy` when other processes used more than this share of the machine's CPU time
 #: during its timed windows.
 BUSY_SHARE = 0.10
+#: Below this much timed wall in a cell, the kernel's 10 ms ticks make the share too coarse to
+#: call a cell busy or not (the figures are still recorded).
+MIN_WALL_S = 2.0
 #: Steal above this share of the machine's CPU time makes a machine unfit to measure on.
 STEAL_SHARE = 0.02
 _CPUFREQ = Path("/sys/devices/system/cpu")
@@ -148,7 +151,7 @@ class WindowLoad:
 
 def summarize(windows: list[dict[str, Any]], busy_share: float = BUSY_SHARE) -> dict[str, Any]:
     """A cell's load over its windows: others' share of the machine, weighted by window length,
-    and the `busy` verdict."""
+    and the `busy` verdict (None when the windows are too short to tell)."""
     windows = [w for w in windows if w]
     if not windows:
         return {"foreign_share": None, "steal_share": None, "busy": None}
@@ -160,7 +163,7 @@ def summarize(windows: list[dict[str, Any]], busy_share: float = BUSY_SHARE) -> 
         "foreign_share_max": max(w["foreign_share"] for w in windows),
         "steal_share": round(steal, 4),
         "busy_share_threshold": busy_share,
-        "busy": foreign > busy_share,
+        "busy": foreign > busy_share if sum(w["wall_s"] for w in windows) >= MIN_WALL_S else None,
     }
 
 

@@ -69,6 +69,8 @@ STAT_KEYS = (
     "time_to_first_batch_s_median",
     "peak_rss_bytes_max",
     "device_peak_bytes_max",
+    "cpu_s_per_1k_elements_median",
+    "busy_cores_median",
     "first_batch_sha256",
     "first_batch_consistent",
 )
@@ -90,6 +92,9 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
     stats = result.get("statistics") if result["status"] == "ok" else None
     row["repetitions"] = stats["repetitions"] if stats else None
     row["unstable"] = stats.get("unstable") if stats else None
+    row["busy"] = stats.get("busy") if stats else None
+    load = (stats or {}).get("machine_load") or {}
+    row["others_cpu_share"] = load.get("foreign_share")
     for key in THROUGHPUT_KEYS:
         row[f"elements_per_s_{key}"] = stats["elements_per_s"][key] if stats else None
     for key in STAT_KEYS:
