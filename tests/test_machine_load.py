@@ -198,3 +198,50 @@ def test_a_cell_measured_beside_a_busy_process_records_it_and_is_flagged_busy(tm
         # after must see the same, or the flag was wrong.
         seen = machine_load.preflight(seconds=2.0)["foreign_share"]
         assert seen > machine_load.BUSY_SHARE / 2, (quiet["statistics"]["machine_load"], seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jitter, stopped", [("0", "precision reached"), ("0.6", "max")])
+def test_precision_stops_early_on_steady_repetitions_and_runs_to_the_cap_on_noisy_ones(
+    tmp_path, jitter, stopped
+):
+    root = _load_profile_root(tmp_path)
+    profile = yaml.safe_load((root / "config/profiles/smoke.yaml").read_text())
+    profile["measurement"].update(
+        min_batches=10, min_seconds=0.3, repetitions=3, precision=0.05, max_repetitions=7
+    )
+    (root / "config/profiles/precise.yaml").write_text(yaml.safe_dump(profile))
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {
+        **os.environ,
+        "DATARAX_BENCH_ROOT": str(root),
+        "DATARAX_BENCH_PLUGINS": "jittery_loaders",
+        "DATARAX_TEST_JITTER": jitter,
+        "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])),
+    }
+    out = tmp_path / "cell.json"
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", "precise"]
+    cmd += ["--scenario", "TAB-1", "--adapter", "test-jittery-numpy", "--output", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statistics = load_result(out)["statistics"]
+    assert statistics["stopped"].startswith(stopped), statistics
+    if stopped == "max":
+        assert statistics["repetitions"] == 7 and statistics["precision"] > 0.05
+    else:
+        assert 3 <= statistics["repetitions"] < 7 and statistics["precision"] <= 0.05
+
+
+def test_a_cap_below_the_minimum_is_one_line(tmp_path):
+    root = _load_profile_root(tmp_path)
+    profile = yaml.safe_load((root / "config/profiles/smoke.yaml").read_text())
+    profile["measurement"].update(repetitions=5, precision=0.03, max_repetitions=3)
+    (root / "config/profiles/capped.yaml").write_text(yaml.safe_dump(profile))
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", "capped"]
+    cmd += ["--scenario", "TAB-1", "--adapter", "numpy", "--output", str(tmp_path / "x.json")]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "DATARAX_BENCH_ROOT": str(root)}, text=True, capture_output=True
+    )
+    assert proc.returncode == 2
+    assert "measurement.max_repetitions: 3 is fewer than the 5 repetitions" in proc.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -343,6 +343,13 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         raise UserError(f"unknown profile {name!r}; expected one of {', '.join(profile_names())}")
     doc = read_yaml(path)
     validate(doc, "profile", path)
+    m = doc["measurement"]
+    if "precision" in m and m.get("min_repetitions", m["repetitions"]) > m["max_repetitions"]:
+        raise UserError(
+            f"{path}: measurement.max_repetitions: {m['max_repetitions']} is fewer than the "
+            f"{m.get('min_repetitions', m['repetitions'])} repetitions it must at least measure; "
+            "expected max_repetitions >= min_repetitions (or repetitions)"
+        )
     catalog = catalog or load_catalog()
     for sid in doc["scenarios"]:
         if sid not in catalog.scenarios:

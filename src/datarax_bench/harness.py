@@ -146,6 +146,8 @@ class Repetition:
     record: dict[str, Any]
     parallelism: dict[str, Any]
     source_info: dict[str, Any] | None = None
+    #: On the last repetition of a loop: why the loop stopped (stats.stop_reason).
+    stopped: str | None = None
 
 
 @dataclass
@@ -160,9 +162,12 @@ class MeasureBody:
         return [rep.record for rep in self.repetitions]
 
     def to_json(self) -> dict[str, Any]:
+        statistics = summarize_repetitions(self.records)
+        if self.repetitions[-1].stopped:
+            statistics["stopped"] = self.repetitions[-1].stopped
         body = {
             "repetitions": self.records,
-            "statistics": summarize_repetitions(self.records),
+            "statistics": statistics,
             "parallelism": self.repetitions[-1].parallelism,
         }
         if self.special is not None:
@@ -298,14 +303,25 @@ def repeat(
     after: Callable[[Repetition], str] | None = None,
 ) -> list[Repetition]:
     """The profile's repetitions of the timed window; `after` runs after each one (untimed)
-    and returns what the progress line adds."""
-    total = ctx.profile.measurement["repetitions"]
-    reps = []
-    for r in range(total):
-        rep = measure_repetition(r, adapter, ctx, deliver, device)
+    and returns what the progress line adds.
+
+    A fixed `repetitions`, or with `precision` set, from `min_repetitions` (default
+    `repetitions`) until the interval of the median is that tight or `max_repetitions` ran.
+    """
+    m = ctx.profile.measurement
+    precision = m.get("precision")
+    minimum = m.get("min_repetitions", m["repetitions"]) if precision else m["repetitions"]
+    maximum = m.get("max_repetitions", minimum) if precision else minimum
+    reps: list[Repetition] = []
+    while True:
+        values = [rep.record["elements_per_s"] for rep in reps]
+        stopped = stats.stop_reason(values, precision, minimum, maximum)
+        if stopped:
+            reps[-1].stopped = stopped
+            return reps
+        rep = measure_repetition(len(reps), adapter, ctx, deliver, device)
         reps.append(rep)
-        report_repetition(progress, "", rep, total, after(rep) if after else "")
-    return reps
+        report_repetition(progress, "", rep, maximum, after(rep) if after else "")
 
 
 def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -321,6 +337,7 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
     throughput = stats.summarize([r["elements_per_s"] for r in reps])
     return {
         "repetitions": len(reps),
+        "precision": _finite(stats.relative_precision([r["elements_per_s"] for r in reps])),
         "elements_per_s": throughput,
         "unstable": stats.is_unstable(throughput["cv"]),
         "bytes_per_s_median": median("bytes_per_s"),
@@ -334,6 +351,10 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "first_batch_consistent": len(digests) == 1,
         **_load_statistics(reps),
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _load_statistics(reps: list[dict[str, Any]]) -> dict[str, Any]:
