@@ -170,6 +170,17 @@ def test_a_different_data_digest_is_incomparable(tmp_path, templates):
     assert main(["compare", base, new]) == 0
 
 
+def test_a_cell_measured_on_a_busy_machine_is_incomparable_not_slower(tmp_path, templates):
+    busy = tab1(templates, [v * 0.5 for v in TIGHT])
+    busy["statistics"]["busy"] = True
+    busy["statistics"]["machine_load"] = {"foreign_share": 0.45}
+    base, new = runs(tmp_path, [tab1(templates, TIGHT)], [busy])
+    (row,) = compared(base, new).rows
+    assert row.verdict == "incomparable" and not row.regression
+    assert row.reason == "the machine was busy (new: others used 45%)"
+    assert main(["compare", base, new]) == 0
+
+
 def test_a_hardware_mismatch_is_refused_unless_allowed(tmp_path, templates, capsys):
     other = tab1(templates, TIGHT)
     other["provenance"]["cpu"]["model"] = "Some Other CPU"

@@ -293,6 +293,18 @@ def _workload_differences(base: dict[str, Any], new: dict[str, Any]) -> list[str
     return [k for k in WORKLOAD_KEYS if bw.get(k) != nw.get(k)]
 
 
+def _busy_runs(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which runs measured this cell while other processes used the machine (results that
+    recorded it; see machine_load), e.g. 'base: others used 45%'."""
+    said = []
+    for which, result in (("base", base), ("new", new)):
+        statistics = result.get("statistics") or {}
+        if statistics.get("busy"):
+            share = (statistics.get("machine_load") or {}).get("foreign_share") or 0.0
+            said.append(f"{which}: others used {share:.0%}")
+    return ", ".join(said)
+
+
 def compare_pair(key: Key, base, new, threshold: float, alpha: float) -> list[Row]:
     """The rows of one cell: every metric it has, or why it cannot be compared."""
     some = new or base
@@ -315,10 +327,16 @@ def compare_pair(key: Key, base, new, threshold: float, alpha: float) -> list[Ro
     samples = [(THROUGHPUT, lambda r: [rep["elements_per_s"] for rep in r["repetitions"]])]
     if measure in TIMED:
         samples.append(TIMED[measure])
-    rows = [
-        timed_row(key, name, metric, get(base), get(new), threshold, alpha)
-        for metric, get in samples
-    ]
+    noisy = _busy_runs(base, new)
+    if noisy:
+        # Others' CPU use changed what was measured: a difference would be the neighbours'.
+        reason = f"the machine was busy ({noisy})"
+        rows = [Row(key, name, m.name, m.unit, "incomparable", reason, bs, ns) for m, _ in samples]
+    else:
+        rows = [
+            timed_row(key, name, metric, get(base), get(new), threshold, alpha)
+            for metric, get in samples
+        ]
     if measure in FLAGS:
         flag, good, bad = FLAGS[measure]
         was, now = bool(base["special"][flag]), bool(new["special"][flag])
