@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import paths, stats
 from .errors import UserError
 from .reference import OP_PARAMS, chain_steps
 from .schemas import read_yaml, validate
@@ -343,12 +343,11 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         raise UserError(f"unknown profile {name!r}; expected one of {', '.join(profile_names())}")
     doc = read_yaml(path)
     validate(doc, "profile", path)
-    m = doc["measurement"]
-    if "precision" in m and m.get("min_repetitions", m["repetitions"]) > m["max_repetitions"]:
+    _, least, most = stats.repetition_bounds(doc["measurement"])
+    if least > most:
         raise UserError(
-            f"{path}: measurement.max_repetitions: {m['max_repetitions']} is fewer than the "
-            f"{m.get('min_repetitions', m['repetitions'])} repetitions it must at least measure; "
-            "expected max_repetitions >= min_repetitions (or repetitions)"
+            f"{path}: measurement.max_repetitions: {most} is fewer than the {least} repetitions "
+            "it must at least measure; expected max_repetitions >= min_repetitions (or repetitions)"
         )
     catalog = catalog or load_catalog()
     for sid in doc["scenarios"]:

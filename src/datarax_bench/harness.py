@@ -308,10 +308,7 @@ def repeat(
     A fixed `repetitions`, or with `precision` set, from `min_repetitions` (default
     `repetitions`) until the interval of the median is that tight or `max_repetitions` ran.
     """
-    m = ctx.profile.measurement
-    precision = m.get("precision")
-    minimum = m.get("min_repetitions", m["repetitions"]) if precision else m["repetitions"]
-    maximum = m.get("max_repetitions", minimum) if precision else minimum
+    precision, minimum, maximum = stats.repetition_bounds(ctx.profile.measurement)
     reps: list[Repetition] = []
     while True:
         values = [rep.record["elements_per_s"] for rep in reps]

@@ -70,6 +70,15 @@ def relative_precision(values) -> float:
     return (high - low) / 2 / median
 
 
+def repetition_bounds(measurement: dict) -> tuple[float | None, int, int]:
+    """(precision target or None, least, most repetitions) of a profile's `measurement`."""
+    precision = measurement.get("precision")
+    if precision is None:
+        return None, measurement["repetitions"], measurement["repetitions"]
+    least = measurement.get("min_repetitions", measurement["repetitions"])
+    return precision, least, measurement["max_repetitions"]
+
+
 def stop_reason(values, precision: float | None, minimum: int, maximum: int) -> str | None:
     """Why a cell may stop measuring after these repetitions, or None to measure another.
 
