@@ -156,13 +156,15 @@ class MeasureBody:
 
     repetitions: list[Repetition]
     special: dict[str, Any] | None = None
+    #: With warm repetitions: the loader starts measured on their own (start_loader records).
+    cold_starts: list[dict[str, Any]] | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
         return [rep.record for rep in self.repetitions]
 
     def to_json(self) -> dict[str, Any]:
-        statistics = summarize_repetitions(self.records)
+        statistics = summarize_repetitions(self.records, self.cold_starts)
         if self.repetitions[-1].stopped:
             statistics["stopped"] = self.repetitions[-1].stopped
         body = {
@@ -170,9 +172,91 @@ class MeasureBody:
             "statistics": statistics,
             "parallelism": self.repetitions[-1].parallelism,
         }
+        if self.cold_starts is not None:
+            body["cold_starts"] = self.cold_starts
         if self.special is not None:
             body["special"] = self.special
         return body
+
+
+@dataclass
+class LoaderStart:
+    """An opened loader and what its start cost: setup, then the first batch delivered."""
+
+    loader: Any
+    batches: Iterator[Batch]
+    record: dict[str, Any]
+    first_bytes: int
+
+
+def start_loader(index: int, adapter: Adapter, ctx: CellContext, deliver) -> LoaderStart:
+    """Open a loader and deliver its first batch: one cold start's record."""
+    clock = time.perf_counter
+    setup_start = clock()
+    loader = adapter.open(ctx)
+    setup_s = clock() - setup_start
+    try:
+        batches = stream(loader)
+        first = deliver(next(batches))
+        time_to_first_batch = clock() - setup_start
+        record = {
+            "index": index,
+            "setup_s": setup_s,
+            "time_to_first_batch_s": time_to_first_batch,
+            "first_batch_sha256": batch_digest(first),
+        }
+        return LoaderStart(loader, batches, record, nbytes(first))
+    except BaseException:
+        loader.close()
+        raise
+
+
+@dataclass
+class Window:
+    latencies: list[float]
+    total_bytes: int
+    window_s: float
+    peak_rss: int
+    #: The machine during the window (machine_load.WindowLoad), where it was taken.
+    machine: dict[str, Any] | None
+
+
+def untimed(batches: Iterator[Batch], deliver, count: int) -> None:
+    for _ in range(max(0, count)):
+        deliver(next(batches))
+
+
+def timed_window(ctx: CellContext, batches: Iterator[Batch], deliver, first_bytes: int) -> Window:
+    """One timed window over `batches`: at least min_batches and min_seconds."""
+    m = ctx.profile.measurement
+    clock = time.perf_counter
+    min_batches, min_seconds = m["min_batches"], m["min_seconds"]
+    # Batches have one shape unless a batch-level op (dynamic padding) sizes each one; only
+    # then is every batch's size added up inside the window.
+    variable = any(op in BATCH_OPS for op in ctx.workload.ops())
+    latencies: list[float] = []
+    total_bytes = 0
+    load = WindowLoad().start()
+    with RssSampler() as rss:
+        window_start = now = clock()
+        while len(latencies) < min_batches or now - window_start < min_seconds:
+            requested = now
+            # No reference to the delivered batch outlives this statement, as in a training
+            # loop that consumes each batch: holding it would keep two batches' buffers alive
+            # and change the allocator's behaviour (measurably, for large batches).
+            if variable:
+                total_bytes += nbytes(deliver(next(batches)))
+            else:
+                deliver(next(batches))
+            now = clock()
+            latencies.append(now - requested)
+            if now >= rss.next_sample:
+                rss.sample(now)
+    window_s = now - window_start
+    machine = load.stop()
+    if not variable:
+        total_bytes = first_bytes * len(latencies)
+    return Window(latencies, total_bytes, window_s, rss.peak, machine)
 
 
 def measure_repetition(
@@ -182,105 +266,52 @@ def measure_repetition(
     deliver: Callable[[Batch], Delivered],
     device=None,
 ) -> Repetition:
-    m = ctx.profile.measurement
-    clock = time.perf_counter
-
-    setup_start = clock()
-    loader = adapter.open(ctx)
-    setup_s = clock() - setup_start
+    """A fresh repetition: its own loader, warmed up, one window, closed."""
+    started = start_loader(index, adapter, ctx, deliver)
     try:
-        batches = stream(loader)
-        first = deliver(next(batches))
-        time_to_first_batch = clock() - setup_start
-        first_digest = batch_digest(first)
-        first_bytes = nbytes(first)
-        del first
-        for _ in range(max(0, m["warmup_batches"] - 1)):
-            deliver(next(batches))
-
-        min_batches, min_seconds = m["min_batches"], m["min_seconds"]
-        # Batches have one shape unless a batch-level op (dynamic padding) sizes each one; only
-        # then is every batch's size added up inside the window.
-        variable = any(op in BATCH_OPS for op in ctx.workload.ops())
-        latencies: list[float] = []
-        total_bytes = 0
-        load = WindowLoad().start()
-        with RssSampler() as rss:
-            window_start = now = clock()
-            while len(latencies) < min_batches or now - window_start < min_seconds:
-                requested = now
-                # No reference to the delivered batch outlives this statement, as in a training
-                # loop that consumes each batch: holding it would keep two batches' buffers alive
-                # and change the allocator's behaviour (measurably, for large batches).
-                if variable:
-                    total_bytes += nbytes(deliver(next(batches)))
-                else:
-                    deliver(next(batches))
-                now = clock()
-                latencies.append(now - requested)
-                if now >= rss.next_sample:
-                    rss.sample(now)
-        window_s = now - window_start
-        machine = load.stop()
-        if not variable:
-            total_bytes = first_bytes * len(latencies)
-        parallelism = dict(getattr(loader, "parallelism", {}))
-        source_info = getattr(loader, "source_info", None)
+        untimed(started.batches, deliver, ctx.profile.measurement["warmup_batches"] - 1)
+        window = timed_window(ctx, started.batches, deliver, started.first_bytes)
+        parallelism = dict(getattr(started.loader, "parallelism", {}))
+        source_info = getattr(started.loader, "source_info", None)
     finally:
-        loader.close()
-
-    record = repetition_record(
-        index=index,
-        ctx=ctx,
-        latencies=latencies,
-        total_bytes=total_bytes,
-        window_s=window_s,
-        time_to_first_batch=time_to_first_batch,
-        setup_s=setup_s,
-        peak_rss=rss.peak,
-        device_peak=_device_peak_bytes(device),
-        first_digest=first_digest,
-        machine=machine,
-    )
+        started.loader.close()
+    record = repetition_record(index, ctx, window, started.record, _device_peak_bytes(device))
     return Repetition(record, parallelism, source_info)
 
 
 def repetition_record(
-    index,
-    ctx,
-    latencies,
-    total_bytes,
-    window_s,
-    time_to_first_batch,
-    setup_s,
-    peak_rss,
-    device_peak,
-    first_digest,
-    machine=None,
+    index: int,
+    ctx: CellContext,
+    window: Window,
+    start: dict[str, Any] | None,
+    device_peak: int | None,
 ) -> dict[str, Any]:
-    """One repetition as the result schema records it; `machine` is the window's load
-    (machine_load.WindowLoad), when it was taken."""
+    """One repetition as the result schema records it. `start` is the cold start of the
+    window's own loader (a fresh repetition); a warm window, from a loader earlier windows
+    used, has none."""
+    latencies, window_s = window.latencies, window.window_s
     elements = len(latencies) * ctx.workload.batch_size
     record = {
         "index": index,
+        "from": "fresh" if start is not None else "warm",
         "batches": len(latencies),
         "elements": elements,
-        "bytes": int(total_bytes),
+        "bytes": int(window.total_bytes),
         "window_s": window_s,
         "epochs": elements / ctx.workload.num_elements,
         "elements_per_s": elements / window_s,
-        "bytes_per_s": total_bytes / window_s,
+        "bytes_per_s": window.total_bytes / window_s,
         "latency_ms": stats.latency_summary_ms(latencies),
-        "time_to_first_batch_s": time_to_first_batch,
-        "setup_s": setup_s,
-        "peak_rss_bytes": int(peak_rss),
+        "time_to_first_batch_s": start["time_to_first_batch_s"] if start else None,
+        "setup_s": start["setup_s"] if start else None,
+        "peak_rss_bytes": int(window.peak_rss),
         "device_peak_bytes": device_peak,
-        "first_batch_sha256": first_digest,
+        "first_batch_sha256": start["first_batch_sha256"] if start else None,
     }
-    if machine is not None:
-        record["machine_load"] = machine
+    if window.machine is not None:
+        record["machine_load"] = window.machine
         # The measuring process and every worker process of the loader, per 1,000 elements.
-        record["cpu_s_per_1k_elements"] = machine["own_cpu_s"] / elements * 1000
+        record["cpu_s_per_1k_elements"] = window.machine["own_cpu_s"] / elements * 1000
     return record
 
 
@@ -294,6 +325,10 @@ def report_repetition(progress, label: str, rep: Repetition, total: int, extra: 
         )
 
 
+#: Cold starts measured beside warm windows, where the profile does not say.
+DEFAULT_COLD_STARTS = 3
+
+
 def repeat(
     adapter: Adapter,
     ctx: CellContext,
@@ -301,13 +336,19 @@ def repeat(
     device,
     progress: Callable[[str], None] | None = None,
     after: Callable[[Repetition], str] | None = None,
-) -> list[Repetition]:
+    allow_warm: bool = True,
+) -> MeasureBody:
     """The profile's repetitions of the timed window; `after` runs after each one (untimed)
     and returns what the progress line adds.
 
     A fixed `repetitions`, or with `precision` set, from `min_repetitions` (default
     `repetitions`) until the interval of the median is that tight or `max_repetitions` ran.
+    With `repetitions_from: warm` (and `allow_warm`) the windows come back to back from one
+    loader, and start-up is measured on its own cold starts.
     """
+    warm = allow_warm and ctx.profile.measurement.get("repetitions_from", "fresh") == "warm"
+    if warm:
+        return _repeat_warm(adapter, ctx, deliver, device, progress, after)
     precision, minimum, maximum = stats.repetition_bounds(ctx.profile.measurement)
     reps: list[Repetition] = []
     while True:
@@ -315,14 +356,65 @@ def repeat(
         stopped = stats.stop_reason(values, precision, minimum, maximum)
         if stopped:
             reps[-1].stopped = stopped
-            return reps
+            return MeasureBody(reps)
         rep = measure_repetition(len(reps), adapter, ctx, deliver, device)
         reps.append(rep)
         report_repetition(progress, "", rep, maximum, after(rep) if after else "")
 
 
-def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    digests = {r["first_batch_sha256"] for r in reps}
+def _repeat_warm(adapter, ctx, deliver, device, progress, after) -> MeasureBody:
+    """Windows back to back from one started loader, then the remaining cold starts.
+
+    The loader the windows use is the first cold start. Between two windows the warmup's
+    count of batches is drawn untimed, so that a prefetch buffer that filled while the
+    previous window was recorded is emptied before the next one is timed.
+    """
+    m = ctx.profile.measurement
+    precision, minimum, maximum = stats.repetition_bounds(m)
+    count = m.get("cold_starts", DEFAULT_COLD_STARTS)
+    started = start_loader(0, adapter, ctx, deliver)
+    starts = [started.record]
+    reps: list[Repetition] = []
+    try:
+        untimed(started.batches, deliver, m["warmup_batches"] - 1)
+        while True:
+            values = [rep.record["elements_per_s"] for rep in reps]
+            stopped = stats.stop_reason(values, precision, minimum, maximum)
+            if stopped:
+                reps[-1].stopped = stopped
+                break
+            if reps:
+                untimed(started.batches, deliver, max(1, m["warmup_batches"]))
+            window = timed_window(ctx, started.batches, deliver, started.first_bytes)
+            record = repetition_record(len(reps), ctx, window, None, _device_peak_bytes(device))
+            rep = Repetition(
+                record,
+                dict(getattr(started.loader, "parallelism", {})),
+                getattr(started.loader, "source_info", None),
+            )
+            reps.append(rep)
+            report_repetition(progress, "warm ", rep, maximum, after(rep) if after else "")
+    finally:
+        started.loader.close()
+    for index in range(1, count):
+        again = start_loader(index, adapter, ctx, deliver)
+        again.loader.close()
+        starts.append(again.record)
+        if progress:
+            progress(
+                f"cold start {index + 1}/{count}: first batch "
+                f"{again.record['time_to_first_batch_s']:.3f} s"
+            )
+    return MeasureBody(reps, cold_starts=starts)
+
+
+def summarize_repetitions(
+    reps: list[dict[str, Any]], cold_starts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Statistics over the windows; start-up and first-batch digests from each window's own
+    loader, or from the cold starts where the windows were warm."""
+    starts = cold_starts if cold_starts is not None else reps
+    digests = {r["first_batch_sha256"] for r in starts}
     device_peaks = [r["device_peak_bytes"] for r in reps if r["device_peak_bytes"] is not None]
 
     def median(key):
@@ -334,6 +426,7 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
     throughput = stats.summarize([r["elements_per_s"] for r in reps])
     return {
         "repetitions": len(reps),
+        "repetitions_from": "warm" if cold_starts is not None else "fresh",
         "precision": _finite(stats.relative_precision([r["elements_per_s"] for r in reps])),
         "elements_per_s": throughput,
         "unstable": stats.is_unstable(throughput["cv"]),
@@ -341,10 +434,12 @@ def summarize_repetitions(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_ms_p50_median": latency_median("p50"),
         "latency_ms_p95_median": latency_median("p95"),
         "latency_ms_p99_median": latency_median("p99"),
-        "time_to_first_batch_s_median": median("time_to_first_batch_s"),
+        "time_to_first_batch_s_median": float(
+            np.median([r["time_to_first_batch_s"] for r in starts])
+        ),
         "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in reps),
         "device_peak_bytes_max": max(device_peaks) if device_peaks else None,
-        "first_batch_sha256": reps[0]["first_batch_sha256"],
+        "first_batch_sha256": starts[0]["first_batch_sha256"],
         "first_batch_consistent": len(digests) == 1,
         **_load_statistics(reps),
     }

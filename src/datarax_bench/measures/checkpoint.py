@@ -108,7 +108,9 @@ def measure_checkpoint(adapter, workload, dataset, profile, progress=None) -> Me
             f"resume {'exact' if trip['resume_exact'] else 'NOT exact'}"
         )
 
-    reps = repeat(adapter, ctx, deliver, device, progress, after=round_trip)
+    # Every round trip opens loaders of its own; a warm loader idling beside them would share
+    # the machine with what they time, so each repetition here has its own loader.
+    body = repeat(adapter, ctx, deliver, device, progress, after=round_trip, allow_warm=False)
 
     def median(key):
         return float(np.median([t[key] for t in trips]))
@@ -126,4 +128,5 @@ def measure_checkpoint(adapter, workload, dataset, profile, progress=None) -> Me
         "state_files": trips[-1]["state_files"],
         "repetitions": [{n: v for n, v in t.items() if n != "state_files"} for t in trips],
     }
-    return MeasureBody(reps, special)
+    body.special = special
+    return body

@@ -15,6 +15,7 @@ from ..harness import (
     MeasureBody,
     Repetition,
     RssSampler,
+    Window,
     batch_digest,
     first_device,
     make_delivery,
@@ -60,18 +61,19 @@ def _digest_run(
     # every other measurement) not the first batch, which pays the loader's start-up (worker
     # processes): that goes to time to first batch.
     steady = latencies[1:] or latencies
-    record = repetition_record(
-        index=index,
-        ctx=ctx,
+    window = Window(
         latencies=steady,
         total_bytes=sum(sizes[1:] or sizes),
         window_s=sum(steady),
-        time_to_first_batch=setup_s + latencies[0],
-        setup_s=setup_s,
         peak_rss=rss.peak,
-        device_peak=None,
-        first_digest=digests[0],
+        machine=None,
     )
+    start = {
+        "setup_s": setup_s,
+        "time_to_first_batch_s": setup_s + latencies[0],
+        "first_batch_sha256": digests[0],
+    }
+    record = repetition_record(index, ctx, window, start, device_peak=None)
     return Repetition(record, parallelism), digests
 
 

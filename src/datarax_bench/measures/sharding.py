@@ -70,5 +70,6 @@ def measure_sharding(adapter, workload, dataset, profile, progress=None) -> Meas
     device = first_device()
     target = sharding_target(workload)
     ctx = cell_context(workload, dataset, profile)
-    reps = repeat(adapter, ctx, make_delivery(adapter, target), device, progress)
-    return MeasureBody(reps, sharding_report(adapter, ctx, target))
+    body = repeat(adapter, ctx, make_delivery(adapter, target), device, progress)
+    body.special = sharding_report(adapter, ctx, target)
+    return body

@@ -10,4 +10,4 @@ from . import register
 def measure_throughput(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     device = first_device()
     ctx = cell_context(workload, dataset, profile)
-    return MeasureBody(repeat(adapter, ctx, make_delivery(adapter, device), device, progress))
+    return repeat(adapter, ctx, make_delivery(adapter, device), device, progress)
