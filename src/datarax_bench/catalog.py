@@ -314,6 +314,8 @@ class Profile:
     cloud: dict[str, Any]
     # Not a measured setting: a retried cell's number is the same number.
     retries: int = 1
+    #: The feed measurement of the throughput cells (`feed.FeedSettings`), or None.
+    feed: dict[str, Any] | None = None
 
     def variants_for(self, scenario: Scenario) -> list[str]:
         return list(self.variants.get(scenario.id, scenario.default_variants))
@@ -324,13 +326,16 @@ class Profile:
         return [(sid, v) for sid in chosen for v in self.variants_for(catalog.get(sid))]
 
     def settings(self) -> dict[str, Any]:
-        return {
+        settings = {
             "backend": self.backend,
             "size": self.size,
             "seed": self.seed,
             "measurement": self.measurement,
             "parallelism": self.parallelism,
         }
+        if self.feed is not None:  # absent, not null: a profile without it re-runs nothing
+            settings["feed"] = self.feed
+        return settings
 
 
 def profile_names() -> list[str]:
@@ -369,6 +374,13 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
                     f"{path}: variants.{sid}: unknown variant {v!r}; "
                     f"expected one of {', '.join(scenario.variants)}"
                 )
+    throughput = [s for s in doc["scenarios"] if catalog.scenarios[s].measure == "throughput"]
+    for sid in doc.get("feed", {}).get("scenarios", []):
+        if sid not in throughput:
+            raise UserError(
+                f"{path}: feed.scenarios: got {sid!r}, expected a throughput scenario of the "
+                f"profile ({', '.join(throughput) or 'it has none'})"
+            )
     return Profile(
         name=name,
         description=doc["description"],
@@ -381,4 +393,5 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         variants={k: list(v) for k, v in doc.get("variants", {}).items()},
         cloud=doc["cloud"],
         retries=doc.get("retries", 1),
+        feed=doc.get("feed"),
     )

@@ -158,6 +158,8 @@ class MeasureBody:
     special: dict[str, Any] | None = None
     #: With warm repetitions: the loader starts measured on their own (start_loader records).
     cold_starts: list[dict[str, Any]] | None = None
+    #: The throughput measure's feed section (feed.measure_feed), where the profile asks for it.
+    feed: dict[str, Any] | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -176,6 +178,8 @@ class MeasureBody:
             body["cold_starts"] = self.cold_starts
         if self.special is not None:
             body["special"] = self.special
+        if self.feed is not None:
+            body["feed"] = self.feed
         return body
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .feed import row_columns as feed_columns
 from .files import all_or_nothing, user_file_mode, write_text_atomic
 from .schemas import first_non_finite, read_json, validate
 
@@ -79,6 +80,7 @@ NUMERIC_KEYS = (
     *(f"elements_per_s_{k}" for k in THROUGHPUT_KEYS),
     *(k for k in STAT_KEYS if k not in ("first_batch_sha256", "first_batch_consistent")),
     "repetitions",
+    "feed_shortest_fed_step_ms",
 )
 
 
@@ -107,6 +109,8 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
             value = ", ".join(map(str, value))
         if value is None or isinstance(value, bool | int | float | str):
             row[f"special_{key}"] = value
+    # Whether the loader kept an emulated accelerator fed: AU per step time, the shortest fed.
+    row.update(feed_columns(result.get("feed") if result["status"] == "ok" else None))
     # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
     row["attempts"] = len(result.get("attempts") or [])
     row["duration_s"] = result["timestamps"]["duration_s"]

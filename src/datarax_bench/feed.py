@@ -1,0 +1,241 @@
+"""Does the loader keep an accelerator fed? A training loop that spends a fixed step time T on
+each batch, overlapped with fetching the next batch, and the accelerator utilisation it reaches:
+AU = batches x T / wall time, for each T of the profile's `feed.step_ms`.
+
+The loop has one step in flight, as a JAX training loop whose steps dispatch asynchronously and
+which waits for the previous step before dispatching the next:
+
+    fetch batch k                      (the loader works while step k-1 runs)
+    wait until step k-1 has finished   (a sleep: the emulated accelerator uses no host CPU)
+    step k runs for T from max(batch k ready, step k-1 finished), holding batch k
+
+The accelerator is emulated by a host timer on every backend (as MLPerf Storage emulates
+accelerators): the measure says whether the loader and the delivery to the device keep up with
+a step of T, not how a real step's own use of the host or the device would slow them. Each step
+starts at the previous step's nominal end, so the timer waking late counts against the loader
+only if it delays the next fetch past the end of the step.
+
+The window runs from the start of its first step to the start of the step after its last, so
+the first fetch (overlapped with nothing) is outside it: AU is 1 for a loader that always has the
+next batch ready before the step ends, and T / (time to fetch a batch) for one that does not.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .catalog import Catalog, Profile, Workload
+from .harness import stream
+
+#: What stands in for the accelerator's step (recorded in every result).
+EMULATION = "host timer"
+#: Steps the loop lets run ahead of the batch it fetches.
+STEPS_IN_FLIGHT = 1
+#: The profile's `feed` keys that have defaults (workflow/schemas/profile.schema.yaml says the same).
+DEFAULTS = {"min_seconds": 1.0, "min_batches": 10, "threshold": 0.9}
+#: The measure whose cells get the feed measurement.
+MEASURE = "throughput"
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """A profile's `feed`: the step times and how long each one's window lasts."""
+
+    step_ms: tuple[float, ...]
+    min_seconds: float
+    min_batches: int
+    #: AU from which a step time counts as fed.
+    threshold: float
+    #: The throughput scenarios measured; None: all of the profile's.
+    scenarios: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, profile: Profile) -> FeedSettings | None:
+        doc = profile.feed
+        if doc is None:
+            return None
+        given = {**DEFAULTS, **doc}
+        return cls(
+            step_ms=tuple(sorted(float(t) for t in given["step_ms"])),
+            min_seconds=float(given["min_seconds"]),
+            min_batches=int(given["min_batches"]),
+            threshold=float(given["threshold"]),
+            scenarios=tuple(given["scenarios"]) if "scenarios" in given else None,
+        )
+
+    def covers(self, scenario: str, measure: str) -> bool:
+        return measure == MEASURE and (self.scenarios is None or scenario in self.scenarios)
+
+
+def settings_for(profile: Profile, workload: Workload) -> FeedSettings | None:
+    """The feed settings when this cell gets the feed measurement, else None."""
+    settings = FeedSettings.of(profile)
+    if settings is None or not settings.covers(workload.scenario, workload.measure):
+        return None
+    return settings
+
+
+def fed_scenarios(profile: Profile, catalog: Catalog, scenarios: Iterable[str]) -> list[str]:
+    """Which of `scenarios` (a run's) the profile measures the feed of."""
+    settings = FeedSettings.of(profile)
+    if settings is None:
+        return []
+    return [s for s in scenarios if settings.covers(s, catalog.get(s).measure)]
+
+
+# --- the emulated training loop ------------------------------------------------------------
+
+
+@dataclass
+class TrainingWindow:
+    """One window of the emulated loop at one step time."""
+
+    step_s: float
+    steps: int
+    wall_s: float
+    #: Per batch: from asking the loader until the batch was on the device.
+    fetch_s: list[float]
+    #: Per wait: how long after the step's end the host timer woke.
+    late_s: list[float]
+
+    @property
+    def utilisation(self) -> float:
+        # At most 1 by construction (steps start at least a step apart); min() drops rounding.
+        return min(1.0, self.steps * self.step_s / self.wall_s)
+
+
+def training_window(
+    fetch: Callable[[], Any],
+    step_s: float,
+    min_steps: int,
+    min_seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TrainingWindow:
+    """Run the loop until the window holds at least `min_steps` steps and `min_seconds`."""
+    device_free = clock()  # the nominal end of the step in flight
+    fetch_s: list[float] = []
+    late_s: list[float] = []
+    start = 0.0
+    step = 0  # the step the fetched batch is for
+    while True:
+        requested = clock()
+        batch = fetch()
+        ready = clock()
+        fetch_s.append(ready - requested)
+        if ready < device_free:
+            sleep(device_free - ready)
+            late_s.append(max(0.0, clock() - device_free))
+        begin = max(ready, device_free)
+        if step == 0:
+            start = begin
+        elif step >= min_steps and begin - start >= min_seconds:
+            return TrainingWindow(step_s, step, begin - start, fetch_s, late_s)
+        # The step holds its batch until it ends, as a real step holds its input; the previous
+        # step's batch is released here, when that step has finished.
+        in_step = batch  # noqa: F841
+        device_free = begin + step_s
+        step += 1
+
+
+def shortest_fed(utilisation: dict[float, float], threshold: float) -> float | None:
+    """The shortest step time from which every longer one reaches `threshold`, or None.
+
+    Every longer step must be fed too: one short step that reaches it by chance between two
+    that do not is not a step time the loader can be relied on to feed.
+    """
+    fed = None
+    for step_ms in sorted(utilisation, reverse=True):
+        if utilisation[step_ms] < threshold:
+            break
+        fed = step_ms
+    return fed
+
+
+def _median_ms(values: list[float]) -> float | None:
+    return float(np.median(values)) * 1000 if values else None
+
+
+def measure_feed(adapter, ctx, deliver, settings: FeedSettings, progress=None) -> dict[str, Any]:
+    """The result's `feed` section: one window per step time, shortest first, on one loader
+    warmed up as the throughput windows are."""
+    loader = adapter.open(ctx)
+    try:
+        batches = stream(loader)
+
+        def fetch():
+            return deliver(next(batches))
+
+        for _ in range(max(1, ctx.profile.measurement["warmup_batches"])):
+            fetch()
+        windows = []
+        for step_ms in settings.step_ms:
+            w = training_window(fetch, step_ms / 1000, settings.min_batches, settings.min_seconds)
+            windows.append(
+                {
+                    "step_ms": step_ms,
+                    "batches": w.steps,
+                    "wall_s": w.wall_s,
+                    "utilisation": w.utilisation,
+                    "fetch_ms_median": _median_ms(w.fetch_s),
+                    "fetch_ms_mean": float(np.mean(w.fetch_s)) * 1000,
+                    "timer_late_ms_median": _median_ms(w.late_s),
+                }
+            )
+            if progress:
+                progress(
+                    f"feed {step_ms:g} ms step: utilisation {w.utilisation:.1%} over {w.steps} "
+                    f"batches (fetch median {_median_ms(w.fetch_s):.2f} ms)"
+                )
+    finally:
+        loader.close()
+    fed = shortest_fed({w["step_ms"]: w["utilisation"] for w in windows}, settings.threshold)
+    return {
+        "emulation": EMULATION,
+        "steps_in_flight": STEPS_IN_FLIGHT,
+        "threshold": settings.threshold,
+        "windows": windows,
+        "shortest_fed_step_ms": fed,
+    }
+
+
+# --- the feed in a row (results.csv, the W&B table) ----------------------------------------
+
+UTILISATION_PREFIX = "feed_utilisation_"
+_UTILISATION_COLUMN = re.compile(rf"^{UTILISATION_PREFIX}([0-9.e+-]+)ms$")
+
+
+def utilisation_column(step_ms: float) -> str:
+    return f"{UTILISATION_PREFIX}{step_ms:g}ms"
+
+
+def utilisation_columns(columns: Iterable[str]) -> list[tuple[float, str]]:
+    """(step time in ms, column) of every utilisation column, shortest step first."""
+    found = [(m.group(1), c) for c in columns if (m := _UTILISATION_COLUMN.match(c))]
+    return sorted((float(t), c) for t, c in found)
+
+
+def row_columns(feed: dict[str, Any] | None) -> dict[str, Any]:
+    """The feed's columns of a cell's row: the shortest fed step, the threshold and AU per step."""
+    row: dict[str, Any] = {
+        "feed_shortest_fed_step_ms": feed["shortest_fed_step_ms"] if feed else None,
+        "feed_threshold": feed["threshold"] if feed else None,
+    }
+    for window in (feed or {}).get("windows", []):
+        row[utilisation_column(window["step_ms"])] = window["utilisation"]
+    return row
+
+
+def shortest_fed_label(value: float | None, step_ms: Iterable[float]) -> str:
+    """How the summary says it: `≤ 1 ms` when even the shortest step measured was fed (a shorter
+    one might be too), `> 100 ms` when none was."""
+    steps = sorted(step_ms)
+    if value is None or value != value:  # None, or NaN from a table
+        return f"> {steps[-1]:g} ms" if steps else ""
+    return f"≤ {value:g} ms" if steps and value <= steps[0] else f"{value:g} ms"
