@@ -14,6 +14,7 @@ import pandas as pd
 
 from .catalog import load_profile
 from .cloud import billing_markdown
+from .feed import shortest_fed_label, utilisation_columns
 from .machine_load import BUSY_SHARE
 from .results import all_or_nothing, load_result, result_row, write_run_index, write_text_atomic
 from .stats import UNSTABLE_CV, is_unstable
@@ -139,6 +140,7 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
                     f"| {_optional(getattr(r, 'cpu_s_per_1k_elements_median', None))} | {note} |"
                 )
             lines.append("")
+            lines += _feed_table(ok)
         missing = rows[rows["status"] != "ok"]
         if len(missing):
             lines += ["| Variant | Adapter | Status | Reason |", "|---|---|---|---|"]
@@ -149,6 +151,37 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def _feed_table(ok: pd.DataFrame) -> list[str]:
+    """Whether each loader kept an emulated accelerator fed: utilisation per step time and the
+    shortest step fed (the profile's `feed`; nothing where it was not measured)."""
+    columns = [(t, c) for t, c in utilisation_columns(ok.columns) if ok[c].notna().any()]
+    if not columns:
+        return []
+    fed = ok[ok[[c for _, c in columns]].notna().any(axis=1)]
+    threshold = float(fed["feed_threshold"].dropna().iloc[0])
+    steps = [t for t, _ in columns]
+    header = ["Variant", "Adapter", *(f"AU at {t:g} ms" for t in steps), "Fed from"]
+    lines = [
+        "Keeping an accelerator fed: the utilisation (AU = batches × step time / wall time) of a "
+        "training loop that spends a fixed step time on each batch while the next one is "
+        "fetched (an emulated accelerator, no host CPU). Fed from: the shortest step time from "
+        f"which every longer one reaches {threshold:.0%}, the fastest training step this loader "
+        "keeps fed on this machine.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|---|" + "---:|" * (len(header) - 2),
+    ]
+    for r in fed.to_dict("records"):
+        cells = [
+            r["variant"],
+            f"{_md(r['adapter_name'])} (`{r['adapter']}`)",
+            *("" if pd.isna(r[c]) else f"{r[c]:.1%}" for _, c in columns),
+            shortest_fed_label(r["feed_shortest_fed_step_ms"], steps),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 #: The metrics a special measurement's summary table shows, in order, where not all of its

@@ -35,6 +35,7 @@ from matplotlib.text import Annotation  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
+from .feed import shortest_fed_label, utilisation_columns  # noqa: E402
 from .files import atomic_file  # noqa: E402
 from .stats import UNSTABLE_CV  # noqa: E402
 
@@ -678,6 +679,61 @@ def overview_figure(table: pd.DataFrame, facts: RunFacts):
     return fig
 
 
+# --- keeping an accelerator fed --------------------------------------------------------------
+
+
+def feed_figure(cells: pd.DataFrame, title: str, facts: RunFacts, colors=None):
+    """Accelerator utilisation against the training step time: a panel per variant, a line per
+    adapter (its legend entry says the shortest step it fed), the threshold dashed."""
+    colors = colors or adapter_colors(cells)
+    ok = _ok(cells)
+    columns = [(t, c) for t, c in utilisation_columns(ok.columns) if ok[c].notna().any()]
+    measured = ok[ok[[c for _, c in columns]].notna().any(axis=1)] if columns else ok.iloc[:0]
+    variants = list(dict.fromkeys(measured["variant"]))
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(variants)),
+        figsize=(max(_WIDTH_IN, 3.4 * len(variants) + 2.2), 4.2),
+        sharey=True,
+        squeeze=False,
+    )
+    axes = list(axes[0])
+    _title(axes[0], title)
+    if measured.empty:
+        _empty(fig, axes[0], "feed measured")
+        finish(fig, cells, facts, unstable_marked=False)
+        return fig
+    steps = [t for t, _ in columns]
+    threshold = float(measured["feed_threshold"].dropna().iloc[0])
+    for ax, variant in zip(axes, variants, strict=True):
+        rows = measured[measured["variant"] == variant]
+        _value_axis(ax, "x", steps, "training step time (ms)", lambda v: f"{v:g}")
+        ax.set_xticks(steps)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
+        for r in rows.to_dict("records"):
+            xs = [t for t, c in columns if not pd.isna(r[c])]
+            ys = [r[c] for _, c in columns if not pd.isna(r[c])]
+            fed = shortest_fed_label(r["feed_shortest_fed_step_ms"], steps)
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                color=colors.get(r["adapter_name"], "tab:gray"),
+                label=f"{r['adapter_name']} (fed from {fed})",
+            )
+        ax.set_ylim(0, 1.05)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+        ax.grid(alpha=0.3, which="major")
+        ax.legend(fontsize=7, loc="lower right", title=variant, title_fontsize=8)
+    axes[0].set_ylabel(
+        f"accelerator utilisation (batches × step / wall); dashed: {threshold:.0%}", fontsize=9
+    )
+    finish(fig, cells, facts, unstable_marked=False)
+    return fig
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
@@ -756,6 +812,16 @@ def plot_scenario(
     paths = {"throughput": throughput, "latency": latency, "first_batch": first_batch}
     for kind, fig in figures.items():
         _save(fig, paths[kind])
+
+
+def plot_feed(table_path: str | Path, scenario: str, feed: str | Path, catalog=None) -> None:
+    """plots/{scenario}/feed.png: the utilisation curves of the scenario's cells."""
+    table = in_catalog_order(pd.read_csv(table_path), _load_catalog(catalog))
+    cells = table[table["scenario"] == scenario]
+    name = cells["scenario_name"].iloc[0] if len(cells) else "no cells"
+    facts = run_facts(table, Path(table_path).parent)
+    title = f"Keeping an accelerator fed — {scenario}: {name}"
+    _save(feed_figure(cells, title, facts, adapter_colors(table)), feed)
 
 
 def plot_overview(table_path: str | Path, overview: str | Path, catalog=None) -> None:

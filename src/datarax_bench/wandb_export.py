@@ -29,6 +29,8 @@ from typing import Any
 from .cloud import billing_metrics
 from .compare import fresh_comparison, read_comparison
 from .errors import UserError
+from .feed import UTILISATION_PREFIX
+from .feed import row_columns as feed_columns
 from .results import (
     CELL_KEYS,
     NUMERIC_KEYS,
@@ -80,8 +82,8 @@ COMMON_SETTINGS = {
     "silent": True,
 }
 
-#: The W&B table's columns: results.csv's names (`results.result_row`), the special metrics as
-#: one JSON column.
+#: The W&B table's columns: results.csv's names (`results.result_row`), the special metrics and
+#: the feed measurement (utilisation per step time) as one JSON column each.
 TABLE_COLUMNS = (
     *CELL_KEYS,
     "status",
@@ -89,6 +91,7 @@ TABLE_COLUMNS = (
     *NUMERIC_KEYS,
     "first_batch_consistent",
     "special",
+    "feed",
     "path",
 )
 #: The table's measured numbers, also put in the run summary per cell.
@@ -219,9 +222,11 @@ def infer_infra(results_dir: Path, profile: str) -> str:
 
 def table_row(cell: CellResult) -> dict[str, Any]:
     special = cell.result.get("special")
+    feed = cell.result.get("feed")
     row = {
         **result_row(cell.result, str(cell.path)),
         "special": json.dumps(special, sort_keys=True) if special else None,
+        "feed": json.dumps(feed, sort_keys=True) if feed else None,
     }
     return {k: row[k] for k in TABLE_COLUMNS}
 
@@ -247,6 +252,10 @@ def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
         special: dict[str, Any] = {}
         _flatten("special", cell.result.get("special") or {}, special)
         out.update({f"{key}/{k}": v for k, v in special.items()})
+        # Utilisation per step time (the shortest fed step is among the numeric columns).
+        for name, value in feed_columns(cell.result.get("feed")).items():
+            if name.startswith(UTILISATION_PREFIX):
+                out[f"{key}/{name}"] = value
     out.update({f"cells/{status}": n for status, n in bundle.counts().items()})
     out["cells/total"] = len(bundle.cells)
     out.update(billing_metrics(bundle.root))

@@ -12,6 +12,7 @@ os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 from datarax_bench import cloud
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import load_catalog, load_profile, profile_names
+from datarax_bench.feed import fed_scenarios
 from datarax_bench.results import cell_path
 from datarax_bench.workflow_config import check_config, one_line_errors
 
@@ -109,11 +110,17 @@ def aggregate_outputs(profile=PROFILE.name, infra=INFRA):
 
 def plot_outputs(profile=PROFILE.name, infra=INFRA):
     root = run_dir(profile, infra)
-    return [f"{root}/plots/overview.png"] + [
-        f"{root}/plots/{scenario}/{kind}.png"
-        for scenario in scenarios_for(profile)
-        for kind in ("throughput", "latency", "first_batch")
-    ]
+    scenarios = scenarios_for(profile)
+    fed = fed_scenarios(profile_named(profile), CATALOG, scenarios)
+    return (
+        [f"{root}/plots/overview.png"]
+        + [
+            f"{root}/plots/{scenario}/{kind}.png"
+            for scenario in scenarios
+            for kind in ("throughput", "latency", "first_batch")
+        ]
+        + [f"{root}/plots/{scenario}/feed.png" for scenario in fed]
+    )
 
 
 def export_outputs(profile=PROFILE.name, infra=INFRA):

@@ -35,6 +35,25 @@ rule plot_scenario:
         "../scripts/plots.py"
 
 
+rule plot_feed:
+    input:
+        table=f"{RUN_DIR}/results.csv",
+    output:
+        feed=report(
+            f"{RUN_DIR}/plots/{{scenario}}/feed.png",
+            caption="../report/feed.rst",
+            category="{scenario}",
+            subcategory="Plots",
+            labels={"plot": "keeping an accelerator fed"},
+        ),
+    log:
+        "logs/{profile}/{infra}/plots/{scenario}.feed.log",
+    conda:
+        "../envs/orchestrate.yaml"
+    script:
+        "../scripts/plots.py"
+
+
 rule plot_overview:
     input:
         table=f"{RUN_DIR}/results.csv",

@@ -1,8 +1,9 @@
-"""Snakemake `script:` for rules plot_scenario and plot_overview; the logic is datarax_bench.plots."""
+"""Snakemake `script:` for rules plot_scenario, plot_feed and plot_overview; the logic is
+datarax_bench.plots."""
 
 import traceback
 
-from datarax_bench.plots import plot_overview, plot_scenario
+from datarax_bench.plots import plot_feed, plot_overview, plot_scenario
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -11,6 +12,9 @@ with open(sm.log[0], "w") as log:
         if sm.rule == "plot_overview":
             plot_overview(sm.input.table, sm.output.overview)
             print("plotted the overview", file=log)
+        elif sm.rule == "plot_feed":
+            plot_feed(sm.input.table, sm.wildcards.scenario, sm.output.feed)
+            print(f"plotted the feed of {sm.wildcards.scenario}", file=log)
         else:
             plot_scenario(
                 sm.input.table,
