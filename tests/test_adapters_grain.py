@@ -109,6 +109,26 @@ def test_worker_processes_equal_reference_and_stop_on_close(workers):
 
 
 @pytest.mark.slow
+def test_a_loader_closed_mid_stream_stops_its_workers_within_seconds():
+    # Closed while its workers are still producing, as every repetition closes its loader.
+    # Grain alone waits up to 25 s per worker that does not end, then kills it.
+    import time
+
+    ctx = _context("CV-1", "small", workers=2)
+    workload = load_catalog().get("CV-1").resolve("small", "full")  # big enough to be busy
+    ctx = dataclasses.replace(ctx, workload=workload, dataset=materialize(workload, 0))
+    for _ in range(2):
+        loader = get_adapter("grain").open(ctx)
+        batches = loader.epoch(0)
+        for _ in range(3):
+            next(batches)
+        start = time.monotonic()
+        loader.close()
+        assert time.monotonic() - start < 8.0
+        assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
 def test_cli_runs_a_grain_cell_end_to_end(tmp_path, run_smoke_cell):
     out = tmp_path / "cv1-grain.json"
     proc = run_smoke_cell("CV-1", "grain", out, timeout=300)

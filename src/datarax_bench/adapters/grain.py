@@ -22,6 +22,7 @@ Checkpoints use Grain's own: the iterator's `get_state()`/`set_state()` as writt
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -180,7 +181,8 @@ class GrainLoader(Loader):
             self._iterator = None
 
     def close(self) -> None:
-        self._stop()
+        with _prompt_worker_shutdown():
+            self._stop()
         if self._mp_options.num_workers > 0:
             _stop_shared_memory_release_pool()
         # Grain shuts its thread pools down without waiting and stops worker processes
@@ -190,6 +192,36 @@ class GrainLoader(Loader):
             thread.join(max(0.0, deadline - time.monotonic()))
         for child in multiprocessing.active_children():
             child.join(max(0.0, deadline - time.monotonic()))
+
+
+#: How long closing waits for a Grain worker process to end before killing it.
+_WORKER_EXIT_S = 1.0
+
+
+@contextlib.contextmanager
+def _prompt_worker_shutdown():
+    """Kill a worker that has not ended `_WORKER_EXIT_S` after it was told to stop.
+
+    Grain 0.2 joins each worker process for up to 25 s when an iterator closes, then kills it.
+    A worker stopped mid-stream often cannot end on its own (it is still handing batches to a
+    queue nobody reads), so every close of a loader with workers could take 25 s per worker:
+    outside any timed window, but minutes of a run spent waiting. A worker that ends, ends
+    within a second here; one that would be killed is killed sooner.
+    """
+    try:
+        from grain._src.python.dataset.transformations import process_prefetch
+    except ImportError:  # a Grain without this module has its own shutdown
+        yield
+        return
+    saved = getattr(process_prefetch, "_PROCESS_KILL_TIMEOUT_S", None)
+    if saved is None:
+        yield
+        return
+    process_prefetch._PROCESS_KILL_TIMEOUT_S = min(saved, _WORKER_EXIT_S)
+    try:
+        yield
+    finally:
+        process_prefetch._PROCESS_KILL_TIMEOUT_S = saved
 
 
 def _stop_shared_memory_release_pool() -> None:
