@@ -173,6 +173,16 @@ def test_changed_settings_rerun_exactly_the_affected_cells(smoke_run):
         assert "Params have changed" in proc.output
     finally:
         profile_path.write_text(original)
+    # A feed for CV-1 changes CV-1's cells only (PC-1 is not in it) and adds CV-1's feed plot.
+    profile = yaml.safe_load(original)
+    profile["feed"] = {"step_ms": [5], "scenarios": ["CV-1"]}
+    profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    try:
+        proc = snakemake(workdir, "-n")
+        assert planned(proc, "measure") == 1 and planned(proc, "plot_feed") == 1
+        assert re.search(r"output: \S+/raw/CV-1/small/numpy\.json$", proc.output, re.MULTILINE)
+    finally:
+        profile_path.write_text(original)
     assert planned(snakemake(workdir, "-n"), "measure") == 0
 
 

@@ -11,13 +11,16 @@ which waits for the previous step before dispatching the next:
 
 The accelerator is emulated by a host timer on every backend (as MLPerf Storage emulates
 accelerators): the measure says whether the loader and the delivery to the device keep up with
-a step of T, not how a real step's own use of the host or the device would slow them. Each step
-starts at the previous step's nominal end, so the timer waking late counts against the loader
-only if it delays the next fetch past the end of the step.
+a step of T, not how a real step's own use of the host or the device would slow them. The
+loop's wall time is computed from the measured fetch times and T; the host sleeps the steps out
+in real time, so the loader's own threads and workers get the time they would, but the host
+timer's lateness (some 0.1 ms, recorded) is left out: a loop blocked on a real step wakes far
+sooner, and at a step of 1 ms that lateness would count against the loader as a tenth of it.
 
 The window runs from the start of its first step to the start of the step after its last, so
-the first fetch (overlapped with nothing) is outside it: AU is 1 for a loader that always has the
-next batch ready before the step ends, and T / (time to fetch a batch) for one that does not.
+the first fetch (overlapped with nothing) is outside it: AU = steps x T / sum of max(fetch, T),
+1 for a loader that always has the next batch before the step ends, T / (time to fetch a batch)
+for one that never does.
 """
 
 from __future__ import annotations
@@ -99,14 +102,14 @@ class TrainingWindow:
     step_s: float
     steps: int
     wall_s: float
-    #: Per batch: from asking the loader until the batch was on the device.
+    #: Per step of the window: from asking for its batch until the batch was on the device.
     fetch_s: list[float]
-    #: Per wait: how long after the step's end the host timer woke.
+    #: Per wait: how much later than asked the host timer woke.
     late_s: list[float]
 
     @property
     def utilisation(self) -> float:
-        # At most 1 by construction (steps start at least a step apart); min() drops rounding.
+        # At most 1 by construction (each step adds at least T); min() drops rounding.
         return min(1.0, self.steps * self.step_s / self.wall_s)
 
 
@@ -118,29 +121,33 @@ def training_window(
     clock: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
 ) -> TrainingWindow:
-    """Run the loop until the window holds at least `min_steps` steps and `min_seconds`."""
-    device_free = clock()  # the nominal end of the step in flight
+    """Run the loop until the window holds at least `min_steps` steps and `min_seconds`.
+
+    Step k starts once its batch is fetched and step k-1 is over; the fetch began when step k-1
+    did. So each step after the first adds max(fetch, step) to the loop's wall time, and the
+    host sleeps out the rest of the step in real time (its timer's lateness is recorded, not
+    counted: a loop blocked on a real step wakes far sooner).
+    """
     fetch_s: list[float] = []
     late_s: list[float] = []
-    start = 0.0
+    wall = 0.0  # from the start of the first step to the start of the current one
     step = 0  # the step the fetched batch is for
+    in_step = None  # the batch the running step holds, as a real step holds its input
     while True:
         requested = clock()
         batch = fetch()
-        ready = clock()
-        fetch_s.append(ready - requested)
-        if ready < device_free:
-            sleep(device_free - ready)
-            late_s.append(max(0.0, clock() - device_free))
-        begin = max(ready, device_free)
-        if step == 0:
-            start = begin
-        elif step >= min_steps and begin - start >= min_seconds:
-            return TrainingWindow(step_s, step, begin - start, fetch_s, late_s)
-        # The step holds its batch until it ends, as a real step holds its input; the previous
-        # step's batch is released here, when that step has finished.
-        in_step = batch  # noqa: F841
-        device_free = begin + step_s
+        took = clock() - requested
+        fetch_s.append(took)
+        if step > 0:
+            if took < step_s:  # step k-1 still runs: wait for it
+                asleep = clock()
+                sleep(step_s - took)
+                late_s.append(max(0.0, clock() - asleep - (step_s - took)))
+            wall += max(took, step_s)
+            if step >= min_steps and wall >= min_seconds:
+                # The first fetch, overlapped with nothing, is outside the window.
+                return TrainingWindow(step_s, step, wall, fetch_s[1:], late_s)
+        in_step = batch  # noqa: F841 - the previous step's batch is released as it ends
         step += 1
 
 

@@ -86,8 +86,13 @@ def get_cell_results(wildcards):
 
 
 def get_measured_settings(wildcards):
-    """The profile's measurement settings: a change re-runs the cells it affects (params trigger)."""
-    return profile_named(wildcards.profile).settings()
+    """The profile's measurement settings: a change re-runs the cells it affects (params trigger);
+    the feed affects only the scenarios it covers."""
+    profile = profile_named(wildcards.profile)
+    settings = profile.settings()
+    if not fed_scenarios(profile, CATALOG, [wildcards.scenario]):
+        settings.pop("feed", None)
+    return settings
 
 
 def get_workload(wildcards):
