@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog, Profile, Workload
-from .harness import stream
+from .harness import start_loader, untimed
 
 #: What stands in for the accelerator's step (recorded in every result).
 EMULATION = "host timer"
@@ -172,15 +172,14 @@ def _median_ms(values: list[float]) -> float | None:
 def measure_feed(adapter, ctx, deliver, settings: FeedSettings, progress=None) -> dict[str, Any]:
     """The result's `feed` section: one window per step time, shortest first, on one loader
     warmed up as the throughput windows are."""
-    loader = adapter.open(ctx)
+    started = start_loader(0, adapter, ctx, deliver)
     try:
-        batches = stream(loader)
+        batches = started.batches
 
         def fetch():
             return deliver(next(batches))
 
-        for _ in range(max(1, ctx.profile.measurement["warmup_batches"])):
-            fetch()
+        untimed(batches, deliver, ctx.profile.measurement["warmup_batches"] - 1)
         windows = []
         for step_ms in settings.step_ms:
             w = training_window(fetch, step_ms / 1000, settings.min_batches, settings.min_seconds)
@@ -201,7 +200,7 @@ def measure_feed(adapter, ctx, deliver, settings: FeedSettings, progress=None) -
                     f"batches (fetch median {_median_ms(w.fetch_s):.2f} ms)"
                 )
     finally:
-        loader.close()
+        started.loader.close()
     fed = shortest_fed({w["step_ms"]: w["utilisation"] for w in windows}, settings.threshold)
     return {
         "emulation": EMULATION,
