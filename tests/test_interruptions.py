@@ -33,14 +33,22 @@ GONE_WITHIN_S = 1.5
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """Test adapters available, and a bench lock of this test's own."""
+    """Test adapters available, a bench lock of this test's own, and Ctrl-C that reaches children.
+
+    A process that inherits SIGINT ignored keeps ignoring it (Python does too: no
+    KeyboardInterrupt), as a background job of a non-interactive shell does; a CI runner may
+    start pytest so. The children here start with SIGINT at its default, like a terminal's
+    foreground job, so that what the SIGINT tests measure does not depend on how pytest started.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
     )
     monkeypatch.setenv("DATARAX_BENCH_PLUGINS", "misbehaving_adapters")
     monkeypatch.setenv("DATARAX_BENCH_LOCK", str(tmp_path / "bench.lock"))
     monkeypatch.delenv("DATARAX_BENCH_LOCK_TIMEOUT_S", raising=False)
-    return tmp_path
+    yield tmp_path
+    signal.signal(signal.SIGINT, previous)
 
 
 def _alive(proc: psutil.Process) -> bool:
