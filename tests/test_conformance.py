@@ -41,13 +41,21 @@ def _ids(cells):
 _RUNS: dict = {}
 
 
-def _run(adapter_id: str, scenario: str, variant: str, seed: int, epochs: tuple[int, ...]):
+def _run(
+    adapter_id: str,
+    scenario: str,
+    variant: str,
+    seed: int,
+    epochs: tuple[int, ...],
+    style: str = "plain",
+):
     """Batches of one adapter on one cell (probe data), memoised for the session."""
-    key = (adapter_id, scenario, variant, seed, epochs)
+    key = (adapter_id, scenario, variant, seed, epochs, style)
     if key not in _RUNS:
         w = support.workload(scenario, variant)
         dataset = support.probe_dataset(w)
-        _RUNS[key] = support.run_loader(get_adapter(adapter_id), w, dataset, seed, epochs)
+        adapter = get_adapter(adapter_id).styled(style)
+        _RUNS[key] = support.run_loader(adapter, w, dataset, seed, epochs)
     return _RUNS[key]
 
 
@@ -114,6 +122,26 @@ def test_random_transforms_have_the_reference_effect_per_element(cell):
         _run(adapter_id, scenario, variant, 0, ALL_EPOCHS),
         _reference(scenario, variant, 0, ALL_EPOCHS),
     )
+
+
+# --- the tuned style: the framework's recommended pipeline, the plain pipeline's bytes -------
+
+TUNED_CELLS = [c for c in CELLS if "tuned" in get_adapter(c[0]).styles]
+
+
+def test_every_shipped_adapter_has_a_tuned_style():
+    assert {c[0] for c in TUNED_CELLS} >= {"numpy", "grain", "pytorch", "tfdata", "datarax"}
+
+
+@pytest.mark.parametrize("cell", TUNED_CELLS, ids=_ids(TUNED_CELLS))
+def test_the_tuned_pipeline_delivers_exactly_the_plain_pipelines_bytes(cell):
+    adapter_id, scenario, variant = cell
+    plain = _run(adapter_id, scenario, variant, 0, ALL_EPOCHS)
+    tuned = _run(adapter_id, scenario, variant, 0, ALL_EPOCHS, style="tuned")
+    for e, (p_epoch, t_epoch) in enumerate(zip(plain, tuned, strict=True)):
+        assert len(t_epoch) == len(p_epoch)
+        for b, (p, t) in enumerate(zip(p_epoch, t_epoch, strict=True)):
+            assert batch_digest(t) == batch_digest(p), f"epoch {e} batch {b} differs"
 
 
 # --- the checks catch adapters that do less ------------------------------------------------

@@ -60,6 +60,7 @@ def test_ok_cell_writes_a_valid_result_with_provenance(
         "size": "tiny",
         "adapter": "numpy",
         "adapter_name": "NumPy reference",
+        "style": "plain",
         "measure": "throughput",
     }
     prov = result["provenance"]

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from datarax_bench.adapters import all_adapters
-from datarax_bench.catalog import load_catalog, profile_names
+from datarax_bench.catalog import STYLES, load_catalog, profile_names
 from datarax_bench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +235,8 @@ def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
 
-    expected = len(load_profile(profile, catalog).cells(catalog)) * len(all_adapters())
+    loaded = load_profile(profile, catalog)
+    expected = len(loaded.cells(catalog)) * len(all_adapters()) * len(loaded.styles)
     assert planned(proc, "measure") == expected
     assert not (workdir / "results").exists()
     dag = snakemake(workdir, "--rulegraph", config=[f"profile={profile}"])
@@ -259,7 +260,9 @@ def test_lint_and_format(tmp_path):
 #: the Snakefile (it imports smart_open, whose GCS transport imports google-cloud-storage);
 #: config/README.md documents this filter for it.
 QUIET_GOOGLE = "ignore::FutureWarning:google.api_core._python_version_support"
-ALLOWED = "profile, profiles, infra, scenarios, adapters, run, results_dir, wandb, keep_cluster"
+ALLOWED = (
+    "profile, profiles, infra, scenarios, adapters, styles, run, results_dir, wandb, keep_cluster"
+)
 
 
 @pytest.mark.parametrize(
@@ -343,6 +346,7 @@ def test_schema_enums_match_profiles_catalog_and_registry():
     assert sorted(props["profiles"]["items"]["enum"]) == profile_names()
     assert props["scenarios"]["items"]["enum"] == list(load_catalog().scenarios)
     assert sorted(props["adapters"]["items"]["enum"]) == sorted(a.id for a in all_adapters())
+    assert tuple(props["styles"]["items"]["enum"]) == STYLES
     for key, spec in props.items():
         assert "description" in spec and "default" in spec, key
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -355,7 +359,11 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path)
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
 
-    cells = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("gpu_a100", "tpu_v5e"))
+    def cells_of(name: str) -> int:
+        profile = load_profile(name, catalog)
+        return len(profile.cells(catalog)) * len(profile.styles)
+
+    cells = cells_of("gpu_a100") + cells_of("tpu_v5e")
     assert planned(proc, "teardown") == 2 and planned(proc, "aggregate") == 2
     assert planned(proc, "measure_remote") == cells * len(all_adapters())
     for profile in ("gpu_a100", "tpu_v5e"):
@@ -368,5 +376,44 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path)
     edges = re.findall(r"^\s*(\d+) -> (\d+)", dag, re.MULTILINE)
     assert not [e for e in edges if e[1] in cell_nodes]
     local = snakemake(workdir, "-n", config=["profiles=[smoke,ci_cpu]", "adapters=[numpy]"])
-    expected = sum(len(load_profile(p, catalog).cells(catalog)) for p in ("smoke", "ci_cpu"))
+    expected = cells_of("smoke") + cells_of("ci_cpu")
     assert planned(local, "measure") == expected and planned(local, "aggregate") == 2
+
+
+def test_both_styles_end_to_end_with_the_sweep_cached_for_reruns(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
+    workdir = copy_workflow(tmp_path / "checkout")
+    config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy,tfdata]"]
+    config += ["styles=[plain,tuned]", "wandb={mode: offline}"]
+    proc = snakemake(workdir, "--cores", "2", config=config)
+    assert executed(proc, "measure") == 4
+    cells = raw_cells(workdir)
+    assert set(cells) == {
+        f"TAB-1/small/{a}{s}" for a in ("numpy", "tfdata") for s in ("", ".tuned")
+    }
+    tuned = load_result(cells["TAB-1/small/tfdata.tuned"])
+    assert tuned["cell"]["style"] == "tuned" and tuned["tuning"]["cached"] is False
+    assert tuned["pipeline"]["per_batch"], "TAB-1's trailing value-wise steps run per batch"
+
+    table = pd.read_csv(workdir / RUN_DIR / "results.csv").set_index(["adapter", "style"])
+    assert set(table["status"]) == {"ok"}
+    for adapter in ("numpy", "tfdata"):
+        row = table.loc[(adapter, "tuned")]
+        assert row["same_bytes_as_plain"] == True  # noqa: E712 - a numpy bool from the CSV
+        expected = (
+            row["elements_per_s_median"] / table.loc[(adapter, "plain")]["elements_per_s_median"]
+        )
+        assert row["tuned_to_plain"] == pytest.approx(expected, rel=1e-3)
+        assert pd.isna(table.loc[(adapter, "plain")]["tuned_to_plain"])
+    assert "tf_map_parallel_calls=" in table.loc[("tfdata", "tuned")]["tuned_parallelism"]
+    summary = (workdir / RUN_DIR / "summary.md").read_text()
+    assert "Tuned parallelism" in summary and "| tuned |" in summary
+    assert "first batch differs from the plain style" not in summary
+
+    # Re-measuring the tuned cell takes the cached choice: no second sweep.
+    snakemake(
+        workdir, "--cores", "2", "-R", f"{RUN_DIR}/raw/TAB-1/small/tfdata.tuned.json", config=config
+    )
+    again = load_result(cells["TAB-1/small/tfdata.tuned"])
+    assert again["tuning"]["cached"] is True and again["tuning"]["cost_s"] == 0
+    assert again["tuning"]["chosen"] == tuned["tuning"]["chosen"]

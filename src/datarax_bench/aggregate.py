@@ -12,11 +12,18 @@ from typing import Any
 
 import pandas as pd
 
-from .catalog import load_profile
+from .catalog import STYLES, load_profile
 from .cloud import billing_markdown
 from .feed import shortest_fed_label, utilisation_columns
 from .machine_load import BUSY_SHARE
-from .results import all_or_nothing, load_result, result_row, write_run_index, write_text_atomic
+from .results import (
+    all_or_nothing,
+    cell_style,
+    load_result,
+    result_row,
+    write_run_index,
+    write_text_atomic,
+)
 from .stats import UNSTABLE_CV, is_unstable
 
 
@@ -33,6 +40,7 @@ def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     identity.update(
         {k: result["cell"][k] for k in ("scenario", "variant", "adapter", "adapter_name")}
     )
+    identity["style"] = cell_style(result)
     rows = []
     for rep in result["repetitions"]:
         row = {**identity, "repetition": rep["index"]}
@@ -48,17 +56,19 @@ def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def results_table(results: list[dict[str, Any]], infra: str, paths: list[str]) -> pd.DataFrame:
-    """One row per cell in input order, with rank and ratio to the best adapter of each variant."""
+    """One row per cell in input order, with rank and ratio to the best adapter of each variant
+    and style, and each tuned cell beside its adapter's plain one."""
     table = pd.DataFrame([cell_row(r, infra, p) for r, p in zip(results, paths, strict=True)])
     if table.empty:
         return table
     median = table["elements_per_s_median"].astype(float)
     ok = table["status"] == "ok"
-    group = [table["scenario"], table["variant"]]
+    group = [table["scenario"], table["variant"], table["style"]]
     best = median.where(ok).groupby(group).transform("max")
     table["ratio_to_best"] = (median / best).where(ok)
     table["rank"] = median.where(ok).groupby(group).rank(ascending=False, method="min")
     table["rank"] = table["rank"].astype("Int64")
+    table = table.join(_beside_plain(table))
     # The flag the harness wrote; results from before it existed get the same rule applied here.
     cv = table["elements_per_s_cv"].astype(float)
     computed = cv.map(lambda v: bool(v == v and is_unstable(v)))
@@ -68,14 +78,38 @@ def results_table(results: list[dict[str, Any]], infra: str, paths: list[str]) -
     return table
 
 
+def _beside_plain(table: pd.DataFrame) -> pd.DataFrame:
+    """Per row: `tuned_to_plain`, its median over the plain cell's of the same adapter and
+    variant, and `same_bytes_as_plain`, whether their first batches have the same digest (the
+    tuned style must deliver the plain bytes); empty for plain rows and where one is missing."""
+    key = ["scenario", "variant", "adapter"]
+    ok = table[table["status"] == "ok"]
+    plain = ok[ok["style"] == "plain"].set_index(key)
+    out = pd.DataFrame(index=table.index, columns=["tuned_to_plain", "same_bytes_as_plain"])
+    out = out.astype({"tuned_to_plain": float, "same_bytes_as_plain": object})
+    for i, r in ok[ok["style"] != "plain"].iterrows():
+        k = (r["scenario"], r["variant"], r["adapter"])
+        if k not in plain.index:
+            continue
+        base = plain.loc[k]
+        out.at[i, "tuned_to_plain"] = r["elements_per_s_median"] / base["elements_per_s_median"]
+        if r["first_batch_sha256"] and base["first_batch_sha256"]:
+            out.at[i, "same_bytes_as_plain"] = r["first_batch_sha256"] == base["first_batch_sha256"]
+    return out
+
+
 def repetitions_table(results: list[dict[str, Any]]) -> pd.DataFrame:
-    columns = ["profile", "scenario", "variant", "adapter", "adapter_name", "repetition"]
+    columns = ["profile", "scenario", "variant", "adapter", "adapter_name", "style", "repetition"]
     rows = [row for r in results for row in repetition_rows(r)]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.3g}"
+
+
+def _ratio(value: Any) -> str:
+    return "" if value is None or value != value else f"{value:.2f}×"
 
 
 def _optional(value: Any) -> str:
@@ -92,6 +126,12 @@ def _busy(r) -> str:
 
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _adapter(name: str, adapter: str, style: str) -> str:
+    """An adapter as users name it, with its id, and its style unless plain."""
+    label = f"{_md(name)} (`{adapter}`)"
+    return label if style == "plain" else f"{label}, {style}"
 
 
 def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
@@ -117,26 +157,31 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
         lines += [f"## {scenario}: {rows['scenario_name'].iloc[0]}", ""]
         order = {v: i for i, v in enumerate(rows["variant"].drop_duplicates())}
         ok = rows[rows["status"] == "ok"]
-        ok = ok.assign(_order=ok["variant"].map(order)).sort_values(
-            ["_order", "rank"], kind="stable"
+        styles = {style: i for i, style in enumerate(STYLES)}
+        ok = ok.assign(_order=ok["variant"].map(order), _style=ok["style"].map(styles)).sort_values(
+            ["_order", "_style", "rank"], kind="stable"
         )
         if len(ok) and ok["measure"].iloc[0] != "throughput":
             lines += _special_table(ok)
         elif len(ok):
             lines += [
-                "| Variant | Rank | Adapter | Median elements/s | 95% CI | Ratio to best | CV "
-                "| CPU s per 1k elements | Note |",
-                "|---|---:|---|---:|---|---:|---:|---:|---|",
+                "| Variant | Style | Rank | Adapter | Median elements/s | 95% CI | Ratio to best "
+                "| Tuned/plain | Tuned parallelism | CV | CPU s per 1k elements | Note |",
+                "|---|---|---:|---|---:|---|---:|---:|---|---:|---:|---|",
             ]
             for r in ok.itertuples():
                 note = " ".join(filter(None, ["**unstable**" if r.unstable else "", _busy(r)]))
                 if r.first_batch_consistent is False:
                     note = (note + " first batch differs between repetitions").strip()
+                if r.same_bytes_as_plain is False:
+                    note = (note + " **first batch differs from the plain style's**").strip()
                 lines.append(
-                    f"| {r.variant} | {r.rank} | {_md(r.adapter_name)} (`{r.adapter}`) "
+                    f"| {r.variant} | {r.style} | {r.rank} | {_md(r.adapter_name)} (`{r.adapter}`) "
                     f"| {_number(r.elements_per_s_median)} "
                     f"| {_number(r.elements_per_s_ci95_low)}–{_number(r.elements_per_s_ci95_high)} "
-                    f"| {r.ratio_to_best:.2f} | {r.elements_per_s_cv:.1%} "
+                    f"| {r.ratio_to_best:.2f} | {_ratio(r.tuned_to_plain)} "
+                    f"| {_md(getattr(r, 'tuned_parallelism', None) or '—')} "
+                    f"| {r.elements_per_s_cv:.1%} "
                     f"| {_optional(getattr(r, 'cpu_s_per_1k_elements_median', None))} | {note} |"
                 )
             lines.append("")
@@ -146,7 +191,7 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
             lines += ["| Variant | Adapter | Status | Reason |", "|---|---|---|---|"]
             for r in missing.itertuples():
                 lines.append(
-                    f"| {r.variant} | {_md(r.adapter_name)} (`{r.adapter}`) | {r.status} "
+                    f"| {r.variant} | {_adapter(r.adapter_name, r.adapter, r.style)} | {r.status} "
                     f"| {_md(r.reason)} |"
                 )
             lines.append("")
@@ -176,7 +221,7 @@ def _feed_table(ok: pd.DataFrame) -> list[str]:
     for r in fed.to_dict("records"):
         cells = [
             r["variant"],
-            f"{_md(r['adapter_name'])} (`{r['adapter']}`)",
+            _adapter(r["adapter_name"], r["adapter"], r["style"]),
             *("" if pd.isna(r[c]) else f"{r[c]:.1%}" for _, c in columns),
             shortest_fed_label(r["feed_shortest_fed_step_ms"], steps),
         ]
@@ -262,7 +307,7 @@ def _special_table(ok: pd.DataFrame) -> list[str]:
         note = f" {note}" if note else ""
         cells = [
             r.variant,
-            f"{_md(r.adapter_name)} (`{r.adapter}`)",
+            _adapter(r.adapter_name, r.adapter, r.style),
             *(_metric(k, getattr(r, k)) for k in keys),
             _number(r.elements_per_s_median),
             f"{r.elements_per_s_cv:.1%}{note}",

@@ -300,6 +300,12 @@ def load_catalog(path: Path | None = None) -> Catalog:
     return _load_catalog(Path(path or paths.catalog_path()).resolve())
 
 
+#: Pipeline styles. `plain`: every transform per element, the pipeline a user writes first.
+#: `tuned`: the pipeline the framework's own performance guide recommends, delivering the same
+#: bytes as the plain one (value-wise steps after batching, where the framework can).
+STYLES = ("plain", "tuned")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -316,6 +322,10 @@ class Profile:
     retries: int = 1
     #: The feed measurement of the throughput cells (`feed.FeedSettings`), or None.
     feed: dict[str, Any] | None = None
+    #: Pipeline styles measured per cell (`adapters.base.STYLES`); which cells, not how.
+    styles: tuple[str, ...] = STYLES
+    #: How the tuned style's parallelism sweep measures each point (`tuning.TuningSettings`).
+    tuning: dict[str, Any] | None = None
 
     def variants_for(self, scenario: Scenario) -> list[str]:
         return list(self.variants.get(scenario.id, scenario.default_variants))
@@ -335,6 +345,8 @@ class Profile:
         }
         if self.feed is not None:  # absent, not null: a profile without it re-runs nothing
             settings["feed"] = self.feed
+        if self.tuning is not None:
+            settings["tuning"] = self.tuning
         return settings
 
 
@@ -394,4 +406,6 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         cloud=doc["cloud"],
         retries=doc.get("retries", 1),
         feed=doc.get("feed"),
+        styles=tuple(doc.get("styles", STYLES)),
+        tuning=doc.get("tuning"),
     )

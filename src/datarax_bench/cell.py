@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import provenance
+from . import provenance, reference
 from .adapters import get_adapter
 from .adapters.base import Adapter
 from .catalog import Catalog, Profile, Workload
@@ -20,15 +20,25 @@ class Cell:
     adapter: Adapter
 
     @property
+    def style(self) -> str:
+        return self.adapter.style
+
+    @property
     def label(self) -> str:
-        return f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
+        label = f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
+        return label if self.style == "plain" else f"{label} ({self.style})"
 
 
 def resolve_cell(
-    profile: Profile, catalog: Catalog, scenario: str, variant: str, adapter: str
+    profile: Profile,
+    catalog: Catalog,
+    scenario: str,
+    variant: str,
+    adapter: str,
+    style: str = "plain",
 ) -> Cell:
     workload = catalog.get(scenario).resolve(variant, profile.size)
-    return Cell(profile, workload, get_adapter(adapter))
+    return Cell(profile, workload, get_adapter(adapter).styled(style))
 
 
 class CellClock:
@@ -55,7 +65,17 @@ def cell_identity(profile: Profile, workload: Workload, adapter: Adapter) -> dic
         "size": workload.size,
         "adapter": adapter.id,
         "adapter_name": adapter.display_name,
+        "style": adapter.style,
         "measure": workload.measure,
+    }
+
+
+def pipeline_steps(adapter: Adapter, workload: Workload) -> dict[str, list[str]]:
+    """Which of the workload's steps the adapter's style applies per element and per batch."""
+    per_element, per_batch = reference.split_for_batches(workload.transforms, adapter.batched_ops())
+    return {
+        "per_element": [s["op"] for s in per_element],
+        "per_batch": [s["op"] for s in per_batch],
     }
 
 
@@ -73,6 +93,7 @@ def make_result(
         "status": status,
         "reason": reason,
         "cell": cell_identity(profile, workload, adapter),
+        "pipeline": pipeline_steps(adapter, workload),
         "workload": workload.to_dict(),
         "settings": profile.settings(),
         **body,

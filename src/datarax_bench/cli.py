@@ -201,7 +201,8 @@ def cmd_run(args) -> int:
             raise UserError(
                 "run: --variant selects one cell; use it with --output, not --output-dir"
             )
-        summary = run_matrix(profile, Path(args.output_dir), scenarios, adapters, catalog)
+        styles = [args.style] if args.style else None
+        summary = run_matrix(profile, Path(args.output_dir), scenarios, adapters, catalog, styles)
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
         return 0
@@ -220,7 +221,7 @@ def cmd_run(args) -> int:
                 f"{', '.join(options)}; pass --variant"
             )
         variant = options[0]
-    cell = resolve_cell(profile, catalog, scenario.id, variant, adapters[0])
+    cell = resolve_cell(profile, catalog, scenario.id, variant, adapters[0], args.style or "plain")
     result = run_cell(cell, Path(args.output))
     print(f"{cell.label}: {describe(result)} -> {args.output}")
     return 0
@@ -367,6 +368,8 @@ def cmd_task_file(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .catalog import STYLES
+
     parser = _Parser(prog="datarax-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -380,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", "--scenarios", dest="scenarios", nargs="+", action="extend")
     p.add_argument("--variant")
     p.add_argument("--adapter", "--adapters", dest="adapters", nargs="+", action="extend")
+    p.add_argument(
+        "--style",
+        choices=STYLES,
+        help="pipeline style: plain (every transform per element) or tuned (the framework's "
+        "performance guide); default: the profile's styles for --output-dir, plain for --output",
+    )
     p.add_argument("--output", help="result JSON of one cell")
     p.add_argument("--output-dir", help="directory for a whole matrix")
     p.set_defaults(func=cmd_run)

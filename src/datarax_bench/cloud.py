@@ -43,7 +43,7 @@ import yaml
 from . import paths
 from .errors import UserError
 from .files import atomic_file, write_text_atomic
-from .results import load_result, utc_now, write_json_atomic
+from .results import cell_path, load_result, utc_now, write_json_atomic
 
 #: Where the remote machine keeps results, relative to its home (`~` expands there).
 REMOTE_RESULTS = "~/datarax-bench-results"
@@ -297,17 +297,21 @@ def exec_argv(
     return argv + ["--", command]
 
 
-def remote_cell_path(profile: str, scenario: str, variant: str, adapter: str) -> str:
-    return f"{REMOTE_RESULTS}/{profile}/raw/{scenario}/{variant}/{adapter}.json"
+def remote_cell_path(
+    profile: str, scenario: str, variant: str, adapter: str, style: str = "plain"
+) -> str:
+    return str(cell_path(f"{REMOTE_RESULTS}/{profile}", scenario, variant, adapter, style))
 
 
-def remote_cell_command(profile: str, scenario: str, variant: str, adapter: str) -> str:
+def remote_cell_command(
+    profile: str, scenario: str, variant: str, adapter: str, style: str = "plain"
+) -> str:
     q = shlex.quote
     return (
         f"set -euo pipefail; source {REMOTE_ENV_FILE}; "
         f"datarax-bench run --profile {q(profile)} --scenario {q(scenario)} "
-        f"--variant {q(variant)} --adapter {q(adapter)} "
-        f"--output {remote_cell_path(profile, scenario, variant, adapter)}"
+        f"--variant {q(variant)} --adapter {q(adapter)} --style {q(style)} "
+        f"--output {remote_cell_path(profile, scenario, variant, adapter, style)}"
     )
 
 
@@ -670,13 +674,21 @@ def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def pull_cell(
-    cluster: str, profile: str, scenario: str, variant: str, adapter: str, output: Path, log: Path
+    cluster: str,
+    profile: str,
+    scenario: str,
+    variant: str,
+    adapter: str,
+    output: Path,
+    log: Path,
+    style: str = "plain",
 ) -> dict[str, Any]:
     """Bring one cell's result back; it becomes the target only if it is a valid result."""
-    label = f"{scenario}/{variant}/{adapter}"
+    label = _cell_label(scenario, variant, adapter, style)
+    remote = remote_cell_path(profile, scenario, variant, adapter, style)
     with atomic_file(Path(output), suffix=".pull") as tmp:
         try:
-            fetch(cluster, remote_cell_path(profile, scenario, variant, adapter), tmp, log=log)
+            fetch(cluster, remote, tmp, log=log)
         except RuntimeError as exc:
             raise RuntimeError(
                 f"cell {label}: result not retrieved from {cluster}: {exc}"
@@ -688,7 +700,8 @@ def pull_cell(
                 f"cell {label}: the result pulled from {cluster} is invalid: {exc}"
             ) from None
         cell = result["cell"]
-        if (cell["scenario"], cell["variant"], cell["adapter"]) != (scenario, variant, adapter):
+        got = (cell["scenario"], cell["variant"], cell["adapter"], cell.get("style", "plain"))
+        if got != (scenario, variant, adapter, style):
             raise RuntimeError(f"cell {label}: the pulled file describes another cell {cell}")
     return result
 
@@ -738,8 +751,18 @@ def _cluster_for_this_invocation(spec: ClusterSpec) -> dict[str, Any]:
     return record
 
 
+def _cell_label(scenario: str, variant: str, adapter: str, style: str) -> str:
+    label = f"{scenario}/{variant}/{adapter}"
+    return label if style == "plain" else f"{label} ({style})"
+
+
 def measure_remote_cell(
-    spec: ClusterSpec, scenario: str, variant: str, adapter: str, output: Path
+    spec: ClusterSpec,
+    scenario: str,
+    variant: str,
+    adapter: str,
+    output: Path,
+    style: str = "plain",
 ) -> dict[str, Any]:
     """Run one cell on the cluster, pull its result and validate it: one job, one outcome.
 
@@ -748,7 +771,7 @@ def measure_remote_cell(
     fails the cell at once, unmeasured. The cluster lock is held throughout: cells on one
     cluster never overlap.
     """
-    label = f"{scenario}/{variant}/{adapter}"
+    label = _cell_label(scenario, variant, adapter, style)
     profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger
@@ -768,7 +791,7 @@ def measure_remote_cell(
             record["autodown_minutes"] = minutes
             write_json_atomic(cluster_record_path(work_dir), record)
         task = load_task(Path(record.get("task") or work_dir / "task.yaml"))
-        command = remote_cell_command(profile.name, scenario, variant, adapter)
+        command = remote_cell_command(profile.name, scenario, variant, adapter, style)
         argv = exec_argv(
             cluster,
             profile.cloud["accelerator"],
@@ -801,7 +824,7 @@ def measure_remote_cell(
                 f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} "
                 f"(see {log}): {tail}"
             )
-        result = pull_cell(cluster, profile.name, scenario, variant, adapter, output, log)
+        result = pull_cell(cluster, profile.name, scenario, variant, adapter, output, log, style)
         ledger.add(
             "pulled",
             cluster,

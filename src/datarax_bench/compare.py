@@ -1,6 +1,6 @@
 """Comparing two results directories: which cells got faster, slower, or broke.
 
-Cells are matched by (scenario, variant, adapter, style where a result has one). For every
+Cells are matched by (scenario, variant, adapter, style; results without one are plain). For every
 matched pair and metric: the ratio of the medians (as a speed, new over base: above 1 is
 faster, for times too), a bootstrap 95% interval of that ratio resampling both runs'
 repetitions, and a two-sided Mann-Whitney U test over the repetitions. A change is called only
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .results import load_result, write_text_atomic
+from .results import cell_style, load_result, write_text_atomic
 from .schemas import read_json
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
@@ -130,7 +130,7 @@ class Run:
 
 def cell_key(result: dict[str, Any]) -> Key:
     c = result["cell"]
-    return c["scenario"], c["variant"], c["adapter"], c.get("style")
+    return c["scenario"], c["variant"], c["adapter"], cell_style(result)
 
 
 def load_run(path: str | Path) -> Run:
@@ -547,7 +547,7 @@ def row_record(row: Row) -> dict[str, Any]:
         "scenario": scenario,
         "variant": variant,
         "adapter": adapter,
-        "style": style or "",
+        "style": style,
     }
     record.update({k: getattr(row, k) for k in CSV_COLUMNS if k not in record})
     return {k: "" if v is None else v for k, v in record.items()}
@@ -572,7 +572,7 @@ def _value(value: Any) -> str:
 
 def cell_label(row: Row) -> str:
     scenario, variant, _, style = row.key
-    return f"{scenario}/{variant}" + (f" ({style})" if style else "")
+    return f"{scenario}/{variant}" + (f" ({style})" if style != "plain" else "")
 
 
 def _ratio(row: Row) -> str:

@@ -160,6 +160,8 @@ class MeasureBody:
     cold_starts: list[dict[str, Any]] | None = None
     #: The throughput measure's feed section (feed.measure_feed), where the profile asks for it.
     feed: dict[str, Any] | None = None
+    #: The tuned style's parallelism sweep (tuning.tune), kept out of the repetitions.
+    tuning: dict[str, Any] | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -180,6 +182,8 @@ class MeasureBody:
             body["special"] = self.special
         if self.feed is not None:
             body["feed"] = self.feed
+        if self.tuning is not None:
+            body["tuning"] = self.tuning
         return body
 
 
@@ -230,17 +234,27 @@ def untimed(batches: Iterator[Batch], deliver, count: int) -> None:
         deliver(next(batches))
 
 
-def timed_window(ctx: CellContext, batches: Iterator[Batch], deliver, first_bytes: int) -> Window:
-    """One timed window over `batches`: at least min_batches and min_seconds."""
+def timed_window(
+    ctx: CellContext,
+    batches: Iterator[Batch],
+    deliver,
+    first_bytes: int,
+    min_batches: int | None = None,
+    min_seconds: float | None = None,
+    machine_load: bool = True,
+) -> Window:
+    """One timed window over `batches`: at least min_batches and min_seconds (the profile's
+    measurement unless given)."""
     m = ctx.profile.measurement
     clock = time.perf_counter
-    min_batches, min_seconds = m["min_batches"], m["min_seconds"]
+    min_batches = m["min_batches"] if min_batches is None else min_batches
+    min_seconds = m["min_seconds"] if min_seconds is None else min_seconds
     # Batches have one shape unless a batch-level op (dynamic padding) sizes each one; only
     # then is every batch's size added up inside the window.
     variable = any(op in BATCH_OPS for op in ctx.workload.ops())
     latencies: list[float] = []
     total_bytes = 0
-    load = WindowLoad().start()
+    load = WindowLoad().start() if machine_load else None
     with RssSampler() as rss:
         window_start = now = clock()
         while len(latencies) < min_batches or now - window_start < min_seconds:
@@ -257,7 +271,7 @@ def timed_window(ctx: CellContext, batches: Iterator[Batch], deliver, first_byte
             if now >= rss.next_sample:
                 rss.sample(now)
     window_s = now - window_start
-    machine = load.stop()
+    machine = load.stop() if load is not None else None
     if not variable:
         total_bytes = first_bytes * len(latencies)
     return Window(latencies, total_bytes, window_s, rss.peak, machine)

@@ -771,9 +771,23 @@ def _load_catalog(catalog):
     return load_catalog()
 
 
+def with_style_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """Adapter names that say the style where it is not plain ("tf.data (tuned)"), so that each
+    style of an adapter is its own series; tables from before styles existed are plain."""
+    if frame.empty or "style" not in frame:
+        return frame
+    tuned = frame["style"].fillna("plain") != "plain"
+    names = frame["adapter_name"].where(~tuned, frame["adapter_name"] + " (" + frame["style"] + ")")
+    return frame.assign(adapter_name=names)
+
+
+def read_table(path: str | Path, catalog) -> pd.DataFrame:
+    """results.csv or repetitions.csv, styled names, in catalog order."""
+    return in_catalog_order(with_style_names(pd.read_csv(path)), catalog)
+
+
 def _read(table_path: str | Path, repetitions_path: str | Path, catalog):
-    table = in_catalog_order(pd.read_csv(table_path), catalog)
-    return table, in_catalog_order(pd.read_csv(repetitions_path), catalog)
+    return read_table(table_path, catalog), read_table(repetitions_path, catalog)
 
 
 def scenario_figures(
@@ -816,7 +830,7 @@ def plot_scenario(
 
 def plot_feed(table_path: str | Path, scenario: str, feed: str | Path, catalog=None) -> None:
     """plots/{scenario}/feed.png: the utilisation curves of the scenario's cells."""
-    table = in_catalog_order(pd.read_csv(table_path), _load_catalog(catalog))
+    table = read_table(table_path, _load_catalog(catalog))
     cells = table[table["scenario"] == scenario]
     name = cells["scenario_name"].iloc[0] if len(cells) else "no cells"
     facts = run_facts(table, Path(table_path).parent)
@@ -826,5 +840,5 @@ def plot_feed(table_path: str | Path, scenario: str, feed: str | Path, catalog=N
 
 def plot_overview(table_path: str | Path, overview: str | Path, catalog=None) -> None:
     """plots/overview.png: who wins where, for the whole run."""
-    table = in_catalog_order(pd.read_csv(table_path), _load_catalog(catalog))
+    table = read_table(table_path, _load_catalog(catalog))
     _save(overview_figure(table, run_facts(table, Path(table_path).parent)), overview)

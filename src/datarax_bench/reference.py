@@ -218,6 +218,14 @@ FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], np.random.Generato
 ELEMENT_OPS = frozenset(FIELD_OPS) | STRUCTURE_OPS
 ALL_OPS = ELEMENT_OPS | BATCH_OPS
 
+# Element ops whose every output value depends only on the same input value (and the step's
+# parameters): applied to a stacked batch they compute what they compute per element. They draw
+# nothing, so taking them out of the per-element walk leaves every other step's draws unchanged.
+VALUEWISE_OPS = frozenset(
+    {"normalize", "standardize", "log1p", "hash_bucket", "multiply", "add", "clip", "cast"}
+    | {"embedding_lookup"}
+)
+
 
 # --- each op's parameters: what the catalog must give (checked when it is loaded) -----------
 
@@ -382,6 +390,36 @@ def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, r
         element[name] = ops.fields[op](element[name], step, key)
 
 
+def split_for_batches(
+    transforms: Iterable[Mapping[str, Any]], batch_ops: frozenset[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per element, per batch): the tuned styles' split of a workload's element steps.
+
+    The per-batch part is the longest run of steps at the end whose ops are in `batch_ops` (the
+    value-wise ops a framework applies to a whole batch with the bytes it computes per element);
+    everything before it stays per element, in order. Workloads with batch-level ops (dynamic
+    padding of ragged fields) keep every element step per element.
+    """
+    steps = [dict(s) for s in transforms]
+    if any(s["op"] in BATCH_OPS for s in steps):
+        return steps, []
+    cut = len(steps)
+    while cut and steps[cut - 1]["op"] in batch_ops & VALUEWISE_OPS:
+        cut -= 1
+    return steps[:cut], steps[cut:]
+
+
+def apply_batch_step(step: Mapping[str, Any], batch: dict[str, Any], ops: LeafOps) -> None:
+    """One value-wise step on a whole batch (a dict, changed in place) with `ops`' leaf ops."""
+    op, name = step["op"], step["field"]
+    if op not in VALUEWISE_OPS:
+        raise ValueError(f"{op!r} is not a value-wise op; it cannot be applied to a batch")
+    if op == "embedding_lookup":
+        batch[step["output"]] = ops.embedding_lookup(step, batch.pop(name))
+    else:
+        batch[name] = ops.fields[op](batch[name], step, None)
+
+
 def flat_steps(transforms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The steps with every chain expanded into its sub-steps, in order."""
     out = []
@@ -453,3 +491,14 @@ def reference_batch(
         for i in range(start, start + batch_size)
     ]
     return collate(transforms, elements)
+
+
+def batched_reference_batch(
+    dataset, transforms, seed: int, epoch: int, batch_index: int, batch_size: int
+) -> Element:
+    """`reference_batch`, with the trailing value-wise steps applied once to the stacked batch."""
+    per_element, per_batch = split_for_batches(transforms, VALUEWISE_OPS)
+    batch = reference_batch(dataset, per_element, seed, epoch, batch_index, batch_size)
+    for step in per_batch:
+        apply_batch_step(step, batch, REFERENCE_OPS)
+    return batch

@@ -53,9 +53,21 @@ def load_result(path: Path) -> dict[str, Any]:
     return document
 
 
-def cell_path(root: Path, scenario: str, variant: str, adapter: str) -> Path:
-    """The layout shared by the CLI's --output-dir and the workflow: raw/S/V/A.json."""
-    return Path(root) / "raw" / scenario / variant / f"{adapter}.json"
+def cell_path(root: Path, scenario: str, variant: str, adapter: str, style: str = "plain") -> Path:
+    """The layout shared by the CLI's --output-dir and the workflow: raw/S/V/A.json for the
+    plain style, raw/S/V/A.STYLE.json for another."""
+    name = adapter if style == "plain" else f"{adapter}.{style}"
+    return Path(root) / "raw" / scenario / variant / f"{name}.json"
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """Parallelism settings as one short string: `workers=2 prefetch=8`."""
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def cell_style(result: dict[str, Any]) -> str:
+    """The result's pipeline style; results from before styles existed are plain."""
+    return result["cell"].get("style", "plain")
 
 
 # --- one result as one row ----------------------------------------------------------------
@@ -81,6 +93,7 @@ NUMERIC_KEYS = (
     *(k for k in STAT_KEYS if k not in ("first_batch_sha256", "first_batch_consistent")),
     "repetitions",
     "feed_shortest_fed_step_ms",
+    "tuning_cost_s",
 )
 
 
@@ -89,6 +102,7 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
     measurements' scalar metrics (`special_*`), attempts, timing, commit, path."""
     row: dict[str, Any] = {"profile": result["cell"]["profile"]}
     row.update({k: result["cell"][k] for k in CELL_KEYS})
+    row["style"] = cell_style(result)
     row["status"] = result["status"]
     row["reason"] = result["reason"]
     stats = result.get("statistics") if result["status"] == "ok" else None
@@ -109,6 +123,11 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
             value = ", ".join(map(str, value))
         if value is None or isinstance(value, bool | int | float | str):
             row[f"special_{key}"] = value
+    # The tuned style's parallelism: what the sweep chose, what sweeping cost (0 when cached).
+    tuning = result.get("tuning") if result["status"] == "ok" else None
+    row["tuned_parallelism"] = describe_settings(tuning["chosen"]) or None if tuning else None
+    row["tuning_cost_s"] = tuning["cost_s"] if tuning else None
+    row["tuning_cached"] = tuning["cached"] if tuning else None
     # Whether the loader kept an emulated accelerator fed: AU per step time, the shortest fed.
     row.update(feed_columns(result.get("feed") if result["status"] == "ok" else None))
     # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
@@ -123,7 +142,7 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
 # --- the run index ------------------------------------------------------------------------
 
 #: The columns of summary.json's rows.
-SUMMARY_KEYS = ("scenario", "variant", "adapter", "measure", "status", "reason", "path")
+SUMMARY_KEYS = ("scenario", "variant", "adapter", "style", "measure", "status", "reason", "path")
 
 
 def summary_row(result: dict[str, Any], path: str) -> dict[str, Any]:
@@ -145,7 +164,7 @@ def write_run_index(
     entries = []
     for r in results:
         c = r["cell"]
-        path = cell_path(output_dir, c["scenario"], c["variant"], c["adapter"])
+        path = cell_path(output_dir, c["scenario"], c["variant"], c["adapter"], cell_style(r))
         rel = str(path.relative_to(output_dir))
         entries.append((r, rel, hashlib.sha256(path.read_bytes()).hexdigest()))
     commit = results[0]["provenance"]["git_commit"] if results else None
@@ -159,6 +178,7 @@ def write_run_index(
         "cells": [
             {
                 **{k: r["cell"][k] for k in ("scenario", "variant", "adapter")},
+                "style": cell_style(r),
                 "status": r["status"],
                 "path": rel,
                 "sha256": digest,

@@ -83,6 +83,8 @@ def _run_worker(
         cell.workload.variant,
         "--adapter",
         cell.adapter.id,
+        "--style",
+        cell.style,
         "--output",
         str(worker_output),
         "--supervisor-pid",
@@ -228,10 +230,11 @@ def run_matrix(
     scenarios: list[str] | None = None,
     adapters: list[str] | None = None,
     catalog: Catalog | None = None,
+    styles: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Every (scenario, variant, adapter) cell of the profile, one after another.
+    """Every (scenario, variant, adapter, style) cell of the profile, one after another.
 
-    Writes raw/S/V/A.json per cell, then manifest.json (what was run, file hashes) and
+    Writes raw/S/V/A.json per cell (A.STYLE.json for styles other than plain), then manifest.json (what was run, file hashes) and
     summary.json (one row per cell). All names are checked before anything is written.
     """
     from .adapters import all_adapters
@@ -239,12 +242,18 @@ def run_matrix(
     catalog = catalog or load_catalog()
     chosen = [get_adapter(a) for a in adapters] if adapters else all_adapters()
     pairs = profile.cells(catalog, scenarios)
-    cells = [resolve_cell(profile, catalog, s, v, a.id) for s, v in pairs for a in chosen]
+    cells = [
+        resolve_cell(profile, catalog, s, v, a.id, style)
+        for s, v in pairs
+        for a in chosen
+        for style in styles or profile.styles
+    ]
     output_dir = Path(output_dir)
     started = utc_now()
     results = []
     for i, cell in enumerate(cells, 1):
-        path = cell_path(output_dir, cell.workload.scenario, cell.workload.variant, cell.adapter.id)
+        w = cell.workload
+        path = cell_path(output_dir, w.scenario, w.variant, cell.adapter.id, cell.style)
         t0 = time.monotonic()
         _say(f"[{i}/{len(cells)}] {cell.label} ...")
         result = run_cell(cell, path)

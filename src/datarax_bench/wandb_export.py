@@ -34,6 +34,8 @@ from .feed import row_columns as feed_columns
 from .results import (
     CELL_KEYS,
     NUMERIC_KEYS,
+    cell_path,
+    cell_style,
     load_result,
     result_row,
     utc_now,
@@ -86,6 +88,7 @@ COMMON_SETTINGS = {
 #: the feed measurement (utilisation per step time) as one JSON column each.
 TABLE_COLUMNS = (
     *CELL_KEYS,
+    "style",
     "status",
     "reason",
     *NUMERIC_KEYS,
@@ -177,17 +180,19 @@ def load_bundle(results_dir: Path, only_listed: bool = False) -> ResultsBundle:
 
     raw_files = sorted((root / "raw").glob("*/*/*.json"))
     if not raw_files:
-        raise UserError(f"{root / 'raw'}: no result files (raw/SCENARIO/VARIANT/ADAPTER.json)")
+        raise UserError(
+            f"{root / 'raw'}: no result files (raw/SCENARIO/VARIANT/ADAPTER[.STYLE].json)"
+        )
     cells = []
     for path in raw_files:
         rel = path.relative_to(root)
         result = load_result(path)
         c = result["cell"]
-        expected = Path("raw", c["scenario"], c["variant"], f"{c['adapter']}.json")
+        style = cell_style(result)
+        expected = cell_path("", c["scenario"], c["variant"], c["adapter"], style)
         if rel != expected:
-            raise UserError(
-                f"{path}: holds cell {c['scenario']}/{c['variant']}/{c['adapter']}, expected at {expected}"
-            )
+            cell = f"{c['scenario']}/{c['variant']}/{c['adapter']} ({style})"
+            raise UserError(f"{path}: holds cell {cell}, expected at {expected}")
         if c["profile"] != manifest["profile"]:
             raise UserError(
                 f"{path}: profile {c['profile']!r}, but manifest.json says {manifest['profile']!r}"
@@ -240,11 +245,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
-    """`<scenario>/<variant>/<adapter>/<metric>`: no two cells share a key."""
+    """`<scenario>/<variant>/<adapter>[.<style>]/<metric>` (plain cells without the style, as
+    before styles existed): no two cells share a key."""
     out: dict[str, Any] = {}
     for cell in bundle.cells:
         row = table_row(cell)
         key = f"{row['scenario']}/{row['variant']}/{row['adapter']}"
+        if row["style"] != "plain":
+            key += f".{row['style']}"
         out[f"{key}/status"] = row["status"]
         for name in NUMERIC_COLUMNS:
             if row[name] is not None:

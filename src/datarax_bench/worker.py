@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datarax_bench.worker")
     for name in ("profile", "scenario", "variant", "adapter", "output"):
         parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--style", default="plain")
     # Given by the runner: the worker (and its group) must not outlive that process.
     parser.add_argument("--supervisor-pid", type=int)
     parser.add_argument("--lifeline-fd", type=int)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = load_catalog()
     profile = load_profile(args.profile, catalog)
     workload = catalog.get(args.scenario).resolve(args.variant, profile.size)
-    adapter = get_adapter(args.adapter)
+    adapter = get_adapter(args.adapter).styled(args.style)
     if profile.backend == "cpu":
         # Keep JAX from probing for accelerators that a CPU profile does not measure.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")

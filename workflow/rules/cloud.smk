@@ -16,17 +16,18 @@ rule measure_remote:
             category="{scenario}",
             subcategory="{variant}",
             labels={
-                "adapter": "{adapter}",
+                "adapter": "{adapter}{style_suffix}",
                 "variant": "{variant}",
                 "file": "result JSON",
             },
         ),
     log:
-        "logs/{profile}/{infra}/cloud/measure/{scenario}/{variant}/{adapter}.log",
+        "logs/{profile}/{infra}/cloud/measure/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
         cluster=lambda wildcards: cluster_for(wildcards.profile),
         infra=config["infra"],
         work_dir=CLOUD_DIR,
+        style=get_style,
         measured=get_measured_settings,
         workload=get_workload,
     conda:

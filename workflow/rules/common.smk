@@ -11,7 +11,7 @@ os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
 from datarax_bench import cloud
 from datarax_bench.adapters import all_adapters
-from datarax_bench.catalog import load_catalog, load_profile, profile_names
+from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
 from datarax_bench.feed import fed_scenarios
 from datarax_bench.results import cell_path
 from datarax_bench.workflow_config import check_config, one_line_errors
@@ -39,7 +39,9 @@ if "bench_slot" not in workflow.global_resources:
 
 # results/{profile}/{infra} is a results directory like `datarax-bench run --output-dir` writes.
 RUN_DIR = f"{RESULTS}/{{profile}}/{{infra}}"
-CELL = str(cell_path(RUN_DIR, "{scenario}", "{variant}", "{adapter}"))
+# A plain cell is raw/S/V/A.json, another style's raw/S/V/A.STYLE.json: the style suffix is
+# empty or ".STYLE".
+CELL = str(cell_path(RUN_DIR, "{scenario}", "{variant}", "{adapter}{style_suffix}"))
 
 
 def _alternatives(names):
@@ -54,6 +56,8 @@ wildcard_constraints:
     scenario=_alternatives(CATALOG.scenarios),
     variant=_alternatives(v for s in CATALOG.scenarios.values() for v in s.variants),
     adapter=_alternatives(adapter.id for adapter in all_adapters()),
+    style_suffix="|"
+    + _alternatives(f".{style}" for style in STYLES if style != "plain"),
 
 
 @cache
@@ -71,18 +75,24 @@ def scenarios_for(profile_name):
 
 
 def cells(profile_name):
-    """(scenario, variant, adapter) for every cell of a profile under this config."""
+    """(scenario, variant, adapter, style) for every cell of a profile under this config."""
     profile = profile_named(profile_name)
     return [
-        (scenario, variant, adapter)
+        (scenario, variant, adapter, style)
         for scenario, variant in profile.cells(CATALOG, scenarios_for(profile_name))
         for adapter in ADAPTERS
+        for style in config["styles"] or profile.styles
     ]
 
 
 def get_cell_results(wildcards):
     root = run_dir(wildcards.profile, wildcards.infra)
-    return [str(cell_path(root, s, v, a)) for s, v, a in cells(wildcards.profile)]
+    return [str(cell_path(root, *cell)) for cell in cells(wildcards.profile)]
+
+
+def get_style(wildcards):
+    """The cell's pipeline style, from its file name's style suffix."""
+    return wildcards.style_suffix.lstrip(".") or "plain"
 
 
 def get_measured_settings(wildcards):

@@ -23,14 +23,15 @@ rule measure:
             category="{scenario}",
             subcategory="{variant}",
             labels={
-                "adapter": "{adapter}",
+                "adapter": "{adapter}{style_suffix}",
                 "variant": "{variant}",
                 "file": "result JSON",
             },
         ),
     log:
-        "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}.log",
+        "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
+        style=get_style,
         settings=get_measured_settings,
         workload=get_workload,
     resources:
@@ -40,5 +41,6 @@ rule measure:
         "../envs/bench.yaml"
     shell:
         "datarax-bench run --profile {wildcards.profile} --scenario {wildcards.scenario}"
-        " --variant {wildcards.variant} --adapter {wildcards.adapter} --output {output:q}"
+        " --variant {wildcards.variant} --adapter {wildcards.adapter}"
+        " --style {params.style} --output {output:q}"
         " > {log:q} 2>&1"

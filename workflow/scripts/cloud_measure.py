@@ -18,7 +18,8 @@ with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_f
             work_dir=Path(p.work_dir),
             log=Path(snakemake.log[0]),  # noqa: F821
         )
-        cloud.measure_remote_cell(spec, w.scenario, w.variant, w.adapter, snakemake.output[0])  # noqa: F821
+        output = snakemake.output[0]  # noqa: F821
+        cloud.measure_remote_cell(spec, w.scenario, w.variant, w.adapter, output, p.style)
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)  # the reason, in the cell's log too
         raise

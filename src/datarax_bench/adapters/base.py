@@ -7,16 +7,18 @@ with `jax.device_put` onto the profile's device, so the final work is the same f
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..catalog import Profile, Workload
+from ..catalog import STYLES, Profile, Workload
 from ..data import Dataset
+from ..errors import UserError
 from ..formats import SourceFiles
 
 Batch = Mapping[str, Any]
@@ -32,10 +34,12 @@ class CellContext:
     seed: int
     #: IO-1: the files of the workload's source backend (`formats.prepare`); None otherwise.
     source: SourceFiles | None = None
+    #: Settings over the profile's parallelism: a point of the tuned style's sweep, or its choice.
+    parallelism_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def parallelism(self) -> dict[str, int]:
-        return self.profile.parallelism
+    def parallelism(self) -> dict[str, Any]:
+        return {**self.profile.parallelism, **self.parallelism_overrides}
 
 
 class Loader(ABC):
@@ -103,6 +107,37 @@ class Adapter(ABC):
     #: readers; `backend_reasons` says why another one is not, where there is more to say.
     backends: ClassVar[frozenset[str]] = frozenset()
     backend_reasons: ClassVar[dict[str, str]] = {}
+    #: The pipeline styles the adapter builds (`STYLES`); `open` reads `self.style`.
+    styles: ClassVar[frozenset[str]] = frozenset({"plain"})
+    #: Value-wise ops (`reference.VALUEWISE_OPS`) the tuned style applies to whole batches.
+    batch_ops: ClassVar[frozenset[str]] = frozenset()
+    #: The style this instance builds; `styled` makes one for another style.
+    style: str = "plain"
+
+    def styled(self, style: str) -> Adapter:
+        """This adapter building `style` pipelines (a copy; the registry's stays plain)."""
+        if style not in STYLES:
+            raise UserError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
+        if style == self.style:
+            return self
+        other = copy.copy(self)
+        other.style = style
+        return other
+
+    def batched_ops(self) -> frozenset[str]:
+        """The value-wise ops this instance's pipelines apply to whole batches."""
+        return self.batch_ops if self.style == "tuned" else frozenset()
+
+    def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
+        """The tuned style's sweep: settings over the profile's parallelism (keys `open` reads
+        from `ctx.parallelism`) within `cores` usable cores. One point or none: nothing to tune."""
+        return []
+
+    def style_support(self) -> str | None:
+        """Why the adapter cannot build its style, or None."""
+        if self.style in self.styles:
+            return None
+        return f"{self.display_name} has no {self.style} pipeline style"
 
     def ops_support(self, workload: Workload) -> str | None:
         """Why the adapter cannot express one of the workload's transforms or hold its

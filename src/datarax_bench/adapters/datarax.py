@@ -7,6 +7,10 @@ epoch so that epochs differ like the reference's), and `apply` transforms one el
 Datarax vmaps it over the batch and the pipeline compiles source gather + all operators into
 one XLA computation per batch (`for batch in pipeline`, its recommended loop).
 
+Its plain pipeline already is the vectorised one its design recommends (per-element operators
+vmapped over the batch in one compiled computation), so the tuned style builds the same
+pipeline: there is no per-element work left to move after batching.
+
 Randomness follows JAX's PRNG, not NumPy's: random pipelines match the reference's
 distributions and invariants, not its bits. Deterministic pipelines match it exactly.
 
@@ -317,6 +321,7 @@ class Datarax(Adapter):
         "it has no lazy path from these files (IO-2 needs one)",
     }
     ops = DATARAX_OPS
+    styles = frozenset({"plain", "tuned"})
     measures = Adapter.measures | {"checkpoint"}
     backends = frozenset({"memory", "tfds"})
     backend_reasons = {

@@ -13,6 +13,12 @@ documented way to transform data, so batches equal the reference's bit for bit.
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
 
+The tuned style maps the workload's trailing value-wise steps (`reference.split_for_batches`)
+over whole batches, after `batch`, as Grain's documentation does with batch-level work (a map
+over the batched dataset): the same NumPy functions on stacked arrays, so the same bytes. Its
+worker processes, reader threads and prefetch buffer are chosen by measurement (`tuning`), as
+Grain's performance guide advises tuning them to the machine.
+
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
 `ArrayRecordDataSource` or TFDS's `data_source`.
 
@@ -30,9 +36,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .. import formats, reference
-from ..catalog import Workload
 from . import register
 from .base import Adapter, Batch, CellContext, Loader
 
@@ -47,15 +53,28 @@ class ElementTransform:
     travel as their file names, ArrayRecord and TFDS sources as their paths).
     """
 
-    def __init__(self, workload: Workload, seed: int, per_epoch: int):
-        self.workload = workload
+    def __init__(self, transforms: list[dict], seed: int, per_epoch: int):
+        self.transforms = transforms
         self.seed = seed
         self.per_epoch = per_epoch
 
     def __call__(self, position: int, element: reference.Element) -> reference.Element:
         epoch, index = divmod(position, self.per_epoch)
         rng = reference.element_rng(self.seed, epoch, index)
-        return reference.apply_element(self.workload.transforms, element, rng)
+        return reference.apply_element(self.transforms, element, rng)
+
+
+class BatchTransform:
+    """Grain `map` function over batches: value-wise steps on the stacked batch (tuned style)."""
+
+    def __init__(self, steps: list[dict]):
+        self.steps = steps
+
+    def __call__(self, batch: reference.Element) -> reference.Element:
+        out = dict(batch)
+        for step in self.steps:
+            reference.apply_batch_step(step, out, reference.REFERENCE_OPS)
+        return out
 
 
 def _records(ctx: CellContext):
@@ -91,7 +110,7 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 class GrainLoader(Loader):
-    def __init__(self, ctx: CellContext):
+    def __init__(self, ctx: CellContext, batch_ops: frozenset[str] = frozenset()):
         import grain
 
         self._grain = grain
@@ -107,16 +126,19 @@ class GrainLoader(Loader):
             num_workers=workers, per_worker_buffer_size=max(1, prefetch)
         )
         records, self.source_info = _records(ctx)
+        per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
         self._batches = (
             records[:per_epoch]
             .repeat(None)
-            .map_with_index(ElementTransform(w, ctx.seed, per_epoch))
+            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch))
             .batch(
                 self.batch_size,
                 drop_remainder=True,
                 batch_fn=functools.partial(reference.collate, w.transforms),
             )
         )
+        if per_batch:
+            self._batches = self._batches.map(BatchTransform(per_batch))
         self.parallelism = {
             "threads": threads,
             "workers": workers,
@@ -252,6 +274,8 @@ class Grain(Adapter):
     aliases = ("google-grain", "grain-python")
     distributions = ("grain", "numpy")
     ops = reference.ALL_OPS
+    styles = frozenset({"plain", "tuned"})
+    batch_ops = reference.VALUEWISE_OPS
     # Its data source indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming", "checkpoint"})
     backends = frozenset({"memory", "npy_mmap", "array_record", "tfds"})
@@ -262,4 +286,13 @@ class Grain(Adapter):
     }
 
     def open(self, ctx: CellContext) -> Loader:
-        return GrainLoader(ctx)
+        return GrainLoader(ctx, self.batched_ops())
+
+    def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
+        # Worker processes or none, one reader thread or one per core, a short or a long buffer.
+        return [
+            {"workers": w, "threads": t, "prefetch": p}
+            for w in sorted({0, cores})
+            for t in sorted({1, cores})
+            for p in (2, 8)
+        ]

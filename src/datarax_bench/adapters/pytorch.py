@@ -9,6 +9,13 @@ parameters are drawn per element from `reference.element_rng(seed, epoch, index)
 reference's own sampling functions, in op order, so batches equal the reference's up to float
 rounding; the pixel, token and table work itself is done by torch. Gaussian noise is drawn by a
 torch generator seeded from that RNG (same distribution, not the reference's exact values).
+
+The tuned style applies the workload's trailing value-wise steps (`reference.split_for_batches`)
+as batch-level tensor ops in the `collate_fn`, in the workers, after `default_collate` has
+stacked the elements (the same torch ops on a stacked tensor, so the same bytes), as PyTorch's
+data-loading docs describe for batch-level work ("Working with collate_fn"); workers, persistent
+workers and pinned memory the plain style already uses, as its performance tuning guide advises;
+`num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ class ElementDataset:
     `data_source`, the random-access reader TFDS documents for PyTorch.
     """
 
-    def __init__(self, ctx: CellContext, records):
+    def __init__(self, ctx: CellContext, records, transforms=None):
         self.num_elements = ctx.workload.num_elements
         self.seed = ctx.seed
-        self.transforms = [s for s in ctx.workload.transforms if s["op"] not in reference.BATCH_OPS]
+        steps = ctx.workload.transforms if transforms is None else transforms
+        self.transforms = [s for s in steps if s["op"] not in reference.BATCH_OPS]
         self.records = records
 
     def __len__(self) -> int:
@@ -227,6 +235,16 @@ def _mean(outputs: list[Any]):
 TORCH_OPS = reference.LeafOps(fields=_FIELD_OPS, embedding_lookup=_embedding_lookup, mean=_mean)
 
 
+def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
+    """Stack elements, then apply value-wise `steps` to the batch (the tuned style)."""
+    from torch.utils.data import default_collate
+
+    out = default_collate(elements)
+    for step in steps:
+        reference.apply_batch_step(step, out, TORCH_OPS)
+    return out
+
+
 def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[str, Any]]):
     """Stack elements; pad the fields of batch-level `pad_batch` steps (NLP-2's dynamic padding)."""
     import torch
@@ -247,7 +265,7 @@ def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[s
 
 
 class TorchLoader(Loader):
-    def __init__(self, ctx: CellContext):
+    def __init__(self, ctx: CellContext, batch_ops: frozenset[str] = frozenset()):
         import torch
         from torch.utils.data import DataLoader
 
@@ -264,15 +282,22 @@ class TorchLoader(Loader):
                 "multiprocessing_context": "spawn",
             }
         records, self.source_info = _records(ctx)
+        per_element, per_batch = reference.split_for_batches(ctx.workload.transforms, batch_ops)
+        # A collate_fn only where the workload needs batch-level work: dynamic padding, or the
+        # tuned style's batched steps.
+        collate = None
+        if batch_steps:
+            collate = partial(pad_collate, batch_steps)
+        elif per_batch:
+            collate = partial(batch_collate, per_batch)
         self.loader = DataLoader(
-            ElementDataset(ctx, records),
+            ElementDataset(ctx, records, per_element),
             batch_size=ctx.workload.batch_size,
             sampler=self.sampler,
             drop_last=True,
             num_workers=workers,
             pin_memory=pin,
-            # A collate_fn only where the catalog needs batch-level work (dynamic padding).
-            collate_fn=partial(pad_collate, batch_steps) if batch_steps else None,
+            collate_fn=collate,
             **options,
         )
         self.parallelism = {
@@ -304,6 +329,8 @@ class PyTorchDataLoader(Adapter):
     aliases = ("torch", "dataloader", "pytorch-dataloader")
     distributions = ("torch",)
     ops = frozenset(_FIELD_OPS) | reference.STRUCTURE_OPS | reference.BATCH_OPS
+    styles = frozenset({"plain", "tuned"})
+    batch_ops = reference.VALUEWISE_OPS
     # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming"})
     backends = frozenset({"memory", "npy_mmap", "tfds"})
@@ -319,6 +346,13 @@ class PyTorchDataLoader(Adapter):
     }
 
     def open(self, ctx: CellContext) -> Loader:
-        return TorchLoader(ctx)
+        return TorchLoader(ctx, self.batched_ops())
+
+    def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
+        # In-process loading, or one worker up to one per core with a short or a long prefetch.
+        points: list[dict[str, Any]] = [{"workers": 0, "prefetch": 2}]
+        for workers in sorted({1, cores}):
+            points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
+        return points
 
     to_host = staticmethod(tensor_to_host)

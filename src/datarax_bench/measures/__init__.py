@@ -81,7 +81,11 @@ def implemented() -> frozenset[str]:
 
 def support(adapter: Adapter, workload: Workload) -> str | None:
     """None when `adapter` runs `workload` as specified, else why not (one line)."""
-    return measure_support(adapter, workload) or adapter.ops_support(workload)
+    return (
+        adapter.style_support()
+        or measure_support(adapter, workload)
+        or adapter.ops_support(workload)
+    )
 
 
 def measure_support(adapter: Adapter, workload: Workload) -> str | None:

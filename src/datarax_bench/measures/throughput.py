@@ -1,10 +1,12 @@
-"""Throughput: the profile's repetitions of the timed window; then, where the profile has a
-`feed`, whether the loader keeps an emulated accelerator fed (datarax_bench.feed), untimed with
-respect to those windows."""
+"""Throughput: for the tuned style, first a short sweep of the loader's parallelism knobs
+(datarax_bench.tuning, cached, its cost kept out of the repetitions); then the profile's
+repetitions of the timed window with the chosen setting; then, where the profile has a `feed`,
+whether the loader keeps an emulated accelerator fed (datarax_bench.feed), untimed with respect
+to those windows."""
 
 from __future__ import annotations
 
-from .. import feed
+from .. import feed, tuning
 from ..harness import MeasureBody, cell_context, first_device, make_delivery, repeat
 from . import register
 
@@ -14,7 +16,9 @@ def measure_throughput(adapter, workload, dataset, profile, progress=None) -> Me
     device = first_device()
     ctx = cell_context(workload, dataset, profile)
     deliver = make_delivery(adapter, device)
+    ctx, tuned = tuning.tune(adapter, ctx, deliver, progress)
     body = repeat(adapter, ctx, deliver, device, progress)
+    body.tuning = tuned
     settings = feed.settings_for(profile, workload)
     if settings is not None:
         body.feed = feed.measure_feed(adapter, ctx, deliver, settings, progress)

@@ -1,0 +1,84 @@
+"""The tuned style's parallelism sweep, run the way a user runs a cell: `datarax-bench run
+--style tuned`, with test adapters whose speed depends on a knob (tests/plugins/knob_loaders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from datarax_bench import schemas
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def run_tuned(cli_path, tmp_path, monkeypatch):
+    """One tuned TAB-1 smoke cell of `adapter` into `out`; the tuning cache is the test's own."""
+    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
+    pythonpath = [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(pythonpath))
+    monkeypatch.setenv("DATARAX_BENCH_PLUGINS", "knob_loaders")
+
+    def run(adapter: str, out: Path, style: str = "tuned") -> dict:
+        cmd = [cli_path, "run", "--profile", "smoke", "--scenario", "TAB-1"]
+        cmd += ["--adapter", adapter, "--style", style, "--output", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(out.read_text())
+        assert result["status"] == "ok", result["reason"]
+        schemas.validate(result, "result", out)
+        return result
+
+    return run
+
+
+def test_the_sweep_picks_the_fastest_setting_and_measures_with_it(run_tuned, tmp_path):
+    result = run_tuned("test-knob-numpy", tmp_path / "a.json")
+    tuning = result["tuning"]
+    assert tuning["knobs"] == ["workers"]
+    assert [p["settings"] for p in tuning["grid"]] == [{"workers": w} for w in (0, 1, 2, 3)]
+    rates = {p["settings"]["workers"]: p["elements_per_s"] for p in tuning["grid"]}
+    assert max(rates, key=rates.get) == 2, rates
+    assert tuning["chosen"] == {"workers": 2}
+    assert tuning["cached"] is False and tuning["cost_s"] > 0
+    # The repetitions ran with the choice, and none of the sweep's windows is among them.
+    assert result["parallelism"]["workers"] == 2
+    assert len(result["repetitions"]) == result["statistics"]["repetitions"]
+    assert min(r["elements_per_s"] for r in result["repetitions"]) > max(rates[1], rates[3])
+
+
+def test_a_second_run_takes_the_cached_choice_without_sweeping(run_tuned, tmp_path):
+    first = run_tuned("test-knob-numpy", tmp_path / "a.json")["tuning"]
+    again = run_tuned("test-knob-numpy", tmp_path / "b.json")["tuning"]
+    assert again["cached"] is True and again["cost_s"] == 0
+    assert again["chosen"] == first["chosen"] and again["cache_key"] == first["cache_key"]
+    assert again["sweep_cost_s"] == pytest.approx(first["cost_s"])
+
+    # A cache file that cannot be read is swept again, not trusted.
+    cache = tmp_path / "cache" / "tuning" / f"{first['cache_key']}.json"
+    cache.write_text("{not json")
+    third = run_tuned("test-knob-numpy", tmp_path / "c.json")["tuning"]
+    assert third["cached"] is False and third["chosen"] == {"workers": 2}
+    assert json.loads(cache.read_text())["chosen"] == {"workers": 2}
+
+
+def test_a_setting_that_changes_the_bytes_is_never_chosen(run_tuned, tmp_path):
+    result = run_tuned("test-knob-bytes", tmp_path / "a.json")
+    grid = {p["settings"]["workers"]: p for p in result["tuning"]["grid"]}
+    assert "different first batch" in grid[3]["excluded"]
+    assert grid[3]["elements_per_s"] > grid[2]["elements_per_s"]
+    assert result["tuning"]["chosen"] == {"workers": 2}
+    plain = run_tuned("test-knob-bytes", tmp_path / "plain.json", style="plain")
+    assert result["statistics"]["first_batch_sha256"] == plain["statistics"]["first_batch_sha256"]
+
+
+def test_plain_cells_are_not_tuned_and_knobless_adapters_say_so(run_tuned, tmp_path):
+    plain = run_tuned("test-knob-numpy", tmp_path / "plain.json", style="plain")
+    assert "tuning" not in plain
+    numpy = run_tuned("numpy", tmp_path / "numpy.json")["tuning"]
+    assert numpy["grid"] == [] and numpy["chosen"] == {}
+    assert "no parallelism knob" in numpy["note"]
