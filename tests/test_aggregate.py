@@ -124,6 +124,52 @@ def test_ranking_ratio_and_summary(tmp_path, smoke_dir):
     assert str(slow.relative_to(root)) in set(table["path"]) and fast.exists()
 
 
+def _tuned_clone(root, source, adapter, factor, chosen, digest=None):
+    """The tuned style of `adapter`'s cell, `factor` times the source's throughput."""
+    doc = copy.deepcopy(load_result(source))
+    doc["cell"]["adapter"] = adapter
+    doc["cell"]["style"] = "tuned"
+    for key in ("median", "ci95_low", "ci95_high", "min", "max"):
+        doc["statistics"]["elements_per_s"][key] *= factor
+    if digest:
+        doc["statistics"]["first_batch_sha256"] = digest
+    doc["tuning"] = {"knobs": sorted(chosen), "grid": [], "chosen": chosen, "cost_s": 1.5,
+                     "cached": False}  # fmt: skip
+    c = doc["cell"]
+    write_result(cell_path(root, c["scenario"], c["variant"], adapter, "tuned"), doc)
+
+
+def test_styles_rank_apart_with_tuned_over_plain_and_their_bytes_compared(tmp_path, smoke_dir):
+    root = tmp_path / "run"
+    _copy_cells(smoke_dir, root)
+    source = cell_path(root, "CV-1", "small", "numpy")
+    _clone(root, source, "other", 2.0)
+    _tuned_clone(root, source, "numpy", 1.5, {})
+    _tuned_clone(root, cell_path(root, "CV-1", "small", "other"), "other", 0.5, {"workers": 2},
+                 digest="0" * 64)  # fmt: skip
+    table = aggregate_run(_paths(root), root, "smoke", "local")
+    cv1 = table[table["scenario"] == "CV-1"].set_index(["adapter", "style"])
+    # Ranked within a style: the tuned NumPy cell (1.5x) beats the tuned other (1.0x).
+    assert cv1.loc[("other", "plain"), "rank"] == 1 and cv1.loc[("numpy", "plain"), "rank"] == 2
+    assert cv1.loc[("numpy", "tuned"), "rank"] == 1 and cv1.loc[("other", "tuned"), "rank"] == 2
+    assert cv1.loc[("numpy", "tuned"), "tuned_to_plain"] == pytest.approx(1.5)
+    assert cv1.loc[("other", "tuned"), "tuned_to_plain"] == pytest.approx(0.5)
+    assert bool(cv1.loc[("numpy", "tuned"), "same_bytes_as_plain"]) is True
+    assert bool(cv1.loc[("other", "tuned"), "same_bytes_as_plain"]) is False
+    assert pd.isna(cv1.loc[("numpy", "plain"), "tuned_to_plain"])
+    csv = pd.read_csv(root / "results.csv")
+    assert set(csv["style"]) == {"plain", "tuned"}
+    section = (root / "summary.md").read_text().split("## CV-1")[1].split("## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| small |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["plain", "plain", "tuned", "tuned"]
+    tuned_numpy, tuned_other = rows[2], rows[3]
+    assert "1.50×" in tuned_numpy and "`numpy`" in tuned_numpy
+    assert "0.50×" in tuned_other and "workers=2" in tuned_other
+    assert "first batch differs from the plain style's" in tuned_other
+    assert "first batch differs" not in tuned_numpy
+    assert "nan" not in section.lower()
+
+
 def test_unstable_cells_are_marked(smoke_dir):
     doc = load_result(cell_path(smoke_dir, "CV-1", "small", "numpy"))
     steady, noisy = copy.deepcopy(doc), copy.deepcopy(doc)

@@ -112,6 +112,11 @@ def _ratio(value: Any) -> str:
     return "" if value is None or value != value else f"{value:.2f}×"
 
 
+def _text(value: Any) -> str:
+    """A text cell; a missing value (None, or NaN once pandas has had the column) is a dash."""
+    return "—" if value is None or value != value or value == "" else _md(value)
+
+
 def _optional(value: Any) -> str:
     return "" if value is None or value != value else _number(float(value))
 
@@ -180,7 +185,7 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
                     f"| {_number(r.elements_per_s_median)} "
                     f"| {_number(r.elements_per_s_ci95_low)}–{_number(r.elements_per_s_ci95_high)} "
                     f"| {r.ratio_to_best:.2f} | {_ratio(r.tuned_to_plain)} "
-                    f"| {_md(getattr(r, 'tuned_parallelism', None) or '—')} "
+                    f"| {_text(getattr(r, 'tuned_parallelism', None))} "
                     f"| {r.elements_per_s_cv:.1%} "
                     f"| {_optional(getattr(r, 'cpu_s_per_1k_elements_median', None))} | {note} |"
                 )
