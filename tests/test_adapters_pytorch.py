@@ -13,6 +13,7 @@ import pytest
 
 from datarax_bench import reference
 from datarax_bench.adapters import CellContext, get_adapter
+from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.data import materialize
 from datarax_bench.harness import batch_digest
 
@@ -109,6 +110,29 @@ def test_batches_do_not_depend_on_the_worker_count():
     in_process = support.run_loader(ADAPTER, w, dataset, 0, (1,), prof=_profile(workers=0))
     two_workers = support.run_loader(ADAPTER, w, dataset, 0, (1,), prof=_profile(workers=2))
     assert [batch_digest(b) for b in in_process[0]] == [batch_digest(b) for b in two_workers[0]]
+
+
+def test_tuned_workers_exit_cleanly_with_full_size_batches():
+    """The tuned collate_fn's batches come from shared memory allocated in the worker: with
+    tensors of the worker's heap, a worker aborted in C++ as it exited (SIGABRT; on CV-1's
+    full-size batches with two workers, one loader in three to five here), failing the next
+    loader."""
+    prof = load_profile("ci_cpu")
+    w = load_catalog().get("CV-1").resolve("small", prof.size)
+    dataset = materialize(w, 0)
+    tuned = ADAPTER.styled("tuned")
+    for _ in range(8):
+        parallelism = {**prof.parallelism, "workers": 2, "prefetch": 2}
+        loader = tuned.open(
+            CellContext(w, dataset, dataclasses.replace(prof, parallelism=parallelism), seed=0)
+        )
+        try:
+            batches = loader.epoch(0)
+            for _ in range(6):
+                batch = next(batches)
+        finally:
+            loader.close()
+        assert {len(v) for v in batch.values()} == {w.batch_size}
 
 
 def test_workers_zero_records_no_worker_options():

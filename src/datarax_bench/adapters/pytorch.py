@@ -236,13 +236,35 @@ TORCH_OPS = reference.LeafOps(fields=_FIELD_OPS, embedding_lookup=_embedding_loo
 
 
 def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
-    """Stack elements, then apply value-wise `steps` to the batch (the tuned style)."""
+    """Stack elements, then apply value-wise `steps` to the batch (the tuned style).
+
+    In a worker, the fields the steps made go into shared memory allocated there
+    (`_shared_in_worker`): a worker that sends tensors of its own heap instead (shared only as
+    they are pickled) aborts in C++ as it exits ("terminate called without an active
+    exception", torch 2.13 with two workers on CV-1), and the DataLoader then fails with
+    "worker killed by signal: Aborted".
+    """
     from torch.utils.data import default_collate
 
     out = default_collate(elements)
     for step in steps:
         reference.apply_batch_step(step, out, TORCH_OPS)
-    return out
+    return _shared_in_worker(out)
+
+
+def _shared_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
+    """In a worker: every tensor of `batch` made after `default_collate` moved into shared
+    memory allocated here, as `default_collate` does with the batches it stacks."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return batch
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor) and not value.is_shared():
+            storage = value._typed_storage()._new_shared(value.numel(), device=value.device)
+            batch[name] = value.new(storage).resize_(value.shape).copy_(value)
+    return batch
 
 
 def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[str, Any]]):
@@ -261,7 +283,7 @@ def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[s
             tokens[row, : len(seq)] = seq
         out[name] = tokens
         out[step["mask"]] = (torch.arange(length)[None, :] < lengths[:, None]).to(torch.int32)
-    return out
+    return _shared_in_worker(out)
 
 
 class TorchLoader(Loader):
