@@ -70,9 +70,19 @@ def test_bucket_keeps_the_results_and_nothing_kept_fails_the_job(tmp_path):
         loopback.stop_skylets(home)
         node.stop()
     assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
-    stamps = {k.split("/")[1] for k in keys}
-    assert len(stamps) == 1 and all(k.startswith("smoke/") for k in keys), keys
+    assert all(k.startswith("smoke/") for k in keys), keys
+    # Each cell went to the bucket as soon as it was measured, under the job's SKYPILOT_TASK_ID
+    # (what a restarted managed job resumes from) ...
+    cells = [k.split("/", 3) for k in keys if k.startswith("smoke/cells/")]
+    (task_id,) = {c[2] for c in cells}
+    assert task_id.startswith("sky-") and task_id.endswith("_dxb-bucket_1"), task_id
+    # ... and the whole results directory at the end, under one time stamp.
+    stamps = {k.split("/")[1] for k in keys if not k.startswith("smoke/cells/")}
+    assert len(stamps) == 1, keys
     stamp = stamps.pop()
+    assert sorted(c[3] for c in cells) == sorted(
+        k.split("/", 2)[2] for k in keys if k.startswith(f"smoke/{stamp}/raw/")
+    )
     assert f"smoke/{stamp}/PERSISTED.json" in keys and f"smoke/{stamp}/manifest.json" in keys
     assert any(k.startswith(f"smoke/{stamp}/raw/TAB-1/") for k in keys), keys
     assert not any("/raw/CV-1/" in k for k in keys)  # only the scenario asked for

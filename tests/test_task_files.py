@@ -80,9 +80,18 @@ def test_header_sky_commands_parse_with_the_real_cli(path, tmp_path, monkeypatch
     from sky.client.cli import command
 
     sky_lines = [c for c in header_commands(path) if c[0] == "sky"]
-    assert {c[1] for c in sky_lines} == {"launch", "down"}
+    assert {c[1] for c in sky_lines} == {"launch", "down", "jobs"}
     for argv in sky_lines:
-        command.cli.commands[argv[1]].make_context(f"sky {argv[1]}", argv[2:])
+        group = command.cli.commands[argv[1]]
+        if argv[1] == "jobs":
+            group.commands[argv[2]].make_context(f"sky jobs {argv[2]}", argv[3:])
+        else:
+            group.make_context(f"sky {argv[1]}", argv[2:])
+    # A managed job resumes from the results bucket, so it runs the bucket variant with one.
+    (managed,) = [c for c in sky_lines if c[:3] == ["sky", "jobs", "launch"]]
+    (make,) = [c for c in header_commands(path) if c[0] == "datarax-bench"]
+    assert managed[3] == option(make, "-o")[0]
+    assert f"DATARAX_BENCH_BUCKET={BUCKET}" in option(managed, "--env")
 
 
 def _bucket_variant(path: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:

@@ -196,13 +196,23 @@ def cmd_run(args) -> int:
     for sid in scenarios or []:
         catalog.get(sid)
 
+    if args.resume_dir and not args.output_dir:
+        raise UserError("run: --resume-dir keeps the cells of a matrix; use it with --output-dir")
+    if args.resume_dir and Path(args.resume_dir).resolve() == Path(args.output_dir).resolve():
+        raise UserError(
+            f"run: --resume-dir must not be the output directory ({args.output_dir}): it is "
+            "where another machine's run kept its cells, e.g. a mounted bucket"
+        )
     if args.output_dir:
         if args.variant:
             raise UserError(
                 "run: --variant selects one cell; use it with --output, not --output-dir"
             )
         styles = [args.style] if args.style else None
-        summary = run_matrix(profile, Path(args.output_dir), scenarios, adapters, catalog, styles)
+        resume = Path(args.resume_dir) if args.resume_dir else None
+        summary = run_matrix(
+            profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume
+        )
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
         return 0
@@ -391,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="result JSON of one cell")
     p.add_argument("--output-dir", help="directory for a whole matrix")
+    p.add_argument(
+        "--resume-dir",
+        help="with --output-dir: keep every cell's result here too as soon as it is written, "
+        "and take a cell already here (same workload, settings and commit) instead of "
+        "measuring it; a mounted results bucket makes a restarted job resume",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("doctor", help="check that JAX sees the profile's backend")

@@ -11,6 +11,7 @@ with the supervisor (`supervision`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import measures, supervision
+from . import measures, provenance, supervision
 from .adapters import get_adapter
 from .catalog import Catalog, Profile, load_catalog
-from .cell import Cell, CellClock, make_result, resolve_cell
+from .cell import Cell, CellClock, cell_identity, make_result, resolve_cell
 from .errors import UserError
 from .results import cell_path, load_result, utc_now, write_result, write_run_index
 
@@ -231,11 +232,16 @@ def run_matrix(
     adapters: list[str] | None = None,
     catalog: Catalog | None = None,
     styles: list[str] | None = None,
+    resume_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Every (scenario, variant, adapter, style) cell of the profile, one after another.
 
-    Writes raw/S/V/A.json per cell (A.STYLE.json for styles other than plain), then manifest.json (what was run, file hashes) and
-    summary.json (one row per cell). All names are checked before anything is written.
+    Writes raw/S/V/A.json per cell (A.STYLE.json for styles other than plain), then
+    manifest.json (what was run, file hashes) and summary.json (one row per cell). All names
+    are checked before anything is written. With `resume_dir` (a mounted bucket) each result
+    is also written there as soon as it is, and a cell whose result is already there, for the
+    same workload, settings and commit, is taken from it instead of measured: a run restarted
+    on a fresh machine costs at most the cell that was in flight.
     """
     from .adapters import all_adapters
 
@@ -254,9 +260,52 @@ def run_matrix(
     for i, cell in enumerate(cells, 1):
         w = cell.workload
         path = cell_path(output_dir, w.scenario, w.variant, cell.adapter.id, cell.style)
+        rel = path.relative_to(output_dir)
+        result = kept_result(Path(resume_dir) / rel, cell) if resume_dir else None
+        if result is not None:
+            write_result(path, result)
+            _say(
+                f"[{i}/{len(cells)}] {cell.label}: {describe(result)} (kept in the resume directory)"
+            )
+            results.append(result)
+            continue
         t0 = time.monotonic()
         _say(f"[{i}/{len(cells)}] {cell.label} ...")
         result = run_cell(cell, path)
         _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
+        if resume_dir:
+            write_result(Path(resume_dir) / rel, result)
         results.append(result)
     return write_run_index(profile, output_dir, results, started)
+
+
+def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
+    """The result kept at `path` by an earlier run if it is this cell's, measured with the
+    same workload, settings and commit; None (saying why, unless it is simply absent) if not."""
+    if not path.is_file():
+        return None
+    try:
+        result = load_result(path)
+    except UserError as exc:
+        _say(f"{exc}; measuring it again")
+        return None
+    expected = json.loads(json.dumps({
+        "cell": cell_identity(cell.profile, cell.workload, cell.adapter),
+        "workload": cell.workload.to_dict(),
+        "settings": cell.profile.settings(),
+    }))  # fmt: skip
+    # The data digest is the data's, generated from the workload and the seed (in settings).
+    stored = {**result, "workload": {k: v for k, v in result["workload"].items()
+                                     if k != "data_digest"}}  # fmt: skip
+    for key, what in (("cell", "another cell's result"), ("workload", "another workload"),
+                      ("settings", "measured with other settings")):  # fmt: skip
+        if stored.get(key) != expected[key]:
+            _say(f"{path}: {what}; measuring it again")
+            return None
+    commit, _ = provenance.git_info()
+    kept = result["provenance"].get("git_commit")
+    if commit and kept and kept != commit:
+        _say(f"{path}: measured by commit {kept[:12]}, this checkout is {commit[:12]}; "
+             "measuring it again")  # fmt: skip
+        return None
+    return result

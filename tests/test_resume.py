@@ -1,0 +1,132 @@
+"""`datarax-bench run --output-dir OUT --resume-dir STORE`: every cell is kept in STORE as soon as
+it is written, and a run restarted on a fresh machine (a managed job after a preemption) takes
+the cells already there instead of measuring them again, so a restart costs at most the cell
+that was in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from datarax_bench.results import load_result
+
+ARGS = ["run", "--profile", "smoke", "--adapters", "numpy"]
+SCENARIOS = ["--scenarios", "TAB-1", "NLP-1", "CV-1", "PC-1"]
+
+
+def _run(cli_path, *args, timeout=300):
+    return subprocess.run([cli_path, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _cells(root: Path) -> dict[str, Path]:
+    raw = root / "raw"
+    return {p.relative_to(raw).as_posix(): p for p in sorted(raw.rglob("*.json"))}
+
+
+def _started(path: Path) -> str:
+    return load_result(path)["timestamps"]["started"]
+
+
+def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
+    cli_path, tmp_path, data_cache
+):
+    store = tmp_path / "store"
+    first = _run(cli_path, *ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "a"),
+                 "--resume-dir", str(store))  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    measured, kept = _cells(tmp_path / "a"), _cells(store)
+    assert len(measured) == 5 and kept.keys() == measured.keys()  # PC-1 has two variants
+    for rel, path in measured.items():
+        assert kept[rel].read_bytes() == path.read_bytes()
+
+    # One cell lost (it was in flight), one kept under other measurement settings.
+    missing, stale, *same = sorted(kept)
+    kept[missing].unlink()
+    doc = json.loads(kept[stale].read_text())
+    doc["settings"]["measurement"]["min_batches"] += 1
+    kept[stale].write_text(json.dumps(doc))
+    before = {rel: _started(kept[rel]) for rel in same}
+
+    second = _run(cli_path, *ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "b"),
+                  "--resume-dir", str(store))  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = _cells(tmp_path / "b")
+    assert out.keys() == measured.keys()
+    for rel in same:  # taken from the store, not measured again
+        assert _started(out[rel]) == before[rel]
+        assert out[rel].read_bytes() == (store / "raw" / rel).read_bytes()
+    for rel in (missing, stale):
+        assert _started(out[rel]) > max(before.values())
+        assert (store / "raw" / rel).read_bytes() == out[rel].read_bytes()
+    assert second.stderr.count("kept in the resume directory") == len(same)
+    assert "measured with other settings" in second.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert len(manifest["cells"]) == 5
+
+
+def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_rest(
+    cli_path, tmp_path, data_cache
+):
+    store = tmp_path / "store"
+    cmd = [cli_path, *ARGS, *SCENARIOS, "--resume-dir", str(store)]
+    proc = subprocess.Popen([*cmd, "--output-dir", str(tmp_path / "machine-1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(_cells(store) if (store / "raw").exists() else {}) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the machine is gone, mid-cell
+        proc.wait()
+    kept = {rel: _started(p) for rel, p in _cells(store).items()}
+    assert 2 <= len(kept) < 5
+    # A fresh machine: a new output directory, the same store.
+    restart = _run(cli_path, *cmd[1:], "--output-dir", str(tmp_path / "machine-2"))
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    out = _cells(tmp_path / "machine-2")
+    assert len(out) == 5 and out.keys() == _cells(store).keys()
+    assert {rel: _started(out[rel]) for rel in kept} == kept, "a kept cell was measured again"
+    assert all(load_result(p)["status"] == "ok" for p in out.values())
+    # Nothing half-written in the store (results are renamed into place).
+    assert not [p for p in store.rglob("*") if p.is_file() and p.suffix != ".json"]
+
+
+def test_a_corrupt_kept_cell_is_named_and_measured_again(cli_path, tmp_path, data_cache):
+    store = tmp_path / "store"
+    args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]
+    assert _run(cli_path, *args, "--output-dir", str(tmp_path / "a")).returncode == 0
+    (rel, path), = _cells(store).items()  # fmt: skip
+    path.write_text('{"schema_version": 1, "status": "ok"')
+    again = _run(cli_path, *args, "--output-dir", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert str(path) in again.stderr and "measuring it again" in again.stderr
+    assert load_result(path)["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            ["--output", "cell.json", "--scenario", "TAB-1"],
+            "--resume-dir keeps the cells of a matrix",
+        ),
+        (["--output-dir", "out", "--resume-dir", "out"], "--resume-dir must not be the output"),
+    ],
+)
+def test_bad_resume_arguments_are_one_line_and_exit_2(cli_path, tmp_path, extra, expected):
+    if "--resume-dir" not in extra:
+        extra = [*extra, "--resume-dir", "store"]
+    proc = subprocess.run([cli_path, *ARGS, *extra], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
