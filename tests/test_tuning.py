@@ -82,3 +82,28 @@ def test_plain_cells_are_not_tuned_and_knobless_adapters_say_so(run_tuned, tmp_p
     numpy = run_tuned("numpy", tmp_path / "numpy.json")["tuning"]
     assert numpy["grid"] == [] and numpy["chosen"] == {}
     assert "no parallelism knob" in numpy["note"]
+
+
+def test_a_setting_that_fails_is_recorded_and_the_best_of_the_rest_chosen(run_tuned, tmp_path):
+    tuning = run_tuned("test-knob-crash", tmp_path / "a.json")["tuning"]
+    failed = [p for p in tuning["grid"] if p["settings"] == {"workers": 2}]
+    assert failed[0]["excluded"] == (
+        "failed: RuntimeError: DataLoader worker (pid 1) is killed by signal: Aborted."
+    )
+    assert "elements_per_s" not in failed[0]
+    # Of 0, 1 and 3 workers (each 5 or 10 ms slower per batch than 2), 1 or 3 is the fastest.
+    assert tuning["chosen"] in ({"workers": 1}, {"workers": 3})
+
+
+def test_a_sweep_where_nothing_runs_fails_the_cell_naming_every_setting(cli_path, tmp_path,
+                                                                        run_tuned):  # fmt: skip
+    out = tmp_path / "a.json"
+    cmd = [cli_path, "run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter",
+           "test-knob-broken", "--style", "tuned", "--output", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    result = json.loads(out.read_text())
+    assert result["status"] == "failed", result["status"]
+    assert "no setting of the parallelism sweep could be measured" in result["reason"]
+    assert all(f"workers={w}: failed: RuntimeError" in result["reason"] for w in range(4))
+    schemas.validate(result, "result", out)
+    assert done.returncode == 0

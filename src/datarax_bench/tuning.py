@@ -166,9 +166,18 @@ def sweep(
     started = time.perf_counter()
     points = []
     for number, point in enumerate(grid, 1):
-        measured = _measure_point(adapter, with_settings(ctx, point), deliver, settings)
+        try:
+            measured = _measure_point(adapter, with_settings(ctx, point), deliver, settings)
+        except Exception as exc:  # a setting the loader cannot run with is a finding, not the end
+            lines = str(exc).strip().splitlines()
+            reason = type(exc).__name__ + (f": {lines[0][:300]}" if lines else "")
+            points.append({"settings": point, "excluded": f"failed: {reason}"})
+            if progress:
+                progress(f"tuning {number}/{len(grid)} {_describe(point)}: failed ({reason})")
+            continue
         entry = {"settings": point, **measured}
-        if points and measured["first_batch_sha256"] != points[0]["first_batch_sha256"]:
+        reference = next((p for p in points if "first_batch_sha256" in p), None)
+        if reference and measured["first_batch_sha256"] != reference["first_batch_sha256"]:
             entry["excluded"] = "delivered a different first batch than the grid's first point"
         points.append(entry)
         if progress:
@@ -178,6 +187,9 @@ def sweep(
                 + (f" (excluded: {entry['excluded']})" if "excluded" in entry else "")
             )
     eligible = [p for p in points if "excluded" not in p]
+    if not eligible:
+        reasons = "; ".join(f"{_describe(p['settings'])}: {p['excluded']}" for p in points)
+        raise RuntimeError(f"no setting of the parallelism sweep could be measured ({reasons})")
     best = max(eligible, key=lambda p: p["elements_per_s"])
     return {
         "knobs": sorted({k for p in grid for k in p}),

@@ -3,7 +3,8 @@
 Loaded through DATARAX_BENCH_PLUGINS. `test-knob-numpy` pauses |workers - 2| x 5 ms per batch:
 of its grid, workers=2 is the fastest by far. `test-knob-bytes` is fastest at workers=3 (no
 pause, against 2 ms at workers=2), but that point adds one to every value it delivers, so the
-sweep must leave it out.
+sweep must leave it out. `test-knob-crash` cannot start with workers=2 (its best setting) and
+`test-knob-broken` with none.
 """
 
 from __future__ import annotations
@@ -61,3 +62,24 @@ class KnobBytes(NumpyReference):
 
     def tuning_grid(self, ctx, cores):
         return [{"workers": w} for w in (0, 2, 3)]
+
+
+@register
+class KnobCrash(KnobNumpy):
+    id = "test-knob-crash"
+    display_name = "NumPy reference that cannot start its fastest setting"
+    aliases = ()
+    fails_at: tuple[int, ...] = (BEST_WORKERS,)
+
+    def open(self, ctx):
+        if int(ctx.parallelism["workers"]) in self.fails_at:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Aborted.")
+        return super().open(ctx)
+
+
+@register
+class KnobBroken(KnobCrash):
+    id = "test-knob-broken"
+    display_name = "NumPy reference that cannot start any setting"
+    aliases = ()
+    fails_at = (0, 1, 2, 3)
