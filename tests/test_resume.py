@@ -33,9 +33,13 @@ def _started(path: Path) -> str:
     return load_result(path)["timestamps"]["started"]
 
 
+SENTINEL = "sentinel-secret-value-0123456789"
+
+
 def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
-    cli_path, tmp_path, data_cache
+    cli_path, tmp_path, data_cache, monkeypatch
 ):
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
     store = tmp_path / "store"
     first = _run(cli_path, *ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "a"),
                  "--resume-dir", str(store))  # fmt: skip
@@ -68,6 +72,9 @@ def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
     assert "measured with other settings" in second.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert len(manifest["cells"]) == 5
+    # The key was in the environment of both runs; it is in nothing they kept or printed.
+    assert not [p for p in store.rglob("*") if p.is_file() and SENTINEL in p.read_text()]
+    assert SENTINEL not in first.stderr + first.stdout + second.stderr + second.stdout
 
 
 def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_rest(
