@@ -314,7 +314,7 @@ def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, ove
             "config/config.yaml",
             "run: bench\n",
             "run: bench\nrun: again\n",
-            "config/config.yaml: line 16: duplicate key 'run' (first at line 15)",
+            "config/config.yaml: line 17: duplicate key 'run' (first at line 16)",
         ),
         (
             "config/scenarios.yaml",
