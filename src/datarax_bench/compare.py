@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import provenance
 from .errors import UserError
 from .results import cell_style, load_result, write_text_atomic
 from .schemas import read_json
@@ -164,19 +165,7 @@ def load_run(path: str | Path) -> Run:
 
 def hardware(result: dict[str, Any]) -> dict[str, Any]:
     """What must match for two measurements to be comparable at all."""
-    p = result["provenance"]
-    cpu, jax = p.get("cpu") or {}, p.get("jax") or {}
-    gpu = p.get("gpu")
-    return {
-        "CPU model": cpu.get("model"),
-        "usable cores": cpu.get("usable_cores"),
-        # Total RAM, to the GiB: the same instance type reports a few MiB more or less.
-        "RAM GiB": round(p.get("memory_bytes", 0) / 2**30),
-        "GPU": gpu,
-        "GPU count": jax.get("device_count") if gpu else 0,
-        "JAX backend": jax.get("backend"),
-        "JAX device kind": jax.get("device_kind"),
-    }
+    return provenance.hardware(result["provenance"])
 
 
 def _differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -113,6 +113,36 @@ def gpu_name(jax_details: dict[str, Any] | None) -> str | None:
     return None
 
 
+def hardware(provenance: dict[str, Any]) -> dict[str, Any]:
+    """From a result's provenance, what must match for two measurements to be comparable, or
+    for a tuning choice to carry over: CPU, usable cores, RAM, GPU, JAX backend and device."""
+    cpu, jax = provenance.get("cpu") or {}, provenance.get("jax") or {}
+    gpu = provenance.get("gpu")
+    return {
+        "CPU model": cpu.get("model"),
+        "usable cores": cpu.get("usable_cores"),
+        # Total RAM, to the GiB: the same instance type reports a few MiB more or less.
+        "RAM GiB": round(provenance.get("memory_bytes", 0) / 2**30),
+        "GPU": gpu,
+        "GPU count": jax.get("device_count") if gpu else 0,
+        "JAX backend": jax.get("backend"),
+        "JAX device kind": jax.get("device_kind"),
+    }
+
+
+def this_hardware() -> dict[str, Any]:
+    """`hardware` of this process's machine, without collecting the rest of the provenance."""
+    jax_details = jax_info()
+    return hardware(
+        {
+            "cpu": cpu_info(),
+            "memory_bytes": psutil.virtual_memory().total,
+            "jax": jax_details,
+            "gpu": gpu_name(jax_details),
+        }
+    )
+
+
 def collect(distributions=()) -> dict[str, Any]:
     commit, dirty = git_info()
     jax_details = jax_info()

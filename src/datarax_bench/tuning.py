@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from . import paths, provenance
 from .adapters.base import Adapter, CellContext
@@ -34,7 +33,7 @@ from .files import write_text_atomic
 from .results import describe_settings
 
 #: Bumped when the cached record changes meaning.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -55,20 +54,6 @@ class TuningSettings:
 def usable_cores() -> int:
     """The cores this process may run on (its affinity), not the machine's count."""
     return int(provenance.cpu_info()["usable_cores"] or 1)
-
-
-def machine_fingerprint() -> dict[str, Any]:
-    """What makes a sweep's outcome this machine's: CPU, usable cores, memory, accelerator."""
-    jax = provenance.jax_info() or {}
-    cpu = provenance.cpu_info()
-    return {
-        "cpu_model": cpu["model"],
-        "usable_cores": cpu["usable_cores"],
-        "memory_gib": round(psutil.virtual_memory().total / 2**30),
-        "jax_backend": jax.get("backend"),
-        "device_kind": jax.get("device_kind"),
-        "device_count": jax.get("device_count"),
-    }
 
 
 @cache
@@ -95,7 +80,7 @@ def code_digest(adapter: Adapter) -> str:
 def cache_key(adapter: Adapter, ctx: CellContext, grid: list[dict], settings: TuningSettings):
     identity = {
         "version": CACHE_VERSION,
-        "machine": machine_fingerprint(),
+        "machine": provenance.this_hardware(),
         "code": code_digest(adapter),
         "adapter": adapter.id,
         "style": adapter.style,
