@@ -10,7 +10,7 @@ from . import provenance, reference
 from .adapters import get_adapter
 from .adapters.base import Adapter
 from .catalog import Catalog, Profile, Workload
-from .results import SCHEMA_VERSION, utc_now
+from .results import SCHEMA_VERSION, cell_label, utc_now
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        label = f"{self.workload.scenario}/{self.workload.variant}/{self.adapter.id}"
-        return label if self.style == "plain" else f"{label} ({self.style})"
+        w = self.workload
+        return cell_label(w.scenario, w.variant, self.adapter.id, self.style)
 
 
 def resolve_cell(

@@ -43,7 +43,7 @@ import yaml
 from . import paths
 from .errors import UserError
 from .files import atomic_file, write_text_atomic
-from .results import cell_path, load_result, utc_now, write_json_atomic
+from .results import cell_label, cell_path, load_result, utc_now, write_json_atomic
 
 #: Where the remote machine keeps results, relative to its home (`~` expands there).
 REMOTE_RESULTS = "~/datarax-bench-results"
@@ -684,7 +684,7 @@ def pull_cell(
     style: str = "plain",
 ) -> dict[str, Any]:
     """Bring one cell's result back; it becomes the target only if it is a valid result."""
-    label = _cell_label(scenario, variant, adapter, style)
+    label = cell_label(scenario, variant, adapter, style)
     remote = remote_cell_path(profile, scenario, variant, adapter, style)
     with atomic_file(Path(output), suffix=".pull") as tmp:
         try:
@@ -751,11 +751,6 @@ def _cluster_for_this_invocation(spec: ClusterSpec) -> dict[str, Any]:
     return record
 
 
-def _cell_label(scenario: str, variant: str, adapter: str, style: str) -> str:
-    label = f"{scenario}/{variant}/{adapter}"
-    return label if style == "plain" else f"{label} ({style})"
-
-
 def measure_remote_cell(
     spec: ClusterSpec,
     scenario: str,
@@ -771,7 +766,7 @@ def measure_remote_cell(
     fails the cell at once, unmeasured. The cluster lock is held throughout: cells on one
     cluster never overlap.
     """
-    label = _cell_label(scenario, variant, adapter, style)
+    label = cell_label(scenario, variant, adapter, style)
     profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger

@@ -60,6 +60,12 @@ def cell_path(root: Path, scenario: str, variant: str, adapter: str, style: str 
     return Path(root) / "raw" / scenario / variant / f"{name}.json"
 
 
+def cell_label(scenario: str, variant: str, adapter: str, style: str = "plain") -> str:
+    """A cell as logs and messages name it: `S/V/A`, with ` (STYLE)` unless plain."""
+    label = f"{scenario}/{variant}/{adapter}"
+    return label if style == "plain" else f"{label} ({style})"
+
+
 def describe_settings(settings: dict[str, Any]) -> str:
     """Parallelism settings as one short string: `workers=2 prefetch=8`."""
     return " ".join(f"{k}={v}" for k, v in settings.items())
