@@ -21,6 +21,10 @@ if config["infra"] == "local":
 
     include: "workflow/rules/measure_local.smk"
 
+elif config["cloud_mode"] == "managed":
+
+    include: "workflow/rules/managed.smk"
+
 else:
 
     include: "workflow/rules/cloud.smk"

@@ -16,6 +16,7 @@ from .catalog import STYLES, load_profile
 from .cloud import billing_markdown
 from .feed import shortest_fed_label, utilisation_columns
 from .machine_load import BUSY_SHARE
+from .managed import managed_markdown
 from .results import (
     all_or_nothing,
     cell_style,
@@ -352,6 +353,7 @@ def aggregate_run(
     table = results_table(results, infra, relative)
     repetitions = repetitions_table(results)
     summary = summary_markdown(table, profile, infra) + billing_markdown(run_dir)
+    summary += managed_markdown(run_dir)
     run_profile = load_profile(profile)
     # Every output or none: a failure part-way leaves the previous outputs as they were.
     with all_or_nothing():

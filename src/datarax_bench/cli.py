@@ -203,6 +203,8 @@ def cmd_run(args) -> int:
             f"run: --resume-dir must not be the output directory ({args.output_dir}): it is "
             "where another machine's run kept its cells, e.g. a mounted bucket"
         )
+    if args.cells and not args.output_dir:
+        raise UserError("run: --cells selects cells of a matrix; use it with --output-dir")
     if args.output_dir:
         if args.variant:
             raise UserError(
@@ -211,8 +213,9 @@ def cmd_run(args) -> int:
         styles = [args.style] if args.style else None
         resume = Path(args.resume_dir) if args.resume_dir else None
         summary = run_matrix(
-            profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume
-        )
+            profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume,
+            _split(args.cells),
+        )  # fmt: skip
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
         return 0
@@ -406,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --output-dir: keep every cell's result here too as soon as it is written, "
         "and take a cell already here (same workload, settings and commit) instead of "
         "measuring it; a mounted results bucket makes a restarted job resume",
+    )
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        action="extend",
+        help="with --output-dir: only these cells of the matrix, as SCENARIO/VARIANT/ADAPTER/STYLE "
+        "(one machine's share of a sharded run)",
     )
     p.set_defaults(func=cmd_run)
 

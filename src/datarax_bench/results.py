@@ -60,6 +60,10 @@ def cell_path(root: Path, scenario: str, variant: str, adapter: str, style: str 
     return Path(root) / "raw" / scenario / variant / f"{name}.json"
 
 
+#: Under a resume directory: one file per measurement started, `attempts/<cell path>/<stamp>`.
+ATTEMPTS_DIR = "attempts"
+
+
 def cell_label(scenario: str, variant: str, adapter: str, style: str = "plain") -> str:
     """A cell as logs and messages name it: `S/V/A`, with ` (STYLE)` unless plain."""
     label = f"{scenario}/{variant}/{adapter}"

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .adapters import get_adapter
 from .catalog import Catalog, Profile, load_catalog
 from .cell import Cell, CellClock, cell_identity, make_result, resolve_cell
 from .errors import UserError
-from .results import cell_path, load_result, utc_now, write_result, write_run_index
+from .results import ATTEMPTS_DIR, cell_path, load_result, utc_now, write_result, write_run_index
 
 _LOG_TAIL_LINES = 40
 
@@ -233,6 +234,7 @@ def run_matrix(
     catalog: Catalog | None = None,
     styles: list[str] | None = None,
     resume_dir: Path | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Every (scenario, variant, adapter, style) cell of the profile, one after another.
 
@@ -241,7 +243,9 @@ def run_matrix(
     are checked before anything is written. With `resume_dir` (a mounted bucket) each result
     is also written there as soon as it is, and a cell whose result is already there, for the
     same workload, settings and commit, is taken from it instead of measured: a run restarted
-    on a fresh machine costs at most the cell that was in flight.
+    on a fresh machine costs at most the cell that was in flight; each measurement started is
+    recorded there too (`attempts/`), so that a cell measured again after an interruption shows.
+    `only` (cell ids, `S/V/A/STYLE`) keeps just those cells of the matrix: one shard's share.
     """
     from .adapters import all_adapters
 
@@ -254,6 +258,8 @@ def run_matrix(
         for a in chosen
         for style in styles or profile.styles
     ]
+    if only is not None:
+        cells = select_cells(cells, only)
     output_dir = Path(output_dir)
     started = utc_now()
     results = []
@@ -271,12 +277,42 @@ def run_matrix(
             continue
         t0 = time.monotonic()
         _say(f"[{i}/{len(cells)}] {cell.label} ...")
+        if resume_dir:
+            record_attempt(Path(resume_dir), rel)
         result = run_cell(cell, path)
         _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
         if resume_dir:
             write_result(Path(resume_dir) / rel, result)
         results.append(result)
     return write_run_index(profile, output_dir, results, started)
+
+
+def cell_id(scenario: str, variant: str, adapter: str, style: str = "plain") -> str:
+    """A cell as a command line names it (`run --cells`): `S/V/A/STYLE`."""
+    return f"{scenario}/{variant}/{adapter}/{style}"
+
+
+def select_cells(cells: list[Cell], wanted: Sequence[str]) -> list[Cell]:
+    """The cells named by id, in the matrix's order; an id not in the matrix is a UserError."""
+    by_id = {
+        cell_id(c.workload.scenario, c.workload.variant, c.adapter.id, c.style): c for c in cells
+    }
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown:
+        raise UserError(
+            f"run --cells: {unknown[0]!r} is not a cell of this run; expected "
+            f"SCENARIO/VARIANT/ADAPTER/STYLE, one of {', '.join(list(by_id)[:6])}"
+            + (", ..." if len(by_id) > 6 else "")
+        )
+    chosen = set(wanted)
+    return [c for key, c in by_id.items() if key in chosen]
+
+
+def record_attempt(resume_dir: Path, rel: Path) -> None:
+    stamp = utc_now().replace(":", "-")
+    marker = resume_dir / ATTEMPTS_DIR / rel / f"{stamp}-{os.getpid()}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(os.environ.get("SKYPILOT_TASK_ID", "") + "\n")
 
 
 def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:

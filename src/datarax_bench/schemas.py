@@ -40,6 +40,13 @@ def validation_message(error: jsonschema.ValidationError) -> str:
         return f"got {error.instance!r}, expected one of {', '.join(map(repr, expected))}"
     if error.validator == "required":
         return str(error.message)
+    # A pattern's plain-words meaning, where the schema gives one, instead of the regex.
+    if (
+        error.validator == "pattern"
+        and isinstance(error.schema, dict)
+        and "x-expected" in error.schema
+    ):
+        return f"got {error.instance!r}, expected {error.schema['x-expected']}"
     return f"got {error.instance!r}: {error.message}"
 
 

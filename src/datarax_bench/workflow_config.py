@@ -90,6 +90,39 @@ def check_config(
     if problem:
         source = _source("results_dir", command_line, files)
         raise UserError(f"{source}: results_dir: got {config['results_dir']!r}, {problem}")
+    problem = _check_cloud_mode(config)
+    if problem:
+        key, message = problem
+        raise UserError(f"{_source(key, command_line, files)}: {key}: {message}")
+
+
+# Clouds on which SkyPilot cannot mount a bucket (its storage mounts need FUSE on the VM).
+_NO_BUCKET_MOUNTS = {"vast": "Vast", "runpod": "RunPod"}
+
+
+def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
+    """What the managed mode needs beyond each key's own schema: (key, message) or None."""
+    mode = config.get("cloud_mode", "cluster")
+    if mode != "managed":
+        if config.get("shards", 1) != 1:
+            return "shards", f"got {config['shards']}, expected 1 unless cloud_mode is managed"
+        return None
+    infra = config["infra"]
+    if infra == "local":
+        return "cloud_mode", "got 'managed' with infra local; expected a cloud infra"
+    cloud = infra.split("/")[0]
+    if cloud in _NO_BUCKET_MOUNTS:
+        return "cloud_mode", (
+            f"got 'managed' with infra {infra!r}: SkyPilot cannot mount the results bucket on "
+            f"{_NO_BUCKET_MOUNTS[cloud]}; expected cloud_mode cluster there, or a cloud that "
+            "mounts buckets (gcp, aws, kubernetes, ...)"
+        )
+    if not config.get("results_bucket"):
+        return "results_bucket", (
+            "got '' with cloud_mode managed; expected s3://BUCKET[/PREFIX], where every cell "
+            "is kept as soon as it is measured"
+        )
+    return None
 
 
 @contextlib.contextmanager

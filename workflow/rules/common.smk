@@ -9,7 +9,7 @@ from functools import cache
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
-from datarax_bench import cloud
+from datarax_bench import cloud, managed
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
 from datarax_bench.feed import fed_scenarios
@@ -214,3 +214,64 @@ def all_clusters():
 
 def teardown_marker(profile=PROFILE.name, infra=INFRA):
     return f"{run_dir(profile, infra)}/cloud/teardown.json"
+
+
+# --- managed jobs (workflow/rules/managed.smk) ---------------------------------------------
+def cell_ids(profile_name):
+    """Each cell as `datarax-bench run --cells` names it, in the matrix's order."""
+    return ["/".join(cell) for cell in cells(profile_name)]
+
+
+def shard_plan(profile_name):
+    """Shard number -> the ids of its cells (managed.assign_shards: a fixed split)."""
+    return managed.assign_shards(cell_ids(profile_name), config["shards"])
+
+
+def get_shard_reports(wildcards):
+    root = CLOUD_DIR.format(profile=wildcards.profile, infra=wildcards.infra)
+    return [f"{root}/managed/shard-{k}.json" for k in shard_plan(wildcards.profile)]
+
+
+def get_shard_cells(wildcards):
+    return shard_plan(wildcards.profile)[int(wildcards.shard)]
+
+
+def get_shard_cell_files(wildcards):
+    """Cell id -> its file under a results directory (raw/S/V/A[.STYLE].json)."""
+    return {
+        cid: str(cell_path("", *cid.split("/"))) for cid in get_shard_cells(wildcards)
+    }
+
+
+def get_shard_settings(wildcards):
+    """What the shard's cells measure: a change submits the shard again (params trigger), and
+    its job measures again every cell the change affects."""
+    profile = profile_named(wildcards.profile)
+    workloads = {
+        cid: CATALOG.get(cid.split("/")[0])
+        .resolve(cid.split("/")[1], profile.size)
+        .to_dict()
+        for cid in get_shard_cells(wildcards)
+    }
+    return {"settings": profile.settings(), "workloads": workloads}
+
+
+def get_cell_shard_report(wildcards):
+    """The report of the shard that measures this cell."""
+    cid = "/".join(
+        (wildcards.scenario, wildcards.variant, wildcards.adapter, get_style(wildcards))
+    )
+    for shard, ids in shard_plan(wildcards.profile).items():
+        if cid in ids:
+            root = CLOUD_DIR.format(profile=wildcards.profile, infra=wildcards.infra)
+            return f"{root}/managed/shard-{shard}.json"
+    raise ValueError(f"cell {cid} is not in the matrix of profile {wildcards.profile}")
+
+
+def get_cells_by_shard(wildcards):
+    """Shard number -> the cells' result files here, for the hardware check across shards."""
+    root = run_dir(wildcards.profile, wildcards.infra)
+    return {
+        shard: [str(cell_path(root, *cid.split("/"))) for cid in ids]
+        for shard, ids in shard_plan(wildcards.profile).items()
+    }

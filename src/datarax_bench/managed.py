@@ -1,0 +1,510 @@
+"""Cells on SkyPilot managed jobs: one job per shard, every result kept in a bucket at once.
+
+`cloud_mode: managed` (workflow/rules/managed.smk). The profile's cells are split over `shards`
+managed jobs of the same task, hence the same instance type. Each job mounts the results bucket
+(SkyPilot storage, `MOUNT_CACHED`) and runs `datarax-bench run --cells <its share> --resume-dir
+<bucket>/<profile>/<infra>/cells`: every result goes to the bucket as soon as it is written, and a
+job restarted by SkyPilot after a preemption (same task, a fresh machine) takes the cells already
+there and measures the rest, so a preemption costs at most the cell in flight. This machine only
+submits, watches (`sky jobs queue`), cancels on error, and pulls each cell from the bucket,
+validated, when its shard has finished. Nothing secret goes to the job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import buckets, cloud, provenance
+from .buckets import BucketURI
+from .errors import UserError
+from .results import ATTEMPTS_DIR, load_result, utc_now, write_json_atomic, write_result
+from .standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
+
+#: The job's share of the matrix (`run --cells`) and where in the bucket its cells go.
+CELLS_ENV = "DATARAX_BENCH_CELLS"
+BUCKET_KEY_ENV = "DATARAX_BENCH_BUCKET_KEY"
+#: `sky jobs queue` statuses after which a managed job does nothing more (sky/jobs/state.py).
+TERMINAL = {
+    "SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
+    "FAILED_NO_RESOURCE", "FAILED_CONTROLLER",
+}  # fmt: skip
+#: Consecutive failed `sky jobs queue` calls tolerated before a shard gives up watching.
+QUEUE_FAILURES_TOLERATED = 10
+PROGRESS_EVERY_S = 300
+_SHARD_KEYS = ("shard", "name", "job_id", "status", "recoveries", "job_duration_s", "hourly_usd")
+_JOB_ID = re.compile(r"Managed [Jj]ob ID:\s*(\d+)")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+def assign_shards(cell_ids: Sequence[str], shards: int) -> dict[int, list[str]]:
+    """Shard k (1-based) gets every shards-th cell in the matrix's order: each shard sees every
+    scenario, so their lengths stay close, and a cell's shard depends only on the matrix."""
+    if shards < 1:
+        raise UserError(f"shards: got {shards}, expected a whole number of at least 1")
+    plan: dict[int, list[str]] = {k: [] for k in range(1, shards + 1)}
+    for i, cid in enumerate(cell_ids):
+        plan[i % shards + 1].append(cid)
+    return plan
+
+
+def cells_key(profile: str, infra: str) -> str:
+    """Where in the bucket a run keeps its cells, as results/ keeps them here (an --infra such
+    as gcp/us-central1 is one directory name, as in results/)."""
+    return f"{profile}/{infra.replace('/', '_')}/cells"
+
+
+def job_name(cluster: str, shard: int) -> str:
+    return f"{cluster}-s{shard}"
+
+
+def render_task(profile, image: str = "") -> dict[str, Any]:
+    """The profile's task (same setup and resources) with the bucket mounted; its `run` checks
+    the hardware, then measures the cells named in CELLS_ENV, resuming from the bucket."""
+    task = cloud.render_provision_task(profile, image)
+    out = f"{cloud.REMOTE_RESULTS}/{profile.name}"
+    # $HOME, not ~: a quoted ~ is not expanded.
+    kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
+    task["run"] = (
+        f"{cloud.doctor_command(profile.name)}\n"
+        # The hardware of every machine the job ran on, for the check across shards.
+        f'mkdir -p {kept}/doctor && cp {out}/doctor.json "{kept}/doctor/$SKYPILOT_TASK_ID.json"\n'
+        f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
+        f"--resume-dir {kept} --cells ${CELLS_ENV}\n"
+    )
+    task = with_results_bucket(task)
+    envs = task["envs"]
+    envs[CELLS_ENV] = None  # given per shard with --env
+    envs[BUCKET_KEY_ENV] = None
+    cloud.validate_task(
+        {**task, "envs": {**envs, CELLS_ENV: "x", BUCKET_KEY_ENV: "x", BUCKET_ENV: "x"}},
+        f"managed task rendered for profile {profile.name}",
+    )
+    return task
+
+
+def launch_argv(
+    task_file: Path, name: str, infra: str, use_spot: bool, envs: dict[str, str]
+) -> list[str]:
+    argv = ["sky", "jobs", "launch", str(task_file), "-n", name, "-y", "-d"]
+    if infra != "any":
+        argv += ["--infra", infra]
+    argv.append("--use-spot" if use_spot else "--no-use-spot")
+    for key, value in envs.items():
+        argv += ["--env", f"{key}={value}"]
+    return argv
+
+
+def parse_job_id(output: str) -> int:
+    match = _JOB_ID.search(re.sub(r"\x1b\[[0-9;]*m", "", output))
+    if not match:
+        raise RuntimeError("`sky jobs launch` printed no managed job id")
+    return int(match.group(1))
+
+
+# --- `sky jobs queue` ---------------------------------------------------------------------------
+
+
+def parse_queue(output: str) -> dict[int, dict[str, Any]]:
+    """Rows of `sky jobs queue`'s table by job id: status, #RECOVERIES, durations.
+
+    The table's columns are found by their headers (two or more spaces apart), so that columns
+    SkyPilot adds or drops between versions do not shift what is read.
+    """
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()
+    rows: dict[int, dict[str, Any]] = {}
+    header: list[tuple[str, int]] | None = None
+    for line in lines:
+        if re.match(r"^\s*ID\s{2,}", line) and "STATUS" in line:
+            header = [(m.group(0), m.start()) for m in re.finditer(r"\S+(?: \S+)*", line)]
+            continue
+        if header is None or not re.match(r"^\s*\d+\s", line):
+            continue
+        starts = [s for _, s in header] + [len(line) + 1]
+        values = {}
+        for (name, start), end in zip(header, starts[1:], strict=False):
+            values[name] = line[start:end].strip() if start < len(line) else ""
+        # The last column (STATUS, possibly followed by others) is the first word there.
+        try:
+            job_id = int(values.get("ID", "").split()[0])
+        except (ValueError, IndexError):
+            continue
+        status = (values.get("STATUS") or "").split()
+        recoveries = values.get("#RECOVERIES", "0").split()
+        rows[job_id] = {
+            "id": job_id,
+            "name": values.get("NAME", ""),
+            "status": status[0] if status else "",
+            "recoveries": int(recoveries[0]) if recoveries and recoveries[0].isdigit() else 0,
+            "job_duration": values.get("JOB DURATION", ""),
+        }
+    return rows
+
+
+def queue(log: Path | None) -> dict[int, dict[str, Any]]:
+    proc = cloud.run_sky(["sky", "jobs", "queue"], log, check=True)
+    return parse_queue(proc.stdout)
+
+
+def duration_s(text: str) -> float | None:
+    """`1h 2m 3s`, `5m 10s`, `42s` (SkyPilot's human durations) in seconds; None for `-`."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(mo|w|d|h|m|s)(?![a-z])", text or "")
+    if not parts:
+        return None
+    scale = {"mo": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+    return float(sum(float(n) * scale[u] for n, u in parts))
+
+
+def cancel(job_ids: Sequence[int], log: Path | None, ledger: cloud.Ledger | None = None) -> None:
+    """`sky jobs cancel -y`, then check with the queue that none of them is still running."""
+    job_ids = [int(j) for j in job_ids]
+    if not job_ids:
+        return
+    cloud.run_sky(["sky", "jobs", "cancel", "-y", *map(str, job_ids)], log, check=False)
+    deadline = time.monotonic() + cloud.SHORT_TIMEOUT_S
+    while True:
+        try:
+            rows = queue(log)
+            live = [j for j in job_ids if j in rows and rows[j]["status"] not in TERMINAL]
+        except (RuntimeError, cloud.SkyTimeout):
+            live = job_ids
+        if not live:
+            for j in job_ids:
+                if ledger is not None:
+                    ledger.add("managed_job_cancelled", f"job-{j}", job_id=j)
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"managed job(s) {', '.join(map(str, live))} still run after `sky jobs cancel` "
+                f"and STILL BILL: run `sky jobs cancel -y {' '.join(map(str, live))}`"
+            )
+        time.sleep(2)
+
+
+# --- one shard ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """One managed job's share of the matrix and everything watching it needs."""
+
+    profile: Any
+    infra: str
+    index: int
+    total: int
+    name: str
+    cells: list[str]  # cell ids, S/V/A/STYLE
+    cell_files: dict[str, str]  # cell id -> raw/S/V/A[.STYLE].json
+    bucket: BucketURI
+    settings: cloud.CloudSettings
+    work_dir: Path
+    log: Path
+    keep_cluster: bool = False
+    poll_s: float = 30.0
+    use_spot: bool = True
+    done: set[str] = field(default_factory=set)
+
+    @property
+    def ledger(self) -> cloud.Ledger:
+        return cloud.ledger_for(self.work_dir)
+
+    @property
+    def key(self) -> str:
+        return self.bucket.key(cells_key(self.profile.name, self.infra))
+
+    @property
+    def label(self) -> str:
+        return f"shard {self.index}/{self.total}"
+
+
+def job_record_path(work_dir: Path, index: int) -> Path:
+    return Path(work_dir) / "managed" / f"shard-{index}.job.json"
+
+
+def submitted_jobs(work_dir: Path) -> list[dict[str, Any]]:
+    """The managed jobs this run submitted (for cancelling them from the onerror handler)."""
+    out = []
+    for path in sorted((Path(work_dir) / "managed").glob("shard-*.job.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def kept_cells(shard: Shard, s3=None) -> set[str]:
+    """Cells of the shard whose results are in the bucket already."""
+    present = set(
+        buckets.list_keys(shard.bucket, cells_key(shard.profile.name, shard.infra), s3=s3)
+    )
+    return {cid for cid in shard.cells if shard.cell_files[cid] in present}
+
+
+def attempts(bucket: BucketURI, profile: str, infra: str, s3=None) -> dict[str, int]:
+    """How many measurements each cell file had started (a cell interrupted counts twice)."""
+    counts: dict[str, int] = {}
+    for key in buckets.list_keys(bucket, cells_key(profile, infra), ATTEMPTS_DIR, s3=s3):
+        rel = key.rsplit("/", 1)[0]
+        counts[rel] = counts.get(rel, 0) + 1
+    return counts
+
+
+def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
+    """Submit the shard's missing cells as one managed job, watch it to its end, write `report`.
+
+    Cancels the job on any error or interrupt (unless keep_cluster): a managed job left running
+    bills until it finishes by itself.
+    """
+    s3 = buckets.client()
+    missing = [cid for cid in shard.cells if cid not in kept_cells(shard, s3)]
+    record: dict[str, Any] = {
+        "shard": shard.index, "shards": shard.total, "name": shard.name, "cells": shard.cells,
+        "submitted_cells": missing, "bucket": shard.bucket.uri, "job_id": None,
+    }  # fmt: skip
+    if not missing:
+        _say(f"{shard.label}: all {len(shard.cells)} cells are in {shard.bucket.uri}; no job")
+        record.update(status="NOT_NEEDED", recoveries=0, job_duration_s=0.0, finished_at=utc_now())
+        write_json_atomic(report, record)
+        return record
+    task_file = shard.work_dir / "managed" / f"shard-{shard.index}.yaml"
+    cloud.write_task(render_task(shard.profile, shard.settings.image), task_file)
+    envs = {
+        BUCKET_ENV: shard.bucket.name,
+        BUCKET_KEY_ENV: shard.key,
+        CELLS_ENV: " ".join(missing),
+    }
+    argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs)
+    ledger = shard.ledger
+    ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
+    proc = cloud.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
+    job_id = parse_job_id(proc.stdout + proc.stderr)
+    estimate = cloud.parse_launch_estimate(proc.stdout)
+    record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
+    write_json_atomic(job_record_path(shard.work_dir, shard.index), {
+        "job_id": job_id, "name": shard.name, "shard": shard.index, "submitted_at": utc_now(),
+    })  # fmt: skip
+    ledger.add("managed_job_submitted", shard.name, job_id=job_id, shard=shard.index,
+               hourly_usd=estimate["hourly_usd"])  # fmt: skip
+    _say(f"{shard.label}: managed job {job_id} ({shard.name}), {len(missing)} cells")
+    try:
+        final = _watch(shard, job_id, missing, s3)
+    except BaseException:
+        if shard.keep_cluster:
+            _say(f"{shard.label}: keep_cluster: managed job {job_id} keeps running (and billing)")
+        else:
+            _say(f"{shard.label}: cancelling managed job {job_id}")
+            cancel([job_id], shard.log, ledger)
+        raise
+    record.update(
+        status=final["status"],
+        recoveries=final["recoveries"],
+        job_duration_s=duration_s(final.get("job_duration", "")),
+        finished_at=utc_now(),
+    )
+    ledger.add("managed_job_finished", shard.name, job_id=job_id, status=final["status"],
+               recoveries=final["recoveries"], job_duration_s=record["job_duration_s"])  # fmt: skip
+    write_json_atomic(report, record)
+    return record
+
+
+def _watch(shard: Shard, job_id: int, missing: list[str], s3) -> dict[str, Any]:
+    """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
+    started = time.monotonic()
+    deadline = started + shard.settings.max_cluster_hours * 3600
+    failures, recoveries, last_line, last_said = 0, 0, "", 0.0
+    while True:
+        try:
+            row = queue(shard.log).get(job_id)
+            failures = 0
+        except (RuntimeError, cloud.SkyTimeout) as exc:
+            failures += 1
+            _say(f"{shard.label}: `sky jobs queue` failed ({failures} in a row): {exc}")
+            if failures >= QUEUE_FAILURES_TOLERATED:
+                raise RuntimeError(
+                    f"{shard.label}: `sky jobs queue` failed {failures} times in a row; "
+                    f"managed job {job_id} is no longer watched"
+                ) from None
+            time.sleep(shard.poll_s)
+            continue
+        if row is None:
+            raise RuntimeError(f"{shard.label}: managed job {job_id} is not in `sky jobs queue`")
+        if row["recoveries"] > recoveries:
+            for n in range(recoveries + 1, row["recoveries"] + 1):
+                shard.ledger.add("managed_job_recovered", shard.name, job_id=job_id, recovery=n)
+            recoveries = row["recoveries"]
+        try:
+            done = len(kept_cells(shard, s3) & set(missing))
+        except Exception:  # a bucket listing that failed once is no reason to stop watching
+            done = len(shard.done)
+        line = (
+            f"{shard.label}: {done}/{len(missing)} cells, {row['status']}, "
+            f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}, "
+            f"{(time.monotonic() - started) / 60:.1f} min"
+        )
+        now = time.monotonic()
+        if line.split(", ")[:3] != last_line.split(", ")[:3] or now - last_said > PROGRESS_EVERY_S:
+            _say(line)
+            last_line, last_said = line, now
+        if row["status"] in TERMINAL:
+            if row["status"] != "SUCCEEDED":
+                tail = _job_log_tail(job_id, shard.log)
+                raise RuntimeError(
+                    f"{shard.label}: managed job {job_id} ended {row['status']} after "
+                    f"{recoveries} recoveries{': ' + tail if tail else ''}"
+                )
+            return row
+        if now > deadline:
+            raise RuntimeError(
+                f"{shard.label}: managed job {job_id} still {row['status']} after "
+                f"max_cluster_hours={shard.settings.max_cluster_hours:g}"
+            )
+        time.sleep(shard.poll_s)
+
+
+def _job_log_tail(job_id: int, log: Path | None) -> str:
+    try:
+        proc = cloud.run_sky(["sky", "jobs", "logs", "--no-follow", str(job_id)], log, check=False)
+    except cloud.SkyTimeout:
+        return ""
+    lines = [ln for ln in (proc.stdout or "").splitlines() if ln.strip()]
+    return " | ".join(lines[-3:])
+
+
+# --- pulling, checking, finishing -------------------------------------------------------------
+
+
+def pull_cell(bucket: BucketURI, profile: str, infra: str, cell_file: str, dest: Path) -> dict:
+    """One cell's result from the bucket, validated against the result schema, written to `dest`."""
+    tmp = Path(dest).with_name(Path(dest).name + ".pulling")
+    key = f"{cells_key(profile, infra)}/{cell_file}"
+    try:
+        if not buckets.download(bucket, key, tmp):
+            raise RuntimeError(
+                f"{bucket.uri}/{key} is missing although its shard finished: the job did not "
+                "keep it (see the shard's log)"
+            )
+        result = load_result(tmp)
+        write_result(Path(dest), result)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
+
+
+def check_hardware(results_by_shard: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One hardware fingerprint for every cell of every shard, or a UserError naming both."""
+    reference: tuple[int, dict[str, Any]] | None = None
+    for shard, results in sorted(results_by_shard.items()):
+        for result in results:
+            hw = provenance.hardware(result["provenance"])
+            if reference is None:
+                reference = (shard, hw)
+                continue
+            if hw != reference[1]:
+                diff = [
+                    f"{k}: {reference[1].get(k)!r} vs {hw.get(k)!r}"
+                    for k in hw
+                    if hw.get(k) != reference[1].get(k)
+                ]
+                raise UserError(
+                    f"shards ran on different hardware, refusing to aggregate: shard "
+                    f"{reference[0]} vs shard {shard} ({'; '.join(diff)})"
+                )
+    return reference[1] if reference else {}
+
+
+def finish(
+    work_dir: Path,
+    reports: Sequence[Path],
+    cell_results: dict[int, Sequence[Path]],
+    bucket: BucketURI,
+    profile: str,
+    infra: str,
+    log: Path | None,
+) -> dict[str, Any]:
+    """After every cell is pulled: check the hardware across shards, check that no job of this
+    run still runs (cancel any that does), and return the record for cloud/teardown.json."""
+    shards = [json.loads(Path(p).read_text()) for p in reports]
+    hardware = check_hardware(
+        {k: [load_result(Path(p)) for p in paths] for k, paths in cell_results.items()}
+    )
+    ours = [s["job_id"] for s in shards if s.get("job_id") is not None]
+    rows = queue(log) if ours else {}
+    live = [j for j in ours if j in rows and rows[j]["status"] not in TERMINAL]
+    ledger = cloud.ledger_for(work_dir)
+    if live:
+        cancel(live, log, ledger)
+    counts = attempts(bucket, profile, infra)
+    twice = sorted(rel for rel, n in counts.items() if n > 1)
+    billed = [s.get("job_duration_s") or 0.0 for s in shards]
+    costs = [
+        (s.get("hourly_usd") or 0.0) * (s.get("job_duration_s") or 0.0) / 3600
+        for s in shards
+        if s.get("hourly_usd") is not None
+    ]
+    record = {
+        "mode": "managed",
+        "verified": True,
+        "jobs": ours,
+        "still_running": [],
+        "cancelled_at_finish": live,
+        "torn_down_at": utc_now(),
+        "hardware": hardware,
+        "managed": {
+            "bucket": bucket.uri,
+            "shards": [
+                {k: s.get(k) for k in _SHARD_KEYS}
+                | {"cells": len(s.get("cells", [])), "submitted": len(s.get("submitted_cells", []))}
+                for s in shards
+            ],  # fmt: skip
+            "recoveries": sum(s.get("recoveries") or 0 for s in shards),
+            "measured_more_than_once": {rel: counts[rel] for rel in twice},
+            "billed_s": round(sum(billed), 1),
+            "cost_usd": round(sum(costs), 4) if costs else None,
+        },
+    }
+    return record
+
+
+def managed_markdown(run_dir: Path) -> str:
+    """summary.md's section on a managed run: shards, recoveries, cells measured twice."""
+    try:
+        record = json.loads((Path(run_dir) / "cloud" / "teardown.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    info = record.get("managed")
+    if not info:
+        return ""
+    lines = ["", "## Managed jobs", "", f"Results bucket: `{info['bucket']}`.", ""]
+    lines += ["| shard | job | status | recoveries | cells (submitted) | job time |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for s in info["shards"]:
+        minutes = (s.get("job_duration_s") or 0.0) / 60
+        lines.append(
+            f"| {s['shard']} | {s.get('job_id') or '-'} | {s.get('status')} | "
+            f"{s.get('recoveries') or 0} | {s['cells']} ({s['submitted']}) | {minutes:.1f} min |"
+        )
+    again = info.get("measured_more_than_once") or {}
+    lines += ["", f"Recoveries: {info['recoveries']}. Billed job time: "
+              f"{info['billed_s'] / 60:.1f} min"
+              + ("" if info.get("cost_usd") is None else f", about ${info['cost_usd']:.4f}")
+              + "."]  # fmt: skip
+    if again:
+        lines.append("Cells measured more than once (a preemption interrupted them; the result "
+                     "kept is the last one):")  # fmt: skip
+        lines += [f"- `{rel}`: {n} times" for rel, n in sorted(again.items())]
+    else:
+        lines.append("No cell was measured more than once.")
+    return "\n".join(lines) + "\n"

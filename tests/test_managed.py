@@ -1,0 +1,223 @@
+"""The managed-jobs path's parts that need no cloud: the shard split, reading SkyPilot's own
+`sky jobs queue` table, the rendered task, the config checks, the hardware check across
+shards, and `run --cells` with the attempts it records in a resume directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from datarax_bench import managed
+from datarax_bench.buckets import parse_bucket
+from datarax_bench.catalog import load_profile
+from datarax_bench.errors import UserError
+from datarax_bench.workflow_config import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_cell_goes_to_exactly_one_shard_and_each_shard_sees_every_scenario():
+    ids = [f"{s}/small/{a}/plain" for s in ("CV-1", "NLP-1", "TAB-1") for a in "abcd"]
+    plan = managed.assign_shards(ids, 3)
+    assert sorted(plan) == [1, 2, 3]
+    flat = [cid for cells in plan.values() for cid in cells]
+    assert sorted(flat) == sorted(ids) and len(flat) == len(ids)
+    assert all(len(cells) == 4 for cells in plan.values())
+    for cells in plan.values():
+        assert {c.split("/")[0] for c in cells} == {"CV-1", "NLP-1", "TAB-1"}
+    assert managed.assign_shards(ids, 3) == plan  # the split depends only on the matrix
+    with pytest.raises(UserError, match="shards: got 0"):
+        managed.assign_shards(ids, 0)
+
+
+def test_the_queue_table_skypilot_prints_is_read_by_column(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # importing sky writes ~/.sky
+    from sky.jobs import state, utils
+
+    now = time.time()
+    base = {
+        "task_id": 0, "resources": "1x[A100-80GB:1]", "submitted_at": now - 600,
+        "end_at": None, "pool": None, "workspace": "default", "user_name": "me",
+        "user_hash": "abc", "last_recovered_at": now - 100, "schedule_state": None,
+        "details": None, "failure_reason": None,
+    }  # fmt: skip
+    tasks = [
+        base | {"job_id": 7, "task_name": "dxb-s1", "job_name": "dxb-s1", "job_duration": 3725,
+                "recovery_count": 2, "status": state.ManagedJobStatus.RECOVERING},
+        base | {"job_id": 8, "task_name": "dxb-s2", "job_name": "dxb-s2", "job_duration": 45,
+                "recovery_count": 0, "status": state.ManagedJobStatus.SUCCEEDED, "end_at": now},
+    ]  # fmt: skip
+    table = utils.format_job_table(tasks, show_all=False, show_user=False)
+    rows = managed.parse_queue("Fetching managed job statuses...\n" + table)
+    assert rows[7]["status"] == "RECOVERING" and rows[7]["recoveries"] == 2
+    assert rows[7]["name"] == "dxb-s1"
+    assert managed.duration_s(rows[7]["job_duration"]) == 3725
+    assert rows[8]["status"] == "SUCCEEDED" and rows[8]["recoveries"] == 0
+    assert managed.duration_s(rows[8]["job_duration"]) == 45
+    assert managed.parse_queue("No in-progress managed jobs.") == {}
+
+
+def test_job_id_is_read_from_the_launch_output():
+    out = "Launching a managed job 'dxb-s1'.\n\x1b[1mManaged Job ID: 12\x1b[0m\n📋 Useful Commands"
+    assert managed.parse_job_id(out) == 12
+    with pytest.raises(RuntimeError, match="no managed job id"):
+        managed.parse_job_id("ValueError: something failed")
+
+
+@pytest.mark.parametrize("profile", ["gpu_a100", "smoke"])
+def test_rendered_task_mounts_the_bucket_and_measures_only_its_cells(
+    profile, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    task = managed.render_task(load_profile(profile))
+    mounts = task["file_mounts"]
+    assert mounts["~/datarax-bench-bucket"]["mode"] == "MOUNT_CACHED"
+    # The per-shard values have no default: SkyPilot refuses a launch that omits one.
+    for key in (managed.CELLS_ENV, managed.BUCKET_KEY_ENV, "DATARAX_BENCH_BUCKET"):
+        assert key in task["envs"] and task["envs"][key] is None
+    run = task["run"]
+    assert "--cells $DATARAX_BENCH_CELLS" in run
+    assert "--resume-dir $HOME/datarax-bench-bucket/${DATARAX_BENCH_BUCKET_KEY}" in run
+    assert "datarax-bench doctor" in run.split("datarax-bench run")[0]
+    assert "WANDB" not in json.dumps(task)
+    # Recovery settings of the template stay: a preemption is recovered, an error retried once.
+    if profile == "gpu_a100":
+        assert task["resources"]["job_recovery"] == {"max_restarts_on_errors": 1}
+
+
+def test_launch_argv_passes_settings_by_value_and_no_secret():
+    argv = managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp", True, {"A": "1 2"})
+    assert argv[:8] == ["sky", "jobs", "launch", "t.yaml", "-n", "dxb-s1", "-y", "-d"]
+    assert argv[8:] == ["--infra", "gcp", "--use-spot", "--env", "A=1 2"]
+    assert "--infra" not in managed.launch_argv(Path("t.yaml"), "n", "any", False, {})
+
+
+def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    from sky.client.cli import command
+
+    jobs = command.cli.commands["jobs"]
+    for argv in (
+        managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp/us-central1", True, {"A": "1 2"}),
+        ["sky", "jobs", "queue"],
+        ["sky", "jobs", "cancel", "-y", "3", "4"],
+        ["sky", "jobs", "logs", "--no-follow", "3"],
+    ):
+        jobs.commands[argv[2]].make_context(f"sky jobs {argv[2]}", argv[3:])
+
+
+def test_bucket_uri():
+    b = parse_bucket("s3://my-bucket/bench/runs")
+    assert (b.name, b.prefix) == ("my-bucket", "bench/runs")
+    assert b.key("smoke/gcp/cells", "raw/x.json") == "bench/runs/smoke/gcp/cells/raw/x.json"
+    assert parse_bucket("s3://my-bucket").key("a") == "a"
+    for bad in ("gs://b", "s3://UPPER", "s3://x", "my-bucket"):
+        with pytest.raises(UserError, match="expected s3://BUCKET"):
+            parse_bucket(bad)
+
+
+def _config(**changes):
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"infra": "gcp", "cloud_mode": "managed"}, "results_bucket: got ''"),
+        ({"infra": "local", "cloud_mode": "managed", "results_bucket": "s3://abc"},
+         "cloud_mode: got 'managed' with infra local"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc"},
+         "cannot mount the results bucket on Vast"),
+        ({"infra": "gcp", "shards": 2}, "shards: got 2, expected 1 unless cloud_mode is managed"),
+        ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://abc"},
+         "results_bucket: got 'gs://abc', expected s3://BUCKET"),
+        ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "s3://abc", "shards": 0},
+         "shards"),
+    ],
+)  # fmt: skip
+def test_managed_config_is_checked_before_anything_runs(changes, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        check_config(_config(**changes), changes, [])
+
+
+def test_a_good_managed_config_passes():
+    config = _config(infra="gcp", cloud_mode="managed", results_bucket="s3://abc/x", shards=4)
+    check_config(config, {}, [])
+
+
+def test_bad_managed_config_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        ["snakemake", "-n", "--config", "infra=gcp", "cloud_mode=managed"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "results_bucket" in lines[0], proc.stderr[-2000:]
+
+
+def test_the_plan_has_one_job_per_shard_and_one_pull_per_cell():
+    proc = subprocess.run(
+        ["snakemake", "-n", "--config", "infra=gcp", "cloud_mode=managed", "shards=3",
+         "results_bucket=s3://dxb-test/p", "profile=smoke", "scenarios=[TAB-1,NLP-1]"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    cells = 2 * 5 * len(load_profile("smoke").styles)
+    assert counts["managed_shard"] == 3 and counts["pull_cell"] == cells, out[-2000:]
+    assert counts["managed_finish"] == 1 and "teardown" not in counts
+
+
+def _result(tmp_path, run_smoke_cell) -> dict:
+    out = tmp_path / "cell.json"
+    proc = run_smoke_cell("TAB-1", "numpy", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_cells_from_shards_on_different_hardware_are_refused_naming_both(tmp_path, run_smoke_cell):
+    result = _result(tmp_path, run_smoke_cell)
+    other = copy.deepcopy(result)
+    other["provenance"]["cpu"]["model"] = "Some Other CPU @ 2.0GHz"
+    same = managed.check_hardware({1: [result], 2: [copy.deepcopy(result)]})
+    assert same["CPU model"] == result["provenance"]["cpu"]["model"]
+    with pytest.raises(UserError) as info:
+        managed.check_hardware({1: [result], 2: [other]})
+    message = str(info.value)
+    assert "shard 1 vs shard 2" in message and "refusing to aggregate" in message
+    assert result["provenance"]["cpu"]["model"] in message and "Some Other CPU" in message
+
+
+def test_run_cells_measures_only_the_named_cells_and_records_each_attempt(tmp_path, cli_path):
+    out, kept = tmp_path / "out", tmp_path / "bucket"
+    variant = "small"
+    cmd = [cli_path, "run", "--profile", "smoke", "--output-dir", str(out), "--scenarios",
+           "TAB-1", "--resume-dir", str(kept), "--cells", f"TAB-1/{variant}/numpy/plain"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "raw" / "TAB-1" / variant).iterdir()) == ["numpy.json"]
+    assert (kept / "raw" / "TAB-1" / variant / "numpy.json").is_file()
+    attempts = list((kept / "attempts" / "raw" / "TAB-1" / variant / "numpy.json").iterdir())
+    assert len(attempts) == 1
+    # Run again: the cell is taken from the resume directory; no new attempt.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "kept in the resume directory" in proc.stderr
+    assert len(list(attempts[0].parent.iterdir())) == 1
+
+    bad = subprocess.run(cmd[:-1] + ["TAB-1/small/nosuch/plain"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "'TAB-1/small/nosuch/plain'" in bad.stderr

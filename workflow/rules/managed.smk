@@ -1,0 +1,101 @@
+# Cells as SkyPilot managed jobs (config cloud_mode: managed): managed_shard per shard (submit
+# its missing cells as one `sky jobs launch`, watch `sky jobs queue` to the end, cancel on error)
+# -> pull_cell per cell (from the results bucket, validated) -> managed_finish (hardware the same
+# on every shard, no job left running, the record aggregate reads) -> aggregate, plots, export.
+# The jobs keep every cell in the bucket as soon as it is measured, so a preemption, which
+# SkyPilot recovers by itself, costs at most the cell in flight. `pull_cell` writes the same raw
+# files as measure_local.smk. Nothing here calls `sky` at parse time.
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+rule managed_shard:
+    output:
+        f"{CLOUD_DIR}/managed/shard-{{shard}}.json",
+    log:
+        "logs/{profile}/{infra}/cloud/managed/shard-{shard}.log",
+    params:
+        name=lambda wildcards: managed.job_name(
+            cluster_for(wildcards.profile), int(wildcards.shard)
+        ),
+        shards=config["shards"],
+        cells=get_shard_cells,
+        cell_files=get_shard_cell_files,
+        measured=get_shard_settings,
+        bucket=config["results_bucket"],
+        infra=config["infra"],
+        keep_cluster=config["keep_cluster"],
+        poll_s=config["managed_poll_seconds"],
+        work_dir=CLOUD_DIR,
+    conda:
+        "../envs/orchestrate.yaml"
+    script:
+        "../scripts/managed_shard.py"
+
+
+rule pull_cell:
+    input:
+        get_cell_shard_report,
+    output:
+        report(
+            CELL,
+            caption="../report/cell.rst",
+            category="{scenario}",
+            subcategory="{variant}",
+            labels={
+                "adapter": "{adapter}{style_suffix}",
+                "variant": "{variant}",
+                "file": "result JSON",
+            },
+        ),
+    log:
+        "logs/{profile}/{infra}/cloud/pull/{scenario}/{variant}/{adapter}{style_suffix}.log",
+    params:
+        bucket=config["results_bucket"],
+        infra=INFRA,
+        style=get_style,
+    conda:
+        "../envs/orchestrate.yaml"
+    script:
+        "../scripts/managed_pull.py"
+
+
+rule managed_finish:
+    input:
+        reports=get_shard_reports,
+        cells=get_cell_results,
+    output:
+        f"{CLOUD_DIR}/teardown.json",
+    log:
+        "logs/{profile}/{infra}/cloud/managed/finish.log",
+    params:
+        cells_by_shard=get_cells_by_shard,
+        bucket=config["results_bucket"],
+        infra=INFRA,
+        work_dir=CLOUD_DIR,
+    conda:
+        "../envs/orchestrate.yaml"
+    script:
+        "../scripts/managed_finish.py"
+
+
+onerror:
+    # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
+    for _profile in PROFILES:
+        _work_dir = CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
+        _jobs = [j["job_id"] for j in managed.submitted_jobs(_work_dir)]
+        if not _jobs:
+            continue
+        if config["keep_cluster"]:
+            print(
+                f"keep_cluster: true; managed jobs {_jobs} keep running (and billing)"
+            )
+            continue
+        _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-cancel.log"
+        try:
+            managed.cancel(_jobs, _log, cloud.ledger_for(_work_dir))
+            print(f"onerror: cancelled managed jobs {_jobs} (verified; see {_log})")
+        except RuntimeError as _exc:
+            print(f"onerror: {_exc} (see {_log})")

@@ -1,0 +1,35 @@
+"""Rule managed_shard: one shard's missing cells as a managed job, watched to its end."""
+
+import sys
+from contextlib import redirect_stderr
+from pathlib import Path
+
+from datarax_bench import cloud, managed
+from datarax_bench.buckets import parse_bucket
+from datarax_bench.catalog import load_profile
+
+with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821
+    p, w = snakemake.params, snakemake.wildcards  # noqa: F821
+    try:
+        use_spot, why = cloud.resolve_use_spot(p.infra, snakemake.config["use_spot"])  # noqa: F821
+        print(f"use_spot: {use_spot} ({why})", file=sys.stderr)
+        shard = managed.Shard(
+            profile=load_profile(w.profile),
+            infra=p.infra,
+            index=int(w.shard),
+            total=p.shards,
+            name=p.name,
+            cells=list(p.cells),
+            cell_files=dict(p.cell_files),
+            bucket=parse_bucket(p.bucket),
+            settings=cloud.CloudSettings.from_config(snakemake.config),  # noqa: F821
+            work_dir=Path(p.work_dir),
+            log=Path(snakemake.log[0]),  # noqa: F821
+            keep_cluster=p.keep_cluster,
+            poll_s=p.poll_s,
+            use_spot=use_spot,
+        )
+        managed.run_shard(shard, Path(snakemake.output[0]))  # noqa: F821
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise
