@@ -151,6 +151,25 @@ def stop_skylets(home: Path) -> None:
             pass
 
 
+def stop_managed_jobs(home: Path) -> None:
+    """Kill every managed job's controller and its attempt's process group (the job, its
+    bucket uploader), by the pids the loopback recorded."""
+    for record in (home / ".sky" / "loopback" / "managed").glob("*.json"):
+        try:
+            job = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            continue
+        for pid, kill in (
+            (job.get("controller_pid"), os.kill),
+            (job.get("attempt_pid"), os.killpg),
+        ):
+            if pid:
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
 def set_faults(home: Path, **faults) -> None:
     """Faults the loopback `sky` applies (see its docstring): down_noop, setup_hangs, ..."""
     path = home / ".sky" / "loopback" / "faults.json"

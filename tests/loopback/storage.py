@@ -8,8 +8,12 @@ directory on the node and fills it with the bucket's objects (a named bucket tha
 is created, as SkyPilot does), and `flush_command` is the shell step that ends a job: it uploads
 what is under the mounts through boto3, then the job exits with its own status. Which mounts a
 task has is read by SkyPilot's own loader (env vars filled in from `envs` and `--env`).
+A managed job also gets rclone's write-back uploader (`write-back`): every
+`LOOPBACK_RCLONE_WRITE_BACK_S` seconds (rclone's default delay, 5) it uploads what is new or
+changed, so a machine that dies loses only what was written in its last window.
 
     python storage.py flush --endpoint URL '{"<node dir>": "<bucket>"}'
+    python storage.py write-back --endpoint URL --interval S '{"<node dir>": "<bucket>"}'
 """
 
 from __future__ import annotations
@@ -98,20 +102,63 @@ def flush(mounts: dict[str, str], endpoint: str | None = None) -> int:
     return count
 
 
+def _files(mounts: dict[str, str]) -> dict[tuple[str, str], tuple[str, int, int]]:
+    """(bucket, key) -> (path, mtime_ns, size) of every file under the mount directories."""
+    found = {}
+    for directory, bucket in mounts.items():
+        root = Path(directory)
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            key = path.relative_to(root).as_posix()
+            found[(bucket, key)] = (str(path), stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def write_back(mounts: dict[str, str], interval_s: float, endpoint: str | None = None) -> None:
+    """Upload new and changed files every interval_s seconds until killed (what is already
+    there when it starts came from the bucket)."""
+    client = s3_client(endpoint)
+    uploaded = _files(mounts)
+    while True:
+        time.sleep(interval_s)
+        for (bucket, key), (path, *version) in sorted(_files(mounts).items()):
+            if uploaded.get((bucket, key), (None,))[1:] != tuple(version):
+                client.upload_file(path, bucket, key)
+                uploaded[(bucket, key)] = (path, *version)
+
+
+def _storage_command(command: str, mounts: dict[str, str], endpoint: str | None, *extra) -> str:
+    endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or ""
+    argv = [sys.executable, str(Path(__file__).resolve()), command, "--endpoint", endpoint]
+    return shlex.join([*argv, *extra, json.dumps(mounts)])
+
+
 def flush_command(mounts: dict[str, str], endpoint: str | None = None) -> str:
     """The shell step that ends a job with mounts (run after the job's own commands)."""
-    endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or ""
-    argv = [sys.executable, str(Path(__file__).resolve()), "flush", "--endpoint", endpoint]
-    return shlex.join([*argv, json.dumps(mounts)])
+    return _storage_command("flush", mounts, endpoint)
 
 
-def wrap_job(body: str, mounts: dict[str, str], endpoint: str | None = None) -> str:
+def wrap_job(
+    body: str,
+    mounts: dict[str, str],
+    endpoint: str | None = None,
+    write_back_s: float | None = None,
+) -> str:
     """A job body that, like SkyPilot's, ends only after the mounts are uploaded and then exits
-    with the user commands' status (an `exit` in them does not skip the upload)."""
+    with the user commands' status (an `exit` in them does not skip the upload). With
+    write_back_s, an uploader runs in the job's process group meanwhile (it dies with it)."""
     if not mounts:
         return body
+    start, stop = "", ""
+    if write_back_s is not None:
+        uploader = _storage_command("write-back", mounts, endpoint, "--interval", str(write_back_s))
+        start = f"{uploader} &\n__loopback_uploader=$!\n"
+        stop = "kill $__loopback_uploader 2>/dev/null; wait $__loopback_uploader 2>/dev/null\n"
     return (
-        f"(\n{body}\n)\n__loopback_rc=$?\n"
+        f"{start}(\n{body}\n)\n__loopback_rc=$?\n{stop}"
         f"{flush_command(mounts, endpoint)} || echo 'loopback: bucket upload failed' >&2\n"
         "exit $__loopback_rc"
     )
@@ -164,7 +211,14 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("flush")
     p.add_argument("--endpoint", required=True)
     p.add_argument("mounts")
+    p = sub.add_parser("write-back")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--interval", type=float, required=True)
+    p.add_argument("mounts")
     args = parser.parse_args(argv)
+    if args.command == "write-back":
+        write_back(json.loads(args.mounts), args.interval, args.endpoint)
+        return 0
     count = flush(json.loads(args.mounts), args.endpoint)
     print(f"loopback: {count} files uploaded to the bucket(s)", file=sys.stderr)
     return 0
