@@ -194,6 +194,47 @@ def cancel(job_ids: Sequence[int], log: Path | None, ledger: cloud.Ledger | None
         time.sleep(2)
 
 
+def cancel_run(
+    names: Sequence[str],
+    job_ids: Sequence[int],
+    log: Path | None,
+    ledger: cloud.Ledger | None = None,
+) -> list[int]:
+    """Cancel every unfinished job of a run: those recorded, and any job named like one of its
+    shards (a launch killed before it could record the id still submitted its job)."""
+    rows = queue(log)
+    wanted = {int(j) for j in job_ids}
+    live = [
+        job_id
+        for job_id, row in rows.items()
+        if row["status"] not in TERMINAL and (job_id in wanted or row["name"] in set(names))
+    ]
+    cancel(live, log, ledger)
+    return live
+
+
+def cancel_after_error(
+    work_dir: Path, cluster: str, shards: int, keep_cluster: bool, log: Path
+) -> list[int]:
+    """The workflow's onerror step: cancel the run's jobs, found by their records and by their
+    shards' names (a launch killed early), unless keep_cluster. Prints what it did."""
+    names = [job_name(cluster, k) for k in range(1, shards + 1)]
+    recorded = [j["job_id"] for j in submitted_jobs(work_dir)]
+    if not recorded and not (Path(work_dir) / "managed").is_dir():
+        return []  # no shard got as far as a launch
+    if keep_cluster:
+        print(f"keep_cluster: true; managed jobs {', '.join(names)} keep running (and billing)")
+        return []
+    try:
+        cancelled = cancel_run(names, recorded, log, cloud.ledger_for(work_dir))
+    except (RuntimeError, cloud.SkyTimeout) as exc:
+        print(f"onerror: {exc} (see {log})")
+        return []
+    if cancelled:
+        print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
+    return cancelled
+
+
 # --- one shard ----------------------------------------------------------------------------------
 
 
@@ -289,8 +330,13 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs)
     ledger = shard.ledger
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
-    proc = cloud.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
-    job_id = parse_job_id(proc.stdout + proc.stderr)
+    try:
+        proc = cloud.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
+        job_id = parse_job_id(proc.stdout + proc.stderr)
+    except BaseException:
+        if not shard.keep_cluster:  # a launch cut short may still have submitted its job
+            cancel_run([shard.name], [], shard.log, ledger)
+        raise
     estimate = cloud.parse_launch_estimate(proc.stdout)
     record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
     write_json_atomic(job_record_path(shard.work_dir, shard.index), {

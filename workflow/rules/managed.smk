@@ -84,18 +84,10 @@ rule managed_finish:
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
     for _profile in PROFILES:
-        _work_dir = CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
-        _jobs = [j["job_id"] for j in managed.submitted_jobs(_work_dir)]
-        if not _jobs:
-            continue
-        if config["keep_cluster"]:
-            print(
-                f"keep_cluster: true; managed jobs {_jobs} keep running (and billing)"
-            )
-            continue
-        _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-cancel.log"
-        try:
-            managed.cancel(_jobs, _log, cloud.ledger_for(_work_dir))
-            print(f"onerror: cancelled managed jobs {_jobs} (verified; see {_log})")
-        except RuntimeError as _exc:
-            print(f"onerror: {_exc} (see {_log})")
+        managed.cancel_after_error(
+            CLOUD_DIR.format(profile=_profile.name, infra=INFRA),
+            cluster_for(_profile.name),
+            config["shards"],
+            config["keep_cluster"],
+            f"logs/{_profile.name}/{INFRA}/cloud/onerror-cancel.log",
+        )
