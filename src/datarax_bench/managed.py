@@ -358,10 +358,13 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         status=final["status"],
         recoveries=final["recoveries"],
         job_duration_s=duration_s(final.get("job_duration", "")),
+        measured_cells=sorted(kept_cells(shard, s3) & set(missing)),
         finished_at=utc_now(),
     )
     ledger.add("managed_job_finished", shard.name, job_id=job_id, status=final["status"],
-               recoveries=final["recoveries"], job_duration_s=record["job_duration_s"])  # fmt: skip
+               recoveries=final["recoveries"], job_duration_s=record["job_duration_s"],
+               cells_measured=len(record["measured_cells"]),
+               hourly_usd=record["hourly_usd"])  # fmt: skip
     write_json_atomic(report, record)
     return record
 
@@ -524,13 +527,34 @@ def finish(
     return record
 
 
-def managed_markdown(run_dir: Path) -> str:
-    """summary.md's section on a managed run: shards, recoveries, cells measured twice."""
+def read_managed(run_dir: Path) -> dict[str, Any] | None:
+    """The managed-jobs record of a run (cloud/teardown.json), None for other runs."""
     try:
         record = json.loads((Path(run_dir) / "cloud" / "teardown.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return ""
-    info = record.get("managed")
+        return None
+    return record.get("managed") if isinstance(record, dict) else None
+
+
+def managed_metrics(run_dir: Path) -> dict[str, Any]:
+    """W&B summary metrics of a managed run (`cloud/...`); empty for other runs."""
+    info = read_managed(run_dir)
+    if not info:
+        return {}
+    out = {
+        "cloud/shards": len(info["shards"]),
+        "cloud/recoveries": info["recoveries"],
+        "cloud/cells_measured_more_than_once": len(info.get("measured_more_than_once") or {}),
+        "cloud/billed_s": info["billed_s"],
+    }
+    if info.get("cost_usd") is not None:
+        out["cloud/cost_usd"] = info["cost_usd"]
+    return out
+
+
+def managed_markdown(run_dir: Path) -> str:
+    """summary.md's section on a managed run: shards, recoveries, cells measured twice."""
+    info = read_managed(run_dir)
     if not info:
         return ""
     lines = ["", "## Managed jobs", "", f"Results bucket: `{info['bucket']}`.", ""]

@@ -31,6 +31,7 @@ from .compare import fresh_comparison, read_comparison
 from .errors import UserError
 from .feed import UTILISATION_PREFIX
 from .feed import row_columns as feed_columns
+from .managed import managed_metrics
 from .results import (
     CELL_KEYS,
     NUMERIC_KEYS,
@@ -267,6 +268,7 @@ def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
     out.update({f"cells/{status}": n for status, n in bundle.counts().items()})
     out["cells/total"] = len(bundle.cells)
     out.update(billing_metrics(bundle.root))
+    out.update(managed_metrics(bundle.root))
     return out
 
 
