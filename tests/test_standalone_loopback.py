@@ -80,9 +80,13 @@ def test_bucket_keeps_the_results_and_nothing_kept_fails_the_job(tmp_path):
     stamps = {k.split("/")[1] for k in keys if not k.startswith("smoke/cells/")}
     assert len(stamps) == 1, keys
     stamp = stamps.pop()
-    assert sorted(c[3] for c in cells) == sorted(
+    results = [c[3] for c in cells if c[3].startswith("raw/")]
+    assert sorted(results) == sorted(
         k.split("/", 2)[2] for k in keys if k.startswith(f"smoke/{stamp}/raw/")
     )
+    # Beside each result, one marker per measurement started (none was interrupted here).
+    started = [c[3] for c in cells if c[3].startswith("attempts/")]
+    assert sorted(a.split("/", 1)[1].rsplit("/", 1)[0] for a in started) == sorted(results)
     assert f"smoke/{stamp}/PERSISTED.json" in keys and f"smoke/{stamp}/manifest.json" in keys
     assert any(k.startswith(f"smoke/{stamp}/raw/TAB-1/") for k in keys), keys
     assert not any("/raw/CV-1/" in k for k in keys)  # only the scenario asked for
