@@ -1,0 +1,258 @@
+"""`cloud_mode: managed` end to end: real Snakemake, ssh and rsync, the loopback's managed jobs
+(tests/loopback/managed.py: a controller per job, preemption and recovery as SkyPilot's) and a
+real S3 API (moto's server) as the results bucket, read here with boto3 and mounted
+MOUNT_CACHED on the loopback machines (tests/loopback/storage.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "loopback"))
+import node as loopback  # noqa: E402
+import storage  # noqa: E402
+from test_cloud_loopback import (  # noqa: E402
+    BIN,
+    INFRA,
+    SENTINEL,
+    assert_no_secret,
+    checkout_copy,
+    raw_cells,
+)
+
+BUCKET = "dxb-results"
+PREFIX = "bench"
+SCENARIOS = ["TAB-1", "NLP-1"]
+ADAPTERS = ["numpy", "pytorch"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(loopback.missing_tools()),
+        reason=f"loopback cluster needs {', '.join(loopback.missing_tools())}",
+    ),
+]
+
+
+@pytest.fixture
+def managed_env(tmp_path):
+    """A loopback node, moto's S3 server with the bucket, a private HOME and a checkout."""
+    node = loopback.make_node(tmp_path / "node")
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        with storage.moto_server(tmp_path) as endpoint:
+            env = loopback.loopback_env(home, node)
+            env.update(
+                WANDB_API_KEY=SENTINEL,
+                WANDB_MODE="offline",
+                LOOPBACK_RCLONE_WRITE_BACK_S="1",
+                # The loopback machines reach the bucket through this; boto3 here through AWS_*.
+                **{storage.ENDPOINT_ENV: endpoint},
+                AWS_ENDPOINT_URL=endpoint,
+                AWS_ACCESS_KEY_ID="testing",  # moto accepts any; not a secret
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+            storage.s3_client(endpoint).create_bucket(Bucket=BUCKET)
+            repo = checkout_copy(tmp_path / "repo")
+            work = tmp_path / "work"
+            (work / "config").mkdir(parents=True)
+            (work / "config" / "config.yaml").write_text(
+                (repo / "config" / "config.yaml").read_text()
+            )
+            yield node, home, env, work, repo, storage.s3_client(endpoint)
+    finally:
+        loopback.stop_managed_jobs(home)
+        loopback.stop_skylets(home)
+        node.stop()
+
+
+def snakemake_argv(repo: Path, work: Path, *extra: str, targets=(), adapters=ADAPTERS) -> list[str]:
+    config = [
+        "profile=smoke", f"infra={INFRA}", f"scenarios=[{','.join(SCENARIOS)}]",
+        f"adapters=[{','.join(adapters)}]", "cloud_mode=managed", "shards=2",
+        f"results_bucket=s3://{BUCKET}/{PREFIX}", "managed_poll_seconds=1",
+    ]  # fmt: skip
+    argv = [str(BIN / "snakemake"), "--snakefile", str(repo / "Snakefile"), "--cores", "2"]
+    return argv + [*targets, "--directory", str(work), "--config", *config, *extra]
+
+
+def snakemake(repo, work, env, *extra, targets=(), timeout=900):
+    return subprocess.run(
+        snakemake_argv(repo, work, *extra, targets=targets), env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def queue(env) -> str:
+    return subprocess.run(
+        ["sky", "jobs", "queue"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def bucket_keys(s3) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def check_jobs_calls_against_real_sky_cli(calls: list[dict]) -> None:
+    from sky.client.cli import command
+
+    for call in calls:
+        argv = call["argv"]
+        if argv[0] == "api":
+            continue
+        group = command.cli.commands[argv[0]]
+        if argv[0] == "jobs":
+            group.commands[argv[1]].make_context(f"sky jobs {argv[1]}", list(argv[2:]))
+        else:
+            group.make_context(f"sky {argv[0]}", list(argv[1:]))
+
+
+def live_pids(home: Path) -> list[int]:
+    pids = []
+    for record in (home / ".sky" / "loopback" / "managed").glob("*.json"):
+        job = json.loads(record.read_text())
+        for pid in (job.get("controller_pid"), job.get("attempt_pid")):
+            if pid:
+                try:
+                    os.kill(pid, 0)
+                    pids.append(pid)
+                except ProcessLookupError:
+                    pass
+    return pids
+
+
+def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
+    managed_env, tmp_path, monkeypatch
+):
+    node, home, env, work, repo, s3 = managed_env
+    monkeypatch.setenv("HOME", str(home))  # the real CLI's parser is imported in this process
+    run_dir = work / "results" / "smoke" / "ssh_loopback"
+    # Each shard's first machine dies some seconds into its run; SkyPilot's recovery (here
+    # the loopback's controller) brings up a fresh one and restarts the job.
+    loopback.set_faults(home, preempt_managed_after_s=[12, 14])
+    done = snakemake(repo, work, env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+
+    expected = {(s, "small", a) for s in SCENARIOS for a in ADAPTERS}
+    cells = raw_cells(run_dir)
+    assert set(cells) == expected
+
+    # Identical statuses to a local run of the same cells.
+    local = tmp_path / "local"
+    subprocess.run(
+        [str(BIN / "datarax-bench"), "run", "--profile", "smoke", "--scenarios", *SCENARIOS,
+         "--adapters", *ADAPTERS, "--output-dir", str(local)],
+        check=True, capture_output=True, env={**os.environ, "HOME": str(home)},
+    )  # fmt: skip
+    assert cells == raw_cells(local)
+
+    # Two jobs, both recovered once, finished; nothing of them is left running.
+    teardown = json.loads((run_dir / "cloud" / "teardown.json").read_text())
+    info = teardown["managed"]
+    assert [s["status"] for s in info["shards"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert sorted(s["recoveries"] for s in info["shards"]) == [1, 1]
+    assert info["recoveries"] == 2
+    assert sum(s["cells"] for s in info["shards"]) == len(expected)
+    assert all(n <= 2 for n in info["measured_more_than_once"].values())
+    events = [
+        json.loads(line) for line in (run_dir / "cloud" / "ledger.jsonl").read_text().splitlines()
+    ]
+    assert sum(e["event"] == "managed_job_recovered" for e in events) == 2
+    assert sum(e["event"] == "managed_job_submitted" for e in events) == 2
+    assert "SUCCEEDED" in queue(env) and live_pids(home) == []
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Managed jobs" in summary and "Recoveries: 2." in summary
+    shard_log = (
+        work / "logs" / "smoke" / "ssh_loopback" / "cloud" / "managed" / "shard-1.log"
+    ).read_text()
+    assert "shard 1/2:" in shard_log and "1 recovery" in shard_log
+
+    # Each cell is in the bucket once, under the run's prefix; so is each machine's hardware.
+    keys = bucket_keys(s3)
+    cell_keys = [k for k in keys if "/cells/raw/" in k]
+    assert len(cell_keys) == len(expected)
+    assert all(k.startswith(f"{PREFIX}/smoke/ssh_loopback/cells/raw/") for k in cell_keys)
+    assert len([k for k in keys if "/cells/doctor/" in k]) >= 2
+
+    # The W&B key reached nothing: files here, the nodes, the bucket, the recorded commands.
+    calls = loopback.calls(home)
+    check_jobs_calls_against_real_sky_cli(calls)
+    assert not any(SENTINEL in " ".join(c["argv"]) for c in calls)
+    assert_no_secret(work, home / ".sky", node.home)
+    for key in keys:
+        assert SENTINEL.encode() not in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    # A rerun submits nothing.
+    n_calls = len(calls)
+    again = snakemake(repo, work, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not [c for c in loopback.calls(home)[n_calls:] if c["argv"][:2] == ["jobs", "launch"]]
+
+    # A cell of shard 2 measured on other hardware: refused before aggregation, naming both.
+    key = next(k for k in cell_keys if k.endswith("TAB-1/small/pytorch.json"))
+    result = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    model = result["provenance"]["cpu"]["model"]
+    result["provenance"]["cpu"]["model"] = "Another CPU @ 3.0GHz"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(result).encode())
+    cell = run_dir / "raw" / "TAB-1" / "small" / "pytorch.json"
+    cell.unlink()
+    n_calls = len(loopback.calls(home))
+    pulled = snakemake(
+        repo, work, env, targets=[str(cell.relative_to(work))]
+    )  # pulled again, not measured
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    assert not [c for c in loopback.calls(home)[n_calls:] if c["argv"][:2] == ["jobs", "launch"]]
+    refused = snakemake(repo, work, env)
+    assert refused.returncode != 0
+    logs = "\n".join(p.read_text() for p in (work / "logs").rglob("finish.log"))
+    assert "shards ran on different hardware" in logs
+    assert "shard 1 vs shard 2" in logs and model in logs and "Another CPU" in logs
+
+
+def test_ctrl_c_cancels_the_jobs_and_leaves_none_running(managed_env, monkeypatch):
+    node, home, env, work, repo, s3 = managed_env
+    monkeypatch.setenv("HOME", str(home))
+    run_dir = work / "results" / "smoke" / "ssh_loopback"
+    # Four cells per shard: the jobs are still measuring when Ctrl-C comes.
+    adapters = ["numpy", "pytorch", "grain", "tfdata"]
+    proc = subprocess.Popen(
+        snakemake_argv(repo, work, adapters=adapters), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            jobs = list((run_dir / "cloud" / "managed").glob("shard-*.job.json"))
+            if len(jobs) == 2 and queue(env).count("RUNNING") == 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two managed jobs never ran")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    table = queue(env)
+    assert "No in-progress managed jobs." in table, table
+    assert (
+        table.count("CANCELLED") >= 1 and table.count("CANCELLED") + table.count("SUCCEEDED") == 2
+    ), table
+    assert live_pids(home) == [], "a cancelled job's processes are still running"
+    assert "onerror: cancelled managed jobs" in out or "cancelling managed job" in "\n".join(
+        p.read_text() for p in (work / "logs").rglob("*.log")
+    )
+    check_jobs_calls_against_real_sky_cli(loopback.calls(home))
