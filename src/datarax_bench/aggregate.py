@@ -13,10 +13,9 @@ from typing import Any
 import pandas as pd
 
 from .catalog import STYLES, load_profile
-from .cloud import billing_markdown
+from .cloud import billing_markdown, managed_markdown
 from .feed import shortest_fed_label, utilisation_columns
 from .machine_load import BUSY_SHARE
-from .managed import managed_markdown
 from .results import (
     all_or_nothing,
     cell_style,

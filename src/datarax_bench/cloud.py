@@ -996,3 +996,59 @@ def billing_metrics(run_dir: Path) -> dict[str, Any]:
         "measuring_share", "orchestration_s_per_cell", "sky_cost_report_usd", "launches",
     )  # fmt: skip
     return {f"cloud/{k}": bill[k] for k in keys if bill.get(k) is not None}
+
+
+# --- managed runs (managed.py writes the record) ----------------------------------------------
+
+
+def read_managed(run_dir: Path) -> dict[str, Any] | None:
+    """The managed-jobs record of a run (cloud/teardown.json), None for other runs."""
+    try:
+        record = json.loads((Path(run_dir) / "cloud" / "teardown.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record.get("managed") if isinstance(record, dict) else None
+
+
+def managed_metrics(run_dir: Path) -> dict[str, Any]:
+    """W&B summary metrics of a managed run (`cloud/...`); empty for other runs."""
+    info = read_managed(run_dir)
+    if not info:
+        return {}
+    out = {
+        "cloud/shards": len(info["shards"]),
+        "cloud/recoveries": info["recoveries"],
+        "cloud/cells_measured_more_than_once": len(info.get("measured_more_than_once") or {}),
+        "cloud/billed_s": info["billed_s"],
+    }
+    if info.get("cost_usd") is not None:
+        out["cloud/cost_usd"] = info["cost_usd"]
+    return out
+
+
+def managed_markdown(run_dir: Path) -> str:
+    """summary.md's section on a managed run: shards, recoveries, cells measured twice."""
+    info = read_managed(run_dir)
+    if not info:
+        return ""
+    lines = ["", "## Managed jobs", "", f"Results bucket: `{info['bucket']}`.", ""]
+    lines += ["| shard | job | status | recoveries | cells (submitted) | job time |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for s in info["shards"]:
+        minutes = (s.get("job_duration_s") or 0.0) / 60
+        lines.append(
+            f"| {s['shard']} | {s.get('job_id') or '-'} | {s.get('status')} | "
+            f"{s.get('recoveries') or 0} | {s['cells']} ({s['submitted']}) | {minutes:.1f} min |"
+        )
+    again = info.get("measured_more_than_once") or {}
+    lines += ["", f"Recoveries: {info['recoveries']}. Billed job time: "
+              f"{info['billed_s'] / 60:.1f} min"
+              + ("" if info.get("cost_usd") is None else f", about ${info['cost_usd']:.4f}")
+              + "."]  # fmt: skip
+    if again:
+        lines.append("Cells measured more than once (a preemption interrupted them; the result "
+                     "kept is the last one):")  # fmt: skip
+        lines += [f"- `{rel}`: {n} times" for rel, n in sorted(again.items())]
+    else:
+        lines.append("No cell was measured more than once.")
+    return "\n".join(lines) + "\n"

@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .cloud import billing_metrics
+from .cloud import billing_metrics, managed_metrics
 from .compare import fresh_comparison, read_comparison
 from .errors import UserError
 from .feed import UTILISATION_PREFIX
 from .feed import row_columns as feed_columns
-from .managed import managed_metrics
 from .results import (
     CELL_KEYS,
     NUMERIC_KEYS,
