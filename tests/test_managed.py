@@ -104,7 +104,7 @@ def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
     jobs = command.cli.commands["jobs"]
     for argv in (
         managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp/us-central1", True, {"A": "1 2"}),
-        ["sky", "jobs", "queue"],
+        ["sky", "jobs", "queue", "--limit", str(managed.QUEUE_LIMIT)],
         ["sky", "jobs", "cancel", "-y", "3", "4"],
         ["sky", "jobs", "logs", "--no-follow", "3"],
     ):

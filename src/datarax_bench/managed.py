@@ -154,8 +154,14 @@ def parse_queue(output: str) -> dict[int, dict[str, Any]]:
     return rows
 
 
+#: Rows asked of `sky jobs queue` (its default is the newest 50 jobs: a long run's own jobs
+#: could drop out of that behind newer ones).
+QUEUE_LIMIT = 1000
+
+
 def queue(log: Path | None) -> dict[int, dict[str, Any]]:
-    proc = cloud.run_sky(["sky", "jobs", "queue"], log, check=True)
+    argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT)]
+    proc = cloud.run_sky(argv, log, check=True)
     return parse_queue(proc.stdout)
 
 
