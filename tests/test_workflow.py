@@ -249,6 +249,10 @@ def test_lint_and_format(tmp_path):
     assert "Congratulations" in lint.output
     cloud_lint = snakemake(workdir, "--lint", config=["infra=gcp"])
     assert "Congratulations" in cloud_lint.output
+    managed_lint = snakemake(
+        workdir, "--lint", config=["infra=gcp", "cloud_mode=managed", "results_bucket=s3://abc/p"]
+    )
+    assert "Congratulations" in managed_lint.output
     files = ["Snakefile", *sorted(str(p) for p in (ROOT / "workflow/rules").glob("*.smk"))]
     fmt = subprocess.run(
         [str(BIN / "snakefmt"), "--check", *files], cwd=ROOT, capture_output=True, text=True
