@@ -177,6 +177,7 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
         work / "logs" / "smoke" / "ssh_loopback" / "cloud" / "managed" / "shard-1.log"
     ).read_text()
     assert "shard 1/2:" in shard_log and "1 recovery" in shard_log
+    assert "shard 2/2:" in out and "cells, RUNNING" in out  # shown where Snakemake runs too
 
     # Each cell is in the bucket once, under the run's prefix; so is each machine's hardware.
     keys = bucket_keys(s3)

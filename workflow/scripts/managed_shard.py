@@ -8,7 +8,27 @@ from datarax_bench import cloud, managed
 from datarax_bench.buckets import parse_bucket
 from datarax_bench.catalog import load_profile
 
-with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821
+
+class _Both:
+    """The shard's progress goes to its log and to Snakemake's terminal."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+
+with (
+    open(snakemake.log[0], "a", buffering=1) as log_file,  # noqa: F821
+    redirect_stderr(_Both(log_file, sys.stderr)),
+):
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
     try:
         use_spot, why = cloud.resolve_use_spot(p.infra, snakemake.config["use_spot"])  # noqa: F821
