@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from datarax_bench import managed
+from datarax_bench import cloud, managed
 from datarax_bench.buckets import parse_bucket
 from datarax_bench.catalog import load_profile
 from datarax_bench.errors import UserError
@@ -221,3 +222,43 @@ def test_run_cells_measures_only_the_named_cells_and_records_each_attempt(tmp_pa
     bad = subprocess.run(cmd[:-1] + ["TAB-1/small/nosuch/plain"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "'TAB-1/small/nosuch/plain'" in bad.stderr
+
+
+def test_only_results_a_job_would_keep_count_as_done_before_a_launch(
+    tmp_path, run_smoke_cell, monkeypatch
+):
+    """A result in the bucket from another commit or other settings does not spare its cell a
+    job: the shard submits it, and `run --resume-dir` measures it again there."""
+    sys.path.insert(0, str(ROOT / "tests" / "loopback"))
+    import storage
+
+    result = _result(tmp_path, run_smoke_cell)
+    old_commit = copy.deepcopy(result)
+    old_commit["provenance"]["git_commit"] = "0" * 40
+    other_settings = copy.deepcopy(result)
+    other_settings["settings"]["measurement"]["repetitions"] += 7
+    cells = {
+        "TAB-1/small/numpy/plain": ("raw/TAB-1/small/numpy.json", result),
+        "TAB-1/small/grain/plain": ("raw/TAB-1/small/grain.json", old_commit),
+        "TAB-1/small/pytorch/plain": ("raw/TAB-1/small/pytorch.json", other_settings),
+        "TAB-1/small/tfdata/plain": ("raw/TAB-1/small/tfdata.json", None),  # not there
+    }
+    with storage.moto_server(tmp_path) as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        s3 = storage.s3_client(endpoint)
+        s3.create_bucket(Bucket="dxb-results")
+        bucket = parse_bucket("s3://dxb-results/bench")
+        for rel, document in cells.values():
+            if document is not None:
+                key = bucket.key(managed.cells_key("smoke", "gcp/us-central1"), rel)
+                s3.put_object(Bucket=bucket.name, Key=key, Body=json.dumps(document).encode())
+        shard = managed.Shard(
+            profile=load_profile("smoke"), infra="gcp/us-central1", index=1, total=1,
+            name="dxb-s1", cells=list(cells), cell_files={c: r for c, (r, _) in cells.items()},
+            bucket=bucket, settings=cloud.CloudSettings(), work_dir=tmp_path, log=tmp_path / "log",
+        )  # fmt: skip
+        assert managed.kept_cells(shard) == set(list(cells)[:3])
+        assert managed.current_cells(shard) == {"TAB-1/small/numpy/plain"}

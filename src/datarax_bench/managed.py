@@ -300,6 +300,33 @@ def kept_cells(shard: Shard, s3=None) -> set[str]:
     return {cid for cid in shard.cells if shard.cell_files[cid] in present}
 
 
+def current_cells(shard: Shard, s3=None) -> set[str]:
+    """Cells of the shard whose results in the bucket a job would keep (`run --resume-dir`
+    keeps a result only if measured by this commit with these settings): the others must be
+    submitted, so that no stale result is pulled without a job having looked at it."""
+    import tempfile
+
+    commit, _ = provenance.git_info()
+    settings = json.loads(json.dumps(shard.profile.settings()))
+    current = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for cid in kept_cells(shard, s3):
+            dest = Path(tmp) / "cell.json"
+            key = f"{cells_key(shard.profile.name, shard.infra)}/{shard.cell_files[cid]}"
+            try:
+                if not buckets.download(shard.bucket, key, dest, s3=s3):
+                    continue
+                result = load_result(dest)
+            except UserError as exc:
+                _say(f"{shard.label}: {exc}; measuring it again")
+                continue
+            kept = result["provenance"].get("git_commit")
+            if (commit and kept and kept != commit) or result.get("settings") != settings:
+                continue
+            current.add(cid)
+    return current
+
+
 def attempts(bucket: BucketURI, profile: str, infra: str, s3=None) -> dict[str, int]:
     """How many measurements each cell file had started (a cell interrupted counts twice)."""
     counts: dict[str, int] = {}
@@ -316,13 +343,17 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     bills until it finishes by itself.
     """
     s3 = buckets.client()
-    missing = [cid for cid in shard.cells if cid not in kept_cells(shard, s3)]
+    current = current_cells(shard, s3)
+    missing = [cid for cid in shard.cells if cid not in current]
     record: dict[str, Any] = {
         "shard": shard.index, "shards": shard.total, "name": shard.name, "cells": shard.cells,
         "submitted_cells": missing, "bucket": shard.bucket.uri, "job_id": None,
     }  # fmt: skip
     if not missing:
-        _say(f"{shard.label}: all {len(shard.cells)} cells are in {shard.bucket.uri}; no job")
+        _say(
+            f"{shard.label}: all {len(shard.cells)} cells are in {shard.bucket.uri}, measured "
+            "by this commit with these settings; no job"
+        )
         record.update(status="NOT_NEEDED", recoveries=0, job_duration_s=0.0, finished_at=utc_now())
         write_json_atomic(report, record)
         return record
@@ -341,7 +372,10 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         job_id = parse_job_id(proc.stdout + proc.stderr)
     except BaseException:
         if not shard.keep_cluster:  # a launch cut short may still have submitted its job
-            cancel_run([shard.name], [], shard.log, ledger)
+            try:
+                cancel_run([shard.name], [], shard.log, ledger)
+            except Exception as exc:  # the launch's own error is the one to report
+                _say(f"{shard.label}: could not check for a job left by the launch: {exc}")
         raise
     estimate = cloud.parse_launch_estimate(proc.stdout)
     record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
