@@ -229,7 +229,8 @@ def test_precision_stops_early_on_steady_repetitions_and_runs_to_the_cap_on_nois
     if stopped == "max":
         assert statistics["repetitions"] == 7 and statistics["precision"] > 0.05
     else:
-        assert 3 <= statistics["repetitions"] < 7 and statistics["precision"] <= 0.05
+        # Reached, not capped ("stopped" says which): on a drifting VM possibly only at the cap.
+        assert 3 <= statistics["repetitions"] <= 7 and statistics["precision"] <= 0.05
 
 
 def test_a_cap_below_the_minimum_is_one_line(tmp_path):
