@@ -131,6 +131,10 @@ def check_against_real_sky_cli(calls: list[dict]) -> None:
         argv = call["argv"]
         if argv[0] == "api":
             continue
+        if argv[0] == "jobs":  # a group: `sky jobs launch|queue|cancel|logs ...`
+            cmd = command.cli.commands["jobs"].commands[argv[1]]
+            cmd.make_context(f"sky jobs {argv[1]}", list(argv[2:]))
+            continue
         cmd = command.cli.commands[argv[0]]
         cmd.make_context(f"sky {argv[0]}", list(argv[1:]))  # raises on a bad option
 

@@ -23,6 +23,7 @@ from test_cloud_loopback import (  # noqa: E402
     INFRA,
     SENTINEL,
     assert_no_secret,
+    check_against_real_sky_cli,
     checkout_copy,
     raw_cells,
 )
@@ -103,20 +104,6 @@ def bucket_keys(s3) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def check_jobs_calls_against_real_sky_cli(calls: list[dict]) -> None:
-    from sky.client.cli import command
-
-    for call in calls:
-        argv = call["argv"]
-        if argv[0] == "api":
-            continue
-        group = command.cli.commands[argv[0]]
-        if argv[0] == "jobs":
-            group.commands[argv[1]].make_context(f"sky jobs {argv[1]}", list(argv[2:]))
-        else:
-            group.make_context(f"sky {argv[0]}", list(argv[1:]))
-
-
 def live_pids(home: Path) -> list[int]:
     pids = []
     for record in (home / ".sky" / "loopback" / "managed").glob("*.json"):
@@ -188,7 +175,7 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
 
     # The W&B key reached nothing: files here, the nodes, the bucket, the recorded commands.
     calls = loopback.calls(home)
-    check_jobs_calls_against_real_sky_cli(calls)
+    check_against_real_sky_cli(calls)
     assert not any(SENTINEL in " ".join(c["argv"]) for c in calls)
     assert_no_secret(work, home / ".sky", node.home)
     for key in keys:
@@ -256,4 +243,4 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_none_running(managed_env, monkeypatc
     assert "onerror: cancelled managed jobs" in out or "cancelling managed job" in "\n".join(
         p.read_text() for p in (work / "logs").rglob("*.log")
     )
-    check_jobs_calls_against_real_sky_cli(loopback.calls(home))
+    check_against_real_sky_cli(loopback.calls(home))

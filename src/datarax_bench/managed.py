@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,6 @@ class Shard:
     keep_cluster: bool = False
     poll_s: float = 30.0
     use_spot: bool = True
-    done: set[str] = field(default_factory=set)
 
     @property
     def ledger(self) -> cloud.Ledger:
@@ -301,29 +300,25 @@ def kept_cells(shard: Shard, s3=None) -> set[str]:
 
 
 def current_cells(shard: Shard, s3=None) -> set[str]:
-    """Cells of the shard whose results in the bucket a job would keep (`run --resume-dir`
-    keeps a result only if measured by this commit with these settings): the others must be
-    submitted, so that no stale result is pulled without a job having looked at it."""
+    """Cells of the shard whose results in the bucket a job would keep (runner.kept_result,
+    what `run --resume-dir` applies there): the others must be submitted, so that no stale
+    result is pulled without a job having looked at it."""
     import tempfile
 
-    commit, _ = provenance.git_info()
-    settings = json.loads(json.dumps(shard.profile.settings()))
+    from .catalog import load_catalog
+    from .runner import kept_result, resolve_cell
+
+    catalog = load_catalog()
     current = set()
     with tempfile.TemporaryDirectory() as tmp:
         for cid in kept_cells(shard, s3):
-            dest = Path(tmp) / "cell.json"
+            dest = Path(tmp) / Path(shard.cell_files[cid]).name
             key = f"{cells_key(shard.profile.name, shard.infra)}/{shard.cell_files[cid]}"
-            try:
-                if not buckets.download(shard.bucket, key, dest, s3=s3):
-                    continue
-                result = load_result(dest)
-            except UserError as exc:
-                _say(f"{shard.label}: {exc}; measuring it again")
+            if not buckets.download(shard.bucket, key, dest, s3=s3):
                 continue
-            kept = result["provenance"].get("git_commit")
-            if (commit and kept and kept != commit) or result.get("settings") != settings:
-                continue
-            current.add(cid)
+            cell = resolve_cell(shard.profile, catalog, *cid.split("/"))
+            if kept_result(dest, cell) is not None:
+                current.add(cid)
     return current
 
 
@@ -413,7 +408,7 @@ def _watch(shard: Shard, job_id: int, missing: list[str], s3) -> dict[str, Any]:
     """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
     started = time.monotonic()
     deadline = started + shard.settings.max_cluster_hours * 3600
-    failures, recoveries, last_line, last_said = 0, 0, "", 0.0
+    failures, recoveries, done, last_line, last_said = 0, 0, 0, "", 0.0
     while True:
         try:
             row = queue(shard.log).get(job_id)
@@ -437,7 +432,7 @@ def _watch(shard: Shard, job_id: int, missing: list[str], s3) -> dict[str, Any]:
         try:
             done = len(kept_cells(shard, s3) & set(missing))
         except Exception:  # a bucket listing that failed once is no reason to stop watching
-            done = len(shard.done)
+            pass  # the last count stands
         line = (
             f"{shard.label}: {done}/{len(missing)} cells, {row['status']}, "
             f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}, "
@@ -547,7 +542,6 @@ def finish(
         "mode": "managed",
         "verified": True,
         "jobs": ours,
-        "still_running": [],
         "cancelled_at_finish": live,
         "torn_down_at": utc_now(),
         "hardware": hardware,
