@@ -1,19 +1,23 @@
-"""MOUNT_CACHED bucket storage for the loopback cluster, on a real S3 API (moto's server).
+"""MOUNT_CACHED bucket storage for the loopback cluster, on a real S3 API (moto's server) and a
+real Google Cloud Storage API (gcp-storage-emulator's server).
 
 On a real cluster SkyPilot mounts the bucket with rclone and a write-back cache: the mount shows
 the bucket's objects, writes land in a local cache that rclone uploads, and a job ends only once
 the upload is done (the flush script SkyPilot appends to every job's command,
 sky/backends/task_codegen.py `get_rclone_flush_script`). Here, `prepare_mounts` makes each mount
 directory on the node and fills it with the bucket's objects (a named bucket that does not exist
-is created, as SkyPilot does), and `flush_command` is the shell step that ends a job: it uploads
-what is under the mounts through boto3, then the job exits with its own status. Which mounts a
-task has is read by SkyPilot's own loader (env vars filled in from `envs` and `--env`).
+is created on S3, as SkyPilot creates one on the store it picks; a `source: gs://NAME` or
+`s3://NAME` bucket must exist, as SkyPilot refuses a missing source bucket), and `flush_command`
+is the shell step that ends a job: it uploads what is under the mounts through boto3 or
+google-cloud-storage, then the job exits with its own status. Which mounts a task has is read by
+SkyPilot's own loader (env vars filled in from `envs` and `--env`), a gs:// name checked by
+SkyPilot's own GCS naming rules. The mounts are node directory -> bucket URI (`s3://NAME`).
 A managed job also gets rclone's write-back uploader (`write-back`): every
 `LOOPBACK_RCLONE_WRITE_BACK_S` seconds (rclone's default delay, 5) it uploads what is new or
 changed, so a machine that dies loses only what was written in its last window.
 
-    python storage.py flush --endpoint URL '{"<node dir>": "<bucket>"}'
-    python storage.py write-back --endpoint URL --interval S '{"<node dir>": "<bucket>"}'
+    python storage.py flush --endpoint URL --gcs-endpoint URL '{"<node dir>": "s3://<bucket>"}'
+    python storage.py write-back --endpoint URL --gcs-endpoint URL --interval S '{...}'
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 ENDPOINT_ENV = "DATARAX_BENCH_TEST_S3_ENDPOINT"
+GCS_ENDPOINT_ENV = "DATARAX_BENCH_TEST_GCS_ENDPOINT"
 # moto accepts any credentials; these are not secrets.
 _CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -47,19 +52,115 @@ def s3_client(endpoint: str | None = None):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_CREDENTIALS)
 
 
-def storage_mounts(task_config: dict, envs: dict[str, str]) -> dict[str, str]:
-    """Mount path -> bucket name of the task's storage, as SkyPilot's loader reads them."""
+def aws_env(endpoint: str) -> dict[str, str]:
+    """What points boto3 in another process (or this one's own clients) at moto's server."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": _CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": _CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def gcs_client(endpoint: str | None = None):
+    """google-cloud-storage on the emulator, anonymously (the emulator checks no credentials)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    endpoint = endpoint or os.environ.get(GCS_ENDPOINT_ENV)
+    if not endpoint:
+        raise RuntimeError(f"the loopback's gs:// buckets need an endpoint: set {GCS_ENDPOINT_ENV}")
+    return storage.Client(
+        project="loopback",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )
+
+
+class _S3Bucket:
+    def __init__(self, name: str, endpoint: str | None):
+        self.name, self._s3 = name, s3_client(endpoint)
+
+    def exists(self) -> bool:
+        return self.name in {b["Name"] for b in self._s3.list_buckets().get("Buckets", [])}
+
+    def create(self) -> None:
+        self._s3.create_bucket(Bucket=self.name)
+
+    def keys(self) -> list[str]:
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.name)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def download(self, key: str, path: Path) -> None:
+        self._s3.download_file(self.name, key, str(path))
+
+    def upload(self, path: Path, key: str) -> None:
+        self._s3.upload_file(str(path), self.name, key)
+
+
+class _GCSBucket:
+    def __init__(self, name: str, endpoint: str | None):
+        self.name, self._gcs = name, gcs_client(endpoint)
+
+    def exists(self) -> bool:
+        return self._gcs.bucket(self.name).exists()
+
+    def create(self) -> None:
+        self._gcs.create_bucket(self.name)
+
+    def keys(self) -> list[str]:
+        return [blob.name for blob in self._gcs.list_blobs(self.name)]
+
+    def download(self, key: str, path: Path) -> None:
+        self._gcs.bucket(self.name).blob(key).download_to_filename(str(path))
+
+    def upload(self, path: Path, key: str) -> None:
+        self._gcs.bucket(self.name).blob(key).upload_from_filename(str(path))
+
+
+def bucket(uri: str, endpoints: dict[str, str | None] | None = None):
+    """The bucket named by `s3://NAME` or `gs://NAME` on the loopback's S3 or GCS server."""
+    scheme, _, name = uri.partition("://")
+    endpoint = (endpoints or {}).get(scheme)
+    if scheme == "gs":
+        return _GCSBucket(name, endpoint)
+    if scheme == "s3":
+        return _S3Bucket(name, endpoint)
+    raise NotImplementedError(f"the loopback has no store for {uri}")
+
+
+def storage_mounts(
+    task_config: dict, envs: dict[str, str], endpoints: dict[str, str | None] | None = None
+) -> dict[str, str]:
+    """Mount path -> bucket URI of the task's storage, as SkyPilot's loader reads them; a
+    source bucket is checked as SkyPilot checks it before a launch (name, existence)."""
     import sky
-    from sky.data.storage import StorageMode
+    from sky.data.storage import GcsStore, StorageMode
 
     task = sky.Task.from_yaml_config(copy.deepcopy(task_config), env_overrides=list(envs.items()))
     mounts = {}
     for path, store in (task.storage_mounts or {}).items():
         if store.mode != StorageMode.MOUNT_CACHED:
             raise NotImplementedError(f"the loopback emulates MOUNT_CACHED only, not {store.mode}")
-        if not store.name:
-            raise ValueError("Storage source or storage name must be specified.")  # SkyPilot's
-        mounts[path] = store.name
+        source = store.source if isinstance(store.source, str) else None
+        if source is None:
+            if not store.name:
+                raise ValueError("Storage source or storage name must be specified.")  # SkyPilot's
+            mounts[path] = f"s3://{store.name}"  # a bare name: created on S3 here
+            continue
+        scheme, _, rest = source.partition("://")
+        name, _, sub_path = rest.partition("/")
+        if scheme not in ("s3", "gs"):
+            raise NotImplementedError(f"the loopback mounts s3:// and gs:// sources, not {source}")
+        if sub_path.strip("/"):
+            raise NotImplementedError(f"the loopback mounts whole buckets, not {source}")
+        if scheme == "gs":
+            GcsStore.validate_name(name)  # SkyPilot's StorageNameError
+        if not bucket(f"{scheme}://{name}", endpoints).exists():
+            raise ValueError(  # SkyPilot's StorageBucketGetError
+                f"Attempted to use a non-existent bucket as a source: {source}."
+            )
+        mounts[path] = f"{scheme}://{name}"
     return mounts
 
 
@@ -69,43 +170,52 @@ def node_path(mount: str, home: Path) -> Path:
     return Path(home) / mount[2:]
 
 
+def _endpoints(endpoint: str | None, gcs_endpoint: str | None) -> dict[str, str | None]:
+    return {"s3": endpoint, "gs": gcs_endpoint}
+
+
 def prepare_mounts(
-    task_config: dict, envs: dict[str, str], home: Path, endpoint: str | None = None
+    task_config: dict,
+    envs: dict[str, str],
+    home: Path,
+    endpoint: str | None = None,
+    gcs_endpoint: str | None = None,
 ) -> dict[str, str]:
-    """Make the task's bucket mounts on the node; returns node directory -> bucket."""
-    client = s3_client(endpoint)
+    """Make the task's bucket mounts on the node; returns node directory -> bucket URI."""
+    endpoints = _endpoints(endpoint, gcs_endpoint)
     prepared = {}
-    for mount, bucket in storage_mounts(task_config, envs).items():
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        if bucket not in existing:
-            client.create_bucket(Bucket=bucket)
+    for mount, uri in storage_mounts(task_config, envs, endpoints).items():
+        store = bucket(uri, endpoints)
+        if not store.exists():
+            store.create()
         directory = node_path(mount, home)
         directory.mkdir(parents=True, exist_ok=True)
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                target = directory / obj["Key"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, obj["Key"], str(target))
-        prepared[str(directory)] = bucket
+        for key in store.keys():
+            target = directory / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            store.download(key, target)
+        prepared[str(directory)] = uri
     return prepared
 
 
-def flush(mounts: dict[str, str], endpoint: str | None = None) -> int:
+def flush(
+    mounts: dict[str, str], endpoint: str | None = None, gcs_endpoint: str | None = None
+) -> int:
     """Upload every file under each mount directory to its bucket; the number uploaded."""
-    client = s3_client(endpoint)
     count = 0
-    for directory, bucket in mounts.items():
+    for directory, uri in mounts.items():
+        store = bucket(uri, _endpoints(endpoint, gcs_endpoint))
         root = Path(directory)
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            client.upload_file(str(path), bucket, path.relative_to(root).as_posix())
+            store.upload(path, path.relative_to(root).as_posix())
             count += 1
     return count
 
 
 def _files(mounts: dict[str, str]) -> dict[tuple[str, str], tuple[str, int, int]]:
-    """(bucket, key) -> (path, mtime_ns, size) of every file under the mount directories."""
+    """(bucket URI, key) -> (path, mtime_ns, size) of every file under the mount directories."""
     found = {}
-    for directory, bucket in mounts.items():
+    for directory, uri in mounts.items():
         root = Path(directory)
         for path in (p for p in root.rglob("*") if p.is_file()):
             try:
@@ -113,32 +223,43 @@ def _files(mounts: dict[str, str]) -> dict[tuple[str, str], tuple[str, int, int]
             except FileNotFoundError:
                 continue
             key = path.relative_to(root).as_posix()
-            found[(bucket, key)] = (str(path), stat.st_mtime_ns, stat.st_size)
+            found[(uri, key)] = (str(path), stat.st_mtime_ns, stat.st_size)
     return found
 
 
-def write_back(mounts: dict[str, str], interval_s: float, endpoint: str | None = None) -> None:
+def write_back(
+    mounts: dict[str, str],
+    interval_s: float,
+    endpoint: str | None = None,
+    gcs_endpoint: str | None = None,
+) -> None:
     """Upload new and changed files every interval_s seconds until killed (what is already
     there when it starts came from the bucket)."""
-    client = s3_client(endpoint)
+    stores = {uri: bucket(uri, _endpoints(endpoint, gcs_endpoint)) for uri in mounts.values()}
     uploaded = _files(mounts)
     while True:
         time.sleep(interval_s)
-        for (bucket, key), (path, *version) in sorted(_files(mounts).items()):
-            if uploaded.get((bucket, key), (None,))[1:] != tuple(version):
-                client.upload_file(path, bucket, key)
-                uploaded[(bucket, key)] = (path, *version)
+        for (uri, key), (path, *version) in sorted(_files(mounts).items()):
+            if uploaded.get((uri, key), (None,))[1:] != tuple(version):
+                stores[uri].upload(Path(path), key)
+                uploaded[(uri, key)] = (path, *version)
 
 
-def _storage_command(command: str, mounts: dict[str, str], endpoint: str | None, *extra) -> str:
+def _storage_command(
+    command: str, mounts: dict[str, str], endpoint: str | None, gcs_endpoint: str | None, *extra
+) -> str:
     endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or ""
+    gcs_endpoint = gcs_endpoint or os.environ.get(GCS_ENDPOINT_ENV) or ""
     argv = [sys.executable, str(Path(__file__).resolve()), command, "--endpoint", endpoint]
+    argv += ["--gcs-endpoint", gcs_endpoint]
     return shlex.join([*argv, *extra, json.dumps(mounts)])
 
 
-def flush_command(mounts: dict[str, str], endpoint: str | None = None) -> str:
+def flush_command(
+    mounts: dict[str, str], endpoint: str | None = None, gcs_endpoint: str | None = None
+) -> str:
     """The shell step that ends a job with mounts (run after the job's own commands)."""
-    return _storage_command("flush", mounts, endpoint)
+    return _storage_command("flush", mounts, endpoint, gcs_endpoint)
 
 
 def wrap_job(
@@ -146,6 +267,7 @@ def wrap_job(
     mounts: dict[str, str],
     endpoint: str | None = None,
     write_back_s: float | None = None,
+    gcs_endpoint: str | None = None,
 ) -> str:
     """A job body that, like SkyPilot's, ends only after the mounts are uploaded and then exits
     with the user commands' status (an `exit` in them does not skip the upload). With
@@ -154,12 +276,15 @@ def wrap_job(
         return body
     start, stop = "", ""
     if write_back_s is not None:
-        uploader = _storage_command("write-back", mounts, endpoint, "--interval", str(write_back_s))
+        uploader = _storage_command(
+            "write-back", mounts, endpoint, gcs_endpoint, "--interval", str(write_back_s)
+        )
         start = f"{uploader} &\n__loopback_uploader=$!\n"
         stop = "kill $__loopback_uploader 2>/dev/null; wait $__loopback_uploader 2>/dev/null\n"
     return (
         f"{start}(\n{body}\n)\n__loopback_rc=$?\n{stop}"
-        f"{flush_command(mounts, endpoint)} || echo 'loopback: bucket upload failed' >&2\n"
+        f"{flush_command(mounts, endpoint, gcs_endpoint)} "
+        "|| echo 'loopback: bucket upload failed' >&2\n"
         "exit $__loopback_rc"
     )
 
@@ -173,25 +298,39 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def moto_server(log_dir: Path):
     """moto's S3 server on 127.0.0.1 (own process group), stopped by its pid afterwards."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     port = _free_port()
-    log = open(Path(log_dir) / "moto.log", "w")  # noqa: SIM115 (closed below)
+    with _server(["moto_server", "-H", "127.0.0.1", "-p", str(port)], port, "moto-api/",
+                 Path(log_dir) / "moto.log") as url:  # fmt: skip
+        yield url
+
+
+@contextlib.contextmanager
+def gcs_emulator(log_dir: Path):
+    """gcp-storage-emulator's GCS server on 127.0.0.1, in memory (own process group), stopped
+    by its pid afterwards. Its URL is what STORAGE_EMULATOR_HOST takes."""
+    port = _free_port()
+    argv = ["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with _server([*argv, "--in-memory", "--quiet"], port, "", Path(log_dir) / "gcs.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _server(argv: list[str], port: int, health: str, log_path: Path):
+    exe = shutil.which(argv[0]) or str(Path(sys.executable).parent / argv[0])
+    log = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [exe, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                urllib.request.urlopen(f"{url}/{health}", timeout=2).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start; see {log.name}") from None
+                    raise RuntimeError(f"{argv[0]} did not start; see {log.name}") from None
                 time.sleep(0.2)
         yield url
     finally:
@@ -208,18 +347,20 @@ def moto_server(log_dir: Path):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="storage.py")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("flush")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("mounts")
-    p = sub.add_parser("write-back")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--interval", type=float, required=True)
-    p.add_argument("mounts")
+    for command in ("flush", "write-back"):
+        p = sub.add_parser(command)
+        p.add_argument("--endpoint", required=True)
+        p.add_argument("--gcs-endpoint", default="")
+        if command == "write-back":
+            p.add_argument("--interval", type=float, required=True)
+        p.add_argument("mounts")
     args = parser.parse_args(argv)
+    mounts = json.loads(args.mounts)
+    endpoints = (args.endpoint or None, args.gcs_endpoint or None)
     if args.command == "write-back":
-        write_back(json.loads(args.mounts), args.interval, args.endpoint)
+        write_back(mounts, args.interval, *endpoints)
         return 0
-    count = flush(json.loads(args.mounts), args.endpoint)
+    count = flush(mounts, *endpoints)
     print(f"loopback: {count} files uploaded to the bucket(s)", file=sys.stderr)
     return 0
 
