@@ -91,6 +91,27 @@ def test_rendered_task_mounts_the_bucket_and_measures_only_its_cells(
         assert task["resources"]["job_recovery"] == {"max_restarts_on_errors": 1}
 
 
+def test_a_gs_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import sky
+    import yaml
+    from sky.data.storage import StorageMode
+
+    task = managed.render_task(load_profile("gpu_a100"), bucket_scheme="gs")
+    mount = task["file_mounts"]["~/datarax-bench-bucket"]
+    assert mount == {"source": "gs://${DATARAX_BENCH_BUCKET}", "mode": "MOUNT_CACHED"}
+    path = tmp_path / "shard-1.yaml"
+    cloud.write_task(task, path)
+    overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
+                 ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
+    loaded = sky.Task.from_yaml_config(yaml.safe_load(path.read_text()), env_overrides=overrides)
+    (store,) = loaded.storage_mounts.values()
+    assert store.source == "gs://dxb-results" and store.mode == StorageMode.MOUNT_CACHED
+    # The s3:// task keeps its bucket by name, as before.
+    s3 = managed.render_task(load_profile("gpu_a100"))["file_mounts"]["~/datarax-bench-bucket"]
+    assert s3 == {"name": "${DATARAX_BENCH_BUCKET}", "mode": "MOUNT_CACHED"}
+
+
 def test_launch_argv_passes_settings_by_value_and_no_secret():
     argv = managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp", True, {"A": "1 2"})
     assert argv[:8] == ["sky", "jobs", "launch", "t.yaml", "-n", "dxb-s1", "-y", "-d"]
@@ -114,11 +135,22 @@ def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
 
 def test_bucket_uri():
     b = parse_bucket("s3://my-bucket/bench/runs")
-    assert (b.name, b.prefix) == ("my-bucket", "bench/runs")
+    assert (b.scheme, b.name, b.prefix) == ("s3", "my-bucket", "bench/runs")
     assert b.key("smoke/gcp/cells", "raw/x.json") == "bench/runs/smoke/gcp/cells/raw/x.json"
     assert parse_bucket("s3://my-bucket").key("a") == "a"
-    for bad in ("gs://b", "s3://UPPER", "s3://x", "my-bucket"):
-        with pytest.raises(UserError, match="expected s3://BUCKET"):
+    g = parse_bucket("gs://my_bucket.v2/bench/")
+    assert (g.scheme, g.name, g.prefix, g.uri) == (
+        "gs",
+        "my_bucket.v2",
+        "bench",
+        "gs://my_bucket.v2/bench",
+    )
+    assert parse_bucket("gs://abc").uri == "gs://abc"
+    bad_values = ("gs://b", "s3://UPPER", "s3://x", "my-bucket", "s3://under_score", "gs://Upper",
+                  "gs://-dash-first", "gs://dot-last.", "gs://goog-bucket", "gs://my-google-x",
+                  "gs://" + "a" * 64, "gcs://abc", "gs://")  # fmt: skip
+    for bad in bad_values:
+        with pytest.raises(UserError, match=r"expected s3://BUCKET\[/PREFIX\].* or gs://BUCKET"):
             parse_bucket(bad)
 
 
@@ -139,8 +171,12 @@ def _config(**changes):
         ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc"},
          "cannot mount the results bucket on Vast"),
         ({"infra": "gcp", "shards": 2}, "shards: got 2, expected 1 unless cloud_mode is managed"),
-        ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://abc"},
-         "results_bucket: got 'gs://abc', expected s3://BUCKET"),
+        ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://goog-abc"},
+         "results_bucket: got 'gs://goog-abc', expected s3://BUCKET[/PREFIX]"),
+        ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://AB_c"},
+         "gs://BUCKET[/PREFIX] (a Google Cloud Storage bucket name"),
+        ({"infra": "runpod", "cloud_mode": "managed", "results_bucket": "gs://abc"},
+         "cannot mount the results bucket on RunPod; expected cloud_mode cluster"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "s3://abc", "shards": 0},
          "shards"),
     ],
@@ -150,19 +186,22 @@ def test_managed_config_is_checked_before_anything_runs(changes, message):
         check_config(_config(**changes), changes, [])
 
 
-def test_a_good_managed_config_passes():
-    config = _config(infra="gcp", cloud_mode="managed", results_bucket="s3://abc/x", shards=4)
+@pytest.mark.parametrize("bucket", ["s3://abc/x", "gs://dxb_results.v2/bench", "gs://abc"])
+def test_a_good_managed_config_passes(bucket):
+    config = _config(infra="gcp", cloud_mode="managed", results_bucket=bucket, shards=4)
     check_config(config, {}, [])
 
 
-def test_bad_managed_config_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("bucket", [[], ["results_bucket=gs://Bad_Bucket"]])
+def test_bad_managed_config_on_the_command_line_is_one_line_and_exit_2(tmp_path, bucket):
     proc = subprocess.run(
-        ["snakemake", "-n", "--config", "infra=gcp", "cloud_mode=managed"],
+        ["snakemake", "-n", "--config", "infra=gcp", "cloud_mode=managed", *bucket],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "results_bucket" in lines[0], proc.stderr[-2000:]
+    assert "gs://BUCKET[/PREFIX]" in lines[0] and (not bucket or "gs://Bad_Bucket" in lines[0])
 
 
 def test_the_plan_has_one_job_per_shard_and_one_pull_per_cell():
@@ -244,9 +283,7 @@ def test_only_results_a_job_would_keep_count_as_done_before_a_launch(
         "TAB-1/small/tfdata/plain": ("raw/TAB-1/small/tfdata.json", None),  # not there
     }
     with storage.moto_server(tmp_path) as endpoint:
-        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        for key, value in storage.aws_env(endpoint).items():
             monkeypatch.setenv(key, value)
         s3 = storage.s3_client(endpoint)
         s3.create_bucket(Bucket="dxb-results")

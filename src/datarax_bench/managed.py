@@ -71,7 +71,7 @@ def job_name(cluster: str, shard: int) -> str:
     return f"{cluster}-s{shard}"
 
 
-def render_task(profile, image: str = "") -> dict[str, Any]:
+def render_task(profile, image: str = "", bucket_scheme: str = "s3") -> dict[str, Any]:
     """The profile's task (same setup and resources) with the bucket mounted; its `run` checks
     the hardware, then measures the cells named in CELLS_ENV, resuming from the bucket."""
     task = cloud.render_provision_task(profile, image)
@@ -86,6 +86,13 @@ def render_task(profile, image: str = "") -> dict[str, Any]:
         f"--resume-dir {kept} --cells ${CELLS_ENV}\n"
     )
     task = with_results_bucket(task)
+    if bucket_scheme == "gs":
+        # An existing bucket named by its URI: SkyPilot mounts it from GCS on whichever cloud
+        # the job lands (a bare name would make it pick, or create, a bucket on that cloud).
+        task["file_mounts"][BUCKET_MOUNT] = {
+            "source": f"gs://${{{BUCKET_ENV}}}",
+            "mode": "MOUNT_CACHED",
+        }
     envs = task["envs"]
     envs[CELLS_ENV] = None  # given per shard with --env
     envs[BUCKET_KEY_ENV] = None
@@ -291,15 +298,15 @@ def submitted_jobs(work_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def kept_cells(shard: Shard, s3=None) -> set[str]:
+def kept_cells(shard: Shard, store=None) -> set[str]:
     """Cells of the shard whose results are in the bucket already."""
     present = set(
-        buckets.list_keys(shard.bucket, cells_key(shard.profile.name, shard.infra), s3=s3)
+        buckets.list_keys(shard.bucket, cells_key(shard.profile.name, shard.infra), store=store)
     )
     return {cid for cid in shard.cells if shard.cell_files[cid] in present}
 
 
-def current_cells(shard: Shard, s3=None) -> set[str]:
+def current_cells(shard: Shard, store=None) -> set[str]:
     """Cells of the shard whose results in the bucket a job would keep (runner.kept_result,
     what `run --resume-dir` applies there): the others must be submitted, so that no stale
     result is pulled without a job having looked at it."""
@@ -311,10 +318,10 @@ def current_cells(shard: Shard, s3=None) -> set[str]:
     catalog = load_catalog()
     current = set()
     with tempfile.TemporaryDirectory() as tmp:
-        for cid in kept_cells(shard, s3):
+        for cid in kept_cells(shard, store):
             dest = Path(tmp) / Path(shard.cell_files[cid]).name
             key = f"{cells_key(shard.profile.name, shard.infra)}/{shard.cell_files[cid]}"
-            if not buckets.download(shard.bucket, key, dest, s3=s3):
+            if not buckets.download(shard.bucket, key, dest, store=store):
                 continue
             cell = resolve_cell(shard.profile, catalog, *cid.split("/"))
             if kept_result(dest, cell) is not None:
@@ -322,10 +329,10 @@ def current_cells(shard: Shard, s3=None) -> set[str]:
     return current
 
 
-def attempts(bucket: BucketURI, profile: str, infra: str, s3=None) -> dict[str, int]:
+def attempts(bucket: BucketURI, profile: str, infra: str, store=None) -> dict[str, int]:
     """How many measurements each cell file had started (a cell interrupted counts twice)."""
     counts: dict[str, int] = {}
-    for key in buckets.list_keys(bucket, cells_key(profile, infra), ATTEMPTS_DIR, s3=s3):
+    for key in buckets.list_keys(bucket, cells_key(profile, infra), ATTEMPTS_DIR, store=store):
         rel = key.rsplit("/", 1)[0]
         counts[rel] = counts.get(rel, 0) + 1
     return counts
@@ -337,8 +344,8 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     Cancels the job on any error or interrupt (unless keep_cluster): a managed job left running
     bills until it finishes by itself.
     """
-    s3 = buckets.client()
-    current = current_cells(shard, s3)
+    store = buckets.client(shard.bucket)
+    current = current_cells(shard, store)
     missing = [cid for cid in shard.cells if cid not in current]
     record: dict[str, Any] = {
         "shard": shard.index, "shards": shard.total, "name": shard.name, "cells": shard.cells,
@@ -353,7 +360,9 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         write_json_atomic(report, record)
         return record
     task_file = shard.work_dir / "managed" / f"shard-{shard.index}.yaml"
-    cloud.write_task(render_task(shard.profile, shard.settings.image), task_file)
+    cloud.write_task(
+        render_task(shard.profile, shard.settings.image, shard.bucket.scheme), task_file
+    )
     envs = {
         BUCKET_ENV: shard.bucket.name,
         BUCKET_KEY_ENV: shard.key,
@@ -381,7 +390,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
                hourly_usd=estimate["hourly_usd"])  # fmt: skip
     _say(f"{shard.label}: managed job {job_id} ({shard.name}), {len(missing)} cells")
     try:
-        final = _watch(shard, job_id, missing, s3)
+        final = _watch(shard, job_id, missing, store)
     except BaseException:
         if shard.keep_cluster:
             _say(f"{shard.label}: keep_cluster: managed job {job_id} keeps running (and billing)")
@@ -393,7 +402,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         status=final["status"],
         recoveries=final["recoveries"],
         job_duration_s=duration_s(final.get("job_duration", "")),
-        measured_cells=sorted(kept_cells(shard, s3) & set(missing)),
+        measured_cells=sorted(kept_cells(shard, store) & set(missing)),
         finished_at=utc_now(),
     )
     ledger.add("managed_job_finished", shard.name, job_id=job_id, status=final["status"],
@@ -404,7 +413,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     return record
 
 
-def _watch(shard: Shard, job_id: int, missing: list[str], s3) -> dict[str, Any]:
+def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, Any]:
     """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
     started = time.monotonic()
     deadline = started + shard.settings.max_cluster_hours * 3600
@@ -430,7 +439,7 @@ def _watch(shard: Shard, job_id: int, missing: list[str], s3) -> dict[str, Any]:
                 shard.ledger.add("managed_job_recovered", shard.name, job_id=job_id, recovery=n)
             recoveries = row["recoveries"]
         try:
-            done = len(kept_cells(shard, s3) & set(missing))
+            done = len(kept_cells(shard, store) & set(missing))
         except Exception:  # a bucket listing that failed once is no reason to stop watching
             pass  # the last count stands
         line = (

@@ -115,12 +115,12 @@ def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
         return "cloud_mode", (
             f"got 'managed' with infra {infra!r}: SkyPilot cannot mount the results bucket on "
             f"{_NO_BUCKET_MOUNTS[cloud]}; expected cloud_mode cluster there, or a cloud that "
-            "mounts buckets (gcp, aws, kubernetes, ...)"
+            "mounts s3:// and gs:// buckets (gcp, aws, kubernetes, ...)"
         )
     if not config.get("results_bucket"):
         return "results_bucket", (
-            "got '' with cloud_mode managed; expected s3://BUCKET[/PREFIX], where every cell "
-            "is kept as soon as it is measured"
+            "got '' with cloud_mode managed; expected s3://BUCKET[/PREFIX] or "
+            "gs://BUCKET[/PREFIX], where every cell is kept as soon as it is measured"
         )
     return None
 
