@@ -1,7 +1,8 @@
 """`cloud_mode: managed` end to end: real Snakemake, ssh and rsync, the loopback's managed jobs
 (tests/loopback/managed.py: a controller per job, preemption and recovery as SkyPilot's) and a
-real S3 API (moto's server) as the results bucket, read here with boto3 and mounted
-MOUNT_CACHED on the loopback machines (tests/loopback/storage.py)."""
+real S3 API (moto's server) or a real GCS API (gcp-storage-emulator's server) as the results
+bucket, read here with boto3 or google-cloud-storage and mounted MOUNT_CACHED on the loopback
+machines (tests/loopback/storage.py)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,7 @@ def managed_env(tmp_path):
                 LOOPBACK_RCLONE_WRITE_BACK_S="1",
                 # The loopback machines reach the bucket through this; boto3 here through AWS_*.
                 **{storage.ENDPOINT_ENV: endpoint},
-                AWS_ENDPOINT_URL=endpoint,
-                AWS_ACCESS_KEY_ID="testing",  # moto accepts any; not a secret
-                AWS_SECRET_ACCESS_KEY="testing",
-                AWS_DEFAULT_REGION="us-east-1",
+                **storage.aws_env(endpoint),
             )
             storage.s3_client(endpoint).create_bucket(Bucket=BUCKET)
             repo = checkout_copy(tmp_path / "repo")
@@ -76,20 +74,23 @@ def managed_env(tmp_path):
         node.stop()
 
 
-def snakemake_argv(repo: Path, work: Path, *extra: str, targets=(), adapters=ADAPTERS) -> list[str]:
+def snakemake_argv(
+    repo: Path, work: Path, *extra: str, targets=(), adapters=ADAPTERS, scenarios=SCENARIOS,
+    shards=2, bucket=f"s3://{BUCKET}/{PREFIX}",
+) -> list[str]:  # fmt: skip
     config = [
-        "profile=smoke", f"infra={INFRA}", f"scenarios=[{','.join(SCENARIOS)}]",
-        f"adapters=[{','.join(adapters)}]", "cloud_mode=managed", "shards=2",
-        f"results_bucket=s3://{BUCKET}/{PREFIX}", "managed_poll_seconds=1",
+        "profile=smoke", f"infra={INFRA}", f"scenarios=[{','.join(scenarios)}]",
+        f"adapters=[{','.join(adapters)}]", "cloud_mode=managed", f"shards={shards}",
+        f"results_bucket={bucket}", "managed_poll_seconds=1",
     ]  # fmt: skip
     argv = [str(BIN / "snakemake"), "--snakefile", str(repo / "Snakefile"), "--cores", "2"]
     return argv + [*targets, "--directory", str(work), "--config", *config, *extra]
 
 
-def snakemake(repo, work, env, *extra, targets=(), timeout=900):
+def snakemake(repo, work, env, *extra, targets=(), timeout=900, **config):
     return subprocess.run(
-        snakemake_argv(repo, work, *extra, targets=targets), env=env, capture_output=True, text=True,
-        timeout=timeout,
+        snakemake_argv(repo, work, *extra, targets=targets, **config), env=env,
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -243,4 +244,36 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_none_running(managed_env, monkeypatc
     assert "onerror: cancelled managed jobs" in out or "cancelling managed job" in "\n".join(
         p.read_text() for p in (work / "logs").rglob("*.log")
     )
+    check_against_real_sky_cli(loopback.calls(home))
+
+
+def test_a_gs_bucket_keeps_the_cells_and_they_are_pulled_with_googles_client(
+    managed_env, tmp_path, monkeypatch
+):
+    node, home, env, work, repo, s3 = managed_env
+    monkeypatch.setenv("HOME", str(home))
+    run_dir = work / "results" / "smoke" / "ssh_loopback"
+    with storage.gcs_emulator(tmp_path) as gcs_endpoint:
+        # This machine's pull finds the emulator as google-cloud-storage finds any; the
+        # loopback machines' mounts through the loopback's own setting.
+        env = {**env, "STORAGE_EMULATOR_HOST": gcs_endpoint, storage.GCS_ENDPOINT_ENV: gcs_endpoint}
+        gcs = storage.gcs_client(gcs_endpoint)
+        gcs.create_bucket(BUCKET)
+        config = {"shards": 1, "scenarios": ["TAB-1"], "adapters": ["numpy"],
+                  "bucket": f"gs://{BUCKET}/{PREFIX}"}  # fmt: skip
+        done = snakemake(repo, work, env, **config)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        keys = sorted(blob.name for blob in gcs.list_blobs(BUCKET))
+
+    assert set(raw_cells(run_dir)) == {("TAB-1", "small", "numpy")}
+    cell_keys = [k for k in keys if "/cells/raw/" in k]
+    assert len(cell_keys) == 1
+    assert all(k.startswith(f"{PREFIX}/smoke/ssh_loopback/cells/raw/") for k in cell_keys)
+    assert [k for k in keys if "/cells/doctor/" in k]
+    assert bucket_keys(s3) == []  # nothing went through S3
+    task = (run_dir / "cloud" / "managed" / "shard-1.yaml").read_text()
+    assert "source: gs://${DATARAX_BENCH_BUCKET}" in task
+    teardown = json.loads((run_dir / "cloud" / "teardown.json").read_text())
+    assert teardown["managed"]["bucket"] == f"gs://{BUCKET}/{PREFIX}"
+    assert [s["status"] for s in teardown["managed"]["shards"]] == ["SUCCEEDED"]
     check_against_real_sky_cli(loopback.calls(home))
