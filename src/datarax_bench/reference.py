@@ -7,13 +7,18 @@ Randomness is per element: element `i` of epoch `e` draws from
 `np.random.default_rng([seed, e, i])`, in op order, so results do not depend on batching,
 worker count or iteration order. Images are channel-last (H, W, C); volumes (D, H, W, C).
 Arithmetic ops compute in float32.
+
+The tuned styles apply a workload's trailing batchable steps (`split_for_batches`) to the stacked
+batch: value-wise ops as they are, and the random ops whose draws are a fixed number of scalars
+per element (`RANDOM_DRAWS`) with one draw per row, each from that row's element generator carried
+over from its per-element steps, so every generator sees the plain pipeline's draws in its order.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -45,6 +50,11 @@ def chain_steps(step: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def element_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
+
+
+#: The key under which a tuned pipeline keeps an element's generator with the element, from its
+#: per-element steps to its batch's steps (taken out again before the batch is stacked).
+ELEMENT_RNG_KEY = "__element_rng__"
 
 
 # --- random parameter draws (shared so that frameworks can reuse the exact sampling) ---------
@@ -121,6 +131,33 @@ def hash_ids(ids: np.ndarray, num_buckets: int) -> np.ndarray:
     return h % num_buckets
 
 
+# --- the draws of the random ops that batch: (step, rng, element shape) -> parameter --------
+# One function per op, used by the per-element op and by the batch step alike, so that the two
+# cannot draw differently.
+
+
+def draw_flip(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> bool:
+    """Whether random_horizontal_flip flips this element."""
+    return bool(rng.random() < step["p"])
+
+
+def draw_brightness(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> F32:
+    """random_brightness's delta for this element, as the float32 it adds."""
+    return F32(rng.uniform(-step["max_delta"], step["max_delta"]))
+
+
+def draw_window_start(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> int:
+    """Where random_window's window starts along the element's first axis."""
+    return int(rng.integers(0, element_shape[0] - step["length"] + 1))
+
+
+RANDOM_DRAWS: dict[str, Callable[[Mapping[str, Any], np.random.Generator, Any], Any]] = {
+    "random_horizontal_flip": draw_flip,
+    "random_brightness": draw_brightness,
+    "random_window": draw_window_start,
+}
+
+
 # --- element ops: (array, params, rng) -> array ---------------------------------------------
 
 
@@ -130,7 +167,7 @@ def _random_resized_crop(x, p, rng):
 
 
 def _random_horizontal_flip(x, p, rng):
-    return x[:, ::-1] if rng.random() < p["p"] else x
+    return x[:, ::-1] if draw_flip(p, rng, x.shape) else x
 
 
 def _normalize(x, p, rng):
@@ -153,7 +190,7 @@ def _zscore(x, p, rng):
 
 
 def _random_window(x, p, rng):
-    start = int(rng.integers(0, x.shape[0] - p["length"] + 1))
+    start = draw_window_start(p, rng, x.shape)
     return x[start : start + p["length"]]
 
 
@@ -182,7 +219,7 @@ def _add(x, p, rng):
 
 
 def _random_brightness(x, p, rng):
-    return x.astype(F32) + F32(rng.uniform(-p["max_delta"], p["max_delta"]))
+    return x.astype(F32) + draw_brightness(p, rng, x.shape)
 
 
 def _clip(x, p, rng):
@@ -225,6 +262,41 @@ VALUEWISE_OPS = frozenset(
     {"normalize", "standardize", "log1p", "hash_bucket", "multiply", "add", "clip", "cast"}
     | {"embedding_lookup"}
 )
+# Every op a tuned style may apply to a stacked batch with the bytes it computes per element:
+# the value-wise ops, the random ops of `RANDOM_DRAWS` (a few scalars drawn per row, an output
+# shape independent of them) and shift_targets (slicing the last axis of a dense batch).
+BATCHABLE_OPS = VALUEWISE_OPS | frozenset(RANDOM_DRAWS) | {"shift_targets"}
+
+
+# --- the batch versions of the random ops: (batch, step, one draw per row) -> batch -----------
+
+
+def _rows(values, batch) -> np.ndarray:
+    """Per-row values shaped to broadcast against `batch`'s rows."""
+    return np.asarray(values).reshape(-1, *([1] * (batch.ndim - 1)))
+
+
+def _flip_rows(x, p, flips):
+    out = np.array(x)
+    rows = np.flatnonzero(flips)
+    out[rows] = x[rows, :, ::-1]
+    return out
+
+
+def _brightness_rows(x, p, deltas):
+    return x.astype(F32) + _rows(np.asarray(deltas, dtype=F32), x)
+
+
+def _window_rows(x, p, starts):
+    columns = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(p["length"])
+    return x[np.arange(len(x))[:, None], columns]
+
+
+BATCH_FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], list[Any]], np.ndarray]] = {
+    "random_horizontal_flip": _flip_rows,
+    "random_brightness": _brightness_rows,
+    "random_window": _window_rows,
+}
 
 
 # --- each op's parameters: what the catalog must give (checked when it is loaded) -----------
@@ -354,13 +426,17 @@ class LeafOps:
     ids up in `embedding_table`; `mean(outputs)` merges a branch_merge's branch outputs (float32).
     `step_key(rng)` is the randomness one step receives (called once per step, in step order:
     the reference passes its element generator on; a framework with stateless keys folds in a
-    counter).
+    counter). `batch_fields[op](batch, step, draws)` applies a random op of `RANDOM_DRAWS` to a
+    stacked batch, with one draw per row (`apply_batch_step`).
     """
 
     fields: Mapping[str, Callable[[Any, Mapping[str, Any], Any], Any]]
     embedding_lookup: Callable[[Mapping[str, Any], Any], Any]
     mean: Callable[[list[Any]], Any]
     step_key: Callable[[Any], Any] = lambda rng: rng  # noqa: E731 - the reference's: as is
+    batch_fields: Mapping[str, Callable[[Any, Mapping[str, Any], list[Any]], Any]] = field(
+        default_factory=dict
+    )
 
 
 def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, rng) -> None:
@@ -395,29 +471,84 @@ def split_for_batches(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per element, per batch): the tuned styles' split of a workload's element steps.
 
-    The per-batch part is the longest run of steps at the end whose ops are in `batch_ops` (the
-    value-wise ops a framework applies to a whole batch with the bytes it computes per element);
-    everything before it stays per element, in order. Workloads with batch-level ops (dynamic
-    padding of ragged fields) keep every element step per element.
+    The per-batch part is the longest run of steps at the end, chains expanded (`flat_steps`),
+    whose ops are in `batch_ops` (the `BATCHABLE_OPS` a framework applies to a whole batch with
+    the bytes it computes per element); everything before it stays per element, in order. When
+    nothing moves the steps come back as given, chains unexpanded. Workloads with batch-level ops
+    (dynamic padding of ragged fields) keep every element step per element.
+
+    Expanding a chain changes no draw of a walk that keys its steps in order (`LeafOps.step_key`
+    is called per leaf step, never for the chain itself), and the steps that move are the last.
     """
-    steps = [dict(s) for s in transforms]
-    if any(s["op"] in BATCH_OPS for s in steps):
-        return steps, []
+    given = [dict(s) for s in transforms]
+    if any(s["op"] in BATCH_OPS for s in given):
+        return given, []
+    steps = flat_steps(given)
     cut = len(steps)
-    while cut and steps[cut - 1]["op"] in batch_ops & VALUEWISE_OPS:
+    while cut and steps[cut - 1]["op"] in batch_ops & BATCHABLE_OPS:
         cut -= 1
+    if cut == len(steps):
+        return given, []
     return steps[:cut], steps[cut:]
 
 
-def apply_batch_step(step: Mapping[str, Any], batch: dict[str, Any], ops: LeafOps) -> None:
-    """One value-wise step on a whole batch (a dict, changed in place) with `ops`' leaf ops."""
+def draws_per_row(steps: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of these batch steps draws from the rows' element generators."""
+    return any(s["op"] in RANDOM_DRAWS for s in steps)
+
+
+def apply_batch_step(
+    step: Mapping[str, Any],
+    batch: dict[str, Any],
+    ops: LeafOps,
+    rngs: list[np.random.Generator] | None = None,
+) -> None:
+    """One batchable step on a whole batch (a dict, changed in place) with `ops`' leaf ops.
+
+    A random step draws, for each row in batch order, from `rngs[row]`: that element's generator,
+    carried over from its per-element steps, so it draws what the plain pipeline draws there.
+    """
     op, name = step["op"], step["field"]
-    if op not in VALUEWISE_OPS:
-        raise ValueError(f"{op!r} is not a value-wise op; it cannot be applied to a batch")
-    if op == "embedding_lookup":
+    if op not in BATCHABLE_OPS:
+        raise ValueError(f"{op!r} cannot be applied to a whole batch")
+    if op in RANDOM_DRAWS:
+        if rngs is None:
+            raise ValueError(f"{op!r} draws per element: it needs the batch's element generators")
+        values = batch[name]
+        element_shape = tuple(values.shape[1:])
+        draws = [RANDOM_DRAWS[op](step, rng, element_shape) for rng in rngs]
+        batch[name] = ops.batch_fields[op](values, step, draws)
+    elif op == "shift_targets":
+        tokens = batch.pop(name)
+        batch[step["inputs"]] = tokens[:, :-1]
+        batch[step["targets"]] = tokens[:, 1:]
+    elif op == "embedding_lookup":
         batch[step["output"]] = ops.embedding_lookup(step, batch.pop(name))
     else:
         batch[name] = ops.fields[op](batch[name], step, None)
+
+
+def apply_batch_steps(
+    steps: Iterable[Mapping[str, Any]],
+    batch: dict[str, Any],
+    ops: LeafOps,
+    rngs: list[np.random.Generator] | None = None,
+) -> dict[str, Any]:
+    """`apply_batch_step` for each of `steps`, in order; returns `batch`."""
+    for step in steps:
+        apply_batch_step(step, batch, ops, rngs)
+    return batch
+
+
+def take_element_rngs(
+    elements: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[np.random.Generator] | None]:
+    """(the elements without their kept generators, the generators in order, or None when the
+    elements keep none): what a tuned batch function does before it stacks."""
+    if not elements or ELEMENT_RNG_KEY not in elements[0]:
+        return elements, None
+    rest = [{k: v for k, v in e.items() if k != ELEMENT_RNG_KEY} for e in elements]
+    return rest, [e[ELEMENT_RNG_KEY] for e in elements]
 
 
 def flat_steps(transforms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -439,6 +570,7 @@ REFERENCE_OPS = LeafOps(
         step["num_rows"], step["dim"], step["table_seed"]
     )[ids],
     mean=_mean_f32,
+    batch_fields=BATCH_FIELD_OPS,
 )
 
 
@@ -496,9 +628,26 @@ def reference_batch(
 def batched_reference_batch(
     dataset, transforms, seed: int, epoch: int, batch_index: int, batch_size: int
 ) -> Element:
-    """`reference_batch`, with the trailing value-wise steps applied once to the stacked batch."""
-    per_element, per_batch = split_for_batches(transforms, VALUEWISE_OPS)
-    batch = reference_batch(dataset, per_element, seed, epoch, batch_index, batch_size)
-    for step in per_batch:
-        apply_batch_step(step, batch, REFERENCE_OPS)
-    return batch
+    """`reference_batch`, with the trailing batchable steps applied once to the stacked batch.
+
+    Each element's generator goes from its per-element steps to the batch's. With nothing left
+    to do per element and only dense fields, the batch is read as one slice of each array (the
+    bytes of stacking its elements).
+    """
+    per_element, per_batch = split_for_batches(transforms, BATCHABLE_OPS)
+    start = batch_index * batch_size
+    indices = range(start, start + batch_size)
+    if not per_element and not dataset.ragged:
+        batch = {
+            name: np.array(array[start : start + batch_size])
+            for name, array in dataset.dense.items()
+        }
+        rngs = [element_rng(seed, epoch, i) for i in indices] if draws_per_row(per_batch) else None
+    else:
+        rngs = [element_rng(seed, epoch, i) for i in indices]
+        elements = [
+            apply_element(per_element, dataset.element(i), rng)
+            for i, rng in zip(indices, rngs, strict=True)
+        ]
+        batch = collate(per_element, elements)
+    return apply_batch_steps(per_batch, batch, REFERENCE_OPS, rngs)

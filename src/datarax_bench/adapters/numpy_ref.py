@@ -5,8 +5,11 @@ semantics (`datarax_bench.reference`) and stacks batches, in the consuming threa
 state is its position (epoch, next batch): every batch is a pure function of seed, epoch and
 batch index.
 
-The tuned style is NumPy's own advice for speed, vectorise: the workload's trailing value-wise
-steps (`reference.split_for_batches`) run once on the stacked batch instead of per element.
+The tuned style is NumPy's own advice for speed, vectorise: the workload's trailing batchable
+steps (`reference.split_for_batches`: value-wise ops, shift_targets, and the random flip,
+brightness and window, whose per-row draws come from each element's own generator carried over
+from its per-element steps) run once on the stacked batch instead of per element. When nothing is
+left per element and every field is dense, a batch is read as one slice of each cached array.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class NumpyReference(Adapter):
     distributions = ("numpy",)
     ops = reference.ALL_OPS
     styles = frozenset({"plain", "tuned"})
-    batch_ops = reference.VALUEWISE_OPS
+    batch_ops = reference.BATCHABLE_OPS
     # Reads each element from the cached arrays as it goes: memory-mapped files stream from disk.
     measures = frozenset({"throughput", "streaming", "checkpoint"})
     # The zero-framework floor reads the .npy cache, from RAM or memory-mapped, and nothing else.
