@@ -13,11 +13,14 @@ documented way to transform data, so batches equal the reference's bit for bit.
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
 
-The tuned style maps the workload's trailing value-wise steps (`reference.split_for_batches`)
-over whole batches, after `batch`, as Grain's documentation does with batch-level work (a map
-over the batched dataset): the same NumPy functions on stacked arrays, so the same bytes. Its
-worker processes, reader threads and prefetch buffer are chosen by measurement (`tuning`), as
-Grain's performance guide advises tuning them to the machine.
+The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
+value-wise ops, shift_targets, and the random flip, brightness and window) to whole batches, in
+the `batch_fn` of `MapDataset.batch`, Grain's hook for batch-level work: the same NumPy functions
+on stacked arrays, so the same bytes. A random batch step draws, row by row, from each element's
+own generator, which the per-element map keeps with the element (`reference.ELEMENT_RNG_KEY`)
+and the `batch_fn` takes out before stacking, so every generator draws in the plain order and
+nothing but arrays leaves a worker. Its worker processes, reader threads and prefetch buffer are
+chosen by measurement (`tuning`), as Grain's performance guide advises tuning them to the machine.
 
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
 `ArrayRecordDataSource` or TFDS's `data_source`.
@@ -29,7 +32,6 @@ Checkpoints use Grain's own: the iterator's `get_state()`/`set_state()` as writt
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import multiprocessing
 import threading
@@ -51,30 +53,37 @@ class ElementTransform:
 
     Picklable for worker processes (the source it follows pickles itself: the cached arrays
     travel as their file names, ArrayRecord and TFDS sources as their paths).
+    `keep_rng`: the element keeps its generator (`reference.ELEMENT_RNG_KEY`) for the batch
+    steps that draw after it.
     """
 
-    def __init__(self, transforms: list[dict], seed: int, per_epoch: int):
+    def __init__(self, transforms: list[dict], seed: int, per_epoch: int, keep_rng: bool = False):
         self.transforms = transforms
         self.seed = seed
         self.per_epoch = per_epoch
+        self.keep_rng = keep_rng
 
     def __call__(self, position: int, element: reference.Element) -> reference.Element:
         epoch, index = divmod(position, self.per_epoch)
         rng = reference.element_rng(self.seed, epoch, index)
-        return reference.apply_element(self.transforms, element, rng)
+        out = reference.apply_element(self.transforms, element, rng)
+        if self.keep_rng:
+            out[reference.ELEMENT_RNG_KEY] = rng
+        return out
 
 
-class BatchTransform:
-    """Grain `map` function over batches: value-wise steps on the stacked batch (tuned style)."""
+class BatchFunction:
+    """Grain `batch_fn`: the elements stacked as the reference does (`reference.collate`), then
+    the tuned style's batch steps, drawing from the generators the elements kept."""
 
-    def __init__(self, steps: list[dict]):
+    def __init__(self, transforms: list[dict], steps: list[dict]):
+        self.transforms = transforms
         self.steps = steps
 
-    def __call__(self, batch: reference.Element) -> reference.Element:
-        out = dict(batch)
-        for step in self.steps:
-            reference.apply_batch_step(step, out, reference.REFERENCE_OPS)
-        return out
+    def __call__(self, elements: list[reference.Element]) -> reference.Element:
+        elements, rngs = reference.take_element_rngs(list(elements))
+        batch = reference.collate(self.transforms, elements)
+        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, rngs)
 
 
 def _records(ctx: CellContext):
@@ -127,18 +136,17 @@ class GrainLoader(Loader):
         )
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
+        keep_rng = reference.draws_per_row(per_batch)
         self._batches = (
             records[:per_epoch]
             .repeat(None)
-            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch))
+            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch, keep_rng))
             .batch(
                 self.batch_size,
                 drop_remainder=True,
-                batch_fn=functools.partial(reference.collate, w.transforms),
+                batch_fn=BatchFunction(w.transforms, per_batch),
             )
         )
-        if per_batch:
-            self._batches = self._batches.map(BatchTransform(per_batch))
         self.parallelism = {
             "threads": threads,
             "workers": workers,
@@ -275,7 +283,7 @@ class Grain(Adapter):
     distributions = ("grain", "numpy")
     ops = reference.ALL_OPS
     styles = frozenset({"plain", "tuned"})
-    batch_ops = reference.VALUEWISE_OPS
+    batch_ops = reference.BATCHABLE_OPS
     # Its data source indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming", "checkpoint"})
     backends = frozenset({"memory", "npy_mmap", "array_record", "tfds"})
