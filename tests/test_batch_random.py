@@ -179,7 +179,7 @@ def test_taking_the_kept_generators_out_of_the_elements():
     assert ref.take_element_rngs(rest) == (rest, None)
 
 
-@pytest.mark.parametrize("adapter_id", ["numpy", "grain"])
+@pytest.mark.parametrize("adapter_id", ["numpy", "grain", "pytorch"])
 def test_tuned_results_record_the_random_steps_per_batch(adapter_id):
     adapter = get_adapter(adapter_id)
     cv1, pr2 = _workload("CV-1", "small"), _workload("PR-2", "small")

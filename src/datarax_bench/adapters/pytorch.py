@@ -10,10 +10,15 @@ reference's own sampling functions, in op order, so batches equal the reference'
 rounding; the pixel, token and table work itself is done by torch. Gaussian noise is drawn by a
 torch generator seeded from that RNG (same distribution, not the reference's exact values).
 
-The tuned style applies the workload's trailing value-wise steps (`reference.split_for_batches`)
-as batch-level tensor ops in the `collate_fn`, in the workers, after `default_collate` has
-stacked the elements (the same torch ops on a stacked tensor, so the same bytes), as PyTorch's
-data-loading docs describe for batch-level work ("Working with collate_fn"); workers, persistent
+The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
+value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
+ops in the `collate_fn`, in the workers, after `default_collate` has stacked the elements (flips,
+adds and slices on a stacked tensor give the same bytes as per element), as PyTorch's
+data-loading docs describe for batch-level work ("Working with collate_fn"). A random batch step
+draws, row by row, with the reference's draw functions from each element's own generator, which
+`__getitem__` keeps with the element (`reference.ELEMENT_RNG_KEY`) and the `collate_fn` takes out
+before `default_collate`, so every generator draws in the plain order. When nothing is left per
+element, `__getitems__` reads a batch's elements as one slice of each cached array; workers, persistent
 workers and pinned memory the plain style already uses, as its performance tuning guide advises;
 `num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
 """
@@ -21,12 +26,14 @@ workers and pinned memory the plain style already uses, as its performance tunin
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .. import formats, reference
+from ..data import Dataset
 from . import register
 from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
 
@@ -43,12 +50,14 @@ class ElementDataset:
     `data_source`, the random-access reader TFDS documents for PyTorch.
     """
 
-    def __init__(self, ctx: CellContext, records, transforms=None):
+    def __init__(self, ctx: CellContext, records, transforms=None, keep_rng: bool = False):
         self.num_elements = ctx.workload.num_elements
         self.seed = ctx.seed
         steps = ctx.workload.transforms if transforms is None else transforms
         self.transforms = [s for s in steps if s["op"] not in reference.BATCH_OPS]
         self.records = records
+        # The element keeps its generator for the batch steps that draw after it.
+        self.keep_rng = keep_rng
 
     def __len__(self) -> int:
         return self.num_elements
@@ -65,7 +74,40 @@ class ElementDataset:
         rng = reference.element_rng(self.seed, epoch, index)
         for step in self.transforms:
             reference.apply_step(step, element, TORCH_OPS, rng)
+        if self.keep_rng:
+            element[reference.ELEMENT_RNG_KEY] = rng
         return element
+
+
+@dataclass
+class SlicedBatch:
+    """A batch's elements read as one slice of each field (`SlicedDataset.__getitems__`): the
+    stacked fields and, where batch steps draw, the elements' generators in batch order."""
+
+    fields: dict[str, Any]
+    rngs: list[np.random.Generator] | None
+
+
+class SlicedDataset(ElementDataset):
+    """An `ElementDataset` with nothing to do per element over dense cached arrays: PyTorch's
+    fetcher hands `__getitems__` a batch's keys, and the batch is read as one slice of each
+    array (the bytes of stacking its elements) instead of one read per element."""
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> SlicedBatch:
+        import torch
+
+        indices = [index for _, index in keys]
+        first = indices[0]
+        contiguous = indices == list(range(first, first + len(indices)))
+        rows = slice(first, first + len(indices)) if contiguous else indices
+        fields = {
+            name: torch.from_numpy(np.array(array[rows]))
+            for name, array in self.records.dense.items()
+        }
+        rngs = None
+        if self.keep_rng:
+            rngs = [reference.element_rng(self.seed, epoch, index) for epoch, index in keys]
+        return SlicedBatch(fields, rngs)
 
 
 def _records(ctx: CellContext):
@@ -119,7 +161,7 @@ def _random_resized_crop(x, p, rng):
 def _random_horizontal_flip(x, p, rng):
     import torch
 
-    return torch.flip(x, dims=(1,)) if rng.random() < p["p"] else x
+    return torch.flip(x, dims=(1,)) if reference.draw_flip(p, rng, x.shape) else x
 
 
 def _normalize(x, p, rng):
@@ -180,7 +222,7 @@ def _add(x, p, rng):
 def _random_brightness(x, p, rng):
     import torch
 
-    delta = rng.uniform(-p["max_delta"], p["max_delta"])
+    delta = reference.draw_brightness(p, rng, x.shape)
     return _float(x) + torch.tensor(delta, dtype=torch.float32)
 
 
@@ -232,11 +274,47 @@ def _mean(outputs: list[Any]):
     return sum(outputs[1:], outputs[0]) / float(len(outputs))
 
 
-TORCH_OPS = reference.LeafOps(fields=_FIELD_OPS, embedding_lookup=_embedding_lookup, mean=_mean)
+# --- the random ops on a stacked batch, one draw per row (`reference.apply_batch_step`) ------
+
+
+def _flip_rows(x, p, flips):
+    import torch
+
+    out = x.clone()
+    rows = torch.as_tensor(np.flatnonzero(flips))
+    out[rows] = torch.flip(x[rows], dims=(2,))
+    return out
+
+
+def _brightness_rows(x, p, deltas):
+    import torch
+
+    rows = torch.from_numpy(np.asarray(deltas, dtype=np.float32))
+    return _float(x) + rows.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _window_rows(x, p, starts):
+    import torch
+
+    columns = torch.as_tensor(starts, dtype=torch.int64)[:, None] + torch.arange(p["length"])
+    return x[torch.arange(len(x))[:, None], columns]
+
+
+TORCH_OPS = reference.LeafOps(
+    fields=_FIELD_OPS,
+    embedding_lookup=_embedding_lookup,
+    mean=_mean,
+    batch_fields={
+        "random_horizontal_flip": _flip_rows,
+        "random_brightness": _brightness_rows,
+        "random_window": _window_rows,
+    },
+)
 
 
 def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
-    """Stack elements, then apply value-wise `steps` to the batch (the tuned style).
+    """Stack elements, then apply the batchable `steps` to the batch (the tuned style), drawing
+    from the generators the elements kept.
 
     In a worker, the fields the steps made go into shared memory allocated there
     (`_shared_in_worker`): a worker that sends tensors of its own heap instead (shared only as
@@ -246,10 +324,12 @@ def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
     """
     from torch.utils.data import default_collate
 
-    out = default_collate(elements)
-    for step in steps:
-        reference.apply_batch_step(step, out, TORCH_OPS)
-    return _shared_in_worker(out)
+    if isinstance(elements, SlicedBatch):
+        batch, rngs = dict(elements.fields), elements.rngs
+    else:
+        elements, rngs = reference.take_element_rngs(elements)
+        batch = default_collate(elements)
+    return _shared_in_worker(reference.apply_batch_steps(steps, batch, TORCH_OPS, rngs))
 
 
 def _shared_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
@@ -312,8 +392,13 @@ class TorchLoader(Loader):
             collate = partial(pad_collate, batch_steps)
         elif per_batch:
             collate = partial(batch_collate, per_batch)
+        keep_rng = reference.draws_per_row(per_batch)
+        # One slice per batch where nothing is left per element and every field is dense.
+        sliced = per_batch and not per_element and isinstance(records, Dataset)
+        sliced = sliced and not records.ragged
+        dataset_type = SlicedDataset if sliced else ElementDataset
         self.loader = DataLoader(
-            ElementDataset(ctx, records, per_element),
+            dataset_type(ctx, records, per_element, keep_rng),
             batch_size=ctx.workload.batch_size,
             sampler=self.sampler,
             drop_last=True,
@@ -352,7 +437,7 @@ class PyTorchDataLoader(Adapter):
     distributions = ("torch",)
     ops = frozenset(_FIELD_OPS) | reference.STRUCTURE_OPS | reference.BATCH_OPS
     styles = frozenset({"plain", "tuned"})
-    batch_ops = reference.VALUEWISE_OPS
+    batch_ops = reference.BATCHABLE_OPS
     # The map-style Dataset indexes the cached arrays lazily (workers re-map the files): it streams.
     measures = frozenset({"throughput", "streaming"})
     backends = frozenset({"memory", "npy_mmap", "tfds"})
