@@ -109,7 +109,7 @@ class Adapter(ABC):
     backend_reasons: ClassVar[dict[str, str]] = {}
     #: The pipeline styles the adapter builds (`STYLES`); `open` reads `self.style`.
     styles: ClassVar[frozenset[str]] = frozenset({"plain"})
-    #: Value-wise ops (`reference.VALUEWISE_OPS`) the tuned style applies to whole batches.
+    #: Ops (`reference.BATCHABLE_OPS`) the tuned style applies to whole batches.
     batch_ops: ClassVar[frozenset[str]] = frozenset()
     #: The style this instance builds; `styled` makes one for another style.
     style: str = "plain"
@@ -125,7 +125,7 @@ class Adapter(ABC):
         return other
 
     def batched_ops(self) -> frozenset[str]:
-        """The value-wise ops this instance's pipelines apply to whole batches."""
+        """The ops this instance's pipelines apply to whole batches."""
         return self.batch_ops if self.style == "tuned" else frozenset()
 
     def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:

@@ -13,7 +13,10 @@ TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX o
 The tuned style follows the guide's "Vectorizing mapping" section: the workload's trailing
 value-wise steps (`reference.split_for_batches`) are mapped once over each batch, after
 `batch`, instead of once per element before it (the same TF ops on a batched tensor, so the same
-bytes). Its parallelism is chosen by measurement (`tuning`): AUTOTUNE against fixed
+bytes). Its random steps stay per element, where the other tuned styles batch flips, brightness
+and windows: each draw here is a stateless op keyed by the element's own key, and drawing for a
+whole batch would need a key per row, a different computation that the plain pipeline's bytes do
+not guarantee. Its parallelism is chosen by measurement (`tuning`): AUTOTUNE against fixed
 `num_parallel_calls` for the maps and a fixed `prefetch` buffer (the guide's "Parallelizing data
 transformation" and "Prefetching"); TensorFlow's public API does not say what AUTOTUNE settled
 on, so the result records what was asked for. The guide's `deterministic=False` is left out: it
