@@ -91,25 +91,26 @@ def test_rendered_task_mounts_the_bucket_and_measures_only_its_cells(
         assert task["resources"]["job_recovery"] == {"max_restarts_on_errors": 1}
 
 
-def test_a_gs_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path, monkeypatch):
+def test_the_results_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     import sky
     import yaml
     from sky.data.storage import StorageMode
 
-    task = managed.render_task(load_profile("gpu_a100"), bucket_scheme="gs")
-    mount = task["file_mounts"]["~/datarax-bench-bucket"]
-    assert mount == {"source": "gs://${DATARAX_BENCH_BUCKET}", "mode": "MOUNT_CACHED"}
-    path = tmp_path / "shard-1.yaml"
-    cloud.write_task(task, path)
-    overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
-                 ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
-    loaded = sky.Task.from_yaml_config(yaml.safe_load(path.read_text()), env_overrides=overrides)
-    (store,) = loaded.storage_mounts.values()
-    assert store.source == "gs://dxb-results" and store.mode == StorageMode.MOUNT_CACHED
-    # The s3:// task keeps its bucket by name, as before.
-    s3 = managed.render_task(load_profile("gpu_a100"))["file_mounts"]["~/datarax-bench-bucket"]
-    assert s3 == {"name": "${DATARAX_BENCH_BUCKET}", "mode": "MOUNT_CACHED"}
+    for scheme in ("gs", "s3"):
+        # Both by their URI: a bare name would let SkyPilot create a bucket on the job's cloud.
+        task = managed.render_task(load_profile("gpu_a100"), bucket_scheme=scheme)
+        mount = task["file_mounts"]["~/datarax-bench-bucket"]
+        assert mount == {"source": f"{scheme}://${{DATARAX_BENCH_BUCKET}}", "mode": "MOUNT_CACHED"}
+        path = tmp_path / f"shard-1-{scheme}.yaml"
+        cloud.write_task(task, path)
+        overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
+                     ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
+        config = yaml.safe_load(path.read_text())
+        loaded = sky.Task.from_yaml_config(config, env_overrides=overrides)
+        (store,) = loaded.storage_mounts.values()
+        assert store.source == f"{scheme}://dxb-results"
+        assert store.mode == StorageMode.MOUNT_CACHED
 
 
 def test_launch_argv_passes_settings_by_value_and_no_secret():
