@@ -145,6 +145,16 @@ class Dataset:
 
     __getitem__ = element
 
+    def rows(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """The dense fields of elements `indices`, stacked: one slice of each array where the
+        indices are consecutive (the bytes of stacking the elements, read in one go)."""
+        first = indices[0]
+        if indices == list(range(first, first + len(indices))):
+            picked: slice | list[int] = slice(first, first + len(indices))
+        else:
+            picked = indices
+        return {name: np.array(arr[picked]) for name, arr in self.dense.items()}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["dense"] = {k: _ship(v) for k, v in self.dense.items()}

@@ -85,15 +85,11 @@ def render_task(profile, image: str = "", bucket_scheme: str = "s3") -> dict[str
         f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
         f"--resume-dir {kept} --cells ${CELLS_ENV}\n"
     )
-    task = with_results_bucket(task)
     # The existing bucket by its URI: SkyPilot mounts it from its own store on whichever cloud
     # the job lands, and refuses the launch if it does not exist. A bare name unknown to
     # SkyPilot's state would make it pick, or create, a bucket of that name on the job's cloud
     # (GCS on GCP), where the pull from the named store would never find the results.
-    task["file_mounts"][BUCKET_MOUNT] = {
-        "source": f"{bucket_scheme}://${{{BUCKET_ENV}}}",
-        "mode": "MOUNT_CACHED",
-    }
+    task = with_results_bucket(task, bucket_scheme)
     envs = task["envs"]
     envs[CELLS_ENV] = None  # given per shard with --env
     envs[BUCKET_KEY_ENV] = None

@@ -638,10 +638,7 @@ def batched_reference_batch(
     start = batch_index * batch_size
     indices = range(start, start + batch_size)
     if not per_element and not dataset.ragged:
-        batch = {
-            name: np.array(array[start : start + batch_size])
-            for name, array in dataset.dense.items()
-        }
+        batch = dataset.rows(list(indices))
         rngs = [element_rng(seed, epoch, i) for i in indices] if draws_per_row(per_batch) else None
     else:
         rngs = [element_rng(seed, epoch, i) for i in indices]

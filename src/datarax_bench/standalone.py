@@ -126,9 +126,11 @@ def persist(
     return NOT_KEPT
 
 
-def with_results_bucket(task: dict[str, Any]) -> dict[str, Any]:
+def with_results_bucket(task: dict[str, Any], scheme: str | None = None) -> dict[str, Any]:
     """A task file's config with the results bucket: SkyPilot storage named by `--env
-    DATARAX_BENCH_BUCKET=<name>`, mounted with MOUNT_CACHED at BUCKET_MOUNT.
+    DATARAX_BENCH_BUCKET=<name>`, mounted with MOUNT_CACHED at BUCKET_MOUNT. With a `scheme`
+    (s3, gs), the existing bucket by its URI; without, by bare name (SkyPilot creates it on the
+    cloud's store when it has no record of it).
 
     A separate file, because SkyPilot 0.14.1 constructs every storage mount at launch (dry runs
     included) and rejects an empty name, so one file cannot leave the bucket optional.
@@ -139,7 +141,12 @@ def with_results_bucket(task: dict[str, Any]) -> dict[str, Any]:
     envs[BUCKET_ENV] = None
     task["envs"] = envs
     mounts = dict(task.get("file_mounts") or {})
-    mounts[BUCKET_MOUNT] = {"name": f"${{{BUCKET_ENV}}}", "mode": "MOUNT_CACHED"}
+    bucket = f"${{{BUCKET_ENV}}}"
+    mounts[BUCKET_MOUNT] = (
+        {"source": f"{scheme}://{bucket}", "mode": "MOUNT_CACHED"}
+        if scheme
+        else {"name": bucket, "mode": "MOUNT_CACHED"}
+    )
     task["file_mounts"] = mounts
     return task
 

@@ -96,14 +96,8 @@ class SlicedDataset(ElementDataset):
     def __getitems__(self, keys: list[tuple[int, int]]) -> SlicedBatch:
         import torch
 
-        indices = [index for _, index in keys]
-        first = indices[0]
-        contiguous = indices == list(range(first, first + len(indices)))
-        rows = slice(first, first + len(indices)) if contiguous else indices
-        fields = {
-            name: torch.from_numpy(np.array(array[rows]))
-            for name, array in self.records.dense.items()
-        }
+        rows = self.records.rows([index for _, index in keys])
+        fields = {name: torch.from_numpy(value) for name, value in rows.items()}
         rngs = None
         if self.keep_rng:
             rngs = [reference.element_rng(self.seed, epoch, index) for epoch, index in keys]
