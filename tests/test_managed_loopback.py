@@ -125,9 +125,11 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
     node, home, env, work, repo, s3 = managed_env
     monkeypatch.setenv("HOME", str(home))  # the real CLI's parser is imported in this process
     run_dir = work / "results" / "smoke" / "ssh_loopback"
-    # Each shard's first machine dies some seconds into its run; SkyPilot's recovery (here
-    # the loopback's controller) brings up a fresh one and restarts the job.
-    loopback.set_faults(home, preempt_managed_after_s=[12, 14])
+    # Each shard's first machine dies as its first cell lands in the bucket mount; SkyPilot's
+    # recovery (here the loopback's controller) brings up a fresh one and restarts the job.
+    loopback.set_faults(
+        home, preempt_first_attempt_on_file="datarax-bench-bucket/*/*/*/cells/raw/*/*/*.json"
+    )
     done = snakemake(repo, work, env)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]

@@ -15,6 +15,9 @@ A managed job is run by a controller process on this machine (its own session: i
 - Fault `preempt_managed_after_s` (a list of seconds in faults.json): each attempt whose `run`
   starts pops the first value; that long after, the machine dies (its processes are killed, its
   directory wiped), the job is RECOVERING, and it restarts from scratch on a fresh cluster.
+- Fault `preempt_first_attempt_on_file` (a glob, relative to the machine's HOME): every job's
+  first attempt dies so as soon as a file matching it exists there, e.g. its first result in
+  a bucket mount, whatever the machine's speed; later attempts run undisturbed.
 - A job that fails is restarted while `resources.job_recovery.max_restarts_on_errors` allows:
   like SkyPilot, it shows RECOVERING and the restart counts in #RECOVERIES; otherwise it ends
   FAILED, or FAILED_SETUP when its setup failed.
@@ -506,10 +509,11 @@ class Controller:
                 recovery_count=self.job["recovery_count"] + 1,
             )
         self.say(f"attempt {number} runs as pid {pid} on {self.home}")
-        return self.watch(pid, jobs)
+        return self.watch(pid, jobs, first=number == 1)
 
-    def watch(self, pid: int, jobs: Path) -> str:
+    def watch(self, pid: int, jobs: Path, first: bool) -> str:
         started, offset, preempt_at = self.job["last_recovered_at"], 0, None
+        dies_on = self.cli.faults().get("preempt_first_attempt_on_file") if first else None
         try:
             while True:
                 offset = self.copy_log(jobs / "job.log", offset)
@@ -526,6 +530,9 @@ class Controller:
                     return "failed_setup" if (jobs / "setup-failed").exists() else "failed"
                 if preempt_at is not None and time.time() >= preempt_at:
                     self.say(f"preempting pid {pid}: the machine dies")
+                    return "preempted"
+                if dies_on and next(self.home.glob(dies_on), None) is not None:
+                    self.say(f"preempting pid {pid}: {dies_on} exists, the machine dies")
                     return "preempted"
                 if not alive(pid) and not exit_file.exists():
                     return "preempted"  # the job's processes are gone without an exit code
