@@ -203,7 +203,7 @@ def _cli(cli_path, *args, env=None, timeout=600):
 # special measures in their own tests.
 @pytest.mark.parametrize("adapter_id", ["tfdata"])
 def test_support_matrix_agrees_with_what_runs(adapter_id, cli_path, tmp_path):
-    """Each 'yes' of `datarax-bench list` run ok; every other cell ends as the matrix says."""
+    """Each 'yes' of `datarax-bench list` it runs ends ok; every other cell ends as the matrix says."""
     matrix = support_matrix(support.profile())
     listed = json.loads(_cli(cli_path, "list", "--profile", "smoke", "--json").stdout)
     assert listed["support"] == matrix

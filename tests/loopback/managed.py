@@ -16,7 +16,7 @@ A managed job is run by a controller process on this machine (its own session: i
   starts pops the first value; that long after, the machine dies (its processes are killed, its
   directory wiped), the job is RECOVERING, and it restarts from scratch on a fresh cluster.
 - Fault `preempt_first_attempt_on_file` (a glob, relative to the machine's HOME): every job's
-  first attempt dies so as soon as a file matching it exists there, e.g. its first result in
+  first attempt dies as soon as a file matching it exists there, e.g. its first result in
   a bucket mount, whatever the machine's speed; later attempts run undisturbed.
 - A job that fails is restarted while `resources.job_recovery.max_restarts_on_errors` allows:
   like SkyPilot, it shows RECOVERING and the restart counts in #RECOVERIES; otherwise it ends
