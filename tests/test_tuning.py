@@ -53,13 +53,17 @@ def test_the_sweep_picks_the_fastest_setting_and_measures_with_it(run_tuned, tmp
 
 def test_a_second_run_takes_the_cached_choice_without_sweeping(run_tuned, tmp_path):
     first = run_tuned("test-knob-numpy", tmp_path / "a.json")["tuning"]
+    cache = tmp_path / "cache" / "tuning" / f"{first['cache_key']}.json"
+    swept = json.loads(cache.read_text())
+    assert swept["chosen"] == first["chosen"] and swept["cost_s"] > 0
     again = run_tuned("test-knob-numpy", tmp_path / "b.json")["tuning"]
     assert again["cached"] is True and again["cost_s"] == 0
     assert again["chosen"] == first["chosen"] and again["cache_key"] == first["cache_key"]
-    assert again["sweep_cost_s"] == pytest.approx(first["cost_s"])
+    # What the sweep cost is the record's, whichever attempt of the first cell made it (a
+    # failed attempt is retried, and the retry takes the cached choice too).
+    assert again["sweep_cost_s"] == pytest.approx(swept["cost_s"])
 
     # A cache file that cannot be read is swept again, not trusted.
-    cache = tmp_path / "cache" / "tuning" / f"{first['cache_key']}.json"
     cache.write_text("{not json")
     third = run_tuned("test-knob-numpy", tmp_path / "c.json")["tuning"]
     assert third["cached"] is False and third["chosen"] == {"workers": 2}
@@ -107,3 +111,15 @@ def test_a_sweep_where_nothing_runs_fails_the_cell_naming_every_setting(cli_path
     assert all(f"workers={w}: failed: RuntimeError" in result["reason"] for w in range(4))
     schemas.validate(result, "result", out)
     assert done.returncode == 0
+
+
+def test_a_retried_cell_takes_the_choice_its_failed_attempt_swept(run_tuned, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    monkeypatch.setenv("DATARAX_BENCH_TEST_FAIL_ONCE", str(tmp_path / "failed-once"))
+    result = run_tuned("test-knob-fails-once", tmp_path / "a.json")
+    assert [a["status"] for a in result["attempts"]] == ["failed", "ok"]
+    assert "the first measurement after the sweep fails" in result["attempts"][0]["reason"]
+    tuning = result["tuning"]
+    swept = json.loads((tmp_path / "cache" / "tuning" / f"{tuning['cache_key']}.json").read_text())
+    assert tuning["cached"] is True and tuning["chosen"] == swept["chosen"] == {"workers": 2}
+    assert tuning["sweep_cost_s"] == pytest.approx(swept["cost_s"]) and swept["cost_s"] > 0

@@ -9,7 +9,9 @@ sweep must leave it out. `test-knob-crash` cannot start with workers=2 (its best
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,3 +85,23 @@ class KnobBroken(KnobCrash):
     display_name = "NumPy reference that cannot start any setting"
     aliases = ()
     fails_at = (0, 1, 2, 3)
+
+
+@register
+class KnobFailsOnce(KnobNumpy):
+    """Fails its first measurement after the sweep, once per marker file
+    (`DATARAX_BENCH_TEST_FAIL_ONCE`): the cell's retry follows a finished sweep."""
+
+    id = "test-knob-fails-once"
+    display_name = "NumPy reference whose first measurement after its sweep fails"
+    aliases = ()
+
+    opened = [0]  # in this worker process, whichever copy of the adapter opens
+
+    def open(self, ctx):
+        self.opened[0] += 1
+        marker = Path(os.environ["DATARAX_BENCH_TEST_FAIL_ONCE"])
+        if self.opened[0] > len(self.tuning_grid(ctx, 0)) and not marker.exists():
+            marker.touch()
+            raise RuntimeError("the first measurement after the sweep fails")
+        return super().open(ctx)
