@@ -4,6 +4,7 @@ STORAGE_EMULATOR_HOST). The same calls answer the same on both."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,6 +61,59 @@ def test_keys_under_a_prefix_and_one_object_downloaded_or_absent(bucket, tmp_pat
     missing = tmp_path / "pulled" / "grain.json"
     assert not buckets.download(bucket, "smoke/gcp/cells/raw/TAB-1/small/grain.json", missing)
     assert not missing.exists()
+
+
+def test_a_mirrored_directory_pulls_the_prefix_and_uploads_what_is_written(bucket, tmp_path):
+    cells = parse_bucket(f"{bucket.uri}/smoke/gcp/cells")
+    mirror = buckets.MirroredDirectory(cells, tmp_path / "mirror")
+    assert mirror.pull() == 2  # only under the prefix, not its sibling gcp-other/
+    assert (mirror.local / "raw/TAB-1/small/numpy.json").read_bytes() == b'{"a": 1}'
+    assert (mirror.local / "attempts/raw/TAB-1/small/numpy.json/1").is_file()
+    written = mirror.local / "raw" / "TAB-1" / "small" / "grain.json"
+    written.write_text('{"b": 2}')
+    assert mirror.push(written) == f"{cells.uri}/raw/TAB-1/small/grain.json"
+    again = buckets.MirroredDirectory(cells, tmp_path / "fresh-machine")
+    assert again.pull() == 3
+    assert (again.local / "raw/TAB-1/small/grain.json").read_text() == '{"b": 2}'
+
+
+def test_upload_of_one_file_through_the_cli(bucket, tmp_path, cli_path):
+    src = tmp_path / "doctor.json"
+    src.write_text('{"hardware": 1}')
+    dest = f"{bucket.scheme}://{BUCKET}/bench/smoke/gcp/cells/doctor/task-1.json"
+    done = subprocess.run([cli_path, "upload", str(src), dest], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == dest
+    back = tmp_path / "back.json"
+    assert buckets.download(bucket, "smoke/gcp/cells/doctor/task-1.json", back)
+    assert back.read_text() == '{"hardware": 1}'
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["upload", "missing.json", "s3://dxb-results/k"], "upload: 'missing.json' is not a file"),
+        (["upload", "{src}", "s3://dxb-results"], "expected the object's whole URI"),
+        (["upload", "{src}", "s3://Bad_Bucket/k"], "upload: destination: got 's3://Bad_Bucket/k'"),
+        (["run", "--profile", "smoke", "--output-dir", "{out}", "--resume-bucket", "gs://x"],
+         "run: --resume-bucket: got 'gs://x', expected s3://BUCKET"),
+        (["run", "--profile", "smoke", "--output-dir", "{out}", "--resume-bucket", "s3://abc",
+          "--resume-dir", "{out}2"], "pass one of --resume-dir"),
+        (["run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy", "--output",
+          "{out}.json", "--resume-bucket", "s3://abc"], "use it with --output-dir"),
+    ],
+)  # fmt: skip
+def test_bad_bucket_arguments_are_one_line_and_exit_2(argv, message, tmp_path, cli_path):
+    src = tmp_path / "f.json"
+    src.write_text("{}")
+    argv = [a.format(src=src, out=tmp_path / "out") for a in argv]
+    done = subprocess.run([cli_path, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.resume-bucket").exists()
 
 
 def test_a_gs_bucket_that_does_not_exist_is_an_error_not_an_empty_listing(tmp_path, monkeypatch):

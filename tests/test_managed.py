@@ -113,6 +113,46 @@ def test_the_results_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path,
         assert store.mode == StorageMode.MOUNT_CACHED
 
 
+def test_where_buckets_cannot_be_mounted_the_task_uploads_each_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import sky
+
+    assert not managed.mounts_buckets("vast") and not managed.mounts_buckets("runpod/US")
+    assert managed.mounts_buckets("gcp/us-central1") and managed.mounts_buckets("ssh/loopback")
+    task = managed.render_task(load_profile("gpu_a100"), mounted=False)
+    assert "file_mounts" not in task or not any(
+        isinstance(v, dict) for v in task["file_mounts"].values()
+    )
+    kept = "s3://${DATARAX_BENCH_BUCKET}/${DATARAX_BENCH_BUCKET_KEY}"
+    run = task["run"]
+    assert f'--resume-bucket "{kept}" --cells $DATARAX_BENCH_CELLS' in run
+    assert f'"{kept}/doctor/$SKYPILOT_TASK_ID.json"' in run.split("datarax-bench run")[0]
+    assert "AWS" not in json.dumps(task) and "WANDB" not in json.dumps(task)
+    overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
+                 ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
+    loaded = sky.Task.from_yaml_config(json.loads(json.dumps(task)), env_overrides=overrides)
+    assert not loaded.storage_mounts
+
+
+def test_uploads_take_the_s3_keys_by_name_and_refuse_what_cannot_work():
+    bucket = parse_bucket("s3://dxb-results/bench")
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://x"}
+    assert managed.upload_credentials(bucket, "gcp", env) == ([], [])
+    secrets, settings = managed.upload_credentials(bucket, "vast", env)
+    assert secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert settings == ["AWS_ENDPOINT_URL"]
+    with_token = managed.upload_credentials(bucket, "vast", {**env, "AWS_SESSION_TOKEN": "t"})
+    assert with_token[0][-1] == "AWS_SESSION_TOKEN"
+    with pytest.raises(UserError, match="AWS_SECRET_ACCESS_KEY not set here"):
+        managed.upload_credentials(bucket, "runpod", {"AWS_ACCESS_KEY_ID": "k"})
+    with pytest.raises(UserError, match="expected an s3:// bucket there"):
+        managed.upload_credentials(parse_bucket("gs://dxb-results"), "vast", env)
+    argv = managed.launch_argv(Path("t.yaml"), "n", "vast", True, {"A": "1"}, (secrets, settings))
+    assert argv[-6:] == ["--env", "AWS_ENDPOINT_URL", "--secret", "AWS_ACCESS_KEY_ID",
+                         "--secret", "AWS_SECRET_ACCESS_KEY"]  # fmt: skip
+    assert not any(v in argv for v in ("k", "s", "http://x"))
+
+
 def test_launch_argv_passes_settings_by_value_and_no_secret():
     argv = managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp", True, {"A": "1 2"})
     assert argv[:8] == ["sky", "jobs", "launch", "t.yaml", "-n", "dxb-s1", "-y", "-d"]
@@ -124,9 +164,20 @@ def test_command_lines_parse_with_the_real_sky_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     from sky.client.cli import command
 
+    # SkyPilot copies a value passed by name from here, and refuses a name that is not set.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "by-name")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     jobs = command.cli.commands["jobs"]
     for argv in (
         managed.launch_argv(Path("t.yaml"), "dxb-s1", "gcp/us-central1", True, {"A": "1 2"}),
+        managed.launch_argv(
+            Path("t.yaml"),
+            "dxb-s1",
+            "vast",
+            True,
+            {"A": "1"},
+            (["AWS_ACCESS_KEY_ID"], ["AWS_ENDPOINT_URL"]),
+        ),
         ["sky", "jobs", "queue", "--limit", str(managed.QUEUE_LIMIT)],
         ["sky", "jobs", "cancel", "-y", "3", "4"],
         ["sky", "jobs", "logs", "--no-follow", "3"],
@@ -169,15 +220,15 @@ def _config(**changes):
         ({"infra": "gcp", "cloud_mode": "managed"}, "results_bucket: got ''"),
         ({"infra": "local", "cloud_mode": "managed", "results_bucket": "s3://abc"},
          "cloud_mode: got 'managed' with infra local"),
-        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc"},
-         "cannot mount the results bucket on Vast"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "gs://abc"},
+         "results_bucket: got 'gs://abc' with infra 'vast'; expected an s3:// bucket there"),
         ({"infra": "gcp", "shards": 2}, "shards: got 2, expected 1 unless cloud_mode is managed"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://goog-abc"},
          "results_bucket: got 'gs://goog-abc', expected s3://BUCKET[/PREFIX]"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "gs://AB_c"},
          "gs://BUCKET[/PREFIX] (a Google Cloud Storage bucket name"),
-        ({"infra": "runpod", "cloud_mode": "managed", "results_bucket": "gs://abc"},
-         "cannot mount the results bucket on RunPod; expected cloud_mode cluster"),
+        ({"infra": "runpod", "cloud_mode": "managed", "results_bucket": "gs://abc/p"},
+         "SkyPilot cannot mount buckets on RunPod, so the job uploads each cell"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "s3://abc", "shards": 0},
          "shards"),
     ],
@@ -187,9 +238,13 @@ def test_managed_config_is_checked_before_anything_runs(changes, message):
         check_config(_config(**changes), changes, [])
 
 
-@pytest.mark.parametrize("bucket", ["s3://abc/x", "gs://dxb_results.v2/bench", "gs://abc"])
-def test_a_good_managed_config_passes(bucket):
-    config = _config(infra="gcp", cloud_mode="managed", results_bucket=bucket, shards=4)
+@pytest.mark.parametrize(
+    ("infra", "bucket"),
+    [("gcp", "s3://abc/x"), ("gcp", "gs://dxb_results.v2/bench"), ("aws", "gs://abc"),
+     ("vast", "s3://abc/x"), ("runpod/US", "s3://abc")],
+)  # fmt: skip
+def test_a_good_managed_config_passes(infra, bucket):
+    config = _config(infra=infra, cloud_mode="managed", results_bucket=bucket, shards=4)
     check_config(config, {}, [])
 
 

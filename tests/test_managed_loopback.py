@@ -76,10 +76,10 @@ def managed_env(tmp_path):
 
 def snakemake_argv(
     repo: Path, work: Path, *extra: str, targets=(), adapters=ADAPTERS, scenarios=SCENARIOS,
-    shards=2, bucket=f"s3://{BUCKET}/{PREFIX}",
+    shards=2, bucket=f"s3://{BUCKET}/{PREFIX}", infra=INFRA,
 ) -> list[str]:  # fmt: skip
     config = [
-        "profile=smoke", f"infra={INFRA}", f"scenarios=[{','.join(scenarios)}]",
+        "profile=smoke", f"infra={infra}", f"scenarios=[{','.join(scenarios)}]",
         f"adapters=[{','.join(adapters)}]", "cloud_mode=managed", f"shards={shards}",
         f"results_bucket={bucket}", "managed_poll_seconds=1",
     ]  # fmt: skip
@@ -279,3 +279,68 @@ def test_a_gs_bucket_keeps_the_cells_and_they_are_pulled_with_googles_client(
     assert teardown["managed"]["bucket"] == f"gs://{BUCKET}/{PREFIX}"
     assert [s["status"] for s in teardown["managed"]["shards"]] == ["SUCCEEDED"]
     check_against_real_sky_cli(loopback.calls(home))
+
+
+def test_on_vast_the_job_uploads_each_cell_itself_and_resumes_from_the_bucket(
+    managed_env, tmp_path, monkeypatch
+):
+    """Vast cannot mount a bucket: the job copies the kept cells down, uploads each file with
+    the S3 keys passed by name, and after a preemption measures only what is not there."""
+    node, home, env, work, repo, s3 = managed_env
+    monkeypatch.setenv("HOME", str(home))
+    aws_secret = "dxb-aws-secret-sentinel-4c1d9e"  # moto takes any key
+    env = {**env, "AWS_SECRET_ACCESS_KEY": aws_secret}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, env[name])  # the real CLI's parser copies names from here
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
+    run_dir = work / "results" / "smoke" / "vast"
+    # The first machine dies once the second cell has started, i.e. after the first cell's
+    # result was uploaded: the restarted job must take that cell from the bucket.
+    loopback.set_faults(
+        home,
+        preempt_first_attempt_on_file="datarax-bench-results/.smoke.resume-bucket/attempts/raw/"
+        "TAB-1/small/pytorch.json/*",
+    )
+    done = snakemake(repo, work, env, infra="vast", shards=1, scenarios=["TAB-1"])
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert set(raw_cells(run_dir)) == {("TAB-1", "small", a) for a in ADAPTERS}
+
+    task = (run_dir / "cloud" / "managed" / "shard-1.yaml").read_text()
+    assert "--resume-bucket" in task and "MOUNT_CACHED" not in task
+    (launch,) = [c for c in loopback.calls(home) if c["argv"][:2] == ["jobs", "launch"]]
+    argv = launch["argv"]
+    assert argv[argv.index("--infra") + 1] == "vast"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert argv[argv.index(name) - 1] == "--secret"
+
+    info = json.loads((run_dir / "cloud" / "teardown.json").read_text())["managed"]
+    assert [(s["status"], s["recoveries"]) for s in info["shards"]] == [("SUCCEEDED", 1)]
+    keys = bucket_keys(s3)
+    root = f"{PREFIX}/smoke/vast/cells"
+    assert sorted(k for k in keys if k.startswith(f"{root}/raw/")) == [
+        f"{root}/raw/TAB-1/small/numpy.json", f"{root}/raw/TAB-1/small/pytorch.json",
+    ]  # fmt: skip
+    assert [k for k in keys if k.startswith(f"{root}/doctor/")]
+    # The cell uploaded before the preemption was measured once; the one in flight again.
+    started = [k for k in keys if k.startswith(f"{root}/attempts/raw/TAB-1/small/numpy.json/")]
+    assert len(started) == 1
+    assert set(info["measured_more_than_once"]) <= {"raw/TAB-1/small/pytorch.json"}
+    job_log = "\n".join(
+        p.read_text() for p in (home / ".sky" / "loopback" / "managed").glob("*.log")
+    )
+    kept = [ln for ln in job_log.splitlines() if "kept in the resume directory" in ln]
+    assert len(kept) == 1 and "TAB-1/small/numpy: ok" in kept[0], job_log[-3000:]
+
+    # Neither key reached a file, a recorded command line or the bucket.
+    calls = loopback.calls(home)
+    check_against_real_sky_cli(calls)
+    assert not any(aws_secret in " ".join(c["argv"]) for c in calls)
+    for root_dir in (work, home / ".sky", node.home):
+        for path in root_dir.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                assert aws_secret.encode() not in data and SENTINEL.encode() not in data, path
+    for key in keys:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert aws_secret.encode() not in body and SENTINEL.encode() not in body, key

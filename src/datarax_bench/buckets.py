@@ -1,6 +1,7 @@
-"""The results bucket of a managed cloud run, read from this machine: `s3://` through the S3 API
-(boto3), `gs://` through Google Cloud Storage's client. Nothing here writes to the bucket: the
-remote job does.
+"""The results bucket of a managed cloud run: `s3://` through the S3 API (boto3), `gs://` through
+Google Cloud Storage's client. This machine only reads it. A job writes to it through SkyPilot's
+storage mount, or, on clouds that cannot mount one (Vast, RunPod), through `MirroredDirectory`
+here (`datarax-bench run --resume-bucket`, `datarax-bench upload`).
 
 boto3 takes the credentials from its usual chain (environment, ~/.aws) and the endpoint from
 `AWS_ENDPOINT_URL` when it is set, so S3-compatible stores (R2, MinIO, a test's moto server)
@@ -32,6 +33,9 @@ EXPECTED = (
     "letters, digits, dashes, underscores or dots, no goog at the start, no google inside)"
 )
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+#: Clouds on which SkyPilot cannot mount a bucket (`CloudImplementationFeatures.STORAGE_MOUNTING`:
+#: its mounts need FUSE on the VM): there a job uploads each file itself.
+NO_BUCKET_MOUNTS = {"vast": "Vast", "runpod": "RunPod"}
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,13 @@ def parse_bucket(uri: str, what: str = "results_bucket") -> BucketURI:
 
 
 class Store(Protocol):
-    """What this machine does with a bucket: list keys under a prefix, copy one object."""
+    """What is done with a bucket: list keys under a prefix, copy one object down or up."""
 
     def list_keys(self, bucket: str, prefix: str) -> Iterator[str]: ...
 
     def download(self, bucket: str, key: str, dest: Path) -> bool: ...
+
+    def upload(self, src: Path, bucket: str, key: str) -> None: ...
 
 
 class S3Store:
@@ -90,6 +96,9 @@ class S3Store:
                 return False
             raise
         return True
+
+    def upload(self, src: Path, bucket: str, key: str) -> None:
+        self._s3.upload_file(str(src), bucket, key)
 
 
 class GCSStore:
@@ -125,6 +134,9 @@ class GCSStore:
             return False
         return True
 
+    def upload(self, src: Path, bucket: str, key: str) -> None:
+        self._gcs.bucket(bucket).blob(key).upload_from_filename(str(src))
+
 
 def client(bucket: BucketURI) -> Store:
     """The store that reads `bucket`, chosen by its scheme."""
@@ -145,3 +157,32 @@ def download(bucket: BucketURI, key: str, dest: Path, store: Store | None = None
     store = store or client(bucket)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return store.download(bucket.name, bucket.key(key), dest)
+
+
+def upload(src: Path, bucket: BucketURI, key: str = "", store: Store | None = None) -> str:
+    """Copy one file to `bucket` under its prefix; the object's URI."""
+    store = store or client(bucket)
+    store.upload(Path(src), bucket.name, bucket.key(key))
+    return f"{bucket.scheme}://{bucket.name}/{bucket.key(key)}"
+
+
+class MirroredDirectory:
+    """A local directory that stands for a bucket prefix where it cannot be mounted: `pull`
+    copies every object under the prefix into it once, and `push` uploads each file written
+    into it afterwards, at once (what a `MOUNT_CACHED` mount gives a job, without FUSE)."""
+
+    def __init__(self, bucket: BucketURI, local: Path, store: Store | None = None):
+        self.bucket = bucket
+        self.local = Path(local)
+        self.store = store or client(bucket)
+
+    def pull(self) -> int:
+        count = 0
+        for key in list_keys(self.bucket, store=self.store):
+            if key and not key.endswith("/"):
+                count += download(self.bucket, key, self.local / key, store=self.store)
+        return count
+
+    def push(self, path: Path) -> str:
+        rel = Path(path).resolve().relative_to(self.local.resolve())
+        return upload(path, self.bucket, rel.as_posix(), store=self.store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -196,6 +197,12 @@ def cmd_run(args) -> int:
     for sid in scenarios or []:
         catalog.get(sid)
 
+    if args.resume_dir and args.resume_bucket:
+        raise UserError("run: pass one of --resume-dir (a mounted bucket) and --resume-bucket")
+    if args.resume_bucket and not args.output_dir:
+        raise UserError(
+            "run: --resume-bucket keeps the cells of a matrix; use it with --output-dir"
+        )
     if args.resume_dir and not args.output_dir:
         raise UserError("run: --resume-dir keeps the cells of a matrix; use it with --output-dir")
     if args.resume_dir and Path(args.resume_dir).resolve() == Path(args.output_dir).resolve():
@@ -211,11 +218,11 @@ def cmd_run(args) -> int:
                 "run: --variant selects one cell; use it with --output, not --output-dir"
             )
         styles = [args.style] if args.style else None
-        resume = Path(args.resume_dir) if args.resume_dir else None
-        summary = run_matrix(
-            profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume,
-            _split(args.cells),
-        )  # fmt: skip
+        with _resume_directory(args) as (resume, keep):
+            summary = run_matrix(
+                profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume,
+                _split(args.cells), keep,
+            )  # fmt: skip
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
         return 0
@@ -361,6 +368,44 @@ def cmd_compare(args) -> int:
     return 1 if result.regressions else 0
 
 
+@contextlib.contextmanager
+def _resume_directory(args):
+    """(the resume directory, what to call with each file written there) for `run`: the
+    --resume-dir as it is, or a local copy of --resume-bucket that uploads what is written."""
+    if not args.resume_bucket:
+        yield (Path(args.resume_dir) if args.resume_dir else None), None
+        return
+    import shutil
+
+    from .buckets import MirroredDirectory, parse_bucket
+
+    bucket = parse_bucket(args.resume_bucket, "run: --resume-bucket")
+    # Beside the output directory, on the machine's own disk; emptied first, so that the copy
+    # holds what the bucket holds and nothing an earlier run left there.
+    output = Path(args.output_dir).resolve()
+    local = output.parent / f".{output.name}.resume-bucket"
+    shutil.rmtree(local, ignore_errors=True)
+    mirror = MirroredDirectory(bucket, local)
+    print(f"resume: {mirror.pull()} files from {bucket.uri}", file=sys.stderr, flush=True)
+    yield mirror.local, mirror.push
+
+
+def cmd_upload(args) -> int:
+    from .buckets import BucketURI, parse_bucket, upload
+
+    src = Path(args.file)
+    if not src.is_file():
+        raise UserError(f"upload: {args.file!r} is not a file; expected the file to copy")
+    bucket = parse_bucket(args.destination, "upload: destination")
+    if not bucket.prefix:
+        raise UserError(
+            f"upload: destination: got {args.destination!r}, expected the object's whole URI "
+            "(s3://BUCKET/KEY or gs://BUCKET/KEY)"
+        )
+    print(upload(src, BucketURI(bucket.name, "", bucket.scheme), bucket.prefix))
+    return 0
+
+
 # --- standalone task files (logic in standalone.py) -----------------------------------------
 
 
@@ -409,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --output-dir: keep every cell's result here too as soon as it is written, "
         "and take a cell already here (same workload, settings and commit) instead of "
         "measuring it; a mounted results bucket makes a restarted job resume",
+    )
+    p.add_argument(
+        "--resume-bucket",
+        help="like --resume-dir for a bucket that is not mounted (s3://BUCKET/PREFIX or "
+        "gs://...): its files are copied to .OUTPUT-DIR.resume-bucket beside the output "
+        "directory first, and every file written there is uploaded at once",
     )
     p.add_argument(
         "--cells",
@@ -470,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", required=True, help="the --output-dir of a run")
     p.add_argument("--bucket-dir", help="where the results bucket is mounted")
     p.set_defaults(func=cmd_persist)
+
+    p = sub.add_parser("upload", help="copy one file to a results bucket (s3:// or gs://)")
+    p.add_argument("file")
+    p.add_argument("destination", help="the object's URI, s3://BUCKET/KEY or gs://BUCKET/KEY")
+    p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("task-file", help="a task file from benchmarks/sky with a results bucket")
     p.add_argument("template", help="benchmarks/sky/<name>.yaml")

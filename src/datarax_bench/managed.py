@@ -5,14 +5,18 @@ managed jobs of the same task, hence the same instance type. Each job mounts the
 (SkyPilot storage, `MOUNT_CACHED`) and runs `datarax-bench run --cells <its share> --resume-dir
 <bucket>/<profile>/<infra>/cells`: every result goes to the bucket as soon as it is written, and a
 job restarted by SkyPilot after a preemption (same task, a fresh machine) takes the cells already
-there and measures the rest, so a preemption costs at most the cell in flight. This machine only
-submits, watches (`sky jobs queue`), cancels on error, and pulls each cell from the bucket,
-validated, when its shard has finished. Nothing secret goes to the job.
+there and measures the rest, so a preemption costs at most the cell in flight. On clouds where
+SkyPilot cannot mount a bucket (Vast, RunPod) the job does the same with `--resume-bucket`: it
+copies the kept cells down at the start and uploads each file as soon as it is written, with the
+S3 keys of this machine passed by name as SkyPilot secrets. This machine only submits, watches
+(`sky jobs queue`), cancels on error, and pulls each cell from the bucket, validated, when its
+shard has finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import buckets, cloud, provenance
-from .buckets import BucketURI
+from .buckets import NO_BUCKET_MOUNTS, BucketURI
 from .errors import UserError
 from .results import ATTEMPTS_DIR, load_result, utc_now, write_json_atomic, write_result
 from .standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
@@ -41,6 +45,11 @@ QUEUE_FAILURES_TOLERATED = 10
 PROGRESS_EVERY_S = 300
 _SHARD_KEYS = ("shard", "name", "job_id", "status", "recoveries", "job_duration_s", "hourly_usd")
 _JOB_ID = re.compile(r"Managed [Jj]ob ID:\s*(\d+)")
+#: What the job's uploads to an s3:// bucket need from this machine's environment, by name:
+#: SkyPilot secrets (redacted in its logs), and plain settings when they are set here.
+S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_SECRETS = ("AWS_SESSION_TOKEN",)
+S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 def _say(message: str) -> None:
@@ -71,11 +80,21 @@ def job_name(cluster: str, shard: int) -> str:
     return f"{cluster}-s{shard}"
 
 
-def render_task(profile, image: str = "", bucket_scheme: str = "s3") -> dict[str, Any]:
-    """The profile's task (same setup and resources) with the bucket mounted; its `run` checks
-    the hardware, then measures the cells named in CELLS_ENV, resuming from the bucket."""
+def mounts_buckets(infra: str) -> bool:
+    """Whether SkyPilot can mount the results bucket on `infra`'s machines."""
+    return infra.split("/")[0] not in NO_BUCKET_MOUNTS
+
+
+def render_task(
+    profile, image: str = "", bucket_scheme: str = "s3", mounted: bool = True
+) -> dict[str, Any]:
+    """The profile's task (same setup and resources) with the bucket mounted, or uploaded to
+    where it cannot be; its `run` checks the hardware, then measures the cells named in
+    CELLS_ENV, resuming from the bucket."""
     task = cloud.render_provision_task(profile, image)
     out = f"{cloud.REMOTE_RESULTS}/{profile.name}"
+    if not mounted:
+        return _uploading_task(task, profile, out, bucket_scheme)
     # $HOME, not ~: a quoted ~ is not expanded.
     kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
     task["run"] = (
@@ -100,15 +119,70 @@ def render_task(profile, image: str = "", bucket_scheme: str = "s3") -> dict[str
     return task
 
 
+def _uploading_task(task: dict[str, Any], profile, out: str, scheme: str) -> dict[str, Any]:
+    kept = f"{scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
+    task["run"] = (
+        f"{cloud.doctor_command(profile.name)}\n"
+        f'datarax-bench upload {out}/doctor.json "{kept}/doctor/$SKYPILOT_TASK_ID.json"\n'
+        f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
+        f'--resume-bucket "{kept}" --cells ${CELLS_ENV}\n'
+    )
+    envs = dict(task.get("envs") or {})
+    # null: given per shard with --env; SkyPilot refuses a launch that leaves one unset.
+    envs.update({BUCKET_ENV: None, CELLS_ENV: None, BUCKET_KEY_ENV: None})
+    task["envs"] = envs
+    cloud.validate_task(
+        {**task, "envs": {**envs, CELLS_ENV: "x", BUCKET_KEY_ENV: "x", BUCKET_ENV: "x"}},
+        f"managed task rendered for profile {profile.name}",
+    )
+    return task
+
+
+def upload_credentials(bucket: BucketURI, infra: str, environ=None) -> tuple[list[str], list[str]]:
+    """(secret names, setting names) the job needs to upload to `bucket` from `infra`, all set
+    in this machine's environment and passed by name; none where SkyPilot mounts the bucket."""
+    if mounts_buckets(infra):
+        return [], []
+    environ = os.environ if environ is None else environ
+    cloud_name = NO_BUCKET_MOUNTS[infra.split("/")[0]]
+    if bucket.scheme != "s3":
+        raise UserError(
+            f"results_bucket: got {bucket.uri!r} with infra {infra!r}; expected an s3:// bucket "
+            f"there: SkyPilot cannot mount buckets on {cloud_name}, so the job uploads each cell "
+            "with the S3 API and this machine's AWS keys"
+        )
+    missing = [name for name in S3_SECRETS if not environ.get(name)]
+    if missing:
+        raise UserError(
+            f"cloud_mode managed on {cloud_name}: {' and '.join(missing)} not set here; expected "
+            "the S3 keys of the results bucket in the environment (the job uploads each cell "
+            "itself; they are passed to it by name as SkyPilot secrets, never written anywhere)"
+        )
+    secrets = [*S3_SECRETS, *(n for n in S3_OPTIONAL_SECRETS if environ.get(n))]
+    return secrets, [name for name in S3_SETTINGS if environ.get(name)]
+
+
 def launch_argv(
-    task_file: Path, name: str, infra: str, use_spot: bool, envs: dict[str, str]
+    task_file: Path,
+    name: str,
+    infra: str,
+    use_spot: bool,
+    envs: dict[str, str],
+    by_name: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> list[str]:
+    """`sky jobs launch`; `by_name` = (secrets, settings) whose values SkyPilot copies from this
+    machine's environment, so that they appear on no command line."""
     argv = ["sky", "jobs", "launch", str(task_file), "-n", name, "-y", "-d"]
     if infra != "any":
         argv += ["--infra", infra]
     argv.append("--use-spot" if use_spot else "--no-use-spot")
     for key, value in envs.items():
         argv += ["--env", f"{key}={value}"]
+    secrets, settings = by_name
+    for key in settings:
+        argv += ["--env", key]
+    for key in secrets:
+        argv += ["--secret", key]
     return argv
 
 
@@ -356,16 +430,18 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         record.update(status="NOT_NEEDED", recoveries=0, job_duration_s=0.0, finished_at=utc_now())
         write_json_atomic(report, record)
         return record
+    by_name = upload_credentials(shard.bucket, shard.infra)
     task_file = shard.work_dir / "managed" / f"shard-{shard.index}.yaml"
-    cloud.write_task(
-        render_task(shard.profile, shard.settings.image, shard.bucket.scheme), task_file
+    task = render_task(
+        shard.profile, shard.settings.image, shard.bucket.scheme, mounts_buckets(shard.infra)
     )
+    cloud.write_task(task, task_file)
     envs = {
         BUCKET_ENV: shard.bucket.name,
         BUCKET_KEY_ENV: shard.key,
         CELLS_ENV: " ".join(missing),
     }
-    argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs)
+    argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs, by_name)
     ledger = shard.ledger
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:

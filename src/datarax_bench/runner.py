@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,7 @@ def run_matrix(
     styles: list[str] | None = None,
     resume_dir: Path | None = None,
     only: Sequence[str] | None = None,
+    keep: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Every (scenario, variant, adapter, style) cell of the profile, one after another.
 
@@ -246,6 +247,8 @@ def run_matrix(
     on a fresh machine costs at most the cell that was in flight; each measurement started is
     recorded there too (`attempts/`), so that a cell measured again after an interruption shows.
     `only` (cell ids, `S/V/A/STYLE`) keeps just those cells of the matrix: one shard's share.
+    `keep` is called with each file written into `resume_dir` (where the directory stands for a
+    bucket that is not mounted: it uploads the file).
     """
     from .adapters import all_adapters
 
@@ -278,11 +281,15 @@ def run_matrix(
         t0 = time.monotonic()
         _say(f"[{i}/{len(cells)}] {cell.label} ...")
         if resume_dir:
-            record_attempt(Path(resume_dir), rel)
+            marker = record_attempt(Path(resume_dir), rel)
+            if keep:
+                keep(marker)
         result = run_cell(cell, path)
         _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
         if resume_dir:
             write_result(Path(resume_dir) / rel, result)
+            if keep:
+                keep(Path(resume_dir) / rel)
         results.append(result)
     return write_run_index(profile, output_dir, results, started)
 
@@ -308,11 +315,12 @@ def select_cells(cells: list[Cell], wanted: Sequence[str]) -> list[Cell]:
     return [c for key, c in by_id.items() if key in chosen]
 
 
-def record_attempt(resume_dir: Path, rel: Path) -> None:
+def record_attempt(resume_dir: Path, rel: Path) -> Path:
     stamp = utc_now().replace(":", "-")
     marker = resume_dir / ATTEMPTS_DIR / rel / f"{stamp}-{os.getpid()}"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(os.environ.get("SKYPILOT_TASK_ID", "") + "\n")
+    return marker
 
 
 def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 
+from .buckets import NO_BUCKET_MOUNTS
 from .errors import UserError
 from .schemas import best_error, error_location, load_schema, read_yaml, validation_message
 
@@ -96,10 +97,6 @@ def check_config(
         raise UserError(f"{_source(key, command_line, files)}: {key}: {message}")
 
 
-# Clouds on which SkyPilot cannot mount a bucket (its storage mounts need FUSE on the VM).
-_NO_BUCKET_MOUNTS = {"vast": "Vast", "runpod": "RunPod"}
-
-
 def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
     """What the managed mode needs beyond each key's own schema: (key, message) or None."""
     mode = config.get("cloud_mode", "cluster")
@@ -110,17 +107,18 @@ def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
     infra = config["infra"]
     if infra == "local":
         return "cloud_mode", "got 'managed' with infra local; expected a cloud infra"
-    cloud = infra.split("/")[0]
-    if cloud in _NO_BUCKET_MOUNTS:
-        return "cloud_mode", (
-            f"got 'managed' with infra {infra!r}: SkyPilot cannot mount the results bucket on "
-            f"{_NO_BUCKET_MOUNTS[cloud]}; expected cloud_mode cluster there, or a cloud that "
-            "mounts s3:// and gs:// buckets (gcp, aws, kubernetes, ...)"
-        )
-    if not config.get("results_bucket"):
+    bucket = config.get("results_bucket") or ""
+    if not bucket:
         return "results_bucket", (
             "got '' with cloud_mode managed; expected s3://BUCKET[/PREFIX] or "
             "gs://BUCKET[/PREFIX], where every cell is kept as soon as it is measured"
+        )
+    cloud = infra.split("/")[0]
+    if cloud in NO_BUCKET_MOUNTS and not bucket.startswith("s3://"):
+        return "results_bucket", (
+            f"got {bucket!r} with infra {infra!r}; expected an s3:// bucket there: SkyPilot "
+            f"cannot mount buckets on {NO_BUCKET_MOUNTS[cloud]}, so the job uploads each cell "
+            "with the S3 API"
         )
     return None
 
