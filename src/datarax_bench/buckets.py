@@ -38,6 +38,23 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 NO_BUCKET_MOUNTS = {"vast": "Vast", "runpod": "RunPod"}
 
 
+def unmounting_cloud(infra: str) -> str | None:
+    """The name of `infra`'s cloud where SkyPilot cannot mount buckets there, else None."""
+    return NO_BUCKET_MOUNTS.get(infra.split("/")[0])
+
+
+def unmountable_problem(bucket_uri: str, infra: str) -> str | None:
+    """Why a managed run on `infra` cannot keep its cells in `bucket_uri`, or None: where
+    nothing is mounted the job uploads with the S3 API, so only s3:// works there."""
+    cloud = unmounting_cloud(infra)
+    if cloud is None or bucket_uri.startswith("s3://"):
+        return None
+    return (
+        f"got {bucket_uri!r} with infra {infra!r}; expected an s3:// bucket there: SkyPilot "
+        f"cannot mount buckets on {cloud}, so the job uploads each cell with the S3 API"
+    )
+
+
 @dataclass(frozen=True)
 class BucketURI:
     """`s3://NAME[/PREFIX]` or `gs://NAME[/PREFIX]`: the bucket and the key prefix under which a

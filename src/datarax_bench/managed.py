@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import buckets, cloud, provenance
-from .buckets import NO_BUCKET_MOUNTS, BucketURI
+from .buckets import BucketURI
 from .errors import UserError
 from .results import ATTEMPTS_DIR, load_result, utc_now, write_json_atomic, write_result
 from .standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
@@ -82,7 +82,7 @@ def job_name(cluster: str, shard: int) -> str:
 
 def mounts_buckets(infra: str) -> bool:
     """Whether SkyPilot can mount the results bucket on `infra`'s machines."""
-    return infra.split("/")[0] not in NO_BUCKET_MOUNTS
+    return buckets.unmounting_cloud(infra) is None
 
 
 def render_task(
@@ -93,44 +93,31 @@ def render_task(
     CELLS_ENV, resuming from the bucket."""
     task = cloud.render_provision_task(profile, image)
     out = f"{cloud.REMOTE_RESULTS}/{profile.name}"
-    if not mounted:
-        return _uploading_task(task, profile, out, bucket_scheme)
-    # $HOME, not ~: a quoted ~ is not expanded.
-    kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
+    # The machine's hardware report, for the check across shards.
+    report = "doctor/$SKYPILOT_TASK_ID.json"
+    if mounted:
+        # $HOME, not ~: a quoted ~ is not expanded.
+        kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
+        keep_report = f'mkdir -p {kept}/doctor && cp {out}/doctor.json "{kept}/{report}"'
+        resume = f"--resume-dir {kept}"
+    else:
+        kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
+        keep_report = f'datarax-bench upload {out}/doctor.json "{kept}/{report}"'
+        resume = f'--resume-bucket "{kept}"'
     task["run"] = (
-        f"{cloud.doctor_command(profile.name)}\n"
-        # The hardware of every machine the job ran on, for the check across shards.
-        f'mkdir -p {kept}/doctor && cp {out}/doctor.json "{kept}/doctor/$SKYPILOT_TASK_ID.json"\n'
+        f"{cloud.doctor_command(profile.name)}\n{keep_report}\n"
         f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
-        f"--resume-dir {kept} --cells ${CELLS_ENV}\n"
+        f"{resume} --cells ${CELLS_ENV}\n"
     )
-    # The existing bucket by its URI: SkyPilot mounts it from its own store on whichever cloud
-    # the job lands, and refuses the launch if it does not exist. A bare name unknown to
-    # SkyPilot's state would make it pick, or create, a bucket of that name on the job's cloud
-    # (GCS on GCP), where the pull from the named store would never find the results.
-    task = with_results_bucket(task, bucket_scheme)
-    envs = task["envs"]
-    envs[CELLS_ENV] = None  # given per shard with --env
-    envs[BUCKET_KEY_ENV] = None
-    cloud.validate_task(
-        {**task, "envs": {**envs, CELLS_ENV: "x", BUCKET_KEY_ENV: "x", BUCKET_ENV: "x"}},
-        f"managed task rendered for profile {profile.name}",
-    )
-    return task
-
-
-def _uploading_task(task: dict[str, Any], profile, out: str, scheme: str) -> dict[str, Any]:
-    kept = f"{scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
-    task["run"] = (
-        f"{cloud.doctor_command(profile.name)}\n"
-        f'datarax-bench upload {out}/doctor.json "{kept}/doctor/$SKYPILOT_TASK_ID.json"\n'
-        f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
-        f'--resume-bucket "{kept}" --cells ${CELLS_ENV}\n'
-    )
-    envs = dict(task.get("envs") or {})
+    if mounted:
+        # The existing bucket by its URI: SkyPilot mounts it from its own store on whichever
+        # cloud the job lands, and refuses the launch if it does not exist. A bare name unknown
+        # to SkyPilot's state would make it pick, or create, a bucket of that name on the job's
+        # cloud (GCS on GCP), where the pull from the named store would never find the results.
+        task = with_results_bucket(task, bucket_scheme)
+    envs = task["envs"] = dict(task.get("envs") or {})
     # null: given per shard with --env; SkyPilot refuses a launch that leaves one unset.
     envs.update({BUCKET_ENV: None, CELLS_ENV: None, BUCKET_KEY_ENV: None})
-    task["envs"] = envs
     cloud.validate_task(
         {**task, "envs": {**envs, CELLS_ENV: "x", BUCKET_KEY_ENV: "x", BUCKET_ENV: "x"}},
         f"managed task rendered for profile {profile.name}",
@@ -141,16 +128,13 @@ def _uploading_task(task: dict[str, Any], profile, out: str, scheme: str) -> dic
 def upload_credentials(bucket: BucketURI, infra: str, environ=None) -> tuple[list[str], list[str]]:
     """(secret names, setting names) the job needs to upload to `bucket` from `infra`, all set
     in this machine's environment and passed by name; none where SkyPilot mounts the bucket."""
-    if mounts_buckets(infra):
+    cloud_name = buckets.unmounting_cloud(infra)
+    if cloud_name is None:
         return [], []
+    problem = buckets.unmountable_problem(bucket.uri, infra)
+    if problem:
+        raise UserError(f"results_bucket: {problem}")
     environ = os.environ if environ is None else environ
-    cloud_name = NO_BUCKET_MOUNTS[infra.split("/")[0]]
-    if bucket.scheme != "s3":
-        raise UserError(
-            f"results_bucket: got {bucket.uri!r} with infra {infra!r}; expected an s3:// bucket "
-            f"there: SkyPilot cannot mount buckets on {cloud_name}, so the job uploads each cell "
-            "with the S3 API and this machine's AWS keys"
-        )
     missing = [name for name in S3_SECRETS if not environ.get(name)]
     if missing:
         raise UserError(

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from .buckets import NO_BUCKET_MOUNTS
+from .buckets import unmountable_problem
 from .errors import UserError
 from .schemas import best_error, error_location, load_schema, read_yaml, validation_message
 
@@ -113,14 +113,8 @@ def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
             "got '' with cloud_mode managed; expected s3://BUCKET[/PREFIX] or "
             "gs://BUCKET[/PREFIX], where every cell is kept as soon as it is measured"
         )
-    cloud = infra.split("/")[0]
-    if cloud in NO_BUCKET_MOUNTS and not bucket.startswith("s3://"):
-        return "results_bucket", (
-            f"got {bucket!r} with infra {infra!r}; expected an s3:// bucket there: SkyPilot "
-            f"cannot mount buckets on {NO_BUCKET_MOUNTS[cloud]}, so the job uploads each cell "
-            "with the S3 API"
-        )
-    return None
+    problem = unmountable_problem(bucket, infra)
+    return ("results_bucket", problem) if problem else None
 
 
 @contextlib.contextmanager
