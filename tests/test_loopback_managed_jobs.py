@@ -184,6 +184,10 @@ def test_cancel_stops_the_job_and_leaves_no_process(cluster):
     assert cancel.returncode == 0
     assert f"Job with ID {job_id} is scheduled to be cancelled." in cancel.stdout
     wait_for(env, tmp_path, job_id, {"CANCELLED"}, timeout=20)
+    assert not managed.alive(record["attempt_pid"])  # the machine went before CANCELLED
+    deadline = time.monotonic() + 10  # the controller exits just after it writes CANCELLED
+    while managed.alive(record["controller_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not any(managed.alive(pid) for pid in pids)
     assert not (node.home / ".loopback-clusters" / record["cluster"]).exists()
     for again in (str(job_id), "99"):  # finished or unknown: nothing to do, still exit 0

@@ -105,18 +105,36 @@ def bucket_keys(s3) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def live_pids(home: Path) -> list[int]:
+def live_pids(home: Path, grace_s: float = 10.0) -> list[str]:
+    """The jobs' controller and attempt processes still running after `grace_s`.
+
+    A zombie is not running: orphans here wait for an init that reaps them late. A controller
+    exits just after it writes CANCELLED, so a short grace; a leaked one runs on.
+    """
     pids = []
     for record in (home / ".sky" / "loopback" / "managed").glob("*.json"):
         job = json.loads(record.read_text())
-        for pid in (job.get("controller_pid"), job.get("attempt_pid")):
-            if pid:
-                try:
-                    os.kill(pid, 0)
-                    pids.append(pid)
-                except ProcessLookupError:
-                    pass
-    return pids
+        pids += [pid for pid in (job.get("controller_pid"), job.get("attempt_pid")) if pid]
+    deadline = time.monotonic() + grace_s
+    while True:
+        running = [pid for pid in pids if process_state(pid) not in (None, "Z")]
+        if not running or time.monotonic() >= deadline:
+            return [f"{pid} {process_state(pid)} {cmdline(pid)}" for pid in running]
+        time.sleep(0.1)
+
+
+def process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except FileNotFoundError:
+        return "(gone)"
 
 
 def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(

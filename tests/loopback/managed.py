@@ -434,6 +434,10 @@ class Controller:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            # SkyPilot marks a job ended only once its cluster is gone.
+            deadline = time.monotonic() + 10
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
         shutil.rmtree(self.home, ignore_errors=True)
         self.set(attempt_pid=None)
 
