@@ -13,6 +13,7 @@ import pytest
 
 from datarax_bench import reference
 from datarax_bench.adapters import CellContext, get_adapter
+from datarax_bench.adapters import pytorch as pytorch_adapter
 from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.data import materialize
 from datarax_bench.harness import batch_digest
@@ -113,10 +114,10 @@ def test_batches_do_not_depend_on_the_worker_count():
 
 
 def test_tuned_workers_exit_cleanly_with_full_size_batches():
-    """The tuned collate_fn's batches come from shared memory allocated in the worker: with
-    tensors of the worker's heap, a worker aborted in C++ as it exited (SIGABRT; on CV-1's
-    full-size batches with two workers, one loader in three to five here), failing the next
-    loader."""
+    """A worker aborted in C++ as it exited (SIGABRT) when finalization cut off its queue's
+    feeder thread while it freed a batch; the tuned collate_fn's tensors of the worker's heap
+    made it one loader in three to five on CV-1's full-size batches with two workers, the
+    shared-memory batches about one in two hundred, the exit hook none seen."""
     prof = load_profile("ci_cpu")
     w = load_catalog().get("CV-1").resolve("small", prof.size)
     dataset = materialize(w, 0)
@@ -133,6 +134,56 @@ def test_tuned_workers_exit_cleanly_with_full_size_batches():
         finally:
             loader.close()
         assert {len(v) for v in batch.values()} == {w.batch_size}
+
+
+FEEDER_EXIT_SCRIPT = """
+import multiprocessing, pathlib, sys, time
+
+from datarax_bench.adapters.pytorch import join_feeders_at_exit
+
+
+class SlowToSend:
+    # Pickled by the queue's feeder thread: still sending when the process starts to exit.
+    def __reduce__(self):
+        time.sleep(0.5)
+        pathlib.Path(sys.argv[1]).write_text("sent")
+        return (str, ("batch",))
+
+
+if sys.argv[2] == "hook":
+    join_feeders_at_exit(0)
+queue = multiprocessing.Queue()
+queue.put(SlowToSend())
+time.sleep(0.05)
+# What a DataLoader worker does once told to stop, before it returns and the interpreter exits.
+queue.cancel_join_thread()
+queue.close()
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_a_worker_exits_only_after_its_feeder_thread_has_sent(tmp_path, hook):
+    """The workers' `worker_init_fn` makes the exit wait for the result queue's feeder thread,
+    which otherwise is cut off by finalization mid-batch (where a tensor's deallocation has
+    released the GIL, that aborts the worker). Without the hook the feeder never finishes."""
+    marker = tmp_path / "sent"
+    done = subprocess.run(
+        [sys.executable, "-c", FEEDER_EXIT_SCRIPT, str(marker), hook],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker.exists() == (hook == "hook")
+
+
+def test_dataloader_workers_get_the_exit_hook():
+    w = support.workload("TAB-1", "small")
+    loader = ADAPTER.open(CellContext(w, materialize(w, 0), _profile(workers=1), seed=0))
+    try:
+        assert loader.loader.worker_init_fn is pytorch_adapter.join_feeders_at_exit
+    finally:
+        loader.close()
 
 
 def test_workers_zero_records_no_worker_options():

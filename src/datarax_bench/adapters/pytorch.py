@@ -25,6 +25,9 @@ workers and pinned memory the plain style already uses, as its performance tunin
 
 from __future__ import annotations
 
+import atexit
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -311,10 +314,9 @@ def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
     from the generators the elements kept.
 
     In a worker, the fields the steps made go into shared memory allocated there
-    (`_shared_in_worker`): a worker that sends tensors of its own heap instead (shared only as
-    they are pickled) aborts in C++ as it exits ("terminate called without an active
-    exception", torch 2.13 with two workers on CV-1), and the DataLoader then fails with
-    "worker killed by signal: Aborted".
+    (`_shared_in_worker`), as `default_collate` does: tensors of the worker's heap are moved
+    only as the feeder thread pickles them, which widens the window in which a worker's exit
+    cuts that thread off (see `join_feeders_at_exit`).
     """
     from torch.utils.data import default_collate
 
@@ -360,6 +362,32 @@ def pad_collate(batch_steps: dict[str, Mapping[str, Any]], elements: list[dict[s
     return _shared_in_worker(out)
 
 
+# How long a worker's exit waits for its result queue's feeder thread; the DataLoader itself
+# terminates a worker still alive after this long (`MP_STATUS_CHECK_INTERVAL`).
+FEEDER_JOIN_TIMEOUT_S = 5.0
+
+
+def join_feeders_at_exit(worker_id: int) -> None:
+    """`worker_init_fn`: the worker's exit waits for its queue feeder threads to finish.
+
+    A worker closes its result queue without joining the feeder thread (`cancel_join_thread`)
+    and exits. The feeder frees each batch after pickling it; if interpreter finalization
+    starts while a tensor's deallocation has released the GIL, Python ends the feeder with
+    `pthread_exit`, whose unwinding through torch's C++ frames aborts the worker ("terminate
+    called without an active exception"; the DataLoader then raises "worker killed by signal:
+    Aborted"). atexit handlers run before finalization, so joining there closes that window.
+    """
+    atexit.register(join_queue_feeders, FEEDER_JOIN_TIMEOUT_S)
+
+
+def join_queue_feeders(timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        # multiprocessing.Queue's feeder thread; it ends once the closed queue is flushed.
+        if thread.name == "QueueFeederThread" and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class TorchLoader(Loader):
     def __init__(self, ctx: CellContext, batch_ops: frozenset[str] = frozenset()):
         import torch
@@ -376,6 +404,7 @@ class TorchLoader(Loader):
                 "persistent_workers": True,
                 "prefetch_factor": max(1, prefetch),
                 "multiprocessing_context": "spawn",
+                "worker_init_fn": join_feeders_at_exit,
             }
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(ctx.workload.transforms, batch_ops)
