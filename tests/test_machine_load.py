@@ -102,6 +102,15 @@ def test_summary_weights_windows_by_length_and_flags_busy():
     assert machine_load.summarize([short, short])["busy"] is None, "too short to tell"
 
 
+def test_a_summary_over_windows_saturated_past_their_ticks_is_a_share_the_schema_takes():
+    """A window's foreign CPU seconds may pass its capacity by tick skew (a container's smoke
+    run recorded 1.0365, and the result failed validation): the summary's share stays <= 1."""
+    window = {"wall_s": 2.0, "cpus": 2, "steal_share": 0.0}
+    saturated = {**window, "foreign_cpu_s": 4.15, "foreign_share": 1.0}
+    summary = machine_load.summarize([saturated, saturated])
+    assert summary["foreign_share"] == 1.0 and summary["busy"] is True
+
+
 def test_preflight_warns_about_a_busy_machine_and_too_few_cores(foreign_burner):
     report = machine_load.preflight(seconds=1.0, parallelism=machine_load.usable_cores() + 1)
     text = "\n".join(report["warnings"])

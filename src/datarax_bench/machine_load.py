@@ -156,8 +156,10 @@ def summarize(windows: list[dict[str, Any]], busy_share: float = BUSY_SHARE) -> 
     if not windows:
         return {"foreign_share": None, "steal_share": None, "busy": None}
     capacity = sum(w["wall_s"] * w["cpus"] for w in windows)
-    foreign = sum(w["foreign_cpu_s"] for w in windows) / capacity
-    steal = sum(w["steal_share"] * w["wall_s"] * w["cpus"] for w in windows) / capacity
+    # A window's foreign CPU seconds can exceed its capacity by the counters' tick skew (its
+    # share is clamped, its seconds are not): a share is at most 1.
+    foreign = min(sum(w["foreign_cpu_s"] for w in windows) / capacity, 1.0)
+    steal = min(sum(w["steal_share"] * w["wall_s"] * w["cpus"] for w in windows) / capacity, 1.0)
     return {
         "foreign_share": round(foreign, 4),
         "foreign_share_max": max(w["foreign_share"] for w in windows),
