@@ -384,7 +384,7 @@ def join_queue_feeders(timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for thread in threading.enumerate():
         # multiprocessing.Queue's feeder thread; it ends once the closed queue is flushed.
-        if thread.name == "QueueFeederThread" and thread is not threading.current_thread():
+        if thread.name == "QueueFeederThread":
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
