@@ -43,7 +43,7 @@ def repetition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     identity["style"] = cell_style(result)
     rows = []
     for rep in result["repetitions"]:
-        row = {**identity, "repetition": rep["index"]}
+        row = {**identity, "repetition": rep["index"], "process": rep.get("process", 0)}
         for key in ("batches", "elements", "window_s", "elements_per_s", "bytes_per_s"):
             row[key] = rep[key]
         row.update({f"latency_ms_{k}": v for k, v in rep["latency_ms"].items()})
@@ -99,7 +99,10 @@ def _beside_plain(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def repetitions_table(results: list[dict[str, Any]]) -> pd.DataFrame:
-    columns = ["profile", "scenario", "variant", "adapter", "adapter_name", "style", "repetition"]
+    columns = [
+        *("profile", "scenario", "variant", "adapter", "adapter_name", "style"),
+        *("repetition", "process"),
+    ]
     rows = [row for r in results for row in repetition_rows(r)]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 

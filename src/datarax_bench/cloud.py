@@ -316,8 +316,9 @@ def remote_cell_command(
 
 
 def cell_allowance_s(profile) -> float:
-    """The longest a cell may legitimately take: every attempt's timeout plus start-up."""
-    attempts = 1 + profile.retries
+    """The longest a cell may legitimately take: every attempt's timeout in each of its worker
+    processes, plus start-up."""
+    attempts = (1 + profile.retries) * profile.measurement.get("processes", 1)
     return float(profile.measurement["timeout_s"]) * attempts + CELL_MARGIN_S
 
 

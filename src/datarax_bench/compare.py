@@ -33,7 +33,7 @@ from . import provenance
 from .errors import UserError
 from .results import cell_style, load_result, write_text_atomic
 from .schemas import read_json
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
@@ -102,19 +102,72 @@ def smallest_p_value(m: int, n: int) -> float:
     return min(1.0, 2 / math.comb(m + n, m))
 
 
-def ratio_interval(base, new, level: float = 0.95) -> tuple[float, float, float]:
-    """median(new) / median(base) and its percentile bootstrap interval, both runs resampled.
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile (p above 0.5) of Student's t distribution with `df` degrees of freedom.
 
-    Seeded, so that the same repetitions always give the same interval.
+    The density integrated in x = tan(theta), which maps the real line onto a finite interval,
+    then bisection; agrees with scipy.stats.t.ppf to 1e-5 for df from 1 on.
     """
-    base, new = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    ratio = float(np.median(new) / np.median(base))
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float) -> float:
+        theta = np.linspace(0, math.atan(x), 2001)
+        t = np.tan(theta)
+        density = scale * (1 + t * t / df) ** (-(df + 1) / 2) / np.cos(theta) ** 2
+        return 0.5 + float(np.trapezoid(density, theta))
+
+    low, high = 0.0, 1000.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def process_interval(base, new, level: float = 0.95) -> tuple[float, float]:
+    """Welch's t interval of the log speed ratio, over each process's log median.
+
+    A process is the unit that varies between runs (datarax_bench.processes); its windows are
+    not independent draws. Needs at least two processes in each run; centred on the ratio of
+    the pooled medians, as the table reports it.
+    """
+    b = np.log([np.median(g) for g in base])
+    n = np.log([np.median(g) for g in new])
+    vb, vn = b.var(ddof=1) / b.size, n.var(ddof=1) / n.size
+    centre = math.log(np.median(np.concatenate(new)) / np.median(np.concatenate(base)))
+    if vb + vn == 0:
+        return math.exp(centre), math.exp(centre)
+    df = (vb + vn) ** 2 / (vb**2 / (b.size - 1) + vn**2 / (n.size - 1))
+    half = t_quantile(1 - (1 - level) / 2, df) * math.sqrt(vb + vn)
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+def ratio_interval(base, new, level: float = 0.95) -> tuple[float, float, float]:
+    """median(new) / median(base) and its 95% interval.
+
+    `base` and `new` are each a sequence of repetitions, or a list of arrays, one per worker
+    process. Where both runs have two or more processes, the interval is `process_interval`;
+    otherwise a percentile bootstrap resampling both runs' repetitions, which sees only the
+    spread of one process's windows. Seeded, so that the same repetitions always give the same
+    interval.
+    """
+    base_groups, new_groups = _groups(base), _groups(new)
+    base_all, new_all = np.concatenate(base_groups), np.concatenate(new_groups)
+    ratio = float(np.median(new_all) / np.median(base_all))
+    if len(base_groups) > 1 and len(new_groups) > 1:
+        return ratio, *process_interval(base_groups, new_groups, level)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    base_medians = np.median(rng.choice(base, (BOOTSTRAP_RESAMPLES, base.size)), axis=1)
-    new_medians = np.median(rng.choice(new, (BOOTSTRAP_RESAMPLES, new.size)), axis=1)
+    base_medians = np.median(rng.choice(base_all, (BOOTSTRAP_RESAMPLES, base_all.size)), axis=1)
+    new_medians = np.median(rng.choice(new_all, (BOOTSTRAP_RESAMPLES, new_all.size)), axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(new_medians / base_medians, [tail, 100 - tail])
     return ratio, float(low), float(high)
+
+
+def _groups(values) -> list[np.ndarray]:
+    """Repetitions as a list of per-process arrays (one array for a plain sequence)."""
+    if len(values) and isinstance(values[0], list | tuple | np.ndarray):
+        return [np.asarray(g, dtype=float) for g in values]
+    return [np.asarray(values, dtype=float)]
 
 
 # --- reading the two runs --------------------------------------------------------------------
@@ -246,10 +299,13 @@ class Row:
 
 
 def timed_row(key, name, metric: Metric, base, new, threshold: float, alpha: float) -> Row:
-    """Ratio (as a speed), its interval, the test and the verdict for one metric of a pair."""
+    """Ratio (as a speed), its interval, the test and the verdict for one metric of a pair.
+
+    `base` and `new`: the repetitions, or per-process lists of them (`ratio_interval`)."""
     ratio, low, high = ratio_interval(base, new)
     if not metric.higher_is_better:  # a time: the speed ratio is base / new
         ratio, low, high = 1 / ratio, 1 / high, 1 / low
+    base, new = np.concatenate(_groups(base)), np.concatenate(_groups(new))
     _, p = mann_whitney_u(base, new)
     significant = p < alpha
     if significant and high < 1 / (1 + threshold):
@@ -275,6 +331,11 @@ def timed_row(key, name, metric: Metric, base, new, threshold: float, alpha: flo
         ci95_high=high,
         p_value=p,
     )
+
+
+def _throughput_by_process(result: dict[str, Any]) -> list[np.ndarray]:
+    reps = result["repetitions"]
+    return group_by_process([rep["elements_per_s"] for rep in reps], reps)
 
 
 def _workload_differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -313,7 +374,7 @@ def compare_pair(key: Key, base, new, threshold: float, alpha: float) -> list[Ro
         reason = f"workload differs ({', '.join(differs)})"
         return [Row(key, name, "workload", "", "incomparable", reason, bs, ns)]
     measure = new["cell"]["measure"]
-    samples = [(THROUGHPUT, lambda r: [rep["elements_per_s"] for rep in r["repetitions"]])]
+    samples = [(THROUGHPUT, _throughput_by_process)]
     if measure in TIMED:
         samples.append(TIMED[measure])
     noisy = _busy_runs(base, new)

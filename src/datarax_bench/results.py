@@ -107,6 +107,12 @@ NUMERIC_KEYS = (
 )
 
 
+def tries(result: dict[str, Any]) -> int:
+    """The most worker runs one of the cell's processes took: above one, a failed attempt was
+    retried (0: no worker ran)."""
+    return max((a["attempt"] for a in result.get("attempts") or []), default=0)
+
+
 def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
     """One cell as one flat row: identity, status, statistics (None unless ok), the special
     measurements' scalar metrics (`special_*`), attempts, timing, commit, path."""
@@ -140,8 +146,7 @@ def result_row(result: dict[str, Any], path: str) -> dict[str, Any]:
     row["tuning_cached"] = tuning["cached"] if tuning else None
     # Whether the loader kept an emulated accelerator fed: AU per step time, the shortest fed.
     row.update(feed_columns(result.get("feed") if result["status"] == "ok" else None))
-    # Worker runs of the cell: more than one means a failed attempt was retried (0: no worker).
-    row["attempts"] = len(result.get("attempts") or [])
+    row["attempts"] = tries(result)
     row["duration_s"] = result["timestamps"]["duration_s"]
     row["started"] = result["timestamps"]["started"]
     row["git_commit"] = result["provenance"].get("git_commit")

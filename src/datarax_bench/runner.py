@@ -22,12 +22,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import measures, provenance, supervision
+from . import measures, processes, provenance, supervision
 from .adapters import get_adapter
 from .catalog import Catalog, Profile, load_catalog
 from .cell import Cell, CellClock, cell_identity, make_result, resolve_cell
 from .errors import UserError
-from .results import ATTEMPTS_DIR, cell_path, load_result, utc_now, write_result, write_run_index
+from .results import (
+    ATTEMPTS_DIR,
+    cell_path,
+    load_result,
+    tries,
+    utc_now,
+    write_result,
+    write_run_index,
+)
 
 _LOG_TAIL_LINES = 40
 
@@ -57,7 +65,7 @@ def _exit_description(returncode: int) -> tuple[int | None, str | None]:
 
 
 def _run_worker(
-    cell: Cell, output: Path, lock_fd: int, number: int
+    cell: Cell, output: Path, lock_fd: int, number: int, process: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One attempt at the cell in a worker process: (its result, the record of the attempt)."""
     clock = CellClock()
@@ -93,6 +101,8 @@ def _run_worker(
         str(os.getpid()),
         "--lifeline-fd",
         str(lifeline_read),
+        "--process",
+        str(process),
     ]
     timed_out = False
     try:
@@ -176,20 +186,40 @@ def _failed(cell: Cell, clock: CellClock, detail: str, log_path: Path) -> dict[s
 
 
 def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
-    """Attempts until one does not fail, at most 1 + the profile's `retries`.
+    """The cell's worker processes (the profile's `measurement.processes` for a pooled measure),
+    one after another, pooled into one result (`processes.pool`); the first that does not end
+    `ok` ends the cell. Every attempt of every process is recorded."""
+    total = processes.count(cell.profile, cell.workload.measure)
+    attempts: list[dict[str, Any]] = []
+    results = []
+    for process in range(total):
+        result = _attempts(cell, output, lock_fd, process, total, attempts)
+        results.append(result)
+        if result["status"] != "ok":
+            break
+    result = processes.pool(results)
+    result["attempts"] = attempts
+    return result
+
+
+def _attempts(
+    cell: Cell, output: Path, lock_fd: int, process: int, total: int, attempts: list
+) -> dict[str, Any]:
+    """Attempts at one process until one does not fail, at most 1 + the profile's `retries`.
 
     A `failed` attempt (an exception in the loader, a crashed worker) is tried again; a timeout
     is not: a loader that hung once usually hangs again, and each try costs the whole timeout.
-    Repetitions are never combined across attempts: an `ok` cell is one attempt's repetitions.
+    Repetitions are never combined across attempts: a process's windows are one attempt's.
     """
-    attempts = []
+    which = f" (process {process + 1} of {total})" if total > 1 else ""
     for number in range(1, cell.profile.retries + 2):
-        result, attempt = _run_worker(cell, output, lock_fd, number)
+        result, attempt = _run_worker(cell, output, lock_fd, number, process)
+        if total > 1:
+            attempt["process"] = process
         attempts.append(attempt)
         if result["status"] != "failed" or number > cell.profile.retries:
             break
-        _say(f"{cell.label}: attempt {number} failed ({result['reason']}); trying again")
-    result["attempts"] = attempts
+        _say(f"{cell.label}: attempt {number}{which} failed ({result['reason']}); trying again")
     return result
 
 
@@ -218,8 +248,8 @@ def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
 
 
 def describe(result: dict[str, Any]) -> str:
-    tries = len(result.get("attempts") or [])
-    after = f" after {tries} attempts" if tries > 1 else ""
+    count = tries(result)
+    after = f" after {count} attempts" if count > 1 else ""
     if result["status"] == "ok":
         s = result["statistics"]["elements_per_s"]
         return f"ok {s['median']:.1f} elements/s (CV {s['cv'] * 100:.1f}%){after}"

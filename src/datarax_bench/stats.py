@@ -48,6 +48,16 @@ def summarize(values) -> dict[str, float]:
     }
 
 
+def group_by_process(values, repetitions: list[dict]) -> list[np.ndarray]:
+    """`values` (one per repetition) split by the repetitions' worker process (`process`, 0
+    where a result has one process), in process order."""
+    labels = [r.get("process", 0) for r in repetitions]
+    return [
+        np.asarray([v for v, p in zip(values, labels, strict=True) if p == label], dtype=float)
+        for label in sorted(set(labels))
+    ]
+
+
 def latency_summary_ms(latencies_s) -> dict[str, float]:
     ms = np.asarray(latencies_s, dtype=float) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("profile", "scenario", "variant", "adapter", "output"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--style", default="plain")
+    # Which of the cell's worker processes this is (datarax_bench.processes), from 0.
+    parser.add_argument("--process", type=int, default=0)
     # Given by the runner: the worker (and its group) must not outlive that process.
     parser.add_argument("--supervisor-pid", type=int)
     parser.add_argument("--lifeline-fd", type=int)
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .harness import UnsupportedHere
     from .measures import measure_cell
+    from .processes import worker_profile
 
     try:
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
-        body = measure_cell(adapter, workload, dataset, profile, progress=_log)
+        measured = worker_profile(profile, args.process)
+        body = measure_cell(adapter, workload, dataset, measured, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
         result["workload"]["data_digest"] = dataset.digest
     except UnsupportedHere as exc:

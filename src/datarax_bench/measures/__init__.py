@@ -43,15 +43,21 @@ class Measure:
     any_adapter: bool = False
     #: Replaces the `Adapter.measures` check where support depends on the variant.
     support: Support | None = None
+    #: True when its only timed numbers are its windows, so that the profile's
+    #: `measurement.processes` may measure them in several worker processes and pool them
+    #: (datarax_bench.processes). Special metrics come from the first process.
+    pooled: bool = False
 
 
 _TABLE: dict[str, Measure] = {}
 _discovered = False
 
 
-def register(name: str, *, any_adapter: bool = False, support: Support | None = None):
+def register(
+    name: str, *, any_adapter: bool = False, support: Support | None = None, pooled: bool = False
+):
     def decorate(run: Run) -> Run:
-        _TABLE[name] = Measure(name, run, any_adapter, support)
+        _TABLE[name] = Measure(name, run, any_adapter, support, pooled)
         return run
 
     return decorate

@@ -8,7 +8,7 @@ from . import register
 from .throughput import measure_throughput
 
 
-@register("dag", any_adapter=True)
+@register("dag", any_adapter=True, pooled=True)
 def measure_dag(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     body = measure_throughput(adapter, workload, dataset, profile, progress)
     merges = [t for t in workload.transforms if t["op"] == "branch_merge"]

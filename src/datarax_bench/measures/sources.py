@@ -45,7 +45,7 @@ def backend_support(adapter: Adapter, workload: Workload) -> str | None:
     )
 
 
-@register("source_backends", support=backend_support)
+@register("source_backends", support=backend_support, pooled=True)
 def measure_source_backends(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     backend = workload.options["backend"]
     built = not formats.is_prepared(dataset, backend)

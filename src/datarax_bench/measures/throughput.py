@@ -11,7 +11,7 @@ from ..harness import MeasureBody, cell_context, first_device, make_delivery, re
 from . import register
 
 
-@register("throughput")
+@register("throughput", pooled=True)
 def measure_throughput(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     device = first_device()
     ctx = cell_context(workload, dataset, profile)

@@ -1,0 +1,116 @@
+"""One cell measured in several worker processes, one after another, its windows pooled.
+
+Windows of one process are seconds apart and share everything a process decides once: where its
+arrays landed in memory, which cores its threads settled on, its loader's start-up state. On a
+virtual machine those make one process's windows agree with each other more than with the next
+process's (docs/comparing.md has the measurements), so the spread of one process's windows
+understates how much a rerun moves. With `measurement.processes: N` the supervisor runs the
+cell's worker N times and pools the windows, each labelled with its process, so that statistics
+and comparisons can see the spread between processes.
+
+Only measures registered as `pooled` take part: their timed numbers are the windows. The first
+process also measures the tuning sweep (the later ones take its cached choice), the feed and
+the special metrics; the cold starts are shared out among the processes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from . import measures
+from .catalog import Profile
+from .harness import DEFAULT_COLD_STARTS, summarize_repetitions
+from .stats import group_by_process
+
+#: What later processes must measure identically for their windows to be pooled.
+SAME_IN_EVERY_PROCESS = ("parallelism", "pipeline", "workload", "settings")
+
+
+def count(profile: Profile, measure: str) -> int:
+    """How many worker processes measure a cell of `measure` under `profile`."""
+    entry = measures.table().get(measure)
+    if entry is None or not entry.pooled:
+        return 1
+    return int(profile.measurement.get("processes", 1))
+
+
+def worker_profile(profile: Profile, index: int) -> Profile:
+    """The profile as process `index` (from 0) measures it: the cold starts shared out among
+    the processes (each starts at least its windows' loader), the feed in the first only."""
+    total = profile.measurement.get("processes", 1)
+    if total == 1:
+        return profile
+    cold_starts = profile.measurement.get("cold_starts", DEFAULT_COLD_STARTS)
+    measurement = {**profile.measurement, "cold_starts": max(1, -(-cold_starts // total))}
+    return replace(profile, feed=profile.feed if index == 0 else None, measurement=measurement)
+
+
+def between_process_cv(repetitions: list[dict[str, Any]]) -> float | None:
+    """Coefficient of variation of the processes' median throughputs (None for one process)."""
+    groups = group_by_process([r["elements_per_s"] for r in repetitions], repetitions)
+    if len(groups) < 2:
+        return None
+    medians = np.array([np.median(g) for g in groups])
+    return float(medians.std(ddof=1) / medians.mean())
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's result from its processes' results (in order).
+
+    One process: its result unchanged. A process that did not end `ok` ends the cell with its
+    result (the reason says which process). Otherwise the first process's result with every
+    process's windows and loader starts, each labelled with its process, and the statistics
+    over all of them; timestamps span the processes.
+    """
+    if len(results) == 1:
+        return results[0]
+    total = len(results)
+    for index, result in enumerate(results):
+        if result["status"] != "ok":
+            return _process_ended(result, index, total)
+    first = results[0]
+    for index, result in enumerate(results[1:], 1):
+        for key in SAME_IN_EVERY_PROCESS:
+            if result.get(key) != first.get(key):
+                failed = copy.deepcopy(result)
+                failed["status"] = "failed"
+                failed["reason"] = (
+                    f"process {index + 1} of {total} measured with another {key} than process 1 "
+                    f"({first.get(key)!r} -> {result.get(key)!r}); its windows cannot be pooled"
+                )[:500]
+                for drop in ("repetitions", "statistics", "cold_starts", "special", "feed"):
+                    failed.pop(drop, None)
+                return failed
+    pooled = copy.deepcopy(first)
+    repetitions, starts = [], []
+    for index, result in enumerate(results):
+        for rep in result["repetitions"]:
+            repetitions.append({**rep, "index": len(repetitions), "process": index})
+        for start in result.get("cold_starts") or []:
+            starts.append({**start, "index": len(starts), "process": index})
+    pooled["repetitions"] = repetitions
+    if "cold_starts" in first:
+        pooled["cold_starts"] = starts
+    statistics = summarize_repetitions(repetitions, starts if "cold_starts" in first else None)
+    stopped = [r["statistics"].get("stopped") for r in results]
+    if any(stopped):
+        statistics["stopped"] = ", ".join(dict.fromkeys(s for s in stopped if s))
+    statistics["processes"] = total
+    statistics["between_process_cv"] = between_process_cv(repetitions)
+    pooled["statistics"] = statistics
+    pooled["timestamps"] = {
+        "started": first["timestamps"]["started"],
+        "finished": results[-1]["timestamps"]["finished"],
+        "duration_s": sum(r["timestamps"]["duration_s"] for r in results),
+    }
+    return pooled
+
+
+def _process_ended(result: dict[str, Any], index: int, total: int) -> dict[str, Any]:
+    ended = copy.deepcopy(result)
+    ended["reason"] = f"process {index + 1} of {total}: {result['reason']}"[:500]
+    return ended
