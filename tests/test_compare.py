@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from datarax_bench import compare
+from datarax_bench import compare, stats
 from datarax_bench.catalog import load_profile
 from datarax_bench.cli import main
 from datarax_bench.results import cell_path, load_result, write_result
@@ -318,3 +318,92 @@ def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, templates):
     (Path(new) / "manifest.json").write_text(json.dumps(manifest))
     _one_line_error(cli(base, new), str(corrupt), "not valid JSON")
     assert not any(Path(new).glob("comparison*"))
+
+
+# --- repetitions from several worker processes -------------------------------------------------
+
+
+def with_processes(result: dict, groups: list[list[float]]) -> dict:
+    """The result with each group's throughputs as one worker process's windows."""
+    doc = with_timings(result, [v for group in groups for v in group])
+    labels = [p for p, group in enumerate(groups) for _ in group]
+    for rep, process in zip(doc["repetitions"], labels, strict=True):
+        rep["process"] = process
+    if len(groups) > 1:
+        doc["statistics"]["processes"] = len(groups)
+    return doc
+
+
+@pytest.mark.parametrize("df", [1, 1.5, 2, 2.7, 4, 7.3, 30, 400])
+def test_the_t_quantile_matches_scipy(df):
+    for p in (0.9, 0.975, 0.995):
+        assert stats.t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), rel=1e-5)
+
+
+def test_the_process_interval_is_welchs_over_log_process_medians():
+    base = [[1000.0, 1004.0], [1100.0, 1090.0, 1095.0], [1040.0, 1046.0]]
+    new = [[900.0, 905.0], [960.0, 955.0], [1010.0, 1000.0], [930.0, 936.0]]
+    ratio, low, high = compare.ratio_interval(base, new)
+    pooled = np.median(np.concatenate(new)) / np.median(np.concatenate(base))
+    assert ratio == pytest.approx(pooled)
+    welch = scipy.stats.ttest_ind(
+        np.log([np.median(g) for g in new]), np.log([np.median(g) for g in base]), equal_var=False
+    ).confidence_interval(0.95)
+    half = (welch.high - welch.low) / 2
+    # t_quantile agrees with scipy's to about 1e-5 of the quantile.
+    assert np.log(low) == pytest.approx(np.log(ratio) - half, abs=1e-6)
+    assert np.log(high) == pytest.approx(np.log(ratio) + half, abs=1e-6)
+
+
+def test_a_shift_within_the_spread_between_processes_is_same(tmp_path, templates):
+    """Every window of the new run is below every window of the base: counted as windows that
+    is a 12% slowdown; but the base run's own processes differ by as much."""
+    base_groups = [[1000.0, 1002, 1001, 999], [1060, 1058, 1061, 1059], [1120, 1123, 1121, 1119]]
+    new_groups = [[880.0, 882, 881, 879], [930, 933, 931, 932], [980, 978, 979, 981]]
+    base, new = runs(
+        tmp_path,
+        [with_processes(templates["TAB-1/small"], base_groups)],
+        [with_processes(templates["TAB-1/small"], new_groups)],
+    )
+    row = only_row(compared(base, new))
+    assert row.p_value < 0.01 and row.ratio == pytest.approx(0.879, abs=0.005)
+    assert row.verdict == "same" and row.ci95_low < 0.8 and row.ci95_high > 1 / 1.05
+    assert (row.base_processes, row.new_processes) == (3, 3)
+    assert main(["compare", base, new]) == 0
+
+    # The same windows as if each run were one process: the interval no longer sees it.
+    flat = tmp_path / "flat"
+    base, new = runs(
+        flat, [tab1(templates, sum(base_groups, []))], [tab1(templates, sum(new_groups, []))]
+    )
+    assert only_row(compared(base, new)).verdict == "slower"
+
+
+def test_a_20_percent_slowdown_over_three_steady_processes_is_slower(tmp_path, templates, capsys):
+    base_groups = [[1000.0, 1003.0], [1010.0, 1008.0], [995.0, 998.0]]
+    new_groups = [[v * 0.8 for v in group] for group in base_groups[::-1]]
+    base, new = runs(
+        tmp_path,
+        [with_processes(templates["TAB-1/small"], base_groups)],
+        [with_processes(templates["TAB-1/small"], new_groups)],
+    )
+    row = only_row(compared(base, new))
+    assert row.verdict == "slower" and row.ratio == pytest.approx(0.8, abs=0.005)
+    assert 0.75 < row.ci95_low and row.ci95_high < 0.85
+    assert main(["compare", base, new]) == 1
+    assert "single worker process" not in capsys.readouterr().out
+
+
+def test_rows_from_one_process_are_flagged_above_the_table(tmp_path, templates, capsys):
+    base, new = runs(
+        tmp_path,
+        [tab1(templates, TIGHT)],
+        [with_processes(templates["TAB-1/small"], [TIGHT[:2], TIGHT[2:4], TIGHT[4:]])],
+    )
+    row = only_row(compared(base, new))
+    assert (row.base_processes, row.new_processes) == (1, 3)
+    main(["compare", base, new, "--csv", str(tmp_path / "c.csv")])
+    out = capsys.readouterr().out
+    assert "1 timed rows come from a single worker process in at least one run" in out
+    (record,) = list(csv.DictReader((tmp_path / "c.csv").open()))
+    assert (record["base_processes"], record["new_processes"]) == ("1", "3")

@@ -153,7 +153,9 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
         described += f"; {len(retried)} retried after a failed attempt ({outcome})"
     lines += [
         f"{len(table)} cells: {described or 'none'}. Throughput is the median of the repetitions "
-        "in elements/s with its 95% bootstrap confidence interval; the ratio is to the fastest "
+        "in elements/s with its 95% confidence interval (over the worker processes' medians "
+        "where a cell ran in several, else a bootstrap over its windows); the ratio is to the "
+        "fastest "
         f"adapter of the same variant; cells whose repetitions vary by more than "
         f"{UNSTABLE_CV:.0%} (coefficient of variation) are marked **unstable**, and cells "
         f"during whose windows other processes used more than {BUSY_SHARE:.0%} of the machine's "

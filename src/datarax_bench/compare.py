@@ -33,7 +33,7 @@ from . import provenance
 from .errors import UserError
 from .results import cell_style, load_result, write_text_atomic
 from .schemas import read_json
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process, t_quantile
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
@@ -100,27 +100,6 @@ def mann_whitney_u(x, y) -> tuple[float, float]:
 def smallest_p_value(m: int, n: int) -> float:
     """The smallest two-sided p-value the exact test can reach with m against n repetitions."""
     return min(1.0, 2 / math.comb(m + n, m))
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile (p above 0.5) of Student's t distribution with `df` degrees of freedom.
-
-    The density integrated in x = tan(theta), which maps the real line onto a finite interval,
-    then bisection; agrees with scipy.stats.t.ppf to 1e-5 for df from 1 on.
-    """
-    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def cdf(x: float) -> float:
-        theta = np.linspace(0, math.atan(x), 2001)
-        t = np.tan(theta)
-        density = scale * (1 + t * t / df) ** (-(df + 1) / 2) / np.cos(theta) ** 2
-        return 0.5 + float(np.trapezoid(density, theta))
-
-    low, high = 0.0, 1000.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < p else (low, mid)
-    return (low + high) / 2
 
 
 def process_interval(base, new, level: float = 0.95) -> tuple[float, float]:
@@ -272,6 +251,9 @@ class Row:
     new_status: str = ""
     base_n: int | None = None
     new_n: int | None = None
+    #: Worker processes whose repetitions each run pooled (datarax_bench.processes).
+    base_processes: int | None = None
+    new_processes: int | None = None
     base_median: float | str | None = None
     new_median: float | str | None = None
     ratio: float | None = None
@@ -305,6 +287,7 @@ def timed_row(key, name, metric: Metric, base, new, threshold: float, alpha: flo
     ratio, low, high = ratio_interval(base, new)
     if not metric.higher_is_better:  # a time: the speed ratio is base / new
         ratio, low, high = 1 / ratio, 1 / high, 1 / low
+    base_processes, new_processes = len(_groups(base)), len(_groups(new))
     base, new = np.concatenate(_groups(base)), np.concatenate(_groups(new))
     _, p = mann_whitney_u(base, new)
     significant = p < alpha
@@ -324,6 +307,8 @@ def timed_row(key, name, metric: Metric, base, new, threshold: float, alpha: flo
         new_status="ok",
         base_n=len(base),
         new_n=len(new),
+        base_processes=base_processes,
+        new_processes=new_processes,
         base_median=float(np.median(base)),
         new_median=float(np.median(new)),
         ratio=ratio,
@@ -578,6 +563,8 @@ CSV_COLUMNS = (
     "new_status",
     "base_n",
     "new_n",
+    "base_processes",
+    "new_processes",
     "base_median",
     "new_median",
     "ratio",
@@ -670,8 +657,8 @@ def preamble(comparison: Comparison) -> list[str]:
         _run_line("base", c.base),
         _run_line("new", c.new),
         f"{len(c.rows)} rows, {regress} regression{'s' if regress != 1 else ''}. A change is "
-        f"called when the Mann-Whitney U test gives p < {c.alpha:g} and the 95% bootstrap "
-        f"interval of the speed ratio lies outside [{1 / (1 + c.threshold):.3f}, "
+        f"called when the Mann-Whitney U test gives p < {c.alpha:g} and the 95% interval "
+        f"of the speed ratio lies outside [{1 / (1 + c.threshold):.3f}, "
         f"{1 + c.threshold:.3f}] (threshold {c.threshold:.0%}). Speed ratio above 1 is faster "
         "(for times: base time / new time).",
     ]
@@ -693,6 +680,15 @@ def preamble(comparison: Comparison) -> list[str]:
             if r.base_n and r.new_n and smallest_p_value(r.base_n, r.new_n) >= c.alpha
         }
     )
+    one_process = [r for r in c.rows if r.base_processes == 1 or r.new_processes == 1]
+    if one_process:
+        lines.append(
+            f"{len(one_process)} timed rows come from a single worker process in at least "
+            "one run (rows of checkpoint, determinism and streaming cells always do): their "
+            "intervals treat every window as an independent draw and miss how much a new "
+            "process moves, so a change called there may be the process's, not the code's; "
+            "measure with measurement.processes of 3 or more."
+        )
     for m, n in weak:
         lines.append(
             f"Warning: with {m} against {n} repetitions the smallest p-value is "

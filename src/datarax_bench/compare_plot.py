@@ -78,7 +78,7 @@ def comparison_figure(comparison: Comparison):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlabel("speed new/base (log scale; above 1 is faster), 95% bootstrap interval")
+    ax.set_xlabel("speed new/base (log scale; above 1 is faster), 95% interval")
     ax.set_title("Comparison: speed of the new run against the base run", fontsize=10)
     ax.legend(loc="lower right", fontsize=7)
     if not rows:

@@ -10,7 +10,8 @@ and comparisons can see the spread between processes.
 
 Only measures registered as `pooled` take part: their timed numbers are the windows. The first
 process also measures the tuning sweep (the later ones take its cached choice), the feed and
-the special metrics; the cold starts are shared out among the processes.
+the special metrics; the cold starts are shared out among the processes. Other measures run in
+one process that measures the repetitions of all of them.
 """
 
 from __future__ import annotations
@@ -24,28 +25,40 @@ import numpy as np
 from . import measures
 from .catalog import Profile
 from .harness import DEFAULT_COLD_STARTS, summarize_repetitions
-from .stats import group_by_process
+from .stats import group_by_process, process_median_interval
 
+#: The profile's repetition counts, per process of a pooled measure.
+REPETITION_COUNTS = ("repetitions", "min_repetitions", "max_repetitions")
 #: What later processes must measure identically for their windows to be pooled.
 SAME_IN_EVERY_PROCESS = ("parallelism", "pipeline", "workload", "settings")
 
 
 def count(profile: Profile, measure: str) -> int:
     """How many worker processes measure a cell of `measure` under `profile`."""
+    return int(profile.measurement.get("processes", 1)) if _pooled(measure) else 1
+
+
+def _pooled(measure: str) -> bool:
     entry = measures.table().get(measure)
-    if entry is None or not entry.pooled:
-        return 1
-    return int(profile.measurement.get("processes", 1))
+    return entry is not None and entry.pooled
 
 
-def worker_profile(profile: Profile, index: int) -> Profile:
-    """The profile as process `index` (from 0) measures it: the cold starts shared out among
-    the processes (each starts at least its windows' loader), the feed in the first only."""
-    total = profile.measurement.get("processes", 1)
+def worker_profile(profile: Profile, measure: str, index: int) -> Profile:
+    """The profile as process `index` (from 0) of a `measure` cell measures it.
+
+    Pooled: the cold starts shared out among the processes (each starts at least its windows'
+    loader), the feed in the first only. Not pooled: one process measures the repetitions of
+    all of them, so that every cell of a profile has the same number of repetitions.
+    """
+    total = int(profile.measurement.get("processes", 1))
     if total == 1:
         return profile
-    cold_starts = profile.measurement.get("cold_starts", DEFAULT_COLD_STARTS)
-    measurement = {**profile.measurement, "cold_starts": max(1, -(-cold_starts // total))}
+    m = profile.measurement
+    if not _pooled(measure):
+        scaled = {k: m[k] * total for k in REPETITION_COUNTS if k in m}
+        return replace(profile, measurement={**m, **scaled})
+    cold_starts = m.get("cold_starts", DEFAULT_COLD_STARTS)
+    measurement = {**m, "cold_starts": max(1, -(-cold_starts // total))}
     return replace(profile, feed=profile.feed if index == 0 else None, measurement=measurement)
 
 
@@ -58,17 +71,18 @@ def between_process_cv(repetitions: list[dict[str, Any]]) -> float | None:
     return float(medians.std(ddof=1) / medians.mean())
 
 
-def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One cell's result from its processes' results (in order).
+def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
+    """One cell's result from its processes' results (in order), of `total` processes meant
+    (default: as many as there are results).
 
     One process: its result unchanged. A process that did not end `ok` ends the cell with its
     result (the reason says which process). Otherwise the first process's result with every
     process's windows and loader starts, each labelled with its process, and the statistics
     over all of them; timestamps span the processes.
     """
-    if len(results) == 1:
+    total = total or len(results)
+    if total == 1:
         return results[0]
-    total = len(results)
     for index, result in enumerate(results):
         if result["status"] != "ok":
             return _process_ended(result, index, total)
@@ -99,6 +113,13 @@ def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
     stopped = [r["statistics"].get("stopped") for r in results]
     if any(stopped):
         statistics["stopped"] = ", ".join(dict.fromkeys(s for s in stopped if s))
+    # The interval of the median and its precision over the processes, which vary more than
+    # one process's windows (a bootstrap over the windows would be too narrow).
+    groups = group_by_process([r["elements_per_s"] for r in repetitions], repetitions)
+    low, high = process_median_interval(groups)
+    throughput = statistics["elements_per_s"]
+    throughput["ci95_low"], throughput["ci95_high"] = low, high
+    statistics["precision"] = (high - low) / 2 / throughput["median"]
     statistics["processes"] = total
     statistics["between_process_cv"] = between_process_cv(repetitions)
     pooled["statistics"] = statistics

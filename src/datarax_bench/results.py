@@ -94,6 +94,8 @@ STAT_KEYS = (
     "device_peak_bytes_max",
     "cpu_s_per_1k_elements_median",
     "busy_cores_median",
+    # How much the cell's worker processes' medians differed (None for one process).
+    "between_process_cv",
     "first_batch_sha256",
     "first_batch_consistent",
 )

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
-        measured = worker_profile(profile, args.process)
+        measured = worker_profile(profile, workload.measure, args.process)
         body = measure_cell(adapter, workload, dataset, measured, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
         result["workload"]["data_digest"] = dataset.digest

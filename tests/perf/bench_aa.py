@@ -25,8 +25,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from datarax_bench import compare
 from datarax_bench.provenance import cpu_info
+from datarax_bench.stats import group_by_process
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.50)
 TIMED_VERDICTS = ("slower", "faster", "same")
@@ -53,6 +56,24 @@ def needed_threshold(row: compare.Row, alpha: float) -> float:
     if row.ci95_low > 1:
         return row.ci95_low - 1
     return 0.0
+
+
+def spreads(run: compare.Run) -> tuple[float | None, float | None]:
+    """Median over the run's ok cells of the CV between its processes' medians and of the CV of
+    one process's windows (None where no cell had several processes)."""
+    between, within = [], []
+    for result in run.results.values():
+        if result["status"] != "ok":
+            continue
+        reps = result["repetitions"]
+        groups = group_by_process([r["elements_per_s"] for r in reps], reps)
+        within += [float(g.std(ddof=1) / g.mean()) for g in groups if g.size > 1]
+        if result["statistics"].get("between_process_cv") is not None:
+            between.append(result["statistics"]["between_process_cv"])
+    return (
+        float(np.median(between)) if between else None,
+        float(np.median(within)) if within else None,
+    )
 
 
 def analyse(base_dir: Path, new_dir: Path, alpha: float) -> dict:
@@ -83,6 +104,8 @@ def analyse(base_dir: Path, new_dir: Path, alpha: float) -> dict:
         "zero_at": needed_threshold(worst, alpha) if worst else 0.0,
         "worst": f"{compare.cell_label(worst)} {worst.adapter_name}" if worst else None,
         "ratios": sorted(r.ratio for r in timed),
+        # (between processes, within a process) median CVs of each run
+        "spreads": [spreads(base), spreads(new)],
     }
 
 
@@ -123,6 +146,9 @@ def main() -> None:
         )
         for line in p["called"]["5%"]:
             print(f"    {line}")
+        for name, (between, within) in zip(("base", "new"), p["spreads"], strict=True):
+            if between is not None:
+                print(f"    {name}: median CV between processes {between:.3f}, within {within:.3f}")
         if p["flags_flipped"]:
             print(f"    flags flipped: {p['flags_flipped']}")
     if args.json:

@@ -1,0 +1,223 @@
+"""A cell measured in several worker processes (`measurement.processes`): windows pooled and
+labelled with their process, a failing process ends the cell, special measures run once."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import yaml
+
+from datarax_bench import cloud, compare, processes
+from datarax_bench.aggregate import repetitions_table
+from datarax_bench.catalog import load_profile
+from datarax_bench.results import load_result, result_row
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def _profile(root: Path, name: str, retries: int = 1, **measurement) -> str:
+    doc = yaml.safe_load((root / "config/profiles/smoke.yaml").read_text())
+    doc["measurement"].update(measurement)
+    doc["retries"] = retries
+    (root / f"config/profiles/{name}.yaml").write_text(yaml.safe_dump(doc))
+    return name
+
+
+def _run(root: Path, tmp_path: Path, profile: str, scenario: str, adapter: str, **env):
+    opens = tmp_path / f"{profile}-{scenario}-{adapter}.opens"
+    environ = {
+        **os.environ,
+        "DATARAX_BENCH_ROOT": str(root),
+        "DATARAX_BENCH_PLUGINS": "counting_loaders",
+        "DATARAX_TEST_OPENS": str(opens),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
+        **env,
+    }
+    out = tmp_path / f"{profile}-{scenario}-{adapter}.json"
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", profile]
+    cmd += ["--scenario", scenario, "--adapter", adapter, "--output", str(out)]
+    proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=300)
+    opened = len(opens.read_text().splitlines()) if opens.exists() else 0
+    return proc, out, opened
+
+
+@pytest.fixture
+def three_processes(project_copy) -> str:
+    return _profile(
+        project_copy, "three", processes=3, repetitions=2, repetitions_from="warm", cold_starts=3
+    )
+
+
+def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path, three_processes):
+    proc, out, opened = _run(
+        project_copy, tmp_path, three_processes, "TAB-1", "test-counting-numpy"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = load_result(out)  # validated against the result schema
+    assert result["status"] == "ok", result["reason"]
+    # Each process starts one loader: its windows' own, which is also its one cold start.
+    assert opened == 3
+    reps = result["repetitions"]
+    assert [(r["index"], r["process"]) for r in reps] == [
+        (0, 0),
+        (1, 0),
+        (2, 1),
+        (3, 1),
+        (4, 2),
+        (5, 2),
+    ]
+    assert [(s["index"], s["process"]) for s in result["cold_starts"]] == [(0, 0), (1, 1), (2, 2)]
+    assert [(a["attempt"], a["process"], a["status"]) for a in result["attempts"]] == [
+        (1, 0, "ok"),
+        (1, 1, "ok"),
+        (1, 2, "ok"),
+    ]
+    statistics = result["statistics"]
+    values = [r["elements_per_s"] for r in reps]
+    assert statistics["repetitions"] == 6 and statistics["processes"] == 3
+    assert statistics["elements_per_s"]["median"] == pytest.approx(np.median(values))
+    medians = np.median(np.reshape(values, (3, 2)), axis=1)
+    cv = medians.std(ddof=1) / medians.mean()
+    assert statistics["between_process_cv"] == pytest.approx(cv)
+    # The median's interval is Student's t over the processes' log medians (2 degrees of
+    # freedom), not a bootstrap over windows that agree more than processes do.
+    logs = np.log(medians)
+    half = scipy.stats.t.ppf(0.975, 2) * logs.std(ddof=1) / np.sqrt(3)
+    median = statistics["elements_per_s"]["median"]
+    assert statistics["elements_per_s"]["ci95_low"] == pytest.approx(median * np.exp(-half))
+    assert statistics["elements_per_s"]["ci95_high"] == pytest.approx(median * np.exp(half))
+    assert statistics["precision"] == pytest.approx(np.sinh(half), rel=1e-4)
+    # The cell's time spans its processes: the first one's start to the last one's end.
+    stamps, attempts = result["timestamps"], result["attempts"]
+    assert stamps["started"] < attempts[1]["started"] < attempts[2]["started"] < stamps["finished"]
+    assert 0 < stamps["duration_s"] <= sum(a["duration_s"] for a in attempts)
+    # Three processes are not three tries: nothing was retried.
+    assert result_row(result, str(out))["attempts"] == 1
+    assert "attempts" not in proc.stderr.splitlines()[-1], proc.stderr[-500:]
+    table = repetitions_table([result])
+    assert list(table["process"]) == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path):
+    profile = _profile(project_copy, "three-once", retries=0, processes=3, repetitions=2)
+    env = {"DATARAX_TEST_FAIL_FROM_OPEN": "3"}
+    # Fresh windows: a loader per window, so the second process's first loader is the third.
+    proc, out, opened = _run(project_copy, tmp_path, profile, "TAB-1", "test-failing-numpy", **env)
+    result = load_result(out)  # a failure is data: the result is written
+    assert result["status"] == "failed"
+    assert result["reason"].startswith("process 2 of 3: RuntimeError: loader 3 refused to open")
+    assert [(a["process"], a["status"]) for a in result["attempts"]] == [(0, "ok"), (1, "failed")]
+    assert opened == 3  # the third process never started
+    assert "repetitions" not in result
+
+
+def test_a_special_measure_runs_one_worker_with_every_process_s_repetitions(project_copy, tmp_path):
+    profile = _profile(project_copy, "three-det", processes=3, repetitions=2)
+    proc, out, _ = _run(project_copy, tmp_path, profile, "PR-2", "numpy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = load_result(out)
+    assert result["status"] == "ok", result["reason"]
+    assert [a.get("process") for a in result["attempts"]] == [None]
+    assert "processes" not in result["statistics"]
+    # Three processes' worth of repetitions, in the one process: six same-seed runs.
+    assert len(result["repetitions"]) == 6 and result["special"]["runs_same_seed"] == 6
+    assert all("process" not in r for r in result["repetitions"])
+    assert result["settings"]["measurement"]["repetitions"] == 2  # the profile's, as written
+
+
+def _ok(index: int, throughput: list[float]) -> dict:
+    return {
+        "status": "ok",
+        "reason": None,
+        "parallelism": {"workers": 1},
+        "pipeline": {"per_element": [], "per_batch": []},
+        "workload": {"data_digest": "d"},
+        "settings": {"seed": 0},
+        "repetitions": [_window(i, v) for i, v in enumerate(throughput)],
+        "statistics": {"stopped": "fixed repetitions"},
+        "timestamps": {"started": f"t{index}", "finished": f"f{index}", "duration_s": 2.0},
+    }
+
+
+def _window(index: int, value: float) -> dict:
+    return {
+        "index": index,
+        "elements_per_s": value,
+        "bytes_per_s": value,
+        "latency_ms": {"p50": 1.0, "p95": 1.0, "p99": 1.0},
+        "time_to_first_batch_s": 0.1,
+        "setup_s": 0.05,
+        "peak_rss_bytes": 1,
+        "device_peak_bytes": None,
+        "first_batch_sha256": "0" * 64,
+    }
+
+
+def test_processes_that_measured_other_settings_are_not_pooled():
+    first, second = _ok(0, [100.0, 101.0]), _ok(1, [99.0, 98.0])
+    second["parallelism"] = {"workers": 2}
+    pooled = processes.pool([first, second])
+    assert pooled["status"] == "failed"
+    assert pooled["reason"].startswith("process 2 of 2 measured with another parallelism")
+    assert "repetitions" not in pooled and "statistics" not in pooled
+
+
+def test_one_process_is_its_own_result_and_several_span_their_timestamps():
+    only = _ok(0, [100.0, 101.0])
+    assert processes.pool([only]) is only
+    pooled = processes.pool([_ok(0, [100.0, 104.0]), copy.deepcopy(_ok(1, [90.0, 92.0]))])
+    assert pooled["timestamps"] == {"started": "t0", "finished": "f1", "duration_s": 4.0}
+    assert [r["process"] for r in pooled["repetitions"]] == [0, 0, 1, 1]
+    assert pooled["statistics"]["between_process_cv"] == pytest.approx(
+        np.std([102.0, 91.0], ddof=1) / 96.5
+    )
+
+
+def test_a_cloud_cell_is_allowed_every_process_s_timeout():
+    """The autodown deadline of a cloud cell must outlast three processes, each retried once."""
+    profile = load_profile("gpu_a100")
+    m = profile.measurement
+    assert m["processes"] == 3
+    expected = m["timeout_s"] * (1 + profile.retries) * 3 + cloud.CELL_MARGIN_S
+    assert cloud.cell_allowance_s(profile) == expected
+
+
+def test_two_runs_of_three_processes_compare_over_their_processes(
+    project_copy, tmp_path, three_processes
+):
+    """`run --output-dir` twice, then `compare`: the interval is the one over the processes."""
+    env = {**os.environ, "DATARAX_BENCH_ROOT": str(project_copy)}
+    dirs = []
+    for name in ("base", "new"):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", three_processes]
+        cmd += ["--scenarios", "TAB-1", "--adapters", "numpy", "--output-dir", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dirs.append(out)
+    table = tmp_path / "comparison.csv"
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "compare", *map(str, dirs)]
+    proc = subprocess.run([*cmd, "--csv", str(table)], env=env, capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "single worker process" not in proc.stdout
+    (row,) = [r for r in csv.DictReader(table.open()) if r["metric"] == "throughput"]
+    assert (row["base_processes"], row["new_processes"]) == ("3", "3")
+    base, new = (load_result(d / "raw/TAB-1/small/numpy.json") for d in dirs)
+    by_process = [
+        [
+            [r["elements_per_s"] for r in result["repetitions"] if r["process"] == p]
+            for p in range(3)
+        ]
+        for result in (base, new)
+    ]
+    _, low, high = compare.ratio_interval(*by_process)
+    assert float(row["ci95_low"]) == pytest.approx(low)
+    assert float(row["ci95_high"]) == pytest.approx(high)
