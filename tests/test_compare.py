@@ -365,18 +365,18 @@ def test_a_shift_within_the_spread_between_processes_is_same(tmp_path, templates
         [with_processes(templates["TAB-1/small"], base_groups)],
         [with_processes(templates["TAB-1/small"], new_groups)],
     )
-    row = only_row(compared(base, new))
+    row = only_row(compared(base, new, threshold=0.05))
     assert row.p_value < 0.01 and row.ratio == pytest.approx(0.879, abs=0.005)
     assert row.verdict == "same" and row.ci95_low < 0.8 and row.ci95_high > 1 / 1.05
     assert (row.base_processes, row.new_processes) == (3, 3)
-    assert main(["compare", base, new]) == 0
+    assert main(["compare", base, new, "--threshold", "5%"]) == 0
 
     # The same windows as if each run were one process: the interval no longer sees it.
     flat = tmp_path / "flat"
     base, new = runs(
         flat, [tab1(templates, sum(base_groups, []))], [tab1(templates, sum(new_groups, []))]
     )
-    assert only_row(compared(base, new)).verdict == "slower"
+    assert only_row(compared(base, new, threshold=0.05)).verdict == "slower"
 
 
 def test_a_20_percent_slowdown_over_three_steady_processes_is_slower(tmp_path, templates, capsys):

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import yaml
+from counting_support import run_counted
 
 from datarax_bench import cloud, compare, processes
 from datarax_bench.aggregate import repetitions_table
 from datarax_bench.catalog import load_profile
 from datarax_bench.results import load_result, result_row
-
-PLUGINS = Path(__file__).parent / "plugins"
 
 
 def _profile(root: Path, name: str, retries: int = 1, **measurement) -> str:
@@ -31,24 +30,6 @@ def _profile(root: Path, name: str, retries: int = 1, **measurement) -> str:
     return name
 
 
-def _run(root: Path, tmp_path: Path, profile: str, scenario: str, adapter: str, **env):
-    opens = tmp_path / f"{profile}-{scenario}-{adapter}.opens"
-    environ = {
-        **os.environ,
-        "DATARAX_BENCH_ROOT": str(root),
-        "DATARAX_BENCH_PLUGINS": "counting_loaders",
-        "DATARAX_TEST_OPENS": str(opens),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
-        **env,
-    }
-    out = tmp_path / f"{profile}-{scenario}-{adapter}.json"
-    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", profile]
-    cmd += ["--scenario", scenario, "--adapter", adapter, "--output", str(out)]
-    proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=300)
-    opened = len(opens.read_text().splitlines()) if opens.exists() else 0
-    return proc, out, opened
-
-
 @pytest.fixture
 def three_processes(project_copy) -> str:
     return _profile(
@@ -57,7 +38,7 @@ def three_processes(project_copy) -> str:
 
 
 def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path, three_processes):
-    proc, out, opened = _run(
+    proc, out, opened = run_counted(
         project_copy, tmp_path, three_processes, "TAB-1", "test-counting-numpy"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -110,7 +91,9 @@ def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path)
     profile = _profile(project_copy, "three-once", retries=0, processes=3, repetitions=2)
     env = {"DATARAX_TEST_FAIL_FROM_OPEN": "3"}
     # Fresh windows: a loader per window, so the second process's first loader is the third.
-    proc, out, opened = _run(project_copy, tmp_path, profile, "TAB-1", "test-failing-numpy", **env)
+    proc, out, opened = run_counted(
+        project_copy, tmp_path, profile, "TAB-1", "test-failing-numpy", **env
+    )
     result = load_result(out)  # a failure is data: the result is written
     assert result["status"] == "failed"
     assert result["reason"].startswith("process 2 of 3: RuntimeError: loader 3 refused to open")
@@ -121,7 +104,7 @@ def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path)
 
 def test_a_special_measure_runs_one_worker_with_every_process_s_repetitions(project_copy, tmp_path):
     profile = _profile(project_copy, "three-det", processes=3, repetitions=2)
-    proc, out, _ = _run(project_copy, tmp_path, profile, "PR-2", "numpy")
+    proc, out, _ = run_counted(project_copy, tmp_path, profile, "PR-2", "numpy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = load_result(out)
     assert result["status"] == "ok", result["reason"]

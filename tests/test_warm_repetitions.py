@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from counting_support import run_counted
 
 from datarax_bench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = Path(__file__).parent / "plugins"
 
 
 def _root_with_profile(tmp_path: Path, name: str, **measurement) -> Path:
@@ -30,37 +27,17 @@ def _root_with_profile(tmp_path: Path, name: str, **measurement) -> Path:
     return root
 
 
-def _run(root: Path, tmp_path: Path, profile: str, scenario: str, adapter: str):
-    opens = tmp_path / f"{profile}-{scenario}.opens"
-    env = {
-        **os.environ,
-        "DATARAX_BENCH_ROOT": str(root),
-        "DATARAX_BENCH_PLUGINS": "counting_loaders",
-        "DATARAX_TEST_OPENS": str(opens),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
-    }
-    out = tmp_path / f"{profile}-{scenario}.json"
-    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", profile]
-    cmd += ["--scenario", scenario, "--adapter", adapter, "--output", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    return proc, out, opens
-
-
-def _opened(opens: Path) -> int:
-    return len(opens.read_text().splitlines()) if opens.exists() else 0
-
-
 @pytest.mark.slow
 def test_warm_windows_share_one_loader_and_start_up_is_timed_on_cold_starts(tmp_path):
     root = _root_with_profile(
         tmp_path, "warm", repetitions=4, repetitions_from="warm", cold_starts=2
     )
     _root_with_profile(tmp_path, "fresh", repetitions=4)
-    proc, out, opens = _run(root, tmp_path, "warm", "TAB-1", "test-counting-numpy")
+    proc, out, opened = run_counted(root, tmp_path, "warm", "TAB-1", "test-counting-numpy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = load_result(out)  # validated against the result schema
     # Four windows and two cold starts, the first of which is the windows' loader.
-    assert _opened(opens) == 2
+    assert opened == 2
     reps, starts = result["repetitions"], result["cold_starts"]
     assert [r["from"] for r in reps] == ["warm"] * 4
     assert all(r["time_to_first_batch_s"] is None and r["setup_s"] is None for r in reps)
@@ -73,10 +50,10 @@ def test_warm_windows_share_one_loader_and_start_up_is_timed_on_cold_starts(tmp_
     assert statistics["time_to_first_batch_s_median"] == pytest.approx(sum(first) / 2)
 
     # The same cell from fresh loaders opens one per window and delivers the same first batch.
-    proc, out, opens = _run(root, tmp_path, "fresh", "TAB-1", "test-counting-numpy")
+    proc, out, opened = run_counted(root, tmp_path, "fresh", "TAB-1", "test-counting-numpy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     fresh = load_result(out)
-    assert _opened(opens) == 4 and "cold_starts" not in fresh
+    assert opened == 4 and "cold_starts" not in fresh
     assert [r["from"] for r in fresh["repetitions"]] == ["fresh"] * 4
     assert fresh["statistics"]["repetitions_from"] == "fresh"
     assert fresh["statistics"]["first_batch_sha256"] == statistics["first_batch_sha256"]
@@ -85,7 +62,7 @@ def test_warm_windows_share_one_loader_and_start_up_is_timed_on_cold_starts(tmp_
 @pytest.mark.slow
 def test_checkpoint_round_trips_keep_a_loader_per_repetition_under_a_warm_profile(tmp_path):
     root = _root_with_profile(tmp_path, "warm", repetitions=2, repetitions_from="warm")
-    proc, out, _ = _run(root, tmp_path, "warm", "PR-1", "datarax")
+    proc, out, _ = run_counted(root, tmp_path, "warm", "PR-1", "datarax")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = load_result(out)
     assert result["status"] == "ok", result["reason"]
@@ -95,7 +72,7 @@ def test_checkpoint_round_trips_keep_a_loader_per_repetition_under_a_warm_profil
 
 def test_an_unknown_repetitions_from_is_one_line_and_writes_nothing(tmp_path):
     root = _root_with_profile(tmp_path, "hot", repetitions_from="hot")
-    proc, out, _ = _run(root, tmp_path, "hot", "TAB-1", "numpy")
+    proc, out, _ = run_counted(root, tmp_path, "hot", "TAB-1", "numpy")
     assert proc.returncode == 2
     assert "repetitions_from" in proc.stderr and "'hot'" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
