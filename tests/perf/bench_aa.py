@@ -142,7 +142,7 @@ def main() -> None:
         counts = " | ".join(str(len(p["called"][f"{t:.0%}"])) for t in THRESHOLDS)
         print(
             f"{Path(p['base']).name}/{Path(p['new']).name} | {p['compared']} | {p['busy']} | "
-            f"{counts} | {p['zero_at']:.0%} ({p['worst']})"
+            f"{counts} | {p['zero_at']:.1%} ({p['worst']})"
         )
         for line in p["called"]["5%"]:
             print(f"    {line}")
