@@ -62,11 +62,8 @@ def worker_profile(profile: Profile, measure: str, index: int) -> Profile:
     return replace(profile, feed=profile.feed if index == 0 else None, measurement=measurement)
 
 
-def between_process_cv(repetitions: list[dict[str, Any]]) -> float | None:
-    """Coefficient of variation of the processes' median throughputs (None for one process)."""
-    groups = group_by_process([r["elements_per_s"] for r in repetitions], repetitions)
-    if len(groups) < 2:
-        return None
+def between_process_cv(groups: list[np.ndarray]) -> float:
+    """Coefficient of variation of the processes' median throughputs (two processes or more)."""
     medians = np.array([np.median(g) for g in groups])
     return float(medians.std(ddof=1) / medians.mean())
 
@@ -121,7 +118,7 @@ def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, A
     throughput["ci95_low"], throughput["ci95_high"] = low, high
     statistics["precision"] = (high - low) / 2 / throughput["median"]
     statistics["processes"] = total
-    statistics["between_process_cv"] = between_process_cv(repetitions)
+    statistics["between_process_cv"] = between_process_cv(groups)
     pooled["statistics"] = statistics
     pooled["timestamps"] = {
         "started": first["timestamps"]["started"],
