@@ -51,6 +51,15 @@ def env(tmp_path, monkeypatch):
     signal.signal(signal.SIGINT, previous)
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    """The process's command line, or [] once it has ended: a child listed a moment ago may
+    be gone (and reaped) before its command line is read."""
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -63,7 +72,7 @@ def _wait_gone(procs: list[psutil.Process], limit: float) -> float:
     start = time.monotonic()
     while any(_alive(p) for p in procs):
         if time.monotonic() - start > limit:
-            left = [" ".join(p.cmdline())[:120] for p in procs if _alive(p)]
+            left = [" ".join(_cmdline(p))[:120] for p in procs if _alive(p)]
             raise AssertionError(f"still running {limit} s after the supervisor died: {left}")
         time.sleep(0.01)
     return time.monotonic() - start
@@ -84,7 +93,23 @@ def _wait_for(condition, limit: float, what: str):
 
 
 def _workers(root: psutil.Process) -> list[psutil.Process]:
-    return [p for p in root.children(recursive=True) if "datarax_bench.worker" in p.cmdline()]
+    try:
+        below = root.children(recursive=True)
+    except psutil.Error:
+        return []
+    return [p for p in below if "datarax_bench.worker" in _cmdline(p)]
+
+
+def test_a_process_that_ends_while_it_is_looked_at_is_no_worker():
+    """Processes listed a moment ago may have ended and been reaped when the helpers read them."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = psutil.Process(child.pid)
+    assert _workers(proc) == [] and "time.sleep(60)" in _cmdline(proc)[-1]
+    child.kill()
+    child.wait()
+    assert _cmdline(proc) == []
+    assert _workers(proc) == []
+    assert not _alive(proc)
 
 
 def _stale(directory: Path) -> list[str]:
@@ -306,7 +331,7 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
     below: list[psutil.Process] = []
 
     def what_happened() -> str:
-        left = [f"{p.pid} {' '.join(p.cmdline())[:150]}" for p in below if _alive(p)]
+        left = [f"{p.pid} {' '.join(_cmdline(p))[:150]}" for p in below if _alive(p)]
         return f"still alive: {left}\nsnakemake said:\n{first_log.read_text()[-3000:]}"
 
     try:
