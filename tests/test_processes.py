@@ -164,6 +164,46 @@ def test_one_process_is_its_own_result_and_several_span_their_timestamps():
     )
 
 
+def _stopped_on_precision(index: int, throughput: list[float]) -> dict:
+    result = _ok(index, throughput)
+    result["statistics"] = {"stopped": "precision reached"}
+    return result
+
+
+def test_the_precision_target_is_judged_on_the_pooled_interval_not_each_process_s():
+    """Each process stops once its own windows agree; only the interval over the processes
+    says whether the cell met the profile's target."""
+    apart = [_stopped_on_precision(0, [100.0, 100.5]), _stopped_on_precision(1, [90.0, 90.4])]
+    pooled = processes.pool(apart, 2, target=0.03)["statistics"]
+    assert pooled["precision"] > 0.03
+    assert pooled["stopped"] == (
+        f"precision not reached across 2 processes: {pooled['precision']:.1%} > 3.0% "
+        "(each: precision reached)"
+    )
+    close = [_stopped_on_precision(0, [100.0, 100.5]), _stopped_on_precision(1, [100.1, 100.4])]
+    pooled = processes.pool(close, 2, target=0.03)["statistics"]
+    assert pooled["precision"] <= 0.03
+    assert pooled["stopped"] == "precision reached across 2 processes (each: precision reached)"
+    # Without a target (fixed repetitions) the processes' reason stands.
+    fixed = processes.pool([_ok(0, [100.0, 101.0]), _ok(1, [90.0, 91.0])], 2)
+    assert fixed["statistics"]["stopped"] == "fixed repetitions"
+
+
+def test_a_run_with_a_precision_target_says_whether_its_processes_met_it(project_copy, tmp_path):
+    profile = _profile(
+        project_copy, "three-precise", processes=3, repetitions=2, precision=0.5, max_repetitions=3
+    )
+    proc, out, _ = run_counted(project_copy, tmp_path, profile, "TAB-1", "test-counting-numpy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statistics = load_result(out)["statistics"]  # validated against the result schema
+    met = statistics["precision"] <= 0.5
+    assert statistics["stopped"].startswith(
+        "precision reached across 3 processes (each: "
+        if met
+        else "precision not reached across 3 processes: "
+    ), statistics
+
+
 def test_a_cloud_cell_is_allowed_every_process_s_timeout():
     """The autodown deadline of a cloud cell must outlast three processes, each retried once."""
     profile = load_profile("gpu_a100")

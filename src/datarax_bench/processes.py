@@ -68,9 +68,11 @@ def between_process_cv(groups: list[np.ndarray]) -> float:
     return float(medians.std(ddof=1) / medians.mean())
 
 
-def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, Any]:
+def pool(
+    results: list[dict[str, Any]], total: int | None = None, target: float | None = None
+) -> dict[str, Any]:
     """One cell's result from its processes' results (in order), of `total` processes meant
-    (default: as many as there are results).
+    (default: as many as there are results), under the profile's precision `target` (if any).
 
     One process: its result unchanged. A process that did not end `ok` ends the cell with its
     result (the reason says which process). Otherwise the first process's result with every
@@ -107,9 +109,6 @@ def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, A
     if "cold_starts" in first:
         pooled["cold_starts"] = starts
     statistics = summarize_repetitions(repetitions, starts if "cold_starts" in first else None)
-    stopped = [r["statistics"].get("stopped") for r in results]
-    if any(stopped):
-        statistics["stopped"] = ", ".join(dict.fromkeys(s for s in stopped if s))
     # The interval of the median and its precision over the processes, which vary more than
     # one process's windows (a bootstrap over the windows would be too narrow).
     groups = group_by_process([r["elements_per_s"] for r in repetitions], repetitions)
@@ -117,6 +116,10 @@ def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, A
     throughput = statistics["elements_per_s"]
     throughput["ci95_low"], throughput["ci95_high"] = low, high
     statistics["precision"] = (high - low) / 2 / throughput["median"]
+    each = [r["statistics"].get("stopped") for r in results]
+    stopped = _stopped(statistics["precision"], target, total, [s for s in each if s])
+    if stopped:
+        statistics["stopped"] = stopped
     statistics["processes"] = total
     statistics["between_process_cv"] = between_process_cv(groups)
     pooled["statistics"] = statistics
@@ -126,6 +129,21 @@ def pool(results: list[dict[str, Any]], total: int | None = None) -> dict[str, A
         "duration_s": sum(r["timestamps"]["duration_s"] for r in results),
     }
     return pooled
+
+
+def _stopped(precision: float, target: float | None, total: int, each: list[str]) -> str | None:
+    """Why the pooled cell stopped: each process stops its windows on its own interval, which is
+    narrower than the pooled one over processes, so only the pooled interval says whether the
+    cell met the profile's target."""
+    reasons = ", ".join(dict.fromkeys(each))
+    if target is None or not each:  # no target, or windows the target does not steer
+        return reasons or None
+    if precision <= target:
+        return f"precision reached across {total} processes (each: {reasons})"
+    return (
+        f"precision not reached across {total} processes: {precision:.1%} > {target:.1%} "
+        f"(each: {reasons})"
+    )
 
 
 def _process_ended(result: dict[str, Any], index: int, total: int) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
         results.append(result)
         if result["status"] != "ok":
             break
-    result = processes.pool(results, total)
+    result = processes.pool(results, total, cell.profile.measurement.get("precision"))
     result["attempts"] = attempts
     return result
 
