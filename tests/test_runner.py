@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from datarax_bench import runner
 from datarax_bench.results import load_result
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -269,6 +273,31 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _reaped_within(proc: subprocess.Popen, limit: float) -> bool:
+    waiter = threading.Thread(target=runner._reap, args=(proc,), daemon=True)
+    waiter.start()
+    waiter.join(limit)
+    return not waiter.is_alive()
+
+
+def test_a_killed_worker_is_reaped_after_an_interrupt_inside_popen_wait():
+    """Ctrl-C (or SIGTERM, raised as an exception) inside `Popen.wait` can leave the Popen's
+    lock held or its child reaped without a return code; the supervisor must still end."""
+    held = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # CPython's lock, as an interrupt between its acquire and its try block leaves it.
+        assert held._waitpid_lock.acquire(blocking=False)
+        os.kill(held.pid, signal.SIGKILL)
+        assert _reaped_within(held, 10), "waiting for the killed worker never ended"
+        assert held.returncode == -signal.SIGKILL
+    finally:
+        held._waitpid_lock.release()
+    reaped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    os.kill(reaped.pid, signal.SIGKILL)
+    os.waitpid(reaped.pid, 0)  # as an interrupt between waitpid and recording the status
+    assert _reaped_within(reaped, 10) and reaped.returncode == -signal.SIGKILL
 
 
 def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):

@@ -64,6 +64,20 @@ def _exit_description(returncode: int) -> tuple[int | None, str | None]:
         return None, f"signal {-returncode}"
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Wait for a killed worker without `Popen.wait`: an interrupt that lands inside
+    `Popen.wait` can leave its lock held (a second `wait()` then blocks for ever) or the child
+    reaped with no return code recorded."""
+    if proc.returncode is not None:
+        return
+    try:
+        _, status = os.waitpid(proc.pid, 0)
+    except ChildProcessError:  # reaped by the interrupted wait: its status is lost
+        proc.returncode = -signal.SIGKILL
+        return
+    proc.returncode = os.waitstatus_to_exitcode(status)
+
+
 def _run_worker(
     cell: Cell, output: Path, lock_fd: int, number: int, process: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,7 +146,7 @@ def _run_worker(
                 # its id, in existence until this kill.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _reap(proc)
         exit_code, signal_name = _exit_description(proc.returncode)
         if timed_out:
             result = make_result(
