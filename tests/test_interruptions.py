@@ -104,7 +104,9 @@ def test_a_process_that_ends_while_it_is_looked_at_is_no_worker():
     """Processes listed a moment ago may have ended and been reaped when the helpers read them."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     proc = psutil.Process(child.pid)
-    assert _workers(proc) == [] and "time.sleep(60)" in _cmdline(proc)[-1]
+    # Until it has exec'd, the child's command line is still pytest's.
+    _wait_for(lambda: "time.sleep(60)" in " ".join(_cmdline(proc)), 10, "the child's exec")
+    assert _workers(proc) == []
     child.kill()
     child.wait()
     assert _cmdline(proc) == []
