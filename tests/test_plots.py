@@ -149,6 +149,7 @@ def below_plot(fig) -> str:
 
 
 def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
+    already_open = set(plots.plt.get_fignums())
     for scenario in SCENARIOS:
         outputs = {k: tmp_path / scenario / f"{k}.png" for k in plots.PLOT_KINDS}
         plots.plot_scenario(real / "results.csv", real / "repetitions.csv", scenario, **outputs)
@@ -158,6 +159,8 @@ def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
     plots.plot_overview(real / "results.csv", tmp_path / "overview.png")
     assert matplotlib.image.imread(tmp_path / "overview.png").shape[0] > 200
     assert not list(tmp_path.rglob(".*.png")), "no temporary files left behind"
+    # A figure written is closed: a caller that plots many runs does not pile them up.
+    assert set(plots.plt.get_fignums()) == already_open
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])

@@ -738,9 +738,13 @@ def feed_figure(cells: pd.DataFrame, title: str, facts: RunFacts, colors=None):
 
 
 def _save(fig, path: str | Path) -> None:
-    """Write via a temporary file so that an interrupted job never leaves half a PNG."""
-    with atomic_file(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    """Write via a temporary file so that an interrupted job never leaves half a PNG; the
+    figure is closed once written."""
+    try:
+        with atomic_file(Path(path), suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def in_catalog_order(frame: pd.DataFrame, catalog) -> pd.DataFrame:
