@@ -159,6 +159,16 @@ def test_a_small_but_significant_change_inside_the_threshold_is_same(tmp_path, t
     assert only_row(compared(base, new, threshold=0.01)).verdict == "slower"
 
 
+def test_the_command_line_s_default_threshold_is_10_percent(tmp_path, templates):
+    """A clear 7% slowdown: called at --threshold 5%, not at the default."""
+    base, new = runs(
+        tmp_path, [tab1(templates, TIGHT)], [tab1(templates, [v * 0.93 for v in TIGHT])]
+    )
+    assert compare.DEFAULT_THRESHOLD == 0.10
+    assert main(["compare", base, new, "--threshold", "5%"]) == 1
+    assert main(["compare", base, new]) == 0
+
+
 def test_a_different_data_digest_is_incomparable(tmp_path, templates):
     changed = tab1(templates, [v * 0.5 for v in TIGHT])
     changed["workload"]["data_digest"] = "0" * 64

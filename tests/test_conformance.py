@@ -19,8 +19,8 @@ from pathlib import Path
 
 import adapters_support as support
 import numpy as np
-import psutil
 import pytest
+from process_support import pid_alive
 
 from datarax_bench.adapters import get_adapter
 from datarax_bench.cli import support_matrix, support_status
@@ -427,16 +427,9 @@ def test_a_hanging_dataloader_times_out_and_leaves_no_worker_process(cli_path, t
     worker_pids = [int(p.name) for p in pids.iterdir()]
     assert worker_pids, "the DataLoader worker never started"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in worker_pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in worker_pids):
         time.sleep(0.2)
-    assert not [p for p in worker_pids if _alive(p)], "a DataLoader worker outlived its cell"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    assert not [p for p in worker_pids if pid_alive(p)], "a DataLoader worker outlived its cell"
 
 
 def test_probe_data_is_the_cached_data_outside_cv1():

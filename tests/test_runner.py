@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from process_support import pid_alive
 
 from datarax_bench import runner
 from datarax_bench.results import load_result
@@ -263,16 +263,9 @@ def test_hanging_loader_times_out_and_leaves_no_process(
     assert elapsed < 60
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while _alive(child):
+    while pid_alive(child):
         assert time.monotonic() < deadline, "the loader's worker process outlived its cell"
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _reaped_within(proc: subprocess.Popen, limit: float) -> bool:

@@ -344,7 +344,11 @@ def cmd_export(args) -> int:
 def cmd_compare(args) -> int:
     from . import compare
 
-    threshold = compare.parse_threshold(args.threshold)
+    threshold = (
+        compare.DEFAULT_THRESHOLD
+        if args.threshold is None
+        else compare.parse_threshold(args.threshold)
+    )
     alpha = compare.parse_alpha(args.alpha)
     outputs = [("--markdown", args.markdown), ("--csv", args.csv), ("--plot", args.plot)]
     for option, value in outputs:
@@ -504,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two results directories; exit 1 on a regression")
     p.add_argument("base", help="the earlier results directory (the baseline)")
     p.add_argument("new", help="the results directory to check against it")
-    p.add_argument("--threshold", default="10%", help="smallest change called (default 10%%)")
+    p.add_argument("--threshold", help="smallest change called (default 10%%)")
     p.add_argument("--alpha", default="0.01", help="significance level (default 0.01)")
     p.add_argument("--markdown", help="also write the table as Markdown to this file")
     p.add_argument("--csv", help="also write one row per cell and metric to this CSV file")

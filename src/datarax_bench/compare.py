@@ -36,8 +36,8 @@ from .results import cell_style, load_result, write_text_atomic
 from .schemas import read_json
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process, t_quantile
 
-# asv's default factor; an A/A pair on the 2-core development VM called nothing at 5% but its
-# nearest row sat at 4.7%, and whole runs there drifted by up to 8% (docs/comparing.md).
+# asv's default factor. A/A pairs on the 2-core development VM needed from 4.7% (a quiet
+# morning) to 36% (a noisier afternoon) to call nothing: gate with your own (docs/comparing.md).
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
 #: Up to this many repetitions in the smaller sample (and no ties) the p-value is exact.
