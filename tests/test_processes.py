@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import yaml
-from counting_support import run_counted
+from counting_support import PLUGINS, run_counted
 
 from datarax_bench import cloud, compare, processes
 from datarax_bench.aggregate import repetitions_table
@@ -244,3 +245,127 @@ def test_two_runs_of_three_processes_compare_over_their_processes(
     _, low, high = compare.ratio_interval(*by_process)
     assert float(row["ci95_low"]) == pytest.approx(low)
     assert float(row["ci95_high"]) == pytest.approx(high)
+
+
+def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: str, **env):
+    """`run --output-dir` of TAB-1 with the counting loaders: (the command, the loaders opened,
+    each as (adapter, pid), in order)."""
+    opens = tmp_path / "matrix.opens"
+    environ = {
+        **os.environ,
+        "DATARAX_BENCH_ROOT": str(root),
+        "DATARAX_BENCH_PLUGINS": "counting_loaders",
+        "DATARAX_TEST_OPENS": str(opens),
+        "DATARAX_TEST_FAIL_FROM_OPEN": "1000",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
+        **env,
+    }
+    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", profile]
+    cmd += ["--scenarios", "TAB-1", "--adapters", adapters, *args]
+    proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
+    lines = opens.read_text().splitlines() if opens.exists() else []
+    opens.unlink(missing_ok=True)
+    return proc, [tuple(line.split()[1:]) for line in lines]
+
+
+COUNTING, FAILING = "test-counting-numpy", "test-failing-numpy"
+
+
+def test_a_matrix_measures_the_first_process_of_every_cell_before_any_second(
+    project_copy, tmp_path, three_processes
+):
+    """Rounds: each cell's processes are spread over the run, so the spread between them
+    includes the machine's drift over the run."""
+    out = tmp_path / "out"
+    proc, opened = _run_matrix(
+        project_copy, tmp_path, three_processes, f"{COUNTING},{FAILING}", "--output-dir", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # One loader per process (warm windows): the two cells alternate, six processes in all.
+    assert [adapter for adapter, _ in opened] == [COUNTING, FAILING] * 3
+    assert len({pid for _, pid in opened}) == 6
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("[") and "..." in ln]
+    assert [(ln.split()[0], ln.split()[-4]) for ln in progress] == [
+        ("[1/2]", "1"), ("[2/2]", "1"), ("[1/2]", "2"), ("[2/2]", "2"), ("[1/2]", "3"),
+        ("[2/2]", "3"),
+    ]  # fmt: skip
+    counting, failing = (
+        load_result(out / f"raw/TAB-1/small/{a}.json") for a in (COUNTING, FAILING)
+    )
+    for result in (counting, failing):
+        assert result["status"] == "ok", result["reason"]
+        assert result["statistics"]["processes"] == 3
+        assert [r["process"] for r in result["repetitions"]] == [0, 0, 1, 1, 2, 2]
+        assert [a["process"] for a in result["attempts"]] == [0, 1, 2]
+    # Each cell's time spans the other's: its last process ran after the other's first.
+    assert counting["timestamps"]["started"] <= failing["attempts"][0]["started"]
+    assert failing["attempts"][0]["started"] <= counting["attempts"][1]["started"]
+    assert counting["attempts"][2]["started"] <= failing["timestamps"]["finished"]
+    # Each process's own result is kept beside the cells, and the cell is their pool.
+    own = sorted((out / "processes/TAB-1/small" / COUNTING).glob("*.json"))
+    assert [p.name for p in own] == ["1.json", "2.json", "3.json"]
+    for index, path in enumerate(own):
+        result = load_result(path)
+        assert [a["process"] for a in result["attempts"]] == [index]
+        assert result["repetitions"] == [
+            {k: v for k, v in r.items() if k not in ("index", "process")} | {"index": i}
+            for i, r in enumerate([r for r in counting["repetitions"] if r["process"] == index])
+        ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["adapter"] for c in summary["cells"]] == [COUNTING, FAILING]
+
+
+def test_a_cell_whose_process_fails_ends_in_its_round_and_the_others_go_on(project_copy, tmp_path):
+    profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
+                       repetitions_from="warm", cold_starts=3)  # fmt: skip
+    out = tmp_path / "out"
+    # Loaders are counted over both cells: the failing cell's second loader is the fourth.
+    proc, opened = _run_matrix(
+        project_copy, tmp_path, profile, f"{COUNTING},{FAILING}", "--output-dir", str(out),
+        DATARAX_TEST_FAIL_FROM_OPEN="4",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a failed cell is data
+    assert [adapter for adapter, _ in opened] == [COUNTING, FAILING, COUNTING, FAILING, COUNTING]
+    failing = load_result(out / f"raw/TAB-1/small/{FAILING}.json")
+    assert failing["status"] == "failed"
+    assert failing["reason"].startswith("process 2 of 3: RuntimeError: loader 4 refused to open")
+    assert [(a["process"], a["status"]) for a in failing["attempts"]] == [(0, "ok"), (1, "failed")]
+    assert sorted(p.name for p in (out / "processes/TAB-1/small" / FAILING).iterdir()) == [
+        "1.json", "2.json",
+    ]  # fmt: skip
+    counting = load_result(out / f"raw/TAB-1/small/{COUNTING}.json")
+    assert counting["status"] == "ok" and counting["statistics"]["processes"] == 3
+
+
+def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
+    project_copy, tmp_path, three_processes
+):
+    """A managed job restarted after a preemption loses at most the process in flight."""
+    store = tmp_path / "store"
+    first_out = tmp_path / "first"
+    proc, opened = _run_matrix(project_copy, tmp_path, three_processes, COUNTING,
+                               "--output-dir", str(first_out), "--resume-dir", str(store))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    own = store / "processes/TAB-1/small" / COUNTING
+    assert sorted(p.name for p in own.iterdir()) == ["1.json", "2.json", "3.json"]
+    markers = store / "attempts/processes/TAB-1/small" / COUNTING
+    assert sorted(p.name for p in markers.iterdir()) == ["1.json", "2.json", "3.json"]
+    # Interrupted in its third process: neither the cell nor that process was kept.
+    (store / f"raw/TAB-1/small/{COUNTING}.json").unlink()
+    (own / "3.json").unlink()
+    kept = [load_result(own / f"{k}.json") for k in (1, 2)]
+    second_out = tmp_path / "second"
+    proc, opened = _run_matrix(project_copy, tmp_path, three_processes, COUNTING,
+                               "--output-dir", str(second_out), "--resume-dir", str(store))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(opened) == 1  # the third process only
+    assert proc.stderr.count("kept in the resume directory") == 2
+    result = load_result(second_out / f"raw/TAB-1/small/{COUNTING}.json")
+    assert result["status"] == "ok" and result["statistics"]["processes"] == 3
+    pooled = [r["elements_per_s"] for r in result["repetitions"]]
+    assert pooled[:4] == [r["elements_per_s"] for k in kept for r in k["repetitions"]]
+    assert result["timestamps"]["started"] == kept[0]["timestamps"]["started"]
+    assert (store / f"raw/TAB-1/small/{COUNTING}.json").read_bytes() == (
+        second_out / f"raw/TAB-1/small/{COUNTING}.json"
+    ).read_bytes()
+    assert len(list((markers / "3.json").iterdir())) == 2  # measured twice: it shows

@@ -1,4 +1,4 @@
-"""One cell measured in several worker processes, one after another, its windows pooled.
+"""One cell measured in several worker processes, its windows pooled.
 
 Windows of one process are seconds apart and share everything a process decides once: where its
 arrays landed in memory, which cores its threads settled on, its loader's start-up state. On a
@@ -6,7 +6,9 @@ virtual machine those make one process's windows agree with each other more than
 process's (docs/comparing.md has the measurements), so the spread of one process's windows
 understates how much a rerun moves. With `measurement.processes: N` the supervisor runs the
 cell's worker N times and pools the windows, each labelled with its process, so that statistics
-and comparisons can see the spread between processes.
+and comparisons can see the spread between processes. A matrix runs them in rounds (the first
+process of every cell, then the second, ...) so that they also sample the machine's drift over
+the run; one cell alone runs them one after another.
 
 Only measures registered as `pooled` take part: their timed numbers are the windows. The first
 process also measures the tuning sweep (the later ones take its cached choice), the feed and
@@ -75,16 +77,28 @@ def pool(
     (default: as many as there are results), under the profile's precision `target` (if any).
 
     One process: its result unchanged. A process that did not end `ok` ends the cell with its
-    result (the reason says which process). Otherwise the first process's result with every
-    process's windows and loader starts, each labelled with its process, and the statistics
-    over all of them; timestamps span the processes.
+    result (the reason says which process); results after it are ignored. Otherwise the first
+    process's result with every process's windows and loader starts, each labelled with its
+    process, and the statistics over all of them; timestamps span the processes. The attempts
+    of every process taken are kept, in order.
     """
     total = total or len(results)
     if total == 1:
         return results[0]
-    for index, result in enumerate(results):
-        if result["status"] != "ok":
-            return _process_ended(result, index, total)
+    ended = next((i for i, r in enumerate(results) if r["status"] != "ok"), None)
+    taken = results if ended is None else results[: ended + 1]
+    pooled = (
+        _process_ended(taken[-1], ended, total)
+        if ended is not None
+        else _pool(taken, total, target)
+    )
+    attempts = [a for r in taken for a in r.get("attempts") or []]
+    if attempts:
+        pooled["attempts"] = attempts
+    return pooled
+
+
+def _pool(results: list[dict[str, Any]], total: int, target: float | None) -> dict[str, Any]:
     first = results[0]
     for index, result in enumerate(results[1:], 1):
         for key in SAME_IN_EVERY_PROCESS:

@@ -60,6 +60,15 @@ def cell_path(root: Path, scenario: str, variant: str, adapter: str, style: str 
     return Path(root) / "raw" / scenario / variant / f"{name}.json"
 
 
+def process_path(
+    root: Path, scenario: str, variant: str, adapter: str, style: str, process: int
+) -> Path:
+    """Where one process (from 0) of a cell measured in several keeps its own result until the
+    cell is pooled: processes/S/V/A[.STYLE]/K.json, K counted from 1."""
+    name = adapter if style == "plain" else f"{adapter}.{style}"
+    return Path(root) / "processes" / scenario / variant / name / f"{process + 1}.json"
+
+
 #: Under a resume directory: one file per measurement started, `attempts/<cell path>/<stamp>`.
 ATTEMPTS_DIR = "attempts"
 

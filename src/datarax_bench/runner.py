@@ -31,6 +31,7 @@ from .results import (
     ATTEMPTS_DIR,
     cell_path,
     load_result,
+    process_path,
     tries,
     utc_now,
     write_result,
@@ -204,28 +205,29 @@ def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
     one after another, pooled into one result (`processes.pool`); the first that does not end
     `ok` ends the cell. Every attempt of every process is recorded."""
     total = processes.count(cell.profile, cell.workload.measure)
-    attempts: list[dict[str, Any]] = []
     results = []
     for process in range(total):
-        result = _attempts(cell, output, lock_fd, process, total, attempts)
+        result = _attempts(cell, output, lock_fd, process, total)
         results.append(result)
         if result["status"] != "ok":
             break
-    result = processes.pool(results, total, cell.profile.measurement.get("precision"))
-    result["attempts"] = attempts
-    return result
+    return _pooled(cell, results, total)
 
 
-def _attempts(
-    cell: Cell, output: Path, lock_fd: int, process: int, total: int, attempts: list
-) -> dict[str, Any]:
-    """Attempts at one process until one does not fail, at most 1 + the profile's `retries`.
+def _pooled(cell: Cell, results: list[dict[str, Any]], total: int) -> dict[str, Any]:
+    return processes.pool(results, total, cell.profile.measurement.get("precision"))
+
+
+def _attempts(cell: Cell, output: Path, lock_fd: int, process: int, total: int) -> dict[str, Any]:
+    """Attempts at one process until one does not fail, at most 1 + the profile's `retries`;
+    the process's result, with the record of each attempt in `attempts`.
 
     A `failed` attempt (an exception in the loader, a crashed worker) is tried again; a timeout
     is not: a loader that hung once usually hangs again, and each try costs the whole timeout.
     Repetitions are never combined across attempts: a process's windows are one attempt's.
     """
     which = f" (process {process + 1} of {total})" if total > 1 else ""
+    attempts = []
     for number in range(1, cell.profile.retries + 2):
         result, attempt = _run_worker(cell, output, lock_fd, number, process)
         if total > 1:
@@ -234,6 +236,7 @@ def _attempts(
         if result["status"] != "failed" or number > cell.profile.retries:
             break
         _say(f"{cell.label}: attempt {number}{which} failed ({result['reason']}); trying again")
+    result["attempts"] = attempts
     return result
 
 
@@ -254,9 +257,51 @@ def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
     if decided:
         result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
     else:
-        with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
-            supervision.sweep_stale_files(_sweep_root(output))
+        with _measuring(cell, output) as lock_fd:
             result = _measure(cell, output, lock_fd)
+    write_result(output, result)
+    return result
+
+
+@contextlib.contextmanager
+def _measuring(cell: Cell, output: Path):
+    """The machine's bench lock, held while a worker measures; SIGTERM and SIGHUP end it like
+    Ctrl-C does."""
+    with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
+        supervision.sweep_stale_files(_sweep_root(output))
+        yield lock_fd
+
+
+def run_process(
+    cell: Cell, output: Path, process: int, earlier: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Measure process `process` (from 0) of a cell measured in several processes and write its
+    own result to `output` (`processes.pool` makes the cell's result of them all).
+
+    `earlier` are the results of the cell's processes before it: when one of them did not end
+    `ok`, the cell has ended and this process is not measured; its result then says so, with
+    that status.
+    """
+    output = Path(output)
+    total = processes.count(cell.profile, cell.workload.measure)
+    if not 0 <= process < total:
+        raise UserError(
+            f"run --process {process + 1}: {cell.label} is measured in {total} process"
+            f"{'es' if total > 1 else ''}; expected a number from 1 to {total}"
+        )
+    ended = next((i for i, r in enumerate(earlier) if r["status"] != "ok"), None)
+    if ended is not None:
+        result = make_result(
+            earlier[ended]["status"],
+            f"not measured: process {ended + 1} of {total} ended {earlier[ended]['status']}",
+            cell.profile,
+            cell.workload,
+            cell.adapter,
+            CellClock(),
+        )
+    else:
+        with _measuring(cell, output) as lock_fd:
+            result = _attempts(cell, output, lock_fd, process, total)
     write_result(output, result)
     return result
 
@@ -281,14 +326,16 @@ def run_matrix(
     only: Sequence[str] | None = None,
     keep: Callable[[Path], Any] | None = None,
 ) -> dict[str, Any]:
-    """Every (scenario, variant, adapter, style) cell of the profile, one after another.
+    """Every (scenario, variant, adapter, style) cell of the profile, in rounds of their
+    processes (`_Rounds`).
 
     Writes raw/S/V/A.json per cell (A.STYLE.json for styles other than plain), then
     manifest.json (what was run, file hashes) and summary.json (one row per cell). All names
     are checked before anything is written. With `resume_dir` (a mounted bucket) each result
     is also written there as soon as it is, and a cell whose result is already there, for the
     same workload, settings and commit, is taken from it instead of measured: a run restarted
-    on a fresh machine costs at most the cell that was in flight; each measurement started is
+    on a fresh machine costs at most the cell (or process) that was in flight; each measurement
+    started is
     recorded there too (`attempts/`), so that a cell measured again after an interruption shows.
     `only` (cell ids, `S/V/A/STYLE`) keeps just those cells of the matrix: one shard's share.
     `keep` is called with each file written into `resume_dir` (where the directory stands for a
@@ -309,33 +356,116 @@ def run_matrix(
         cells = select_cells(cells, only)
     output_dir = Path(output_dir)
     started = utc_now()
-    results = []
-    for i, cell in enumerate(cells, 1):
-        w = cell.workload
-        path = cell_path(output_dir, w.scenario, w.variant, cell.adapter.id, cell.style)
-        rel = path.relative_to(output_dir)
-        result = kept_result(Path(resume_dir) / rel, cell) if resume_dir else None
-        if result is not None:
-            write_result(path, result)
-            _say(
-                f"[{i}/{len(cells)}] {cell.label}: {describe(result)} (kept in the resume directory)"
-            )
-            results.append(result)
-            continue
-        t0 = time.monotonic()
-        _say(f"[{i}/{len(cells)}] {cell.label} ...")
-        if resume_dir:
-            marker = record_attempt(Path(resume_dir), rel)
-            if keep:
-                keep(marker)
-        result = run_cell(cell, path)
-        _say(f"[{i}/{len(cells)}] {cell.label}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
-        if resume_dir:
-            write_result(Path(resume_dir) / rel, result)
-            if keep:
-                keep(Path(resume_dir) / rel)
-        results.append(result)
+    run = _Rounds(cells, output_dir, Path(resume_dir) if resume_dir else None, keep)
+    for round_ in range(max((run.total(c) for c in cells), default=0)):
+        for i in range(len(cells)):
+            if i not in run.results:
+                run.step(i, round_)
+    results = [run.results[i] for i in range(len(cells))]
     return write_run_index(profile, output_dir, results, started)
+
+
+class _Rounds:
+    """A matrix measured in rounds: the first process of every cell, then the second of every
+    cell still measuring, and so on. A cell's processes are then spread over the whole run, so
+    that the spread between them includes the machine's drift over the run, which processes
+    back to back do not sample (docs/comparing.md). A cell measured in one process, or not at
+    all, is done in the first round; a cell whose process does not end `ok` ends there.
+
+    A process's own result is kept at processes/S/V/A[.STYLE]/K.json until its cell is pooled
+    into raw/; with a resume directory each is written there too, and taken from there when a
+    restarted run finds it (so a restart loses at most the process in flight).
+    """
+
+    def __init__(self, cells: list[Cell], output_dir: Path, resume_dir: Path | None, keep):
+        self.cells, self.output_dir, self.resume_dir, self.keep = (
+            cells,
+            output_dir,
+            resume_dir,
+            keep,
+        )
+        self.results: dict[int, dict[str, Any]] = {}
+        self.measured: dict[int, list[dict[str, Any]]] = {}
+
+    @staticmethod
+    def total(cell: Cell) -> int:
+        return 1 if static_status(cell) else processes.count(cell.profile, cell.workload.measure)
+
+    def _prefix(self, i: int) -> str:
+        return f"[{i + 1}/{len(self.cells)}] {self.cells[i].label}"
+
+    def _path(self, cell: Cell, process: int | None = None) -> Path:
+        w = cell.workload
+        where = (w.scenario, w.variant, cell.adapter.id, cell.style)
+        if process is None:
+            return cell_path(self.output_dir, *where)
+        return process_path(self.output_dir, *where, process)
+
+    def _kept(self, path: Path, cell: Cell) -> dict[str, Any] | None:
+        if self.resume_dir is None:
+            return None
+        return kept_result(self.resume_dir / path.relative_to(self.output_dir), cell)
+
+    def _keep(self, path: Path, result: dict[str, Any] | None = None) -> None:
+        """Copy a written result (or a marker already written there) into the resume directory."""
+        if self.resume_dir is None:
+            return
+        there = self.resume_dir / path.relative_to(self.output_dir)
+        if result is not None:
+            write_result(there, result)
+        if self.keep:
+            self.keep(there)
+
+    def _started(self, path: Path) -> None:
+        if self.resume_dir is not None:
+            marker = record_attempt(self.resume_dir, path.relative_to(self.output_dir))
+            if self.keep:
+                self.keep(marker)
+
+    def step(self, i: int, round_: int) -> None:
+        """Round `round_` (from 0) of cell `i`: its whole measurement when it has one process
+        (or none), else its process `round_`, pooled once it is the cell's last."""
+        cell = self.cells[i]
+        path = self._path(cell)
+        if round_ == 0:
+            kept = self._kept(path, cell)
+            if kept is not None:
+                write_result(path, kept)
+                _say(f"{self._prefix(i)}: {describe(kept)} (kept in the resume directory)")
+                self.results[i] = kept
+                return
+        total = self.total(cell)
+        t0 = time.monotonic()
+        if total <= 1:
+            _say(f"{self._prefix(i)} ...")
+            self._started(path)
+            result = run_cell(cell, path)
+        else:
+            part = self._path(cell, round_)
+            which = f"process {round_ + 1} of {total}"
+            measured = self.measured.setdefault(i, [])
+            result = self._kept(part, cell)
+            if result is not None:
+                write_result(part, result)
+                _say(
+                    f"{self._prefix(i)} {which}: {describe(result)} (kept in the resume directory)"
+                )
+            else:
+                _say(f"{self._prefix(i)} {which} ...")
+                self._started(part)
+                result = run_process(cell, part, round_)
+                self._keep(part, result)
+                _say(
+                    f"{self._prefix(i)} {which}: {describe(result)} ({time.monotonic() - t0:.1f} s)"
+                )
+            measured.append(result)
+            if result["status"] == "ok" and round_ + 1 < total:
+                return
+            result = _pooled(cell, measured, total)
+            write_result(path, result)
+        _say(f"{self._prefix(i)}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
+        self._keep(path, result)
+        self.results[i] = result
 
 
 def cell_id(scenario: str, variant: str, adapter: str, style: str = "plain") -> str:

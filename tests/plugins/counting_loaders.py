@@ -1,8 +1,8 @@
 """The NumPy reference, counting the loaders it opens.
 
 Loaded through DATARAX_BENCH_PLUGINS by the warm-repetition and worker-process tests: every
-`open` appends a line to the file DATARAX_TEST_OPENS names, so a test can tell how many loaders
-a cell started.
+`open` appends a line (`open ADAPTER PID`) to the file DATARAX_TEST_OPENS names, so a test can
+tell how many loaders a cell started, and which process of which cell started them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class CountingNumpy(NumpyReference):
     aliases = ()
 
     def open(self, ctx):
+        # Which adapter opened it, in which process: the order of a matrix's processes shows.
         with open(os.environ[OPENS_ENV], "a") as fh:
-            fh.write("open\n")
+            fh.write(f"open {self.id} {os.getpid()}\n")
         return super().open(ctx)
 
 
