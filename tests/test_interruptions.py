@@ -197,14 +197,21 @@ def test_a_start_removes_only_the_temporary_files_of_dead_supervisors(env, run_s
     assert sorted(p.name for p in env.glob(".*.json.*")) == sorted(live)
 
 
-def test_a_cell_of_a_results_directory_sweeps_the_whole_raw_tree(env, run_smoke_cell):
-    """The killed run's cell may not be the next one measured: every cell's start sweeps raw/."""
+@pytest.mark.parametrize(
+    "measured", ["raw/TAB-1/small/numpy.json", "processes/TAB-1/small/numpy/2.json"]
+)
+def test_a_cell_of_a_results_directory_sweeps_the_whole_raw_and_processes_trees(
+    env, run_smoke_cell, measured
+):
+    """The killed run's cell (or process of a cell) may not be the next one measured: every
+    start sweeps raw/ and processes/."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    other = env / "results/raw/NLP-1/small"
-    other.mkdir(parents=True)
-    (other / f".numpy.json.{dead.pid}.abc123.log").write_text("x")
-    proc = run_smoke_cell("TAB-1", "numpy", env / "results/raw/TAB-1/small/numpy.json")
+    for left in ("raw/NLP-1/small", "processes/NLP-1/small/numpy"):
+        other = env / "results" / left
+        other.mkdir(parents=True)
+        (other / f".1.json.{dead.pid}.abc123.log").write_text("x")
+    proc = run_smoke_cell("TAB-1", "numpy", env / "results" / measured)
     assert proc.returncode == 0, proc.stderr
     assert _stale(env / "results") == []
 

@@ -247,10 +247,10 @@ def test_two_runs_of_three_processes_compare_over_their_processes(
     assert float(row["ci95_high"]) == pytest.approx(high)
 
 
-def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: str, **env):
-    """`run --output-dir` of TAB-1 with the counting loaders: (the command, the loaders opened,
-    each as (adapter, pid), in order)."""
-    opens = tmp_path / "matrix.opens"
+def _cli(root: Path, tmp_path: Path, *args: str, **env):
+    """`datarax-bench ARGS` with the counting loaders: (the command, the loaders it opened, each
+    as (adapter, pid), in order)."""
+    opens = tmp_path / "cli.opens"
     environ = {
         **os.environ,
         "DATARAX_BENCH_ROOT": str(root),
@@ -260,12 +260,17 @@ def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: 
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])),
         **env,
     }
-    cmd = [sys.executable, "-m", "datarax_bench.cli", "run", "--profile", profile]
-    cmd += ["--scenarios", "TAB-1", "--adapters", adapters, *args]
+    cmd = [sys.executable, "-m", "datarax_bench.cli", *args]
     proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=600)
     lines = opens.read_text().splitlines() if opens.exists() else []
     opens.unlink(missing_ok=True)
     return proc, [tuple(line.split()[1:]) for line in lines]
+
+
+def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: str, **env):
+    """`run --output-dir` of TAB-1 with the counting loaders."""
+    run = ["run", "--profile", profile, "--scenarios", "TAB-1", "--adapters", adapters]
+    return _cli(root, tmp_path, *run, *args, **env)
 
 
 COUNTING, FAILING = "test-counting-numpy", "test-failing-numpy"
@@ -369,3 +374,129 @@ def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
         second_out / f"raw/TAB-1/small/{COUNTING}.json"
     ).read_bytes()
     assert len(list((markers / "3.json").iterdir())) == 2  # measured twice: it shows
+
+
+def _one_cell(profile: str, adapter: str = COUNTING) -> list[str]:
+    return ["run", "--profile", profile, "--scenario", "TAB-1", "--adapter", adapter]
+
+
+def test_a_cell_measured_a_process_at_a_time_then_pooled_as_the_workflow_does(
+    project_copy, tmp_path, three_processes
+):
+    cell = _one_cell(three_processes)
+    first, second, pooled = (tmp_path / n for n in ("1.json", "2.json", "cell.json"))
+    proc, opened = _cli(project_copy, tmp_path, *cell, "--process", "1", "--output", str(first))
+    assert proc.returncode == 0 and len(opened) == 1, proc.stderr[-3000:]
+    proc, opened = _cli(project_copy, tmp_path, *cell, "--process", "2", "--earlier", str(first),
+                        "--output", str(second))  # fmt: skip
+    assert proc.returncode == 0 and len(opened) == 1, proc.stderr[-3000:]
+    proc, opened = _cli(project_copy, tmp_path, *cell, "--earlier", str(first), str(second),
+                        "--output", str(pooled))  # fmt: skip
+    assert proc.returncode == 0 and len(opened) == 1, proc.stderr[-3000:]
+    kept = [load_result(first), load_result(second)]
+    assert [[a["process"] for a in k["attempts"]] for k in kept] == [[0], [1]]
+    result = load_result(pooled)
+    assert result["status"] == "ok" and result["statistics"]["processes"] == 3
+    values = [r["elements_per_s"] for r in result["repetitions"]]
+    assert values[:4] == [r["elements_per_s"] for k in kept for r in k["repetitions"]]
+    assert [a["process"] for a in result["attempts"]] == [0, 1, 2]
+    assert result["timestamps"]["started"] == kept[0]["timestamps"]["started"]
+
+
+def test_after_a_process_that_failed_nothing_more_of_the_cell_is_measured(project_copy, tmp_path):
+    profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
+                       repetitions_from="warm", cold_starts=3)  # fmt: skip
+    cell = _one_cell(profile, FAILING)
+    first, second, third, pooled = (tmp_path / f"{n}.json" for n in ("1", "2", "3", "cell"))
+    _cli(project_copy, tmp_path, *cell, "--process", "1", "--output", str(first))
+    # Each command counts its own loaders: the second process's first one fails.
+    env = {"DATARAX_TEST_FAIL_FROM_OPEN": "1"}
+    proc, _ = _cli(project_copy, tmp_path, *cell, "--process", "2", "--earlier", str(first),
+                   "--output", str(second), **env)  # fmt: skip
+    assert load_result(second)["status"] == "failed", proc.stderr[-3000:]
+    proc, opened = _cli(project_copy, tmp_path, *cell, "--process", "3", "--earlier", str(first),
+                        str(second), "--output", str(third), **env)  # fmt: skip
+    assert proc.returncode == 0 and opened == [], proc.stderr[-3000:]
+    skipped = load_result(third)
+    assert skipped["status"] == "failed"
+    assert skipped["reason"] == "not measured: process 2 of 3 ended failed"
+    proc, opened = _cli(project_copy, tmp_path, *cell, "--earlier", str(first), str(second),
+                        "--output", str(pooled), **env)  # fmt: skip
+    assert proc.returncode == 0 and opened == [], proc.stderr[-3000:]
+    result = load_result(pooled)
+    assert result["status"] == "failed"
+    assert result["reason"].startswith("process 2 of 3: RuntimeError: loader 1 refused to open")
+    assert [(a["process"], a["status"]) for a in result["attempts"]] == [(0, "ok"), (1, "failed")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--process", "0"], "argument --process: '0': expected a process number, 1 or more"),
+        (["--process", "4"], "is measured in 3 processes; expected a number from 1 to 3"),
+        (["--process", "2"], "0 results given with --earlier; expected the 1 of the processes"),
+        (["--earlier", "OTHER"], "run --earlier: result 1 is of cell"),
+        (["--earlier", "CORRUPT"], "corrupt.json"),
+        (["--earlier", "ONE", "ONE", "ONE"], "3 results given; "),
+    ],
+)
+def test_bad_process_arguments_are_one_line_and_exit_2(
+    project_copy, tmp_path, three_processes, extra, expected
+):
+    other = tmp_path / "other.json"
+    proc, _ = _cli(project_copy, tmp_path, *_one_cell(three_processes, "numpy"), "--process", "1",
+                   "--output", str(other))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"schema_version": 1, "status": "ok"')
+    one = tmp_path / "one.json"
+    proc, _ = _cli(project_copy, tmp_path, *_one_cell(three_processes), "--process", "1",
+                   "--output", str(one))  # fmt: skip
+    names = {"OTHER": str(other), "CORRUPT": str(corrupt), "ONE": str(one)}
+    out = tmp_path / "out.json"
+    args = [names.get(a, a) for a in extra]
+    proc, opened = _cli(project_copy, tmp_path, *_one_cell(three_processes), *args,
+                        "--output", str(out))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert expected in line
+    assert not out.exists() and opened == []
+
+
+def test_process_arguments_belong_to_one_cell_not_a_matrix(project_copy, tmp_path, three_processes):
+    proc, _ = _run_matrix(project_copy, tmp_path, three_processes, COUNTING, "--process", "1",
+                          "--output-dir", str(tmp_path / "out"))  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--process and --earlier measure part of one cell; use them with --output" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tuned_cell_s_later_processes_measure_the_first_process_s_choice(
+    project_copy, tmp_path, three_processes
+):
+    """Not whatever the tuning cache says by the time a later round comes: a cache entry made
+    stale in between (the code changed, another sweep overwrote it) would split the cell."""
+    env = {"DATARAX_BENCH_PLUGINS": "knob_loaders", "DATARAX_BENCH_CACHE": str(tmp_path / "c")}
+    cell = [*_one_cell(three_processes, "test-knob-numpy"), "--style", "tuned"]
+    first, second, pooled = (tmp_path / n for n in ("1.json", "2.json", "cell.json"))
+    proc, _ = _cli(project_copy, tmp_path, *cell, "--process", "1", "--output", str(first), **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    swept = load_result(first)["tuning"]
+    assert swept["chosen"] == {"workers": 2} and swept["grid"]
+    cache = tmp_path / "c" / "tuning" / f"{swept['cache_key']}.json"
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "chosen": {"workers": 1}}))
+    proc, _ = _cli(project_copy, tmp_path, *cell, "--process", "2", "--earlier", str(first),
+                   "--output", str(second), **env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    later = load_result(second)
+    assert later["status"] == "ok", later["reason"]
+    assert later["tuning"]["chosen"] == {"workers": 2} and later["tuning"]["grid"] == []
+    assert later["tuning"]["note"] == "the first process's choice"
+    assert later["parallelism"]["workers"] == 2
+    proc, _ = _cli(project_copy, tmp_path, *cell, "--earlier", str(first), str(second),
+                   "--output", str(pooled), **env)  # fmt: skip
+    result = load_result(pooled)
+    assert result["status"] == "ok", result["reason"]
+    assert result["statistics"]["processes"] == 3
+    assert result["tuning"] == swept  # the cell's record is the first process's sweep

@@ -22,7 +22,9 @@ import yaml
 
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, profile_names
+from datarax_bench.cell import resolve_cell
 from datarax_bench.results import load_result
+from datarax_bench.runner import processes_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -228,6 +230,47 @@ def test_kill_9_mid_cell_leaves_no_partial_result_and_resumes(tmp_path, data_cac
     assert {k: cells[k].stat().st_mtime_ns for k in kept} == {k: before[k] for k in kept}
 
 
+def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_second(
+    tmp_path, data_cache
+):
+    """Rounds in the workflow: a rule per process before the last, ordered by priority, and
+    `measure` measuring the last and pooling them; each process is its own job."""
+    workdir = copy_workflow(tmp_path / "checkout")
+    profile = workdir / "config/profiles/smoke.yaml"
+    doc = yaml.safe_load(profile.read_text())
+    doc["measurement"].update(processes=3, repetitions=2, repetitions_from="warm", cold_starts=3)
+    profile.write_text(yaml.safe_dump(doc))
+    config = ["profile=smoke", "scenarios=[CV-1,TAB-1]", "adapters=[numpy]"]
+    proc = snakemake(workdir, "--cores", "2", config=config)
+    assert executed(proc, "measure_process") == 4 and executed(proc, "measure") == 2
+    cells = raw_cells(workdir)
+    assert set(cells) == {"CV-1/small/numpy", "TAB-1/small/numpy"}
+    starts = []
+    for name, path in cells.items():
+        result = load_result(path)
+        assert result["status"] == "ok", result["reason"]
+        assert result["statistics"]["processes"] == 3
+        assert [r["process"] for r in result["repetitions"]] == [0, 0, 1, 1, 2, 2]
+        starts += [(a["started"], a["process"], name) for a in result["attempts"]]
+    # Every cell's first process, then every cell's second, then every cell's third.
+    order = sorted(starts)
+    assert [process for _, process, _ in order] == [0, 0, 1, 1, 2, 2], order
+    assert len({name for _, _, name in order[:2]}) == 2
+    kept = workdir / RUN_DIR / "processes/TAB-1/small/numpy"
+    assert sorted(p.name for p in kept.iterdir()) == ["1.json", "2.json"]
+    logs = workdir / "logs/smoke/local/measure/TAB-1/small/numpy"
+    assert sorted(p.name for p in logs.iterdir()) == ["process-1.log", "process-2.log"]
+    assert "Nothing to be done" in snakemake(workdir, "-n", config=config).output
+    # `-F CELL` measures that cell again, every process of it, and nothing else.
+    other = cells["CV-1/small/numpy"].stat().st_mtime_ns
+    before = load_result(kept / "1.json")["timestamps"]["started"]
+    target = str(cells["TAB-1/small/numpy"].relative_to(workdir))
+    proc = snakemake(workdir, "--cores", "1", "-F", target, config=config)
+    assert executed(proc, "measure_process") == 2 and executed(proc, "measure") == 1
+    assert load_result(kept / "1.json")["timestamps"]["started"] > before
+    assert cells["CV-1/small/numpy"].stat().st_mtime_ns == other
+
+
 @pytest.mark.parametrize("profile", profile_names())
 def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
     workdir = copy_workflow(tmp_path / "checkout")
@@ -236,8 +279,15 @@ def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
     from datarax_bench.catalog import load_profile
 
     loaded = load_profile(profile, catalog)
-    expected = len(loaded.cells(catalog)) * len(all_adapters()) * len(loaded.styles)
-    assert planned(proc, "measure") == expected
+    cells = [
+        resolve_cell(loaded, catalog, scenario, variant, adapter.id, style)
+        for scenario, variant in loaded.cells(catalog)
+        for adapter in all_adapters()
+        for style in loaded.styles
+    ]
+    assert planned(proc, "measure") == len(cells)
+    # Each process before a cell's last is a job of its own.
+    assert planned(proc, "measure_process") == sum(processes_of(c) - 1 for c in cells)
     assert not (workdir / "results").exists()
     dag = snakemake(workdir, "--rulegraph", config=[f"profile={profile}"])
     assert "digraph" in dag.stdout and "measure" in dag.stdout

@@ -326,6 +326,9 @@ class Profile:
     styles: tuple[str, ...] = STYLES
     #: How the tuned style's parallelism sweep measures each point (`tuning.TuningSettings`).
     tuning: dict[str, Any] | None = None
+    #: Not from the profile's file: for a cell's later worker processes, the first process's
+    #: tuned choice, measured again without a sweep (`processes.worker_profile`).
+    tuned_choice: dict[str, Any] | None = None
 
     def variants_for(self, scenario: Scenario) -> list[str]:
         return list(self.variants.get(scenario.id, scenario.default_variants))

@@ -59,6 +59,12 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _process_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a process number, 1 or more")
+    return int(text)
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     """`--scenarios A B`, `--scenarios A,B` and repeated flags all mean the same."""
     if not values:
@@ -182,7 +188,8 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from .catalog import load_catalog, load_profile
-    from .runner import describe, resolve_cell, run_cell, run_matrix
+    from .results import load_result
+    from .runner import describe, resolve_cell, run_cell, run_matrix, run_process
 
     if bool(args.output) == bool(args.output_dir):
         raise UserError("run: pass exactly one of --output FILE (one cell) or --output-dir DIR")
@@ -212,6 +219,11 @@ def cmd_run(args) -> int:
         )
     if args.cells and not args.output_dir:
         raise UserError("run: --cells selects cells of a matrix; use it with --output-dir")
+    if args.output_dir and (args.process is not None or args.earlier is not None):
+        raise UserError(
+            "run: --process and --earlier measure part of one cell; use them with --output, "
+            "not --output-dir (a matrix measures its cells' processes in rounds itself)"
+        )
     if args.output_dir:
         if args.variant:
             raise UserError(
@@ -242,7 +254,11 @@ def cmd_run(args) -> int:
             )
         variant = options[0]
     cell = resolve_cell(profile, catalog, scenario.id, variant, adapters[0], args.style or "plain")
-    result = run_cell(cell, Path(args.output))
+    earlier = [load_result(Path(p)) for p in args.earlier or []]
+    if args.process is not None:
+        result = run_process(cell, Path(args.output), args.process - 1, earlier)
+    else:
+        result = run_cell(cell, Path(args.output), earlier)
     print(f"{cell.label}: {describe(result)} -> {args.output}")
     return 0
 
@@ -452,6 +468,21 @@ def build_parser() -> argparse.ArgumentParser:
         "performance guide); default: the profile's styles for --output-dir, plain for --output",
     )
     p.add_argument("--output", help="result JSON of one cell")
+    p.add_argument(
+        "--process",
+        type=_process_number,
+        help="with --output: measure only this process (from 1) of a cell measured in several "
+        "(the profile's measurement.processes) and write its own result; --earlier gives the "
+        "processes before it",
+    )
+    p.add_argument(
+        "--earlier",
+        nargs="*",
+        metavar="RESULT",
+        help="with --output: the results of the cell's first processes, measured before with "
+        "--process, in order; only the processes after them are measured, and --output is the "
+        "cell pooled over all (nothing is measured when one of them did not end ok)",
+    )
     p.add_argument("--output-dir", help="directory for a whole matrix")
     p.add_argument(
         "--resume-dir",

@@ -45,12 +45,16 @@ def _pooled(measure: str) -> bool:
     return entry is not None and entry.pooled
 
 
-def worker_profile(profile: Profile, measure: str, index: int) -> Profile:
+def worker_profile(
+    profile: Profile, measure: str, index: int, tuned_choice: dict[str, Any] | None = None
+) -> Profile:
     """The profile as process `index` (from 0) of a `measure` cell measures it.
 
     Pooled: the cold starts shared out among the processes (each starts at least its windows'
-    loader), the feed in the first only. Not pooled: one process measures the repetitions of
-    all of them, so that every cell of a profile has the same number of repetitions.
+    loader), the feed in the first only, and a later process measures the first's
+    `tuned_choice` (of a tuned cell) without a sweep. Not pooled: one process measures the
+    repetitions of all of them, so that every cell of a profile has the same number of
+    repetitions.
     """
     total = int(profile.measurement.get("processes", 1))
     if total == 1:
@@ -61,7 +65,14 @@ def worker_profile(profile: Profile, measure: str, index: int) -> Profile:
         return replace(profile, measurement={**m, **scaled})
     cold_starts = m.get("cold_starts", DEFAULT_COLD_STARTS)
     measurement = {**m, "cold_starts": max(1, -(-cold_starts // total))}
-    return replace(profile, feed=profile.feed if index == 0 else None, measurement=measurement)
+    later = {"feed": None, "tuned_choice": tuned_choice} if index > 0 else {}
+    return replace(profile, measurement=measurement, **later)
+
+
+def tuned_choice(first: dict[str, Any]) -> dict[str, Any] | None:
+    """What the first process's result says its tuned cell chose (None: nothing was tuned)."""
+    tuning = first.get("tuning") or {}
+    return tuning.get("chosen") if tuning.get("grid") else None
 
 
 def between_process_cv(groups: list[np.ndarray]) -> float:

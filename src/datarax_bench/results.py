@@ -56,17 +56,20 @@ def load_result(path: Path) -> dict[str, Any]:
 def cell_path(root: Path, scenario: str, variant: str, adapter: str, style: str = "plain") -> Path:
     """The layout shared by the CLI's --output-dir and the workflow: raw/S/V/A.json for the
     plain style, raw/S/V/A.STYLE.json for another."""
-    name = adapter if style == "plain" else f"{adapter}.{style}"
-    return Path(root) / "raw" / scenario / variant / f"{name}.json"
+    return Path(root) / "raw" / scenario / variant / f"{_cell_name(adapter, style)}.json"
 
 
 def process_path(
-    root: Path, scenario: str, variant: str, adapter: str, style: str, process: int
+    root: Path, scenario: str, variant: str, adapter: str, style: str, number: int | str
 ) -> Path:
-    """Where one process (from 0) of a cell measured in several keeps its own result until the
-    cell is pooled: processes/S/V/A[.STYLE]/K.json, K counted from 1."""
-    name = adapter if style == "plain" else f"{adapter}.{style}"
-    return Path(root) / "processes" / scenario / variant / name / f"{process + 1}.json"
+    """Where process `number` (counted from 1) of a cell measured in several keeps its own
+    result until the cell is pooled: processes/S/V/A[.STYLE]/K.json."""
+    name = _cell_name(adapter, style)
+    return Path(root) / "processes" / scenario / variant / name / f"{number}.json"
+
+
+def _cell_name(adapter: str, style: str) -> str:
+    return adapter if style == "plain" else f"{adapter}.{style}"
 
 
 #: Under a resume directory: one file per measurement started, `attempts/<cell path>/<stamp>`.

@@ -29,6 +29,7 @@ from .cell import Cell, CellClock, cell_identity, make_result, resolve_cell
 from .errors import UserError
 from .results import (
     ATTEMPTS_DIR,
+    cell_label,
     cell_path,
     load_result,
     process_path,
@@ -80,9 +81,15 @@ def _reap(proc: subprocess.Popen) -> None:
 
 
 def _run_worker(
-    cell: Cell, output: Path, lock_fd: int, number: int, process: int = 0
+    cell: Cell,
+    output: Path,
+    lock_fd: int,
+    number: int,
+    process: int = 0,
+    tuned: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One attempt at the cell in a worker process: (its result, the record of the attempt)."""
+    """One attempt at the cell in a worker process: (its result, the record of the attempt).
+    `tuned`: the first process's tuned choice, for a later process to measure again."""
     clock = CellClock()
     timeout = cell.profile.measurement["timeout_s"]
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +125,7 @@ def _run_worker(
         str(lifeline_read),
         "--process",
         str(process),
+        *(["--tuned-choice", json.dumps(tuned)] if tuned is not None else []),
     ]
     timed_out = False
     try:
@@ -200,25 +208,40 @@ def _failed(cell: Cell, clock: CellClock, detail: str, log_path: Path) -> dict[s
     )
 
 
-def _measure(cell: Cell, output: Path, lock_fd: int) -> dict[str, Any]:
-    """The cell's worker processes (the profile's `measurement.processes` for a pooled measure),
-    one after another, pooled into one result (`processes.pool`); the first that does not end
-    `ok` ends the cell. Every attempt of every process is recorded."""
-    total = processes.count(cell.profile, cell.workload.measure)
-    results = []
-    for process in range(total):
-        result = _attempts(cell, output, lock_fd, process, total)
+def _measure(
+    cell: Cell, output: Path, lock_fd: int, earlier: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """The cell's worker processes (the profile's `measurement.processes` for a pooled measure)
+    after the `earlier` ones, one after another, pooled into one result (`processes.pool`); the
+    first that does not end `ok` ends the cell. Every attempt of every process is recorded."""
+    total = processes_of(cell)
+    results = list(earlier)
+    for process in range(len(earlier), total):
+        tuned = processes.tuned_choice(results[0]) if results else None
+        result = _attempts(cell, output, lock_fd, process, total, tuned)
         results.append(result)
         if result["status"] != "ok":
             break
     return _pooled(cell, results, total)
 
 
+def processes_of(cell: Cell) -> int:
+    """How many worker processes measure the cell (1 for a cell that runs no loader)."""
+    return 1 if static_status(cell) else processes.count(cell.profile, cell.workload.measure)
+
+
 def _pooled(cell: Cell, results: list[dict[str, Any]], total: int) -> dict[str, Any]:
     return processes.pool(results, total, cell.profile.measurement.get("precision"))
 
 
-def _attempts(cell: Cell, output: Path, lock_fd: int, process: int, total: int) -> dict[str, Any]:
+def _attempts(
+    cell: Cell,
+    output: Path,
+    lock_fd: int,
+    process: int,
+    total: int,
+    tuned: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Attempts at one process until one does not fail, at most 1 + the profile's `retries`;
     the process's result, with the record of each attempt in `attempts`.
 
@@ -229,7 +252,7 @@ def _attempts(cell: Cell, output: Path, lock_fd: int, process: int, total: int) 
     which = f" (process {process + 1} of {total})" if total > 1 else ""
     attempts = []
     for number in range(1, cell.profile.retries + 2):
-        result, attempt = _run_worker(cell, output, lock_fd, number, process)
+        result, attempt = _run_worker(cell, output, lock_fd, number, process, tuned)
         if total > 1:
             attempt["process"] = process
         attempts.append(attempt)
@@ -240,27 +263,59 @@ def _attempts(cell: Cell, output: Path, lock_fd: int, process: int, total: int) 
     return result
 
 
-def _sweep_root(output: Path) -> Path:
-    """The `raw/` of a results directory that holds `output` (raw/S/V/A.json), else its folder."""
+def _sweep_roots(output: Path) -> list[Path]:
+    """Where a killed run may have left temporary files: the `raw/` and `processes/` of the
+    results directory that holds `output` (a cell's raw/S/V/A.json or a process's
+    processes/S/V/A/K.json), else its folder."""
     parents = output.resolve().parents
-    return parents[2] if len(parents) > 2 and parents[2].name == "raw" else output.parent
+    for depth, name in ((2, "raw"), (3, "processes")):
+        if len(parents) > depth and parents[depth].name == name:
+            return [parents[depth].parent / "raw", parents[depth].parent / "processes"]
+    return [output.parent]
 
 
-def run_cell(cell: Cell, output: Path) -> dict[str, Any]:
+def run_cell(cell: Cell, output: Path, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Measure (or classify) one cell and write its result atomically to `output`.
 
-    A measurement holds the machine's bench lock; SIGTERM and SIGHUP end it like Ctrl-C does,
-    killing the worker's processes and removing temporary files.
+    `earlier` are the results of the cell's first processes, measured before by `run_process`:
+    only the processes after them are measured, and the cell's result pools them all (none is
+    measured when one of them did not end `ok`). A measurement holds the machine's bench lock;
+    SIGTERM and SIGHUP end it like Ctrl-C does, killing the worker's processes and removing
+    temporary files.
     """
     output = Path(output)
     decided = static_status(cell)
+    _check_earlier(cell, earlier, processes_of(cell) - 1)
     if decided:
         result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
+    elif any(r["status"] != "ok" for r in earlier):
+        result = _pooled(cell, list(earlier), processes_of(cell))
     else:
         with _measuring(cell, output) as lock_fd:
-            result = _measure(cell, output, lock_fd)
+            result = _measure(cell, output, lock_fd, earlier)
     write_result(output, result)
     return result
+
+
+def _check_earlier(cell: Cell, earlier: Sequence[dict[str, Any]], most: int) -> None:
+    """Earlier processes' results are this cell's, and no more than it has before the one run."""
+    if len(earlier) > most:
+        raise UserError(
+            f"run --earlier: {len(earlier)} results given; {cell.label} is measured in "
+            f"{processes_of(cell)} process{'es' if processes_of(cell) > 1 else ''}, so at most "
+            f"{most} can come before"
+        )
+    identity = cell_identity(cell.profile, cell.workload, cell.adapter)
+    for index, result in enumerate(earlier):
+        other = result["cell"]
+        if other != identity:
+            label = cell_label(
+                other["scenario"], other["variant"], other["adapter"], other["style"]
+            )
+            raise UserError(
+                f"run --earlier: result {index + 1} is of cell {label} (profile "
+                f"{other['profile']}); expected one of {cell.label} (profile {cell.profile.name})"
+            )
 
 
 @contextlib.contextmanager
@@ -268,7 +323,8 @@ def _measuring(cell: Cell, output: Path):
     """The machine's bench lock, held while a worker measures; SIGTERM and SIGHUP end it like
     Ctrl-C does."""
     with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
-        supervision.sweep_stale_files(_sweep_root(output))
+        for root in _sweep_roots(output):
+            supervision.sweep_stale_files(root)
         yield lock_fd
 
 
@@ -283,14 +339,23 @@ def run_process(
     that status.
     """
     output = Path(output)
-    total = processes.count(cell.profile, cell.workload.measure)
+    total = processes_of(cell)
     if not 0 <= process < total:
         raise UserError(
             f"run --process {process + 1}: {cell.label} is measured in {total} process"
             f"{'es' if total > 1 else ''}; expected a number from 1 to {total}"
         )
+    if len(earlier) != process:
+        raise UserError(
+            f"run --process {process + 1}: {len(earlier)} results given with --earlier; expected "
+            f"the {process} of the processes before it"
+        )
+    _check_earlier(cell, earlier, process)
+    decided = static_status(cell)
     ended = next((i for i, r in enumerate(earlier) if r["status"] != "ok"), None)
-    if ended is not None:
+    if decided:
+        result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
+    elif ended is not None:
         result = make_result(
             earlier[ended]["status"],
             f"not measured: process {ended + 1} of {total} ended {earlier[ended]['status']}",
@@ -300,8 +365,9 @@ def run_process(
             CellClock(),
         )
     else:
+        tuned = processes.tuned_choice(earlier[0]) if earlier else None
         with _measuring(cell, output) as lock_fd:
-            result = _attempts(cell, output, lock_fd, process, total)
+            result = _attempts(cell, output, lock_fd, process, total, tuned)
     write_result(output, result)
     return result
 
@@ -357,7 +423,7 @@ def run_matrix(
     output_dir = Path(output_dir)
     started = utc_now()
     run = _Rounds(cells, output_dir, Path(resume_dir) if resume_dir else None, keep)
-    for round_ in range(max((run.total(c) for c in cells), default=0)):
+    for round_ in range(max((processes_of(c) for c in cells), default=0)):
         for i in range(len(cells)):
             if i not in run.results:
                 run.step(i, round_)
@@ -378,18 +444,10 @@ class _Rounds:
     """
 
     def __init__(self, cells: list[Cell], output_dir: Path, resume_dir: Path | None, keep):
-        self.cells, self.output_dir, self.resume_dir, self.keep = (
-            cells,
-            output_dir,
-            resume_dir,
-            keep,
-        )
+        self.cells, self.output_dir = cells, output_dir
+        self.resume_dir, self.keep = resume_dir, keep
         self.results: dict[int, dict[str, Any]] = {}
         self.measured: dict[int, list[dict[str, Any]]] = {}
-
-    @staticmethod
-    def total(cell: Cell) -> int:
-        return 1 if static_status(cell) else processes.count(cell.profile, cell.workload.measure)
 
     def _prefix(self, i: int) -> str:
         return f"[{i + 1}/{len(self.cells)}] {self.cells[i].label}"
@@ -399,7 +457,7 @@ class _Rounds:
         where = (w.scenario, w.variant, cell.adapter.id, cell.style)
         if process is None:
             return cell_path(self.output_dir, *where)
-        return process_path(self.output_dir, *where, process)
+        return process_path(self.output_dir, *where, process + 1)
 
     def _kept(self, path: Path, cell: Cell) -> dict[str, Any] | None:
         if self.resume_dir is None:
@@ -434,7 +492,7 @@ class _Rounds:
                 _say(f"{self._prefix(i)}: {describe(kept)} (kept in the resume directory)")
                 self.results[i] = kept
                 return
-        total = self.total(cell)
+        total = processes_of(cell)
         t0 = time.monotonic()
         if total <= 1:
             _say(f"{self._prefix(i)} ...")
@@ -453,7 +511,7 @@ class _Rounds:
             else:
                 _say(f"{self._prefix(i)} {which} ...")
                 self._started(part)
-                result = run_process(cell, part, round_)
+                result = run_process(cell, part, round_, measured)
                 self._keep(part, result)
                 _say(
                     f"{self._prefix(i)} {which}: {describe(result)} ({time.monotonic() - t0:.1f} s)"

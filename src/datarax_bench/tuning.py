@@ -212,6 +212,21 @@ def tune(
         note = f"{adapter.display_name} has no parallelism knob to tune"
         record = {"knobs": sorted(chosen), "grid": [], "chosen": chosen, "note": note}
         return with_settings(ctx, chosen), {**record, "cost_s": 0.0, "cached": False}
+    given = ctx.profile.tuned_choice
+    if given is not None:
+        # A later process of the cell measures what the first chose: its windows are pooled
+        # with the first's, which a sweep of its own (or a cache entry gone stale since, when
+        # the code changed between rounds) could contradict.
+        if given not in grid:
+            raise RuntimeError(
+                f"the first process chose {_describe(given)}, which is not a point of this "
+                f"process's grid ({usable_cores()} usable cores)"
+            )
+        if progress:
+            progress(f"tuning: the first process's choice {_describe(given)}")
+        note = "the first process's choice"
+        record = {"knobs": sorted(given), "grid": [], "chosen": given, "note": note}
+        return with_settings(ctx, given), {**record, "cost_s": 0.0, "cached": False}
     key = cache_key(adapter, ctx, grid, settings)
     path = cache_path(key)
     cached = _read_cached(path)

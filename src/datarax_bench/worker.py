@@ -7,6 +7,7 @@ results. It imports exactly one framework, so frameworks never interfere with ea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", default="plain")
     # Which of the cell's worker processes this is (datarax_bench.processes), from 0.
     parser.add_argument("--process", type=int, default=0)
+    # For a later process of a tuned cell: the first process's choice (JSON), measured again.
+    parser.add_argument("--tuned-choice", type=json.loads)
     # Given by the runner: the worker (and its group) must not outlive that process.
     parser.add_argument("--supervisor-pid", type=int)
     parser.add_argument("--lifeline-fd", type=int)
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
-        measured = worker_profile(profile, workload.measure, args.process)
+        measured = worker_profile(profile, workload.measure, args.process, args.tuned_choice)
         body = measure_cell(adapter, workload, dataset, measured, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
         result["workload"]["data_digest"] = dataset.digest

@@ -12,8 +12,10 @@ os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 from datarax_bench import cloud, managed
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
+from datarax_bench.cell import resolve_cell
 from datarax_bench.feed import fed_scenarios
-from datarax_bench.results import cell_path
+from datarax_bench.results import cell_path, process_path
+from datarax_bench.runner import processes_of
 from datarax_bench.workflow_config import check_config, one_line_errors
 
 # A bad config value, catalog or profile: one line and exit code 2 before any job, as the CLI.
@@ -42,6 +44,18 @@ RUN_DIR = f"{RESULTS}/{{profile}}/{{infra}}"
 # A plain cell is raw/S/V/A.json, another style's raw/S/V/A.STYLE.json: the style suffix is
 # empty or ".STYLE".
 CELL = str(cell_path(RUN_DIR, "{scenario}", "{variant}", "{adapter}{style_suffix}"))
+# A cell measured in several worker processes (the profile's measurement.processes) keeps each
+# process's own result here until the cell pools them: processes/S/V/A[.STYLE]/K.json.
+PROCESS = str(
+    process_path(
+        RUN_DIR,
+        "{scenario}",
+        "{variant}",
+        "{adapter}{style_suffix}",
+        "plain",
+        "{process}",
+    )
+)
 
 
 def _alternatives(names):
@@ -58,6 +72,7 @@ wildcard_constraints:
     adapter=_alternatives(adapter.id for adapter in all_adapters()),
     style_suffix="|"
     + _alternatives(f".{style}" for style in STYLES if style != "plain"),
+    process=r"[1-9][0-9]*",
 
 
 @cache
@@ -93,6 +108,49 @@ def get_cell_results(wildcards):
 def get_style(wildcards):
     """The cell's pipeline style, from its file name's style suffix."""
     return wildcards.style_suffix.lstrip(".") or "plain"
+
+
+@cache
+def process_count(profile_name, scenario, variant, adapter, style):
+    cell = resolve_cell(
+        profile_named(profile_name), CATALOG, scenario, variant, adapter, style
+    )
+    return processes_of(cell)
+
+
+def get_process_count(wildcards):
+    """How many worker processes measure the cell (1 for a cell that runs no loader)."""
+    return process_count(
+        wildcards.profile,
+        wildcards.scenario,
+        wildcards.variant,
+        wildcards.adapter,
+        get_style(wildcards),
+    )
+
+
+def _process_results(wildcards, numbers):
+    return [
+        PROCESS.format(**{**dict(wildcards.items()), "process": k}) for k in numbers
+    ]
+
+
+def get_earlier_processes(wildcards):
+    """The results of the cell's processes before process {process}, in order."""
+    return _process_results(wildcards, range(1, int(wildcards.process)))
+
+
+def get_first_processes(wildcards):
+    """The results of every process of the cell but its last, which `measure` measures itself
+    before pooling them all (none for a cell measured in one process)."""
+    return _process_results(wildcards, range(1, get_process_count(wildcards)))
+
+
+def get_process_priority(wildcards):
+    """Rounds: every cell's first process runs before any cell's second, and so on (the last
+    process, in `measure`, has the default priority 0). A cell's processes are then spread
+    over the run, so that their spread includes the machine's drift over it."""
+    return get_process_count(wildcards) - int(wildcards.process)
 
 
 def get_measured_settings(wildcards):
