@@ -11,9 +11,9 @@ process of every cell, then the second, ...) so that they also sample the machin
 the run; one cell alone runs them one after another.
 
 Only measures registered as `pooled` take part: their timed numbers are the windows. The first
-process also measures the tuning sweep (the later ones take its cached choice), the feed and
-the special metrics; the cold starts are shared out among the processes. Other measures run in
-one process that measures the repetitions of all of them.
+process also measures the tuning sweep (the later ones measure its choice, `tuned_choice`), the
+feed and the special metrics; the cold starts are shared out among the processes. Other measures
+run in one process that measures the repetitions of all of them.
 """
 
 from __future__ import annotations
