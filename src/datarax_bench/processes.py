@@ -19,6 +19,7 @@ run in one process that measures the repetitions of all of them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -96,7 +97,7 @@ def pool(
     total = total or len(results)
     if total == 1:
         return results[0]
-    ended = next((i for i, r in enumerate(results) if r["status"] != "ok"), None)
+    ended = ended_at(results)
     taken = results if ended is None else results[: ended + 1]
     pooled = (
         _process_ended(taken[-1], ended, total)
@@ -107,6 +108,11 @@ def pool(
     if attempts:
         pooled["attempts"] = attempts
     return pooled
+
+
+def ended_at(results: Sequence[dict[str, Any]]) -> int | None:
+    """The index of the first process that did not end `ok` (it ends the cell), else None."""
+    return next((i for i, r in enumerate(results) if r["status"] != "ok"), None)
 
 
 def _pool(results: list[dict[str, Any]], total: int, target: float | None) -> dict[str, Any]:

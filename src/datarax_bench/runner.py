@@ -288,7 +288,7 @@ def run_cell(cell: Cell, output: Path, earlier: Sequence[dict[str, Any]] = ()) -
     _check_earlier(cell, earlier, processes_of(cell) - 1)
     if decided:
         result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
-    elif any(r["status"] != "ok" for r in earlier):
+    elif processes.ended_at(earlier) is not None:
         result = _pooled(cell, list(earlier), processes_of(cell))
     else:
         with _measuring(cell, output) as lock_fd:
@@ -300,10 +300,10 @@ def run_cell(cell: Cell, output: Path, earlier: Sequence[dict[str, Any]] = ()) -
 def _check_earlier(cell: Cell, earlier: Sequence[dict[str, Any]], most: int) -> None:
     """Earlier processes' results are this cell's, and no more than it has before the one run."""
     if len(earlier) > most:
+        total = processes_of(cell)
         raise UserError(
             f"run --earlier: {len(earlier)} results given; {cell.label} is measured in "
-            f"{processes_of(cell)} process{'es' if processes_of(cell) > 1 else ''}, so at most "
-            f"{most} can come before"
+            f"{total} process{'es' if total > 1 else ''}, so at most {most} can come before"
         )
     identity = cell_identity(cell.profile, cell.workload, cell.adapter)
     for index, result in enumerate(earlier):
@@ -352,7 +352,7 @@ def run_process(
         )
     _check_earlier(cell, earlier, process)
     decided = static_status(cell)
-    ended = next((i for i, r in enumerate(earlier) if r["status"] != "ok"), None)
+    ended = processes.ended_at(earlier)
     if decided:
         result = make_result(*decided, cell.profile, cell.workload, cell.adapter, CellClock())
     elif ended is not None:
@@ -401,8 +401,8 @@ def run_matrix(
     is also written there as soon as it is, and a cell whose result is already there, for the
     same workload, settings and commit, is taken from it instead of measured: a run restarted
     on a fresh machine costs at most the cell (or process) that was in flight; each measurement
-    started is
-    recorded there too (`attempts/`), so that a cell measured again after an interruption shows.
+    started is recorded there too (`attempts/`), so that a cell measured again after an
+    interruption shows.
     `only` (cell ids, `S/V/A/STYLE`) keeps just those cells of the matrix: one shard's share.
     `keep` is called with each file written into `resume_dir` (where the directory stands for a
     bucket that is not mounted: it uploads the file).
