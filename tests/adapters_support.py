@@ -491,9 +491,9 @@ class _PerBatchLoader(NumpyLoader):
         for b in range(w.num_batches):
             elems = []
             for i in range(b * w.batch_size, (b + 1) * w.batch_size):
-                rng = reference.element_rng(self.ctx.seed, epoch, b)  # same draws for the batch
+                keys = reference.element_key(self.ctx.seed, epoch, b)  # same draws for the batch
                 elems.append(
-                    reference.apply_element(w.transforms, self.ctx.dataset.element(i), rng)
+                    reference.apply_element(w.transforms, self.ctx.dataset.element(i), keys)
                 )
             yield reference.collate(w.transforms, elems)
 

@@ -14,6 +14,7 @@ from datarax_bench.catalog import load_catalog
 from datarax_bench.cell import pipeline_steps
 from datarax_bench.data import materialize
 from datarax_bench.harness import batch_digest
+from datarax_bench.randomness import BatchKeys
 
 NUMPY_BATCH_OPS = get_adapter("numpy").batch_ops
 CATALOG = load_catalog()
@@ -120,13 +121,14 @@ def test_the_batched_reference_is_the_reference(sid, variant):
                 assert batch_digest(got) == batch_digest(want), (seed, epoch, b)
 
 
-def test_cv1_flip_draws_from_the_generator_the_crop_drew_from():
-    """Flipping with draws from fresh generators gives other batches: the batch step must carry
-    each element's generator on from its crop."""
+def test_cv1_flip_draws_with_the_step_number_it_has_in_the_plain_walk():
+    """Flipping with the keys of another step gives other batches: the batch step must draw
+    with the step number the flip has in the plain walk (after the crop's)."""
     w = _workload("CV-1", "small")
     dataset = materialize(w, seed=0)
     per_element, per_batch = ref.split_for_batches(w.transforms, NUMPY_BATCH_OPS)
     assert _ops(per_element) == ["random_resized_crop"]
+    assert ref.walk_length(per_element) == 1
     differs = 0
     for b in range(w.num_batches):
         want = ref.reference_batch(dataset, w.transforms, 0, 0, b, w.batch_size)
@@ -136,47 +138,53 @@ def test_cv1_flip_draws_from_the_generator_the_crop_drew_from():
         cropped = ref.collate(
             per_element,
             [
-                ref.apply_element(per_element, dataset.element(i), ref.element_rng(0, 0, i))
+                ref.apply_element(per_element, dataset.element(i), ref.element_key(0, 0, i))
                 for i in indices
             ],
         )
-        fresh = [ref.element_rng(0, 0, i) for i in indices]
-        wrong = ref.apply_batch_steps(per_batch, cropped, ref.REFERENCE_OPS, fresh)
+        restarted = BatchKeys(0, 0, list(indices), step=0)
+        wrong = ref.apply_batch_steps(per_batch, cropped, ref.REFERENCE_OPS, restarted)
         differs += batch_digest(wrong) != batch_digest(want)
-    assert differs, "fresh generators would have drawn the same flips: the check is blind"
+    assert differs, "the crop's step number would have drawn the same flips: the check is blind"
 
 
 def test_random_batch_steps_draw_one_value_per_row_in_batch_order():
     step = {"op": "random_window", "field": "tokens", "length": 4}
     tokens = np.arange(5 * 10).reshape(5, 10)
-    rngs = [ref.element_rng(3, 1, i) for i in range(5)]
-    batch = ref.apply_batch_steps([step], {"tokens": tokens}, ref.REFERENCE_OPS, rngs)
-    starts = [ref.draw_window_start(step, ref.element_rng(3, 1, i), (10,)) for i in range(5)]
+    keys = BatchKeys(3, 1, range(5))
+    batch = ref.apply_batch_steps([step], {"tokens": tokens}, ref.REFERENCE_OPS, keys)
+    starts = [int(ref.draw(step, ref.element_key(3, 1, i).next_step(), (10,))) for i in range(5)]
     np.testing.assert_array_equal(
         batch["tokens"], np.stack([tokens[i, s : s + 4] for i, s in enumerate(starts)])
     )
-    assert len(set(starts)) > 1
+    assert len(set(starts)) > 1 and keys.step == 1
 
 
-def test_a_random_batch_step_without_the_element_generators_is_refused():
+def test_a_random_batch_step_without_the_batch_keys_is_refused():
     step = {"op": "random_horizontal_flip", "field": "image", "p": 0.5}
-    with pytest.raises(ValueError, match="element generators"):
-        ref.apply_batch_step(step, {"image": np.zeros((2, 3, 3, 1))}, ref.REFERENCE_OPS)
+    with pytest.raises(ValueError, match="batch's keys"):
+        ref.apply_batch_step(step, {"image": np.zeros((2, 3, 3, 1))}, ref.REFERENCE_OPS, None)
     with pytest.raises(ValueError, match="whole batch"):
         ref.apply_batch_step(
             {"op": "gaussian_noise", "field": "image", "std": 1.0},
             {"image": np.zeros((2, 3, 3, 1))},
             ref.REFERENCE_OPS,
-            [ref.element_rng(0, 0, i) for i in range(2)],
+            BatchKeys(0, 0, range(2)),
         )
 
 
-def test_taking_the_kept_generators_out_of_the_elements():
-    rngs = [ref.element_rng(0, 0, i) for i in range(3)]
-    elements = [{"x": np.array([i]), ref.ELEMENT_RNG_KEY: r} for i, r in enumerate(rngs)]
-    rest, taken = ref.take_element_rngs(elements)
-    assert taken == rngs and all(set(e) == {"x"} for e in rest)
-    assert ref.take_element_rngs(rest) == (rest, None)
+def test_taking_the_kept_keys_out_of_the_elements():
+    keys = [ref.element_key(0, 0, i) for i in (4, 5, 6)]
+    for key in keys:
+        key.next_step()
+    elements = [{"x": np.array([i]), ref.ELEMENT_KEY: k} for i, k in enumerate(keys)]
+    rest, taken = ref.take_element_keys(elements)
+    assert list(taken.indices) == [4, 5, 6] and taken.step == 1
+    assert all(set(e) == {"x"} for e in rest)
+    assert ref.take_element_keys(rest) == (rest, None)
+    keys[0].next_step()
+    with pytest.raises(ValueError, match="different steps"):
+        ref.take_element_keys(elements)
 
 
 @pytest.mark.parametrize("adapter_id", ["numpy", "grain", "pytorch"])

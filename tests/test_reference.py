@@ -40,20 +40,21 @@ def test_same_seed_same_batch_other_seed_or_epoch_differs():
 
 
 def test_randomness_is_per_element_not_per_batch():
-    rng = [ref.element_rng(0, 0, i) for i in range(64)]
-    flips = [ref._random_horizontal_flip(np.arange(4).reshape(1, 4, 1), {"p": 0.5}, r) for r in rng]
+    keys = [ref.element_key(0, 0, i).next_step() for i in range(64)]
+    x = np.arange(4).reshape(1, 4, 1)
+    flips = [
+        ref._random_horizontal_flip(x, {"op": "random_horizontal_flip", "p": 0.5}, k) for k in keys
+    ]
     flipped = sum(int(f[0, 0, 0] == 3) for f in flips)
     assert 16 < flipped < 48
 
 
 def test_flip_probability_parameter_is_honoured():
     x = np.arange(6, dtype=np.float32).reshape(1, 6, 1)
-    never = [
-        ref._random_horizontal_flip(x, {"p": 0.0}, ref.element_rng(0, 0, i)) for i in range(50)
-    ]
-    always = [
-        ref._random_horizontal_flip(x, {"p": 1.0}, ref.element_rng(0, 0, i)) for i in range(50)
-    ]
+    keys = [ref.element_key(0, 0, i).next_step() for i in range(50)]
+    flip = {"op": "random_horizontal_flip"}
+    never = [ref._random_horizontal_flip(x, {**flip, "p": 0.0}, k) for k in keys]
+    always = [ref._random_horizontal_flip(x, {**flip, "p": 1.0}, k) for k in keys]
     assert all(np.array_equal(v, x) for v in never)
     assert all(np.array_equal(v, x[:, ::-1]) for v in always)
 
@@ -61,8 +62,9 @@ def test_flip_probability_parameter_is_honoured():
 def test_resized_crop_box_respects_scale_and_ratio():
     areas, ratios = [], []
     for i in range(300):
-        top, left, h, w = ref.sample_resized_crop_box(
-            ref.element_rng(0, 0, i), 100, 100, (0.2, 0.5), (0.75, 4 / 3)
+        step = {"scale": (0.2, 0.5), "ratio": (0.75, 4 / 3)}
+        top, left, h, w = ref.resized_crop_box(
+            step, ref.element_key(0, 0, i).next_step(), (100, 100)
         )
         assert 0 <= top <= 100 - h and 0 <= left <= 100 - w
         areas.append(h * w / 10000)

@@ -3,15 +3,17 @@
 This module *defines* what each transform does; the NumPy reference adapter runs it as is and
 every framework adapter must reproduce it (conformance tests compare against it).
 
-Randomness is per element: element `i` of epoch `e` draws from
-`np.random.default_rng([seed, e, i])`, in op order, so results do not depend on batching,
-worker count or iteration order. Images are channel-last (H, W, C); volumes (D, H, W, C).
-Arithmetic ops compute in float32.
+Randomness is per element and counter-based (`datarax_bench.randomness`): step `s` of element
+`i`'s walk in epoch `e` draws Threefry words keyed by (seed, e) at counter (i, s << 24 | draw),
+so results do not depend on batching, worker count or iteration order, and every framework can
+compute the same bits. Images are channel-last (H, W, C); volumes (D, H, W, C). Arithmetic ops
+compute in float32.
 
 The tuned styles apply a workload's trailing batchable steps (`split_for_batches`) to the stacked
 batch: value-wise ops as they are, and the random ops whose draws are a fixed number of scalars
-per element (`RANDOM_DRAWS`) with one draw per row, each from that row's element generator carried
-over from its per-element steps, so every generator sees the plain pipeline's draws in its order.
+per element (`RANDOM_DRAWS`) with one parameter per row, computed for all rows at once from the
+rows' element indices and the step's number in the plain walk, so every row gets the plain
+pipeline's draws.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
+from .randomness import (
+    CROP_DRAWS,
+    BatchKeys,
+    ElementKey,
+    StepKey,
+    below,
+    bernoulli,
+    crop_boxes,
+    element_words,
+    normal_values,
+    symmetric,
+)
 
 Element = dict[str, np.ndarray]
 F32 = np.float32
@@ -48,47 +63,34 @@ def chain_steps(step: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{**cycle[i % len(cycle)], "field": step["field"]} for i in range(step["depth"])]
 
 
-def element_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, index])
+def element_key(seed: int, epoch: int, index: int) -> ElementKey:
+    """The randomness of element `index` of `epoch`, at the start of its walk."""
+    return ElementKey(seed, epoch, index)
 
 
-#: The key under which a tuned pipeline keeps an element's generator with the element, from its
+#: The key under which a tuned pipeline keeps an element's key with the element, from its
 #: per-element steps to its batch's steps (taken out again before the batch is stacked).
-ELEMENT_RNG_KEY = "__element_rng__"
+ELEMENT_KEY = "__element_key__"
 
 
-# --- random parameter draws (shared so that frameworks can reuse the exact sampling) ---------
+# --- random parameter draws: words -> parameters, shared so that frameworks can reuse them --
 
 
-def sample_resized_crop_box(
-    rng: np.random.Generator, height: int, width: int, scale, ratio
-) -> tuple[int, int, int, int]:
-    """(top, left, h, w) like torchvision's RandomResizedCrop: 10 tries, then a centre crop."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    return centre_crop_box(height, width, ratio)
+def resized_crop_box(p: Mapping[str, Any], key: StepKey, shape) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of random_resized_crop for one element (`randomness.crop_boxes`)."""
+    box = crop_boxes(element_words(key, CROP_DRAWS), shape[0], shape[1], p["scale"], p["ratio"])
+    return tuple(int(v) for v in box)
 
 
-def centre_crop_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
-    """The fallback box of `sample_resized_crop_box`: the centre crop, its aspect clamped to
-    `ratio`. It depends only on the shapes, so adapters that draw all tries at once reuse it."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+def crop_3d_offsets(p: Mapping[str, Any], key: StepKey, shape) -> tuple[int, int, int]:
+    """(z, y, x) where random_crop_3d's box starts: three integers, one draw each."""
+    spans = [n - size + 1 for n, size in zip(shape[:3], p["size"], strict=True)]
+    return tuple(int(v) for v in below(element_words(key, 3)[:, 0], spans))
+
+
+def noise(p: Mapping[str, Any], key: StepKey, shape) -> np.ndarray:
+    """gaussian_noise's float32 values for one element (`randomness.normal_values`)."""
+    return normal_values(key, math.prod(shape), p["std"]).reshape(shape)
 
 
 def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -131,106 +133,119 @@ def hash_ids(ids: np.ndarray, num_buckets: int) -> np.ndarray:
     return h % num_buckets
 
 
-# --- the draws of the random ops that batch: (step, rng, element shape) -> parameter --------
-# One function per op, used by the per-element op and by the batch step alike, so that the two
-# cannot draw differently.
+# --- the draws of the random ops that batch: (step, words, element shape) -> parameters ------
+# One function per op, vectorised over leading axes of `words` (..., draws, 2), used by the
+# per-element op (one element's words) and by the batch step (every row's) alike, so that the
+# two cannot draw differently.
 
 
-def draw_flip(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> bool:
-    """Whether random_horizontal_flip flips this element."""
-    return bool(rng.random() < step["p"])
+def draw_flip(step: Mapping[str, Any], words: np.ndarray, element_shape) -> np.ndarray:
+    """Whether random_horizontal_flip flips: a Bernoulli(p) per element."""
+    return bernoulli(words[..., 0, 0], step["p"])
 
 
-def draw_brightness(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> F32:
-    """random_brightness's delta for this element, as the float32 it adds."""
-    return F32(rng.uniform(-step["max_delta"], step["max_delta"]))
+def draw_brightness(step: Mapping[str, Any], words: np.ndarray, element_shape) -> np.ndarray:
+    """random_brightness's float32 delta, uniform in [-max_delta, max_delta)."""
+    return symmetric(words[..., 0, 0], step["max_delta"])
 
 
-def draw_window_start(step: Mapping[str, Any], rng: np.random.Generator, element_shape) -> int:
+def draw_window_start(step: Mapping[str, Any], words: np.ndarray, element_shape) -> np.ndarray:
     """Where random_window's window starts along the element's first axis."""
-    return int(rng.integers(0, element_shape[0] - step["length"] + 1))
+    return below(words[..., 0, 0], element_shape[0] - step["length"] + 1).astype(np.int64)
 
 
-RANDOM_DRAWS: dict[str, Callable[[Mapping[str, Any], np.random.Generator, Any], Any]] = {
-    "random_horizontal_flip": draw_flip,
-    "random_brightness": draw_brightness,
-    "random_window": draw_window_start,
+@dataclass(frozen=True)
+class RandomDraw:
+    """A random op whose parameters are a fixed number of draws per element."""
+
+    draws: int
+    convert: Callable[[Mapping[str, Any], np.ndarray, Any], np.ndarray]
+
+
+RANDOM_DRAWS: dict[str, RandomDraw] = {
+    "random_horizontal_flip": RandomDraw(1, draw_flip),
+    "random_brightness": RandomDraw(1, draw_brightness),
+    "random_window": RandomDraw(1, draw_window_start),
 }
 
 
-# --- element ops: (array, params, rng) -> array ---------------------------------------------
+def draw(step: Mapping[str, Any], key: StepKey, element_shape):
+    """One element's parameter of a `RANDOM_DRAWS` op."""
+    spec = RANDOM_DRAWS[step["op"]]
+    return spec.convert(step, element_words(key, spec.draws), element_shape)
 
 
-def _random_resized_crop(x, p, rng):
-    top, left, h, w = sample_resized_crop_box(rng, x.shape[0], x.shape[1], p["scale"], p["ratio"])
+# --- element ops: (array, params, key) -> array ---------------------------------------------
+
+
+def _random_resized_crop(x, p, key):
+    top, left, h, w = resized_crop_box(p, key, x.shape)
     return resize_bilinear(x[top : top + h, left : left + w], *p["size"])
 
 
-def _random_horizontal_flip(x, p, rng):
-    return x[:, ::-1] if draw_flip(p, rng, x.shape) else x
+def _random_horizontal_flip(x, p, key):
+    return x[:, ::-1] if draw(p, key, x.shape) else x
 
 
-def _normalize(x, p, rng):
+def _normalize(x, p, key):
     mean = np.asarray(p["mean"], dtype=F32)
     std = np.asarray(p["std"], dtype=F32)
     return (x.astype(F32) - mean) / std
 
 
-def _random_crop_3d(x, p, rng):
+def _random_crop_3d(x, p, key):
     d, h, w = p["size"]
-    z0 = int(rng.integers(0, x.shape[0] - d + 1))
-    y0 = int(rng.integers(0, x.shape[1] - h + 1))
-    x0 = int(rng.integers(0, x.shape[2] - w + 1))
+    z0, y0, x0 = crop_3d_offsets(p, key, x.shape)
     return x[z0 : z0 + d, y0 : y0 + h, x0 : x0 + w]
 
 
-def _zscore(x, p, rng):
+def _zscore(x, p, key):
     v = x.astype(F32)
     return (v - v.mean(dtype=F32)) / (v.std(dtype=F32) + F32(p["epsilon"]))
 
 
-def _random_window(x, p, rng):
-    start = draw_window_start(p, rng, x.shape)
+def _random_window(x, p, key):
+    start = int(draw(p, key, x.shape))
     return x[start : start + p["length"]]
 
 
-def _truncate(x, p, rng):
+def _truncate(x, p, key):
     return x[: p["max_length"]]
 
 
-def _standardize(x, p, rng):
+def _standardize(x, p, key):
     return (x.astype(F32) - F32(p["mean"])) / F32(p["std"])
 
 
-def _log1p(x, p, rng):
+def _log1p(x, p, key):
     return np.log1p(np.maximum(x.astype(F32), F32(0)))
 
 
-def _hash_bucket(x, p, rng):
+def _hash_bucket(x, p, key):
     return hash_ids(x, p["num_buckets"])
 
 
-def _multiply(x, p, rng):
+def _multiply(x, p, key):
     return x.astype(F32) * F32(p["factor"])
 
 
-def _add(x, p, rng):
+def _add(x, p, key):
     return x.astype(F32) + F32(p["value"])
 
 
-def _random_brightness(x, p, rng):
-    return x.astype(F32) + draw_brightness(p, rng, x.shape)
+def _random_brightness(x, p, key):
+    return x.astype(F32) + draw(p, key, x.shape)
 
 
-def _clip(x, p, rng):
+def _clip(x, p, key):
     return np.clip(x.astype(F32), F32(p["low"]), F32(p["high"]))
 
 
-def _gaussian_noise(x, p, rng):
-    return x.astype(F32) + rng.normal(0.0, p["std"], size=x.shape).astype(F32)
+def _gaussian_noise(x, p, key):
+    return x.astype(F32) + noise(p, key, x.shape)
 
 
-def _cast(x, p, rng):
+def _cast(x, p, key):
     return x.astype(p["dtype"])
 
 
@@ -424,29 +439,30 @@ class LeafOps:
 
     `fields[op](value, step, key)` computes one field op; `embedding_lookup(step, ids)` looks
     ids up in `embedding_table`; `mean(outputs)` merges a branch_merge's branch outputs (float32).
-    `step_key(rng)` is the randomness one step receives (called once per step, in step order:
-    the reference passes its element generator on; a framework with stateless keys folds in a
-    counter). `batch_fields[op](batch, step, draws)` applies a random op of `RANDOM_DRAWS` to a
-    stacked batch, with one draw per row (`apply_batch_step`).
+    `step_key(keys)` is the randomness one step receives (called once per step, in step order:
+    the reference numbers the element's steps, `ElementKey.next_step`; a framework keeps its own
+    form of (seed, epoch, index, step)). `batch_fields[op](batch, step, params)` applies a random
+    op of `RANDOM_DRAWS` to a stacked batch, with one parameter per row (`apply_batch_step`).
     """
 
     fields: Mapping[str, Callable[[Any, Mapping[str, Any], Any], Any]]
     embedding_lookup: Callable[[Mapping[str, Any], Any], Any]
     mean: Callable[[list[Any]], Any]
-    step_key: Callable[[Any], Any] = lambda rng: rng  # noqa: E731 - the reference's: as is
-    batch_fields: Mapping[str, Callable[[Any, Mapping[str, Any], list[Any]], Any]] = field(
+    step_key: Callable[[Any], Any] = ElementKey.next_step
+    batch_fields: Mapping[str, Callable[[Any, Mapping[str, Any], Any], Any]] = field(
         default_factory=dict
     )
 
 
-def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, rng) -> None:
-    """One catalog step on `element` (a dict, changed in place) with `ops`' leaf ops."""
+def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, keys) -> None:
+    """One catalog step on `element` (a dict, changed in place) with `ops`' leaf ops; `keys` is
+    the element's randomness, which `ops.step_key` advances by one step per leaf step."""
     op, name = step["op"], step["field"]
     if op == "chain":
         for sub in chain_steps(dict(step)):
-            apply_step(sub, element, ops, rng)
+            apply_step(sub, element, ops, keys)
         return
-    key = ops.step_key(rng)
+    key = ops.step_key(keys)
     if op == "shift_targets":
         tokens = element.pop(name)
         element[step["inputs"]] = tokens[:-1]
@@ -458,7 +474,7 @@ def apply_step(step: Mapping[str, Any], element: dict[str, Any], ops: LeafOps, r
         for branch in step["branches"]:
             scratch = {name: element[name]}
             for sub in branch:
-                apply_step({**sub, "field": name}, scratch, ops, rng)
+                apply_step({**sub, "field": name}, scratch, ops, keys)
             outputs.append(scratch[name])
         # `mean` is the only merge the catalog schema admits.
         element[name] = ops.mean(outputs)
@@ -493,31 +509,42 @@ def split_for_batches(
 
 
 def draws_per_row(steps: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether any of these batch steps draws from the rows' element generators."""
+    """Whether any of these batch steps draws a parameter per row."""
     return any(s["op"] in RANDOM_DRAWS for s in steps)
 
 
+def walk_length(steps: Iterable[Mapping[str, Any]]) -> int:
+    """How many step keys a walk over `steps` takes: the number its next step gets."""
+    count = 0
+    for step in steps:
+        if step["op"] == "chain":
+            count += walk_length(chain_steps(dict(step)))
+        elif step["op"] == "branch_merge":
+            count += 1 + sum(walk_length(branch) for branch in step["branches"])
+        elif step["op"] not in BATCH_OPS:
+            count += 1
+    return count
+
+
 def apply_batch_step(
-    step: Mapping[str, Any],
-    batch: dict[str, Any],
-    ops: LeafOps,
-    rngs: list[np.random.Generator] | None = None,
+    step: Mapping[str, Any], batch: dict[str, Any], ops: LeafOps, keys: BatchKeys | None
 ) -> None:
     """One batchable step on a whole batch (a dict, changed in place) with `ops`' leaf ops.
 
-    A random step draws, for each row in batch order, from `rngs[row]`: that element's generator,
-    carried over from its per-element steps, so it draws what the plain pipeline draws there.
+    `keys` holds the rows' element indices and the step's number in the plain walk, which it
+    advances: a random step draws every row's parameter at once, the plain pipeline's draws.
     """
     op, name = step["op"], step["field"]
     if op not in BATCHABLE_OPS:
         raise ValueError(f"{op!r} cannot be applied to a whole batch")
+    key = keys.next_step() if keys is not None else None
     if op in RANDOM_DRAWS:
-        if rngs is None:
-            raise ValueError(f"{op!r} draws per element: it needs the batch's element generators")
+        if key is None:
+            raise ValueError(f"{op!r} draws per element: it needs the batch's keys")
         values = batch[name]
-        element_shape = tuple(values.shape[1:])
-        draws = [RANDOM_DRAWS[op](step, rng, element_shape) for rng in rngs]
-        batch[name] = ops.batch_fields[op](values, step, draws)
+        spec = RANDOM_DRAWS[op]
+        params = spec.convert(step, key.words(spec.draws), tuple(values.shape[1:]))
+        batch[name] = ops.batch_fields[op](values, step, params)
     elif op == "shift_targets":
         tokens = batch.pop(name)
         batch[step["inputs"]] = tokens[:, :-1]
@@ -532,23 +559,23 @@ def apply_batch_steps(
     steps: Iterable[Mapping[str, Any]],
     batch: dict[str, Any],
     ops: LeafOps,
-    rngs: list[np.random.Generator] | None = None,
+    keys: BatchKeys | None = None,
 ) -> dict[str, Any]:
     """`apply_batch_step` for each of `steps`, in order; returns `batch`."""
     for step in steps:
-        apply_batch_step(step, batch, ops, rngs)
+        apply_batch_step(step, batch, ops, keys)
     return batch
 
 
-def take_element_rngs(
+def take_element_keys(
     elements: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[np.random.Generator] | None]:
-    """(the elements without their kept generators, the generators in order, or None when the
-    elements keep none): what a tuned batch function does before it stacks."""
-    if not elements or ELEMENT_RNG_KEY not in elements[0]:
+) -> tuple[list[dict[str, Any]], BatchKeys | None]:
+    """(the elements without their kept keys, the batch's keys, or None when the elements keep
+    none): what a tuned batch function does before it stacks."""
+    if not elements or ELEMENT_KEY not in elements[0]:
         return elements, None
-    rest = [{k: v for k, v in e.items() if k != ELEMENT_RNG_KEY} for e in elements]
-    return rest, [e[ELEMENT_RNG_KEY] for e in elements]
+    rest = [{k: v for k, v in e.items() if k != ELEMENT_KEY} for e in elements]
+    return rest, BatchKeys.of([e[ELEMENT_KEY] for e in elements])
 
 
 def flat_steps(transforms: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -575,13 +602,13 @@ REFERENCE_OPS = LeafOps(
 
 
 def apply_element(
-    transforms: Iterable[Mapping[str, Any]], element: Mapping[str, np.ndarray], rng
+    transforms: Iterable[Mapping[str, Any]], element: Mapping[str, np.ndarray], keys: ElementKey
 ) -> Element:
     """Every element-level transform, in catalog order, on a copy of the element's dict."""
     out = dict(element)
     for step in transforms:
         if step["op"] not in BATCH_OPS:
-            apply_step(step, out, REFERENCE_OPS, rng)
+            apply_step(step, out, REFERENCE_OPS, keys)
     return out
 
 
@@ -619,7 +646,7 @@ def reference_batch(
     """Batch `batch_index` of `epoch` exactly as the reference defines it (tests use this)."""
     start = batch_index * batch_size
     elements = [
-        apply_element(transforms, dataset.element(i), element_rng(seed, epoch, i))
+        apply_element(transforms, dataset.element(i), element_key(seed, epoch, i))
         for i in range(start, start + batch_size)
     ]
     return collate(transforms, elements)
@@ -630,21 +657,20 @@ def batched_reference_batch(
 ) -> Element:
     """`reference_batch`, with the trailing batchable steps applied once to the stacked batch.
 
-    Each element's generator goes from its per-element steps to the batch's. With nothing left
-    to do per element and only dense fields, the batch is read as one slice of each array (the
-    bytes of stacking its elements).
+    The batch's random steps draw for every row at once (`BatchKeys`). With nothing left to do
+    per element and only dense fields, the batch is read as one slice of each array (the bytes
+    of stacking its elements).
     """
     per_element, per_batch = split_for_batches(transforms, BATCHABLE_OPS)
     start = batch_index * batch_size
     indices = range(start, start + batch_size)
     if not per_element and not dataset.ragged:
         batch = dataset.rows(list(indices))
-        rngs = [element_rng(seed, epoch, i) for i in indices] if draws_per_row(per_batch) else None
     else:
-        rngs = [element_rng(seed, epoch, i) for i in indices]
         elements = [
-            apply_element(per_element, dataset.element(i), rng)
-            for i, rng in zip(indices, rngs, strict=True)
+            apply_element(per_element, dataset.element(i), element_key(seed, epoch, i))
+            for i in indices
         ]
         batch = collate(per_element, elements)
-    return apply_batch_steps(per_batch, batch, REFERENCE_OPS, rngs)
+    keys = BatchKeys(seed, epoch, np.arange(start, start + batch_size), walk_length(per_element))
+    return apply_batch_steps(per_batch, batch, REFERENCE_OPS, keys)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from .. import reference
+from .. import randomness, reference
 
 f32 = jnp.float32
 
@@ -30,7 +30,7 @@ def resized_crop_sample(step, key, shape):
     h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = jnp.argmax(fits)
-    fb_top, fb_left, fb_h, fb_w = reference.centre_crop_box(height, width, ratio)
+    fb_top, fb_left, fb_h, fb_w = randomness.centre_crop_box(height, width, ratio)
     found = fits.any()
     h = jnp.where(found, h[first], fb_h)
     w = jnp.where(found, w[first], fb_w)

@@ -6,9 +6,10 @@ repeated over epochs, a per-element map, batching with drop-remainder inside the
 `to_iter_dataset` with `ReadOptions(num_threads=threads)` and `mp_prefetch` with `workers`
 processes from the profile.
 
-Each element is transformed with the reference semantics and the reference's per-element RNG
-(`np.random.default_rng([seed, epoch, index])`): numpy functions mapped per element are Grain's
-documented way to transform data, so batches equal the reference's bit for bit.
+Each element is transformed with the reference semantics and the reference's counter-based draws
+(`reference.element_key(seed, epoch, index)`, looked up per element): numpy functions mapped per
+element are Grain's documented way to transform data, so batches equal the reference's bit for
+bit.
 
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
@@ -16,10 +17,10 @@ the elements of the whole batches of an epoch), so worker processes start once p
 The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to whole batches, in
 the `batch_fn` of `MapDataset.batch`, Grain's hook for batch-level work: the same NumPy functions
-on stacked arrays, so the same bytes. A random batch step draws, row by row, from each element's
-own generator, which the per-element map keeps with the element (`reference.ELEMENT_RNG_KEY`)
-and the `batch_fn` takes out before stacking, so every generator draws in the plain order and
-nothing but arrays leaves a worker. Its worker processes, reader threads and prefetch buffer are
+on stacked arrays, so the same bytes. A random batch step draws for every row at once from the
+rows' keys, which the per-element map keeps with the element (`reference.ELEMENT_KEY`) and the
+`batch_fn` takes out before stacking, so every row gets the plain pipeline's draws and nothing but
+arrays leaves a worker. Its worker processes, reader threads and prefetch buffer are
 chosen by measurement (`tuning`), as Grain's performance guide advises tuning them to the machine.
 
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
@@ -40,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import formats, reference
+from .. import formats, randomness, reference
 from . import register
 from .base import Adapter, Batch, CellContext, Loader
 
@@ -53,37 +54,37 @@ class ElementTransform:
 
     Picklable for worker processes (the source it follows pickles itself: the cached arrays
     travel as their file names, ArrayRecord and TFDS sources as their paths).
-    `keep_rng`: the element keeps its generator (`reference.ELEMENT_RNG_KEY`) for the batch
-    steps that draw after it.
+    `keep_key`: the element keeps its key (`reference.ELEMENT_KEY`) for the batch steps that
+    draw after it.
     """
 
-    def __init__(self, transforms: list[dict], seed: int, per_epoch: int, keep_rng: bool = False):
+    def __init__(self, transforms: list[dict], seed: int, per_epoch: int, keep_key: bool = False):
         self.transforms = transforms
         self.seed = seed
         self.per_epoch = per_epoch
-        self.keep_rng = keep_rng
+        self.keep_key = keep_key
 
     def __call__(self, position: int, element: reference.Element) -> reference.Element:
         epoch, index = divmod(position, self.per_epoch)
-        rng = reference.element_rng(self.seed, epoch, index)
-        out = reference.apply_element(self.transforms, element, rng)
-        if self.keep_rng:
-            out[reference.ELEMENT_RNG_KEY] = rng
+        key = reference.element_key(self.seed, epoch, index)
+        out = reference.apply_element(self.transforms, element, key)
+        if self.keep_key:
+            out[reference.ELEMENT_KEY] = key
         return out
 
 
 class BatchFunction:
     """Grain `batch_fn`: the elements stacked as the reference does (`reference.collate`), then
-    the tuned style's batch steps, drawing from the generators the elements kept."""
+    the tuned style's batch steps, drawing with the keys the elements kept."""
 
     def __init__(self, transforms: list[dict], steps: list[dict]):
         self.transforms = transforms
         self.steps = steps
 
     def __call__(self, elements: list[reference.Element]) -> reference.Element:
-        elements, rngs = reference.take_element_rngs(list(elements))
+        elements, keys = reference.take_element_keys(list(elements))
         batch = reference.collate(self.transforms, elements)
-        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, rngs)
+        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
 
 
 def _records(ctx: CellContext):
@@ -136,11 +137,11 @@ class GrainLoader(Loader):
         )
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
-        keep_rng = reference.draws_per_row(per_batch)
+        keep_key = reference.draws_per_row(per_batch)
         self._batches = (
             records[:per_epoch]
             .repeat(None)
-            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch, keep_rng))
+            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch, keep_key))
             .batch(
                 self.batch_size,
                 drop_remainder=True,
@@ -153,7 +154,7 @@ class GrainLoader(Loader):
             "prefetch": prefetch,
             "mode": "mp_prefetch" if workers > 0 else "threads",
             "per_worker_buffer_size": max(1, prefetch) if workers > 0 else 0,
-            "rng": "reference per-element numpy rng",
+            "rng": f"reference {randomness.SCHEME} draws (numpy)",
         }
         if workers > 0:
             _ensure_absl_flags_parsed()

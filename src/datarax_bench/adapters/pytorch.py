@@ -5,19 +5,19 @@ processes (spawn start method: forking a process that imported JAX is unsafe), p
 `prefetch_factor` batches per worker, pinned memory on GPU machines, `drop_last=True`.
 
 Every transform runs per element in torch ops inside `Dataset.__getitem__` (in the workers). Random
-parameters are drawn per element from `reference.element_rng(seed, epoch, index)` with the
-reference's own sampling functions, in op order, so batches equal the reference's up to float
-rounding; the pixel, token and table work itself is done by torch. Gaussian noise is drawn by a
-torch generator seeded from that RNG (same distribution, not the reference's exact values).
+parameters are the reference's counter-based draws (`reference.element_key(seed, epoch, index)`,
+computed in NumPy an epoch chunk at a time and looked up per element) with the reference's own
+conversion functions, in op order, so batches equal the reference's bit for bit; the pixel,
+token and table work itself, Gaussian noise included, is done by torch.
 
 The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
 value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
 ops in the `collate_fn`, in the workers, after `default_collate` has stacked the elements (flips,
 adds and slices on a stacked tensor give the same bytes as per element), as PyTorch's
 data-loading docs describe for batch-level work ("Working with collate_fn"). A random batch step
-draws, row by row, with the reference's draw functions from each element's own generator, which
-`__getitem__` keeps with the element (`reference.ELEMENT_RNG_KEY`) and the `collate_fn` takes out
-before `default_collate`, so every generator draws in the plain order. When nothing is left per
+draws every row's parameter at once with the reference's draw functions from the rows' keys,
+which `__getitem__` keeps with the element (`reference.ELEMENT_KEY`) and the `collate_fn` takes
+out before `default_collate`, so every row gets the plain pipeline's draws. When nothing is left per
 element, `__getitems__` reads a batch's elements as one slice of each cached array; workers, persistent
 workers and pinned memory the plain style already uses, as its performance tuning guide advises;
 `num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, reference
+from .. import formats, randomness, reference
 from ..data import Dataset
 from . import register
 from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
@@ -53,14 +53,14 @@ class ElementDataset:
     `data_source`, the random-access reader TFDS documents for PyTorch.
     """
 
-    def __init__(self, ctx: CellContext, records, transforms=None, keep_rng: bool = False):
+    def __init__(self, ctx: CellContext, records, transforms=None, keep_key: bool = False):
         self.num_elements = ctx.workload.num_elements
         self.seed = ctx.seed
         steps = ctx.workload.transforms if transforms is None else transforms
         self.transforms = [s for s in steps if s["op"] not in reference.BATCH_OPS]
         self.records = records
-        # The element keeps its generator for the batch steps that draw after it.
-        self.keep_rng = keep_rng
+        # The element keeps its key for the batch steps that draw after it.
+        self.keep_key = keep_key
 
     def __len__(self) -> int:
         return self.num_elements
@@ -74,21 +74,21 @@ class ElementDataset:
             name: torch.from_numpy(value if value.flags.writeable else np.array(value))
             for name, value in self.records[index].items()
         }
-        rng = reference.element_rng(self.seed, epoch, index)
+        keys = reference.element_key(self.seed, epoch, index)
         for step in self.transforms:
-            reference.apply_step(step, element, TORCH_OPS, rng)
-        if self.keep_rng:
-            element[reference.ELEMENT_RNG_KEY] = rng
+            reference.apply_step(step, element, TORCH_OPS, keys)
+        if self.keep_key:
+            element[reference.ELEMENT_KEY] = keys
         return element
 
 
 @dataclass
 class SlicedBatch:
     """A batch's elements read as one slice of each field (`SlicedDataset.__getitems__`): the
-    stacked fields and, where batch steps draw, the elements' generators in batch order."""
+    stacked fields and, where batch steps draw, the rows' keys."""
 
     fields: dict[str, Any]
-    rngs: list[np.random.Generator] | None
+    keys: randomness.BatchKeys | None
 
 
 class SlicedDataset(ElementDataset):
@@ -101,10 +101,12 @@ class SlicedDataset(ElementDataset):
 
         rows = self.records.rows([index for _, index in keys])
         fields = {name: torch.from_numpy(value) for name, value in rows.items()}
-        rngs = None
-        if self.keep_rng:
-            rngs = [reference.element_rng(self.seed, epoch, index) for epoch, index in keys]
-        return SlicedBatch(fields, rngs)
+        batch_keys = None
+        if self.keep_key:
+            batch_keys = randomness.BatchKeys.of(
+                [reference.element_key(self.seed, epoch, index) for epoch, index in keys]
+            )
+        return SlicedBatch(fields, batch_keys)
 
 
 def _records(ctx: CellContext):
@@ -142,12 +144,10 @@ def _float(x):
     return x.to(torch.float32)
 
 
-def _random_resized_crop(x, p, rng):
+def _random_resized_crop(x, p, key):
     import torch.nn.functional as F
 
-    top, left, h, w = reference.sample_resized_crop_box(
-        rng, x.shape[0], x.shape[1], p["scale"], p["ratio"]
-    )
+    top, left, h, w = reference.resized_crop_box(p, key, x.shape)
     crop = _float(x[top : top + h, left : left + w]).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(
         crop, size=tuple(p["size"]), mode="bilinear", align_corners=False, antialias=False
@@ -155,13 +155,13 @@ def _random_resized_crop(x, p, rng):
     return out[0].permute(1, 2, 0).contiguous()
 
 
-def _random_horizontal_flip(x, p, rng):
+def _random_horizontal_flip(x, p, key):
     import torch
 
-    return torch.flip(x, dims=(1,)) if reference.draw_flip(p, rng, x.shape) else x
+    return torch.flip(x, dims=(1,)) if reference.draw(p, key, x.shape) else x
 
 
-def _normalize(x, p, rng):
+def _normalize(x, p, key):
     import torch
 
     mean = torch.tensor(p["mean"], dtype=torch.float32)
@@ -169,20 +169,18 @@ def _normalize(x, p, rng):
     return (_float(x) - mean) / std
 
 
-def _random_crop_3d(x, p, rng):
+def _random_crop_3d(x, p, key):
     d, h, w = p["size"]
-    z0 = int(rng.integers(0, x.shape[0] - d + 1))
-    y0 = int(rng.integers(0, x.shape[1] - h + 1))
-    x0 = int(rng.integers(0, x.shape[2] - w + 1))
+    z0, y0, x0 = reference.crop_3d_offsets(p, key, x.shape)
     return x[z0 : z0 + d, y0 : y0 + h, x0 : x0 + w].contiguous()
 
 
-def _zscore(x, p, rng):
+def _zscore(x, p, key):
     v = _float(x)
     return (v - v.mean()) / (v.std(correction=0) + p["epsilon"])
 
 
-def _standardize(x, p, rng):
+def _standardize(x, p, key):
     import torch
 
     return (_float(x) - torch.tensor(p["mean"], dtype=torch.float32)) / torch.tensor(
@@ -190,13 +188,13 @@ def _standardize(x, p, rng):
     )
 
 
-def _log1p(x, p, rng):
+def _log1p(x, p, key):
     import torch
 
     return torch.log1p(torch.clamp_min(_float(x), 0.0))
 
 
-def _hash_bucket(x, p, rng):
+def _hash_bucket(x, p, key):
     import torch
 
     h = ((x.to(torch.int64) & reference.MASK32) * reference.HASH_MULTIPLIER) & reference.MASK32
@@ -204,39 +202,36 @@ def _hash_bucket(x, p, rng):
     return torch.remainder(h, p["num_buckets"])
 
 
-def _multiply(x, p, rng):
+def _multiply(x, p, key):
     import torch
 
     return _float(x) * torch.tensor(p["factor"], dtype=torch.float32)
 
 
-def _add(x, p, rng):
+def _add(x, p, key):
     import torch
 
     return _float(x) + torch.tensor(p["value"], dtype=torch.float32)
 
 
-def _random_brightness(x, p, rng):
+def _random_brightness(x, p, key):
     import torch
 
-    delta = reference.draw_brightness(p, rng, x.shape)
+    delta = reference.draw(p, key, x.shape)
     return _float(x) + torch.tensor(delta, dtype=torch.float32)
 
 
-def _clip(x, p, rng):
+def _clip(x, p, key):
     return _float(x).clamp(float(np.float32(p["low"])), float(np.float32(p["high"])))
 
 
-def _gaussian_noise(x, p, rng):
+def _gaussian_noise(x, p, key):
     import torch
 
-    # Torch draws the noise, from a generator seeded by the element's reference RNG.
-    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
-    return _float(x) + noise * torch.tensor(p["std"], dtype=torch.float32)
+    return _float(x) + torch.from_numpy(reference.noise(p, key, tuple(x.shape)))
 
 
-def _cast(x, p, rng):
+def _cast(x, p, key):
     import torch
 
     return x.to(getattr(torch, np.dtype(p["dtype"]).name))
@@ -311,7 +306,7 @@ TORCH_OPS = reference.LeafOps(
 
 def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
     """Stack elements, then apply the batchable `steps` to the batch (the tuned style), drawing
-    from the generators the elements kept.
+    with the keys the elements kept.
 
     In a worker, the fields the steps made go into shared memory allocated there
     (`_shared_in_worker`), as `default_collate` does: tensors of the worker's heap are moved
@@ -321,11 +316,11 @@ def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
     from torch.utils.data import default_collate
 
     if isinstance(elements, SlicedBatch):
-        batch, rngs = dict(elements.fields), elements.rngs
+        batch, keys = dict(elements.fields), elements.keys
     else:
-        elements, rngs = reference.take_element_rngs(elements)
+        elements, keys = reference.take_element_keys(elements)
         batch = default_collate(elements)
-    return _shared_in_worker(reference.apply_batch_steps(steps, batch, TORCH_OPS, rngs))
+    return _shared_in_worker(reference.apply_batch_steps(steps, batch, TORCH_OPS, keys))
 
 
 def _shared_in_worker(batch: dict[str, Any]) -> dict[str, Any]:
@@ -415,13 +410,13 @@ class TorchLoader(Loader):
             collate = partial(pad_collate, batch_steps)
         elif per_batch:
             collate = partial(batch_collate, per_batch)
-        keep_rng = reference.draws_per_row(per_batch)
+        keep_key = reference.draws_per_row(per_batch)
         # One slice per batch where nothing is left per element and every field is dense.
         sliced = per_batch and not per_element and isinstance(records, Dataset)
         sliced = sliced and not records.ragged
         dataset_type = SlicedDataset if sliced else ElementDataset
         self.loader = DataLoader(
-            dataset_type(ctx, records, per_element, keep_rng),
+            dataset_type(ctx, records, per_element, keep_key),
             batch_size=ctx.workload.batch_size,
             sampler=self.sampler,
             drop_last=True,

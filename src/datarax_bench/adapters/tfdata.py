@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, reference
+from .. import formats, randomness, reference
 from . import register
 from ._tensorflow import import_tensorflow, visible_gpus
 from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
@@ -80,7 +80,7 @@ class _Ops:
         h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
         valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
         first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
-        f_top, f_left, f_h, f_w = reference.centre_crop_box(height, width, p["ratio"])
+        f_top, f_left, f_h, f_w = randomness.centre_crop_box(height, width, p["ratio"])
         found = tf.reduce_any(valid)
         h = tf.where(found, h[first], f_h)
         w = tf.where(found, w[first], f_w)
