@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from datarax_bench import compare, stats
+from datarax_bench import compare, randomness, stats
 from datarax_bench.catalog import load_profile
 from datarax_bench.cli import main
 from datarax_bench.results import cell_path, load_result, write_result
@@ -178,6 +178,21 @@ def test_a_different_data_digest_is_incomparable(tmp_path, templates):
     assert row.verdict == "incomparable" and not row.regression
     assert row.reason == "workload differs (data_digest, batch_size)"
     assert main(["compare", base, new]) == 0
+
+
+def test_runs_of_another_randomness_scheme_are_incomparable(tmp_path, templates):
+    """A random cell's bytes are its randomness scheme's draws: a run from before the counter-based
+    scheme (its workload names none) is neither faster nor slower, whatever its numbers."""
+    new = templates["PR-2/small"]
+    assert new["workload"]["randomness"] == randomness.SCHEME
+    assert new["provenance"]["randomness"] == randomness.SCHEME
+    assert "randomness" not in templates["TAB-1/small"]["workload"]  # draws nothing
+    old = copy.deepcopy(new)
+    del old["workload"]["randomness"]
+    base, new = runs(tmp_path, [old], [new])
+    (row,) = compared(base, new).rows
+    assert row.verdict == "incomparable" and not row.regression
+    assert row.reason == "workload differs (randomness)"
 
 
 def test_a_cell_measured_on_a_busy_machine_is_incomparable_not_slower(tmp_path, templates):

@@ -10,7 +10,8 @@ from typing import Any
 
 from . import paths, stats
 from .errors import UserError
-from .reference import OP_PARAMS, chain_steps
+from .randomness import SCHEME as RANDOMNESS_SCHEME
+from .reference import OP_PARAMS, RANDOM_OPS, chain_steps
 from .schemas import read_yaml, validate
 
 # Parameters whose string values are names (of fields, ops, dtypes), never dimensions.
@@ -69,7 +70,11 @@ class Workload:
         return list(_iter_ops(self.transforms))
 
     def to_dict(self) -> dict[str, Any]:
+        """The workload as results, reruns, the tuning cache and `compare` identify it: a random
+        workload names its randomness scheme, whose draws are part of its bytes."""
+        randomness = {"randomness": RANDOMNESS_SCHEME} if RANDOM_OPS & set(self.ops()) else {}
         return {
+            **randomness,
             "num_elements": self.num_elements,
             "batch_size": self.batch_size,
             "fields": {name: spec.to_dict() for name, spec in self.fields.items()},

@@ -44,7 +44,7 @@ DEFAULT_ALPHA = 0.01
 EXACT_MAX = 8
 FAILURES = ("failed", "timeout")
 REGRESSING = ("slower", "regressed")
-WORKLOAD_KEYS = ("data_digest", "transforms", "batch_size", "num_elements")
+WORKLOAD_KEYS = ("data_digest", "transforms", "batch_size", "num_elements", "randomness")
 
 Key = tuple[str, str, str, str | None]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from . import paths
+from . import paths, randomness
 
 #: Names the commit where a tree has no `.git` (an image built from an export, say). Cloud
 #: machines read their own: SkyPilot syncs `.git` with the workdir.
@@ -158,4 +158,5 @@ def collect(distributions=()) -> dict[str, Any]:
         "jax": jax_details,
         "gpu": gpu_name(jax_details),
         "environment": recorded_environment(),
+        "randomness": randomness.SCHEME,
     }
