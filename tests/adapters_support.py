@@ -82,8 +82,10 @@ def run_loader(
     seed: int = 0,
     epochs: tuple[int, ...] = (0,),
     prof=None,
+    parallelism: dict[str, Any] | None = None,
 ) -> list[list[dict[str, np.ndarray]]]:
-    """Every batch of the given epochs, as host NumPy arrays, one list per epoch.
+    """Every batch of the given epochs, as host NumPy arrays, one list per epoch; `parallelism`
+    overrides the profile's (workers, threads, ...).
 
     IO-1 cells read their backend's files (built from `dataset`) as the harness has them do."""
     source = None
@@ -92,7 +94,12 @@ def run_loader(
         if w.options["backend"] == "memory":
             dataset = dataset.load_into_memory()
     ctx = CellContext(
-        workload=w, dataset=dataset, profile=prof or profile(), seed=seed, source=source
+        workload=w,
+        dataset=dataset,
+        profile=prof or profile(),
+        seed=seed,
+        source=source,
+        parallelism_overrides=dict(parallelism or {}),
     )
     loader = adapter.open(ctx)
     try:
@@ -109,6 +116,11 @@ def reference_epoch(w: Workload, dataset: Dataset, seed: int, epoch: int):
         reference.reference_batch(dataset, w.transforms, seed, epoch, b, w.batch_size)
         for b in range(w.num_batches)
     ]
+
+
+def concatenated(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """An epoch's batches as one batch of all its elements, in order."""
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
 
 
 def elements(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -356,21 +368,19 @@ def check_pc2(w, dataset, got, want, indices) -> None:
     assert_varies_within_batches("brightness", _per_batch(g_mean, w.batch_size))
 
 
-class _FixedDraws:
-    """Stands in for the element RNG during a replay: brightness gets `delta`, flips `flip`."""
-
-    def __init__(self, delta: float, flip: bool):
-        self.delta, self.flip = delta, flip
-
-    def uniform(self, low, high):
-        return self.delta
-
-    def random(self):
-        return 0.0 if self.flip else 1.0
-
-
 def _replay(transforms, src: dict, delta: float, flip: bool) -> dict:
-    return reference.apply_element(transforms, src, _FixedDraws(delta, flip))
+    """The reference's ops on `src` with fixed draws: brightness adds `delta`, flips follow `flip`."""
+    fields = {
+        **reference.FIELD_OPS,
+        "random_brightness": lambda x, p, key: x.astype(np.float32) + np.float32(delta),
+        "random_horizontal_flip": lambda x, p, key: x[:, ::-1] if flip else x,
+    }
+    ops = dataclasses.replace(reference.REFERENCE_OPS, fields=fields)
+    out = dict(src)
+    keys = reference.element_key(0, 0, 0)
+    for step in transforms:
+        reference.apply_step(step, out, ops, keys)
+    return out
 
 
 def _candidate_deltas(transforms, src, name, out, flip) -> list[float]:
@@ -501,6 +511,47 @@ class _PerBatchLoader(NumpyLoader):
             elems = []
             for i in range(b * w.batch_size, (b + 1) * w.batch_size):
                 keys = reference.element_key(self.ctx.seed, epoch, b)  # same draws for the batch
+                elems.append(
+                    reference.apply_element(w.transforms, self.ctx.dataset.element(i), keys)
+                )
+            yield reference.collate(w.transforms, elems)
+
+
+class PositionKeyedAdapter(NumpyReference):
+    """Keys each element's draws by its position in the batch instead of its index."""
+
+    id = "test-position-keyed"
+
+    def open(self, ctx):
+        return _KeyedLoader(
+            ctx, lambda epoch, batch, index: (epoch, index % ctx.workload.batch_size)
+        )
+
+
+class WorkerKeyedAdapter(NumpyReference):
+    """Keys draws by the worker that reads the batch (two workers taking turns): each worker's
+    epoch seen as its own, so the draws repeat from worker to worker."""
+
+    id = "test-worker-keyed"
+
+    def open(self, ctx):
+        bs = ctx.workload.batch_size
+        return _KeyedLoader(
+            ctx, lambda epoch, batch, index: (epoch + batch % 2, index - (batch % 2) * bs)
+        )
+
+
+class _KeyedLoader(NumpyLoader):
+    def __init__(self, ctx, key_of):
+        super().__init__(ctx)
+        self.key_of = key_of
+
+    def epoch(self, epoch):
+        w = self.ctx.workload
+        for b in range(w.num_batches):
+            elems = []
+            for i in range(b * w.batch_size, (b + 1) * w.batch_size):
+                keys = reference.element_key(self.ctx.seed, *self.key_of(epoch, b, i))
                 elems.append(
                     reference.apply_element(w.transforms, self.ctx.dataset.element(i), keys)
                 )

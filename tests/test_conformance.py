@@ -9,6 +9,7 @@ per test session); a few end-to-end `datarax-bench run` cells show the same thro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -158,6 +159,32 @@ def test_the_tuned_pipeline_delivers_exactly_the_plain_pipelines_bytes(cell):
             assert batch_digest(t) == batch_digest(p), f"epoch {e} batch {b} differs"
 
 
+# Per-element draws: the same element gets the same draws however it is batched or whichever
+# worker reads it. The tuned styles draw a batch's random steps for all its rows at once.
+SPLIT_CELLS = [c for c in TUNED_CELLS if c[1] in ("CV-1", "NLP-1", "PR-2")]
+
+
+@pytest.mark.parametrize("cell", SPLIT_CELLS, ids=_ids(SPLIT_CELLS))
+def test_draws_follow_the_element_whatever_the_batch_size_or_worker_count(cell):
+    adapter_id, scenario, variant = cell
+    w = support.workload(scenario, variant)
+    dataset = support.probe_dataset(w)
+    want = support.concatenated(support.reference_epoch(w, dataset, 3, 1))
+    adapter = get_adapter(adapter_id).styled("tuned")
+    half = dataclasses.replace(w, batch_size=w.batch_size // 2)
+    for workload, workers in ((w, 0), (half, 2)):
+        assert workload.num_batches * workload.batch_size == w.num_batches * w.batch_size
+        (epoch,) = support.run_loader(
+            adapter, workload, dataset, 3, (1,), parallelism={"workers": workers}
+        )
+        support.assert_batches_equal(
+            w,
+            support.concatenated(epoch),
+            want,
+            where=f"batch {workload.batch_size}, {workers} workers",
+        )
+
+
 # --- the checks catch adapters that do less ------------------------------------------------
 
 
@@ -191,6 +218,29 @@ def test_an_adapter_doing_less_work_fails_the_checks(scenario, variant, adapter)
     want = _reference(scenario, variant, 0, ALL_EPOCHS)
     with pytest.raises(AssertionError):
         support.check_effects(w, dataset, got, want)
+
+
+MISKEYED = [
+    (scenario, variant, adapter)
+    for scenario, variant in (("CV-1", "small"), ("NLP-1", "small"), ("PC-1", "d5"))
+    for adapter in (
+        support.PerBatchRandomAdapter(),
+        support.PositionKeyedAdapter(),
+        support.WorkerKeyedAdapter(),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "scenario,variant,adapter", MISKEYED, ids=[f"{s}-{v}-{a.id}" for s, v, a in MISKEYED]
+)
+def test_draws_keyed_by_anything_but_the_element_fail_the_exact_check(scenario, variant, adapter):
+    w = support.workload(scenario, variant)
+    dataset = support.probe_dataset(w)
+    (got,) = support.run_loader(adapter, w, dataset, 0, (1,))
+    (want,) = _reference(scenario, variant, 0, (1,))
+    with pytest.raises(AssertionError):
+        support.assert_batches_equal(w, support.concatenated(got), support.concatenated(want))
 
 
 def test_the_unbroken_reference_passes_the_same_checks():
