@@ -45,6 +45,16 @@ def test_an_element_s_words_are_its_batch_s_row_whatever_the_chunk():
         )
 
 
+def test_a_batch_s_rows_across_chunks_are_its_words():
+    indices = np.array([3, r.CHUNK - 1, r.CHUNK, 3 * r.CHUNK + 2, 7], dtype=np.int64)
+    np.testing.assert_array_equal(
+        r.rows_words(9, 2, indices, 4, 3), r.batch_words(9, 2, indices, 4, 3)
+    )
+    np.testing.assert_array_equal(
+        r.rows_words(9, 2, indices[:1], 4, 3), r.batch_words(9, 2, indices[:1], 4, 3)
+    )
+
+
 def test_every_coordinate_of_a_draw_changes_its_words():
     base = r.batch_words(1, 0, [5], 2, 2)[0]
     for other in (

@@ -121,6 +121,21 @@ def element_words(key: StepKey, draws: int) -> np.ndarray:
     return _chunk_words(key.seed, key.epoch, key.step, draws, chunk)[row]
 
 
+def rows_words(seed: int, epoch: int, indices: np.ndarray, step: int, draws: int) -> np.ndarray:
+    """`batch_words` of `indices`, looked up in chunks computed at once (a batch's rows are
+    usually one or two chunks): the same words, without a Threefry pass per batch."""
+    chunks = indices // CHUNK
+    first, last = int(chunks.min()), int(chunks.max())
+    if first == last:
+        return _chunk_words(seed, epoch, step, draws, first)[indices - first * CHUNK]
+    out = np.empty((len(indices), draws, 2), dtype=U32)
+    for chunk in range(first, last + 1):
+        rows = chunks == chunk
+        if rows.any():
+            out[rows] = _chunk_words(seed, epoch, step, draws, chunk)[indices[rows] - chunk * CHUNK]
+    return out
+
+
 class ElementKey:
     """Where one element's walk stands: `next_step()` gives each step its key, in order."""
 
@@ -144,7 +159,8 @@ class BatchKey(NamedTuple):
     step: int
 
     def words(self, draws: int) -> np.ndarray:
-        return batch_words(self.seed, self.epoch, self.indices, self.step, draws)
+        """(rows, draws, 2) words, looked up in the chunks `element_words` uses."""
+        return rows_words(self.seed, self.epoch, self.indices, self.step, draws)
 
 
 class BatchKeys:
