@@ -5,6 +5,7 @@ that was in flight."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from datarax_bench.catalog import load_catalog, load_profile
+from datarax_bench.cell import resolve_cell
 from datarax_bench.results import load_result
+from datarax_bench.runner import kept_result
 
 ARGS = ["run", "--profile", "smoke", "--adapters", "numpy"]
 SCENARIOS = ["--scenarios", "TAB-1", "NLP-1", "CV-1", "PC-1"]
@@ -147,3 +151,26 @@ def test_bad_resume_arguments_are_one_line_and_exit_2(cli_path, tmp_path, extra,
     assert proc.returncode == 2
     assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_feed_change_makes_stale_exactly_the_cells_the_workflow_reruns(cli_path, tmp_path):
+    """One definition of a cell's settings (`Profile.settings(workload)`): results record it and
+    `--resume-dir` compares it, as the workflow's rerun trigger does (test_workflow's
+    `test_changed_settings_rerun_exactly_the_affected_cells`): a feed for CV-1 leaves a TAB-1
+    result current and makes a CV-1 result stale, whatever other cells the run holds."""
+    out = tmp_path / "run"
+    proc = _run(cli_path, *ARGS, "--scenarios", "TAB-1", "CV-1", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    catalog, smoke = load_catalog(), load_profile("smoke")
+    cells = _cells(out)
+
+    def kept(profile, scenario):
+        cell = resolve_cell(profile, catalog, scenario, "small", "numpy")
+        return kept_result(cells[f"{scenario}/small/numpy.json"], cell) is not None
+
+    assert kept(smoke, "TAB-1") and kept(smoke, "CV-1")
+    fed = dataclasses.replace(smoke, feed={"step_ms": [5], "scenarios": ["CV-1"]})
+    assert kept(fed, "TAB-1") and not kept(fed, "CV-1")
+    assert "feed" not in load_result(cells["TAB-1/small/numpy.json"])["settings"]
+    everywhere = dataclasses.replace(smoke, feed={"step_ms": [5]})
+    assert not kept(everywhere, "TAB-1")

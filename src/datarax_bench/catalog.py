@@ -20,6 +20,8 @@ NAME_KEYS = frozenset(
 )
 # Variant keys that configure a special measurement; a `tiny` block may override some of them.
 OPTION_KEYS = ("backend", "loading", "devices", "checkpoint_after", "epochs")
+#: The measure whose cells a profile's `feed` can add the feed measurement to.
+FEED_MEASURE = "throughput"
 # The option every variant of a scenario with this measure must set.
 REQUIRED_OPTION = {
     "source_backends": "backend",
@@ -343,7 +345,17 @@ class Profile:
         chosen = scenarios or self.scenarios
         return [(sid, v) for sid in chosen for v in self.variants_for(catalog.get(sid))]
 
-    def settings(self) -> dict[str, Any]:
+    def feeds(self, scenario: str, measure: str) -> bool:
+        """Whether this profile measures the feed (`feed.py`) of a cell of `scenario`."""
+        if self.feed is None or measure != FEED_MEASURE:
+            return False
+        return "scenarios" not in self.feed or scenario in self.feed["scenarios"]
+
+    def settings(self, workload: Workload | None = None) -> dict[str, Any]:
+        """The measurement settings; with `workload`, those of that one cell (the feed only where
+        the profile measures it). A cell's settings are the one definition of "measured with
+        other settings": results record them, and the workflow's rerun trigger, `--resume-dir`
+        and managed shards compare them."""
         settings = {
             "backend": self.backend,
             "size": self.size,
@@ -351,7 +363,10 @@ class Profile:
             "measurement": self.measurement,
             "parallelism": self.parallelism,
         }
-        if self.feed is not None:  # absent, not null: a profile without it re-runs nothing
+        fed = self.feed is not None
+        if workload is not None:
+            fed = self.feeds(workload.scenario, workload.measure)
+        if fed:  # absent, not null: a profile without it re-runs nothing
             settings["feed"] = self.feed
         if self.tuning is not None:
             settings["tuning"] = self.tuning
@@ -394,7 +409,7 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
                     f"{path}: variants.{sid}: unknown variant {v!r}; "
                     f"expected one of {', '.join(scenario.variants)}"
                 )
-    throughput = [s for s in doc["scenarios"] if catalog.scenarios[s].measure == "throughput"]
+    throughput = [s for s in doc["scenarios"] if catalog.scenarios[s].measure == FEED_MEASURE]
     for sid in doc.get("feed", {}).get("scenarios", []):
         if sid not in throughput:
             raise UserError(

@@ -95,7 +95,7 @@ def make_result(
         "cell": cell_identity(profile, workload, adapter),
         "pipeline": pipeline_steps(adapter, workload),
         "workload": workload.to_dict(),
-        "settings": profile.settings(),
+        "settings": profile.settings(workload),
         **body,
         "provenance": provenance.collect(adapter.distributions),
         "timestamps": clock.stamps(),

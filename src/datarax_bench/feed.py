@@ -42,8 +42,6 @@ EMULATION = "host timer"
 STEPS_IN_FLIGHT = 1
 #: The profile's `feed` keys that have defaults (workflow/schemas/profile.schema.yaml says the same).
 DEFAULTS = {"min_seconds": 1.0, "min_batches": 10, "threshold": 0.9}
-#: The measure whose cells get the feed measurement.
-MEASURE = "throughput"
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,6 @@ class FeedSettings:
     min_batches: int
     #: AU from which a step time counts as fed.
     threshold: float
-    #: The throughput scenarios measured; None: all of the profile's.
-    scenarios: tuple[str, ...] | None
 
     @classmethod
     def of(cls, profile: Profile) -> FeedSettings | None:
@@ -69,27 +65,19 @@ class FeedSettings:
             min_seconds=float(given["min_seconds"]),
             min_batches=int(given["min_batches"]),
             threshold=float(given["threshold"]),
-            scenarios=tuple(given["scenarios"]) if "scenarios" in given else None,
         )
-
-    def covers(self, scenario: str, measure: str) -> bool:
-        return measure == MEASURE and (self.scenarios is None or scenario in self.scenarios)
 
 
 def settings_for(profile: Profile, workload: Workload) -> FeedSettings | None:
     """The feed settings when this cell gets the feed measurement, else None."""
-    settings = FeedSettings.of(profile)
-    if settings is None or not settings.covers(workload.scenario, workload.measure):
+    if not profile.feeds(workload.scenario, workload.measure):
         return None
-    return settings
+    return FeedSettings.of(profile)
 
 
 def fed_scenarios(profile: Profile, catalog: Catalog, scenarios: Iterable[str]) -> list[str]:
     """Which of `scenarios` (a run's) the profile measures the feed of."""
-    settings = FeedSettings.of(profile)
-    if settings is None:
-        return []
-    return [s for s in scenarios if settings.covers(s, catalog.get(s).measure)]
+    return [s for s in scenarios if profile.feeds(s, catalog.get(s).measure)]
 
 
 # --- the emulated training loop ------------------------------------------------------------

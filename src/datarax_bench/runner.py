@@ -568,7 +568,7 @@ def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
     expected = json.loads(json.dumps({
         "cell": cell_identity(cell.profile, cell.workload, cell.adapter),
         "workload": cell.workload.to_dict(),
-        "settings": cell.profile.settings(),
+        "settings": cell.profile.settings(cell.workload),
     }))  # fmt: skip
     # The data digest is the data's, generated from the workload and the seed (in settings).
     stored = {**result, "workload": {k: v for k, v in result["workload"].items()

@@ -154,19 +154,19 @@ def get_process_priority(wildcards):
 
 
 def get_measured_settings(wildcards):
-    """The profile's measurement settings: a change re-runs the cells it affects (params trigger);
-    the feed affects only the scenarios it covers."""
+    """The cell's measurement settings: a change re-runs the cells it affects (params trigger)."""
     profile = profile_named(wildcards.profile)
-    settings = profile.settings()
-    if not fed_scenarios(profile, CATALOG, [wildcards.scenario]):
-        settings.pop("feed", None)
-    return settings
+    return profile.settings(get_cell_workload(wildcards))
+
+
+def get_cell_workload(wildcards):
+    size = profile_named(wildcards.profile).size
+    return CATALOG.get(wildcards.scenario).resolve(wildcards.variant, size)
 
 
 def get_workload(wildcards):
     """What the cell's loader must do, resolved from the catalog: a change re-runs that cell."""
-    size = profile_named(wildcards.profile).size
-    return CATALOG.get(wildcards.scenario).resolve(wildcards.variant, size).to_dict()
+    return get_cell_workload(wildcards).to_dict()
 
 
 def aggregate_outputs(profile=PROFILE.name, infra=INFRA):
@@ -305,13 +305,16 @@ def get_shard_settings(wildcards):
     """What the shard's cells measure: a change submits the shard again (params trigger), and
     its job measures again every cell the change affects."""
     profile = profile_named(wildcards.profile)
-    workloads = {
-        cid: CATALOG.get(cid.split("/")[0])
-        .resolve(cid.split("/")[1], profile.size)
-        .to_dict()
-        for cid in get_shard_cells(wildcards)
-    }
-    return {"settings": profile.settings(), "workloads": workloads}
+    cells = {}
+    for cid in get_shard_cells(wildcards):
+        workload = CATALOG.get(cid.split("/")[0]).resolve(
+            cid.split("/")[1], profile.size
+        )
+        cells[cid] = {
+            "workload": workload.to_dict(),
+            "settings": profile.settings(workload),
+        }
+    return cells
 
 
 def get_cell_shard_report(wildcards):
