@@ -1,4 +1,5 @@
-"""Packaging: exact pins everywhere, and environment.yml agrees with pyproject.toml."""
+"""Packaging: exact pins everywhere, environment.yml agrees with pyproject.toml, and the docs
+name every module of the package."""
 
 from __future__ import annotations
 
@@ -86,3 +87,41 @@ def test_a_cloud_machine_can_export_its_results():
     # The standalone task files install `.[bench,...]` and export to W&B from the machine.
     bench = _pins(_pyproject()["optional-dependencies"]["bench"])
     assert bench["wandb"] == _pins(_pyproject()["optional-dependencies"]["orchestrate"])["wandb"]
+
+
+def _layout_tables() -> dict[str, set[str]]:
+    """docs/layout.md's module tables: the folder each heading names -> the names its rows give."""
+    tables: dict[str, set[str]] = {}
+    folder = None
+    for line in (ROOT / "docs" / "layout.md").read_text().splitlines():
+        heading = re.match(r"^#+ `(src/datarax_bench/[^`]*)`", line)
+        if heading:
+            folder = heading.group(1).rstrip("/")
+            tables[folder] = set()
+        elif folder and (row := re.match(r"^\| `([^`]+)` \|", line)):
+            tables[folder].add(row.group(1))
+    return tables
+
+
+def test_the_layout_doc_names_every_module_of_the_package():
+    # The README links to docs/layout.md for the package's modules; a module added or removed
+    # without it makes the layout a lie.
+    tables = _layout_tables()
+    package = ROOT / "src" / "datarax_bench"
+    folders = [package, *(p for p in package.rglob("*") if (p / "__init__.py").is_file())]
+    for folder in folders:
+        key = folder.relative_to(ROOT).as_posix()
+        on_disk = {p.name for p in folder.glob("*.py")}
+        on_disk |= {f"{p.name}/" for p in folder.iterdir() if (p / "__init__.py").is_file()}
+        assert key in tables, f"docs/layout.md has no table for {key}/"
+        assert tables[key] == on_disk, (
+            f"docs/layout.md, {key}/: missing {sorted(on_disk - tables[key])}, "
+            f"not in the package {sorted(tables[key] - on_disk)}"
+        )
+    assert set(tables) == {f.relative_to(ROOT).as_posix() for f in folders}
+
+
+def test_the_readme_links_to_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, f"README.md does not link to docs/{page.name}"

@@ -3,7 +3,7 @@
 Windows of one process are seconds apart and share everything a process decides once: where its
 arrays landed in memory, which cores its threads settled on, its loader's start-up state. On a
 virtual machine those make one process's windows agree with each other more than with the next
-process's (docs/comparing.md has the measurements), so the spread of one process's windows
+process's (docs/measurements.md has the measurements), so the spread of one process's windows
 understates how much a rerun moves. With `measurement.processes: N` the supervisor runs the
 cell's worker N times and pools the windows, each labelled with its process, so that statistics
 and comparisons can see the spread between processes. A matrix runs them in rounds (the first
