@@ -23,6 +23,11 @@ rows' keys, which the per-element map keeps with the element (`reference.ELEMENT
 arrays leaves a worker. Its worker processes, reader threads and prefetch buffer are
 chosen by measurement (`tuning`), as Grain's performance guide advises tuning them to the machine.
 
+With nothing left to do per element over dense cached arrays (TAB-1, NLP-1), the tuned pipeline's
+records are the batches themselves: a `MapDataset` over batch numbers reads each batch as one
+slice of each array (the bytes of stacking its elements), as the NumPy and PyTorch tuned styles
+read them, instead of one record per element.
+
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
 `ArrayRecordDataSource` or TFDS's `data_source`.
 
@@ -87,6 +92,27 @@ class BatchFunction:
         return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
 
 
+class SlicedBatches:
+    """Grain `map_with_index` over batch numbers (the tuned style with nothing to do per element
+    over dense cached arrays): batch `k` read as one slice of each array, the bytes of stacking
+    its elements, then the batch steps, drawing with the rows' keys. Picklable for workers."""
+
+    def __init__(self, dataset, batch_size: int, num_batches: int, seed: int, steps: list[dict]):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.steps = steps
+
+    def __call__(self, position: int, _batch_number: int) -> reference.Element:
+        epoch, b = divmod(position, self.num_batches)
+        start = b * self.batch_size
+        indices = list(range(start, start + self.batch_size))
+        batch = self.dataset.rows(indices)
+        keys = randomness.BatchKeys(self.seed, epoch, indices)
+        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
+
+
 def _records(ctx: CellContext):
     """The elements as a Grain `MapDataset` read from the cell's source, and what was read.
 
@@ -108,6 +134,13 @@ def _records(ctx: CellContext):
         records = grain.MapDataset.source(source).map(formats.TfdsElement(ctx.workload.fields))
         return records, info
     return grain.MapDataset.source(ctx.dataset), formats.npy_source_info(ctx.dataset)
+
+
+def _reads_the_cache(ctx: CellContext) -> bool:
+    """Whether the loader reads the cached arrays (not an IO-1 file backend) and every field is
+    dense, so that a batch is one slice of each array."""
+    backend = ctx.workload.options.get("backend")
+    return backend in (None, "memory", "npy_mmap") and not ctx.dataset.ragged
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -138,16 +171,30 @@ class GrainLoader(Loader):
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
         keep_key = reference.draws_per_row(per_batch)
-        self._batches = (
-            records[:per_epoch]
-            .repeat(None)
-            .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch, keep_key))
-            .batch(
-                self.batch_size,
-                drop_remainder=True,
-                batch_fn=BatchFunction(w.transforms, per_batch),
+        if batch_ops and not per_element and _reads_the_cache(ctx):
+            # Grain reads a record per element; with nothing to do per element, a source whose
+            # records are the batches reads each as one slice (Grain's MapDataset over batch
+            # numbers; its threads, workers and prefetch as in every other pipeline).
+            self._batches = (
+                grain.MapDataset.range(self.num_batches)
+                .repeat(None)
+                .map_with_index(
+                    SlicedBatches(
+                        ctx.dataset, self.batch_size, self.num_batches, ctx.seed, per_batch
+                    )
+                )
             )
-        )
+        else:
+            self._batches = (
+                records[:per_epoch]
+                .repeat(None)
+                .map_with_index(ElementTransform(per_element, ctx.seed, per_epoch, keep_key))
+                .batch(
+                    self.batch_size,
+                    drop_remainder=True,
+                    batch_fn=BatchFunction(w.transforms, per_batch),
+                )
+            )
         self.parallelism = {
             "threads": threads,
             "workers": workers,
