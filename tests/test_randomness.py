@@ -119,6 +119,14 @@ def test_crop_boxes_fit_follow_scale_and_ratio_and_fall_back_to_the_centre():
         r.crop_boxes(words[:1], 4096, 4096, (0.5, 1.0), (1.0, 1.0))
 
 
+def test_an_element_s_crop_box_is_its_row_of_the_batch_s_boxes():
+    indices = np.array([0, 5, r.CHUNK + 1])
+    boxes = r.crop_boxes(r.batch_words(4, 1, indices, 2, r.CROP_DRAWS), 40, 30, (0.1, 1), (0.5, 2))
+    for row, index in enumerate(indices):
+        key = r.StepKey(4, 1, int(index), 2)
+        assert r.element_crop_box(key, 40, 30, [0.1, 1], [0.5, 2]) == tuple(boxes[row])
+
+
 def test_normal_noise_has_the_stated_distribution_and_is_per_element():
     table = r.normal_table()
     assert table.dtype == np.float32 and len(table) == 1 << 16

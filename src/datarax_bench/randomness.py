@@ -272,6 +272,22 @@ def crop_boxes(words, height: int, width: int, scale, ratio) -> np.ndarray:
     return np.stack([top, left, h, w], axis=-1).astype(np.int64)
 
 
+@lru_cache(maxsize=256)
+def _chunk_crop_boxes(seed, epoch, step, chunk, height, width, scale, ratio) -> np.ndarray:
+    words = _chunk_words(seed, epoch, step, CROP_DRAWS, chunk)
+    return crop_boxes(words, height, width, scale, ratio)
+
+
+def element_crop_box(key: StepKey, height: int, width: int, scale, ratio) -> tuple[int, ...]:
+    """One element's `crop_boxes` box, looked up in a chunk's boxes computed at once (a box
+    alone costs about as much numpy work as a chunk's)."""
+    chunk, row = divmod(key.index, CHUNK)
+    boxes = _chunk_crop_boxes(
+        key.seed, key.epoch, key.step, chunk, height, width, tuple(scale), tuple(ratio)
+    )
+    return tuple(int(v) for v in boxes[row])
+
+
 @cache
 def normal_table() -> np.ndarray:
     """2¹⁶ float32 standard-normal quantiles at the bin centres (j + 0.5) / 2¹⁶."""

@@ -27,13 +27,12 @@ from typing import Any
 import numpy as np
 
 from .randomness import (
-    CROP_DRAWS,
     BatchKeys,
     ElementKey,
     StepKey,
     below,
     bernoulli,
-    crop_boxes,
+    element_crop_box,
     element_words,
     normal_values,
     symmetric,
@@ -78,8 +77,7 @@ ELEMENT_KEY = "__element_key__"
 
 def resized_crop_box(p: Mapping[str, Any], key: StepKey, shape) -> tuple[int, int, int, int]:
     """(top, left, h, w) of random_resized_crop for one element (`randomness.crop_boxes`)."""
-    box = crop_boxes(element_words(key, CROP_DRAWS), shape[0], shape[1], p["scale"], p["ratio"])
-    return tuple(int(v) for v in box)
+    return element_crop_box(key, shape[0], shape[1], p["scale"], p["ratio"])
 
 
 def crop_3d_offsets(p: Mapping[str, Any], key: StepKey, shape) -> tuple[int, int, int]:
@@ -292,7 +290,8 @@ def _rows(values, batch) -> np.ndarray:
 
 
 def _flip_rows(x, p, flips):
-    out = np.array(x)
+    # A stacked batch owns its memory: flip its rows in place rather than copy the whole batch.
+    out = x if x.flags.owndata and x.flags.writeable else np.array(x)
     rows = np.flatnonzero(flips)
     out[rows] = x[rows, :, ::-1]
     return out
