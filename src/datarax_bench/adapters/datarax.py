@@ -1,18 +1,24 @@
 """Datarax: a `MemorySource` feeding a `datarax.Pipeline` of operators, batched and JIT-compiled.
 
 Every catalog step is one Datarax operator (an `OperatorModule` subclass, the framework's
-extension point): `generate_random_params` draws the step's random parameters from the
-per-record keys Datarax derives (`fold_in(base_key, record_index)`, folded once more with the
-epoch so that epochs differ like the reference's), and `apply` transforms one element in JAX;
-Datarax vmaps it over the batch and the pipeline compiles source gather + all operators into
-one XLA computation per batch (`for batch in pipeline`, its recommended loop).
+extension point): `generate_random_params` draws the step's random parameters for the batch's
+records and `apply` transforms one element in JAX; Datarax vmaps it over the batch and the
+pipeline compiles source gather + all operators into one XLA computation per batch (`for batch in
+pipeline`, its recommended loop).
 
 Its plain pipeline already is the vectorised one its design recommends (per-element operators
 vmapped over the batch in one compiled computation), so the tuned style builds the same
 pipeline: there is no per-element work left to move after batching.
 
-Randomness follows JAX's PRNG, not NumPy's: random pipelines match the reference's
-distributions and invariants, not its bits. Deterministic pipelines match it exactly.
+Randomness is the reference's (`datarax_bench.randomness`), computed inside the compiled
+pipeline with JAX's own threefry: Datarax hands each operator the global indices of the batch's
+records (their positions in the epoch, which this adapter starts at 0 every epoch), and a random
+step draws Threefry-2x32-20 words keyed by (seed, epoch) at counter (index, walk step << 24 |
+draw), converted with the reference's integer-first arithmetic (`_datarax_ops`). Datarax's own
+per-record keys (`fold_in(base_key, index)`) are not used: no other framework computes them. So
+random pipelines deliver the reference's batches, their float ops within a few units in the last
+place where XLA computes them differently (reductions, transcendental functions, a division by a
+broadcast scalar, which XLA turns into a multiplication by its reciprocal).
 
 What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
 data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
@@ -24,20 +30,21 @@ averages the field. Every other workload stays a linear `Pipeline(stages=...)`.
 
 Checkpoints use Datarax's iterator state (`PipelineIterator.get_state()`/`set_state()`: records
 consumed and the RNG streams' counts, "for exact mid-epoch resume"), written as JSON, plus the
-epoch this adapter folds into every record's key.
+epoch that keys every draw.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import formats, reference
+from .. import formats, randomness, reference
 from ..catalog import Workload
 from . import register
 from ._tensorflow import import_tensorflow
@@ -64,47 +71,67 @@ def _first_use(workload: Workload, name: str) -> str | None:
     return None
 
 
-def _jax_ops() -> dict[str, tuple[Callable | None, Callable]]:
-    from ._datarax_ops import JAX_OPS  # imports JAX: only once a pipeline is built
-
-    return JAX_OPS
-
-
 @functools.cache
 def _operator_class():
     """The Datarax operator class, defined on first use so that importing this module is light."""
     import jax
     import jax.numpy as jnp
     from datarax.core.config import OperatorConfig
-    from datarax.core.operator import OperatorModule
+    from datarax.core.operator import OperatorModule, extract_batch_size
     from flax import nnx
 
-    jax_ops = _jax_ops()
+    from ._datarax_ops import JAX_OPS as jax_ops
+    from ._datarax_ops import BatchKey
 
     class CatalogStep(OperatorModule):
-        """One catalog step on one element; random parameters drawn per record."""
+        """One catalog step on one element; random parameters drawn per record, the reference's.
 
-        def __init__(self, step: dict[str, Any], embedding: np.ndarray | None, *, rngs):
+        `walk_step` is the step's number in the element's walk (`reference.apply_step`), which
+        with the seed, the epoch and the record's index keys its draws.
+        """
+
+        def __init__(self, step, embedding, *, seed: int, walk_step: int, rngs):
             random = step["op"] in reference.RANDOM_OPS
             config = OperatorConfig(stochastic=random, stream_name="augment" if random else None)
+            # Datarax draws a stochastic operator's base key from `rngs`; these operators do not
+            # use it (their draws are keyed by the record index, `generate_random_params`).
             super().__init__(config, rngs=rngs if random else None, name=f"{step['op']}")
             self.step = dict(step)
             self.embedding = nnx.data(None if embedding is None else jnp.asarray(embedding))
-            # Folded into every record's key, so that each epoch draws anew (the reference's
-            # rng is keyed on (seed, epoch, index)); a plain Variable, carried per batch.
+            self.seed = seed & reference.MASK32
+            self.walk_step = walk_step
+            if random:
+                randomness.counter_word(walk_step, 0)  # a walk too long for the counter fails here
+            # The epoch keys the draws; a plain Variable, set by the loader per epoch and carried
+            # through Datarax's compiled iteration.
             self.epoch = nnx.Variable(jnp.zeros((), dtype=jnp.uint32))
 
-        def _sample(self, key, shape):
-            sample = jax_ops[self.step["op"]][0]
-            return sample(self.step, key, shape)
-
         def generate_random_params(self, element_keys, data_shapes):
+            """The records' parameters from their global indices, `element_keys` (shape
+            (batch,)): the reference's draws for (seed, epoch, index, walk step), one row each."""
             if not self.stochastic:
                 return None
-            epoch = self.epoch[...]
-            keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(element_keys)
-            shape = data_shapes[self.step["field"]][1:]
-            return jax.vmap(lambda k: self._sample(k, shape))(keys)
+            indices = jnp.asarray(element_keys, dtype=jnp.uint32)
+            key = BatchKey(jnp.uint32(self.seed), self.epoch[...], indices, self.walk_step)
+            sample = jax_ops[self.step["op"]][0]
+            return sample(self.step, key, data_shapes[self.step["field"]][1:])
+
+        def _vmap_apply(self, batch_data, batch_states, stats=None, global_indices=None):
+            # Datarax folds each record's global index into its operator's base key
+            # (`per_record_keys`), keys no other framework computes. The reference keys the same
+            # index with the seed, the epoch and the step instead: a random step draws for the
+            # batch's indices themselves, then applies per record under vmap as Datarax does.
+            if not self.stochastic:
+                return super()._vmap_apply(batch_data, batch_states, stats, global_indices)
+            data_shapes = jax.tree.map(lambda x: x.shape, batch_data)
+            if global_indices is None:  # Datarax's fallback when a batch has no positions
+                global_indices = jnp.arange(extract_batch_size(data_shapes), dtype=jnp.uint32)
+            params = self.generate_random_params(global_indices, data_shapes)
+
+            def apply_one(data, record_params):
+                return self.apply(data, None, None, record_params)[0]
+
+            return jax.vmap(apply_one)(batch_data, params), batch_states
 
         def apply(self, data, state, metadata, random_params=None, stats=None):
             step, name = self.step, self.step["field"]
@@ -116,9 +143,6 @@ def _operator_class():
             elif step["op"] == "embedding_lookup":
                 out[step["output"]] = jnp.take(self.embedding, out.pop(name), axis=0)
             else:
-                if self.stochastic and random_params is None:
-                    # Output-structure discovery (eval_shape) calls apply without params.
-                    random_params = self._sample(jax.random.key(0), out[name].shape)
                 out[name] = jax_ops[step["op"]][1](step, out[name], random_params)
             return out, state, metadata
 
@@ -202,6 +226,9 @@ class DataraxLoader(Loader):
         self.num_batches = w.num_batches
         self._step_class = _operator_class()
         self._rngs = nnx.Rngs(augment=jax.random.key(ctx.seed))
+        self._seed = ctx.seed
+        # Numbers the operators' steps as the reference's walk does, in the order they are built.
+        self._walk_steps = itertools.count()
         self.operators = []
         steps = reference.flat_steps(w.transforms)
         source, self.source_info = _source(ctx)
@@ -233,13 +260,16 @@ class DataraxLoader(Loader):
             "mode": "jit",
             "execution": "one jax.jit step per batch (source gather + vmapped operators)",
             "source": "MemorySource, staged on the JAX device once per loader",
+            "rng": f"reference {randomness.SCHEME} draws (JAX threefry)",
         }
 
     def _operator(self, step: dict[str, Any]):
         table = None
         if step["op"] == "embedding_lookup":
             table = reference.embedding_table(step["num_rows"], step["dim"], step["table_seed"])
-        op = self._step_class(step, table, rngs=self._rngs)
+        op = self._step_class(
+            step, table, seed=self._seed, walk_step=next(self._walk_steps), rngs=self._rngs
+        )
         self.operators.append(op)
         return op
 
@@ -258,6 +288,7 @@ class DataraxLoader(Loader):
             if step["op"] != "branch_merge":
                 last = add(f"step_{i}", self._operator(step), last)
                 continue
+            next(self._walk_steps)  # the merge's own step, before its branches' steps
             ends = []
             for b, branch in enumerate(step["branches"]):
                 tip = last
@@ -304,7 +335,7 @@ class DataraxLoader(Loader):
 
     def _set_epoch(self, epoch: int) -> None:
         for op in self.operators:
-            op.epoch.set_value(self._jnp.asarray(epoch, dtype=self._jnp.uint32))
+            op.epoch.set_value(self._jnp.asarray(epoch & reference.MASK32, dtype=self._jnp.uint32))
 
     def close(self) -> None:
         self.operators = []
