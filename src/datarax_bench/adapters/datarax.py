@@ -155,6 +155,8 @@ def _merge_class():
     import jax.numpy as jnp
     from flax import nnx
 
+    from ._datarax_ops import divided
+
     class MeanMerge(nnx.Module):
         """Merge node: the element-wise mean of one field over its branches' batches.
 
@@ -167,7 +169,7 @@ def _merge_class():
 
         def __call__(self, *branches: dict) -> dict:
             values = [b[self.field].astype(jnp.float32) for b in branches]
-            merged = sum(values[1:], values[0]) / jnp.float32(len(values))
+            merged = divided(sum(values[1:], values[0]), jnp.float32(len(values)))
             return {**branches[0], self.field: merged}
 
     return MeanMerge
