@@ -16,9 +16,8 @@ records (their positions in the epoch, which this adapter starts at 0 every epoc
 step draws Threefry-2x32-20 words keyed by (seed, epoch) at counter (index, walk step << 24 |
 draw), converted with the reference's integer-first arithmetic (`_datarax_ops`). Datarax's own
 per-record keys (`fold_in(base_key, index)`) are not used: no other framework computes them. So
-random pipelines deliver the reference's batches, their float ops within a few units in the last
-place where XLA computes them differently (reductions, transcendental functions, a division by a
-broadcast scalar, which XLA turns into a multiplication by its reciprocal).
+random pipelines deliver the reference's batches bit for bit, but where XLA computes a float op
+its own way: zscore's sums (added in another order) and log1p, a few units in the last place.
 
 What Datarax cannot express: `pad_batch` (padding each batch to its own longest sequence is a
 data-dependent shape, and a compiled pipeline has static shapes) and ragged fields in general.
