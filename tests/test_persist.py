@@ -111,7 +111,7 @@ def test_run_step_puts_results_in_the_s3_bucket(results_template, wandb_env, tmp
     out.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(results_template), str(out)], check=True)
     (home / ".datarax-bench-env").write_text(f'export PATH="{CLI.parent}:$PATH"\n')
-    variant = standalone.write_bucket_task(path, tmp_path / "gpu-bucket.yaml")
+    variant = standalone.write_bucket_task(path, tmp_path / "gpu-bucket.yaml", "s3")
     config = (
         yaml.safe_load(variant.read_text()) if with_bucket else yaml.safe_load(path.read_text())
     )
@@ -119,6 +119,8 @@ def test_run_step_puts_results_in_the_s3_bucket(results_template, wandb_env, tmp
     if with_bucket:
         envs["DATARAX_BENCH_BUCKET"] = "dxb-results"
     with storage.moto_server(tmp_path) as endpoint:
+        if with_bucket:  # an existing bucket, mounted by its URI
+            storage.s3_client(endpoint).create_bucket(Bucket="dxb-results")
         mounts = storage.prepare_mounts(config, envs, home, endpoint)
         assert bool(mounts) == with_bucket
         body = storage.wrap_job(_run_step_without_measuring(path), mounts, endpoint)

@@ -119,6 +119,37 @@ def test_plain_launches_are_on_demand_and_managed_jobs_ask_for_spot(path, tmp_pa
     assert asked == {"launch": {None}, "jobs": {True}}
 
 
+def _make_index(path: Path) -> int:
+    (index,) = [i for i, c in enumerate(header_commands(path)) if c[0] == "datarax-bench"]
+    return index
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_the_standalone_bucket_is_mounted_by_its_uri_whatever_the_cloud(
+    scheme, tmp_path, monkeypatch
+):
+    """An S3 bucket launched on GCP stays the S3 bucket: SkyPilot is given its URI."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import sky as sky_lib
+
+    path = ROOT / "benchmarks" / "sky" / "cpu-benchmark.yaml"
+    output = tmp_path / "cpu-bucket.yaml"
+    args = ["task-file", str(path), "--results-bucket", scheme, "-o", str(output)]
+    assert cli.main(args) == 0
+    config = yaml.safe_load(output.read_text())
+    assert config["file_mounts"] == {
+        "~/datarax-bench-bucket": {"source": f"{scheme}://${{DATARAX_BENCH_BUCKET}}",
+                                   "mode": "MOUNT_CACHED"}
+    }  # fmt: skip
+    config["resources"]["infra"] = "gcp"
+    task = sky_lib.Task.from_yaml_config(config, env_overrides=[("DATARAX_BENCH_BUCKET", BUCKET)])
+    (store,) = task.storage_mounts.values()
+    assert store.source == f"{scheme}://{BUCKET}" and store.name is None
+    # The store must be named: there is no bare-name bucket.
+    assert cli.main(["task-file", str(path), "--results-bucket", "-o", str(output)]) == 2
+    assert cli.main(["task-file", str(path), "--results-bucket", "r2", "-o", str(output)]) == 2
+
+
 def _bucket_variant(path: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
     """Run the header's `datarax-bench task-file` line; return the new file and its launch."""
     monkeypatch.chdir(tmp_path)
@@ -135,6 +166,7 @@ def _bucket_variant(path: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list
 def test_bucket_variant_loads_and_mounts_the_named_bucket(path, tmp_path, monkeypatch):
     import sky as sky_lib
     from sky import clouds
+    from sky.data import data_utils
     from sky.data.storage import StorageMode
     from sky.utils import registry
 
@@ -150,7 +182,12 @@ def test_bucket_variant_loads_and_mounts_the_named_bucket(path, tmp_path, monkey
     task = sky_lib.Task.from_yaml_config(copy.deepcopy(config), env_overrides=envs)
     (mount,) = task.storage_mounts.items()
     assert mount[0] == standalone.BUCKET_MOUNT == "~/datarax-bench-bucket"
-    assert (mount[1].name, mount[1].mode) == (BUCKET, StorageMode.MOUNT_CACHED)
+    # By its URI on the store the header names: SkyPilot connects to that existing bucket
+    # (`Storage.construct` picks the store from the scheme) instead of creating one by name
+    # on the store of the cloud the job lands on.
+    scheme = option(header_commands(path)[_make_index(path)], "--results-bucket")[0]
+    assert (mount[1].source, mount[1].mode) == (f"{scheme}://{BUCKET}", StorageMode.MOUNT_CACHED)
+    assert mount[1].name is None and data_utils.is_cloud_store_url(mount[1].source)
     # Forgetting the --env is refused by SkyPilot before anything launches.
     with pytest.raises(ValueError, match="DATARAX_BENCH_BUCKET"):
         sky_lib.Task.from_yaml_config(copy.deepcopy(config))
