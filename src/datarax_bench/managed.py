@@ -104,10 +104,11 @@ def render_task(
         kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
         keep_report = f'datarax-bench upload {out}/doctor.json "{kept}/{report}"'
         resume = f'--resume-bucket "{kept}"'
-    task["run"] = (
-        f"{cloud.doctor_command(profile.name)}\n{keep_report}\n"
+    task["run"] = cloud.run_body(
+        *cloud.doctor_commands(profile.name),
+        keep_report,
         f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
-        f"{resume} --cells ${CELLS_ENV}\n"
+        f"{resume} --cells ${CELLS_ENV}",
     )
     if mounted:
         # The existing bucket by its URI: SkyPilot mounts it from its own store on whichever
