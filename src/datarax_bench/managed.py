@@ -117,6 +117,9 @@ def render_task(
         # cloud (GCS on GCP), where the pull from the named store would never find the results.
         task = with_results_bucket(task, bucket_scheme)
     envs = task["envs"] = dict(task.get("envs") or {})
+    # The job's workdir reaches it through a storage upload, which leaves `.git` out: its
+    # results name the commit (and `run --resume-dir` reuses a kept cell) only by these.
+    envs.update(provenance.commit_envs())
     # null: given per shard with --env; SkyPilot refuses a launch that leaves one unset.
     envs.update({BUCKET_ENV: None, CELLS_ENV: None, BUCKET_KEY_ENV: None})
     cloud.validate_task(

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from . import paths, provenance
 from .buckets import SCHEMES
 from .cloud import load_task
 from .files import write_text_atomic
@@ -158,11 +158,17 @@ def write_bucket_task(template: Path, output: Path, scheme: str) -> Path:
     task = with_results_bucket(load_task(template), scheme)
     # An absolute workdir (the checkout): the new file may live anywhere.
     task["workdir"] = str(paths.project_root())
+    # As a managed job (`sky jobs launch`) the workdir reaches the machine through a storage
+    # upload without `.git`: its results name the commit, and a recovered job reuses the cells
+    # in the bucket, only by these (`sky launch` syncs `.git`, which then wins).
+    task["envs"].update(provenance.commit_envs())
     output = Path(output)
     header = (
         f"# {template.name} with the results bucket {scheme}://$DATARAX_BENCH_BUCKET; made by "
-        f"`datarax-bench task-file --results-bucket {scheme}`.\n# sky launch THIS_FILE --env "
-        "DATARAX_BENCH_BUCKET=<bucket> ... (see the header of the original)\n"
+        f"`datarax-bench task-file --results-bucket {scheme}`.\n# It names the commit of the "
+        "checkout when it was made: make it again after changing the code.\n"
+        "# sky launch THIS_FILE --env DATARAX_BENCH_BUCKET=<bucket> ... (see the header of the "
+        "original)\n"
     )
     write_text_atomic(
         output, header + yaml.safe_dump(task, sort_keys=False, default_flow_style=False)
