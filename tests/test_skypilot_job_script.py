@@ -152,3 +152,17 @@ def test_cluster_bodies_end_through_skypilot_wait_with_their_own_status(node, ru
     proc = node.run(command, {}, run_exit)
     _waited(node, proc)
     assert proc.returncode == run_exit and node.lines("calls")[-1].startswith("run --profile")
+
+
+def test_the_loopback_builds_job_scripts_as_skypilot_does(tmp_path, monkeypatch):
+    """tests/loopback/skypilot_job.py puts the run text into SkyPilot's own script around a
+    placeholder, built once: the result is what SkyPilot's function builds."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    from loopback import skypilot_job
+
+    texts = [yaml.safe_load(p.read_text())["run"] for p in TASK_FILES]
+    texts += [cloud.remote_cell_command("ci_cpu", "TAB-1", "small", "numpy"), "exit 3", ""]
+    assert all(skypilot_job.matches_skypilot(text) for text in texts)
+    cache = tmp_path / "task_script.json"
+    assert skypilot_job.task_script("true", cache) == skypilot_job.task_script("true")
+    assert cache.is_file()
