@@ -133,6 +133,8 @@ def test_a_preempted_job_recovers_with_its_task_id_and_resumes_from_the_bucket(c
     assert logs.returncode == 0, logs.stdout + logs.stderr
     assert logs.stdout.count("setup ran") == 2  # the fresh machine ran setup again
     assert f"Managed job finished: {job_id} (status: SUCCEEDED)." in logs.stdout
+    # SkyPilot's own wait ended the job, once the uploader had logged its last upload.
+    assert "skypilot: cached mount upload complete" in logs.stdout
     header, row = table.splitlines()[-2:]
     assert header.split()[:3] == ["ID", "TASK", "NAME"]
 

@@ -91,6 +91,51 @@ def test_rendered_task_mounts_the_bucket_and_measures_only_its_cells(
         assert task["resources"]["job_recovery"] == {"max_restarts_on_errors": 1}
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
+
+@pytest.mark.parametrize("make", ["managed", "standalone"])
+def test_a_managed_job_names_the_commit_its_uploaded_workdir_lacks(make, tmp_path, monkeypatch):
+    """SkyPilot uploads a managed job's workdir without `.git`: the task carries the commit and
+    the dirty flag, and the job's provenance reads them there."""
+    import shutil
+
+    import sky
+    import yaml
+
+    from datarax_bench import provenance, standalone
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    provenance.git_info.cache_clear()
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "-uno"))
+    if make == "managed":
+        task = managed.render_task(load_profile("gpu_a100"), bucket_scheme="s3")
+        overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"),
+                     (managed.BUCKET_KEY_ENV, "k"), ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
+    else:  # `datarax-bench task-file`, for `sky jobs launch` of a standalone task file
+        path = ROOT / "benchmarks" / "sky" / "gpu-benchmark.yaml"
+        task = yaml.safe_load(
+            standalone.write_bucket_task(path, tmp_path / "t.yaml", "s3").read_text()
+        )
+        overrides = [("DATARAX_BENCH_BUCKET", "dxb-results")]
+    loaded = sky.Task.from_yaml_config(json.loads(json.dumps(task)), env_overrides=overrides)
+    assert loaded.envs["DATARAX_BENCH_GIT_COMMIT"] == commit
+    assert loaded.envs["DATARAX_BENCH_GIT_DIRTY"] == ("true" if dirty else "false")
+    # On the job's machine: the synced tree without `.git`, the task's environment.
+    synced = tmp_path / "sky_workdir"
+    shutil.copytree(ROOT / "config", synced / "config")
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(synced))
+    for key, value in loaded.envs.items():
+        monkeypatch.setenv(key, value)
+    provenance.git_info.cache_clear()
+    try:
+        assert provenance.git_info() == (commit, dirty)
+    finally:
+        provenance.git_info.cache_clear()
+
+
 def test_the_results_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     import sky

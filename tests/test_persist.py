@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import test_wandb_export as test_export
 import yaml
-from loopback import storage
+from loopback import skypilot_job, storage
 from test_wandb_export import SENTINEL_KEY, _closed_port, assert_key_nowhere, offline_run_dir
 
 from datarax_bench import standalone
@@ -102,16 +102,20 @@ def _run_step_without_measuring(path: Path) -> str:
 
 
 @pytest.mark.parametrize("with_bucket", [True, False], ids=["bucket", "no-bucket"])
-def test_run_step_puts_results_in_the_s3_bucket(results_template, wandb_env, tmp_path, with_bucket):
-    """The gpu task's run step on a node HOME: with the bucket variant and `--env
-    DATARAX_BENCH_BUCKET`, the job's files reach the S3 bucket; without, the job fails."""
+def test_run_step_puts_results_in_the_s3_bucket(
+    results_template, wandb_env, tmp_path, with_bucket, monkeypatch
+):
+    """The gpu task's run step on a node HOME, in the job script SkyPilot makes of it: with the
+    bucket variant and `--env DATARAX_BENCH_BUCKET`, the job's files reach the S3 bucket before
+    SkyPilot's wait lets the job end; without, the job fails."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # importing sky writes ~/.sky
     path = ROOT / "benchmarks" / "sky" / "gpu-benchmark.yaml"
     home = tmp_path / "node-home"
     out = home / "datarax-bench-results" / "gpu_a100"
     out.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(results_template), str(out)], check=True)
     (home / ".datarax-bench-env").write_text(f'export PATH="{CLI.parent}:$PATH"\n')
-    variant = standalone.write_bucket_task(path, tmp_path / "gpu-bucket.yaml")
+    variant = standalone.write_bucket_task(path, tmp_path / "gpu-bucket.yaml", "s3")
     config = (
         yaml.safe_load(variant.read_text()) if with_bucket else yaml.safe_load(path.read_text())
     )
@@ -119,9 +123,12 @@ def test_run_step_puts_results_in_the_s3_bucket(results_template, wandb_env, tmp
     if with_bucket:
         envs["DATARAX_BENCH_BUCKET"] = "dxb-results"
     with storage.moto_server(tmp_path) as endpoint:
+        if with_bucket:  # an existing bucket, mounted by its URI
+            storage.s3_client(endpoint).create_bucket(Bucket="dxb-results")
         mounts = storage.prepare_mounts(config, envs, home, endpoint)
         assert bool(mounts) == with_bucket
-        body = storage.wrap_job(_run_step_without_measuring(path), mounts, endpoint)
+        script = skypilot_job.task_script(_run_step_without_measuring(path))
+        body = storage.wrap_job(script, mounts, endpoint)
         env = {**wandb_env_vars(wandb_env), **envs, "HOME": str(home), "PATH": "/usr/bin:/bin"}
         proc = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True)
         client = storage.s3_client(endpoint)
@@ -135,6 +142,7 @@ def test_run_step_puts_results_in_the_s3_bucket(results_template, wandb_env, tmp
         assert "ONLY on this machine" in proc.stderr
         return
     assert proc.returncode == 0, proc.stderr
+    assert "skypilot: cached mount upload complete" in proc.stdout, proc.stdout + proc.stderr
     prefix = {key.split("/")[:2][1] for key in objects}
     assert len(prefix) == 1 and all(k.startswith("gpu_a100/") for k in objects)
     stamp = prefix.pop()

@@ -121,6 +121,29 @@ def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_res
     assert sorted(started.values()).count(2) == 1 and set(started.values()) <= {1, 2}
 
 
+def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, data_cache):
+    """A result that names no commit (a managed job's, before its task named the commit) may be
+    old code's: it is never taken."""
+    store = tmp_path / "store"
+    args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]
+    first = _run(cli_path, *args, "--output-dir", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = _cells(store)
+    assert kept
+    for path in kept.values():
+        doc = json.loads(path.read_text())
+        assert doc["provenance"]["git_commit"]
+        doc["provenance"]["git_commit"] = None
+        path.write_text(json.dumps(doc))
+    before = max(_started(p) for p in kept.values())
+    second = _run(cli_path, *args, "--output-dir", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "kept in the resume directory" not in second.stderr
+    assert second.stderr.count("measured by an unknown commit") == len(kept)
+    out = _cells(tmp_path / "b")
+    assert out.keys() == kept.keys() and all(_started(p) > before for p in out.values())
+
+
 def test_a_corrupt_kept_cell_is_named_and_measured_again(cli_path, tmp_path, data_cache):
     store = tmp_path / "store"
     args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]

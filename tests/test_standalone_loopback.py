@@ -48,8 +48,9 @@ def test_bucket_keeps_the_results_and_nothing_kept_fails_the_job(tmp_path):
         with storage.moto_server(tmp_path) as endpoint:
             env[storage.ENDPOINT_ENV] = endpoint
             variant = tmp_path / "cpu-bucket.yaml"
+            storage.s3_client(endpoint).create_bucket(Bucket="dxb-results")  # yours, existing
             subprocess.run(
-                [str(BIN / "datarax-bench"), "task-file", CPU_TASK, "--results-bucket"]
+                [str(BIN / "datarax-bench"), "task-file", CPU_TASK, "--results-bucket", "s3"]
                 + ["-o", str(variant)],
                 cwd=ROOT,
                 check=True,

@@ -24,9 +24,9 @@ TASK_FILES = sorted((ROOT / "benchmarks" / "sky").glob("*-benchmark.yaml"))
 BUCKET = "dxb-test-results"
 # What each file must land on in the dry run: (infra, instance, accelerator column).
 EXPECTED = {
-    "cpu-benchmark.yaml": ("GCP", "n2-standard-8[Spot]", "-"),
-    "gpu-benchmark.yaml": ("Vast", "1x-A100-80GB-16-64[Spot]", "A100-80GB:1"),
-    "tpu-benchmark.yaml": ("GCP", "TPU-VM[Spot]", "tpu-v5litepod-4:1"),
+    "cpu-benchmark.yaml": ("GCP", "n2-standard-8", "-"),
+    "gpu-benchmark.yaml": ("Vast", "1x-A100-80GB-16-64", "A100-80GB:1"),
+    "tpu-benchmark.yaml": ("GCP", "TPU-VM", "tpu-v5litepod-4:1"),
 }
 
 
@@ -58,11 +58,14 @@ def test_header_shows_each_way_to_keep_results(path):
     rel = str(path.relative_to(ROOT))
     assert any(c[0] == "datarax-bench" and "--results-bucket" in c for c in commands)
     direct = [c for c in launches(path) if c[2] == rel]
-    keyed = [c for c in direct if "--down" in c]
+    keyed = [c for c in direct if option(c, "--secret")]
     assert keyed and all(option(c, "--secret") == ["WANDB_API_KEY"] for c in keyed)
-    # Without key or bucket: no --down, an idle limit, and the copy and teardown shown.
-    kept = [c for c in direct if "--down" not in c]
+    assert all("--down" in c for c in keyed)
+    # Without key or bucket: an idle limit, and the copy and teardown shown.
+    kept = [c for c in direct if not option(c, "--secret")]
     assert kept and all(option(c, "-i") and option(c, "-c") for c in kept)
+    # A stopped Vast machine may not start again (its GPU rented out): deleted, never stopped.
+    assert all("--down" in c for c in kept if option(c, "--infra") == ["vast"])
     cluster = option(kept[0], "-c")[0]
     assert ["rsync", "-a", f"{cluster}:datarax-bench-results/", "./datarax-bench-results/"] in (
         commands
@@ -94,6 +97,59 @@ def test_header_sky_commands_parse_with_the_real_cli(path, tmp_path, monkeypatch
     assert f"DATARAX_BENCH_BUCKET={BUCKET}" in option(managed, "--env")
 
 
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.name)
+def test_plain_launches_are_on_demand_and_managed_jobs_ask_for_spot(path, tmp_path, monkeypatch):
+    """`sky launch` recovers no preempted machine (and a Vast one outbid is stopped, billing
+    on); `sky jobs launch` does, so spot is asked for there alone."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "dummy-not-a-key")
+    import sky as sky_lib
+    from sky.client.cli import command
+
+    task = sky_lib.Task.from_yaml_config(yaml.safe_load(path.read_text()))
+    assert task.resources and not any(r.use_spot for r in task.resources)
+    asked = {}
+    for argv in (c for c in header_commands(path) if c[0] == "sky" and "launch" in c[1:3]):
+        group = command.cli.commands[argv[1]]
+        if argv[1] == "jobs":
+            ctx = group.commands[argv[2]].make_context(f"sky jobs {argv[2]}", argv[3:])
+        else:
+            ctx = group.make_context(f"sky {argv[1]}", argv[2:])
+        asked.setdefault(argv[1], set()).add(ctx.params["use_spot"])
+    assert asked == {"launch": {None}, "jobs": {True}}
+
+
+def _make_index(path: Path) -> int:
+    (index,) = [i for i, c in enumerate(header_commands(path)) if c[0] == "datarax-bench"]
+    return index
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_the_standalone_bucket_is_mounted_by_its_uri_whatever_the_cloud(
+    scheme, tmp_path, monkeypatch
+):
+    """An S3 bucket launched on GCP stays the S3 bucket: SkyPilot is given its URI."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import sky as sky_lib
+
+    path = ROOT / "benchmarks" / "sky" / "cpu-benchmark.yaml"
+    output = tmp_path / "cpu-bucket.yaml"
+    args = ["task-file", str(path), "--results-bucket", scheme, "-o", str(output)]
+    assert cli.main(args) == 0
+    config = yaml.safe_load(output.read_text())
+    assert config["file_mounts"] == {
+        "~/datarax-bench-bucket": {"source": f"{scheme}://${{DATARAX_BENCH_BUCKET}}",
+                                   "mode": "MOUNT_CACHED"}
+    }  # fmt: skip
+    config["resources"]["infra"] = "gcp"
+    task = sky_lib.Task.from_yaml_config(config, env_overrides=[("DATARAX_BENCH_BUCKET", BUCKET)])
+    (store,) = task.storage_mounts.values()
+    assert store.source == f"{scheme}://{BUCKET}" and store.name is None
+    # The store must be named: there is no bare-name bucket.
+    assert cli.main(["task-file", str(path), "--results-bucket", "-o", str(output)]) == 2
+    assert cli.main(["task-file", str(path), "--results-bucket", "r2", "-o", str(output)]) == 2
+
+
 def _bucket_variant(path: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
     """Run the header's `datarax-bench task-file` line; return the new file and its launch."""
     monkeypatch.chdir(tmp_path)
@@ -110,6 +166,7 @@ def _bucket_variant(path: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list
 def test_bucket_variant_loads_and_mounts_the_named_bucket(path, tmp_path, monkeypatch):
     import sky as sky_lib
     from sky import clouds
+    from sky.data import data_utils
     from sky.data.storage import StorageMode
     from sky.utils import registry
 
@@ -125,7 +182,12 @@ def test_bucket_variant_loads_and_mounts_the_named_bucket(path, tmp_path, monkey
     task = sky_lib.Task.from_yaml_config(copy.deepcopy(config), env_overrides=envs)
     (mount,) = task.storage_mounts.items()
     assert mount[0] == standalone.BUCKET_MOUNT == "~/datarax-bench-bucket"
-    assert (mount[1].name, mount[1].mode) == (BUCKET, StorageMode.MOUNT_CACHED)
+    # By its URI on the store the header names: SkyPilot connects to that existing bucket
+    # (`Storage.construct` picks the store from the scheme) instead of creating one by name
+    # on the store of the cloud the job lands on.
+    scheme = option(header_commands(path)[_make_index(path)], "--results-bucket")[0]
+    assert (mount[1].source, mount[1].mode) == (f"{scheme}://{BUCKET}", StorageMode.MOUNT_CACHED)
+    assert mount[1].name is None and data_utils.is_cloud_store_url(mount[1].source)
     # Forgetting the --env is refused by SkyPilot before anything launches.
     with pytest.raises(ValueError, match="DATARAX_BENCH_BUCKET"):
         sky_lib.Task.from_yaml_config(copy.deepcopy(config))

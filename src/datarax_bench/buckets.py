@@ -32,6 +32,8 @@ EXPECTED = (
     "hyphens) or gs://BUCKET[/PREFIX] (a Google Cloud Storage bucket name: 3-63 lower-case "
     "letters, digits, dashes, underscores or dots, no goog at the start, no google inside)"
 )
+#: The URI schemes of the stores a results bucket may be on.
+SCHEMES = ("s3", "gs")
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 #: Clouds on which SkyPilot cannot mount a bucket (`CloudImplementationFeatures.STORAGE_MOUNTING`:
 #: its mounts need FUSE on the VM): there a job uploads each file itself.

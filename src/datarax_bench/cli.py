@@ -438,7 +438,7 @@ def cmd_persist(args) -> int:
 def cmd_task_file(args) -> int:
     from .standalone import write_bucket_task
 
-    print(write_bucket_task(Path(args.template), Path(args.output)))
+    print(write_bucket_task(Path(args.template), Path(args.output), args.results_bucket))
     return 0
 
 
@@ -446,6 +446,7 @@ def cmd_task_file(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .buckets import SCHEMES
     from .catalog import STYLES
 
     parser = _Parser(prog="datarax-bench", description=__doc__)
@@ -564,7 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("task-file", help="a task file from benchmarks/sky with a results bucket")
     p.add_argument("template", help="benchmarks/sky/<name>.yaml")
-    p.add_argument("--results-bucket", action="store_true", required=True)
+    p.add_argument(
+        "--results-bucket",
+        required=True,
+        choices=SCHEMES,
+        help="the store of your existing bucket (s3 or gs), named at launch with --env "
+        "DATARAX_BENCH_BUCKET=<name>",
+    )
     p.add_argument("-o", "--output", required=True, help="the new task file")
     p.set_defaults(func=cmd_task_file)
     return parser

@@ -166,12 +166,26 @@ def validate_task(config: dict[str, Any], source: str | Path) -> None:
         raise UserError(f"{source}: invalid SkyPilot task: {message}") from None
 
 
-def doctor_command(profile_name: str) -> str:
+def run_body(*commands: str) -> str:
+    """A task's `run` text, or a `sky exec` command: `commands` in a subshell that stops at the
+    first failure (errexit, nounset, pipefail).
+
+    SkyPilot appends its own code to the run text in the same bash script
+    (`TaskCodeGen.build_task_bash_script`): it takes the exit status of the text, then waits
+    until MOUNT_CACHED writes are uploaded, and exits with that status. In a subshell neither an
+    `exit` nor these shell options reach that code: with pipefail its `tac LOG | grep -m 1` dies
+    of SIGPIPE once rclone's log is large, which would fail the job before the upload is done.
+    """
+    return f"( set -euo pipefail; {'; '.join(commands)} )"
+
+
+def doctor_commands(profile_name: str) -> list[str]:
     out = f"{REMOTE_RESULTS}/{profile_name}"
-    return (
-        f"set -euo pipefail; source {REMOTE_ENV_FILE}; mkdir -p {out}; "
-        f"datarax-bench doctor --profile {profile_name} --json {out}/doctor.json"
-    )
+    return [
+        f"source {REMOTE_ENV_FILE}",
+        f"mkdir -p {out}",
+        f"datarax-bench doctor --profile {profile_name} --json {out}/doctor.json",
+    ]
 
 
 def render_provision_task(profile, image: str = "") -> dict[str, Any]:
@@ -196,7 +210,7 @@ def render_provision_task(profile, image: str = "") -> dict[str, Any]:
     task["envs"] = envs
     if task.get("setup"):
         task["setup"] = task["setup"].rstrip("\n") + f"\ndate +%s > {REMOTE_SETUP_DONE}\n"
-    task["run"] = doctor_command(profile.name)
+    task["run"] = run_body(*doctor_commands(profile.name))
     validate_task(task, f"task rendered from {template}")
     return task
 
@@ -307,11 +321,11 @@ def remote_cell_command(
     profile: str, scenario: str, variant: str, adapter: str, style: str = "plain"
 ) -> str:
     q = shlex.quote
-    return (
-        f"set -euo pipefail; source {REMOTE_ENV_FILE}; "
+    return run_body(
+        f"source {REMOTE_ENV_FILE}",
         f"datarax-bench run --profile {q(profile)} --scenario {q(scenario)} "
         f"--variant {q(variant)} --adapter {q(adapter)} --style {q(style)} "
-        f"--output {remote_cell_path(profile, scenario, variant, adapter, style)}"
+        f"--output {remote_cell_path(profile, scenario, variant, adapter, style)}",
     )
 
 

@@ -104,10 +104,11 @@ def render_task(
         kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
         keep_report = f'datarax-bench upload {out}/doctor.json "{kept}/{report}"'
         resume = f'--resume-bucket "{kept}"'
-    task["run"] = (
-        f"{cloud.doctor_command(profile.name)}\n{keep_report}\n"
+    task["run"] = cloud.run_body(
+        *cloud.doctor_commands(profile.name),
+        keep_report,
         f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
-        f"{resume} --cells ${CELLS_ENV}\n"
+        f"{resume} --cells ${CELLS_ENV}",
     )
     if mounted:
         # The existing bucket by its URI: SkyPilot mounts it from its own store on whichever
@@ -116,6 +117,9 @@ def render_task(
         # cloud (GCS on GCP), where the pull from the named store would never find the results.
         task = with_results_bucket(task, bucket_scheme)
     envs = task["envs"] = dict(task.get("envs") or {})
+    # The job's workdir reaches it through a storage upload, which leaves `.git` out: its
+    # results name the commit (and `run --resume-dir` reuses a kept cell) only by these.
+    envs.update(provenance.commit_envs())
     # null: given per shard with --env; SkyPilot refuses a launch that leaves one unset.
     envs.update({BUCKET_ENV: None, CELLS_ENV: None, BUCKET_KEY_ENV: None})
     cloud.validate_task(

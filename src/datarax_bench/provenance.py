@@ -15,9 +15,11 @@ import psutil
 
 from . import paths, randomness
 
-#: Names the commit where a tree has no `.git` (an image built from an export, say). Cloud
-#: machines read their own: SkyPilot syncs `.git` with the workdir.
+#: Name the commit, and whether the tree had uncommitted changes ("true"/"false"), where a tree
+#: has no `.git`: an image built from an export, or a managed job's workdir (SkyPilot's storage
+#: uploads leave `.git` out). A cluster reads its own: `sky launch`/`sky exec` sync `.git`.
 GIT_COMMIT_ENV = "DATARAX_BENCH_GIT_COMMIT"
+GIT_DIRTY_ENV = "DATARAX_BENCH_GIT_DIRTY"
 _ENV_RECORDED = re.compile(
     r"^(JAX_|XLA_|TF_|CUDA_|NVIDIA_|TPU_|LIBTPU_|NCCL_|OMP_|MKL_|OPENBLAS_|PYTORCH_|TORCH_|"
     r"GRAIN_|DATARAX_|PYTHONHASHSEED$|PYTHONDONTWRITEBYTECODE$|WANDB_MODE$|SKYPILOT_TASK_ID$)"
@@ -60,7 +62,18 @@ def git_info() -> tuple[str | None, bool | None]:
             return commit, bool(dirty)
         except (OSError, subprocess.SubprocessError):
             pass
-    return os.environ.get(GIT_COMMIT_ENV) or None, None
+    dirty = {"true": True, "false": False}.get(os.environ.get(GIT_DIRTY_ENV, "").lower())
+    return os.environ.get(GIT_COMMIT_ENV) or None, dirty
+
+
+def commit_envs() -> dict[str, str]:
+    """This checkout's commit and dirty flag as the variables `git_info` reads where a tree has
+    no `.git`; empty where they are unknown here too."""
+    commit, dirty = git_info()
+    envs = {GIT_COMMIT_ENV: commit} if commit else {}
+    if commit and dirty is not None:
+        envs[GIT_DIRTY_ENV] = "true" if dirty else "false"
+    return envs
 
 
 def package_versions(names) -> dict[str, str | None]:

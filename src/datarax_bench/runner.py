@@ -555,6 +555,10 @@ def record_attempt(resume_dir: Path, rel: Path) -> Path:
     return marker
 
 
+def _commit_name(commit: str | None) -> str:
+    return f"commit {commit[:12]}" if commit else "an unknown commit"
+
+
 def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
     """The result kept at `path` by an earlier run if it is this cell's, measured with the
     same workload, settings and commit; None (saying why, unless it is simply absent) if not."""
@@ -580,8 +584,9 @@ def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
             return None
     commit, _ = provenance.git_info()
     kept = result["provenance"].get("git_commit")
-    if commit and kept and kept != commit:
-        _say(f"{path}: measured by commit {kept[:12]}, this checkout is {commit[:12]}; "
-             "measuring it again")  # fmt: skip
+    # Only a known, equal commit counts: unknown on either side, it may be old code's result.
+    if not (kept and commit and kept == commit):
+        _say(f"{path}: measured by {_commit_name(kept)}, this checkout is "
+             f"{_commit_name(commit)}; measuring it again")  # fmt: skip
         return None
     return result

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from . import paths, provenance
+from .buckets import SCHEMES
 from .cloud import load_task
 from .files import write_text_atomic
 
@@ -126,41 +127,48 @@ def persist(
     return NOT_KEPT
 
 
-def with_results_bucket(task: dict[str, Any], scheme: str | None = None) -> dict[str, Any]:
-    """A task file's config with the results bucket: SkyPilot storage named by `--env
-    DATARAX_BENCH_BUCKET=<name>`, mounted with MOUNT_CACHED at BUCKET_MOUNT. With a `scheme`
-    (s3, gs), the existing bucket by its URI; without, by bare name (SkyPilot creates it on the
-    cloud's store when it has no record of it).
+def with_results_bucket(task: dict[str, Any], scheme: str) -> dict[str, Any]:
+    """A task file's config with the results bucket: the existing bucket `<scheme>://<name>`
+    (s3, gs), the name given with `--env DATARAX_BENCH_BUCKET=<name>`, mounted with
+    MOUNT_CACHED at BUCKET_MOUNT.
+
+    By its URI, because SkyPilot mounts a URI from that store on whichever cloud the job lands,
+    and refuses the launch if the bucket does not exist; a bare name unknown to SkyPilot's state
+    makes it pick, or create, a bucket of that name on the job's own cloud (GCS on GCP), where
+    the results would not be looked for.
 
     A separate file, because SkyPilot 0.14.1 constructs every storage mount at launch (dry runs
     included) and rejects an empty name, so one file cannot leave the bucket optional.
     """
+    if scheme not in SCHEMES:
+        raise ValueError(f"bucket scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
     task = copy.deepcopy(task)
     envs = dict(task.get("envs") or {})
     # null: SkyPilot refuses the launch until `--env DATARAX_BENCH_BUCKET=...` names it.
     envs[BUCKET_ENV] = None
     task["envs"] = envs
     mounts = dict(task.get("file_mounts") or {})
-    bucket = f"${{{BUCKET_ENV}}}"
-    mounts[BUCKET_MOUNT] = (
-        {"source": f"{scheme}://{bucket}", "mode": "MOUNT_CACHED"}
-        if scheme
-        else {"name": bucket, "mode": "MOUNT_CACHED"}
-    )
+    mounts[BUCKET_MOUNT] = {"source": f"{scheme}://${{{BUCKET_ENV}}}", "mode": "MOUNT_CACHED"}
     task["file_mounts"] = mounts
     return task
 
 
-def write_bucket_task(template: Path, output: Path) -> Path:
+def write_bucket_task(template: Path, output: Path, scheme: str) -> Path:
     template = Path(template).resolve()
-    task = with_results_bucket(load_task(template))
+    task = with_results_bucket(load_task(template), scheme)
     # An absolute workdir (the checkout): the new file may live anywhere.
     task["workdir"] = str(paths.project_root())
+    # As a managed job (`sky jobs launch`) the workdir reaches the machine through a storage
+    # upload without `.git`: its results name the commit, and a recovered job reuses the cells
+    # in the bucket, only by these (`sky launch` syncs `.git`, which then wins).
+    task["envs"].update(provenance.commit_envs())
     output = Path(output)
     header = (
-        f"# {template.name} with a results bucket; made by `datarax-bench task-file "
-        "--results-bucket`.\n# sky launch THIS_FILE --env DATARAX_BENCH_BUCKET=<bucket> ... "
-        "(see the header of the original)\n"
+        f"# {template.name} with the results bucket {scheme}://$DATARAX_BENCH_BUCKET; made by "
+        f"`datarax-bench task-file --results-bucket {scheme}`.\n# It names the commit of the "
+        "checkout when it was made: make it again after changing the code.\n"
+        "# sky launch THIS_FILE --env DATARAX_BENCH_BUCKET=<bucket> ... (see the header of the "
+        "original)\n"
     )
     write_text_atomic(
         output, header + yaml.safe_dump(task, sort_keys=False, default_flow_style=False)

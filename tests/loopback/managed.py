@@ -5,13 +5,16 @@ A managed job is run by a controller process on this machine (its own session: i
 
 - The job's cluster is named as SkyPilot names it (`generate_managed_job_cluster_name`); its
   "machine" is the directory `<node home>/.loopback-clusters/<cluster>` on the loopback node,
-  the job's HOME there. Each attempt gets a fresh one: the workdir is synced into it (with
-  `.git`, without .gitignore'd files), bucket mounts are filled from their buckets, and the job
-  runs `setup`, then `run`. Environment values and secrets reach the node on ssh's stdin only.
+  the job's HOME there. Each attempt gets a fresh one: the workdir is synced into it (without
+  `.git`, as SkyPilot's storage upload leaves it out, and without .gitignore'd files), bucket
+  mounts are filled from their buckets, and the job runs `setup`, then `run`, followed by
+  SkyPilot's own wait for the bucket uploads (tests/loopback/skypilot_job.py). Environment
+  values and secrets reach the node on ssh's stdin only.
 - Every attempt of one job has the same SKYPILOT_TASK_ID (`common_utils.get_global_job_id`
   with is_managed_job: `sky-managed-<launch time>_<job name>_<job id>-0`).
 - A bucket mount has rclone's write-back uploader (storage.py `write-back`) running in the
-  job's process group; the job ends after the final flush. A dead machine takes it along.
+  job's process group, logging as rclone does; the job ends when SkyPilot's wait has seen its
+  last upload. A dead machine takes it along.
 - Fault `preempt_managed_after_s` (a list of seconds in faults.json): each attempt whose `run`
   starts pops the first value; that long after, the machine dies (its processes are killed, its
   directory wiped), the job is RECOVERING, and it restarts from scratch on a fresh cluster.
@@ -47,6 +50,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import skypilot_job
 import yaml
 
 JOB_FAILED, JOB_NOT_FINISHED, JOB_NOT_FOUND, JOB_CANCELLED = 100, 101, 102, 103
@@ -448,7 +452,8 @@ class Controller:
         self.cli.ssh_alias(self.cluster)
         workdir = self.spec.get("workdir")
         if workdir:
-            argv = ["rsync", "-a", "--delete", "--filter=:- .gitignore", "-e"]
+            # SkyPilot uploads a managed job's workdir through storage, which leaves `.git` out.
+            argv = ["rsync", "-a", "--delete", "--filter=:- .gitignore", "--exclude=/.git", "-e"]
             argv += [shlex.join([*self.cli.SSH, "-o", "BatchMode=yes"]), workdir + "/"]
             argv += [f"{self.cluster}:{self.home}/sky_workdir/"]
             subprocess.run(argv, stdin=subprocess.DEVNULL, check=True)
@@ -478,7 +483,7 @@ class Controller:
             )
         body.append(f"touch {jobs}/running")
         if task.get("run"):
-            body.append(task["run"])
+            body.append(skypilot_job.task_script(task["run"], self.cli.STATE / "task_script.json"))
         script = "\n".join(body)
         if mounts:
             import storage

@@ -2,22 +2,22 @@
 real Google Cloud Storage API (gcp-storage-emulator's server).
 
 On a real cluster SkyPilot mounts the bucket with rclone and a write-back cache: the mount shows
-the bucket's objects, writes land in a local cache that rclone uploads, and a job ends only once
-the upload is done (the flush script SkyPilot appends to every job's command,
-sky/backends/task_codegen.py `get_rclone_flush_script`). Here, `prepare_mounts` makes each mount
-directory on the node and fills it with the bucket's objects (a named bucket that does not exist
-is created on S3, as SkyPilot creates one on the store it picks; a `source: gs://NAME` or
-`s3://NAME` bucket must exist, as SkyPilot refuses a missing source bucket), and `flush_command`
-is the shell step that ends a job: it uploads what is under the mounts through boto3 or
-google-cloud-storage, then the job exits with its own status. Which mounts a task has is read by
-SkyPilot's own loader (env vars filled in from `envs` and `--env`), a gs:// name checked by
-SkyPilot's own GCS naming rules. The mounts are node directory -> bucket URI (`s3://NAME`).
-A managed job also gets rclone's write-back uploader (`write-back`): every
-`LOOPBACK_RCLONE_WRITE_BACK_S` seconds (rclone's default delay, 5) it uploads what is new or
-changed, so a machine that dies loses only what was written in its last window.
+the bucket's objects, writes land in a local cache that rclone uploads in the background, and
+the wait SkyPilot appends to every job's script (sky/backends/task_codegen.py
+`get_rclone_flush_script`) ends the job only once rclone's log says nothing is left to upload.
+Here, `prepare_mounts` makes each mount directory on the node and fills it with the bucket's
+objects (a named bucket that does not exist is created on S3, as SkyPilot creates one on the
+store it picks; a `source: gs://NAME` or `s3://NAME` bucket must exist, as SkyPilot refuses a
+missing source bucket), and `wrap_job` runs the job's script (as SkyPilot builds it) beside
+rclone's write-back uploader (`write-back`): every `LOOPBACK_RCLONE_WRITE_BACK_S` seconds
+(rclone's default delay, 5) it uploads what is new or changed through boto3 or
+google-cloud-storage and logs its state as rclone does, so SkyPilot's own wait waits for it, and
+a machine that dies loses only what was written in its last window. Which mounts a task has is
+read by SkyPilot's own loader (env vars filled in from `envs` and `--env`), a gs:// name checked
+by SkyPilot's own GCS naming rules. The mounts are node directory -> bucket URI (`s3://NAME`).
 
-    python storage.py flush --endpoint URL --gcs-endpoint URL '{"<node dir>": "s3://<bucket>"}'
-    python storage.py write-back --endpoint URL --gcs-endpoint URL --interval S '{...}'
+    python storage.py write-back --endpoint URL --gcs-endpoint URL --interval S \
+        [--log-dir DIR] '{"<node dir>": "s3://<bucket>"}'
 """
 
 from __future__ import annotations
@@ -198,20 +198,6 @@ def prepare_mounts(
     return prepared
 
 
-def flush(
-    mounts: dict[str, str], endpoint: str | None = None, gcs_endpoint: str | None = None
-) -> int:
-    """Upload every file under each mount directory to its bucket; the number uploaded."""
-    count = 0
-    for directory, uri in mounts.items():
-        store = bucket(uri, _endpoints(endpoint, gcs_endpoint))
-        root = Path(directory)
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            store.upload(path, path.relative_to(root).as_posix())
-            count += 1
-    return count
-
-
 def _files(mounts: dict[str, str]) -> dict[tuple[str, str], tuple[str, int, int]]:
     """(bucket URI, key) -> (path, mtime_ns, size) of every file under the mount directories."""
     found = {}
@@ -227,22 +213,47 @@ def _files(mounts: dict[str, str]) -> dict[tuple[str, str], tuple[str, int, int]
     return found
 
 
+def _status_line(objects: int, pending: int) -> str:
+    """A status line as rclone's VFS cache logs it; SkyPilot's wait reads the last one."""
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+    return (
+        f"{stamp} INFO  : vfs cache: cleaned: objects {objects} (was {objects}) in use 0, "
+        f"to upload {pending}, uploading 0, total size 0 (was 0)\n"
+    )
+
+
 def write_back(
     mounts: dict[str, str],
     interval_s: float,
     endpoint: str | None = None,
     gcs_endpoint: str | None = None,
+    log_dir: Path | None = None,
 ) -> None:
     """Upload new and changed files every interval_s seconds until killed (what is already
-    there when it starts came from the bucket)."""
+    there when it starts came from the bucket). With `log_dir`, log each mount's state after
+    every round as rclone does, one log per mount, which SkyPilot's wait after a job reads."""
     stores = {uri: bucket(uri, _endpoints(endpoint, gcs_endpoint)) for uri in mounts.values()}
     uploaded = _files(mounts)
+
+    def log_status() -> None:
+        if log_dir is None:
+            return
+        current = _files(mounts)
+        for uri in mounts.values():
+            mine = [k for k in current if k[0] == uri]
+            pending = sum(uploaded.get(k, (None,))[1:] != tuple(current[k][1:]) for k in mine)
+            name = uri.split("://", 1)[1].replace("/", "_")
+            with open(Path(log_dir) / f"{name}.log", "a") as log:
+                log.write(_status_line(len(mine), pending))
+
+    log_status()
     while True:
         time.sleep(interval_s)
         for (uri, key), (path, *version) in sorted(_files(mounts).items()):
             if uploaded.get((uri, key), (None,))[1:] != tuple(version):
                 stores[uri].upload(Path(path), key)
                 uploaded[(uri, key)] = (path, *version)
+        log_status()
 
 
 def _storage_command(
@@ -255,36 +266,48 @@ def _storage_command(
     return shlex.join([*argv, *extra, json.dumps(mounts)])
 
 
-def flush_command(
-    mounts: dict[str, str], endpoint: str | None = None, gcs_endpoint: str | None = None
-) -> str:
-    """The shell step that ends a job with mounts (run after the job's own commands)."""
-    return _storage_command("flush", mounts, endpoint, gcs_endpoint)
+#: `findmnt` for a loopback job: its bucket mounts, listed as rclone's FUSE mounts are.
+FINDMNT = """#!/bin/bash
+[ -f "$HOME/.sky/loopback-rclone-mounts" ] && sed 's/$/ fuse.rclone rw,nosuid,nodev/' \\
+  "$HOME/.sky/loopback-rclone-mounts"
+exit 0
+"""
 
 
 def wrap_job(
-    body: str,
+    script: str,
     mounts: dict[str, str],
     endpoint: str | None = None,
     write_back_s: float | None = None,
     gcs_endpoint: str | None = None,
 ) -> str:
-    """A job body that, like SkyPilot's, ends only after the mounts are uploaded and then exits
-    with the user commands' status (an `exit` in them does not skip the upload). With
-    write_back_s, an uploader runs in the job's process group meanwhile (it dies with it)."""
+    """A job whose `script` (as SkyPilot builds it: tests/loopback/skypilot_job.py) ends as on a
+    machine with rclone mounts: rclone's write-back uploader runs meanwhile in the job's process
+    group and logs to ~/.sky/rclone_log/ (as rclone does for MOUNT_CACHED), `findmnt` lists the
+    mounts as rclone's, so SkyPilot's own wait after the run text waits for the upload; the
+    uploader goes with the job, so what a script leaves unuploaded (an `exit` that skips the
+    wait) is lost, as on a machine deleted with the job."""
     if not mounts:
-        return body
-    start, stop = "", ""
-    if write_back_s is not None:
-        uploader = _storage_command(
-            "write-back", mounts, endpoint, gcs_endpoint, "--interval", str(write_back_s)
-        )
-        start = f"{uploader} &\n__loopback_uploader=$!\n"
-        stop = "kill $__loopback_uploader 2>/dev/null; wait $__loopback_uploader 2>/dev/null\n"
+        return script
+    if write_back_s is None:
+        write_back_s = 5.0  # rclone's default --vfs-write-back
+    log_dir = "$HOME/.sky/rclone_log"
+    uploader = _storage_command(
+        "write-back", mounts, endpoint, gcs_endpoint, "--interval", str(write_back_s)
+    )
+    listing = "\n".join(f"{directory} {uri}" for directory, uri in mounts.items())
     return (
-        f"{start}(\n{body}\n)\n__loopback_rc=$?\n{stop}"
-        f"{flush_command(mounts, endpoint, gcs_endpoint)} "
-        "|| echo 'loopback: bucket upload failed' >&2\n"
+        f'mkdir -p "{log_dir}" "$HOME/.sky/loopback-bin"\n'
+        f"cat > \"$HOME/.sky/loopback-bin/findmnt\" <<'LOOPBACK_FINDMNT_EOF'\n{FINDMNT}"
+        "LOOPBACK_FINDMNT_EOF\n"
+        'chmod +x "$HOME/.sky/loopback-bin/findmnt"\n'
+        f"printf '%s\\n' {shlex.quote(listing)} > \"$HOME/.sky/loopback-rclone-mounts\"\n"
+        f'{uploader} --log-dir "{log_dir}" &\n__loopback_uploader=$!\n'
+        # rclone logs from the moment the bucket is mounted, before the job starts.
+        f'for _ in $(seq 600); do [ -n "$(ls -A "{log_dir}")" ] && break; sleep 0.1; done\n'
+        f'PATH="$HOME/.sky/loopback-bin:$PATH" bash -c {shlex.quote(script)}\n'
+        "__loopback_rc=$?\n"
+        "kill $__loopback_uploader 2>/dev/null; wait $__loopback_uploader 2>/dev/null\n"
         "exit $__loopback_rc"
     )
 
@@ -347,21 +370,15 @@ def _server(argv: list[str], port: int, health: str, log_path: Path):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="storage.py")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("flush", "write-back"):
-        p = sub.add_parser(command)
-        p.add_argument("--endpoint", required=True)
-        p.add_argument("--gcs-endpoint", default="")
-        if command == "write-back":
-            p.add_argument("--interval", type=float, required=True)
-        p.add_argument("mounts")
+    p = sub.add_parser("write-back")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--gcs-endpoint", default="")
+    p.add_argument("--interval", type=float, required=True)
+    p.add_argument("--log-dir", type=Path)
+    p.add_argument("mounts")
     args = parser.parse_args(argv)
-    mounts = json.loads(args.mounts)
     endpoints = (args.endpoint or None, args.gcs_endpoint or None)
-    if args.command == "write-back":
-        write_back(mounts, args.interval, *endpoints)
-        return 0
-    count = flush(mounts, *endpoints)
-    print(f"loopback: {count} files uploaded to the bucket(s)", file=sys.stderr)
+    write_back(json.loads(args.mounts), args.interval, *endpoints, log_dir=args.log_dir)
     return 0
 
 
