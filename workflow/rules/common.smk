@@ -3,13 +3,14 @@
 # config/profiles/, the adapter registry); nothing here repeats those facts.
 import os
 import re
+import sys
 import uuid
 from functools import cache
 
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
-from datarax_bench import cloud, managed
+from datarax_bench import cloud, engine, machine_load, managed
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
 from datarax_bench.cell import resolve_cell
@@ -38,6 +39,27 @@ RESULTS = os.path.normpath(config["results_dir"])
 # (`--resources bench_slot=N`).
 if "bench_slot" not in workflow.global_resources:
     workflow.register_resource("bench_slot", 1)
+
+
+# Before the first job (not on a dry run). First, Snakemake without its job-rate limiter: with it,
+# every job adds a chain of scheduling passes, one per timespan for as long as jobs wait, that
+# kept Snakemake busy during the measurements, and no command-line value turns it off
+# (src/datarax_bench/engine.py). Then, for a local run, say what makes this machine noisy right
+# now; with strict_machine, refuse to start.
+onstart:
+    if not engine.drop_rate_limiter(workflow):
+        print(
+            "warning: Snakemake's job-rate limiter is not where this Snakemake version was "
+            "expected to keep it; its re-planning may load the machine during measurements",
+            file=sys.stderr,
+        )
+    if config["infra"] == "local":
+        machine_load.check_before_measuring(
+            max(machine_load.cores_assumed(p.parallelism) for p in PROFILES),
+            config["strict_machine"],
+            seconds=2.0,
+        )
+
 
 # results/{profile}/{infra} is a results directory like `datarax-bench run --output-dir` writes.
 RUN_DIR = f"{RESULTS}/{{profile}}/{{infra}}"

@@ -1,18 +1,7 @@
 # Measure one cell on this machine. Included when config["infra"] == "local"; cloud.smk
 # produces the same files for other infras.
 
-
-from datarax_bench import machine_load
-
-
-# Before the first job (not on a dry run): say what makes this machine noisy right now; with
-# strict_machine, refuse to start.
-onstart:
-    machine_load.check_before_measuring(
-        max(machine_load.cores_assumed(p.parallelism) for p in PROFILES),
-        config["strict_machine"],
-        seconds=2.0,
-    )
+# (The machine check before the first job is common.smk's onstart handler.)
 
 
 rule measure_process:
