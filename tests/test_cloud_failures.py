@@ -170,6 +170,28 @@ def test_explicit_spot_on_a_cloud_without_it_stops_the_plan_with_one_line(tmp_pa
     auto = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "measure_remote" in auto.stdout
+    # The plan estimates the run's length against max_cluster_hours (default 8 h).
+    estimates = [line for line in auto.stderr.splitlines() if "the run is estimated at" in line]
+    assert len(estimates) == 1 and estimates[0].startswith("warning: profile gpu_a100: ")
+    assert "240 cells x 30 s + 572 worker processes x 30 s" in estimates[0]
+
+
+def test_a_plan_that_cannot_fit_max_cluster_hours_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    argv = [str(BIN / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile")]
+    argv += ["--directory", str(tmp_path), "--config", "profile=gpu_a100", "infra=vast"]
+    proc = subprocess.run(
+        [*argv, "max_cluster_hours=4"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: max_cluster_hours: got 4, but profile gpu_a100: the run is estimated at 7.0 h "
+        "(240 cells x 30 s + 572 worker processes x 30 s + 15 min launch); expected "
+        "max_cluster_hours >= 8, or fewer scenarios"
+    ]
+    assert "measure_remote" not in proc.stdout
 
 
 @needs_loopback

@@ -322,6 +322,74 @@ def cell_allowance_s(profile) -> float:
     return float(profile.measurement["timeout_s"]) * attempts + CELL_MARGIN_S
 
 
+# --- the run's length ----------------------------------------------------------------------
+
+#: Stated estimates, not measurements on a cloud: what one cell costs beyond its worker
+#: processes (a real `sky exec` round trip, 15-30 s, with the workdir sync and the pull: the
+#: upper end), the launch (provisioning and the install in setup), and one worker process of a
+#: profile that states none (`cloud.process_estimate_s`).
+CELL_ORCHESTRATION_ESTIMATE_S = 30.0
+LAUNCH_ESTIMATE_S = 900.0
+DEFAULT_PROCESS_ESTIMATE_S = 30.0
+#: A plan estimated past this share of `max_cluster_hours` is warned about: the estimate is
+#: rough, and the ceiling cuts the run off where it stands.
+ESTIMATE_WARNING_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long a cloud run should take: its launch, then every cell's orchestration and every
+    worker process of every cell, spread over `machines` (managed shards run in parallel)."""
+
+    cells: int
+    processes: int
+    process_s: float
+    cell_s: float = CELL_ORCHESTRATION_ESTIMATE_S
+    launch_s: float = LAUNCH_ESTIMATE_S
+    machines: int = 1
+
+    @property
+    def hours(self) -> float:
+        work_s = self.cells * self.cell_s + self.processes * self.process_s
+        return (self.launch_s + work_s / self.machines) / 3600
+
+    def describe(self) -> str:
+        spread = f", over {self.machines} machines" if self.machines > 1 else ""
+        return (
+            f"{self.cells} cells x {self.cell_s:g} s + {self.processes} worker processes x "
+            f"{self.process_s:g} s + {self.launch_s / 60:g} min launch{spread}"
+        )
+
+
+def estimate_run(profile, process_counts: Sequence[int], machines: int = 1) -> RunEstimate:
+    """`process_counts`: each planned cell's worker processes (`runner.processes_of`)."""
+    return RunEstimate(
+        cells=len(process_counts),
+        processes=sum(process_counts),
+        process_s=float(profile.cloud.get("process_estimate_s", DEFAULT_PROCESS_ESTIMATE_S)),
+        machines=max(1, machines),
+    )
+
+
+def check_run_fits(estimate: RunEstimate, profile_name: str, max_cluster_hours: float) -> str:
+    """The plan's estimate as one line; raises UserError when the run cannot fit the ceiling,
+    which would cut it off with cells unmeasured. The line starts with `warning:` when the run
+    comes close to it."""
+    hours = estimate.hours
+    estimated = (
+        f"profile {profile_name}: the run is estimated at {hours:.1f} h ({estimate.describe()})"
+    )
+    if hours > max_cluster_hours:
+        raise UserError(
+            f"max_cluster_hours: got {max_cluster_hours:g}, but {estimated}; "
+            f"expected max_cluster_hours >= {math.ceil(hours)}, or fewer scenarios"
+        )
+    line = f"{estimated} of max_cluster_hours {max_cluster_hours:g}"
+    if hours > ESTIMATE_WARNING_SHARE * max_cluster_hours:
+        return f"warning: {line}: close to the ceiling, which stops the run where it stands"
+    return line
+
+
 # --- running sky ------------------------------------------------------------------------------
 
 
