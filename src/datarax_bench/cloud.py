@@ -536,6 +536,10 @@ def parse_launch_estimate(output: str) -> dict[str, Any]:
 # --- the cloud ledger -------------------------------------------------------------------------
 
 
+#: Ledger events after which the cluster verifiably no longer exists: only these end billed time.
+BILLING_ENDS = {"teardown_verified": "torn down (verified)", "gone": "gone (verified absent)"}
+
+
 class Ledger:
     """Append-only record of what a run's clusters did and when (cloud/ledger.jsonl).
 
@@ -573,7 +577,7 @@ class Ledger:
         for record in self.events(cluster):
             if record["event"] == "launch_requested":
                 launch = record
-            elif record["event"] in ("teardown_verified", "gone"):
+            elif record["event"] in BILLING_ENDS:
                 launch = None
         return launch
 
@@ -1047,8 +1051,6 @@ PRICE_SOURCE = (
     "only: no disk, storage or network; not the rented offer's own price, which SkyPilot "
     "0.14.1 does not report"
 )
-#: Ledger events after which the cluster verifiably no longer exists: only these end billed time.
-_BILLING_ENDS = {"teardown_verified": "torn down (verified)", "gone": "gone (verified absent)"}
 #: Ledger events that leave a cluster billing, and what each says about it.
 _STILL_BILLING = {
     "status_unreadable": "its status could not be read",
@@ -1073,10 +1075,10 @@ def billing(work_dir: Path, cluster: str, cost_records: Sequence[dict] = ()) -> 
             start = record["t"]
         elif record["event"] == "up" and record.get("hourly_usd") is not None:
             price = record["hourly_usd"]
-        elif record["event"] in _BILLING_ENDS and start is not None:
+        elif record["event"] in BILLING_ENDS and start is not None:
             billed_s += record["t"] - start
             start = None
-        if record["event"] in _BILLING_ENDS or record["event"] in _STILL_BILLING:
+        if record["event"] in BILLING_ENDS or record["event"] in _STILL_BILLING:
             last_seen = record
     still_billing = start is not None
     if still_billing:
@@ -1084,7 +1086,7 @@ def billing(work_dir: Path, cluster: str, cost_records: Sequence[dict] = ()) -> 
         why = _STILL_BILLING.get((last_seen or {}).get("event"), "no verified teardown yet")
         state = f"STILL BILLING: {why}" + (f" ({last_seen['at']})" if last_seen else "")
     elif last_seen is not None:
-        state = f"ended: {_BILLING_ENDS[last_seen['event']]} at {last_seen.get('at')}"
+        state = f"ended: {BILLING_ENDS[last_seen['event']]} at {last_seen.get('at')}"
     else:
         state = "never launched"
     measured = [r for r in events if r["event"] == "pulled"]
@@ -1175,6 +1177,7 @@ def billing_metrics(run_dir: Path) -> dict[str, Any]:
     keys = (
         "billed_s", "hourly_usd", "cost_usd", "cells_pulled", "cost_per_cell_usd",
         "measuring_share", "orchestration_s_per_cell", "sky_cost_report_usd", "launches",
+        "still_billing",
     )  # fmt: skip
     return {f"cloud/{k}": bill[k] for k in keys if bill.get(k) is not None}
 
