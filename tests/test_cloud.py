@@ -214,3 +214,26 @@ def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(tmp_path):
     assert "A100-80GB" in (estimate["chosen"] or ""), out[-3000:]
     assert estimate["hourly_usd"] == pytest.approx(0.62)
     print(json.dumps(estimate))
+
+
+def test_a_runs_length_is_estimated_from_its_cells_and_worker_processes():
+    gpu = load_profile("gpu_a100")
+    estimate = cloud.estimate_run(gpu, [3, 3, 1, 1])
+    assert (estimate.cells, estimate.processes, estimate.process_s) == (4, 8, 30.0)
+    assert estimate.hours == pytest.approx((900 + 4 * 30 + 8 * 30) / 3600)
+    # Managed shards run in parallel; the launch is paid once per machine, at the same time.
+    assert cloud.estimate_run(gpu, [3] * 100, machines=4).hours == pytest.approx(
+        (900 + (100 * 30 + 300 * 30) / 4) / 3600
+    )
+    assert cloud.estimate_run(load_profile("smoke"), [1]).process_s == 3.0
+
+
+def test_a_run_that_cannot_fit_max_cluster_hours_is_refused_and_a_close_one_warned():
+    estimate = cloud.RunEstimate(cells=240, processes=572, process_s=30.0)
+    assert estimate.hours == pytest.approx(7.0167, abs=1e-3)
+    fits = cloud.check_run_fits(estimate, "gpu_a100", 24)
+    assert fits.startswith("profile gpu_a100: the run is estimated at 7.0 h (240 cells x 30 s")
+    assert fits.endswith("of max_cluster_hours 24")
+    assert cloud.check_run_fits(estimate, "gpu_a100", 8).startswith("warning: profile gpu_a100")
+    with pytest.raises(UserError, match=r"^max_cluster_hours: got 6, but .* >= 8, or fewer"):
+        cloud.check_run_fits(estimate, "gpu_a100", 6)

@@ -170,6 +170,28 @@ def test_explicit_spot_on_a_cloud_without_it_stops_the_plan_with_one_line(tmp_pa
     auto = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "measure_remote" in auto.stdout
+    # The plan estimates the run's length against max_cluster_hours (default 8 h).
+    estimates = [line for line in auto.stderr.splitlines() if "the run is estimated at" in line]
+    assert len(estimates) == 1 and estimates[0].startswith("warning: profile gpu_a100: ")
+    assert "240 cells x 30 s + 572 worker processes x 30 s" in estimates[0]
+
+
+def test_a_plan_that_cannot_fit_max_cluster_hours_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    argv = [str(BIN / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile")]
+    argv += ["--directory", str(tmp_path), "--config", "profile=gpu_a100", "infra=vast"]
+    proc = subprocess.run(
+        [*argv, "max_cluster_hours=4"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: max_cluster_hours: got 4, but profile gpu_a100: the run is estimated at 7.0 h "
+        "(240 cells x 30 s + 572 worker processes x 30 s + 15 min launch); expected "
+        "max_cluster_hours >= 8, or fewer scenarios"
+    ]
+    assert "measure_remote" not in proc.stdout
 
 
 @needs_loopback
@@ -201,7 +223,8 @@ def test_billing_from_the_ledger(tmp_path):
     assert bill["cost_per_cell_usd"] == pytest.approx(0.1)
     assert bill["measuring_share"] == pytest.approx(150 / 600)
     assert bill["orchestration_s_per_cell"] == pytest.approx(10.0)
-    assert bill["sky_cost_report_usd"] == 0.19 and bill["still_up"] is False
+    assert bill["sky_cost_report_usd"] == 0.19 and bill["still_billing"] is False
+    assert bill["billing_state"].startswith("ended: torn down (verified)")
 
 
 @needs_loopback
@@ -234,3 +257,151 @@ def test_two_loopback_clusters_on_one_node_keep_their_jobs_apart(loopback_home):
         for c in ("c1", "c2")
     ]
     assert status == [100, 0]
+
+
+def fake_sky(tmp_path: Path, monkeypatch, answers: dict[str, tuple[int, str]]) -> Path:
+    """A `sky` on PATH that answers each verb (`exec`, `status`, ...) with (exit code, stdout)
+    and logs every call; unknown verbs exit 0 silently."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sky-calls.log"
+    script = bin_dir / "sky"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"answers = json.loads({json.dumps(json.dumps(answers))})\n"
+        f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "code, out = answers.get(sys.argv[1], (0, ''))\n"
+        "print(out)\nsys.exit(code)\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(cloud.time, "sleep", lambda s: None)
+    return calls
+
+
+def write_ledger(path: Path, cluster: str, events: list[tuple[str, float, dict]]) -> None:
+    with open(path, "w") as fh:
+        for event, t, extra in events:
+            record = {"event": event, "cluster": cluster, "t": t, "at": f"t{t:g}", **extra}
+            fh.write(json.dumps(record) + "\n")
+
+
+UNREADABLE = (1, "sky.exceptions.ApiServerConnectionError: cannot reach the API server")
+
+
+def test_a_failed_cell_whose_status_cannot_be_read_leaves_the_cluster_billing(
+    tmp_path, monkeypatch
+):
+    from datarax_bench.catalog import load_profile
+
+    fake_sky(tmp_path, monkeypatch, {"exec": (1, "job failed"), "status": UNREADABLE})
+    monkeypatch.setenv(cloud.INVOCATION_ENV, "this-run")
+    work = tmp_path / "cloud"
+    work.mkdir()
+    (work / "task.yaml").write_text(yaml.safe_dump({"envs": {}}))
+    launched = time.time() - 600
+    write_ledger(work / "ledger.jsonl", "c1", [("launch_requested", launched, {})])
+    record = {"invocation": "this-run", "autodown_minutes": 40, "task": str(work / "task.yaml")}
+    (work / "cluster.json").write_text(json.dumps(record))
+    spec = cloud.ClusterSpec(
+        profile=load_profile("smoke"), infra="vast", name="c1", settings=cloud.CloudSettings(),
+        work_dir=work, log=tmp_path / "log",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="could not be read .* may still be up and billing"):
+        cloud.measure_remote_cell(spec, "TAB-1", "small", "numpy", tmp_path / "out.json")
+    events = [e["event"] for e in cloud.ledger_for(work).events("c1")]
+    assert "gone" not in events and events[-1] == "status_unreadable"
+    bill = cloud.billing(work, "c1")
+    assert bill["still_billing"] is True and bill["billed_s"] >= 600
+    assert bill["billing_state"].startswith("STILL BILLING: its status could not be read")
+    summary = cloud.billing_markdown_rows(bill)
+    assert ("billing", bill["billing_state"]) in summary
+
+
+def test_only_a_verified_absence_stops_the_bill(tmp_path):
+    cluster_events = {
+        "gone": ("gone", {}),
+        "stopped": ("not_up", {"status": "STOPPED"}),
+        "unreadable": ("status_unreadable", {"error": "exit 1"}),
+        "teardown failed": ("teardown_failed", {}),
+    }
+    still = {}
+    for name, (event, extra) in cluster_events.items():
+        work = tmp_path / name
+        work.mkdir()
+        write_ledger(work / "ledger.jsonl", "c1", [("launch_requested", 1000.0, {}),
+                                                    (event, 1600.0, extra)])  # fmt: skip
+        bill = cloud.billing(work, "c1")
+        still[name] = bill["still_billing"]
+        if not bill["still_billing"]:
+            assert bill["billed_s"] == 600.0
+    assert still == {"gone": False, "stopped": True, "unreadable": True, "teardown failed": True}
+
+
+def test_a_failed_run_writes_its_bill_with_a_verified_teardown(tmp_path, monkeypatch):
+    calls = fake_sky(tmp_path, monkeypatch, {"status": (0, "[]"), "cost-report": (0, "[]")})
+    work = tmp_path / "cloud"
+    work.mkdir()
+    write_ledger(work / "ledger.jsonl", "c1", [
+        ("launch_requested", time.time() - 900, {}),
+        ("up", time.time() - 600, {"hourly_usd": 2.0}),
+    ])  # fmt: skip
+    record, line = cloud.end_failed_run(work, "c1", tmp_path / "log", keep_cluster=False)
+    written = json.loads((work / cloud.FAILED_RUN_BILL).read_text())
+    assert written == record and "down -y c1" in calls.read_text()
+    bill = record["billing"]
+    assert bill["still_billing"] is False and bill["billing_state"].startswith("ended: torn down")
+    assert bill["billed_s"] == pytest.approx(900, abs=30) and bill["cost_usd"] > 0.49
+    assert line.startswith("tore down c1 (verified") and "min billed" in line
+
+
+def test_a_failed_run_whose_teardown_cannot_be_verified_says_it_still_bills(tmp_path, monkeypatch):
+    fake_sky(tmp_path, monkeypatch, {"status": UNREADABLE, "cost-report": UNREADABLE})
+    work = tmp_path / "cloud"
+    work.mkdir()
+    write_ledger(work / "ledger.jsonl", "c1", [("launch_requested", time.time() - 60, {})])
+    record, line = cloud.end_failed_run(work, "c1", tmp_path / "log", keep_cluster=False)
+    assert record["still_up"] == ["c1"] and "STILL BILL" in line
+    bill = json.loads((work / cloud.FAILED_RUN_BILL).read_text())["billing"]
+    assert bill["still_billing"] is True
+    assert bill["billing_state"].startswith("STILL BILLING: its teardown failed")
+
+
+def test_a_kept_cluster_after_a_failure_is_billed_as_still_billing(tmp_path, monkeypatch):
+    calls = fake_sky(tmp_path, monkeypatch, {"cost-report": (0, "[]")})
+    work = tmp_path / "cloud"
+    work.mkdir()
+    write_ledger(work / "ledger.jsonl", "c1", [("launch_requested", time.time() - 60, {})])
+    record, line = cloud.end_failed_run(work, "c1", tmp_path / "log", keep_cluster=True)
+    assert "down" not in calls.read_text() and "stays up (and bills)" in line
+    assert record["billing"]["billing_state"].startswith("STILL BILLING: it was kept")
+
+
+def test_the_bill_says_what_its_price_covers_and_what_was_launched(tmp_path):
+    write_ledger(tmp_path / "ledger.jsonl", "c1", [
+        ("launch_requested", 1000.0, {}), ("up", 1100.0, {"hourly_usd": 1.5}),
+        ("teardown_verified", 4600.0, {}),
+    ])  # fmt: skip
+    resources = {"cloud": "vast", "instance_type": "1x-A100-80GB", "use_spot": True}
+    report = [{"name": "c1", "total_cost": 1.4, "resources": resources}]
+    bill = cloud.billing(tmp_path, "c1", report)
+    assert bill["price_source"] == cloud.PRICE_SOURCE
+    assert "catalog" in bill["price_source"] and "compute only" in bill["price_source"]
+    assert "not the rented offer" in bill["price_source"]
+    assert bill["launched_resources"] == resources
+    rows = dict(cloud.billing_markdown_rows(bill))
+    assert rows["price source"] == cloud.PRICE_SOURCE
+
+
+def test_sky_reports_no_price_of_the_rented_offer(tmp_path, monkeypatch):
+    """What the bill's price source claims, read from SkyPilot 0.14.1 itself: the status JSON
+    carries no price, and the cost report prices the launched resources from the catalog."""
+    import inspect
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # importing sky writes under ~/.sky
+
+    from sky import core
+    from sky.schemas.api.responses import StatusResponse
+
+    assert not [f for f in StatusResponse.model_fields if "price" in f or "cost" in f]
+    assert "launched_resources.get_cost(duration)" in inspect.getsource(core.cost_report)

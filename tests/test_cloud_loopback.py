@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from datarax_bench import cloud
 from datarax_bench.results import load_result
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
@@ -217,7 +218,7 @@ def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_pa
 
     # The bill: in teardown.json, summary.md and the W&B run's summary.
     bill = teardown["billing"]
-    assert bill["launches"] == 1 and bill["cells_pulled"] == 3 and bill["still_up"] is False
+    assert bill["launches"] == 1 and bill["cells_pulled"] == 3 and bill["still_billing"] is False
     assert bill["cost_usd"] == 0.0 and bill["hourly_usd"] == 0.0
     assert 0 < bill["measuring_share"] < 1 and bill["billed_s"] > 0
     summary = (run_dir / "summary.md").read_text()
@@ -258,6 +259,10 @@ def test_preemption_costs_only_what_failed_and_a_plain_rerun_finishes(cluster_en
     assert "the cell was not measured" in out
     assert "onerror: tore down" in out and "verified" in out
     assert ledger(run_dir)[-1]["event"] == "teardown_verified"
+    # The failed run's bill: billed until the verified teardown, nothing still billing.
+    failed_bill = json.loads((run_dir / "cloud" / cloud.FAILED_RUN_BILL).read_text())["billing"]
+    assert failed_bill["still_billing"] is False and failed_bill["launches"] == 1
+    assert "min billed" in out and "ended: torn down (verified)" in out
     first_calls = loopback.calls(home)
     assert verbs(first_calls).count("launch") == 1, "a cell launched the cluster again"
     measured = raw_cells(run_dir)
@@ -278,12 +283,15 @@ def test_preemption_costs_only_what_failed_and_a_plain_rerun_finishes(cluster_en
     assert verbs(calls)[-1] == "cost-report" and "down" in verbs(calls)
     bill = json.loads((run_dir / "cloud" / "teardown.json").read_text())["billing"]
     assert bill["launches"] == 2 and bill["cells_pulled"] == 3
-    # Billed: each launch to its end (preempted, then torn down), not the gap between runs.
+    # Billed: each launch to its verified end (the preempted node still listed, INIT, until the
+    # error handler's teardown; then the rerun's teardown), not the gap between runs.
     events = ledger(run_dir)
     launches = [e["t"] for e in events if e["event"] == "launch_requested"]
-    gone = next(e["t"] for e in events if e["event"] == "gone")
-    down = next(e["t"] for e in events[::-1] if e["event"] == "teardown_verified")
-    expected = gone - launches[0] + down - launches[1]
+    # Every cell that found the node dead saw it still listed (INIT): never taken for gone.
+    assert {e.get("status") for e in events if e["event"] == "not_up"} == {"INIT"}
+    assert "gone" not in [e["event"] for e in events]
+    downs = [e["t"] for e in events if e["event"] == "teardown_verified"]
+    expected = downs[0] - launches[0] + downs[-1] - launches[1]
     assert bill["billed_s"] == pytest.approx(expected, abs=0.5)
     check_against_real_sky_cli(loopback.calls(home))
 

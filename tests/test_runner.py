@@ -78,6 +78,48 @@ def test_ok_cell_writes_a_valid_result_with_provenance(
     assert not [p for p in tmp_path.iterdir() if p.name != "cell.json"], "no temporary files left"
 
 
+def test_a_cell_runs_with_the_profiles_threads_whatever_the_callers_environment(
+    cli_path, tmp_path, monkeypatch, run_smoke_cell
+):
+    # SkyPilot runs every job with OMP_NUM_THREADS=1; a local shell may set anything.
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("MKL_NUM_THREADS", "5")
+    out = tmp_path / "cell.json"
+    proc = run_smoke_cell("TAB-1", "numpy", out)
+    assert proc.returncode == 0, proc.stderr
+    prov = load_result(out)["provenance"]
+    assert prov["threads"] == {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": None,
+        "OPENBLAS_NUM_THREADS": None,
+        "TF_NUM_INTRAOP_THREADS": None,
+        "TF_NUM_INTEROP_THREADS": None,
+    }
+    assert prov["environment"]["OMP_NUM_THREADS"] == "1"
+    assert "MKL_NUM_THREADS" not in prov["environment"]
+    assert load_result(out)["settings"]["threads_env"] == {"OMP_NUM_THREADS": 1}
+
+
+def test_a_profiles_threads_env_sets_and_unsets_the_thread_variables(project_copy, monkeypatch):
+    from datarax_bench.catalog import load_profile
+    from datarax_bench.errors import UserError
+
+    profile = project_copy / "config/profiles/smoke.yaml"
+    text = profile.read_text()
+    monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
+    profile.write_text(text + "threads_env: {OMP_NUM_THREADS: 4, OPENBLAS_NUM_THREADS: null}\n")
+    smoke = load_profile("smoke")
+    env = runner.worker_environment(smoke, {"OPENBLAS_NUM_THREADS": "8", "PATH": "/bin"})
+    assert env == {"OMP_NUM_THREADS": "4", "PATH": "/bin"}
+    assert smoke.settings()["threads_env"] == {"OMP_NUM_THREADS": 4, "OPENBLAS_NUM_THREADS": None}
+    profile.write_text(text + "threads_env: {OMP_NUM_THREADS: 0}\n")
+    with pytest.raises(UserError, match="threads_env.OMP_NUM_THREADS"):
+        load_profile("smoke")
+    profile.write_text(text + "threads_env: {NUMBA_NUM_THREADS: 2}\n")
+    with pytest.raises(UserError, match="threads_env"):
+        load_profile("smoke")
+
+
 def test_git_commit_comes_from_the_environment_without_a_checkout(cli_path, tmp_path, monkeypatch):
     import shutil
 

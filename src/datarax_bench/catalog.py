@@ -22,6 +22,8 @@ NAME_KEYS = frozenset(
 OPTION_KEYS = ("backend", "loading", "devices", "checkpoint_after", "epochs")
 #: The measure whose cells a profile's `feed` can add the feed measurement to.
 FEED_MEASURE = "throughput"
+#: A profile's `threads_env` when it names none: what SkyPilot sets for every job.
+DEFAULT_THREADS_ENV = {"OMP_NUM_THREADS": 1}
 # The option every variant of a scenario with this measure must set.
 REQUIRED_OPTION = {
     "source_backends": "backend",
@@ -333,6 +335,10 @@ class Profile:
     styles: tuple[str, ...] = STYLES
     #: How the tuned style's parallelism sweep measures each point (`tuning.TuningSettings`).
     tuning: dict[str, Any] | None = None
+    #: The thread variables every worker process starts with (None: unset); the others of
+    #: `provenance.THREAD_VARIABLES` are removed. SkyPilot sets OMP_NUM_THREADS=1 for every
+    #: job, so the default makes a local run measure what a remote one does.
+    threads_env: dict[str, int | None] = field(default_factory=lambda: dict(DEFAULT_THREADS_ENV))
     #: Not from the profile's file: for a cell's later worker processes, the first process's
     #: tuned choice, measured again without a sweep (`processes.worker_profile`).
     tuned_choice: dict[str, Any] | None = None
@@ -362,6 +368,7 @@ class Profile:
             "seed": self.seed,
             "measurement": self.measurement,
             "parallelism": self.parallelism,
+            "threads_env": self.threads_env,
         }
         fed = self.feed is not None
         if workload is not None:
@@ -431,4 +438,5 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         feed=doc.get("feed"),
         styles=tuple(doc.get("styles", STYLES)),
         tuning=doc.get("tuning"),
+        threads_env=dict(doc.get("threads_env", DEFAULT_THREADS_ENV)),
     )

@@ -336,6 +336,74 @@ def cell_allowance_s(profile) -> float:
     return float(profile.measurement["timeout_s"]) * attempts + CELL_MARGIN_S
 
 
+# --- the run's length ----------------------------------------------------------------------
+
+#: Stated estimates, not measurements on a cloud: what one cell costs beyond its worker
+#: processes (a real `sky exec` round trip, 15-30 s, with the workdir sync and the pull: the
+#: upper end), the launch (provisioning and the install in setup), and one worker process of a
+#: profile that states none (`cloud.process_estimate_s`).
+CELL_ORCHESTRATION_ESTIMATE_S = 30.0
+LAUNCH_ESTIMATE_S = 900.0
+DEFAULT_PROCESS_ESTIMATE_S = 30.0
+#: A plan estimated past this share of `max_cluster_hours` is warned about: the estimate is
+#: rough, and the ceiling cuts the run off where it stands.
+ESTIMATE_WARNING_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long a cloud run should take: its launch, then every cell's orchestration and every
+    worker process of every cell, spread over `machines` (managed shards run in parallel)."""
+
+    cells: int
+    processes: int
+    process_s: float
+    cell_s: float = CELL_ORCHESTRATION_ESTIMATE_S
+    launch_s: float = LAUNCH_ESTIMATE_S
+    machines: int = 1
+
+    @property
+    def hours(self) -> float:
+        work_s = self.cells * self.cell_s + self.processes * self.process_s
+        return (self.launch_s + work_s / self.machines) / 3600
+
+    def describe(self) -> str:
+        spread = f", over {self.machines} machines" if self.machines > 1 else ""
+        return (
+            f"{self.cells} cells x {self.cell_s:g} s + {self.processes} worker processes x "
+            f"{self.process_s:g} s + {self.launch_s / 60:g} min launch{spread}"
+        )
+
+
+def estimate_run(profile, process_counts: Sequence[int], machines: int = 1) -> RunEstimate:
+    """`process_counts`: each planned cell's worker processes (`runner.processes_of`)."""
+    return RunEstimate(
+        cells=len(process_counts),
+        processes=sum(process_counts),
+        process_s=float(profile.cloud.get("process_estimate_s", DEFAULT_PROCESS_ESTIMATE_S)),
+        machines=max(1, machines),
+    )
+
+
+def check_run_fits(estimate: RunEstimate, profile_name: str, max_cluster_hours: float) -> str:
+    """The plan's estimate as one line; raises UserError when the run cannot fit the ceiling,
+    which would cut it off with cells unmeasured. The line starts with `warning:` when the run
+    comes close to it."""
+    hours = estimate.hours
+    estimated = (
+        f"profile {profile_name}: the run is estimated at {hours:.1f} h ({estimate.describe()})"
+    )
+    if hours > max_cluster_hours:
+        raise UserError(
+            f"max_cluster_hours: got {max_cluster_hours:g}, but {estimated}; "
+            f"expected max_cluster_hours >= {math.ceil(hours)}, or fewer scenarios"
+        )
+    line = f"{estimated} of max_cluster_hours {max_cluster_hours:g}"
+    if hours > ESTIMATE_WARNING_SHARE * max_cluster_hours:
+        return f"warning: {line}: close to the ceiling, which stops the run where it stands"
+    return line
+
+
 # --- running sky ------------------------------------------------------------------------------
 
 
@@ -482,6 +550,10 @@ def parse_launch_estimate(output: str) -> dict[str, Any]:
 # --- the cloud ledger -------------------------------------------------------------------------
 
 
+#: Ledger events after which the cluster verifiably no longer exists: only these end billed time.
+BILLING_ENDS = {"teardown_verified": "torn down (verified)", "gone": "gone (verified absent)"}
+
+
 class Ledger:
     """Append-only record of what a run's clusters did and when (cloud/ledger.jsonl).
 
@@ -519,7 +591,7 @@ class Ledger:
         for record in self.events(cluster):
             if record["event"] == "launch_requested":
                 launch = record
-            elif record["event"] in ("teardown_verified", "gone"):
+            elif record["event"] in BILLING_ENDS:
                 launch = None
         return launch
 
@@ -820,14 +892,29 @@ def measure_remote_cell(
         if proc.returncode != 0:
             try:
                 status = cluster_status(cluster, log)
-            except RuntimeError:
-                status = "unknown"
-            if status != _UP:
-                ledger.add("gone", cluster, status=status)
+            except RuntimeError as exc:
+                # Unknown is not gone: the cluster may still be up, so its bill runs on.
+                ledger.add("status_unreadable", cluster, error=str(exc))
                 raise RuntimeError(
-                    f"cell {label}: cluster {cluster} is {status or 'gone'} (preempted, "
-                    "torn down or autodowned); the cell was not measured. Rerun the same "
-                    "command to provision again and measure what is missing"
+                    f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} and "
+                    f"its status could not be read ({exc}); the cell was not measured and the "
+                    "cluster may still be up and billing"
+                ) from None
+            if status is None:
+                ledger.add("gone", cluster)
+                raise RuntimeError(
+                    f"cell {label}: cluster {cluster} is gone (preempted, torn down or "
+                    "autodowned); the cell was not measured. Rerun the same command to "
+                    "provision again and measure what is missing"
+                )
+            if status != _UP:
+                # INIT or STOPPED still exists: a stopped machine's disk bills, an INIT one
+                # may be running.
+                ledger.add("not_up", cluster, status=status)
+                raise RuntimeError(
+                    f"cell {label}: cluster {cluster} is {status} (preempted, failing or "
+                    "stopped; it still exists and may bill); the cell was not measured. Rerun "
+                    "the same command to provision again and measure what is missing"
                 )
             tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
             raise RuntimeError(
@@ -856,7 +943,7 @@ def cost_report(clusters: Sequence[str], log: Path | None = None) -> list[dict[s
         records = json_records(proc.stdout) if proc.returncode == 0 else []
     except (SkyTimeout, ValueError):
         return []
-    keep = ("name", "status", "total_cost", "duration", "num_nodes", "launched_at")
+    keep = ("name", "status", "total_cost", "duration", "num_nodes", "launched_at", "resources")
     return [{k: r.get(k) for k in keep} for r in records if r.get("name") in set(clusters)]
 
 
@@ -868,6 +955,26 @@ def teardown(
     `sky down` exits 0 even when termination failed, so only the status afterwards counts.
     Raises RuntimeError naming every cluster that still exists (and so still bills).
     """
+    record = teardown_attempts(clusters, log, ledger)
+    if record["still_up"]:
+        raise RuntimeError(still_billing_message(record))
+    return record
+
+
+def still_billing_message(record: dict[str, Any]) -> str:
+    remaining = record["still_up"]
+    return (
+        f"cluster(s) {', '.join(remaining)} still exist after {len(record['attempts'])} "
+        f"`sky down` attempts and STILL BILL: run `sky down {' '.join(remaining)}` and check "
+        "the provider's console"
+    )
+
+
+def teardown_attempts(
+    clusters: Sequence[str], log: Path | None = None, ledger: Ledger | None = None
+) -> dict[str, Any]:
+    """`teardown`'s attempts and outcome, without raising: `still_up` names what still bills
+    (every cluster whose absence was not verified)."""
     clusters = list(clusters)
     attempts: list[dict[str, Any]] = []
     remaining = clusters
@@ -907,48 +1014,108 @@ def teardown(
                 ledger.add("teardown_failed", cluster, attempts=len(attempts))
             else:
                 ledger.add("teardown_verified", cluster, attempts=len(attempts))
-    if remaining:
-        raise RuntimeError(
-            f"cluster(s) {', '.join(remaining)} still exist after {len(attempts)} `sky down` "
-            f"attempts and STILL BILL: run `sky down {' '.join(remaining)}` and check the "
-            "provider's console"
-        )
     return record
+
+
+#: The bill of a run that failed (cloud/), written by the workflow's error handler. Not
+#: teardown.json, which is the teardown rule's output: a rerun must still tear down.
+FAILED_RUN_BILL = "failed-run-bill.json"
+
+
+def end_failed_run(
+    work_dir: Path, cluster: str, log: Path, keep_cluster: bool
+) -> tuple[dict[str, Any], str]:
+    """After a failed run: tear the cluster down (verified) unless it is kept, and write the bill
+    up to now, with what still bills, to `FAILED_RUN_BILL`. Returns it and a line to print."""
+    work_dir = Path(work_dir)
+    ledger = ledger_for(work_dir)
+    if keep_cluster:
+        ledger.add("kept", cluster)
+        record: dict[str, Any] = {"clusters": [], "kept": [cluster], "at": utc_now()}
+        record["cost_report"] = cost_report([cluster], log)
+        outcome = f"keep_cluster: true; {cluster} stays up (and bills)"
+    else:
+        record = teardown_attempts([cluster], log, ledger)
+        if record["still_up"]:
+            outcome = still_billing_message(record)
+        else:
+            outcome = f"tore down {cluster} (verified; see {log})"
+    bill = billing(work_dir, cluster, record.get("cost_report", []))
+    record["billing"] = bill
+    path = work_dir / FAILED_RUN_BILL
+    write_json_atomic(path, record)
+    cost = "no price" if bill["cost_usd"] is None else f"${bill['cost_usd']:.4f} at catalog price"
+    summary = (
+        f"{outcome}; bill: {bill['billed_s'] / 60:.1f} min billed, {cost}, "
+        f"{bill['billing_state']} ({path})"
+    )
+    return record, summary
 
 
 # --- billing ------------------------------------------------------------------------------------
 
 
+#: What the hourly price is: the figure `sky launch` prints for the resources its optimizer
+#: chose, from SkyPilot's price catalog. SkyPilot 0.14.1 reports no other: `sky status -o json`
+#: has no price, and `sky cost-report`'s `total_cost` is the same catalog price times its own
+#: usage intervals (`Resources.get_cost`). The offer actually rented (a Vast bid, a host's own
+#: rate) and disks, storage and network are not in it.
+PRICE_SOURCE = (
+    "SkyPilot catalog price of the resources its optimizer chose (sky launch's table), compute "
+    "only: no disk, storage or network; not the rented offer's own price, which SkyPilot "
+    "0.14.1 does not report"
+)
+#: Ledger events that leave a cluster billing, and what each says about it.
+_STILL_BILLING = {
+    "status_unreadable": "its status could not be read",
+    "not_up": "it was found not UP but still existing",
+    "teardown_failed": "its teardown failed",
+    "kept": "it was kept (keep_cluster)",
+}
+
+
 def billing(work_dir: Path, cluster: str, cost_records: Sequence[dict] = ()) -> dict[str, Any]:
     """Billed time and cost of a run's cluster, from its ledger (and SkyPilot's cost report).
 
-    Billed time runs from each launch request to its verified teardown (or to now while the
-    cluster is up): an upper bound, since the provider starts billing once the machine exists.
+    Billed time runs from each launch request to a verified absence (a verified teardown, or a
+    refreshed status that no longer lists the cluster), or to now while none has been seen: an
+    upper bound, since the provider starts billing once the machine exists. A status that could
+    not be read, or a teardown that failed, leaves the clock running.
     """
     events = ledger_for(work_dir).events(cluster)
-    billed_s, start, price = 0.0, None, None
+    billed_s, start, price, last_seen = 0.0, None, None, None
     for record in events:
         if record["event"] == "launch_requested" and start is None:
             start = record["t"]
         elif record["event"] == "up" and record.get("hourly_usd") is not None:
             price = record["hourly_usd"]
-        elif record["event"] in ("teardown_verified", "gone") and start is not None:
+        elif record["event"] in BILLING_ENDS and start is not None:
             billed_s += record["t"] - start
             start = None
-    up_now = start is not None
-    if up_now:
+        if record["event"] in BILLING_ENDS or record["event"] in _STILL_BILLING:
+            last_seen = record
+    still_billing = start is not None
+    if still_billing:
         billed_s += time.time() - start
+        why = _STILL_BILLING.get((last_seen or {}).get("event"), "no verified teardown yet")
+        state = f"STILL BILLING: {why}" + (f" ({last_seen['at']})" if last_seen else "")
+    elif last_seen is not None:
+        state = f"ended: {BILLING_ENDS[last_seen['event']]} at {last_seen.get('at')}"
+    else:
+        state = "never launched"
     measured = [r for r in events if r["event"] == "pulled"]
     measuring_s = sum(r.get("measured_s", 0.0) for r in measured)
     job_s = sum(r.get("job_s", 0.0) for r in measured)
     cost = None if price is None else price * billed_s / 3600
-    reported = [r.get("total_cost") for r in cost_records if r.get("name") == cluster]
+    reported = [r for r in cost_records if r.get("name") == cluster]
     return {
         "cluster": cluster,
         "launches": sum(1 for r in events if r["event"] == "launch_requested"),
         "billed_s": round(billed_s, 1),
-        "still_up": up_now,
+        "still_billing": still_billing,
+        "billing_state": state,
         "hourly_usd": price,
+        "price_source": PRICE_SOURCE,
         "cost_usd": None if cost is None else round(cost, 4),
         "cells_pulled": len(measured),
         "cost_per_cell_usd": (
@@ -960,7 +1127,11 @@ def billing(work_dir: Path, cluster: str, cost_records: Sequence[dict] = ()) -> 
         "orchestration_s_per_cell": (
             round((job_s - measuring_s) / len(measured), 2) if measured else None
         ),
-        "sky_cost_report_usd": reported[0] if reported else None,
+        # The same catalog price over SkyPilot's own usage intervals; `resources` names what
+        # was launched (instance type, region, spot), against which the provider's invoice
+        # can be checked.
+        "sky_cost_report_usd": reported[0].get("total_cost") if reported else None,
+        "launched_resources": reported[0].get("resources") if reported else None,
     }
 
 
@@ -978,29 +1149,40 @@ def billing_markdown(run_dir: Path) -> str:
     bill = read_billing(run_dir)
     if not bill:
         return ""
+    lines = ["", "## Cloud cost", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in billing_markdown_rows(bill)]
+    return "\n".join(lines) + "\n"
+
+
+def billing_markdown_rows(bill: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) of each row of summary.md's bill."""
 
     def money(value: float | None) -> str:
         return "not quoted" if value is None else f"${value:.4f}"
 
     share = bill.get("measuring_share")
     rows = [
-        ("cluster", f"`{bill['cluster']}`" + (" (still up)" if bill.get("still_up") else "")),
+        ("cluster", f"`{bill['cluster']}`"),
+        ("billing", bill.get("billing_state") or "unknown"),
         ("launches", str(bill.get("launches"))),
-        ("billed time", f"{bill['billed_s'] / 60:.1f} min (launch request to verified teardown)"),
         (
-            "quoted price",
+            "billed time",
+            f"{bill['billed_s'] / 60:.1f} min (launch request to verified absence"
+            + (", still running)" if bill.get("still_billing") else ")"),
+        ),
+        (
+            "hourly price",
             "not quoted" if bill.get("hourly_usd") is None else f"${bill['hourly_usd']:.2f}/h",
         ),
+        ("price source", bill.get("price_source") or "unknown"),
         ("cost", money(bill.get("cost_usd"))),
         ("cells pulled", str(bill.get("cells_pulled"))),
         ("cost per cell", money(bill.get("cost_per_cell_usd"))),
         ("share of billed time measuring", "n/a" if share is None else f"{share:.1%}"),
         ("orchestration per cell", f"{bill.get('orchestration_s_per_cell')} s"),
-        ("`sky cost-report`", money(bill.get("sky_cost_report_usd"))),
+        ("`sky cost-report` (same catalog price)", money(bill.get("sky_cost_report_usd"))),
     ]
-    lines = ["", "## Cloud cost", "", "| | |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def billing_metrics(run_dir: Path) -> dict[str, Any]:
@@ -1009,6 +1191,7 @@ def billing_metrics(run_dir: Path) -> dict[str, Any]:
     keys = (
         "billed_s", "hourly_usd", "cost_usd", "cells_pulled", "cost_per_cell_usd",
         "measuring_share", "orchestration_s_per_cell", "sky_cost_report_usd", "launches",
+        "still_billing",
     )  # fmt: skip
     return {f"cloud/{k}": bill[k] for k in keys if bill.get(k) is not None}
 

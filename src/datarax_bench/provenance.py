@@ -28,6 +28,16 @@ _ENV_SECRET = re.compile(
     r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION|CERT", re.I
 )
 BASE_DISTRIBUTIONS = ("numpy", "jax", "jaxlib", "datarax")
+#: The variables that decide how many threads the numerical libraries under the loaders start:
+#: OpenMP (which SkyPilot sets to 1 for every job), MKL, OpenBLAS and TensorFlow's two pools.
+#: XLA's own thread flags live in XLA_FLAGS, which `environment` records whole.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+)
 
 
 def recorded_environment(environ=None) -> dict[str, str]:
@@ -38,6 +48,13 @@ def recorded_environment(environ=None) -> dict[str, str]:
         for k, v in sorted(environ.items())
         if _ENV_RECORDED.match(k) and not _ENV_SECRET.search(k)
     }
+
+
+def thread_environment(environ=None) -> dict[str, str | None]:
+    """Every thread variable's value, None where it is unset (the library then picks, usually
+    one thread per core): recorded whole, so that an unset variable is seen, not omitted."""
+    environ = os.environ if environ is None else environ
+    return {name: environ.get(name) for name in THREAD_VARIABLES}
 
 
 @cache
@@ -171,5 +188,6 @@ def collect(distributions=()) -> dict[str, Any]:
         "jax": jax_details,
         "gpu": gpu_name(jax_details),
         "environment": recorded_environment(),
+        "threads": thread_environment(),
         "randomness": randomness.SCHEME,
     }

@@ -80,6 +80,19 @@ def _reap(proc: subprocess.Popen) -> None:
     proc.returncode = os.waitstatus_to_exitcode(status)
 
 
+def worker_environment(profile: Profile, environ=None) -> dict[str, str]:
+    """The environment a cell's worker starts with: the caller's, with the thread variables set
+    from the profile (`threads_env`) and the rest of them removed, so that a run measures the
+    same threads here as on a SkyPilot machine, whatever the caller's shell sets."""
+    env = dict(os.environ if environ is None else environ)
+    for name in provenance.THREAD_VARIABLES:
+        env.pop(name, None)
+    for name, value in profile.threads_env.items():
+        if value is not None:
+            env[name] = str(value)
+    return env
+
+
 def _run_worker(
     cell: Cell,
     output: Path,
@@ -142,6 +155,7 @@ def _run_worker(
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
                     pass_fds=(lifeline_read, lock_fd),
+                    env=worker_environment(cell.profile),
                 )
             finally:
                 os.close(lifeline_read)

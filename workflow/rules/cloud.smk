@@ -54,19 +54,15 @@ rule teardown:
         "../scripts/cloud_teardown.py"
 
 
+# After a failure each cluster is torn down (unless kept) and its bill written: what was billed
+# until now and whether it still bills (cloud/failed-run-bill.json).
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
-    if config["keep_cluster"]:
-        print(f"keep_cluster: true; {', '.join(all_clusters())} stay up (and bill)")
-    else:
-        for _profile in PROFILES:
-            _cluster = cluster_for(_profile.name)
-            _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-teardown.log"
-            _ledger = cloud.ledger_for(
-                CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
-            )
-            try:
-                cloud.teardown([_cluster], _log, _ledger)
-                print(f"onerror: tore down {_cluster} (verified; see {_log})")
-            except RuntimeError as _exc:
-                print(f"onerror: {_exc} (see {_log})")
+    for _profile in PROFILES:
+        _cluster = cluster_for(_profile.name)
+        _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-teardown.log"
+        _work_dir = CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
+        _, _summary = cloud.end_failed_run(
+            _work_dir, _cluster, _log, config["keep_cluster"]
+        )
+        print(f"onerror: {_summary}")

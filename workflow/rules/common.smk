@@ -140,6 +140,22 @@ def process_count(profile_name, scenario, variant, adapter, style):
     return processes_of(cell)
 
 
+# A cloud run's length, estimated from the plan (cells x worker processes x the profile's
+# per-process estimate, cloud.estimate_run): one line on stderr, a warning near
+# max_cluster_hours, and exit 2 with one line when it cannot fit, since the ceiling would cut
+# the run off with cells unmeasured.
+if config["infra"] != "local":
+    for _profile in PROFILES:
+        _counts = [process_count(_profile.name, *cell) for cell in cells(_profile.name)]
+        with one_line_errors():
+            _line = cloud.check_run_fits(
+                cloud.estimate_run(_profile, _counts, machines=config["shards"]),
+                _profile.name,
+                config["max_cluster_hours"],
+            )
+        print(_line, file=sys.stderr)
+
+
 def get_process_count(wildcards):
     """How many worker processes measure the cell (1 for a cell that runs no loader)."""
     return process_count(

@@ -11,6 +11,7 @@ with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_f
     ledger = cloud.ledger_for(p.work_dir)
     if p.keep_cluster:
         record = {"clusters": [], "kept": [p.cluster], "at": utc_now()}
+        ledger.add("kept", p.cluster)  # the bill then says that it still bills
         print(f"keep_cluster: true; {p.cluster} stays up and bills", file=sys.stderr)
     else:
         record = cloud.teardown([p.cluster], snakemake.log[0], ledger)  # noqa: F821
