@@ -1,4 +1,5 @@
-"""tf.data adapter: autotuned map/prefetch, per-element stateless randomness, no accelerators."""
+"""tf.data adapter: autotuned map/prefetch, the reference's counter-based draws in TF ops, no
+accelerators."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def test_tensorflow_sees_no_gpu_and_the_pipeline_is_autotuned():
     assert loader.parallelism["prefetch_buffer_size"] == "AUTOTUNE"
     assert loader.parallelism["deterministic"] is True
     assert loader.parallelism["tf_visible_gpus"] == 0
+    assert loader.parallelism["tf_arithmetic_optimization"] is False
+    assert loader.parallelism["rng"] == f"reference {randomness.SCHEME} draws (TF ops)"
     assert isinstance(batch["image"], tf.Tensor)
 
 
@@ -86,7 +89,7 @@ def test_resized_crop_fallback_is_the_reference_centre_crop():
     dataset = materialize(w, 0)
     got = support.run_loader(ADAPTER, w, dataset, 0, (0,))[0][0]
     want = reference.reference_batch(dataset, w.transforms, 0, 0, 0, w.batch_size)
-    np.testing.assert_allclose(got["image"], want["image"], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got["image"], want["image"])
 
 
 def test_hash_bucket_matches_the_reference_on_extreme_ids():
@@ -204,3 +207,13 @@ def test_normal_values_in_tf_ops_are_the_references(size):
     key = randomness.StepKey(9, 4, 123_456, 2)
     got = _in_graph(tf, lambda: draws.normal_values(_step_key(tf, 9, 4, 123_456, 2), size, 4.0))
     np.testing.assert_array_equal(got.numpy(), randomness.normal_values(key, size, 4.0))
+
+
+@pytest.mark.parametrize("crop,size", [((7, 11), (16, 16)), ((31, 20), (24, 24)), ((5, 5), (5, 5))])
+def test_the_bilinear_resize_in_tf_ops_is_the_references(crop, size):
+    from datarax_bench.adapters.tfdata import _Ops
+
+    tf, _ = _draws()
+    image = np.random.default_rng(1).integers(0, 256, size=(*crop, 3), dtype=np.uint8)
+    got = _in_graph(tf, lambda x: _Ops(tf).resize_bilinear(x, *size), tf.constant(image))
+    np.testing.assert_array_equal(got.numpy(), reference.resize_bilinear(image, *size))
