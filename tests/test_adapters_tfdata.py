@@ -147,7 +147,8 @@ def test_threefry_in_tf_ops_equals_the_reference_over_many_counters():
 def _step_key(tf, seed, epoch, index, step):
     from datarax_bench.adapters._tensorflow import ElementKey
 
-    return ElementKey(tf, seed, tf.constant(epoch, tf.int64), tf.constant(index, tf.int64), step)
+    epoch, index = tf.constant(epoch, tf.int64), tf.constant(index, tf.int64)
+    return ElementKey(tf, seed, epoch, index, step).next_step()
 
 
 def test_a_step_keys_words_are_the_references_for_an_element_and_for_a_batch():
@@ -217,3 +218,40 @@ def test_the_bilinear_resize_in_tf_ops_is_the_references(crop, size):
     image = np.random.default_rng(1).integers(0, 256, size=(*crop, 3), dtype=np.uint8)
     got = _in_graph(tf, lambda x: _Ops(tf).resize_bilinear(x, *size), tf.constant(image))
     np.testing.assert_array_equal(got.numpy(), reference.resize_bilinear(image, *size))
+
+
+@pytest.mark.parametrize(
+    "sid,variant,planned",
+    [
+        ("CV-1", "small", {0: randomness.CROP_DRAWS, 1: 1}),
+        ("CV-2", "small", {0: 3}),
+        # branch_merge takes step 0 before its branches; the noise's count is its field's size.
+        ("PC-2", "small", {1: 1}),
+        ("PC-1", "d10", {2: 1, 4: 1, 7: 1, 9: 1}),
+    ],
+)
+def test_a_walks_fixed_draws_are_computed_ahead_under_the_walks_step_numbers(sid, variant, planned):
+    from datarax_bench.adapters.tfdata import _planned_draws
+
+    w = support.workload(sid, variant)
+    assert _planned_draws(w.transforms, w.fields) == planned
+
+
+def test_planned_words_are_the_words_of_their_steps():
+    tf, draws = _draws()
+    from datarax_bench.adapters._tensorflow import ElementKey
+
+    # Step 1 is not planned: its words are computed on their own.
+    counts = (randomness.CROP_DRAWS, 4, 1, 3)
+
+    def walk(index):
+        keys = ElementKey(tf, 11, tf.constant(2, tf.int64), index)
+        draws.plan(keys, {0: randomness.CROP_DRAWS, 2: 1, 3: 3})
+        return [draws.words(keys.next_step(), n) for n in counts]
+
+    for index in (tf.constant(5, tf.int64), tf.constant([5, 6, 2**32 + 7], tf.int64)):
+        got = _in_graph(tf, walk, index)
+        indices = np.atleast_1d(index.numpy())
+        for step, ((y0, y1), n) in enumerate(zip(got, counts, strict=True)):
+            want = randomness.batch_words(11, 2, indices, step, n)
+            np.testing.assert_array_equal(np.stack([y0, y1], -1).reshape(want.shape), want)

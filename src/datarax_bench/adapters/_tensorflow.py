@@ -58,22 +58,25 @@ class StepKey(NamedTuple):
     key1: Any
     index: Any
     step: int
+    #: The step's words (y0, y1), where they were computed ahead with other steps' (`plan`).
+    words: Any = None
 
 
 class ElementKey:
     """Where one element's walk stands (`randomness.ElementKey`): `next_step()` gives each step its
     key, in order. `epoch` and `index` are int64 tensors (scalars, or one per row of a batch)."""
 
-    __slots__ = ("key0", "key1", "index", "step")
+    __slots__ = ("key0", "key1", "index", "step", "planned")
 
     def __init__(self, tf, seed: int, epoch, index, step: int = 0):
         self.key0 = tf.constant(seed & randomness.MASK32, tf.uint32)
         self.key1 = _word(tf, epoch)
         self.index = _word(tf, index)
         self.step = step
+        self.planned: dict[int, Any] = {}
 
     def next_step(self) -> StepKey:
-        key = StepKey(self.key0, self.key1, self.index, self.step)
+        key = StepKey(self.key0, self.key1, self.index, self.step, self.planned.get(self.step))
         self.step += 1
         return key
 
@@ -86,17 +89,25 @@ def _word(tf, value):
 class CounterDraws:
     """The reference's counter-based draws (`datarax_bench.randomness`) in TensorFlow ops.
 
-    Threefry-2x32-20 in uint32 `tf.bitwise` ops (TF's own `alg="threefry"` runs only under
-    XLA), then the same integer-first conversions, so every draw is the reference's bits. Each
-    function works on a scalar key's words or on a batch's (one element index per row).
+    Threefry-2x32-20 in uint32 `tf.bitwise` ops (TF's own `alg="threefry"` runs only under XLA
+    and takes no counter of ours), then the same integer-first conversions, so every draw is the
+    reference's bits. Each function works on a scalar key's words or on a batch's (one element
+    index per row).
     """
 
     def __init__(self, tf):
         self.tf = tf
+        # XLA fuses Threefry's ~120 small integer ops into one kernel: twice the elements per
+        # second of running them one by one. Integer ops only, so the bits are the same.
+        self._compiled = tf.function(self._threefry2x32, jit_compile=True)
 
     def threefry2x32(self, key0, key1, count0, count1):
         """Threefry-2x32-20 of counters (count0, count1) under key (key0, key1): uint32 tensors,
         broadcast."""
+        tf = self.tf
+        return self._compiled(*(tf.cast(v, tf.uint32) for v in (key0, key1, count0, count1)))
+
+    def _threefry2x32(self, key0, key1, count0, count1):
         tf = self.tf
         u32 = tf.uint32
         bits = tf.bitwise
@@ -116,10 +127,29 @@ class CounterDraws:
             x1 = x1 + ks[(group + 2) % 3] + tf.constant(group + 1, u32)
         return x0, x1
 
+    def plan(self, keys: ElementKey, draws: dict[int, int]) -> None:
+        """Computes the words of several steps of a walk in one Threefry pass, `draws[step]` for
+        each, and gives them to `keys`' steps: one pass per element instead of one per step."""
+        if not draws:
+            return
+        tf = self.tf
+        count1 = np.concatenate(
+            [randomness.counter_word(step, np.arange(n)) for step, n in draws.items()]
+        )
+        y0, y1 = self.threefry2x32(
+            keys.key0, keys.key1[..., None], keys.index[..., None], tf.constant(count1)
+        )
+        start = 0
+        for step, n in draws.items():
+            keys.planned[step] = (y0[..., start : start + n], y1[..., start : start + n])
+            start += n
+
     def words(self, key: StepKey, draws):
         """(y0, y1): uint32 of shape (..., draws), the words of draws 0..draws-1 of `key`'s step
         (`randomness.batch_words`); `draws` may be a tensor."""
         tf = self.tf
+        if key.words is not None and key.words[0].shape[-1] == draws:
+            return key.words
         if not 0 <= key.step < randomness.MAX_STEPS:
             raise ValueError(f"step {key.step} is outside the {randomness.MAX_STEPS} steps")
         count1 = tf.bitwise.bitwise_or(

@@ -176,6 +176,40 @@ class _Ops:
         return self.tf.cast(x, p["dtype"])
 
 
+#: Draws per element of the random ops that draw a fixed number (all but gaussian_noise, whose
+#: count is its field's size): their words are computed ahead, all of a walk's at once.
+FIXED_DRAWS = {
+    "random_resized_crop": randomness.CROP_DRAWS,
+    "random_crop_3d": 3,
+    **{op: spec.draws for op, spec in reference.RANDOM_DRAWS.items()},
+}
+
+
+def _planned_draws(steps, fields) -> dict[int, int]:
+    """{step number: draws} of the walk's `FIXED_DRAWS` steps, numbered by the walk itself
+    (`reference.apply_step` over placeholder values)."""
+    planned: dict[int, int] = {}
+
+    def leaf(op):
+        def record(x, step, key):
+            if op in FIXED_DRAWS:
+                planned[key.step] = FIXED_DRAWS[op]
+            return x
+
+        return record
+
+    ops = reference.LeafOps(
+        fields={op: leaf(op) for op in reference.FIELD_OPS},
+        embedding_lookup=lambda step, ids: ids,
+        mean=lambda outputs: outputs[0],
+    )
+    element = {name: np.zeros(2) for name in fields}
+    keys = randomness.ElementKey(0, 0, 0)
+    for step in steps:
+        reference.apply_step(step, element, ops, keys)
+    return planned
+
+
 FIELD_OPS = frozenset(name for name in vars(_Ops) if not name.startswith("_") and name != "draw")
 
 
@@ -245,6 +279,12 @@ class TfDataLoader(Loader):
         self.first_batch_step = reference.walk_length(self.element_steps)
         # Each element keeps its (epoch, index) for the batch steps that draw after it.
         self.keep_key = reference.draws_per_row(self.batch_steps)
+        self.element_draws = _planned_draws(self.element_steps, w.fields)
+        self.batch_draws = {
+            self.first_batch_step + j: FIXED_DRAWS[s["op"]]
+            for j, s in enumerate(self.batch_steps)
+            if s["op"] in reference.RANDOM_DRAWS
+        }
         records, self._decode, self.source_info = self._records(ctx)
         per_epoch = w.num_batches * w.batch_size
         # Whole batches only: the elements of the dropped last batch are not even read.
@@ -331,6 +371,7 @@ class TfDataLoader(Loader):
         epoch = position // self.per_epoch
         out = dict(element)
         keys = ElementKey(tf, self.seed, epoch, index)
+        self.ops.draws.plan(keys, self.element_draws)
         for step in self.element_steps:
             reference.apply_step(step, out, self.leaf_ops, keys)
         for step in self.pad_steps:
@@ -405,6 +446,7 @@ class TfDataLoader(Loader):
         keys = None
         if rows is not None:
             keys = ElementKey(tf, self.seed, rows[:, 0], rows[:, 1], self.first_batch_step)
+            self.ops.draws.plan(keys, self.batch_draws)
         for step in self.batch_steps:
             key = keys.next_step() if keys is not None else None
             op = step["op"]
