@@ -210,7 +210,8 @@ def _planned_draws(steps, fields) -> dict[int, int]:
     return planned
 
 
-FIELD_OPS = frozenset(name for name in vars(_Ops) if not name.startswith("_") and name != "draw")
+# The catalog's field ops `_Ops` implements (its other methods are what they share).
+FIELD_OPS = frozenset(vars(_Ops)) & reference.FIELD_OPS.keys()
 
 
 #: The tuned style's knobs (settings over the profile's parallelism): the maps'
