@@ -6,7 +6,8 @@ batching after the map, autotuned prefetch at the end, default (deterministic) o
 Every transform is a TF op applied per element. Random parameters are the reference's
 counter-based draws (`datarax_bench.randomness`) computed in TF ops (`_tensorflow.CounterDraws`):
 Threefry-2x32-20 in uint32 `tf.bitwise` ops keyed by (seed, epoch) at counter (element index,
-step << 24 | draw), with the step numbered as `reference.apply_step` numbers it, then the same
+step << 24 | draw), with the step numbered as `reference.apply_step` numbers it (compiled by
+XLA; the words of a walk's fixed-count draws in one pass per element), then the same
 integer-first conversions, so random cells deliver the reference's bytes, independent of thread
 scheduling. The bilinear resize is the reference's arithmetic in TF ops, and Grappler's
 arithmetic optimizer is off (`import_tensorflow`): it reassociates float adds.
