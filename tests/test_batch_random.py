@@ -1,6 +1,6 @@
 """The tuned styles' batch steps: which steps move to the batch, and that a batch step, random
-ones included, delivers the per-element pipeline's bytes, drawing from each element's generator
-carried over from its per-element steps."""
+ones included, delivers the per-element pipeline's bytes, drawing for every row with the row's
+element index and the step's number in the plain walk."""
 
 from __future__ import annotations
 
@@ -66,14 +66,22 @@ def test_nothing_moves_without_batch_ops_and_the_steps_come_back_as_given():
 @pytest.mark.parametrize(
     "sid,variant,per_element,per_batch",
     [
-        ("CV-1", "small", ["random_resized_crop", "random_horizontal_flip"], ["normalize"]),
-        ("NLP-1", "small", ["random_window", "shift_targets"], []),
-        ("PR-2", "small", ["random_horizontal_flip", "random_brightness"], []),
-        ("PC-1", "d5", ["chain"], []),
+        ("CV-1", "small", ["random_resized_crop"], ["random_horizontal_flip", "normalize"]),
+        ("NLP-1", "small", [], ["random_window", "shift_targets"]),
+        ("PR-2", "small", [], ["random_horizontal_flip", "random_brightness"]),
+        (
+            "PC-1",
+            "d5",
+            [],
+            ["multiply", "add", "random_brightness", "clip", "random_horizontal_flip"],
+        ),
+        ("CV-2", "small", ["random_crop_3d", "zscore"], []),
         ("TAB-2", "small", ["log1p"], ["hash_bucket", "embedding_lookup"]),
     ],
 )
-def test_tfdata_keeps_its_random_steps_per_element(sid, variant, per_element, per_batch):
+def test_tfdata_moves_its_trailing_random_draws_but_log1p_stays(
+    sid, variant, per_element, per_batch
+):
     assert _split(sid, variant, TfData.batch_ops) == (per_element, per_batch)
 
 
@@ -187,7 +195,7 @@ def test_taking_the_kept_keys_out_of_the_elements():
         ref.take_element_keys(elements)
 
 
-@pytest.mark.parametrize("adapter_id", ["numpy", "grain", "pytorch"])
+@pytest.mark.parametrize("adapter_id", ["numpy", "grain", "pytorch", "tfdata"])
 def test_tuned_results_record_the_random_steps_per_batch(adapter_id):
     adapter = get_adapter(adapter_id)
     cv1, pr2 = _workload("CV-1", "small"), _workload("PR-2", "small")
@@ -200,4 +208,3 @@ def test_tuned_results_record_the_random_steps_per_batch(adapter_id):
         "random_brightness",
     ]
     assert pipeline_steps(adapter, cv1)["per_batch"] == []
-    assert pipeline_steps(get_adapter("tfdata").styled("tuned"), pr2)["per_batch"] == []

@@ -3,20 +3,25 @@
 Configured as the tf.data performance guide recommends: parallel, autotuned per-element map,
 batching after the map, autotuned prefetch at the end, default (deterministic) ordering.
 
-Every transform is a TF op applied per element. Randomness is per element with stateless random
-ops keyed by (seed, epoch, index) and the op's position in the pipeline, so results do not depend
-on thread scheduling; the draws follow the reference's distributions (TF cannot reproduce NumPy's
-generator bit for bit), which the conformance tests check statistically.
+Every transform is a TF op applied per element. Random parameters are the reference's
+counter-based draws (`datarax_bench.randomness`) computed in TF ops (`_tensorflow.CounterDraws`):
+Threefry-2x32-20 in uint32 `tf.bitwise` ops keyed by (seed, epoch) at counter (element index,
+step << 24 | draw), with the step numbered as `reference.apply_step` numbers it (compiled by
+XLA; the words of a walk's fixed-count draws in one pass per element), then the same
+integer-first conversions, so random cells deliver the reference's bytes, independent of thread
+scheduling. The bilinear resize is the reference's arithmetic in TF ops, and Grappler's
+arithmetic optimizer is off (`import_tensorflow`): it reassociates float adds.
 
 TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX owns them.
 
 The tuned style follows the guide's "Vectorizing mapping" section: the workload's trailing
-value-wise steps (`reference.split_for_batches`) are mapped once over each batch, after
-`batch`, instead of once per element before it (the same TF ops on a batched tensor, so the same
-bytes). Its random steps stay per element, where the other tuned styles batch flips, brightness
-and windows: each draw here is a stateless op keyed by the element's own key, and drawing for a
-whole batch would need a key per row, a different computation that the plain pipeline's bytes do
-not guarantee. Its parallelism is chosen by measurement (`tuning`): AUTOTUNE against fixed
+batchable steps (`reference.split_for_batches`: value-wise ops but log1p, shift_targets, and the
+random flip, brightness and window) are mapped once over each batch, after `batch`, instead of
+once per element before it; with nothing left per element the records are batched as they are.
+A random batch step draws every row's parameter at once from the rows' (epoch, index), which
+each element carries into the batch (`reference.ELEMENT_KEY`, dropped by the batch map), with
+the step's number in the plain walk: the same TF ops on a batched tensor, the same draws, so
+the same bytes. Its parallelism is chosen by measurement (`tuning`): AUTOTUNE against fixed
 `num_parallel_calls` for the maps and a fixed `prefetch` buffer (the guide's "Parallelizing data
 transformation" and "Prefetching"); TensorFlow's public API does not say what AUTOTUNE settled
 on, so the result records what was asked for. The guide's `deterministic=False` is left out: it
@@ -29,7 +34,6 @@ iterator's position and whatever its map and prefetch buffers hold at that momen
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,60 +42,75 @@ import numpy as np
 
 from .. import formats, randomness, reference
 from . import register
-from ._tensorflow import import_tensorflow, visible_gpus
+from ._tensorflow import (
+    CounterDraws,
+    ElementKey,
+    arithmetic_optimization,
+    import_tensorflow,
+    visible_gpus,
+)
 from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
 
 _LENGTH_PREFIX = "__length__"
 
 
 class _Ops:
-    """The catalog ops as TF functions of (tensor, step, key); `key` seeds stateless draws."""
+    """The catalog ops as TF functions of (tensor, step, key); `key` is the step's
+    `_tensorflow.StepKey`, from which the reference's counter-based draws are computed."""
 
     def __init__(self, tf):
         self.tf = tf
+        self.draws = CounterDraws(tf)
 
-    def keys(self, key, n: int):
-        return [self.tf.random.experimental.stateless_fold_in(key, j) for j in range(n)]
-
-    def uniform_int(self, key, low, high_exclusive):
-        tf = self.tf
-        return tf.random.stateless_uniform(
-            [], key, minval=low, maxval=high_exclusive, dtype=tf.int32
-        )
+    def draw(self, step, key, element_shape):
+        """The parameter of a `reference.RANDOM_DRAWS` op: one element's, or each row's of a
+        batch (`reference.draw`), from the first word of the step's one draw."""
+        y = self.draws.first_words(key, 1)[..., 0]
+        op = step["op"]
+        if op == "random_horizontal_flip":
+            return self.draws.bernoulli(y, step["p"])
+        if op == "random_brightness":
+            return self.draws.symmetric(y, step["max_delta"])
+        if op == "random_window":
+            return self.draws.below(y, element_shape[0] - step["length"] + 1)
+        raise ValueError(f"{op!r} draws no per-element parameter")
 
     def random_resized_crop(self, x, p, key):
-        tf = self.tf
         height, width = int(x.shape[0]), int(x.shape[1])
-        area = float(height * width)
-        k_scale, k_ratio, k_top, k_left = self.keys(key, 4)
-        # The reference's 10 rejection-sampling tries, drawn at once; the first valid one wins.
-        scale = tf.random.stateless_uniform(
-            [10], k_scale, minval=p["scale"][0], maxval=p["scale"][1], dtype=tf.float64
-        )
-        log_ratio = tf.random.stateless_uniform(
-            [10],
-            k_ratio,
-            minval=math.log(p["ratio"][0]),
-            maxval=math.log(p["ratio"][1]),
-            dtype=tf.float64,
-        )
-        target, aspect = area * scale, tf.exp(log_ratio)
-        w = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-        h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-        valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
-        f_top, f_left, f_h, f_w = randomness.centre_crop_box(height, width, p["ratio"])
-        found = tf.reduce_any(valid)
-        h = tf.where(found, h[first], f_h)
-        w = tf.where(found, w[first], f_w)
-        top = tf.where(found, self.uniform_int(k_top, 0, height - h + 1), f_top)
-        left = tf.where(found, self.uniform_int(k_left, 0, width - w + 1), f_left)
-        crop = x[top : top + h, left : left + w]
-        return tf.image.resize(crop, p["size"], method="bilinear", antialias=False)
+        y = self.draws.first_words(key, randomness.CROP_DRAWS)
+        top, left, h, w = self.draws.crop_box(y, height, width, p["scale"], p["ratio"])
+        return self.resize_bilinear(x[top : top + h, left : left + w], *p["size"])
+
+    def resize_bilinear(self, image, out_h: int, out_w: int):
+        """`reference.resize_bilinear` in TF ops, the same float32 arithmetic in the same order
+        (source coordinates, then `a * (1 - w) + b * w` along rows, then along columns).
+
+        Not `tf.image.resize`, whose kernel interpolates as `a + (b - a) * w`: an ulp off the
+        reference's value here and there, which normalising a near-mean pixel magnifies into
+        thousands of ulps.
+        """
+        tf = self.tf
+        img = tf.cast(image, tf.float32)
+        shape = tf.shape(img)
+
+        def axis(n_in, n_out: int):
+            scale = tf.cast(tf.cast(n_in, tf.float64) / n_out, tf.float32)
+            src = (tf.range(n_out, dtype=tf.float32) + 0.5) * scale - 0.5
+            src = tf.clip_by_value(src, 0.0, tf.cast(n_in - 1, tf.float32))
+            low = tf.floor(src)
+            lo = tf.cast(low, tf.int32)
+            return lo, tf.minimum(lo + 1, n_in - 1), src - low
+
+        y0, y1, wy = axis(shape[0], out_h)
+        x0, x1, wx = axis(shape[1], out_w)
+        wy = wy[:, None, None]
+        wx = wx[None, :, None]
+        rows = tf.gather(img, y0) * (1.0 - wy) + tf.gather(img, y1) * wy
+        return tf.gather(rows, x0, axis=1) * (1.0 - wx) + tf.gather(rows, x1, axis=1) * wx
 
     def random_horizontal_flip(self, x, p, key):
         tf = self.tf
-        flip = tf.random.stateless_uniform([], key, dtype=tf.float64) < p["p"]
+        flip = self.draw(p, key, x.shape)
         return tf.cond(flip, lambda: tf.reverse(x, axis=[1]), lambda: x)
 
     def normalize(self, x, p, key):
@@ -101,9 +120,11 @@ class _Ops:
         return (tf.cast(x, tf.float32) - mean) / std
 
     def random_crop_3d(self, x, p, key):
-        tf = self.tf
-        size = [*p["size"], *x.shape[3:]]
-        return tf.image.stateless_random_crop(x, size=size, seed=key)
+        d, h, w = p["size"]
+        shape = self.tf.shape(x, out_type=self.tf.int64)
+        offsets = self.draws.first_words(key, 3)
+        z0, y0, x0 = (self.draws.below(offsets[j], shape[j] - p["size"][j] + 1) for j in range(3))
+        return x[z0 : z0 + d, y0 : y0 + h, x0 : x0 + w]
 
     def zscore(self, x, p, key):
         tf = self.tf
@@ -111,7 +132,7 @@ class _Ops:
         return (v - tf.reduce_mean(v)) / (tf.math.reduce_std(v) + p["epsilon"])
 
     def random_window(self, x, p, key):
-        start = self.uniform_int(key, 0, self.tf.shape(x)[0] - p["length"] + 1)
+        start = self.draw(p, key, self.tf.shape(x, out_type=self.tf.int64))
         return x[start : start + p["length"]]
 
     def truncate(self, x, p, key):
@@ -140,10 +161,7 @@ class _Ops:
 
     def random_brightness(self, x, p, key):
         tf = self.tf
-        delta = tf.random.stateless_uniform(
-            [], key, minval=-p["max_delta"], maxval=p["max_delta"], dtype=tf.float32
-        )
-        return tf.cast(x, tf.float32) + delta
+        return tf.cast(x, tf.float32) + self.draw(p, key, x.shape)
 
     def clip(self, x, p, key):
         tf = self.tf
@@ -151,16 +169,50 @@ class _Ops:
 
     def gaussian_noise(self, x, p, key):
         tf = self.tf
-        noise = tf.random.stateless_normal(tf.shape(x), key, stddev=p["std"], dtype=tf.float32)
-        return tf.cast(x, tf.float32) + noise
+        shape = tf.shape(x, out_type=tf.int64)
+        noise = self.draws.normal_values(key, tf.reduce_prod(shape), p["std"])
+        return tf.cast(x, tf.float32) + tf.reshape(noise, shape)
 
     def cast(self, x, p, key):
         return self.tf.cast(x, p["dtype"])
 
 
-FIELD_OPS = frozenset(
-    name for name in vars(_Ops) if not name.startswith("_") and name not in {"keys", "uniform_int"}
-)
+#: Draws per element of the random ops that draw a fixed number (all but gaussian_noise, whose
+#: count is its field's size): their words are computed ahead, all of a walk's at once.
+FIXED_DRAWS = {
+    "random_resized_crop": randomness.CROP_DRAWS,
+    "random_crop_3d": 3,
+    **{op: spec.draws for op, spec in reference.RANDOM_DRAWS.items()},
+}
+
+
+def _planned_draws(steps, fields) -> dict[int, int]:
+    """{step number: draws} of the walk's `FIXED_DRAWS` steps, numbered by the walk itself
+    (`reference.apply_step` over placeholder values)."""
+    planned: dict[int, int] = {}
+
+    def leaf(op):
+        def record(x, step, key):
+            if op in FIXED_DRAWS:
+                planned[key.step] = FIXED_DRAWS[op]
+            return x
+
+        return record
+
+    ops = reference.LeafOps(
+        fields={op: leaf(op) for op in reference.FIELD_OPS},
+        embedding_lookup=lambda step, ids: ids,
+        mean=lambda outputs: outputs[0],
+    )
+    element = {name: np.zeros(2) for name in fields}
+    keys = randomness.ElementKey(0, 0, 0)
+    for step in steps:
+        reference.apply_step(step, element, ops, keys)
+    return planned
+
+
+# The catalog's field ops `_Ops` implements (its other methods are what they share).
+FIELD_OPS = frozenset(vars(_Ops)) & reference.FIELD_OPS.keys()
 
 
 #: The tuned style's knobs (settings over the profile's parallelism): the maps'
@@ -176,15 +228,29 @@ def _knob_name(value):
     return "AUTOTUNE" if value == AUTOTUNE else int(value)
 
 
-class _StepKeys:
-    """One stateless key per step of an element, folded from the element's key in step order."""
+def _rows(values, batch):
+    """Per-row values shaped to broadcast against `batch`'s rows."""
+    return values[(...,) + (None,) * (batch.shape.rank - 1)]
 
-    def __init__(self, tf, key):
-        self.tf, self.key, self.count = tf, key, 0
 
-    def next(self):
-        self.count += 1
-        return self.tf.random.experimental.stateless_fold_in(self.key, self.count - 1)
+class _BatchOps:
+    """The batch versions of the random ops (`reference.BATCH_FIELD_OPS`): (batch, step, one
+    parameter per row) -> batch, in TF ops."""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def random_horizontal_flip(self, x, p, flips):
+        return self.tf.where(_rows(flips, x), self.tf.reverse(x, axis=[2]), x)
+
+    def random_brightness(self, x, p, deltas):
+        tf = self.tf
+        return tf.cast(x, tf.float32) + _rows(deltas, x)
+
+    def random_window(self, x, p, starts):
+        tf = self.tf
+        columns = starts[:, None] + tf.range(p["length"], dtype=tf.int64)
+        return tf.gather(x, columns, batch_dims=1)
 
 
 class TfDataLoader(Loader):
@@ -202,7 +268,8 @@ class TfDataLoader(Loader):
             mean=lambda outputs: (
                 tf.add_n([tf.cast(o, tf.float32) for o in outputs]) / float(len(outputs))
             ),
-            step_key=_StepKeys.next,
+            step_key=ElementKey.next_step,
+            batch_fields={op: getattr(_BatchOps(tf), op) for op in reference.RANDOM_DRAWS},
         )
         w = ctx.workload
         self.num_batches = w.num_batches
@@ -210,6 +277,16 @@ class TfDataLoader(Loader):
         per_element, self.batch_steps = reference.split_for_batches(w.transforms, batch_ops)
         self.element_steps = [s for s in per_element if s["op"] not in reference.BATCH_OPS]
         self.pad_steps = [s for s in w.transforms if s["op"] in reference.BATCH_OPS]
+        # The batch steps' numbers in the plain walk start after the per-element steps'.
+        self.first_batch_step = reference.walk_length(self.element_steps)
+        # Each element keeps its (epoch, index) for the batch steps that draw after it.
+        self.keep_key = reference.draws_per_row(self.batch_steps)
+        self.element_draws = _planned_draws(self.element_steps, w.fields)
+        self.batch_draws = {
+            self.first_batch_step + j: FIXED_DRAWS[s["op"]]
+            for j, s in enumerate(self.batch_steps)
+            if s["op"] in reference.RANDOM_DRAWS
+        }
         records, self._decode, self.source_info = self._records(ctx)
         per_epoch = w.num_batches * w.batch_size
         # Whole batches only: the elements of the dropped last batch are not even read.
@@ -236,6 +313,8 @@ class TfDataLoader(Loader):
             "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "tf_visible_gpus": visible_gpus(),
+            "tf_arithmetic_optimization": arithmetic_optimization(),
+            "rng": f"reference {randomness.SCHEME} draws (TF ops)",
         }
 
     def _records(self, ctx: CellContext):
@@ -292,15 +371,15 @@ class TfDataLoader(Loader):
         if self._decode is not None:
             element = self._decode(element)
         epoch = position // self.per_epoch
-        key = tf.random.experimental.stateless_fold_in(
-            tf.stack([tf.constant(self.seed, tf.int64), epoch]), index
-        )
         out = dict(element)
-        keys = _StepKeys(tf, key)
+        keys = ElementKey(tf, self.seed, epoch, index)
+        self.ops.draws.plan(keys, self.element_draws)
         for step in self.element_steps:
             reference.apply_step(step, out, self.leaf_ops, keys)
         for step in self.pad_steps:
             out[_LENGTH_PREFIX + step["field"]] = tf.shape(out[step["field"]])[0]
+        if self.keep_key:
+            out[reference.ELEMENT_KEY] = tf.stack([epoch, index])
         return out
 
     def _pad_to_multiple(self, batch):
@@ -321,7 +400,16 @@ class TfDataLoader(Loader):
     def _build_stream(self, start_epoch: int):
         tf = self.tf
         positions = tf.data.Dataset.counter(start=start_epoch * self.per_epoch)
-        ds = tf.data.Dataset.zip(positions, self.elements).map(
+        ds = tf.data.Dataset.zip(positions, self.elements)
+        if not self.element_steps and not self.pad_steps and self._decode is None:
+            # Nothing to do per element: batch the records as they are, then one map over the
+            # batch (the guide's "Vectorizing mapping"), the rows' keys from their positions.
+            ds = ds.batch(self.batch_size, drop_remainder=True).map(
+                lambda positions, pair: self._batch_transform(self._keyed(positions, *pair)),
+                num_parallel_calls=self.map_calls,
+            )
+            return iter(ds.prefetch(self.prefetch))
+        ds = ds.map(
             lambda position, pair: self._transform(position, *pair),
             num_parallel_calls=self.map_calls,
         )
@@ -344,10 +432,32 @@ class TfDataLoader(Loader):
             ds = ds.map(self._batch_transform, num_parallel_calls=self.map_calls)
         return iter(ds.prefetch(self.prefetch))
 
+    def _keyed(self, positions, indices, batch):
+        """A batch of records as they are, with the rows' (epoch, index) where batch steps draw."""
+        if not self.keep_key:
+            return batch
+        epochs = positions // self.per_epoch
+        return {**batch, reference.ELEMENT_KEY: self.tf.stack([epochs, indices], axis=1)}
+
     def _batch_transform(self, batch):
+        """The tuned style's batch steps; a random one draws every row's parameter at once from
+        the rows' keys (`reference.apply_batch_step`), which the batch then drops."""
+        tf = self.tf
         out = dict(batch)
+        rows = out.pop(reference.ELEMENT_KEY, None)
+        keys = None
+        if rows is not None:
+            keys = ElementKey(tf, self.seed, rows[:, 0], rows[:, 1], self.first_batch_step)
+            self.ops.draws.plan(keys, self.batch_draws)
         for step in self.batch_steps:
-            reference.apply_batch_step(step, out, self.leaf_ops)
+            key = keys.next_step() if keys is not None else None
+            op = step["op"]
+            if op in reference.RANDOM_DRAWS:
+                values = out[step["field"]]
+                params = self.ops.draw(step, key, tf.shape(values, out_type=tf.int64)[1:])
+                out[step["field"]] = self.leaf_ops.batch_fields[op](values, step, params)
+            else:
+                reference.apply_batch_step(step, out, self.leaf_ops, None)
         return out
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
@@ -403,7 +513,7 @@ class TfData(Adapter):
     styles = frozenset({"plain", "tuned"})
     # TF's log1p kernel rounds a batch's values differently from a short row's (vectorised
     # against scalar code paths, one ulp apart): per element it stays, for the plain bytes.
-    batch_ops = reference.VALUEWISE_OPS - {"log1p"}
+    batch_ops = reference.BATCHABLE_OPS - {"log1p"}
     measures = Adapter.measures | {"checkpoint"}
     backends = frozenset({"memory", "tfrecord", "tfds"})
     backend_reasons = {
