@@ -34,13 +34,14 @@ BIT_EXACT_OPS = frozenset(
     {"truncate", "pad_batch", "standardize", "multiply", "add", "clip", "cast", "hash_bucket"}
     | {"embedding_lookup", "shift_targets", "normalize", "random_horizontal_flip"}
     | {"random_window", "random_crop_3d", "random_brightness", "gaussian_noise", "branch_merge"}
+    | {"random_resized_crop"}
     | {"chain"}
 )
 # The float ops that may differ from the reference in the last bits, and by how many units in the
-# last place: transcendental functions and reductions, and the bilinear resize, whose
-# `a*(1-w) + b*w` XLA on the CPU contracts into fused multiply-adds. Every other op, the random
-# ones included, must match the reference bit for bit.
-ULP_BOUNDS = {"log1p": 4, "zscore": 4, "random_resized_crop": 4}
+# last place: transcendental functions and reductions, whose order of summation the frameworks
+# choose (XLA's zscore reaches 4 on CV-2). Every other op, the random ones and the resize
+# included, must match the reference bit for bit.
+ULP_BOUNDS = {"log1p": 4, "zscore": 4}
 # Several epochs so that the statistics rest on a few hundred elements.
 EPOCHS = 3
 # Two-sample tests reject at this p-value: about one false alarm in 10⁵ runs per test.
