@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from smoke_support import run_smoke_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,6 +45,14 @@ def isolated_wandb(tmp_path_factory):
 
 
 _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory, data_cache) -> Path:
+    """One real `datarax-bench run --profile smoke --output-dir` of every cell the modules that
+    read smoke results use (smoke_support.SMOKE_MATRIX), made once per session. Read only:
+    take a module's own copy with `smoke_support.smoke_view`."""
+    return run_smoke_matrix(tmp_path_factory.mktemp("smoke-results") / "run")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+from smoke_support import smoke_view
 
 from datarax_bench import compare, randomness, stats
 from datarax_bench.catalog import load_profile
@@ -31,10 +32,9 @@ NOISY = [1000.0, 1120.0, 880.0, 1060.0, 940.0]
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory, data_cache) -> dict[str, dict]:
+def templates(tmp_path_factory, smoke_results) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("compare-templates")
-    cmd = [CLI, "run", "--profile", "smoke", "--scenarios", "TAB-1", "PR-1", "PR-2", "IO-2"]
-    subprocess.run([*cmd, "--adapters", "numpy", "--output-dir", str(out)], check=True)
+    smoke_view(smoke_results, out, ["TAB-1", "PR-1", "PR-2", "IO-2"])
     results = [load_result(p) for p in sorted(out.glob("raw/*/*/*.json"))]
     return {f"{r['cell']['scenario']}/{r['cell']['variant']}": r for r in results}
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -21,6 +19,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.text import Text
+from smoke_support import smoke_view
 
 from datarax_bench import plots
 from datarax_bench.aggregate import aggregate_run
@@ -39,12 +38,10 @@ CATALOG = load_catalog()
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory, data_cache):
+def real(tmp_path_factory, smoke_results):
     out = tmp_path_factory.mktemp("plots-real")
-    cli = str(Path(sys.executable).parent / "datarax-bench")
     for scenarios, adapter in ((["PC-1", "IO-1", "TAB-1"], "numpy"), (["NLP-2"], "datarax")):
-        cmd = [cli, "run", "--profile", "smoke", "--scenarios", *scenarios, "--adapters", adapter]
-        subprocess.run([*cmd, "--output-dir", str(out)], check=True, capture_output=True)
+        smoke_view(smoke_results, out, scenarios, adapter)
     aggregate_run(sorted((out / "raw").rglob("*.json")), out, "smoke", "local")
     return out
 

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from smoke_support import smoke_view
 
 from datarax_bench import wandb_export as export
 from datarax_bench.errors import UserError
@@ -30,17 +31,10 @@ WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_
 
 
 @pytest.fixture(scope="module")
-def results_template(tmp_path_factory, data_cache) -> Path:
-    """A real `datarax-bench run --output-dir` (smoke, numpy adapter), made once per module."""
-    out = tmp_path_factory.mktemp("results") / "run"
-    subprocess.run(
-        [str(CLI), "run", "--profile", "smoke", "--adapters", "numpy", "--scenarios", *SCENARIOS]
-        + ["--output-dir", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+def results_template(tmp_path_factory, smoke_results) -> Path:
+    """A real `datarax-bench run --output-dir` (smoke, numpy adapter) of SCENARIOS, once per
+    module (the session's shared run, smoke_support.py)."""
+    return smoke_view(smoke_results, tmp_path_factory.mktemp("results") / "run", SCENARIOS)
 
 
 @pytest.fixture
