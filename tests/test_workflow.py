@@ -23,6 +23,7 @@ import yaml
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, profile_names
 from datarax_bench.cell import resolve_cell
+from datarax_bench.errors import UserError
 from datarax_bench.results import load_result
 from datarax_bench.runner import processes_of
 
@@ -319,31 +320,87 @@ ALLOWED = (
 )
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
-        ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
-        ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
-        ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),
-        ("scenarios=CV-1", "--config: scenarios: got 'CV-1': 'CV-1' is not of type 'array'"),
-        ("run=Has_Caps", "--config: run: got 'Has_Caps': 'Has_Caps' does not match"),
-        ("results_dir=7", "--config: results_dir: got 7: 7 is not of type 'string'"),
-        ("badkey=1", f"--config: badkey: unknown key; expected one of {ALLOWED}"),
-        ("wandb={colour: red}", "--config: wandb.colour: unknown key; expected one of enabled,"),
-        (
-            "results_dir=/tmp/elsewhere",
-            "--config: results_dir: got '/tmp/elsewhere', expected a path relative to the "
-            "working directory",
-        ),
-        (
-            "results_dir=out/../../up",
-            "--config: results_dir: got 'out/../../up', expected a path inside the working "
-            "directory",
-        ),
-    ],
-)
-def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, override, expected):
+#: `--config` overrides the workflow refuses, and the start of its one-line error.
+BAD_OVERRIDES = [
+    ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
+    ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
+    ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
+    ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),
+    ("scenarios=CV-1", "--config: scenarios: got 'CV-1': 'CV-1' is not of type 'array'"),
+    ("run=Has_Caps", "--config: run: got 'Has_Caps': 'Has_Caps' does not match"),
+    ("results_dir=7", "--config: results_dir: got 7: 7 is not of type 'string'"),
+    ("badkey=1", f"--config: badkey: unknown key; expected one of {ALLOWED}"),
+    ("wandb={colour: red}", "--config: wandb.colour: unknown key; expected one of enabled,"),
+    (
+        "results_dir=/tmp/elsewhere",
+        "--config: results_dir: got '/tmp/elsewhere', expected a path relative to the "
+        "working directory",
+    ),
+    (
+        "results_dir=out/../../up",
+        "--config: results_dir: got 'out/../../up', expected a path inside the working directory",
+    ),
+]
+#: Edits of config/config.yaml the workflow refuses: (old, new, the start of the error).
+BAD_CONFIG_FILES = [
+    ("run: bench", "run: Bench", "config/config.yaml: run: got 'Bench': 'Bench' does not match"),
+    (
+        "run: bench\n",
+        "run: bench\nrun: again\n",
+        "config/config.yaml: line 17: duplicate key 'run' (first at line 16)",
+    ),
+]
+
+
+def checked_config(workdir: Path, overrides=(), monkeypatch=None) -> dict:
+    """What the Snakefile's setup does with its config, in this process: config/config.yaml
+    (its `configfile:`), then `--config` parsed and merged by Snakemake's own functions, then
+    `check_config` (workflow/rules/common.smk), from the working directory `workdir`."""
+    from snakemake.cli import parse_config
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    from datarax_bench.workflow_config import check_config
+
+    monkeypatch.chdir(workdir)
+    files = ["config/config.yaml"]  # as the Snakefile names it
+    config = load_configfile(files[0])
+    command_line = parse_config(list(overrides))
+    update_config(config, command_line)
+    check_config(config, command_line, files)
+    return config
+
+
+@pytest.mark.parametrize(("override", "expected"), BAD_OVERRIDES)
+def test_bad_config_is_one_line_naming_the_key(project_copy, monkeypatch, override, expected):
+    with pytest.raises(UserError) as err:
+        checked_config(project_copy, [override], monkeypatch)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), BAD_CONFIG_FILES)
+def test_bad_config_file_is_one_line_naming_the_file(project_copy, monkeypatch, old, new, expected):
+    path = project_copy / "config/config.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(UserError) as err:
+        checked_config(project_copy, (), monkeypatch)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_shipped_config_checks_and_gets_every_default(project_copy, monkeypatch):
+    config = checked_config(project_copy, ["profile=smoke", "scenarios=[CV-1]"], monkeypatch)
+    assert config["profile"] == "smoke" and config["scenarios"] == ["CV-1"]
+    assert config["wandb"]["mode"] == "auto"
+
+
+# The real Snakemake runs: one per way an error reaches the Snakefile's setup (a `--config`
+# value, a config file's, the catalog's); the values themselves are checked in-process above.
+
+
+def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch):
+    override, expected = BAD_OVERRIDES[0]
     monkeypatch.setenv("PYTHONWARNINGS", QUIET_GOOGLE)
     workdir = copy_workflow(tmp_path / "checkout")
     proc = snakemake(workdir, "-n", config=[override], check=False)
@@ -358,18 +415,7 @@ def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, ove
 @pytest.mark.parametrize(
     ("path", "old", "new", "expected"),
     [
-        (
-            "config/config.yaml",
-            "run: bench",
-            "run: Bench",
-            "config/config.yaml: run: got 'Bench': 'Bench' does not match",
-        ),
-        (
-            "config/config.yaml",
-            "run: bench\n",
-            "run: bench\nrun: again\n",
-            "config/config.yaml: line 17: duplicate key 'run' (first at line 16)",
-        ),
+        ("config/config.yaml", *BAD_CONFIG_FILES[0]),
         (
             "config/scenarios.yaml",
             "        scale: [0.08, 1.0]\n",
@@ -391,6 +437,7 @@ def test_bad_config_file_or_catalog_is_one_line_exit_2(
     assert proc.returncode == 2, proc.output[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {expected.format(workdir=workdir)}"), line
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()
 
 
 def test_schema_enums_match_profiles_catalog_and_registry():
