@@ -272,9 +272,16 @@ def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_s
     assert cells["CV-1/small/numpy"].stat().st_mtime_ns == other
 
 
+@pytest.fixture(scope="module")
+def dry_workflow(tmp_path_factory) -> Path:
+    """One copy of the workflow for the tests that only plan (`-n`, `--rulegraph`, `--dag`):
+    none of them writes a file a later one reads."""
+    return copy_workflow(tmp_path_factory.mktemp("dry") / "checkout")
+
+
 @pytest.mark.parametrize("profile", profile_names())
-def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
-    workdir = copy_workflow(tmp_path / "checkout")
+def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
+    workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=[f"profile={profile}"])
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
@@ -454,8 +461,8 @@ def test_schema_enums_match_profiles_catalog_and_registry():
     assert set(config) == set(props), "config.yaml sets every key the schema knows"
 
 
-def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path):
-    workdir = copy_workflow(tmp_path / "checkout")
+def test_several_profiles_in_one_invocation_each_get_their_own_cluster(dry_workflow):
+    workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"])
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
