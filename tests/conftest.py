@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from smoke_support import run_smoke_matrix
+from smoke_support import run_smoke_matrix, union_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,11 +48,13 @@ _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
 @pytest.fixture(scope="session")
-def smoke_results(tmp_path_factory, data_cache) -> Path:
-    """One real `datarax-bench run --profile smoke --output-dir` of every cell the modules that
-    read smoke results use (smoke_support.SMOKE_MATRIX), made once per session. Read only:
-    take a module's own copy with `smoke_support.smoke_view`."""
-    return run_smoke_matrix(tmp_path_factory.mktemp("smoke-results") / "run")
+def smoke_results(request, tmp_path_factory, data_cache) -> Path:
+    """One real `datarax-bench run --profile smoke --output-dir` of every cell that the session's
+    modules name in their `SMOKE_RUN` (smoke_support.py), made once per session. Read only: a
+    module takes its own copy with `smoke_support.smoke_view`."""
+    modules = {item.module: None for item in request.session.items if item.module}
+    out = tmp_path_factory.mktemp("smoke-results") / "run"
+    return run_smoke_matrix(out, union_of(modules))
 
 
 @pytest.fixture

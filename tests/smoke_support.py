@@ -1,11 +1,13 @@
 """One real `datarax-bench run --output-dir` of the smoke profile for the modules that read
 smoke results (aggregate, W&B export, compare, results, plots), instead of one run each.
 
-`run_smoke_matrix` measures the union of the cells those modules use in one process (the
-`smoke_results` session fixture in conftest.py); `smoke_view` gives a module the directory its
-own `run --output-dir` would have written: the cells of its scenarios and adapters, in the
-run's order, under raw/, with the run index (manifest.json, summary.json) written by the same
-function the run uses. A view is a copy: tests that change files change only their own.
+Each such module names the cells it reads in a module constant `SMOKE_RUN` (adapter ->
+scenarios); the `smoke_results` session fixture (conftest.py) measures the union over the
+modules of the session in one `run --output-dir` (`run_smoke_matrix`), so that running one file
+measures only its own cells. `smoke_view` gives a module the directory its own `run
+--output-dir` would have written: the cells of its scenarios and adapter, in the run's order,
+under raw/, with the run index (manifest.json, summary.json) written by the function the run
+uses. A view is a copy: tests that change files change only their own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.results import cell_path, load_result, write_run_index
@@ -23,11 +26,14 @@ from datarax_bench.runner import cell_id
 
 CLI = str(Path(sys.executable).parent / "datarax-bench")
 
-#: adapter -> the scenarios of the shared run (what the modules above ask for, together).
-SMOKE_MATRIX: dict[str, tuple[str, ...]] = {
-    "numpy": ("CV-1", "PC-1", "PC-2", "PR-1", "PR-2", "DIST-1", "TAB-1", "IO-1", "IO-2"),
-    "datarax": ("NLP-2",),  # unsupported: a cell without measurements, for the plots
-}
+
+def union_of(modules: Iterable[ModuleType]) -> dict[str, tuple[str, ...]]:
+    """adapter -> scenarios: every cell the modules' `SMOKE_RUN` names, once."""
+    union: dict[str, dict[str, None]] = {}
+    for module in modules:
+        for adapter, scenarios in getattr(module, "SMOKE_RUN", {}).items():
+            union.setdefault(adapter, {}).update(dict.fromkeys(scenarios))
+    return {adapter: tuple(scenarios) for adapter, scenarios in union.items()}
 
 
 def _cells(matrix: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str]]:
@@ -43,7 +49,7 @@ def _cells(matrix: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str]]:
     ]
 
 
-def run_smoke_matrix(out: Path, matrix: Mapping[str, Sequence[str]] = SMOKE_MATRIX) -> Path:
+def run_smoke_matrix(out: Path, matrix: Mapping[str, Sequence[str]]) -> Path:
     """The cells of `matrix` measured by one `datarax-bench run --profile smoke --output-dir`."""
     scenarios = list(dict.fromkeys(s for names in matrix.values() for s in names))
     cells = [cell_id(s, v, a) for s, v, a in _cells(matrix)]
@@ -62,6 +68,7 @@ def smoke_view(source: Path, dest: Path, scenarios: Sequence[str], adapter: str 
     results = []
     for scenario, variant, _ in _cells({adapter: scenarios}):
         src = cell_path(source, scenario, variant, adapter)
+        assert src.exists(), f"{src}: not measured; name {scenario} in the module's SMOKE_RUN"
         target = cell_path(dest, scenario, variant, adapter)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)

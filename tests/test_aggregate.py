@@ -16,6 +16,9 @@ from datarax_bench.cell import CellClock, make_result
 from datarax_bench.errors import UserError
 from datarax_bench.results import cell_path, load_result, write_result
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("CV-1", "PC-1", "PC-2", "PR-2", "DIST-1", "TAB-1", "IO-1")}
+
 
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory, smoke_results):

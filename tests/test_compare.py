@@ -31,6 +31,10 @@ TIGHT = [1000.0, 1004.0, 996.0, 1002.0, 998.0]
 NOISY = [1000.0, 1120.0, 880.0, 1060.0, 940.0]
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("TAB-1", "PR-1", "PR-2", "IO-2")}
+
+
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory, smoke_results) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("compare-templates")

@@ -37,6 +37,10 @@ SPREAD = [
 CATALOG = load_catalog()
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("PC-1", "IO-1", "TAB-1"), "datarax": ("NLP-2",)}
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory, smoke_results):
     out = tmp_path_factory.mktemp("plots-real")

@@ -20,6 +20,9 @@ from datarax_bench.results import (
     write_text_atomic,
 )
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("CV-1",)}
+
 
 @pytest.fixture(scope="module")
 def ok_result(smoke_results):

@@ -30,6 +30,10 @@ CLI = Path(sys.executable).parent / "datarax-bench"
 WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": SCENARIOS}
+
+
 @pytest.fixture(scope="module")
 def results_template(tmp_path_factory, smoke_results) -> Path:
     """A real `datarax-bench run --output-dir` (smoke, numpy adapter) of SCENARIOS, once per
