@@ -49,10 +49,14 @@ _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 @pytest.fixture(scope="session")
 def smoke_results(request, tmp_path_factory, data_cache) -> Path:
-    """One real `datarax-bench run --profile smoke --output-dir` of every cell that the session's
-    modules name in their `SMOKE_RUN` (smoke_support.py), made once per session. Read only: a
-    module takes its own copy with `smoke_support.smoke_view`."""
-    modules = {item.module: None for item in request.session.items if item.module}
+    """One real `datarax-bench run --profile smoke --output-dir` of every cell that the modules
+    of the session's tests that use it name in their `SMOKE_RUN` (smoke_support.py), made once
+    per session. Read only: a module takes its own copy with `smoke_support.smoke_view`."""
+    modules = {
+        item.module: None
+        for item in request.session.items
+        if "smoke_results" in getattr(item, "fixturenames", ())
+    }
     out = tmp_path_factory.mktemp("smoke-results") / "run"
     return run_smoke_matrix(out, union_of(modules))
 

@@ -284,6 +284,7 @@ def test_streaming_compares_time_to_first_batch(tmp_path, templates):
 # --- outputs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_markdown_csv_and_plot_sorted_by_effect_with_package_differences(tmp_path, templates):
     pr2 = with_timings(templates["PR-2/small"], TIGHT)
     newer = [tab1(templates, [v * 0.7 for v in TIGHT]), with_timings(pr2, [v * 0.9 for v in TIGHT])]
@@ -331,6 +332,7 @@ def _one_line_error(proc, *needles):
         assert needle in err, err
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, templates):
     base, new = runs(tmp_path, [tab1(templates, TIGHT)], [tab1(templates, TIGHT)])
     cli = lambda *a: subprocess.run([CLI, "compare", *a], capture_output=True, text=True)  # noqa: E731

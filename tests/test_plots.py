@@ -149,6 +149,7 @@ def below_plot(fig) -> str:
     return " ".join(t.get_text() for t in fig.artists if isinstance(t, Text)).replace("\n", " ")
 
 
+@pytest.mark.slow
 def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
     already_open = set(plots.plt.get_fignums())
     for scenario in SCENARIOS:
@@ -165,6 +166,7 @@ def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.slow
 def test_figures_follow_the_umask_like_every_other_output(real, tmp_path, umask, mode):
     import os
     import stat
@@ -388,6 +390,7 @@ def _offline_history(run_dir: Path) -> dict:
     return logged
 
 
+@pytest.mark.slow
 def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path, monkeypatch):
     from datarax_bench import wandb_export as export
 

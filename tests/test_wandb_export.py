@@ -126,6 +126,7 @@ def offline_run_dir(results_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_env):
     proc = run_cli("--results-dir", str(results_dir))
     assert proc.returncode == 0, proc.stderr
@@ -182,6 +183,7 @@ def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_e
         assert staged.read_bytes() == (results_dir / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_export_infers_infra_from_workflow_layout_and_writes_marker(
     results_template, tmp_path, wandb_env
 ):
@@ -217,6 +219,7 @@ def test_export_infers_infra_from_workflow_layout_and_writes_marker(
     assert report["sync_command"] == f"wandb sync {report['run_dir']}"
 
 
+@pytest.mark.slow
 def test_cli_offline_flag_wins_over_a_key_and_sets_project_entity_infra(
     results_dir, wandb_env, monkeypatch
 ):
@@ -250,6 +253,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_key_with_unreachable_server_falls_back_offline_at_once(
     results_dir, wandb_env, monkeypatch
 ):
@@ -495,6 +499,7 @@ def test_workflow_export_still_fails_on_bad_results(results_dir, wandb_env):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, wandb_env):
     """`snakemake --config scenarios=[CV-1]` in a results directory that holds other scenarios
     too: the aggregate rule's manifest names the CV-1 cells, and the export sends those, while
@@ -560,6 +565,7 @@ class _RefusingWandb(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_failed_online_attempt_leaves_only_the_offline_run(results_dir, wandb_env, monkeypatch):
     """`wandb sync` of the results directory must find the offline run and nothing else."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)

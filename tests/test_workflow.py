@@ -79,6 +79,7 @@ def smoke_run(tmp_path_factory, data_cache):
     return workdir, proc
 
 
+@pytest.mark.slow
 def test_full_run_produces_every_target(smoke_run):
     workdir, proc = smoke_run
     assert executed(proc, "measure") == 3
@@ -101,6 +102,7 @@ def test_full_run_produces_every_target(smoke_run):
     assert "smoke/local/aggregate.log" in logs and "smoke/local/plots/PC-1.log" in logs
 
 
+@pytest.mark.slow
 def test_measurements_never_overlap_whatever_the_cores(smoke_run):
     """--cores 2, yet the bench slot ran the cells one after another."""
     workdir, _ = smoke_run
@@ -112,6 +114,7 @@ def test_measurements_never_overlap_whatever_the_cores(smoke_run):
         assert end <= start, spans
 
 
+@pytest.mark.slow
 def test_report_has_table_plots_and_cells(smoke_run):
     workdir, _ = smoke_run
     snakemake(workdir, "--report", "results/report.html")
@@ -120,6 +123,7 @@ def test_report_has_table_plots_and_cells(smoke_run):
         assert needle in html, needle
 
 
+@pytest.mark.slow
 def test_second_invocation_does_nothing(smoke_run):
     workdir, _ = smoke_run
     proc = snakemake(workdir, "-n")
@@ -127,6 +131,7 @@ def test_second_invocation_does_nothing(smoke_run):
     assert planned(proc, "measure") == 0
 
 
+@pytest.mark.slow
 def test_one_cell_file_reruns_only_that_cell(smoke_run):
     workdir, _ = smoke_run
     cells = raw_cells(workdir)
@@ -145,6 +150,7 @@ def test_one_cell_file_reruns_only_that_cell(smoke_run):
     assert executed(proc, "measure") == 0 and executed(proc, "aggregate") == 1
 
 
+@pytest.mark.slow
 def test_scenario_selection_plans_only_its_cells(smoke_run):
     workdir, _ = smoke_run
     config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]"]
@@ -152,6 +158,7 @@ def test_scenario_selection_plans_only_its_cells(smoke_run):
     assert planned(proc, "measure") == 1 and planned(proc, "plot_scenario") == 1
 
 
+@pytest.mark.slow
 def test_changed_settings_rerun_exactly_the_affected_cells(smoke_run):
     workdir, _ = smoke_run
     catalog_path = workdir / "config/scenarios.yaml"
@@ -231,6 +238,7 @@ def test_kill_9_mid_cell_leaves_no_partial_result_and_resumes(tmp_path, data_cac
     assert {k: cells[k].stat().st_mtime_ns for k in kept} == {k: before[k] for k in kept}
 
 
+@pytest.mark.slow
 def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_second(
     tmp_path, data_cache
 ):
@@ -280,6 +288,7 @@ def dry_workflow(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("profile", profile_names())
+@pytest.mark.slow
 def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
     workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=[f"profile={profile}"])
@@ -301,6 +310,7 @@ def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
     assert "digraph" in dag.stdout and "measure" in dag.stdout
 
 
+@pytest.mark.slow
 def test_lint_and_format(tmp_path):
     workdir = copy_workflow(tmp_path / "checkout")
     lint = snakemake(workdir, "--lint", config=None)
@@ -432,6 +442,7 @@ def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_config_file_or_catalog_is_one_line_exit_2(
     tmp_path, monkeypatch, path, old, new, expected
 ):
@@ -461,6 +472,7 @@ def test_schema_enums_match_profiles_catalog_and_registry():
     assert set(config) == set(props), "config.yaml sets every key the schema knows"
 
 
+@pytest.mark.slow
 def test_several_profiles_in_one_invocation_each_get_their_own_cluster(dry_workflow):
     workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"])
@@ -488,6 +500,7 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(dry_workf
     assert planned(local, "measure") == expected and planned(local, "aggregate") == 2
 
 
+@pytest.mark.slow
 def test_both_styles_end_to_end_with_the_sweep_cached_for_reruns(tmp_path, monkeypatch):
     monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
     workdir = copy_workflow(tmp_path / "checkout")
