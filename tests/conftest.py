@@ -96,6 +96,25 @@ def pytest_configure(config):
     )
 
 
+def _framework_adapter(item) -> str | None:
+    """The adapter a test is parametrized with (`adapter_id`, `adapter`, or a `cell` tuple
+    (adapter, scenario, variant)), if any."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    cell = params.get("cell")
+    adapter = params.get("adapter_id") or params.get("adapter")
+    if adapter is None and isinstance(cell, tuple) and cell:
+        adapter = cell[0]
+    return adapter if isinstance(adapter, str) else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """The Docker tests last: one image build for all of them, after everything else has run."""
+    """A test parametrized over a framework's adapter (anything but the NumPy reference) runs
+    that framework's loader, its import included: `slow`, wherever it is written (the NumPy
+    reference's cells of the same tests stay in the fast tier). The Docker tests last: one
+    image build for all of them, after everything else has run."""
+    for item in items:
+        adapter = _framework_adapter(item)
+        if adapter is not None and adapter != "numpy" and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
