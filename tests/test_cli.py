@@ -43,6 +43,7 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
     assert doc["support"]["IO-1/tfrecord"]["numpy"].startswith("unsupported: The NumPy reference")
 
 
+@pytest.mark.slow
 def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
     out = tmp_path / "c.json"
     proc = run_smoke_cell("TAB-1", "NumPy Reference", out)
@@ -50,6 +51,7 @@ def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
     assert json.loads(out.read_text())["cell"]["adapter"] == "numpy"
 
 
+@pytest.mark.slow
 def test_run_requires_a_variant_when_the_profile_measures_several(
     cli_path, tmp_path, run_smoke_cell
 ):
@@ -188,6 +190,7 @@ def test_output_paths_are_checked_before_anything_runs(
     assert sorted(tmp_path.rglob("*")) == before, "nothing was left behind"
 
 
+@pytest.mark.slow
 def test_results_are_written_with_the_users_umask(cli_path, tmp_path):
     """A result, manifest and summary as readable as any file the user makes (not 0600)."""
     import os

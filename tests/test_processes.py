@@ -214,6 +214,7 @@ def test_a_cloud_cell_is_allowed_every_process_s_timeout():
     assert cloud.cell_allowance_s(profile) == expected
 
 
+@pytest.mark.slow
 def test_two_runs_of_three_processes_compare_over_their_processes(
     project_copy, tmp_path, three_processes
 ):
@@ -276,6 +277,7 @@ def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: 
 COUNTING, FAILING = "test-counting-numpy", "test-failing-numpy"
 
 
+@pytest.mark.slow
 def test_a_matrix_measures_the_first_process_of_every_cell_before_any_second(
     project_copy, tmp_path, three_processes
 ):
@@ -320,6 +322,7 @@ def test_a_matrix_measures_the_first_process_of_every_cell_before_any_second(
     assert [c["adapter"] for c in summary["cells"]] == [COUNTING, FAILING]
 
 
+@pytest.mark.slow
 def test_a_cell_whose_process_fails_ends_in_its_round_and_the_others_go_on(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
                        repetitions_from="warm", cold_starts=3)  # fmt: skip
@@ -342,6 +345,7 @@ def test_a_cell_whose_process_fails_ends_in_its_round_and_the_others_go_on(proje
     assert counting["status"] == "ok" and counting["statistics"]["processes"] == 3
 
 
+@pytest.mark.slow
 def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
     project_copy, tmp_path, three_processes
 ):
@@ -380,6 +384,7 @@ def _one_cell(profile: str, adapter: str = COUNTING) -> list[str]:
     return ["run", "--profile", profile, "--scenario", "TAB-1", "--adapter", adapter]
 
 
+@pytest.mark.slow
 def test_a_cell_measured_a_process_at_a_time_then_pooled_as_the_workflow_does(
     project_copy, tmp_path, three_processes
 ):
@@ -403,6 +408,7 @@ def test_a_cell_measured_a_process_at_a_time_then_pooled_as_the_workflow_does(
     assert result["timestamps"]["started"] == kept[0]["timestamps"]["started"]
 
 
+@pytest.mark.slow
 def test_after_a_process_that_failed_nothing_more_of_the_cell_is_measured(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
                        repetitions_from="warm", cold_starts=3)  # fmt: skip
@@ -472,6 +478,7 @@ def test_process_arguments_belong_to_one_cell_not_a_matrix(project_copy, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_tuned_cell_s_later_processes_measure_the_first_process_s_choice(
     project_copy, tmp_path, three_processes
 ):

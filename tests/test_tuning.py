@@ -99,6 +99,7 @@ def test_a_setting_that_fails_is_recorded_and_the_best_of_the_rest_chosen(run_tu
     assert tuning["chosen"] in ({"workers": 1}, {"workers": 3})
 
 
+@pytest.mark.slow
 def test_a_sweep_where_nothing_runs_fails_the_cell_naming_every_setting(cli_path, tmp_path,
                                                                         run_tuned):  # fmt: skip
     out = tmp_path / "a.json"

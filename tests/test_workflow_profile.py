@@ -34,6 +34,7 @@ def bare_snakemake(workdir: Path, *args: str, timeout: float = 600):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bare_cloud_plan_uses_the_workflow_profile(tmp_path):
     workdir = checkout(tmp_path / "checkout")
     proc = bare_snakemake(workdir, "-n", "--config", "profile=gpu_a100", "infra=vast")
@@ -53,6 +54,7 @@ def test_bare_snakemake_runs_the_smoke_profile(tmp_path):
     assert (workdir / "results" / "smoke" / "local" / "summary.md").exists()
 
 
+@pytest.mark.slow
 def test_the_profile_keeps_snakemakes_rescheduling_below_the_busy_threshold():
     # Each finished job adds one re-evaluation of the schedule per timespan until the run ends;
     # at Snakemake's 1 s default a long local run's own scheduler made its cells `busy`.
