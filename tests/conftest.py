@@ -107,14 +107,22 @@ def _framework_adapter(item) -> str | None:
     return adapter if isinstance(adapter, str) else None
 
 
+def _runs_a_framework(item) -> bool:
+    """A test of a framework adapter's own module (tests/test_adapters_FRAMEWORK.py), or one
+    parametrized over a framework's adapter (anything but the NumPy reference): it imports and
+    runs that framework's loader."""
+    if Path(str(item.fspath)).name.startswith("test_adapters_"):
+        return True
+    adapter = _framework_adapter(item)
+    return adapter is not None and adapter != "numpy"
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """A test parametrized over a framework's adapter (anything but the NumPy reference) runs
-    that framework's loader, its import included: `slow`, wherever it is written (the NumPy
-    reference's cells of the same tests stay in the fast tier). The Docker tests last: one
-    image build for all of them, after everything else has run."""
+    """A test that runs a framework's loader (`_runs_a_framework`) is `slow`, wherever it is
+    written (the NumPy reference's cells of the same tests stay in the fast tier). The Docker
+    tests last: one image build for all of them, after everything else has run."""
     for item in items:
-        adapter = _framework_adapter(item)
-        if adapter is not None and adapter != "numpy" and not item.get_closest_marker("slow"):
+        if _runs_a_framework(item) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
