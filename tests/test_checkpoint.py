@@ -104,6 +104,7 @@ def test_a_restore_that_ignores_the_state_is_recorded_as_inexact():
     assert len(body["repetitions"]) == profile.measurement["repetitions"]
 
 
+@pytest.mark.slow
 def test_pytorch_has_no_state_api_so_its_cell_is_unsupported(cli_path, tmp_path):
     out = tmp_path / "pytorch.json"
     args = [cli_path, "run", "--profile", "smoke", "--scenario", "PR-1"]

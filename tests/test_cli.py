@@ -138,6 +138,7 @@ def test_run_needs_exactly_one_output_mode(cli_path, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path):
     report = tmp_path / "hw.json"
     proc = _run(cli_path, "doctor", "--profile", "smoke", "--json", str(report))
@@ -147,6 +148,7 @@ def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path
     assert doc["backend_ok"] and doc["jax"]["backend"] == "cpu" and doc["cpu"]["usable_cores"] >= 1
 
 
+@pytest.mark.slow
 def test_doctor_fails_loudly_when_jax_fell_back_to_cpu(cli_path):
     proc = _run(cli_path, "doctor", "--profile", "gpu_a100")
     assert proc.returncode == 1

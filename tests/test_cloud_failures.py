@@ -118,6 +118,7 @@ def test_the_loopback_reports_job_status_with_skypilots_exit_codes(loopback_home
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path):
     node, home = loopback_home
     launch(home, "c1")
@@ -132,6 +133,7 @@ def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_teardown_that_never_takes_fails_loudly_naming_the_cluster(loopback_home, tmp_path):
     node, home = loopback_home
     launch(home, "c1")

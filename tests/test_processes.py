@@ -38,6 +38,7 @@ def three_processes(project_copy) -> str:
     )
 
 
+@pytest.mark.slow
 def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path, three_processes):
     proc, out, opened = run_counted(
         project_copy, tmp_path, three_processes, "TAB-1", "test-counting-numpy"
@@ -88,6 +89,7 @@ def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path
     assert list(table["process"]) == [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once", retries=0, processes=3, repetitions=2)
     env = {"DATARAX_TEST_FAIL_FROM_OPEN": "3"}
@@ -103,6 +105,7 @@ def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path)
     assert "repetitions" not in result
 
 
+@pytest.mark.slow
 def test_a_special_measure_runs_one_worker_with_every_process_s_repetitions(project_copy, tmp_path):
     profile = _profile(project_copy, "three-det", processes=3, repetitions=2)
     proc, out, _ = run_counted(project_copy, tmp_path, profile, "PR-2", "numpy")
@@ -190,6 +193,7 @@ def test_the_precision_target_is_judged_on_the_pooled_interval_not_each_process_
     assert fixed["statistics"]["stopped"] == "fixed repetitions"
 
 
+@pytest.mark.slow
 def test_a_run_with_a_precision_target_says_whether_its_processes_met_it(project_copy, tmp_path):
     profile = _profile(
         project_copy, "three-precise", processes=3, repetitions=2, precision=0.5, max_repetitions=3
@@ -446,6 +450,7 @@ def test_after_a_process_that_failed_nothing_more_of_the_cell_is_measured(projec
         (["--earlier", "ONE", "ONE", "ONE"], "3 results given; "),
     ],
 )
+@pytest.mark.slow
 def test_bad_process_arguments_are_one_line_and_exit_2(
     project_copy, tmp_path, three_processes, extra, expected
 ):

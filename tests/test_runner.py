@@ -244,6 +244,7 @@ def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
     assert "3 cells: 2 ok, 1 failed; 2 retried after a failed attempt (1 ok, 1 failed)" in summary
 
 
+@pytest.mark.slow
 def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     run_smoke_cell("TAB-1", "test-missing", out)

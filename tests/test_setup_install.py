@@ -138,6 +138,7 @@ class _Stalling(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_stalled_install_fails_the_setup_at_its_time_limit(tmp_path):
     task = yaml.safe_load(CPU_TASK.read_text())
     home = tmp_path / "home"

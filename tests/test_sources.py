@@ -50,6 +50,7 @@ def _assert_records_equal(got: list[dict], want: list[dict]) -> None:
             assert np.array_equal(value, w[name]), (i, name)
 
 
+@pytest.mark.slow
 def test_array_record_and_tfrecord_files_hold_the_cached_records_in_order():
     import tensorflow as tf
     from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -80,6 +81,7 @@ def test_array_record_and_tfrecord_files_hold_the_cached_records_in_order():
     assert source.meta["records"] == len(dataset) and source.meta["backend"] == "tfrecord"
 
 
+@pytest.mark.slow
 def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
     import tensorflow_datasets as tfds
 

@@ -482,6 +482,7 @@ def test_workflow_smoke_run_exports_offline_and_never_writes_the_key(
     assert_key_nowhere(SENTINEL_KEY, [workdir, *wandb_env.values()], proc)
 
 
+@pytest.mark.slow
 def test_workflow_export_records_wandb_failure_in_marker(results_dir, wandb_env):
     """W&B itself failing (here: its run directory cannot be created) is recorded, not raised."""
     (results_dir / "wandb").write_text("not a directory")
