@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from smoke_support import run_smoke_matrix, union_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -46,6 +47,20 @@ def isolated_wandb(tmp_path_factory):
 _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
+@pytest.fixture(scope="session")
+def smoke_results(request, tmp_path_factory, data_cache) -> Path:
+    """One real `datarax-bench run --profile smoke --output-dir` of every cell that the modules
+    of the session's tests that use it name in their `SMOKE_RUN` (smoke_support.py), made once
+    per session. Read only: a module takes its own copy with `smoke_support.smoke_view`."""
+    modules = {
+        item.module: None
+        for item in request.session.items
+        if "smoke_results" in getattr(item, "fixturenames", ())
+    }
+    out = tmp_path_factory.mktemp("smoke-results") / "run"
+    return run_smoke_matrix(out, union_of(modules))
+
+
 @pytest.fixture
 def cli_path() -> str:
     """The installed `datarax-bench` console script of this interpreter's environment."""
@@ -81,6 +96,33 @@ def pytest_configure(config):
     )
 
 
+def _framework_adapter(item) -> str | None:
+    """The adapter a test is parametrized with (`adapter_id`, `adapter`, or a `cell` tuple
+    (adapter, scenario, variant)), if any."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    cell = params.get("cell")
+    adapter = params.get("adapter_id") or params.get("adapter")
+    if adapter is None and isinstance(cell, tuple) and cell:
+        adapter = cell[0]
+    return adapter if isinstance(adapter, str) else None
+
+
+def _runs_a_framework(item) -> bool:
+    """A test of a framework adapter's own module (tests/test_adapters_FRAMEWORK.py), or one
+    parametrized over a framework's adapter (anything but the NumPy reference): it imports and
+    runs that framework's loader."""
+    if Path(str(item.fspath)).name.startswith("test_adapters_"):
+        return True
+    adapter = _framework_adapter(item)
+    return adapter is not None and adapter != "numpy"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """The Docker tests last: one image build for all of them, after everything else has run."""
+    """A test that runs a framework's loader (`_runs_a_framework`) is `slow`, wherever it is
+    written (the NumPy reference's cells of the same tests stay in the fast tier). The Docker
+    tests last: one image build for all of them, after everything else has run."""
+    for item in items:
+        if _runs_a_framework(item) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("docker") is not None)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from smoke_support import smoke_view
 
 from datarax_bench.adapters import get_adapter
 from datarax_bench.aggregate import UNSTABLE_CV, aggregate_run, results_table
@@ -18,22 +16,14 @@ from datarax_bench.cell import CellClock, make_result
 from datarax_bench.errors import UserError
 from datarax_bench.results import cell_path, load_result, write_result
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("CV-1", "PC-1", "PC-2", "PR-2", "DIST-1", "TAB-1", "IO-1")}
+
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory, data_cache):
+def smoke_dir(tmp_path_factory, smoke_results):
     """A real `run --output-dir` of two smoke scenarios, plus an `unsupported` PC-2 cell."""
-    out = tmp_path_factory.mktemp("smoke-run")
-    cmd = [
-        str(Path(sys.executable).parent / "datarax-bench"),
-        "run",
-        "--profile",
-        "smoke",
-        "--scenarios",
-        "CV-1",
-        "PC-1",
-        "PC-2",
-    ]
-    subprocess.run([*cmd, "--adapters", "numpy", "--output-dir", str(out)], check=True)
+    out = smoke_view(smoke_results, tmp_path_factory.mktemp("smoke-run"), ["CV-1", "PC-1", "PC-2"])
     profile = load_profile("smoke")
     workload = load_catalog().get("PC-2").resolve("small", profile.size)
     reason = "NumPy reference cannot express transform 'branch_merge' (test)"
@@ -197,15 +187,8 @@ def test_a_bad_result_file_names_the_file(tmp_path, smoke_dir):
     assert not (tmp_path / "results.csv").exists()
 
 
-def test_special_measurements_get_their_own_tables(tmp_path):
-    out = tmp_path / "special"
-    cli = str(Path(sys.executable).parent / "datarax-bench")
-    subprocess.run(
-        [cli, "run", "--profile", "smoke", "--scenarios", "PR-2", "DIST-1", "TAB-1", "IO-1"]
-        + ["--adapters", "numpy", "--output-dir", str(out)],
-        check=True,
-        capture_output=True,
-    )
+def test_special_measurements_get_their_own_tables(tmp_path, smoke_results):
+    out = smoke_view(smoke_results, tmp_path / "special", ["PR-2", "DIST-1", "TAB-1", "IO-1"])
     paths = sorted(out.glob("raw/*/*/*.json"))
     table = aggregate_run(paths, out, "smoke", "local")
     pr2 = table[table["scenario"] == "PR-2"].iloc[0]

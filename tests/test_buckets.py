@@ -77,6 +77,7 @@ def test_a_mirrored_directory_pulls_the_prefix_and_uploads_what_is_written(bucke
     assert (again.local / "raw/TAB-1/small/grain.json").read_text() == '{"b": 2}'
 
 
+@pytest.mark.slow
 def test_upload_of_one_file_through_the_cli(bucket, tmp_path, cli_path):
     src = tmp_path / "doctor.json"
     src.write_text('{"hardware": 1}')
@@ -125,6 +126,7 @@ def test_a_gs_bucket_that_does_not_exist_is_an_error_not_an_empty_listing(tmp_pa
             list(buckets.list_keys(parse_bucket("gs://no-such-bucket/bench"), "cells"))
 
 
+@pytest.mark.slow
 def test_the_loopback_mounts_a_gs_source_only_as_skypilot_would(tmp_path, monkeypatch):
     """A missing source bucket and a name GCS refuses fail the launch, as in SkyPilot."""
     monkeypatch.setenv("HOME", str(tmp_path))

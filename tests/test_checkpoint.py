@@ -43,6 +43,7 @@ def test_the_framework_adapters_with_a_state_api_claim_checkpoint():
 
 
 @pytest.mark.parametrize("adapter_id", CHECKPOINTING)
+@pytest.mark.slow
 def test_restored_pipeline_delivers_the_uninterrupted_next_batch(adapter_id, cli_path, tmp_path):
     result, _ = _run_pr1(cli_path, tmp_path, adapter_id)
     assert result["status"] == "ok", result.get("error") or result.get("reason")
@@ -59,6 +60,7 @@ def test_restored_pipeline_delivers_the_uninterrupted_next_batch(adapter_id, cli
     assert result["statistics"]["elements_per_s"]["median"] > 0
 
 
+@pytest.mark.slow
 def test_the_compared_batch_is_the_one_after_the_checkpoint(cli_path, tmp_path):
     """The uninterrupted run's next batch is batch k of epoch 0, not the first or the k-th."""
     result, _ = _run_pr1(cli_path, tmp_path, "numpy")
@@ -102,6 +104,7 @@ def test_a_restore_that_ignores_the_state_is_recorded_as_inexact():
     assert len(body["repetitions"]) == profile.measurement["repetitions"]
 
 
+@pytest.mark.slow
 def test_pytorch_has_no_state_api_so_its_cell_is_unsupported(cli_path, tmp_path):
     out = tmp_path / "pytorch.json"
     args = [cli_path, "run", "--profile", "smoke", "--scenario", "PR-1"]
@@ -118,6 +121,7 @@ def test_pytorch_has_no_state_api_so_its_cell_is_unsupported(cli_path, tmp_path)
     assert "repetitions" not in result
 
 
+@pytest.mark.slow
 def test_an_ok_result_without_the_checkpoint_metrics_is_rejected(cli_path, tmp_path):
     good, _ = _run_pr1(cli_path, tmp_path, "numpy")
     for remove in ("special", "resume_exact", "state_bytes", "save_s_median", "restore_s_median"):

@@ -43,6 +43,7 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
     assert doc["support"]["IO-1/tfrecord"]["numpy"].startswith("unsupported: The NumPy reference")
 
 
+@pytest.mark.slow
 def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
     out = tmp_path / "c.json"
     proc = run_smoke_cell("TAB-1", "NumPy Reference", out)
@@ -50,6 +51,7 @@ def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
     assert json.loads(out.read_text())["cell"]["adapter"] == "numpy"
 
 
+@pytest.mark.slow
 def test_run_requires_a_variant_when_the_profile_measures_several(
     cli_path, tmp_path, run_smoke_cell
 ):
@@ -136,6 +138,7 @@ def test_run_needs_exactly_one_output_mode(cli_path, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path):
     report = tmp_path / "hw.json"
     proc = _run(cli_path, "doctor", "--profile", "smoke", "--json", str(report))
@@ -145,6 +148,7 @@ def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path
     assert doc["backend_ok"] and doc["jax"]["backend"] == "cpu" and doc["cpu"]["usable_cores"] >= 1
 
 
+@pytest.mark.slow
 def test_doctor_fails_loudly_when_jax_fell_back_to_cpu(cli_path):
     proc = _run(cli_path, "doctor", "--profile", "gpu_a100")
     assert proc.returncode == 1
@@ -188,6 +192,7 @@ def test_output_paths_are_checked_before_anything_runs(
     assert sorted(tmp_path.rglob("*")) == before, "nothing was left behind"
 
 
+@pytest.mark.slow
 def test_results_are_written_with_the_users_umask(cli_path, tmp_path):
     """A result, manifest and summary as readable as any file the user makes (not 0600)."""
     import os

@@ -68,6 +68,7 @@ def launch(home: Path, cluster: str) -> None:
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_status_reads_through_server_start_up_noise_and_not_found(loopback_home):
     node, home = loopback_home
     # The very first call prints the API server's start-up text before the JSON.
@@ -100,6 +101,7 @@ def test_a_sky_call_that_hangs_is_killed_at_its_limit(tmp_path):
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_the_loopback_reports_job_status_with_skypilots_exit_codes(loopback_home):
     node, home = loopback_home
     launch(home, "c1")
@@ -116,6 +118,7 @@ def test_the_loopback_reports_job_status_with_skypilots_exit_codes(loopback_home
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path):
     node, home = loopback_home
     launch(home, "c1")
@@ -130,6 +133,7 @@ def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_teardown_that_never_takes_fails_loudly_naming_the_cluster(loopback_home, tmp_path):
     node, home = loopback_home
     launch(home, "c1")
@@ -154,6 +158,7 @@ def test_spot_is_decided_by_skypilots_own_feature_checks():
         cloud.resolve_use_spot("lambda", True)
 
 
+@pytest.mark.slow
 def test_explicit_spot_on_a_cloud_without_it_stops_the_plan_with_one_line(tmp_path):
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
@@ -195,6 +200,7 @@ def test_a_plan_that_cannot_fit_max_cluster_hours_is_refused_in_one_line(tmp_pat
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_the_loopback_refuses_spot_where_skypilot_does(loopback_home):
     node, home = loopback_home
     task = home / "task.yaml"
@@ -228,6 +234,7 @@ def test_billing_from_the_ledger(tmp_path):
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_the_loopback_refuses_what_skypilot_refuses_before_launching(loopback_home):
     node, home = loopback_home
     task = home / "task.yaml"
@@ -246,6 +253,7 @@ def test_the_loopback_refuses_what_skypilot_refuses_before_launching(loopback_ho
 
 
 @needs_loopback
+@pytest.mark.slow
 def test_two_loopback_clusters_on_one_node_keep_their_jobs_apart(loopback_home):
     node, home = loopback_home
     launch(home, "c1")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+from smoke_support import smoke_view
 
 from datarax_bench import compare, randomness, stats
 from datarax_bench.catalog import load_profile
@@ -30,11 +31,14 @@ TIGHT = [1000.0, 1004.0, 996.0, 1002.0, 998.0]
 NOISY = [1000.0, 1120.0, 880.0, 1060.0, 940.0]
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("TAB-1", "PR-1", "PR-2", "IO-2")}
+
+
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory, data_cache) -> dict[str, dict]:
+def templates(tmp_path_factory, smoke_results) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("compare-templates")
-    cmd = [CLI, "run", "--profile", "smoke", "--scenarios", "TAB-1", "PR-1", "PR-2", "IO-2"]
-    subprocess.run([*cmd, "--adapters", "numpy", "--output-dir", str(out)], check=True)
+    smoke_view(smoke_results, out, ["TAB-1", "PR-1", "PR-2", "IO-2"])
     results = [load_result(p) for p in sorted(out.glob("raw/*/*/*.json"))]
     return {f"{r['cell']['scenario']}/{r['cell']['variant']}": r for r in results}
 
@@ -280,6 +284,7 @@ def test_streaming_compares_time_to_first_batch(tmp_path, templates):
 # --- outputs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_markdown_csv_and_plot_sorted_by_effect_with_package_differences(tmp_path, templates):
     pr2 = with_timings(templates["PR-2/small"], TIGHT)
     newer = [tab1(templates, [v * 0.7 for v in TIGHT]), with_timings(pr2, [v * 0.9 for v in TIGHT])]
@@ -327,6 +332,7 @@ def _one_line_error(proc, *needles):
         assert needle in err, err
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, templates):
     base, new = runs(tmp_path, [tab1(templates, TIGHT)], [tab1(templates, TIGHT)])
     cli = lambda *a: subprocess.run([CLI, "compare", *a], capture_output=True, text=True)  # noqa: E731

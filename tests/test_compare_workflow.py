@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from test_wandb_export import read_offline_run
 from test_workflow import copy_workflow, snakemake
@@ -42,6 +43,7 @@ def _prepare(workdir: Path) -> None:
     schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_a_slower_adapter_is_caught_against_the_baseline(tmp_path, monkeypatch):
     workdir = copy_workflow(tmp_path / "checkout")
     _prepare(workdir)
@@ -112,6 +114,7 @@ def test_a_slower_adapter_is_caught_against_the_baseline(tmp_path, monkeypatch):
     assert proc.stdout.count("slower (REGRESSION)") == 2
 
 
+@pytest.mark.slow
 def test_a_bad_baseline_stops_the_workflow_before_any_job(tmp_path):
     workdir = copy_workflow(tmp_path / "checkout")
     (workdir / "empty").mkdir()

@@ -184,6 +184,7 @@ def _cli(cli_path, project_copy, *args, **env):
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_feed_is_one_line_and_exit_2(cli_path, project_copy, tmp_path, feed_key, message):
     _profile_copy(project_copy, "badfeed", feed_key)
     out = tmp_path / "out" / "cell.json"
@@ -235,6 +236,7 @@ def _windows(section) -> dict[float, dict]:
     return {w["step_ms"]: w for w in section["windows"]}
 
 
+@pytest.mark.slow
 def test_a_fast_loader_keeps_the_step_busy(fed_run):
     _, out = fed_run
     section = _feed(out, "TAB-1", "numpy")
@@ -248,6 +250,7 @@ def test_a_fast_loader_keeps_the_step_busy(fed_run):
     assert section["shortest_fed_step_ms"] == 5.0
 
 
+@pytest.mark.slow
 def test_a_slow_loader_feeds_step_over_its_time_per_batch(fed_run):
     _, out = fed_run
     section = _feed(out, "TAB-1", SLOW)
@@ -262,11 +265,13 @@ def test_a_slow_loader_feeds_step_over_its_time_per_batch(fed_run):
     assert section["shortest_fed_step_ms"] == 50.0
 
 
+@pytest.mark.slow
 def test_scenarios_outside_the_feed_have_none(fed_run):
     _, out = fed_run
     assert _feed(out, "NLP-1", "numpy") is None and _feed(out, "NLP-1", SLOW) is None
 
 
+@pytest.mark.slow
 def test_summary_table_rows_and_plot(fed_run, monkeypatch, tmp_path):
     root, out = fed_run
     monkeypatch.setenv("DATARAX_BENCH_ROOT", str(root))
@@ -313,6 +318,7 @@ def test_summary_table_rows_and_plot(fed_run, monkeypatch, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["settings"]["feed"]["step_ms"] == [50, 5]
 
 
+@pytest.mark.slow
 def test_the_workflow_plots_the_feed_of_each_scenario_that_has_one(tmp_path):
     from test_workflow import copy_workflow, planned, snakemake
 

@@ -145,6 +145,7 @@ KILLS = {
 
 
 @pytest.mark.parametrize("kill", list(KILLS))
+@pytest.mark.slow
 def test_the_worker_and_its_processes_die_with_the_supervisor(env, kill, run_smoke_cell):
     out_dir = env / "cells"
     out_dir.mkdir()
@@ -183,6 +184,7 @@ def test_the_worker_and_its_processes_die_with_the_supervisor(env, kill, run_smo
     assert _stale(out_dir) == []
 
 
+@pytest.mark.slow
 def test_a_start_removes_only_the_temporary_files_of_dead_supervisors(env, run_smoke_cell):
     out = env / "cell.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -200,6 +202,7 @@ def test_a_start_removes_only_the_temporary_files_of_dead_supervisors(env, run_s
 @pytest.mark.parametrize(
     "measured", ["raw/TAB-1/small/numpy.json", "processes/TAB-1/small/numpy/2.json"]
 )
+@pytest.mark.slow
 def test_a_cell_of_a_results_directory_sweeps_the_whole_raw_and_processes_trees(
     env, run_smoke_cell, measured
 ):
@@ -223,6 +226,7 @@ def _hold_lock(path: Path, holder: str) -> int:
     return fd
 
 
+@pytest.mark.slow
 def test_a_measurement_waits_while_the_bench_lock_is_held_and_says_by_whom(env):
     lock = env / "bench.lock"
     fd = _hold_lock(lock, "pid 4242 measuring CV-1/small/grain since 2026-12-01T00:00:00Z\n")
@@ -248,6 +252,7 @@ def test_a_measurement_waits_while_the_bench_lock_is_held_and_says_by_whom(env):
     assert datetime.fromisoformat(attempt["started"]) >= released
 
 
+@pytest.mark.slow
 def test_a_lock_wait_that_runs_out_measures_nothing(env):
     lock = env / "bench.lock"
     fd = _hold_lock(lock, "pid 4242 measuring CV-1/small/grain since 2026-12-01T00:00:00Z\n")
@@ -286,6 +291,7 @@ def test_a_bench_lock_that_cannot_be_opened_is_one_line(env, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_never_measure_at_once(env):
     """Two users' `datarax-bench run` at the same moment: one measures, then the other."""
     cmd = _cli("run", "--profile", "smoke", "--scenario", "TAB-1", "--adapter", "numpy")

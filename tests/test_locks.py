@@ -31,6 +31,7 @@ def _pins(text: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.skipif(not shutil.which("uv"), reason="needs uv (the dev extra installs it)")
 @pytest.mark.parametrize("extras", [["bench"], ["bench", "gpu"], ["bench", "tpu"]], ids="+".join)
 def test_cloud_install_resolves_within_the_lock(extras, tmp_path):

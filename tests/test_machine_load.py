@@ -125,6 +125,7 @@ def test_cpu_frequency_reports_what_is_readable_or_none():
         assert freq[key] is None or freq[key] > 0
 
 
+@pytest.mark.slow
 def test_doctor_strict_refuses_a_busy_machine_and_records_what_it_saw(foreign_burner, tmp_path):
     report = tmp_path / "doctor.json"
     cmd = [sys.executable, "-m", "datarax_bench.cli", "doctor", "--profile", "smoke"]

@@ -65,6 +65,7 @@ def test_a_requested_bucket_that_is_not_mounted_fails(results_dir, wandb_env, tm
     assert "does not exist" in proc.stderr and "task-file --results-bucket" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_alone_keeps_nothing(results_dir, wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
@@ -74,6 +75,7 @@ def test_unreachable_wandb_alone_keeps_nothing(results_dir, wandb_env, monkeypat
     assert_key_nowhere(SENTINEL_KEY, [results_dir, *wandb_env.values()], proc)
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_with_bucket_keeps_the_offline_run_there(
     results_dir, wandb_env, monkeypatch, tmp_path
 ):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -21,6 +19,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.text import Text
+from smoke_support import smoke_view
 
 from datarax_bench import plots
 from datarax_bench.aggregate import aggregate_run
@@ -38,13 +37,15 @@ SPREAD = [
 CATALOG = load_catalog()
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("PC-1", "IO-1", "TAB-1"), "datarax": ("NLP-2",)}
+
+
 @pytest.fixture(scope="module")
-def real(tmp_path_factory, data_cache):
+def real(tmp_path_factory, smoke_results):
     out = tmp_path_factory.mktemp("plots-real")
-    cli = str(Path(sys.executable).parent / "datarax-bench")
     for scenarios, adapter in ((["PC-1", "IO-1", "TAB-1"], "numpy"), (["NLP-2"], "datarax")):
-        cmd = [cli, "run", "--profile", "smoke", "--scenarios", *scenarios, "--adapters", adapter]
-        subprocess.run([*cmd, "--output-dir", str(out)], check=True, capture_output=True)
+        smoke_view(smoke_results, out, scenarios, adapter)
     aggregate_run(sorted((out / "raw").rglob("*.json")), out, "smoke", "local")
     return out
 
@@ -148,6 +149,7 @@ def below_plot(fig) -> str:
     return " ".join(t.get_text() for t in fig.artists if isinstance(t, Text)).replace("\n", " ")
 
 
+@pytest.mark.slow
 def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
     already_open = set(plots.plt.get_fignums())
     for scenario in SCENARIOS:
@@ -164,6 +166,7 @@ def test_every_figure_is_written_and_no_temporary_file_left(real, tmp_path):
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.slow
 def test_figures_follow_the_umask_like_every_other_output(real, tmp_path, umask, mode):
     import os
     import stat
@@ -387,6 +390,7 @@ def _offline_history(run_dir: Path) -> dict:
     return logged
 
 
+@pytest.mark.slow
 def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path, monkeypatch):
     from datarax_bench import wandb_export as export
 

@@ -38,6 +38,7 @@ def three_processes(project_copy) -> str:
     )
 
 
+@pytest.mark.slow
 def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path, three_processes):
     proc, out, opened = run_counted(
         project_copy, tmp_path, three_processes, "TAB-1", "test-counting-numpy"
@@ -88,6 +89,7 @@ def test_three_processes_pool_their_windows_each_labelled(project_copy, tmp_path
     assert list(table["process"]) == [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once", retries=0, processes=3, repetitions=2)
     env = {"DATARAX_TEST_FAIL_FROM_OPEN": "3"}
@@ -103,6 +105,7 @@ def test_a_process_that_fails_ends_the_cell_saying_which(project_copy, tmp_path)
     assert "repetitions" not in result
 
 
+@pytest.mark.slow
 def test_a_special_measure_runs_one_worker_with_every_process_s_repetitions(project_copy, tmp_path):
     profile = _profile(project_copy, "three-det", processes=3, repetitions=2)
     proc, out, _ = run_counted(project_copy, tmp_path, profile, "PR-2", "numpy")
@@ -190,6 +193,7 @@ def test_the_precision_target_is_judged_on_the_pooled_interval_not_each_process_
     assert fixed["statistics"]["stopped"] == "fixed repetitions"
 
 
+@pytest.mark.slow
 def test_a_run_with_a_precision_target_says_whether_its_processes_met_it(project_copy, tmp_path):
     profile = _profile(
         project_copy, "three-precise", processes=3, repetitions=2, precision=0.5, max_repetitions=3
@@ -214,6 +218,7 @@ def test_a_cloud_cell_is_allowed_every_process_s_timeout():
     assert cloud.cell_allowance_s(profile) == expected
 
 
+@pytest.mark.slow
 def test_two_runs_of_three_processes_compare_over_their_processes(
     project_copy, tmp_path, three_processes
 ):
@@ -276,6 +281,7 @@ def _run_matrix(root: Path, tmp_path: Path, profile: str, adapters: str, *args: 
 COUNTING, FAILING = "test-counting-numpy", "test-failing-numpy"
 
 
+@pytest.mark.slow
 def test_a_matrix_measures_the_first_process_of_every_cell_before_any_second(
     project_copy, tmp_path, three_processes
 ):
@@ -320,6 +326,7 @@ def test_a_matrix_measures_the_first_process_of_every_cell_before_any_second(
     assert [c["adapter"] for c in summary["cells"]] == [COUNTING, FAILING]
 
 
+@pytest.mark.slow
 def test_a_cell_whose_process_fails_ends_in_its_round_and_the_others_go_on(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
                        repetitions_from="warm", cold_starts=3)  # fmt: skip
@@ -342,6 +349,7 @@ def test_a_cell_whose_process_fails_ends_in_its_round_and_the_others_go_on(proje
     assert counting["status"] == "ok" and counting["statistics"]["processes"] == 3
 
 
+@pytest.mark.slow
 def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
     project_copy, tmp_path, three_processes
 ):
@@ -380,6 +388,7 @@ def _one_cell(profile: str, adapter: str = COUNTING) -> list[str]:
     return ["run", "--profile", profile, "--scenario", "TAB-1", "--adapter", adapter]
 
 
+@pytest.mark.slow
 def test_a_cell_measured_a_process_at_a_time_then_pooled_as_the_workflow_does(
     project_copy, tmp_path, three_processes
 ):
@@ -403,6 +412,7 @@ def test_a_cell_measured_a_process_at_a_time_then_pooled_as_the_workflow_does(
     assert result["timestamps"]["started"] == kept[0]["timestamps"]["started"]
 
 
+@pytest.mark.slow
 def test_after_a_process_that_failed_nothing_more_of_the_cell_is_measured(project_copy, tmp_path):
     profile = _profile(project_copy, "three-once-warm", retries=0, processes=3, repetitions=2,
                        repetitions_from="warm", cold_starts=3)  # fmt: skip
@@ -440,6 +450,7 @@ def test_after_a_process_that_failed_nothing_more_of_the_cell_is_measured(projec
         (["--earlier", "ONE", "ONE", "ONE"], "3 results given; "),
     ],
 )
+@pytest.mark.slow
 def test_bad_process_arguments_are_one_line_and_exit_2(
     project_copy, tmp_path, three_processes, extra, expected
 ):
@@ -472,6 +483,7 @@ def test_process_arguments_belong_to_one_cell_not_a_matrix(project_copy, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_tuned_cell_s_later_processes_measure_the_first_process_s_choice(
     project_copy, tmp_path, three_processes
 ):

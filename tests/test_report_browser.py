@@ -57,6 +57,7 @@ def report(tmp_path_factory, data_cache) -> Path:
     return workdir / "report.html"
 
 
+@pytest.mark.slow
 def test_the_report_loads_in_chromium_and_lists_every_scenario_category(report, tmp_path):
     raw = _visible_text(report.read_text(errors="replace"))
     # Before its scripts run, the page shows no category: what follows is rendered by them.

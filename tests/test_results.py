@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 
@@ -14,40 +13,21 @@ from datarax_bench.errors import UserError
 from datarax_bench.provenance import recorded_environment
 from datarax_bench.results import (
     all_or_nothing,
+    cell_path,
     load_result,
     write_json_atomic,
     write_result,
     write_text_atomic,
 )
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": ("CV-1",)}
+
 
 @pytest.fixture(scope="module")
-def ok_result(tmp_path_factory):
-    import shutil
-
-    out = tmp_path_factory.mktemp("r") / "cell.json"
-    cli = shutil.which("datarax-bench") or "datarax-bench"
-    import sys
-    from pathlib import Path
-
-    cli = str(Path(sys.executable).parent / "datarax-bench")
-    subprocess.run(
-        [
-            cli,
-            "run",
-            "--profile",
-            "smoke",
-            "--scenario",
-            "CV-1",
-            "--adapter",
-            "numpy",
-            "--output",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return json.loads(out.read_text())
+def ok_result(smoke_results):
+    """A real smoke-profile result of CV-1 with the NumPy reference (the session's shared run)."""
+    return json.loads(cell_path(smoke_results, "CV-1", "small", "numpy").read_text())
 
 
 def test_ok_result_validates_and_round_trips(ok_result, tmp_path):

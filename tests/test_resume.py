@@ -40,6 +40,7 @@ def _started(path: Path) -> str:
 SENTINEL = "sentinel-secret-value-0123456789"
 
 
+@pytest.mark.slow
 def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
     cli_path, tmp_path, data_cache, monkeypatch
 ):
@@ -81,6 +82,7 @@ def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
     assert SENTINEL not in first.stderr + first.stdout + second.stderr + second.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_rest(
     cli_path, tmp_path, data_cache
 ):
@@ -121,6 +123,7 @@ def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_res
     assert sorted(started.values()).count(2) == 1 and set(started.values()) <= {1, 2}
 
 
+@pytest.mark.slow
 def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, data_cache):
     """A result that names no commit (a managed job's, before its task named the commit) may be
     old code's: it is never taken."""
@@ -144,6 +147,7 @@ def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, 
     assert out.keys() == kept.keys() and all(_started(p) > before for p in out.values())
 
 
+@pytest.mark.slow
 def test_a_corrupt_kept_cell_is_named_and_measured_again(cli_path, tmp_path, data_cache):
     store = tmp_path / "store"
     args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]

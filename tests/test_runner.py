@@ -46,6 +46,7 @@ def _short_timeout_profile(tmp_path, monkeypatch, seconds):
     monkeypatch.setenv("DATARAX_BENCH_ROOT", str(copy))
 
 
+@pytest.mark.slow
 def test_ok_cell_writes_a_valid_result_with_provenance(
     cli_path, tmp_path, monkeypatch, run_smoke_cell
 ):
@@ -168,6 +169,7 @@ def test_a_measure_the_harness_does_not_implement_is_not_implemented_and_nothing
     assert "repetitions" not in result and "[worker]" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     run_smoke_cell("TAB-1", "test-raise", out)
@@ -177,6 +179,7 @@ def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_sm
     assert "Traceback" in result["error"]
 
 
+@pytest.mark.slow
 def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     proc = run_smoke_cell("TAB-1", "test-crash", out)
@@ -193,6 +196,7 @@ def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cel
     assert "attempt 1 failed" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_that_aborts_once_is_retried_and_the_cell_is_one_attempts_measurement(
     cli_path, plugin_env, monkeypatch, run_smoke_cell
 ):
@@ -214,6 +218,7 @@ def test_a_worker_that_aborts_once_is_retried_and_the_cell_is_one_attempts_measu
     assert "after 2 attempts" in proc.stdout
 
 
+@pytest.mark.slow
 def test_retries_zero_leaves_a_crashed_cell_failed_after_one_attempt(
     cli_path, plugin_env, monkeypatch, run_smoke_cell, project_copy
 ):
@@ -251,6 +256,7 @@ def test_a_bad_retries_value_is_one_line_naming_it(cli_path, project_copy, monke
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
     from datarax_bench.aggregate import aggregate_run
 
@@ -280,6 +286,7 @@ def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
     assert "3 cells: 2 ok, 1 failed; 2 retried after a failed attempt (1 ok, 1 failed)" in summary
 
 
+@pytest.mark.slow
 def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     run_smoke_cell("TAB-1", "test-missing", out)
@@ -288,6 +295,7 @@ def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_
     assert "framework_that_is_not_installed" in result["reason"]
 
 
+@pytest.mark.slow
 def test_hanging_loader_times_out_and_leaves_no_process(
     cli_path, plugin_env, monkeypatch, run_smoke_cell
 ):
@@ -335,6 +343,7 @@ def test_a_killed_worker_is_reaped_after_an_interrupt_inside_popen_wait():
     assert _reaped_within(reaped, 10) and reaped.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):
     out = plugin_env / "results"
     proc = _run(

@@ -78,6 +78,7 @@ def node_env(home: Path, tmp: Path, task: dict, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.skipif(not shutil.which("rsync"), reason="needs rsync (apt-get install rsync)")
 def test_real_setup_installs_the_locked_stack_on_a_fresh_machine(tmp_path):
     task = yaml.safe_load(CPU_TASK.read_text())
@@ -137,6 +138,7 @@ class _Stalling(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_stalled_install_fails_the_setup_at_its_time_limit(tmp_path):
     task = yaml.safe_load(CPU_TASK.read_text())
     home = tmp_path / "home"

@@ -50,6 +50,7 @@ def _assert_records_equal(got: list[dict], want: list[dict]) -> None:
             assert np.array_equal(value, w[name]), (i, name)
 
 
+@pytest.mark.slow
 def test_array_record_and_tfrecord_files_hold_the_cached_records_in_order():
     import tensorflow as tf
     from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -80,6 +81,7 @@ def test_array_record_and_tfrecord_files_hold_the_cached_records_in_order():
     assert source.meta["records"] == len(dataset) and source.meta["backend"] == "tfrecord"
 
 
+@pytest.mark.slow
 def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
     import tensorflow_datasets as tfds
 
@@ -101,6 +103,7 @@ def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
     assert source.meta["file_formats"] == ["tfrecord", "array_record"]
 
 
+@pytest.mark.slow
 def test_files_are_built_once_by_a_child_process(tmp_path):
     """The writers' frameworks never load into the process that measures."""
     code = (
@@ -123,6 +126,7 @@ def test_files_are_built_once_by_a_child_process(tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_same_files_end_with_one_complete_copy(tmp_path):
     dataset = materialize(_workload("memory"), 0, root=tmp_path)
     cmd = [sys.executable, "-m", "datarax_bench.formats", str(dataset.directory), "array_record"]
@@ -134,6 +138,7 @@ def test_two_processes_building_the_same_files_end_with_one_complete_copy(tmp_pa
     assert formats.prepare(dataset, "array_record").meta["records"] == len(dataset)
 
 
+@pytest.mark.slow
 def test_a_failed_build_is_one_clear_error_and_leaves_nothing(tmp_path):
     dataset = materialize(_workload("memory"), 0, root=tmp_path)
     (dataset.directory / "image.npy").write_bytes(b"not an npy file")
@@ -241,6 +246,7 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
         assert special["build_s"] > 0
 
 
+@pytest.mark.slow
 def test_an_ok_source_backend_result_without_its_metrics_is_rejected(run_smoke_cell, tmp_path):
     result, path = _run(run_smoke_cell, tmp_path, "numpy", "npy_mmap")
     for key in ("bytes_on_disk", "reader", "files"):

@@ -34,6 +34,7 @@ def _cell(cli_path, tmp_path, scenario, variant=None, adapter="numpy", env=None)
     return load_result(out), out
 
 
+@pytest.mark.slow
 def test_determinism_digests_every_batch_of_every_epoch(cli_path, tmp_path):
     result, _ = _cell(cli_path, tmp_path, "PR-2")
     assert result["status"] == "ok"
@@ -92,6 +93,7 @@ def test_a_nondeterministic_loader_is_a_finding_not_an_error(tmp_path):
 
 
 @pytest.mark.parametrize(("variant", "devices"), [("dev1", 1), ("dev4", 4), ("dev8", 8)])
+@pytest.mark.slow
 def test_sharding_delivers_one_global_array_over_n_devices(cli_path, tmp_path, variant, devices):
     result, _ = _cell(cli_path, tmp_path, "DIST-1", variant)
     assert result["status"] == "ok", result["reason"]
@@ -123,6 +125,7 @@ def test_sharding_needs_the_devices_it_names(tmp_path):
         _sharding_target(w)  # this test process has one CPU device
 
 
+@pytest.mark.slow
 def test_dag_records_its_branches(cli_path, tmp_path):
     result, _ = _cell(cli_path, tmp_path, "PC-2")
     assert result["status"] == "ok"
@@ -136,6 +139,7 @@ def test_dag_records_its_branches(cli_path, tmp_path):
 @pytest.mark.parametrize(
     ("scenario", "variant"), [("PR-2", None), ("DIST-1", "dev2"), ("PC-2", None)]
 )
+@pytest.mark.slow
 def test_an_ok_special_result_without_its_metrics_is_rejected(
     cli_path, tmp_path, scenario, variant
 ):

@@ -32,6 +32,7 @@ def _run(cli_path, tmp_path, variant, adapter="numpy"):
 
 
 @pytest.mark.parametrize("variant", ["eager", "streaming"])
+@pytest.mark.slow
 def test_numpy_reference_measures_both_loadings(cli_path, tmp_path, variant):
     result, _ = _run(cli_path, tmp_path, variant)
     assert result["status"] == "ok"
@@ -94,6 +95,7 @@ def test_dataset_bytes_counts_every_array():
     assert dataset_bytes(ds) == values.nbytes + offsets.nbytes
 
 
+@pytest.mark.slow
 def test_an_ok_streaming_result_without_its_metrics_is_rejected(cli_path, tmp_path):
     result, path = _run(cli_path, tmp_path, "eager")
     broken = copy.deepcopy(result)

@@ -36,6 +36,7 @@ def run_tuned(cli_path, tmp_path, monkeypatch):
     return run
 
 
+@pytest.mark.slow
 def test_the_sweep_picks_the_fastest_setting_and_measures_with_it(run_tuned, tmp_path):
     result = run_tuned("test-knob-numpy", tmp_path / "a.json")
     tuning = result["tuning"]
@@ -51,6 +52,7 @@ def test_the_sweep_picks_the_fastest_setting_and_measures_with_it(run_tuned, tmp
     assert min(r["elements_per_s"] for r in result["repetitions"]) > max(rates[1], rates[3])
 
 
+@pytest.mark.slow
 def test_a_second_run_takes_the_cached_choice_without_sweeping(run_tuned, tmp_path):
     first = run_tuned("test-knob-numpy", tmp_path / "a.json")["tuning"]
     cache = tmp_path / "cache" / "tuning" / f"{first['cache_key']}.json"
@@ -70,6 +72,7 @@ def test_a_second_run_takes_the_cached_choice_without_sweeping(run_tuned, tmp_pa
     assert json.loads(cache.read_text())["chosen"] == {"workers": 2}
 
 
+@pytest.mark.slow
 def test_a_setting_that_changes_the_bytes_is_never_chosen(run_tuned, tmp_path):
     result = run_tuned("test-knob-bytes", tmp_path / "a.json")
     grid = {p["settings"]["workers"]: p for p in result["tuning"]["grid"]}
@@ -80,6 +83,7 @@ def test_a_setting_that_changes_the_bytes_is_never_chosen(run_tuned, tmp_path):
     assert result["statistics"]["first_batch_sha256"] == plain["statistics"]["first_batch_sha256"]
 
 
+@pytest.mark.slow
 def test_plain_cells_are_not_tuned_and_knobless_adapters_say_so(run_tuned, tmp_path):
     plain = run_tuned("test-knob-numpy", tmp_path / "plain.json", style="plain")
     assert "tuning" not in plain
@@ -99,6 +103,7 @@ def test_a_setting_that_fails_is_recorded_and_the_best_of_the_rest_chosen(run_tu
     assert tuning["chosen"] in ({"workers": 1}, {"workers": 3})
 
 
+@pytest.mark.slow
 def test_a_sweep_where_nothing_runs_fails_the_cell_naming_every_setting(cli_path, tmp_path,
                                                                         run_tuned):  # fmt: skip
     out = tmp_path / "a.json"
@@ -113,6 +118,7 @@ def test_a_sweep_where_nothing_runs_fails_the_cell_naming_every_setting(cli_path
     assert done.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_retried_cell_takes_the_choice_its_failed_attempt_swept(run_tuned, tmp_path,
                                                                    monkeypatch):  # fmt: skip
     monkeypatch.setenv("DATARAX_BENCH_TEST_FAIL_ONCE", str(tmp_path / "failed-once"))

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from smoke_support import smoke_view
 
 from datarax_bench import wandb_export as export
 from datarax_bench.errors import UserError
@@ -29,18 +30,15 @@ CLI = Path(sys.executable).parent / "datarax-bench"
 WANDB_ENV = ("HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
+#: The cells of the shared smoke run this module reads (smoke_support.py).
+SMOKE_RUN = {"numpy": SCENARIOS}
+
+
 @pytest.fixture(scope="module")
-def results_template(tmp_path_factory, data_cache) -> Path:
-    """A real `datarax-bench run --output-dir` (smoke, numpy adapter), made once per module."""
-    out = tmp_path_factory.mktemp("results") / "run"
-    subprocess.run(
-        [str(CLI), "run", "--profile", "smoke", "--adapters", "numpy", "--scenarios", *SCENARIOS]
-        + ["--output-dir", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+def results_template(tmp_path_factory, smoke_results) -> Path:
+    """A real `datarax-bench run --output-dir` (smoke, numpy adapter) of SCENARIOS, once per
+    module (the session's shared run, smoke_support.py)."""
+    return smoke_view(smoke_results, tmp_path_factory.mktemp("results") / "run", SCENARIOS)
 
 
 @pytest.fixture
@@ -128,6 +126,7 @@ def offline_run_dir(results_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_env):
     proc = run_cli("--results-dir", str(results_dir))
     assert proc.returncode == 0, proc.stderr
@@ -184,6 +183,7 @@ def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_e
         assert staged.read_bytes() == (results_dir / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_export_infers_infra_from_workflow_layout_and_writes_marker(
     results_template, tmp_path, wandb_env
 ):
@@ -219,6 +219,7 @@ def test_export_infers_infra_from_workflow_layout_and_writes_marker(
     assert report["sync_command"] == f"wandb sync {report['run_dir']}"
 
 
+@pytest.mark.slow
 def test_cli_offline_flag_wins_over_a_key_and_sets_project_entity_infra(
     results_dir, wandb_env, monkeypatch
 ):
@@ -252,6 +253,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_key_with_unreachable_server_falls_back_offline_at_once(
     results_dir, wandb_env, monkeypatch
 ):
@@ -480,6 +482,7 @@ def test_workflow_smoke_run_exports_offline_and_never_writes_the_key(
     assert_key_nowhere(SENTINEL_KEY, [workdir, *wandb_env.values()], proc)
 
 
+@pytest.mark.slow
 def test_workflow_export_records_wandb_failure_in_marker(results_dir, wandb_env):
     """W&B itself failing (here: its run directory cannot be created) is recorded, not raised."""
     (results_dir / "wandb").write_text("not a directory")
@@ -497,6 +500,7 @@ def test_workflow_export_still_fails_on_bad_results(results_dir, wandb_env):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, wandb_env):
     """`snakemake --config scenarios=[CV-1]` in a results directory that holds other scenarios
     too: the aggregate rule's manifest names the CV-1 cells, and the export sends those, while
@@ -562,6 +566,7 @@ class _RefusingWandb(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_failed_online_attempt_leaves_only_the_offline_run(results_dir, wandb_env, monkeypatch):
     """`wandb sync` of the results directory must find the offline run and nothing else."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)

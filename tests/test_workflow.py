@@ -23,6 +23,7 @@ import yaml
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, profile_names
 from datarax_bench.cell import resolve_cell
+from datarax_bench.errors import UserError
 from datarax_bench.results import load_result
 from datarax_bench.runner import processes_of
 
@@ -78,6 +79,7 @@ def smoke_run(tmp_path_factory, data_cache):
     return workdir, proc
 
 
+@pytest.mark.slow
 def test_full_run_produces_every_target(smoke_run):
     workdir, proc = smoke_run
     assert executed(proc, "measure") == 3
@@ -100,6 +102,7 @@ def test_full_run_produces_every_target(smoke_run):
     assert "smoke/local/aggregate.log" in logs and "smoke/local/plots/PC-1.log" in logs
 
 
+@pytest.mark.slow
 def test_measurements_never_overlap_whatever_the_cores(smoke_run):
     """--cores 2, yet the bench slot ran the cells one after another."""
     workdir, _ = smoke_run
@@ -111,6 +114,7 @@ def test_measurements_never_overlap_whatever_the_cores(smoke_run):
         assert end <= start, spans
 
 
+@pytest.mark.slow
 def test_report_has_table_plots_and_cells(smoke_run):
     workdir, _ = smoke_run
     snakemake(workdir, "--report", "results/report.html")
@@ -119,6 +123,7 @@ def test_report_has_table_plots_and_cells(smoke_run):
         assert needle in html, needle
 
 
+@pytest.mark.slow
 def test_second_invocation_does_nothing(smoke_run):
     workdir, _ = smoke_run
     proc = snakemake(workdir, "-n")
@@ -126,6 +131,7 @@ def test_second_invocation_does_nothing(smoke_run):
     assert planned(proc, "measure") == 0
 
 
+@pytest.mark.slow
 def test_one_cell_file_reruns_only_that_cell(smoke_run):
     workdir, _ = smoke_run
     cells = raw_cells(workdir)
@@ -144,6 +150,7 @@ def test_one_cell_file_reruns_only_that_cell(smoke_run):
     assert executed(proc, "measure") == 0 and executed(proc, "aggregate") == 1
 
 
+@pytest.mark.slow
 def test_scenario_selection_plans_only_its_cells(smoke_run):
     workdir, _ = smoke_run
     config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]"]
@@ -151,6 +158,7 @@ def test_scenario_selection_plans_only_its_cells(smoke_run):
     assert planned(proc, "measure") == 1 and planned(proc, "plot_scenario") == 1
 
 
+@pytest.mark.slow
 def test_changed_settings_rerun_exactly_the_affected_cells(smoke_run):
     workdir, _ = smoke_run
     catalog_path = workdir / "config/scenarios.yaml"
@@ -230,6 +238,7 @@ def test_kill_9_mid_cell_leaves_no_partial_result_and_resumes(tmp_path, data_cac
     assert {k: cells[k].stat().st_mtime_ns for k in kept} == {k: before[k] for k in kept}
 
 
+@pytest.mark.slow
 def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_second(
     tmp_path, data_cache
 ):
@@ -271,9 +280,17 @@ def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_s
     assert cells["CV-1/small/numpy"].stat().st_mtime_ns == other
 
 
+@pytest.fixture(scope="module")
+def dry_workflow(tmp_path_factory) -> Path:
+    """One copy of the workflow for the tests that only plan (`-n`, `--rulegraph`, `--dag`):
+    none of them writes a file a later one reads."""
+    return copy_workflow(tmp_path_factory.mktemp("dry") / "checkout")
+
+
 @pytest.mark.parametrize("profile", profile_names())
-def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
-    workdir = copy_workflow(tmp_path / "checkout")
+@pytest.mark.slow
+def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
+    workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=[f"profile={profile}"])
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
@@ -293,6 +310,7 @@ def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
     assert "digraph" in dag.stdout and "measure" in dag.stdout
 
 
+@pytest.mark.slow
 def test_lint_and_format(tmp_path):
     workdir = copy_workflow(tmp_path / "checkout")
     lint = snakemake(workdir, "--lint", config=None)
@@ -319,31 +337,87 @@ ALLOWED = (
 )
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
-        ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
-        ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
-        ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),
-        ("scenarios=CV-1", "--config: scenarios: got 'CV-1': 'CV-1' is not of type 'array'"),
-        ("run=Has_Caps", "--config: run: got 'Has_Caps': 'Has_Caps' does not match"),
-        ("results_dir=7", "--config: results_dir: got 7: 7 is not of type 'string'"),
-        ("badkey=1", f"--config: badkey: unknown key; expected one of {ALLOWED}"),
-        ("wandb={colour: red}", "--config: wandb.colour: unknown key; expected one of enabled,"),
-        (
-            "results_dir=/tmp/elsewhere",
-            "--config: results_dir: got '/tmp/elsewhere', expected a path relative to the "
-            "working directory",
-        ),
-        (
-            "results_dir=out/../../up",
-            "--config: results_dir: got 'out/../../up', expected a path inside the working "
-            "directory",
-        ),
-    ],
-)
-def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, override, expected):
+#: `--config` overrides the workflow refuses, and the start of its one-line error.
+BAD_OVERRIDES = [
+    ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
+    ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
+    ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
+    ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),
+    ("scenarios=CV-1", "--config: scenarios: got 'CV-1': 'CV-1' is not of type 'array'"),
+    ("run=Has_Caps", "--config: run: got 'Has_Caps': 'Has_Caps' does not match"),
+    ("results_dir=7", "--config: results_dir: got 7: 7 is not of type 'string'"),
+    ("badkey=1", f"--config: badkey: unknown key; expected one of {ALLOWED}"),
+    ("wandb={colour: red}", "--config: wandb.colour: unknown key; expected one of enabled,"),
+    (
+        "results_dir=/tmp/elsewhere",
+        "--config: results_dir: got '/tmp/elsewhere', expected a path relative to the "
+        "working directory",
+    ),
+    (
+        "results_dir=out/../../up",
+        "--config: results_dir: got 'out/../../up', expected a path inside the working directory",
+    ),
+]
+#: Edits of config/config.yaml the workflow refuses: (old, new, the start of the error).
+BAD_CONFIG_FILES = [
+    ("run: bench", "run: Bench", "config/config.yaml: run: got 'Bench': 'Bench' does not match"),
+    (
+        "run: bench\n",
+        "run: bench\nrun: again\n",
+        "config/config.yaml: line 17: duplicate key 'run' (first at line 16)",
+    ),
+]
+
+
+def checked_config(workdir: Path, overrides=(), monkeypatch=None) -> dict:
+    """What the Snakefile's setup does with its config, in this process: config/config.yaml
+    (its `configfile:`), then `--config` parsed and merged by Snakemake's own functions, then
+    `check_config` (workflow/rules/common.smk), from the working directory `workdir`."""
+    from snakemake.cli import parse_config
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    from datarax_bench.workflow_config import check_config
+
+    monkeypatch.chdir(workdir)
+    files = ["config/config.yaml"]  # as the Snakefile names it
+    config = load_configfile(files[0])
+    command_line = parse_config(list(overrides))
+    update_config(config, command_line)
+    check_config(config, command_line, files)
+    return config
+
+
+@pytest.mark.parametrize(("override", "expected"), BAD_OVERRIDES)
+def test_bad_config_is_one_line_naming_the_key(project_copy, monkeypatch, override, expected):
+    with pytest.raises(UserError) as err:
+        checked_config(project_copy, [override], monkeypatch)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), BAD_CONFIG_FILES)
+def test_bad_config_file_is_one_line_naming_the_file(project_copy, monkeypatch, old, new, expected):
+    path = project_copy / "config/config.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(UserError) as err:
+        checked_config(project_copy, (), monkeypatch)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_shipped_config_checks_and_gets_every_default(project_copy, monkeypatch):
+    config = checked_config(project_copy, ["profile=smoke", "scenarios=[CV-1]"], monkeypatch)
+    assert config["profile"] == "smoke" and config["scenarios"] == ["CV-1"]
+    assert config["wandb"]["mode"] == "auto"
+
+
+# The real Snakemake runs: one per way an error reaches the Snakefile's setup (a `--config`
+# value, a config file's, the catalog's); the values themselves are checked in-process above.
+
+
+def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch):
+    override, expected = BAD_OVERRIDES[0]
     monkeypatch.setenv("PYTHONWARNINGS", QUIET_GOOGLE)
     workdir = copy_workflow(tmp_path / "checkout")
     proc = snakemake(workdir, "-n", config=[override], check=False)
@@ -358,18 +432,7 @@ def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, ove
 @pytest.mark.parametrize(
     ("path", "old", "new", "expected"),
     [
-        (
-            "config/config.yaml",
-            "run: bench",
-            "run: Bench",
-            "config/config.yaml: run: got 'Bench': 'Bench' does not match",
-        ),
-        (
-            "config/config.yaml",
-            "run: bench\n",
-            "run: bench\nrun: again\n",
-            "config/config.yaml: line 17: duplicate key 'run' (first at line 16)",
-        ),
+        ("config/config.yaml", *BAD_CONFIG_FILES[0]),
         (
             "config/scenarios.yaml",
             "        scale: [0.08, 1.0]\n",
@@ -379,6 +442,7 @@ def test_bad_config_is_one_line_exit_2_before_any_job(tmp_path, monkeypatch, ove
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_config_file_or_catalog_is_one_line_exit_2(
     tmp_path, monkeypatch, path, old, new, expected
 ):
@@ -391,6 +455,7 @@ def test_bad_config_file_or_catalog_is_one_line_exit_2(
     assert proc.returncode == 2, proc.output[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {expected.format(workdir=workdir)}"), line
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()
 
 
 def test_schema_enums_match_profiles_catalog_and_registry():
@@ -407,8 +472,9 @@ def test_schema_enums_match_profiles_catalog_and_registry():
     assert set(config) == set(props), "config.yaml sets every key the schema knows"
 
 
-def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path):
-    workdir = copy_workflow(tmp_path / "checkout")
+@pytest.mark.slow
+def test_several_profiles_in_one_invocation_each_get_their_own_cluster(dry_workflow):
+    workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"])
     catalog = load_catalog()
     from datarax_bench.catalog import load_profile
@@ -434,6 +500,7 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(tmp_path)
     assert planned(local, "measure") == expected and planned(local, "aggregate") == 2
 
 
+@pytest.mark.slow
 def test_both_styles_end_to_end_with_the_sweep_cached_for_reruns(tmp_path, monkeypatch):
     monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
     workdir = copy_workflow(tmp_path / "checkout")

@@ -34,6 +34,7 @@ def bare_snakemake(workdir: Path, *args: str, timeout: float = 600):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bare_cloud_plan_uses_the_workflow_profile(tmp_path):
     workdir = checkout(tmp_path / "checkout")
     proc = bare_snakemake(workdir, "-n", "--config", "profile=gpu_a100", "infra=vast")
