@@ -180,6 +180,7 @@ def test_bad_resume_arguments_are_one_line_and_exit_2(cli_path, tmp_path, extra,
     assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_a_feed_change_makes_stale_exactly_the_cells_the_workflow_reruns(cli_path, tmp_path):
     """One definition of a cell's settings (`Profile.settings(workload)`): results record it and
     `--resume-dir` compares it, as the workflow's rerun trigger does (test_workflow's
