@@ -322,7 +322,10 @@ ALLOWED = (
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
+        (
+            "profile=nope",
+            "--config: profile: got 'nope', expected one of 'ci_cpu', 'first_look', 'gpu_a100'",
+        ),
         ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
         ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
         ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),
