@@ -100,6 +100,22 @@ def test_full_run_produces_every_target(smoke_run):
     assert "smoke/local/aggregate.log" in logs and "smoke/local/plots/PC-1.log" in logs
 
 
+def test_the_run_says_its_plan_and_estimate_first_then_progress_after_each_cell(smoke_run):
+    workdir, proc = smoke_run
+    out = proc.output
+    plan = out.index("plan: profile smoke: 3 cells (CV-1/small, PC-1/d1, PC-1/d5 x numpy x plain)")
+    estimate = re.search(r"^estimate: about \d+ (s|min) \(", out, re.MULTILINE)
+    progress = re.findall(r"^progress: (\d) of 3 cells, (\d) of 3 worker processes done", out, re.M)
+    assert estimate and plan < estimate.start() < out.index("progress: ")
+    # One line per finished cell, counting up to every cell (the jobs may finish in any order).
+    assert sorted(progress) == [("1", "1"), ("2", "2"), ("3", "3")]
+    assert "measuring done" in out
+    plan_file = json.loads((workdir / "logs/run_plan.json").read_text())
+    assert {p["output"] for p in plan_file["processes"]} == {
+        str(RUN_DIR / "raw" / f"{cell}.json") for cell in SMOKE_CELLS
+    }
+
+
 def test_measurements_never_overlap_whatever_the_cores(smoke_run):
     """--cores 2, yet the bench slot ran the cells one after another."""
     workdir, _ = smoke_run
@@ -243,6 +259,11 @@ def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_s
     config = ["profile=smoke", "scenarios=[CV-1,TAB-1]", "adapters=[numpy]"]
     proc = snakemake(workdir, "--cores", "2", config=config)
     assert executed(proc, "measure_process") == 4 and executed(proc, "measure") == 2
+    assert (
+        "plan: profile smoke: 2 cells" in proc.output and "3 worker processes each" in proc.output
+    )
+    assert "progress: 0 of 2 cells, 2 of 6 worker processes done" in proc.output
+    assert "progress: 2 of 2 cells, 6 of 6 worker processes done" in proc.output
     cells = raw_cells(workdir)
     assert set(cells) == {"CV-1/small/numpy", "TAB-1/small/numpy"}
     starts = []
@@ -289,6 +310,9 @@ def test_dry_run_of_every_profile_with_every_adapter(tmp_path, profile):
     # Each process before a cell's last is a job of its own.
     assert planned(proc, "measure_process") == sum(processes_of(c) - 1 for c in cells)
     assert not (workdir / "results").exists()
+    # A dry run measures nothing, so it announces no plan, estimate or progress.
+    assert not re.search(r"^(plan|estimate|progress): ", proc.output, re.MULTILINE)
+    assert not (workdir / "logs").exists()
     dag = snakemake(workdir, "--rulegraph", config=[f"profile={profile}"])
     assert "digraph" in dag.stdout and "measure" in dag.stdout
 

@@ -2,17 +2,42 @@
 # produces the same files for other infras.
 
 
-from datarax_bench import machine_load
+from datarax_bench import machine_load, progress
+from datarax_bench.tuning import usable_cores
+
+# The run's plan (every worker process it runs, costed), written before the first job, read by
+# each measuring job for its progress line.
+PLAN = "logs/run_plan.json"
 
 
-# Before the first job (not on a dry run): say what makes this machine noisy right now; with
-# strict_machine, refuse to start.
+def planned_processes(jobs):
+    """The worker processes among Snakemake's jobs to run, costed by the package's model."""
+    planned = []
+    for job in jobs:
+        if job.rule.name not in ("measure_process", "measure"):
+            continue
+        w = job.wildcards
+        style = get_style(w)
+        cell = resolve_cell(
+            profile_named(w.profile), CATALOG, w.scenario, w.variant, w.adapter, style
+        )
+        total = get_process_count(w)
+        number = int(w.process) if job.rule.name == "measure_process" else total
+        planned.append(
+            progress.planned_process(cell, number, total, job.output[0], usable_cores())
+        )
+    return planned
+
+
+# Before the first job (not on a dry run): say what makes this machine noisy right now (with
+# strict_machine, refuse to start), then what the run will measure and how long it should take.
 onstart:
     machine_load.check_before_measuring(
         max(machine_load.cores_assumed(p.parallelism) for p in PROFILES),
         config["strict_machine"],
         seconds=2.0,
     )
+    progress.announce(PLAN, planned_processes(workflow.dag.needrun_jobs()))
 
 
 rule measure_process:
@@ -37,6 +62,7 @@ rule measure_process:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --process {wildcards.process} --earlier {input:q}"
         " --output {output:q} > {log:q} 2>&1"
+        f" && python -m datarax_bench.progress {PLAN}"
 
 
 # The cell's last process (its only one, for most profiles), pooled with the ones before it.
@@ -70,3 +96,4 @@ rule measure:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --earlier {input:q} --output {output:q}"
         " > {log:q} 2>&1"
+        f" && python -m datarax_bench.progress {PLAN}"
