@@ -8,7 +8,8 @@ the machine, the date, the commit, and how busy the machine was: the load averag
 after, and the median share of the CPU other processes used during the cells' windows, with the
 count of cells flagged `busy` (results.csv).
 
-    python tests/perf/bench_default_run.py [--keep DIR] [--cache DIR] [-- EXTRA SNAKEMAKE ARGS]
+    python tests/perf/bench_default_run.py [--keep DIR] [--cache DIR] [--timeout-min M]
+        [-- EXTRA SNAKEMAKE ARGS]
 
 `--cache DIR` reuses a data cache (data made, sweeps cached) instead of a fresh one; extra
 arguments go to snakemake, e.g. `-- --config profile=quick` times the installation check.
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="run here and keep it (default: a temp dir)")
     parser.add_argument("--cache", type=Path, help="data cache to reuse (default: a fresh one)")
+    parser.add_argument(
+        "--timeout-min", type=float, help="stop the run after this long and say how far it got"
+    )
     parser.add_argument("extra", nargs="*", help="arguments for snakemake (after --)")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-default-run-"))
@@ -77,9 +82,20 @@ def main() -> int:
     t0 = time.perf_counter()
     log = base / "snakemake.log"
     with log.open("w") as out:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [str(BIN / "snakemake"), *args.extra], cwd=work, env=env, stdout=out, stderr=out
         )
+        try:
+            proc.wait(timeout=args.timeout_min * 60 if args.timeout_min else None)
+        except subprocess.TimeoutExpired:
+            # Snakemake stops its jobs on SIGINT; the progress lines say how far it got.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            print(f"stopped after {args.timeout_min} min: not finished")
     wall = time.perf_counter() - t0
     load_after = _load()
     text = log.read_text(errors="replace")
