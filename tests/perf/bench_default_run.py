@@ -82,18 +82,25 @@ def main() -> int:
     t0 = time.perf_counter()
     log = base / "snakemake.log"
     with log.open("w") as out:
+        # A session of its own: a run that overruns is stopped with every job it started.
         proc = subprocess.Popen(
-            [str(BIN / "snakemake"), *args.extra], cwd=work, env=env, stdout=out, stderr=out
+            [str(BIN / "snakemake"), *args.extra],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=args.timeout_min * 60 if args.timeout_min else None)
         except subprocess.TimeoutExpired:
-            # Snakemake stops its jobs on SIGINT; the progress lines say how far it got.
-            proc.send_signal(signal.SIGINT)
+            # Snakemake 9 goes on scheduling after a SIGINT to it alone; the progress lines
+            # say how far the run got.
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             print(f"stopped after {args.timeout_min} min: not finished")
     wall = time.perf_counter() - t0
