@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -163,6 +164,37 @@ def test_a_job_without_a_plan_prints_nothing_and_never_fails(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert progress.main([str(tmp_path / "bad.json")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def job(rule, output, process=None, **wildcards):
+    """A stand-in for a Snakemake job: its rule's name, wildcards and outputs."""
+    w = {"profile": "first_look", "scenario": "TAB-1", "variant": "small", "adapter": "grain"}
+    w.update({"style_suffix": "", **wildcards})
+    if process is not None:
+        w["process"] = str(process)
+    return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=SimpleNamespace(**w),
+                           output=[output])  # fmt: skip
+
+
+def test_the_plan_takes_the_measuring_jobs_snakemake_will_run():
+    jobs = [
+        job("measure_process", "p/1.json", process=1, style_suffix=".tuned"),
+        job("measure", "raw/grain.tuned.json", style_suffix=".tuned"),
+        job("aggregate", "results.csv"),
+    ]
+    loaded = {}
+    planned = progress.planned_processes(
+        jobs, lambda name: loaded.setdefault(name, load_profile(name, CATALOG)), CATALOG, cores=2
+    )
+    assert [(p.cell, p.process, p.processes, p.output) for p in planned] == [
+        ("first_look/TAB-1/small/grain/tuned", 1, 2, "p/1.json"),
+        ("first_look/TAB-1/small/grain/tuned", 2, 2, "raw/grain.tuned.json"),
+    ]
+    tuned = cell("TAB-1", "small", "grain", "tuned")
+    assert [p.seconds for p in planned] == [
+        process_seconds(tuned, 1, 2, cores=2),
+        process_seconds(tuned, 2, 2, cores=2),
+    ]
 
 
 def test_nothing_to_measure_announces_nothing(tmp_path):

@@ -70,6 +70,33 @@ class PlannedProcess:
     seconds: float  # the cost model's estimate
 
 
+#: The workflow's rules that run a worker process: each of a cell's processes but its last, and
+#: the last with the pooling.
+PROCESS_RULE, CELL_RULE = "measure_process", "measure"
+
+
+def planned_processes(jobs, profile_named, catalog, cores: int | None = None) -> list:
+    """The worker processes among Snakemake's jobs to run (`dag.needrun_jobs()`), costed.
+    `profile_named` loads a profile by name; `cores` defaults to this process's usable cores."""
+    from .cell import resolve_cell
+    from .runner import processes_of
+    from .tuning import usable_cores
+
+    cores = usable_cores() if cores is None else cores
+    planned = []
+    for job in jobs:
+        if job.rule.name not in (PROCESS_RULE, CELL_RULE):
+            continue
+        w = job.wildcards
+        style = w.style_suffix.lstrip(".") or "plain"
+        profile = profile_named(w.profile)
+        cell = resolve_cell(profile, catalog, w.scenario, w.variant, w.adapter, style)
+        total = processes_of(cell)
+        number = int(w.process) if job.rule.name == PROCESS_RULE else total
+        planned.append(planned_process(cell, number, total, job.output[0], cores))
+    return planned
+
+
 def planned_process(cell, process: int, processes: int, output: str, cores: int):
     """The job that runs worker process `process` of `processes` of `cell` and writes `output`."""
     w = cell.workload

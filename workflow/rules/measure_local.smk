@@ -3,30 +3,10 @@
 
 
 from datarax_bench import machine_load, progress
-from datarax_bench.tuning import usable_cores
 
 # The run's plan (every worker process it runs, costed), written before the first job, read by
 # each measuring job for its progress line.
 PLAN = "logs/run_plan.json"
-
-
-def planned_processes(jobs):
-    """The worker processes among Snakemake's jobs to run, costed by the package's model."""
-    planned = []
-    for job in jobs:
-        if job.rule.name not in ("measure_process", "measure"):
-            continue
-        w = job.wildcards
-        style = get_style(w)
-        cell = resolve_cell(
-            profile_named(w.profile), CATALOG, w.scenario, w.variant, w.adapter, style
-        )
-        total = get_process_count(w)
-        number = int(w.process) if job.rule.name == "measure_process" else total
-        planned.append(
-            progress.planned_process(cell, number, total, job.output[0], usable_cores())
-        )
-    return planned
 
 
 # Before the first job (not on a dry run): say what makes this machine noisy right now (with
@@ -37,7 +17,10 @@ onstart:
         config["strict_machine"],
         seconds=2.0,
     )
-    progress.announce(PLAN, planned_processes(workflow.dag.needrun_jobs()))
+    progress.announce(
+        PLAN,
+        progress.planned_processes(workflow.dag.needrun_jobs(), profile_named, CATALOG),
+    )
 
 
 rule measure_process:
