@@ -1,5 +1,5 @@
 # datarax-bench: benchmark the data loaders that feed JAX.
-#   snakemake                      # profile ci_cpu on this machine
+#   snakemake                      # profile first_look on this machine
 #   snakemake --cores all --config profile=smoke scenarios=[CV-1]
 #   snakemake --report results/report.html     # after a run
 from snakemake.utils import min_version

@@ -176,6 +176,28 @@ def test_unstable_cells_are_marked(smoke_dir):
     assert list(table["unstable"]) == [False, True, True]
 
 
+def test_cells_that_missed_their_precision_target_are_counted_in_the_summary(tmp_path, smoke_dir):
+    root = tmp_path / "run"
+    source = load_result(cell_path(smoke_dir, "CV-1", "small", "numpy"))
+    stops = {
+        "met": ("precision reached across 2 processes (each: precision reached)", 0.02),
+        "wide": ("precision not reached across 2 processes: 9.0% > 5.0% (each: ...)", 0.09),
+        "capped": ("max_repetitions reached", 0.07),
+    }
+    for adapter, (stopped, precision) in stops.items():
+        doc = copy.deepcopy(source)
+        doc["cell"]["adapter"] = adapter
+        doc["statistics"].update(stopped=stopped, precision=precision)
+        write_result(cell_path(root, "CV-1", "small", adapter), doc)
+    table = aggregate_run(_paths(root), root, "smoke", "local")
+    assert dict(zip(table["adapter"], table["precision"], strict=True)) == {
+        a: p for a, (_, p) in stops.items()
+    }
+    assert set(table["stopped"]) == {stopped for stopped, _ in stops.values()}
+    summary = (root / "summary.md").read_text()
+    assert "2 of 3 cells measured to a precision target did not meet it" in summary
+
+
 def test_a_bad_result_file_names_the_file(tmp_path, smoke_dir):
     bad = tmp_path / "raw" / "CV-1" / "small" / "numpy.json"
     bad.parent.mkdir(parents=True)

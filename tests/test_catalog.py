@@ -67,7 +67,7 @@ def test_transform_parameters_are_explicit():
     ]
 
 
-@pytest.mark.parametrize("name", ["smoke", "ci_cpu", "gpu_a100", "tpu_v5e"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "first_look", "ci_cpu", "gpu_a100", "tpu_v5e"])
 def test_shipped_profiles_load(name):
     profile = load_profile(name)
     assert profile.cells(load_catalog())
@@ -85,6 +85,19 @@ def test_profile_contents_match_their_purpose():
     # six windows in all.
     assert ci["processes"] == 3 and ci["processes"] * ci["repetitions"] >= 6
     assert load_profile("smoke").size == "tiny"
+
+
+def test_the_default_profile_is_a_first_look_in_processes_with_a_precision_target():
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "config/config.yaml").read_text()
+    )
+    assert config["profile"] == "first_look"
+    first = load_profile("first_look")
+    assert first.scenarios == ["CV-1", "NLP-1", "TAB-1"] and first.styles == ("plain", "tuned")
+    assert first.size == "full" and first.feed is not None
+    m = first.measurement
+    # An interval over processes (at least two, in rounds) and a stated precision target.
+    assert m["processes"] >= 2 and 0 < m["precision"] <= 0.05
 
 
 def _break(project_copy, monkeypatch, relpath, mutate):

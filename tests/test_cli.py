@@ -68,7 +68,7 @@ def test_run_requires_a_variant_when_the_profile_measures_several(
     [
         (
             ["run", "--profile", "gpu_h100", "--scenario", "CV-1", "--adapter", "numpy"],
-            "unknown profile 'gpu_h100'; expected one of ci_cpu, gpu_a100, quick, smoke, tpu_v5e",
+            "unknown profile 'gpu_h100'; expected one of ci_cpu, first_look, gpu_a100, quick, smoke, tpu_v5e",
         ),
         (
             ["run", "--profile", "smoke", "--scenario", "CV-7", "--adapter", "numpy"],

@@ -103,6 +103,23 @@ def test_full_run_produces_every_target(smoke_run):
 
 
 @pytest.mark.slow
+def test_the_run_says_its_plan_and_estimate_first_then_progress_after_each_cell(smoke_run):
+    workdir, proc = smoke_run
+    out = proc.output
+    plan = out.index("plan: profile smoke: 3 cells (CV-1/small, PC-1/d1, PC-1/d5 x numpy x plain)")
+    estimate = re.search(r"^estimate: about \d+ (s|min) \(", out, re.MULTILINE)
+    progress = re.findall(r"^progress: (\d) of 3 cells, (\d) of 3 worker processes done", out, re.M)
+    assert estimate and plan < estimate.start() < out.index("progress: ")
+    # One line per finished cell, counting up to every cell (the jobs may finish in any order).
+    assert sorted(progress) == [("1", "1"), ("2", "2"), ("3", "3")]
+    assert "measuring done" in out
+    plan_file = json.loads((workdir / "logs/run_plan.json").read_text())
+    assert {p["output"] for p in plan_file["processes"]} == {
+        str(RUN_DIR / "raw" / f"{cell}.json") for cell in SMOKE_CELLS
+    }
+
+
+@pytest.mark.slow
 def test_measurements_never_overlap_whatever_the_cores(smoke_run):
     """--cores 2, yet the bench slot ran the cells one after another."""
     workdir, _ = smoke_run
@@ -252,6 +269,11 @@ def test_a_profile_of_several_processes_measures_every_cell_s_first_before_any_s
     config = ["profile=smoke", "scenarios=[CV-1,TAB-1]", "adapters=[numpy]"]
     proc = snakemake(workdir, "--cores", "2", config=config)
     assert executed(proc, "measure_process") == 4 and executed(proc, "measure") == 2
+    assert (
+        "plan: profile smoke: 2 cells" in proc.output and "3 worker processes each" in proc.output
+    )
+    assert "progress: 0 of 2 cells, 2 of 6 worker processes done" in proc.output
+    assert "progress: 2 of 2 cells, 6 of 6 worker processes done" in proc.output
     cells = raw_cells(workdir)
     assert set(cells) == {"CV-1/small/numpy", "TAB-1/small/numpy"}
     starts = []
@@ -306,6 +328,9 @@ def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
     # Each process before a cell's last is a job of its own.
     assert planned(proc, "measure_process") == sum(processes_of(c) - 1 for c in cells)
     assert not (workdir / "results").exists()
+    # A dry run measures nothing, so it announces no plan, estimate or progress.
+    assert not re.search(r"^(plan|estimate|progress): ", proc.output, re.MULTILINE)
+    assert not (workdir / "logs").exists()
     dag = snakemake(workdir, "--rulegraph", config=[f"profile={profile}"])
     assert "digraph" in dag.stdout and "measure" in dag.stdout
 
@@ -339,7 +364,10 @@ ALLOWED = (
 
 #: `--config` overrides the workflow refuses, and the start of its one-line error.
 BAD_OVERRIDES = [
-    ("profile=nope", "--config: profile: got 'nope', expected one of 'ci_cpu', 'gpu_a100'"),
+    (
+        "profile=nope",
+        "--config: profile: got 'nope', expected one of 'ci_cpu', 'first_look', 'gpu_a100'",
+    ),
     ("scenarios=[XX-1]", "--config: scenarios.0: got 'XX-1', expected one of 'CV-1', 'CV-2'"),
     ("adapters=[nosuch]", "--config: adapters.0: got 'nosuch', expected one of 'numpy'"),
     ("infra=mars", "--config: infra: got 'mars': 'mars' does not match '^(local|vast|lambda"),

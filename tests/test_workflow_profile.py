@@ -6,6 +6,7 @@ Snakemake finds profiles/default next to the root Snakefile; it sets `cores: all
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,3 +53,20 @@ def test_bare_snakemake_runs_the_smoke_profile(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cores have to be specified" not in proc.stderr
     assert (workdir / "results" / "smoke" / "local" / "summary.md").exists()
+    # What it measures and how long that takes before the cell, what is left after it.
+    out = proc.stdout + proc.stderr
+    plan = out.index("plan: profile smoke: 1 cell (TAB-1/small x numpy x plain)")
+    assert plan < out.index("estimate: about ") < out.index("progress: 1 of 1 cell, 1 of 1 ")
+
+
+@pytest.mark.slow
+def test_bare_plan_is_the_first_look_profile_and_announces_nothing(tmp_path):
+    workdir = checkout(tmp_path / "checkout")
+    proc = bare_snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    # CV-1, NLP-1, TAB-1 x 5 adapters x 2 styles, each cell in two processes in rounds.
+    assert re.search(r"^measure\s+30$", out, re.MULTILINE)
+    assert re.search(r"^measure_process\s+30$", out, re.MULTILINE)
+    assert "results/first_look/local/summary.md" in out
+    assert "estimate:" not in out and not (workdir / "logs").exists()

@@ -124,6 +124,23 @@ def _optional(value: Any) -> str:
     return "" if value is None or value != value else _number(float(value))
 
 
+def _precision_missed(table: pd.DataFrame) -> str:
+    """A sentence on the cells measured to a precision target that did not meet it, or ''."""
+    if "stopped" not in table:
+        return ""
+    stopped = table["stopped"].fillna("").astype(str)
+    # One process stops at its cap ("max_repetitions reached"), several pooled say it of the cell.
+    missed = stopped.str.startswith(("precision not reached", "max_repetitions reached"))
+    targeted = missed | stopped.str.startswith("precision reached")
+    if not missed.any():
+        return ""
+    return (
+        f" {int(missed.sum())} of {int(targeted.sum())} cells measured to a precision target did "
+        "not meet it: their intervals are as wide as shown (`precision` and `stopped` in "
+        "results.csv)."
+    )
+
+
 def _busy(r) -> str:
     """The busy note, with the share of the machine others used during the cell's windows."""
     busy = getattr(r, "busy", None)
@@ -160,7 +177,7 @@ def summary_markdown(table: pd.DataFrame, profile: str, infra: str) -> str:
         f"{UNSTABLE_CV:.0%} (coefficient of variation) are marked **unstable**, and cells "
         f"during whose windows other processes used more than {BUSY_SHARE:.0%} of the machine's "
         "CPU are marked **busy**, with that share. CPU seconds count the measuring process and "
-        "all its worker processes.",
+        "all its worker processes." + _precision_missed(table),
         "",
     ]
     for scenario, rows in table.groupby("scenario", sort=False):

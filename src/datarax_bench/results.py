@@ -108,13 +108,17 @@ STAT_KEYS = (
     "busy_cores_median",
     # How much the cell's worker processes' medians differed (None for one process).
     "between_process_cv",
+    # The median's 95% interval half-width relative to it, and why the windows stopped: whether
+    # a cell measured to the profile's precision target met it.
+    "precision",
+    "stopped",
     "first_batch_sha256",
     "first_batch_consistent",
 )
 #: The measured numbers of a row (None unless the cell is ok).
 NUMERIC_KEYS = (
     *(f"elements_per_s_{k}" for k in THROUGHPUT_KEYS),
-    *(k for k in STAT_KEYS if k not in ("first_batch_sha256", "first_batch_consistent")),
+    *(k for k in STAT_KEYS if k not in ("first_batch_sha256", "first_batch_consistent", "stopped")),
     "repetitions",
     "feed_shortest_fed_step_ms",
     "tuning_cost_s",

@@ -10,7 +10,7 @@ from functools import cache
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
-from datarax_bench import cloud, engine, machine_load, managed
+from datarax_bench import cloud, engine, machine_load, managed, progress
 from datarax_bench.adapters import all_adapters
 from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
 from datarax_bench.cell import resolve_cell
@@ -45,7 +45,8 @@ if "bench_slot" not in workflow.global_resources:
 # every job adds a chain of scheduling passes, one per timespan for as long as jobs wait, that
 # kept Snakemake busy during the measurements, and no command-line value turns it off
 # (src/datarax_bench/engine.py). Then, for a local run, say what makes this machine noisy right
-# now; with strict_machine, refuse to start.
+# now (with strict_machine, refuse to start), then what the run will measure and how long it
+# should take.
 onstart:
     if not engine.drop_rate_limiter(workflow):
         print(
@@ -59,6 +60,15 @@ onstart:
             config["strict_machine"],
             seconds=2.0,
         )
+        progress.announce(
+            PLAN,
+            progress.planned_processes(workflow.dag.needrun_jobs(), profile_named, CATALOG),
+        )
+
+
+# A local run's plan (every worker process it runs, costed), written before the first job by the
+# onstart handler, read by each measuring job for its progress line.
+PLAN = "logs/run_plan.json"
 
 
 # results/{profile}/{infra} is a results directory like `datarax-bench run --output-dir` writes.

@@ -1,8 +1,6 @@
 # Measure one cell on this machine. Included when config["infra"] == "local"; cloud.smk
 # produces the same files for other infras.
 
-# (The machine check before the first job is common.smk's onstart handler.)
-
 
 rule measure_process:
     input:
@@ -26,6 +24,7 @@ rule measure_process:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --process {wildcards.process} --earlier {input:q}"
         " --output {output:q} > {log:q} 2>&1"
+        f" && python -m datarax_bench.progress {PLAN}"
 
 
 # The cell's last process (its only one, for most profiles), pooled with the ones before it.
@@ -59,3 +58,4 @@ rule measure:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --earlier {input:q} --output {output:q}"
         " > {log:q} 2>&1"
+        f" && python -m datarax_bench.progress {PLAN}"
