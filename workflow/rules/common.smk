@@ -62,7 +62,9 @@ onstart:
         )
         progress.announce(
             PLAN,
-            progress.planned_processes(workflow.dag.needrun_jobs(), profile_named, CATALOG),
+            progress.planned_processes(
+                workflow.dag.needrun_jobs(), profile_named, CATALOG
+            ),
         )
 
 
