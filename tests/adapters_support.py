@@ -502,20 +502,8 @@ class PerBatchRandomAdapter(NumpyReference):
     id = "test-per-batch"
 
     def open(self, ctx):
-        return _PerBatchLoader(ctx)
-
-
-class _PerBatchLoader(NumpyLoader):
-    def epoch(self, epoch):
-        w = self.ctx.workload
-        for b in range(w.num_batches):
-            elems = []
-            for i in range(b * w.batch_size, (b + 1) * w.batch_size):
-                keys = reference.element_key(self.ctx.seed, epoch, b)  # same draws for the batch
-                elems.append(
-                    reference.apply_element(w.transforms, self.ctx.dataset.element(i), keys)
-                )
-            yield reference.collate(w.transforms, elems)
+        # Every element of batch b keyed as element b: the same draws for the whole batch.
+        return _KeyedLoader(ctx, lambda epoch, batch, index: (epoch, batch))
 
 
 class PositionKeyedAdapter(NumpyReference):
