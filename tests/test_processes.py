@@ -356,8 +356,12 @@ def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
     """A managed job restarted after a preemption loses at most the process in flight."""
     store = tmp_path / "store"
     first_out = tmp_path / "first"
+    # The copy has no .git: the commit comes from the environment, as a managed job's task sets
+    # it (a kept result of an unknown commit is never reused).
+    commit = {"DATARAX_BENCH_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567"}
     proc, opened = _run_matrix(project_copy, tmp_path, three_processes, COUNTING,
-                               "--output-dir", str(first_out), "--resume-dir", str(store))  # fmt: skip
+                               "--output-dir", str(first_out), "--resume-dir", str(store),
+                               **commit)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     own = store / "processes/TAB-1/small" / COUNTING
     assert sorted(p.name for p in own.iterdir()) == ["1.json", "2.json", "3.json"]
@@ -369,7 +373,8 @@ def test_a_restart_takes_each_process_kept_and_measures_only_the_rest(
     kept = [load_result(own / f"{k}.json") for k in (1, 2)]
     second_out = tmp_path / "second"
     proc, opened = _run_matrix(project_copy, tmp_path, three_processes, COUNTING,
-                               "--output-dir", str(second_out), "--resume-dir", str(store))  # fmt: skip
+                               "--output-dir", str(second_out), "--resume-dir", str(store),
+                               **commit)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(opened) == 1  # the third process only
     assert proc.stderr.count("kept in the resume directory") == 2
