@@ -79,6 +79,7 @@ def test_ok_cell_writes_a_valid_result_with_provenance(
     assert not [p for p in tmp_path.iterdir() if p.name != "cell.json"], "no temporary files left"
 
 
+@pytest.mark.slow
 def test_a_cell_runs_with_the_profiles_threads_whatever_the_callers_environment(
     cli_path, tmp_path, monkeypatch, run_smoke_cell
 ):
