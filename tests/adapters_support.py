@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from datarax_bench import formats, paths, reference
+from datarax_bench import paths
 from datarax_bench.adapters import Adapter, CellContext, all_adapters
 from datarax_bench.adapters.numpy_ref import NumpyLoader, NumpyReference
-from datarax_bench.catalog import Workload, load_catalog, load_profile
-from datarax_bench.data import Dataset, materialize
 from datarax_bench.measures import implemented, support
+from datarax_bench.workload import formats, reference
+from datarax_bench.workload.catalog import Workload, load_catalog, load_profile
+from datarax_bench.workload.data import Dataset, materialize
 
 PROFILE = "smoke"
 RANDOM_OPS = reference.RANDOM_OPS
@@ -411,7 +412,7 @@ def check_exact(w, dataset, got, want, indices) -> None:
 
 
 def assert_batches_equal(w: Workload, got: dict, want: dict, where: str = "") -> None:
-    from datarax_bench.harness import batch_digest
+    from datarax_bench.measures.harness import batch_digest
 
     assert_same_structure(got, want)
     if is_bit_exact(w):

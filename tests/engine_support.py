@@ -3,7 +3,7 @@
 `n` jobs that sleep, one at a time (each takes the one `bench_slot`, as the measuring rules do),
 run with a copy of the repository's workflow profile (`profiles/default/config.yaml`), optionally
 with overrides. Its `onstart:` drops Snakemake's job-rate limiter as the real workflow's does
-(`datarax_bench.engine.drop_rate_limiter`), unless `drop_limiter=False`.
+(`datarax_bench.workflow.engine.drop_rate_limiter`), unless `drop_limiter=False`.
 
 With `window_after=k`, a `window` job runs once the first k jobs are done, while the others still
 wait for the slot (as measuring jobs wait while a cell measures): it reads the Snakemake process's
@@ -37,7 +37,7 @@ SNAKEFILE = """\
 import os
 import sys
 
-from datarax_bench.engine import drop_rate_limiter
+from datarax_bench.workflow.engine import drop_rate_limiter
 
 N = int(config["jobs"])
 WINDOW_AFTER = int(config["window_after"])

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.results import cell_path, load_result, write_run_index
-from datarax_bench.runner import cell_id
+from datarax_bench.run.runner import cell_id
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 CLI = str(Path(sys.executable).parent / "datarax-bench")
 

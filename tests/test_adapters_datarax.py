@@ -1,6 +1,6 @@
 """The Datarax adapter does the reference's work per element, in JAX, with the reference's draws.
 
-Its draws are the reference's counter-based ones (`datarax_bench.randomness`), computed inside the
+Its draws are the reference's counter-based ones (`datarax_bench.workload.randomness`), computed inside the
 compiled pipeline with JAX's threefry primitive and integer-first conversions in uint32/float32
 (`_datarax_ops`): the primitive is checked against Threefry's known answers and NumPy's, the
 conversions against NumPy's over many counters, under `jax.jit` as the pipeline runs them, and the
@@ -15,13 +15,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from datarax_bench import randomness, reference
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import CellContext
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
 from datarax_bench.measures import support
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload import randomness, reference
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
 
 pytest.importorskip("datarax")
 jax = pytest.importorskip("jax")
@@ -324,7 +324,7 @@ def test_datarax_file_sources_fail_in_its_pipeline_as_the_unsupported_reasons_sa
     )
     from flax import nnx
 
-    from datarax_bench import formats
+    from datarax_bench.workload import formats
 
     io1 = load_catalog().get("IO-1")
     reasons = {b: support(get_adapter("datarax"), io1.resolve(b, "tiny")) for b in io1.variants}

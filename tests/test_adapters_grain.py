@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 
-from datarax_bench import reference
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import CellContext
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
 from datarax_bench.measures import support
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload import reference
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
 
 pytest.importorskip("grain")
 

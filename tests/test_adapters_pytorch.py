@@ -11,12 +11,12 @@ import numpy as np
 import psutil
 import pytest
 
-from datarax_bench import reference
 from datarax_bench.adapters import CellContext, get_adapter
 from datarax_bench.adapters import pytorch as pytorch_adapter
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload import reference
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
 
 ADAPTER = get_adapter("pytorch")
 # Gaussian noise comes from a torch generator (checked statistically by the conformance suite);

@@ -11,10 +11,10 @@ import adapters_support as support
 import numpy as np
 import pytest
 
-from datarax_bench import randomness, reference
 from datarax_bench.adapters import CellContext, get_adapter
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload import randomness, reference
+from datarax_bench.workload.data import materialize
 
 ADAPTER = get_adapter("tfdata")
 

@@ -10,11 +10,11 @@ import pytest
 from smoke_support import smoke_view
 
 from datarax_bench.adapters import get_adapter
-from datarax_bench.aggregate import UNSTABLE_CV, aggregate_run, results_table
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.cell import CellClock, make_result
 from datarax_bench.errors import UserError
+from datarax_bench.report.aggregate import UNSTABLE_CV, aggregate_run, results_table
 from datarax_bench.results import cell_path, load_result, write_result
+from datarax_bench.run.cell import CellClock, make_result
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 #: The cells of the shared smoke run this module reads (smoke_support.py).
 SMOKE_RUN = {"numpy": ("CV-1", "PC-1", "PC-2", "PR-2", "DIST-1", "TAB-1", "IO-1")}

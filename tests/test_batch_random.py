@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datarax_bench import reference as ref
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.tfdata import TfData
-from datarax_bench.catalog import load_catalog
-from datarax_bench.cell import pipeline_steps
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
-from datarax_bench.randomness import BatchKeys
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.run.cell import pipeline_steps
+from datarax_bench.workload import reference as ref
+from datarax_bench.workload.catalog import load_catalog
+from datarax_bench.workload.data import materialize
+from datarax_bench.workload.randomness import BatchKeys
 
 NUMPY_BATCH_OPS = get_adapter("numpy").batch_ops
 CATALOG = load_catalog()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench import buckets
-from datarax_bench.buckets import parse_bucket
+from datarax_bench.cloud import buckets
+from datarax_bench.cloud.buckets import parse_bucket
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
 import storage  # noqa: E402

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datarax_bench.catalog import load_catalog, load_profile, profile_names
 from datarax_bench.errors import UserError
-from datarax_bench.reference import ALL_OPS
+from datarax_bench.workload.catalog import load_catalog, load_profile, profile_names
+from datarax_bench.workload.reference import ALL_OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,8 +237,8 @@ def test_unknown_profile_lists_choices():
 
 def test_catalog_backends_are_the_ones_the_code_writes():
     """The catalog schema's list of IO-1 backends and the writers' agree."""
-    from datarax_bench import formats
-    from datarax_bench.schemas import read_yaml
+    from datarax_bench.workload import formats
+    from datarax_bench.workload.schemas import read_yaml
 
     schema = read_yaml(ROOT / "workflow" / "schemas" / "catalog.schema.yaml")
     assert schema["$defs"]["variant"]["properties"]["backend"]["enum"] == list(formats.BACKENDS)
@@ -248,8 +248,8 @@ def test_catalog_backends_are_the_ones_the_code_writes():
 
 def test_every_op_declares_its_parameters_once():
     """The schema's op names, the reference's implementations and the declarations agree."""
-    from datarax_bench.reference import OP_PARAMS
-    from datarax_bench.schemas import load_schema
+    from datarax_bench.workload.reference import OP_PARAMS
+    from datarax_bench.workload.schemas import load_schema
 
     schema_ops = load_schema("catalog")["$defs"]["transform"]["properties"]["op"]["enum"]
     assert set(OP_PARAMS) == set(schema_ops) == ALL_OPS | {"chain"}

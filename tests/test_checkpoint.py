@@ -8,17 +8,17 @@ import subprocess
 
 import pytest
 
-from datarax_bench import reference
 from datarax_bench.adapters import all_adapters
 from datarax_bench.adapters.base import Adapter
 from datarax_bench.adapters.numpy_ref import NumpyLoader
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.data import materialize
 from datarax_bench.errors import UserError
-from datarax_bench.harness import batch_digest
 from datarax_bench.measures import measure_cell
 from datarax_bench.measures.checkpoint import checkpoint_after
+from datarax_bench.measures.harness import batch_digest
 from datarax_bench.results import load_result
+from datarax_bench.workload import reference
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
 
 CHECKPOINTING = sorted(a.id for a in all_adapters() if "checkpoint" in a.measures)
 

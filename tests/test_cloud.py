@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datarax_bench import cloud
-from datarax_bench.catalog import load_profile, profile_names
+from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
+from datarax_bench.workload.catalog import load_profile, profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SKY_DIR = ROOT / "benchmarks" / "sky"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datarax_bench import cloud
+from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
@@ -300,7 +300,7 @@ UNREADABLE = (1, "sky.exceptions.ApiServerConnectionError: cannot reach the API 
 def test_a_failed_cell_whose_status_cannot_be_read_leaves_the_cluster_billing(
     tmp_path, monkeypatch
 ):
-    from datarax_bench.catalog import load_profile
+    from datarax_bench.workload.catalog import load_profile
 
     fake_sky(tmp_path, monkeypatch, {"exec": (1, "job failed"), "status": UNREADABLE})
     monkeypatch.setenv(cloud.INVOCATION_ENV, "this-run")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench import cloud
+from datarax_bench.cloud import cluster as cloud
 from datarax_bench.results import load_result
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))

@@ -19,11 +19,13 @@ import pytest
 import scipy.stats
 from smoke_support import smoke_view
 
-from datarax_bench import compare, randomness, stats
-from datarax_bench.catalog import load_profile
+from datarax_bench import stats
 from datarax_bench.cli import main
+from datarax_bench.report import compare
 from datarax_bench.results import cell_path, load_result, write_result
-from datarax_bench.runner import write_run_index
+from datarax_bench.run.runner import write_run_index
+from datarax_bench.workload import randomness
+from datarax_bench.workload.catalog import load_profile
 
 CLI = str(Path(sys.executable).parent / "datarax-bench")
 TIGHT = [1000.0, 1004.0, 996.0, 1002.0, 998.0]

@@ -25,9 +25,9 @@ from process_support import pid_alive
 
 from datarax_bench.adapters import get_adapter
 from datarax_bench.cli import support_matrix, support_status
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
+from datarax_bench.measures.harness import batch_digest
 from datarax_bench.results import load_result
+from datarax_bench.workload.data import materialize
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = support.claimed_cells()

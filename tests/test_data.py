@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datarax_bench.catalog import load_catalog
-from datarax_bench.data import cache_key, materialize
+from datarax_bench.workload.catalog import load_catalog
+from datarax_bench.workload.data import cache_key, materialize
 
 
 def _workload(sid="CV-1", variant="small", size="tiny"):

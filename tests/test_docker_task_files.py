@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from datarax_bench import cloud
-from datarax_bench.catalog import load_profile, profile_names
+from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
-from datarax_bench.workflow_config import check_config
+from datarax_bench.workflow.config import check_config
+from datarax_bench.workload.catalog import load_profile, profile_names
 
 IMAGE = "ghcr.io/example/datarax-bench:gpu-0123abc"
 DOCKERFILES = sorted((ROOT / "benchmarks" / "docker").glob("Dockerfile.*"))

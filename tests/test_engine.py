@@ -1,7 +1,7 @@
 """The workflow engine must not measure itself (issue #34): while a job runs, Snakemake idles.
 
 Snakemake 9.21's job-rate limiter makes every job add a chain of scheduling passes, one per
-timespan for as long as jobs wait (src/datarax_bench/engine.py); the workflow drops it at start.
+timespan for as long as jobs wait (src/datarax_bench/workflow/engine.py); the workflow drops it at start.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_snakemake_uses_no_cpu_while_a_job_measures(tmp_path):
 def test_with_the_limiter_snakemake_loads_the_window(tmp_path):
     # The control: the same run with the limiter kept (the profile's old 100/5s) fails the bound
     # above. Should a Snakemake release stop arming the timers, this fails and the workaround can
-    # go (src/datarax_bench/engine.py).
+    # go (src/datarax_bench/workflow/engine.py).
     run = run_workflow(
         tmp_path / "wf",
         BEFORE + AFTER,

@@ -1,4 +1,4 @@
-"""Does the loader keep an accelerator fed (datarax_bench.feed): the emulated training loop's
+"""Does the loader keep an accelerator fed (datarax_bench.measures.feed): the emulated training loop's
 utilisation on a clock the test controls, the shortest fed step, the profile's `feed` key, and
 the whole path a user takes: `datarax-bench run` with a profile that asks for it, the result,
 the summary's table and the plot."""
@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from datarax_bench import feed, plots
-from datarax_bench.aggregate import aggregate_run
-from datarax_bench.catalog import load_catalog, load_profile
+from datarax_bench.measures import feed
+from datarax_bench.report import plots
+from datarax_bench.report.aggregate import aggregate_run
 from datarax_bench.results import cell_path, load_result
-from datarax_bench.schemas import load_schema
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.schemas import load_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

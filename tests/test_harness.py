@@ -12,11 +12,11 @@ import pytest
 from datarax_bench import stats
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import Adapter, Loader
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.data import materialize
-from datarax_bench.harness import batch_digest
 from datarax_bench.measures import measure_cell
-from datarax_bench.reference import reference_batch
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
+from datarax_bench.workload.reference import reference_batch
 
 
 def _profile(**measurement):

@@ -97,7 +97,7 @@ def _workers(root: psutil.Process) -> list[psutil.Process]:
         below = root.children(recursive=True)
     except psutil.Error:
         return []
-    return [p for p in below if "datarax_bench.worker" in _cmdline(p)]
+    return [p for p in below if "datarax_bench.run.worker" in _cmdline(p)]
 
 
 def test_a_process_that_ends_while_it_is_looked_at_is_no_worker():
@@ -364,11 +364,13 @@ def test_snakemake_killed_with_its_process_group_leaves_no_measurement_running(e
         except (subprocess.TimeoutExpired, AssertionError) as exc:
             raise AssertionError(f"{exc}\n{what_happened()}") from None
         print(f"{sig.name} to snakemake's group: its workers gone {took * 1000:.0f} ms after")
-        # pgrep -f datarax_bench.worker, for this checkout only
+        # pgrep -f datarax_bench.run.worker, for this checkout only
         orphans = []
         for p in psutil.process_iter(["cmdline"]):
             try:
-                if "datarax_bench.worker" in (p.info["cmdline"] or []) and p.cwd() == str(workdir):
+                if "datarax_bench.run.worker" in (p.info["cmdline"] or []) and p.cwd() == str(
+                    workdir
+                ):
                     orphans.append(p)
             except psutil.Error:
                 pass

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench import cloud, managed
-from datarax_bench.buckets import parse_bucket
-from datarax_bench.catalog import load_profile
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.cloud import managed
+from datarax_bench.cloud.buckets import parse_bucket
 from datarax_bench.errors import UserError
-from datarax_bench.workflow_config import check_config
+from datarax_bench.workflow.config import check_config
+from datarax_bench.workload.catalog import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,8 @@ def test_a_managed_job_names_the_commit_its_uploaded_workdir_lacks(make, tmp_pat
     import sky
     import yaml
 
-    from datarax_bench import provenance, standalone
+    from datarax_bench import provenance
+    from datarax_bench.cloud import standalone
 
     monkeypatch.setenv("HOME", str(tmp_path))
     provenance.git_info.cache_clear()

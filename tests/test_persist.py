@@ -16,7 +16,7 @@ import yaml
 from loopback import skypilot_job, storage
 from test_wandb_export import SENTINEL_KEY, _closed_port, assert_key_nowhere, offline_run_dir
 
-from datarax_bench import standalone
+from datarax_bench.cloud import standalone
 
 # The export tests' fixtures: a real smoke run's results and a private wandb environment.
 results_template = test_export.results_template

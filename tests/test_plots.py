@@ -21,9 +21,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.text import Text
 from smoke_support import smoke_view
 
-from datarax_bench import plots
-from datarax_bench.aggregate import aggregate_run
-from datarax_bench.catalog import load_catalog
+from datarax_bench.report import plots
+from datarax_bench.report.aggregate import aggregate_run
+from datarax_bench.workload.catalog import load_catalog
 
 SCENARIOS = ("PC-1", "IO-1", "TAB-1", "NLP-2")
 #: adapter id, name, throughput factor, time-to-first-batch factor, unstable
@@ -392,7 +392,7 @@ def _offline_history(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_wandb_gets_the_figures_and_its_own_charts_from_the_table(real, tmp_path, monkeypatch):
-    from datarax_bench import wandb_export as export
+    from datarax_bench.report import wandb_export as export
 
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SERVICE", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)

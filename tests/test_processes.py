@@ -17,10 +17,12 @@ import scipy.stats
 import yaml
 from counting_support import PLUGINS, run_counted
 
-from datarax_bench import cloud, compare, processes
-from datarax_bench.aggregate import repetitions_table
-from datarax_bench.catalog import load_profile
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.report import compare
+from datarax_bench.report.aggregate import repetitions_table
 from datarax_bench.results import load_result, result_row
+from datarax_bench.run import processes
+from datarax_bench.workload.catalog import load_profile
 
 
 def _profile(root: Path, name: str, retries: int = 1, **measurement) -> str:

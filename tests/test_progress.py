@@ -1,4 +1,4 @@
-"""The run's plan, its estimate and the progress lines (datarax_bench.progress), on fixed inputs."""
+"""The run's plan, its estimate and the progress lines (datarax_bench.workflow.progress), on fixed inputs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from datarax_bench import cloud, progress
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.cell import resolve_cell
-from datarax_bench.progress import (
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.run.cell import resolve_cell
+from datarax_bench.workflow import progress
+from datarax_bench.workflow.progress import (
     LOADER_START_S,
     START_S,
     WINDOW_EXTRA_S,
@@ -19,6 +19,7 @@ from datarax_bench.progress import (
     duration,
     process_seconds,
 )
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 CATALOG = load_catalog()
 

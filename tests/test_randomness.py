@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datarax_bench import randomness as r
-from datarax_bench import reference as ref
+from datarax_bench.workload import randomness as r
+from datarax_bench.workload import reference as ref
 
 # Random123's known-answer vectors for threefry2x32 with 20 rounds: (key, counter, result).
 KNOWN_ANSWERS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datarax_bench import reference as ref
-from datarax_bench.catalog import load_catalog
-from datarax_bench.data import materialize
+from datarax_bench.workload import reference as ref
+from datarax_bench.workload.catalog import load_catalog
+from datarax_bench.workload.data import materialize
 
 
 def _batch(sid, variant=None, seed=0, epoch=0, index=0, size="tiny"):

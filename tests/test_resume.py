@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench.catalog import load_catalog, load_profile
-from datarax_bench.cell import resolve_cell
 from datarax_bench.results import load_result
-from datarax_bench.runner import kept_result
+from datarax_bench.run.cell import resolve_cell
+from datarax_bench.run.runner import kept_result
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 ARGS = ["run", "--profile", "smoke", "--adapters", "numpy"]
 SCENARIOS = ["--scenarios", "TAB-1", "NLP-1", "CV-1", "PC-1"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from process_support import pid_alive
 
-from datarax_bench import runner
 from datarax_bench.results import load_result
+from datarax_bench.run import runner
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -103,8 +103,8 @@ def test_a_cell_runs_with_the_profiles_threads_whatever_the_callers_environment(
 
 
 def test_a_profiles_threads_env_sets_and_unsets_the_thread_variables(project_copy, monkeypatch):
-    from datarax_bench.catalog import load_profile
     from datarax_bench.errors import UserError
+    from datarax_bench.workload.catalog import load_profile
 
     profile = project_copy / "config/profiles/smoke.yaml"
     text = profile.read_text()
@@ -259,7 +259,7 @@ def test_a_bad_retries_value_is_one_line_naming_it(cli_path, project_copy, monke
 
 @pytest.mark.slow
 def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
-    from datarax_bench.aggregate import aggregate_run
+    from datarax_bench.report.aggregate import aggregate_run
 
     monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(plugin_env / "aborted"))
     out = plugin_env / "results"

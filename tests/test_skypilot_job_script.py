@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datarax_bench import cloud, managed, standalone
-from datarax_bench.catalog import load_profile
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.cloud import managed, standalone
+from datarax_bench.workload.catalog import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FILES = sorted((ROOT / "benchmarks" / "sky").glob("*-benchmark.yaml"))

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datarax_bench import formats, reference
 from datarax_bench.adapters import all_adapters, get_adapter
-from datarax_bench.catalog import load_catalog
-from datarax_bench.data import materialize
 from datarax_bench.errors import UserError
-from datarax_bench.harness import batch_digest, drop_page_cache
 from datarax_bench.measures import support
+from datarax_bench.measures.harness import batch_digest, drop_page_cache
 from datarax_bench.results import load_result
+from datarax_bench.workload import formats, reference
+from datarax_bench.workload.catalog import load_catalog
+from datarax_bench.workload.data import materialize
 
 
 def _workload(backend: str):
@@ -107,8 +107,8 @@ def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
 def test_files_are_built_once_by_a_child_process(tmp_path):
     """The writers' frameworks never load into the process that measures."""
     code = (
-        "import sys; from datarax_bench import formats; from datarax_bench.catalog import "
-        "load_catalog; from datarax_bench.data import materialize; "
+        "import sys; from datarax_bench import formats; from datarax_bench.workload.catalog import "
+        "load_catalog; from datarax_bench.workload.data import materialize; "
         "ds = materialize(load_catalog().get('IO-1').resolve('tfrecord', 'tiny'), 0); "
         "s = formats.prepare(ds, 'tfrecord'); "
         "print(s.meta['build_s'], 'tensorflow' in sys.modules)"
@@ -129,7 +129,13 @@ def test_files_are_built_once_by_a_child_process(tmp_path):
 @pytest.mark.slow
 def test_two_processes_building_the_same_files_end_with_one_complete_copy(tmp_path):
     dataset = materialize(_workload("memory"), 0, root=tmp_path)
-    cmd = [sys.executable, "-m", "datarax_bench.formats", str(dataset.directory), "array_record"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "datarax_bench.workload.formats",
+        str(dataset.directory),
+        "array_record",
+    ]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
@@ -147,7 +153,7 @@ def test_a_failed_build_is_one_clear_error_and_leaves_nothing(tmp_path):
     formats_dir = dataset.directory / "formats"
     assert not [p for p in formats_dir.rglob("*") if p.is_file()]
     usage = subprocess.run(
-        [sys.executable, "-m", "datarax_bench.formats", str(dataset.directory), "parquet"],
+        [sys.executable, "-m", "datarax_bench.workload.formats", str(dataset.directory), "parquet"],
         capture_output=True,
         text=True,
     )

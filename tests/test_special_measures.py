@@ -56,9 +56,9 @@ def test_a_nondeterministic_loader_is_a_finding_not_an_error(tmp_path):
     import numpy as np
 
     from datarax_bench.adapters.base import Adapter, Loader
-    from datarax_bench.catalog import load_catalog, load_profile
-    from datarax_bench.data import materialize
     from datarax_bench.measures import measure_cell
+    from datarax_bench.workload.catalog import load_catalog, load_profile
+    from datarax_bench.workload.data import materialize
 
     class Unseeded(Loader):
         parallelism = {}
@@ -113,9 +113,9 @@ def test_sharding_delivers_one_global_array_over_n_devices(cli_path, tmp_path, v
 
 def test_sharding_needs_the_devices_it_names(tmp_path):
     from datarax_bench.adapters import get_adapter
-    from datarax_bench.catalog import load_catalog
-    from datarax_bench.harness import UnsupportedHere
+    from datarax_bench.measures.harness import UnsupportedHere
     from datarax_bench.measures.sharding import sharding_target as _sharding_target
+    from datarax_bench.workload.catalog import load_catalog
 
     w = load_catalog().get("DIST-1").resolve("dev8", "tiny")
     assert support(get_adapter("numpy"), w) is None

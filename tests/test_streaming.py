@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from datarax_bench.adapters import all_adapters, get_adapter
-from datarax_bench.catalog import load_catalog
 from datarax_bench.errors import UserError
-from datarax_bench.harness import drop_page_cache
 from datarax_bench.measures import support
+from datarax_bench.measures.harness import drop_page_cache
 from datarax_bench.measures.streaming import dataset_bytes
 from datarax_bench.results import load_result
+from datarax_bench.workload.catalog import load_catalog
 
 
 def _run(cli_path, tmp_path, variant, adapter="numpy"):
@@ -87,7 +87,7 @@ def test_framework_loaders_stream_from_the_memory_map(cli_path, tmp_path, adapte
 
 
 def test_dataset_bytes_counts_every_array():
-    from datarax_bench.data import materialize
+    from datarax_bench.workload.data import materialize
 
     workload = load_catalog().get("NLP-2").resolve("small", "tiny")
     ds = materialize(workload, 0)

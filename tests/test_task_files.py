@@ -17,7 +17,9 @@ import pytest
 import yaml
 from sky_offline import offline_sky, sky
 
-from datarax_bench import cli, cloud, standalone
+from datarax_bench import cli
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.cloud import standalone
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FILES = sorted((ROOT / "benchmarks" / "sky").glob("*-benchmark.yaml"))

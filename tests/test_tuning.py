@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datarax_bench import schemas
+from datarax_bench.workload import schemas
 
 PLUGINS = Path(__file__).parent / "plugins"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from smoke_support import smoke_view
 
-from datarax_bench import wandb_export as export
 from datarax_bench.errors import UserError
+from datarax_bench.report import wandb_export as export
 
 SENTINEL_KEY = "0123456789abcdef" * 2 + "fedcba98"  # well-formed: 40 hex characters
 SCENARIOS = ("CV-1", "TAB-1", "IO-1")  # IO-1 has cells the numpy adapter does not support
@@ -505,7 +505,7 @@ def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, w
     """`snakemake --config scenarios=[CV-1]` in a results directory that holds other scenarios
     too: the aggregate rule's manifest names the CV-1 cells, and the export sends those, while
     `datarax-bench export` of the same directory still calls the manifest stale."""
-    from datarax_bench.aggregate import aggregate_run
+    from datarax_bench.report.aggregate import aggregate_run
 
     subset = sorted((results_dir / "raw" / "CV-1").glob("*/*.json"))
     others = set((results_dir / "raw").glob("*/*/*.json")) - set(subset)

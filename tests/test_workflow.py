@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from datarax_bench.adapters import all_adapters
-from datarax_bench.catalog import STYLES, load_catalog, profile_names
-from datarax_bench.cell import resolve_cell
 from datarax_bench.errors import UserError
 from datarax_bench.results import load_result
-from datarax_bench.runner import processes_of
+from datarax_bench.run.cell import resolve_cell
+from datarax_bench.run.runner import processes_of
+from datarax_bench.workload.catalog import STYLES, load_catalog, profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -315,7 +315,7 @@ def test_dry_run_of_every_profile_with_every_adapter(dry_workflow, profile):
     workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=[f"profile={profile}"])
     catalog = load_catalog()
-    from datarax_bench.catalog import load_profile
+    from datarax_bench.workload.catalog import load_profile
 
     loaded = load_profile(profile, catalog)
     cells = [
@@ -405,7 +405,7 @@ def checked_config(workdir: Path, overrides=(), monkeypatch=None) -> dict:
     from snakemake.common.configfile import load_configfile
     from snakemake.utils import update_config
 
-    from datarax_bench.workflow_config import check_config
+    from datarax_bench.workflow.config import check_config
 
     monkeypatch.chdir(workdir)
     files = ["config/config.yaml"]  # as the Snakefile names it
@@ -505,7 +505,7 @@ def test_several_profiles_in_one_invocation_each_get_their_own_cluster(dry_workf
     workdir = dry_workflow
     proc = snakemake(workdir, "-n", config=["profiles=[gpu_a100,tpu_v5e]", "infra=gcp"])
     catalog = load_catalog()
-    from datarax_bench.catalog import load_profile
+    from datarax_bench.workload.catalog import load_profile
 
     def cells_of(name: str) -> int:
         profile = load_profile(name, catalog)

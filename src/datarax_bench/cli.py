@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from datarax_bench.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,9 +86,9 @@ def support_matrix(profile=None) -> dict[str, dict[str, str]]:
     """row -> adapter -> 'yes' | 'unsupported: ...' | 'not implemented', over the variants the
     profile selects (all variants without a profile). A row is a scenario, or, where its
     variants' support differs (IO-1's backends), one row per variant named 'scenario/variant'."""
-    from .adapters import all_adapters
-    from .catalog import load_catalog
-    from .measures import static_status
+    from datarax_bench.adapters import all_adapters
+    from datarax_bench.measures import static_status
+    from datarax_bench.workload.catalog import load_catalog
 
     catalog = load_catalog()
     ids = profile.scenarios if profile else list(catalog.scenarios)
@@ -121,8 +121,8 @@ def support_status(matrix: dict[str, dict[str, str]], scenario: str, variant: st
 
 
 def cmd_list(args) -> int:
-    from .adapters import all_adapters
-    from .catalog import load_catalog, load_profile, profile_names
+    from datarax_bench.adapters import all_adapters
+    from datarax_bench.workload.catalog import load_catalog, load_profile, profile_names
 
     catalog = load_catalog()
     profile = load_profile(args.profile, catalog) if args.profile else None
@@ -187,9 +187,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .catalog import load_catalog, load_profile
-    from .results import load_result
-    from .runner import describe, resolve_cell, run_cell, run_matrix, run_process
+    from datarax_bench.results import load_result
+    from datarax_bench.run.runner import describe, resolve_cell, run_cell, run_matrix, run_process
+    from datarax_bench.workload.catalog import load_catalog, load_profile
 
     if bool(args.output) == bool(args.output_dir):
         raise UserError("run: pass exactly one of --output FILE (one cell) or --output-dir DIR")
@@ -271,8 +271,8 @@ def hardware_report(profile) -> dict[str, Any]:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax  # noqa: F401  (imported so that provenance reports the backend)
 
-    from . import provenance
-    from .adapters import all_adapters
+    from datarax_bench import provenance
+    from datarax_bench.adapters import all_adapters
 
     distributions = [d for a in all_adapters() for d in a.distributions]
     report = provenance.collect(distributions)
@@ -283,9 +283,9 @@ def hardware_report(profile) -> dict[str, Any]:
 
 
 def cmd_doctor(args) -> int:
-    from . import machine_load
-    from .catalog import load_profile
-    from .results import write_json_atomic
+    from datarax_bench import machine_load
+    from datarax_bench.results import write_json_atomic
+    from datarax_bench.workload.catalog import load_profile
 
     profile = load_profile(args.profile)
     if args.json:
@@ -337,7 +337,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .wandb_export import DEFAULT_PROJECT, export_results
+    from datarax_bench.report.wandb_export import DEFAULT_PROJECT, export_results
 
     report = export_results(
         Path(args.results_dir),
@@ -358,7 +358,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from . import compare
+    from datarax_bench.report import compare
 
     threshold = (
         compare.DEFAULT_THRESHOLD
@@ -382,7 +382,7 @@ def cmd_compare(args) -> int:
         result, Path(args.markdown) if args.markdown else None, Path(args.csv) if args.csv else None
     )
     if args.plot:
-        from .compare_plot import plot_comparison
+        from datarax_bench.report.compare_plot import plot_comparison
 
         plot_comparison(result, args.plot)
     return 1 if result.regressions else 0
@@ -397,7 +397,7 @@ def _resume_directory(args):
         return
     import shutil
 
-    from .buckets import MirroredDirectory, parse_bucket
+    from datarax_bench.cloud.buckets import MirroredDirectory, parse_bucket
 
     bucket = parse_bucket(args.resume_bucket, "run: --resume-bucket")
     # Beside the output directory, on the machine's own disk; emptied first, so that the copy
@@ -411,7 +411,7 @@ def _resume_directory(args):
 
 
 def cmd_upload(args) -> int:
-    from .buckets import BucketURI, parse_bucket, upload
+    from datarax_bench.cloud.buckets import BucketURI, parse_bucket, upload
 
     src = Path(args.file)
     if not src.is_file():
@@ -430,13 +430,13 @@ def cmd_upload(args) -> int:
 
 
 def cmd_persist(args) -> int:
-    from .standalone import persist
+    from datarax_bench.cloud.standalone import persist
 
     return persist(Path(args.results_dir), Path(args.bucket_dir) if args.bucket_dir else None)
 
 
 def cmd_task_file(args) -> int:
-    from .standalone import write_bucket_task
+    from datarax_bench.cloud.standalone import write_bucket_task
 
     print(write_bucket_task(Path(args.template), Path(args.output), args.results_bucket))
     return 0
@@ -446,8 +446,8 @@ def cmd_task_file(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .buckets import SCHEMES
-    from .catalog import STYLES
+    from datarax_bench.cloud.buckets import SCHEMES
+    from datarax_bench.workload.catalog import STYLES
 
     parser = _Parser(prog="datarax-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

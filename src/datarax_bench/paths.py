@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from datarax_bench.errors import UserError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 

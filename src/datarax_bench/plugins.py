@@ -13,7 +13,7 @@ import importlib
 import os
 from importlib import metadata
 
-from .errors import UserError
+from datarax_bench.errors import UserError
 
 PLUGINS_VARIABLE = "DATARAX_BENCH_PLUGINS"
 

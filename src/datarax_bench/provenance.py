@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil
 
-from . import paths, randomness
+from datarax_bench import paths
+from datarax_bench.workload import randomness
 
 #: Name the commit, and whether the tree had uncommitted changes ("true"/"false"), where a tree
 #: has no `.git`: an image built from an export, or a managed job's workdir (SkyPilot's storage

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .feed import row_columns as feed_columns
-from .files import all_or_nothing, user_file_mode, write_text_atomic
-from .schemas import first_non_finite, read_json, validate
+from datarax_bench.errors import UserError
+from datarax_bench.files import all_or_nothing, user_file_mode, write_text_atomic
+from datarax_bench.measures.feed import row_columns as feed_columns
+from datarax_bench.workload.schemas import first_non_finite, read_json, validate
 
 SCHEMA_VERSION = 1
 __all__ = ["all_or_nothing", "user_file_mode", "write_text_atomic"]  # re-exported for callers

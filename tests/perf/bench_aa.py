@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datarax_bench import compare
 from datarax_bench.provenance import cpu_info
+from datarax_bench.report import compare
 from datarax_bench.stats import group_by_process
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.50)

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from datarax_bench import formats
-from datarax_bench.catalog import load_catalog
-from datarax_bench.data import materialize
 from datarax_bench.provenance import cpu_info
+from datarax_bench.workload import formats
+from datarax_bench.workload.catalog import load_catalog
+from datarax_bench.workload.data import materialize
 
 
 def _readers(dataset, workload):

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "loopback"))
 import node as loopback  # noqa: E402
 
-from datarax_bench import cloud  # noqa: E402
-from datarax_bench.catalog import load_profile  # noqa: E402
+from datarax_bench.cloud import cluster as cloud  # noqa: E402
+from datarax_bench.workload.catalog import load_profile  # noqa: E402
 
 
 def timed(argv: list[str]) -> float:

@@ -24,12 +24,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
-from datarax_bench import randomness, reference  # noqa: E402
 from datarax_bench.adapters import get_adapter  # noqa: E402
-from datarax_bench.catalog import load_catalog, load_profile  # noqa: E402
-from datarax_bench.data import materialize  # noqa: E402
-from datarax_bench.harness import make_delivery  # noqa: E402
+from datarax_bench.measures.harness import make_delivery  # noqa: E402
 from datarax_bench.provenance import cpu_info  # noqa: E402
+from datarax_bench.workload import randomness, reference  # noqa: E402
+from datarax_bench.workload.catalog import load_catalog, load_profile  # noqa: E402
+from datarax_bench.workload.data import materialize  # noqa: E402
 
 
 def _per_batch_s(fn, batches: int) -> float:

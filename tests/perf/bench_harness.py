@@ -25,9 +25,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from datarax_bench.adapters.base import Adapter, CellContext, Loader  # noqa: E402
-from datarax_bench.catalog import load_catalog, load_profile  # noqa: E402
-from datarax_bench.harness import make_delivery, measure_repetition  # noqa: E402
+from datarax_bench.measures.harness import make_delivery, measure_repetition  # noqa: E402
 from datarax_bench.provenance import cpu_info  # noqa: E402
+from datarax_bench.workload.catalog import load_catalog, load_profile  # noqa: E402
 
 BATCH_SIZE = 1024
 

@@ -24,8 +24,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.provenance import cpu_info
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 ADAPTERS = ["numpy", "datarax", "grain", "pytorch", "tfdata"]
 BURN = "while True:\n    pass\n"

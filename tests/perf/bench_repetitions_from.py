@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.provenance import cpu_info
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTERS = ["numpy", "datarax", "grain", "pytorch", "tfdata"]

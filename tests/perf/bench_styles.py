@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from datarax_bench import paths
-from datarax_bench.catalog import load_catalog, load_profile
 from datarax_bench.provenance import cpu_info
 from datarax_bench.results import result_row
+from datarax_bench.workload.catalog import load_catalog, load_profile
 
 ADAPTERS = ["numpy", "datarax", "grain", "pytorch", "tfdata"]
 STYLES = ("plain", "tuned")

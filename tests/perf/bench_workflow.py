@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--adapters", nargs="*", default=[], help="smoke run adapters (all)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from datarax_bench.catalog import load_catalog, load_profile, profile_names
+    from datarax_bench.workload.catalog import load_catalog, load_profile, profile_names
 
     catalog = load_catalog()
     everything = sorted({s for p in profile_names() for s in load_profile(p, catalog).scenarios})

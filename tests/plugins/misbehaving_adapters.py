@@ -13,7 +13,7 @@ import time
 from datarax_bench.adapters import register
 from datarax_bench.adapters.base import Adapter, Loader
 from datarax_bench.adapters.numpy_ref import NumpyLoader
-from datarax_bench.reference import ALL_OPS
+from datarax_bench.workload.reference import ALL_OPS
 
 #: Where the hanging adapter writes the pid of the child it starts (to prove it was killed).
 CHILD_PID_FILE = "DATARAX_TEST_CHILD_PID_FILE"

@@ -5,7 +5,7 @@
 # same raw files as measure_local.smk. Provisioning is no rule of its own, so that it never
 # makes measured cells out of date. Nothing here calls `sky` at parse time: `snakemake -n`
 # stays instant and offline. Billing has three stops: the teardown rule, the onerror handler
-# below, and the autodown deadline armed on the cluster itself (src/datarax_bench/cloud.py).
+# below, and the autodown deadline armed on the cluster itself (src/datarax_bench/cloud/cluster.py).
 
 
 rule measure_remote:

@@ -10,14 +10,16 @@ from functools import cache
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
-from datarax_bench import cloud, engine, machine_load, managed, progress
+from datarax_bench.cloud import cluster as cloud, managed
+from datarax_bench.workflow import engine, progress
+from datarax_bench import machine_load
 from datarax_bench.adapters import all_adapters
-from datarax_bench.catalog import STYLES, load_catalog, load_profile, profile_names
-from datarax_bench.cell import resolve_cell
-from datarax_bench.feed import fed_scenarios
+from datarax_bench.workload.catalog import STYLES, load_catalog, load_profile, profile_names
+from datarax_bench.run.cell import resolve_cell
+from datarax_bench.measures.feed import fed_scenarios
 from datarax_bench.results import cell_path, process_path
-from datarax_bench.runner import processes_of
-from datarax_bench.workflow_config import check_config, one_line_errors
+from datarax_bench.run.runner import processes_of
+from datarax_bench.workflow.config import check_config, one_line_errors
 
 # A bad config value, catalog or profile: one line and exit code 2 before any job, as the CLI.
 with one_line_errors():
@@ -44,7 +46,7 @@ if "bench_slot" not in workflow.global_resources:
 # Before the first job (not on a dry run). First, Snakemake without its job-rate limiter: with it,
 # every job adds a chain of scheduling passes, one per timespan for as long as jobs wait, that
 # kept Snakemake busy during the measurements, and no command-line value turns it off
-# (src/datarax_bench/engine.py). Then, for a local run, say what makes this machine noisy right
+# (src/datarax_bench/workflow/engine.py). Then, for a local run, say what makes this machine noisy right
 # now (with strict_machine, refuse to start), then what the run will measure and how long it
 # should take.
 onstart:

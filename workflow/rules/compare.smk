@@ -2,7 +2,7 @@
 # plots/comparison.png in the run directory, in the report and, through the export, in W&B.
 # A regression does not fail the rule (the comparison is the output); gate CI on the exit code
 # of `datarax-bench compare`.
-from datarax_bench.compare import check_baseline_option
+from datarax_bench.report.compare import check_baseline_option
 
 
 with one_line_errors():

@@ -24,7 +24,7 @@ rule measure_process:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --process {wildcards.process} --earlier {input:q}"
         " --output {output:q} > {log:q} 2>&1"
-        f" && python -m datarax_bench.progress {PLAN}"
+        f" && python -m datarax_bench.workflow.progress {PLAN}"
 
 
 # The cell's last process (its only one, for most profiles), pooled with the ones before it.
@@ -58,4 +58,4 @@ rule measure:
         " --variant {wildcards.variant} --adapter {wildcards.adapter}"
         " --style {params.style} --earlier {input:q} --output {output:q}"
         " > {log:q} 2>&1"
-        f" && python -m datarax_bench.progress {PLAN}"
+        f" && python -m datarax_bench.workflow.progress {PLAN}"

@@ -1,9 +1,9 @@
-"""Snakemake `script:` for rule aggregate; the logic is datarax_bench.aggregate."""
+"""Snakemake `script:` for rule aggregate; the logic is datarax_bench.report.aggregate."""
 
 import traceback
 from pathlib import Path
 
-from datarax_bench.aggregate import aggregate_run
+from datarax_bench.report.aggregate import aggregate_run
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 

@@ -4,8 +4,8 @@ import sys
 from contextlib import redirect_stderr
 from pathlib import Path
 
-from datarax_bench import cloud
-from datarax_bench.catalog import load_profile
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.workload.catalog import load_profile
 
 with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821

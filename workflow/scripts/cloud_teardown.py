@@ -3,7 +3,7 @@
 import sys
 from contextlib import redirect_stderr
 
-from datarax_bench import cloud
+from datarax_bench.cloud import cluster as cloud
 from datarax_bench.results import utc_now, write_json_atomic
 
 with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821

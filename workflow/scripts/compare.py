@@ -1,12 +1,12 @@
-"""Snakemake `script:` for rule compare; the logic is datarax_bench.compare."""
+"""Snakemake `script:` for rule compare; the logic is datarax_bench.report.compare."""
 
 import sys
 import traceback
 from pathlib import Path
 
-from datarax_bench.compare import compare_runs, comparison_text, load_run, write_outputs
-from datarax_bench.compare_plot import plot_comparison
 from datarax_bench.errors import UserError
+from datarax_bench.report.compare import compare_runs, comparison_text, load_run, write_outputs
+from datarax_bench.report.compare_plot import plot_comparison
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 

@@ -1,11 +1,11 @@
-"""Snakemake `script:` for rule export_wandb; the logic is datarax_bench.wandb_export."""
+"""Snakemake `script:` for rule export_wandb; the logic is datarax_bench.report.wandb_export."""
 
 import contextlib
 import sys
 import traceback
 from pathlib import Path
 
-from datarax_bench.wandb_export import export_for_workflow
+from datarax_bench.report.wandb_export import export_for_workflow
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 

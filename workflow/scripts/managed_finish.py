@@ -3,8 +3,8 @@
 import sys
 from contextlib import redirect_stderr
 
-from datarax_bench import managed
-from datarax_bench.buckets import parse_bucket
+from datarax_bench.cloud import managed
+from datarax_bench.cloud.buckets import parse_bucket
 from datarax_bench.results import write_json_atomic
 
 with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_file):  # noqa: F821

@@ -4,9 +4,10 @@ import sys
 from contextlib import redirect_stderr
 from pathlib import Path
 
-from datarax_bench import cloud, managed
-from datarax_bench.buckets import parse_bucket
-from datarax_bench.catalog import load_profile
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.cloud import managed
+from datarax_bench.cloud.buckets import parse_bucket
+from datarax_bench.workload.catalog import load_profile
 
 
 class _Both:

@@ -1,9 +1,9 @@
 """Snakemake `script:` for rules plot_scenario, plot_feed and plot_overview; the logic is
-datarax_bench.plots."""
+datarax_bench.report.plots."""
 
 import traceback
 
-from datarax_bench.plots import plot_feed, plot_overview, plot_scenario
+from datarax_bench.report.plots import plot_feed, plot_overview, plot_scenario
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..errors import UserError
-from ..plugins import load_entry_points, load_named_modules
-from .base import Adapter, CellContext, Loader
+from datarax_bench.adapters.base import Adapter, CellContext, Loader
+from datarax_bench.errors import UserError
+from datarax_bench.plugins import load_entry_points, load_named_modules
 
 __all__ = ["Adapter", "CellContext", "Loader", "all_adapters", "get_adapter", "register"]
 

@@ -5,7 +5,7 @@ records from their `BatchKey`, one row per record (None for a deterministic op),
 `apply(step, value, params)` computes the op on one element with its row, vmapped and compiled by
 Datarax. Imported only when a Datarax pipeline is built (it imports JAX).
 
-The draws are the reference's (`datarax_bench.randomness`): Threefry-2x32-20 words from JAX's own
+The draws are the reference's (`datarax_bench.workload.randomness`): Threefry-2x32-20 words from JAX's own
 threefry primitive, converted with the same integer-first arithmetic in uint32 and float32 (JAX
 has no 64-bit types without x64 mode), so every parameter is the reference's bit for bit.
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-from .. import randomness, reference
+from datarax_bench.workload import randomness, reference
 
 f32 = jnp.float32
 u32 = jnp.uint32

@@ -1,6 +1,6 @@
 """TensorFlow for the adapters that load it (tf.data, Datarax's TFDS source): kept off
 accelerators, which JAX owns, and imported once per process; and the reference's counter-based
-draws (`datarax_bench.randomness`) in TF ops, for tf.data."""
+draws (`datarax_bench.workload.randomness`) in TF ops, for tf.data."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import randomness
-from ..randomness import KEY_PARITY
+from datarax_bench.workload import randomness
+from datarax_bench.workload.randomness import KEY_PARITY
 
 _STATE: dict[str, Any] = {}
 
@@ -87,7 +87,7 @@ def _word(tf, value):
 
 
 class CounterDraws:
-    """The reference's counter-based draws (`datarax_bench.randomness`) in TensorFlow ops.
+    """The reference's counter-based draws (`datarax_bench.workload.randomness`) in TensorFlow ops.
 
     Threefry-2x32-20 in uint32 `tf.bitwise` ops (TF's own `alg="threefry"` runs only under XLA
     and takes no counter of ours), then the same integer-first conversions, so every draw is the

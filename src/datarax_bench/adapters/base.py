@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..catalog import STYLES, Profile, Workload
-from ..data import Dataset
-from ..errors import UserError
-from ..formats import SourceFiles
+from datarax_bench.errors import UserError
+from datarax_bench.workload.catalog import STYLES, Profile, Workload
+from datarax_bench.workload.data import Dataset
+from datarax_bench.workload.formats import SourceFiles
 
 Batch = Mapping[str, Any]
 

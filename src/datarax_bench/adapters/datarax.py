@@ -10,7 +10,7 @@ Its plain pipeline already is the vectorised one its design recommends (per-elem
 vmapped over the batch in one compiled computation), so the tuned style builds the same
 pipeline: there is no per-element work left to move after batching.
 
-Randomness is the reference's (`datarax_bench.randomness`), computed inside the compiled
+Randomness is the reference's (`datarax_bench.workload.randomness`), computed inside the compiled
 pipeline with JAX's own threefry: Datarax hands each operator the global indices of the batch's
 records (their positions in the epoch, which this adapter starts at 0 every epoch), and a random
 step draws Threefry-2x32-20 words keyed by (seed, epoch) at counter (index, walk step << 24 |
@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, randomness, reference
-from ..catalog import Workload
-from . import register
-from ._tensorflow import import_tensorflow
-from .base import Adapter, Batch, CellContext, Loader
+from datarax_bench.adapters import register
+from datarax_bench.adapters._tensorflow import import_tensorflow
+from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
+from datarax_bench.workload import formats, randomness, reference
+from datarax_bench.workload.catalog import Workload
 
 #: Ops the adapter implements in JAX with the reference semantics.
 DATARAX_OPS = frozenset(reference.FIELD_OPS) | reference.STRUCTURE_OPS
@@ -79,8 +79,8 @@ def _operator_class():
     from datarax.core.operator import OperatorModule, extract_batch_size
     from flax import nnx
 
-    from ._datarax_ops import JAX_OPS as jax_ops
-    from ._datarax_ops import BatchKey
+    from datarax_bench.adapters._datarax_ops import JAX_OPS as jax_ops
+    from datarax_bench.adapters._datarax_ops import BatchKey
 
     class CatalogStep(OperatorModule):
         """One catalog step on one element; random parameters drawn per record, the reference's.
@@ -154,7 +154,7 @@ def _merge_class():
     import jax.numpy as jnp
     from flax import nnx
 
-    from ._datarax_ops import divided
+    from datarax_bench.adapters._datarax_ops import divided
 
     class MeanMerge(nnx.Module):
         """Merge node: the element-wise mean of one field over its branches' batches.

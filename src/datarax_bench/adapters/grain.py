@@ -46,9 +46,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import formats, randomness, reference
-from . import register
-from .base import Adapter, Batch, CellContext, Loader
+from datarax_bench.adapters import register
+from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
+from datarax_bench.workload import formats, randomness, reference
 
 # How long `close()` waits for Grain's reader threads and worker processes to end.
 _SHUTDOWN_TIMEOUT_S = 10.0

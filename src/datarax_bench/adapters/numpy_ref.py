@@ -1,7 +1,7 @@
 """The NumPy reference adapter: no loader framework, the zero-framework floor.
 
 Slices elements from the cached arrays, applies every catalog transform with the reference
-semantics (`datarax_bench.reference`) and stacks batches, in the consuming thread. Its whole
+semantics (`datarax_bench.workload.reference`) and stacks batches, in the consuming thread. Its whole
 state is its position (epoch, next batch): every batch is a pure function of seed, epoch and
 batch index.
 
@@ -18,9 +18,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import formats, reference
-from . import register
-from .base import Adapter, Batch, CellContext, Loader
+from datarax_bench.adapters import register
+from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
+from datarax_bench.workload import formats, reference
 
 
 class NumpyLoader(Loader):

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, randomness, reference
-from ..data import Dataset
-from . import register
-from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters import register
+from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.workload import formats, randomness, reference
+from datarax_bench.workload.data import Dataset
 
 # torch is imported inside functions only: importing this module (for `list`) must stay light.
 

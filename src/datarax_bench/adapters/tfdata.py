@@ -4,7 +4,7 @@ Configured as the tf.data performance guide recommends: parallel, autotuned per-
 batching after the map, autotuned prefetch at the end, default (deterministic) ordering.
 
 Every transform is a TF op applied per element. Random parameters are the reference's
-counter-based draws (`datarax_bench.randomness`) computed in TF ops (`_tensorflow.CounterDraws`):
+counter-based draws (`datarax_bench.workload.randomness`) computed in TF ops (`_tensorflow.CounterDraws`):
 Threefry-2x32-20 in uint32 `tf.bitwise` ops keyed by (seed, epoch) at counter (element index,
 step << 24 | draw), with the step numbered as `reference.apply_step` numbers it (compiled by
 XLA; the words of a walk's fixed-count draws in one pass per element), then the same
@@ -40,16 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, randomness, reference
-from . import register
-from ._tensorflow import (
+from datarax_bench.adapters import register
+from datarax_bench.adapters._tensorflow import (
     CounterDraws,
     ElementKey,
     arithmetic_optimization,
     import_tensorflow,
     visible_gpus,
 )
-from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.workload import formats, randomness, reference
 
 _LENGTH_PREFIX = "__length__"
 

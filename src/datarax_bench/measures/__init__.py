@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..adapters.base import Adapter
-from ..catalog import Profile, Workload
-from ..data import Dataset
-from ..errors import UserError
-from ..harness import MeasureBody
-from ..plugins import load_entry_points, load_named_modules
+from datarax_bench.adapters.base import Adapter
+from datarax_bench.errors import UserError
+from datarax_bench.measures.harness import MeasureBody
+from datarax_bench.plugins import load_entry_points, load_named_modules
+from datarax_bench.workload.catalog import Profile, Workload
+from datarax_bench.workload.data import Dataset
 
 Progress = Callable[[str], None] | None
 Run = Callable[[Adapter, Workload, Dataset, Profile, Progress], MeasureBody]
@@ -45,7 +45,7 @@ class Measure:
     support: Support | None = None
     #: True when its only timed numbers are its windows, so that the profile's
     #: `measurement.processes` may measure them in several worker processes and pool them
-    #: (datarax_bench.processes). Special metrics come from the first process.
+    #: (datarax_bench.run.processes). Special metrics come from the first process.
     pooled: bool = False
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.base import Adapter, CellContext
-from ..catalog import Workload
-from ..files import temporary_directory
-from ..harness import (
+from datarax_bench.adapters.base import Adapter, CellContext
+from datarax_bench.files import temporary_directory
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import (
     MeasureBody,
     Repetition,
     batch_digest,
@@ -29,7 +29,7 @@ from ..harness import (
     repeat,
     stream,
 )
-from . import register
+from datarax_bench.workload.catalog import Workload
 
 
 def _directory_bytes(directory: Path) -> int:

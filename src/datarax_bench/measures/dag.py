@@ -3,9 +3,9 @@ say what the DAG was."""
 
 from __future__ import annotations
 
-from ..harness import MeasureBody
-from . import register
-from .throughput import measure_throughput
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import MeasureBody
+from datarax_bench.measures.throughput import measure_throughput
 
 
 @register("dag", any_adapter=True, pooled=True)

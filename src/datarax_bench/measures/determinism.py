@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from ..adapters.base import Adapter, CellContext
-from ..harness import (
+from datarax_bench.adapters.base import Adapter, CellContext
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import (
     MeasureBody,
     Repetition,
     RssSampler,
@@ -22,7 +23,6 @@ from ..harness import (
     nbytes,
     repetition_record,
 )
-from . import register
 
 
 def _digest_run(

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.base import Adapter, CellContext
-from ..catalog import Workload
-from ..harness import (
+from datarax_bench.adapters.base import Adapter, CellContext
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import (
     MeasureBody,
     UnsupportedHere,
     cell_context,
@@ -17,7 +17,7 @@ from ..harness import (
     make_delivery,
     repeat,
 )
-from . import register
+from datarax_bench.workload.catalog import Workload
 
 
 def sharding_target(workload: Workload):

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats
-from ..adapters.base import Adapter
-from ..catalog import Workload
-from ..harness import MeasureBody, cold_start_repetitions
-from . import register
+from datarax_bench.adapters.base import Adapter
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import MeasureBody, cold_start_repetitions
+from datarax_bench.workload import formats
+from datarax_bench.workload.catalog import Workload
 
 #: The record encoding of the backends that read the `.npy` cache.
 NPY_ENCODING = "NumPy .npy files, one per field, elements along the first axis (C order)"

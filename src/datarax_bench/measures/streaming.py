@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import Dataset
-from ..harness import MeasureBody, cold_start_repetitions
-from . import register
+from datarax_bench.measures import register
+from datarax_bench.measures.harness import MeasureBody, cold_start_repetitions
+from datarax_bench.workload.data import Dataset
 
 
 def dataset_bytes(dataset: Dataset) -> int:

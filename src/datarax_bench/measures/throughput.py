@@ -1,14 +1,19 @@
 """Throughput: for the tuned style, first a short sweep of the loader's parallelism knobs
-(datarax_bench.tuning, cached, its cost kept out of the repetitions); then the profile's
+(datarax_bench.measures.tuning, cached, its cost kept out of the repetitions); then the profile's
 repetitions of the timed window with the chosen setting; then, where the profile has a `feed`,
-whether the loader keeps an emulated accelerator fed (datarax_bench.feed), untimed with respect
+whether the loader keeps an emulated accelerator fed (datarax_bench.measures.feed), untimed with respect
 to those windows."""
 
 from __future__ import annotations
 
-from .. import feed, tuning
-from ..harness import MeasureBody, cell_context, first_device, make_delivery, repeat
-from . import register
+from datarax_bench.measures import feed, register, tuning
+from datarax_bench.measures.harness import (
+    MeasureBody,
+    cell_context,
+    first_device,
+    make_delivery,
+    repeat,
+)
 
 
 @register("throughput", pooled=True)

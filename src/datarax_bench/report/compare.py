@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from . import provenance
-from .errors import UserError
-from .results import cell_style, load_result, write_text_atomic
-from .schemas import read_json
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process, t_quantile
+from datarax_bench import provenance
+from datarax_bench.errors import UserError
+from datarax_bench.results import cell_style, load_result, write_text_atomic
+from datarax_bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, group_by_process, t_quantile
+from datarax_bench.workload.schemas import read_json
 
 # asv's default factor. A/A pairs on the 2-core development VM needed from 4.7% (a quiet
 # morning) to 36% (a noisier afternoon) to call nothing: gate with your own (docs/comparing.md).
@@ -108,7 +108,7 @@ def smallest_p_value(m: int, n: int) -> float:
 def process_interval(base, new, level: float = 0.95) -> tuple[float, float]:
     """Welch's t interval of the log speed ratio, over each process's log median.
 
-    A process is the unit that varies between runs (datarax_bench.processes); its windows are
+    A process is the unit that varies between runs (datarax_bench.run.processes); its windows are
     not independent draws. Needs at least two processes in each run; centred on the ratio of
     the pooled medians, as the table reports it.
     """
@@ -254,7 +254,7 @@ class Row:
     new_status: str = ""
     base_n: int | None = None
     new_n: int | None = None
-    #: Worker processes whose repetitions each run pooled (datarax_bench.processes).
+    #: Worker processes whose repetitions each run pooled (datarax_bench.run.processes).
     base_processes: int | None = None
     new_processes: int | None = None
     base_median: float | str | None = None

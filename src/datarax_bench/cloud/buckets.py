@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import UserError
+from datarax_bench.errors import UserError
 
 # S3's bucket naming rules: 3-63 characters, lower case, digits, dots and hyphens.
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/.*)?$")

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import paths
-from .catalog import FieldSpec, Workload
-from .files import atomic_directory
+from datarax_bench import paths
+from datarax_bench.files import atomic_directory
+from datarax_bench.workload.catalog import FieldSpec, Workload
 
 # Bump when generation changes, so that old caches are never mistaken for new data.
 GENERATOR_VERSION = 2

@@ -16,9 +16,15 @@ from typing import Any
 
 import jsonschema
 
-from .buckets import unmountable_problem
-from .errors import UserError
-from .schemas import best_error, error_location, load_schema, read_yaml, validation_message
+from datarax_bench.cloud.buckets import unmountable_problem
+from datarax_bench.errors import UserError
+from datarax_bench.workload.schemas import (
+    best_error,
+    error_location,
+    load_schema,
+    read_yaml,
+    validation_message,
+)
 
 
 def _fill_defaults(document: dict[str, Any], schema: Mapping[str, Any]) -> None:

@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, provenance
-from .adapters.base import Adapter, CellContext
-from .files import write_text_atomic
-from .results import describe_settings
+from datarax_bench import paths, provenance
+from datarax_bench.adapters.base import Adapter, CellContext
+from datarax_bench.files import write_text_atomic
+from datarax_bench.results import describe_settings
 
 #: Bumped when the cached record changes meaning.
 CACHE_VERSION = 2
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
 
 def _measure_point(adapter, ctx, deliver, settings: TuningSettings) -> dict[str, Any]:
     """One point: its own loader, warmed up, `windows` short windows, closed."""
-    from .harness import start_loader, timed_window, untimed
+    from datarax_bench.measures.harness import start_loader, timed_window, untimed
 
     started = start_loader(0, adapter, ctx, deliver)
     try:

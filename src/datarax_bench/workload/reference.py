@@ -3,7 +3,7 @@
 This module *defines* what each transform does; the NumPy reference adapter runs it as is and
 every framework adapter must reproduce it (conformance tests compare against it).
 
-Randomness is per element and counter-based (`datarax_bench.randomness`): step `s` of element
+Randomness is per element and counter-based (`datarax_bench.workload.randomness`): step `s` of element
 `i`'s walk in epoch `e` draws Threefry words keyed by (seed, e) at counter (i, s << 24 | draw),
 so results do not depend on batching, worker count or iteration order, and every framework can
 compute the same bits. Images are channel-last (H, W, C); volumes (D, H, W, C). Arithmetic ops
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .randomness import (
+from datarax_bench.workload.randomness import (
     BatchKeys,
     ElementKey,
     StepKey,

@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import provenance, reference
-from .adapters import get_adapter
-from .adapters.base import Adapter
-from .catalog import Catalog, Profile, Workload
-from .results import SCHEMA_VERSION, cell_label, utc_now
+from datarax_bench import provenance
+from datarax_bench.adapters import get_adapter
+from datarax_bench.adapters.base import Adapter
+from datarax_bench.results import SCHEMA_VERSION, cell_label, utc_now
+from datarax_bench.workload import reference
+from datarax_bench.workload.catalog import Catalog, Profile, Workload
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .cloud import billing_metrics, managed_metrics
-from .compare import fresh_comparison, read_comparison
-from .errors import UserError
-from .feed import UTILISATION_PREFIX
-from .feed import row_columns as feed_columns
-from .results import (
+from datarax_bench.cloud.cluster import billing_metrics, managed_metrics
+from datarax_bench.errors import UserError
+from datarax_bench.measures.feed import UTILISATION_PREFIX
+from datarax_bench.measures.feed import row_columns as feed_columns
+from datarax_bench.report.compare import fresh_comparison, read_comparison
+from datarax_bench.results import (
     CELL_KEYS,
     NUMERIC_KEYS,
     cell_path,
@@ -41,7 +41,7 @@ from .results import (
     utc_now,
     write_json_atomic,
 )
-from .schemas import read_json
+from datarax_bench.workload.schemas import read_json
 
 API_KEY_ENV = "WANDB_API_KEY"
 DATA_DIR_ENV = "WANDB_DATA_DIR"
@@ -367,7 +367,7 @@ def choose_mode(requested: str, environ=None) -> tuple[str, str | None]:
 
 def check_names(project: str, entity: str | None) -> None:
     """The W&B project and entity, against the patterns the workflow's config schema states."""
-    from .schemas import load_schema
+    from datarax_bench.workload.schemas import load_schema
 
     allowed = load_schema("config")["properties"]["wandb"]["properties"]
     for key, value in (("project", project), ("entity", entity)):
@@ -416,8 +416,8 @@ def _staging_in(root: Path):
 def interactive_charts(wandb, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """W&B's own charts from the table's rows, per scenario: median elements/s per cell as bars
     and, where the variants sweep a number (PC-1's depth), one line per adapter against it."""
-    from .catalog import load_catalog
-    from .plots import throughput_shape
+    from datarax_bench.report.plots import throughput_shape
+    from datarax_bench.workload.catalog import load_catalog
 
     scenarios = load_catalog().scenarios
     ok = [r for r in rows if r["status"] == "ok" and r["elements_per_s_median"] is not None]

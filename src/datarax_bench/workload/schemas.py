@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import paths
-from .errors import UserError
+from datarax_bench import paths
+from datarax_bench.errors import UserError
 
 
 @cache

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import psutil
 
-from . import stats
-from .adapters.base import Adapter, Batch, CellContext
-from .catalog import Profile, Workload
-from .data import Dataset
-from .machine_load import WindowLoad
-from .machine_load import summarize as summarize_load
-from .reference import BATCH_OPS
+from datarax_bench import stats
+from datarax_bench.adapters.base import Adapter, Batch, CellContext
+from datarax_bench.machine_load import WindowLoad
+from datarax_bench.machine_load import summarize as summarize_load
+from datarax_bench.workload.catalog import Profile, Workload
+from datarax_bench.workload.data import Dataset
+from datarax_bench.workload.reference import BATCH_OPS
 
 Delivered = dict[str, Any]
 

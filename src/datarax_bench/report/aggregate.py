@@ -12,11 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from .catalog import STYLES, load_profile
-from .cloud import billing_markdown, managed_markdown
-from .feed import shortest_fed_label, utilisation_columns
-from .machine_load import BUSY_SHARE
-from .results import (
+from datarax_bench.cloud.cluster import billing_markdown, managed_markdown
+from datarax_bench.machine_load import BUSY_SHARE
+from datarax_bench.measures.feed import shortest_fed_label, utilisation_columns
+from datarax_bench.results import (
     all_or_nothing,
     cell_style,
     load_result,
@@ -24,7 +23,8 @@ from .results import (
     write_run_index,
     write_text_atomic,
 )
-from .stats import UNSTABLE_CV, is_unstable
+from datarax_bench.stats import UNSTABLE_CV, is_unstable
+from datarax_bench.workload.catalog import STYLES, load_profile
 
 
 def cell_row(result: dict[str, Any], infra: str, path: str) -> dict[str, Any]:

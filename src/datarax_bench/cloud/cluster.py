@@ -40,10 +40,10 @@ from typing import Any
 
 import yaml
 
-from . import paths
-from .errors import UserError
-from .files import atomic_file, write_text_atomic
-from .results import cell_label, cell_path, load_result, utc_now, write_json_atomic
+from datarax_bench import paths
+from datarax_bench.errors import UserError
+from datarax_bench.files import atomic_file, write_text_atomic
+from datarax_bench.results import cell_label, cell_path, load_result, utc_now, write_json_atomic
 
 #: Where the remote machine keeps results, relative to its home (`~` expands there).
 REMOTE_RESULTS = "~/datarax-bench-results"

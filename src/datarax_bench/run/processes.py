@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import measures
-from .catalog import Profile
-from .harness import DEFAULT_COLD_STARTS, summarize_repetitions
-from .stats import group_by_process, process_median_interval
+from datarax_bench import measures
+from datarax_bench.measures.harness import DEFAULT_COLD_STARTS, summarize_repetitions
+from datarax_bench.stats import group_by_process, process_median_interval
+from datarax_bench.workload.catalog import Profile
 
 #: The profile's repetition counts, per process of a pooled measure.
 REPETITION_COUNTS = ("repetitions", "min_repetitions", "max_repetitions")

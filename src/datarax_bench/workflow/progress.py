@@ -23,7 +23,7 @@ checkpoints are costed as windows: roughly. While the run goes, what is left is 
 seconds for the jobs not done, scaled by how long the done ones took against the model, so the
 estimate follows the machine's actual speed.
 
-Reading the plan back (`python -m datarax_bench.progress PLAN`) imports nothing heavy: each job
+Reading the plan back (`python -m datarax_bench.workflow.progress PLAN`) imports nothing heavy: each job
 prints its line in a fraction of a second.
 """
 
@@ -78,9 +78,9 @@ PROCESS_RULE, CELL_RULE = "measure_process", "measure"
 def planned_processes(jobs, profile_named, catalog, cores: int | None = None) -> list:
     """The worker processes among Snakemake's jobs to run (`dag.needrun_jobs()`), costed.
     `profile_named` loads a profile by name; `cores` defaults to this process's usable cores."""
-    from .cell import resolve_cell
-    from .runner import processes_of
-    from .tuning import usable_cores
+    from datarax_bench.measures.tuning import usable_cores
+    from datarax_bench.run.cell import resolve_cell
+    from datarax_bench.run.runner import processes_of
 
     cores = usable_cores() if cores is None else cores
     planned = []
@@ -112,9 +112,9 @@ def planned_process(cell, process: int, processes: int, output: str, cores: int)
 def process_seconds(cell, process: int, processes: int, cores: int) -> float:
     """The cost model's seconds for worker process `process` of `processes` of `cell` (a
     `cell.Cell`) on a machine with `cores` usable cores (the tuned sweep's grid depends on them)."""
-    from .harness import DEFAULT_COLD_STARTS
-    from .runner import static_status
-    from .stats import repetition_bounds
+    from datarax_bench.measures.harness import DEFAULT_COLD_STARTS
+    from datarax_bench.run.runner import static_status
+    from datarax_bench.stats import repetition_bounds
 
     adapter = cell.adapter.id
     start = START_S.get(adapter, UNKNOWN_START_S)
@@ -191,7 +191,7 @@ def plan_lines(steps: list[PlannedProcess], finish_s: float) -> list[str]:
     lines.append(
         f"estimate: about {duration(total + finish_s)} ({duration(total)} measuring, "
         f"{duration(finish_s)} for the table, plots and export), from a cost model per worker "
-        "process timed on a 2-core VM (datarax_bench/progress.py); every measuring job that "
+        "process timed on a 2-core VM (datarax_bench/workflow/progress.py); every measuring job that "
         "ends says how much is left"
     )
     return lines
@@ -296,11 +296,11 @@ def report(path: Path, now: float | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m datarax_bench.progress PLAN`: a job's progress line. Never fails the job: a
+    """`python -m datarax_bench.workflow.progress PLAN`: a job's progress line. Never fails the job: a
     missing or unreadable plan (a job run without the workflow's start) prints nothing."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m datarax_bench.progress PLAN", file=sys.stderr)
+        print("usage: python -m datarax_bench.workflow.progress PLAN", file=sys.stderr)
         return 0
     try:
         line = report(Path(args[0]))

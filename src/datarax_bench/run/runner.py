@@ -22,12 +22,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import measures, processes, provenance, supervision
-from .adapters import get_adapter
-from .catalog import Catalog, Profile, load_catalog
-from .cell import Cell, CellClock, cell_identity, make_result, resolve_cell
-from .errors import UserError
-from .results import (
+from datarax_bench import measures, provenance
+from datarax_bench.adapters import get_adapter
+from datarax_bench.errors import UserError
+from datarax_bench.results import (
     ATTEMPTS_DIR,
     cell_label,
     cell_path,
@@ -38,6 +36,9 @@ from .results import (
     write_result,
     write_run_index,
 )
+from datarax_bench.run import processes, supervision
+from datarax_bench.run.cell import Cell, CellClock, cell_identity, make_result, resolve_cell
+from datarax_bench.workload.catalog import Catalog, Profile, load_catalog
 
 _LOG_TAIL_LINES = 40
 
@@ -119,7 +120,7 @@ def _run_worker(
     cmd = [
         sys.executable,
         "-m",
-        "datarax_bench.worker",
+        "datarax_bench.run.worker",
         "--profile",
         cell.profile.name,
         "--scenario",
@@ -421,7 +422,7 @@ def run_matrix(
     `keep` is called with each file written into `resume_dir` (where the directory stands for a
     bucket that is not mounted: it uploads the file).
     """
-    from .adapters import all_adapters
+    from datarax_bench.adapters import all_adapters
 
     catalog = catalog or load_catalog()
     chosen = [get_adapter(a) for a in adapters] if adapters else all_adapters()

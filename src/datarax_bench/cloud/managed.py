@@ -26,11 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import buckets, cloud, provenance
-from .buckets import BucketURI
-from .errors import UserError
-from .results import ATTEMPTS_DIR, load_result, utc_now, write_json_atomic, write_result
-from .standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
+from datarax_bench import provenance
+from datarax_bench.cloud import buckets
+from datarax_bench.cloud import cluster as cloud
+from datarax_bench.cloud.buckets import BucketURI
+from datarax_bench.cloud.standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
+from datarax_bench.errors import UserError
+from datarax_bench.results import (
+    ATTEMPTS_DIR,
+    load_result,
+    utc_now,
+    write_json_atomic,
+    write_result,
+)
 
 #: The job's share of the matrix (`run --cells`) and where in the bucket its cells go.
 CELLS_ENV = "DATARAX_BENCH_CELLS"
@@ -371,8 +379,8 @@ def current_cells(shard: Shard, store=None) -> set[str]:
     result is pulled without a job having looked at it."""
     import tempfile
 
-    from .catalog import load_catalog
-    from .runner import kept_result, resolve_cell
+    from datarax_bench.run.runner import kept_result, resolve_cell
+    from datarax_bench.workload.catalog import load_catalog
 
     catalog = load_catalog()
     current = set()

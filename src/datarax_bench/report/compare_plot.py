@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
-from .compare import Comparison, cell_label  # noqa: E402
-from .plots import _save  # noqa: E402
+from datarax_bench.report.compare import Comparison, cell_label  # noqa: E402
+from datarax_bench.report.plots import _save  # noqa: E402
 
 #: Ratios labelled on the log axis (those inside its range).
 TICKS = (0.1, 0.25, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 4, 10)

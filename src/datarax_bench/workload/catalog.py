@@ -8,11 +8,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from . import paths, stats
-from .errors import UserError
-from .randomness import SCHEME as RANDOMNESS_SCHEME
-from .reference import OP_PARAMS, RANDOM_OPS, chain_steps
-from .schemas import read_yaml, validate
+from datarax_bench import paths, stats
+from datarax_bench.errors import UserError
+from datarax_bench.workload.randomness import SCHEME as RANDOMNESS_SCHEME
+from datarax_bench.workload.reference import OP_PARAMS, RANDOM_OPS, chain_steps
+from datarax_bench.workload.schemas import read_yaml, validate
 
 # Parameters whose string values are names (of fields, ops, dtypes), never dimensions.
 NAME_KEYS = frozenset(

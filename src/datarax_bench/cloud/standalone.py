@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from . import paths, provenance
-from .buckets import SCHEMES
-from .cloud import load_task
-from .files import write_text_atomic
+from datarax_bench import paths, provenance
+from datarax_bench.cloud.buckets import SCHEMES
+from datarax_bench.cloud.cluster import load_task
+from datarax_bench.files import write_text_atomic
 
 BUCKET_ENV = "DATARAX_BENCH_BUCKET"
 # Where SkyPilot mounts the bucket on the machine (`~/` paths are home-relative there).
@@ -91,7 +91,7 @@ def persist(
     # copy below then carries it too (`wandb sync` it later).
     if environ.get("WANDB_API_KEY"):
         try:
-            from .wandb_export import export_results
+            from datarax_bench.report.wandb_export import export_results
 
             report = export_results(results_dir, mode="auto")
         except Exception as exc:  # an incomplete run's results still go to the bucket

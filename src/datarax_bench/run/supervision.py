@@ -26,8 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import paths
-from .errors import UserError
+from datarax_bench import paths
+from datarax_bench.errors import UserError
 
 LOCK_ENV = "DATARAX_BENCH_LOCK"
 LOCK_TIMEOUT_ENV = "DATARAX_BENCH_LOCK_TIMEOUT_S"

@@ -20,7 +20,7 @@ tfds            a TFDS dataset built here with `tfds.dataset_builders.store_as_t
 
 Element `i` of every backend is element `i` of the cache, byte for byte, so every backend must
 deliver the reference's batches exactly. Files are built once per dataset, in their own process
-(`python -m datarax_bench.formats DATASET_DIR BACKEND`): the writers import TensorFlow and TFDS,
+(`python -m datarax_bench.workload.formats DATASET_DIR BACKEND`): the writers import TensorFlow and TFDS,
 which must not load into a measuring process that reads with another framework. Like the data
 cache, a build goes to a temporary directory that is renamed into place when complete.
 """
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import Dataset
-from .files import atomic_directory
+from datarax_bench.files import atomic_directory
+from datarax_bench.workload.data import Dataset
 
 BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
 #: Backends that read the `.npy` cache itself; the others have files of their own.
@@ -144,7 +144,7 @@ def prepare(dataset: Dataset, backend: str) -> SourceFiles:
 def _build_in_child(directory: Path, backend: str) -> None:
     # Writers are CPU work: keep TensorFlow off any accelerator the measuring process will use.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "datarax_bench.formats", str(directory), backend]
+    cmd = [sys.executable, "-m", "datarax_bench.workload.formats", str(directory), backend]
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[1] not in _WRITERS:
         print(
-            f"usage: python -m datarax_bench.formats DATASET_DIR {{{','.join(_WRITERS)}}}",
+            f"usage: python -m datarax_bench.workload.formats DATASET_DIR {{{','.join(_WRITERS)}}}",
             file=sys.stderr,
         )
         return 2

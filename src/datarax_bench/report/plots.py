@@ -35,9 +35,9 @@ from matplotlib.text import Annotation  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from .feed import shortest_fed_label, utilisation_columns  # noqa: E402
-from .files import atomic_file  # noqa: E402
-from .stats import UNSTABLE_CV  # noqa: E402
+from datarax_bench.files import atomic_file  # noqa: E402
+from datarax_bench.measures.feed import shortest_fed_label, utilisation_columns  # noqa: E402
+from datarax_bench.stats import UNSTABLE_CV  # noqa: E402
 
 PERCENTILES = ("p50", "p95", "p99")
 #: Values spanning more than this factor get a logarithmic axis.
@@ -770,7 +770,7 @@ def in_catalog_order(frame: pd.DataFrame, catalog) -> pd.DataFrame:
 def _load_catalog(catalog):
     if catalog is not None:
         return catalog
-    from .catalog import load_catalog
+    from datarax_bench.workload.catalog import load_catalog
 
     return load_catalog()
 

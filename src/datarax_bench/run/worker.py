@@ -1,6 +1,6 @@
-"""The measuring process of one cell: `python -m datarax_bench.worker ...`.
+"""The measuring process of one cell: `python -m datarax_bench.run.worker ...`.
 
-Started by `datarax_bench.runner`, which enforces the timeout and turns crashes into `failed`
+Started by `datarax_bench.run.runner`, which enforces the timeout and turns crashes into `failed`
 results. It imports exactly one framework, so frameworks never interfere with each other.
 """
 
@@ -12,12 +12,12 @@ import os
 import sys
 import traceback
 
-from .adapters import get_adapter
-from .catalog import load_catalog, load_profile
-from .cell import CellClock, make_result
-from .data import materialize
-from .results import write_result
-from .supervision import guard_worker
+from datarax_bench.adapters import get_adapter
+from datarax_bench.results import write_result
+from datarax_bench.run.cell import CellClock, make_result
+from datarax_bench.run.supervision import guard_worker
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
 
 
 def _log(message: str) -> None:
@@ -25,11 +25,11 @@ def _log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datarax_bench.worker")
+    parser = argparse.ArgumentParser(prog="python -m datarax_bench.run.worker")
     for name in ("profile", "scenario", "variant", "adapter", "output"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--style", default="plain")
-    # Which of the cell's worker processes this is (datarax_bench.processes), from 0.
+    # Which of the cell's worker processes this is (datarax_bench.run.processes), from 0.
     parser.add_argument("--process", type=int, default=0)
     # For a later process of a tuned cell: the first process's choice (JSON), measured again.
     parser.add_argument("--tuned-choice", type=json.loads)
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             flag = f"--xla_force_host_platform_device_count={workload.options['devices']}"
             os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), flag]))
 
-    from .harness import UnsupportedHere
-    from .measures import measure_cell
-    from .processes import worker_profile
+    from datarax_bench.measures import measure_cell
+    from datarax_bench.measures.harness import UnsupportedHere
+    from datarax_bench.run.processes import worker_profile
 
     try:
         dataset = materialize(workload, profile.seed)

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import Catalog, Profile, Workload
-from .harness import start_loader, untimed
+from datarax_bench.measures.harness import start_loader, untimed
+from datarax_bench.workload.catalog import Catalog, Profile, Workload
 
 #: What stands in for the accelerator's step (recorded in every result).
 EMULATION = "host timer"
