@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datarax_bench.cloud import billing, sky
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
+from datarax_bench.report.bill import billing_markdown_rows
 
 sys.path.insert(0, str(Path(__file__).parent / "loopback"))
 import node as loopback  # noqa: E402
@@ -35,10 +37,10 @@ def test_json_records_ignore_the_noise_around_them():
         "server.\n✓ SkyPilot API server started. [logs]\nCluster(s) not found: c9.\n"
         '[\n  {"name": "c1", "status": "UP"}\n]\n'
     )
-    assert cloud.json_records(noisy) == [{"name": "c1", "status": "UP"}]
-    assert cloud.json_records("Cluster(s) not found: c1.\n[]\n") == []
+    assert sky.json_records(noisy) == [{"name": "c1", "status": "UP"}]
+    assert sky.json_records("Cluster(s) not found: c1.\n[]\n") == []
     with pytest.raises(ValueError):
-        cloud.json_records("Traceback ...\nsky.exceptions.ApiServerConnectionError")
+        sky.json_records("Traceback ...\nsky.exceptions.ApiServerConnectionError")
 
 
 @pytest.fixture
@@ -72,12 +74,12 @@ def launch(home: Path, cluster: str) -> None:
 def test_status_reads_through_server_start_up_noise_and_not_found(loopback_home):
     node, home = loopback_home
     # The very first call prints the API server's start-up text before the JSON.
-    assert cloud.cluster_status("c-unknown") is None
+    assert sky.cluster_status("c-unknown") is None
     launch(home, "c1")
     subprocess.run(["sky", "api", "stop"], check=True, capture_output=True)
-    assert cloud.cluster_status("c1") == "UP"  # noise again: the server starts anew
+    assert sky.cluster_status("c1") == "UP"  # noise again: the server starts anew
     node.stop()
-    assert cloud.cluster_status("c1") == "INIT"  # an unreachable node after a refresh
+    assert sky.cluster_status("c1") == "INIT"  # an unreachable node after a refresh
 
 
 def test_an_unreadable_status_is_an_error_not_a_missing_cluster(tmp_path, monkeypatch):
@@ -88,14 +90,14 @@ def test_an_unreadable_status_is_an_error_not_a_missing_cluster(tmp_path, monkey
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     monkeypatch.setattr(cloud.time, "sleep", lambda s: None)
     with pytest.raises(RuntimeError, match="cannot read the status of c1"):
-        cloud.cluster_status("c1")
+        sky.cluster_status("c1")
 
 
 def test_a_sky_call_that_hangs_is_killed_at_its_limit(tmp_path):
     log = tmp_path / "log"
     started = time.monotonic()
-    with pytest.raises(cloud.SkyTimeout, match="ran past its limit of 1 s"):
-        cloud.run_sky(["sleep", "30"], log, timeout=1)
+    with pytest.raises(sky.SkyTimeout, match="ran past its limit of 1 s"):
+        sky.run_sky(["sleep", "30"], log, timeout=1)
     assert time.monotonic() - started < 10
     assert "timed out after 1 s, killed" in log.read_text()
 
@@ -123,13 +125,13 @@ def test_teardown_retries_a_down_that_failed_with_exit_0(loopback_home, tmp_path
     node, home = loopback_home
     launch(home, "c1")
     loopback.set_faults(home, down_noop=1)
-    ledger = cloud.Ledger(tmp_path / "ledger.jsonl")
+    ledger = billing.Ledger(tmp_path / "ledger.jsonl")
     record = cloud.teardown(["c1"], tmp_path / "log", ledger)
     assert record["verified"] is True and record["still_up"] == []
     assert [a["still_listed"] for a in record["attempts"]] == [["c1"], []]
     assert [a["down_exit_code"] for a in record["attempts"]] == [0, 0]
     assert [e["event"] for e in ledger.events("c1")] == ["teardown_verified"]
-    assert cloud.cluster_status("c1") is None
+    assert sky.cluster_status("c1") is None
 
 
 @needs_loopback
@@ -138,24 +140,24 @@ def test_teardown_that_never_takes_fails_loudly_naming_the_cluster(loopback_home
     node, home = loopback_home
     launch(home, "c1")
     loopback.set_faults(home, down_noop=10)
-    ledger = cloud.Ledger(tmp_path / "ledger.jsonl")
+    ledger = billing.Ledger(tmp_path / "ledger.jsonl")
     with pytest.raises(RuntimeError, match=r"cluster\(s\) c1 still exist after 3 .*STILL BILL"):
         cloud.teardown(["c1"], tmp_path / "log", ledger)
     assert [e["event"] for e in ledger.events("c1")] == ["teardown_failed"]
-    assert cloud.cluster_status("c1") == "UP"
+    assert sky.cluster_status("c1") == "UP"
 
 
 def test_spot_is_decided_by_skypilots_own_feature_checks():
-    assert cloud.resolve_use_spot("vast", "auto")[0] is True
-    assert cloud.resolve_use_spot("gcp/us-central1", "auto")[0] is True
-    use, why = cloud.resolve_use_spot("lambda", "auto")
+    assert sky.resolve_use_spot("vast", "auto")[0] is True
+    assert sky.resolve_use_spot("gcp/us-central1", "auto")[0] is True
+    use, why = sky.resolve_use_spot("lambda", "auto")
     assert use is False and "Lambda" in why
     # A Kubernetes or SSH pool offers spot only with labelled nodes: on-demand unless checked.
-    assert cloud.resolve_use_spot("ssh/my-pool", "auto")[0] is False
-    assert cloud.resolve_use_spot("k8s/my-context", "auto")[0] is False
-    assert cloud.resolve_use_spot("vast", False) == (False, "use_spot: false")
+    assert sky.resolve_use_spot("ssh/my-pool", "auto")[0] is False
+    assert sky.resolve_use_spot("k8s/my-context", "auto")[0] is False
+    assert sky.resolve_use_spot("vast", False) == (False, "use_spot: false")
     with pytest.raises(UserError, match="use_spot: true, but infra 'lambda': Lambda has no spot"):
-        cloud.resolve_use_spot("lambda", True)
+        sky.resolve_use_spot("lambda", True)
 
 
 @pytest.mark.slow
@@ -213,7 +215,7 @@ def test_the_loopback_refuses_spot_where_skypilot_does(loopback_home):
 
 
 def test_billing_from_the_ledger(tmp_path):
-    ledger = cloud.Ledger(tmp_path / "ledger.jsonl")
+    ledger = billing.Ledger(tmp_path / "ledger.jsonl")
     events = [
         ("launch_requested", 1000.0, {}),
         ("up", 1300.0, {"hourly_usd": 1.2}),
@@ -224,7 +226,7 @@ def test_billing_from_the_ledger(tmp_path):
     with open(ledger.path, "w") as fh:
         for event, t, extra in events:
             fh.write(json.dumps({"event": event, "cluster": "c1", "t": t, **extra}) + "\n")
-    bill = cloud.billing(tmp_path, "c1", [{"name": "c1", "total_cost": 0.19}])
+    bill = billing.billing(tmp_path, "c1", [{"name": "c1", "total_cost": 0.19}])
     assert bill["billed_s"] == 600.0 and bill["cost_usd"] == pytest.approx(0.2)
     assert bill["cost_per_cell_usd"] == pytest.approx(0.1)
     assert bill["measuring_share"] == pytest.approx(150 / 600)
@@ -317,12 +319,12 @@ def test_a_failed_cell_whose_status_cannot_be_read_leaves_the_cluster_billing(
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="could not be read .* may still be up and billing"):
         cloud.measure_remote_cell(spec, "TAB-1", "small", "numpy", tmp_path / "out.json")
-    events = [e["event"] for e in cloud.ledger_for(work).events("c1")]
+    events = [e["event"] for e in billing.ledger_for(work).events("c1")]
     assert "gone" not in events and events[-1] == "status_unreadable"
-    bill = cloud.billing(work, "c1")
+    bill = billing.billing(work, "c1")
     assert bill["still_billing"] is True and bill["billed_s"] >= 600
     assert bill["billing_state"].startswith("STILL BILLING: its status could not be read")
-    summary = cloud.billing_markdown_rows(bill)
+    summary = billing_markdown_rows(bill)
     assert ("billing", bill["billing_state"]) in summary
 
 
@@ -339,7 +341,7 @@ def test_only_a_verified_absence_stops_the_bill(tmp_path):
         work.mkdir()
         write_ledger(work / "ledger.jsonl", "c1", [("launch_requested", 1000.0, {}),
                                                     (event, 1600.0, extra)])  # fmt: skip
-        bill = cloud.billing(work, "c1")
+        bill = billing.billing(work, "c1")
         still[name] = bill["still_billing"]
         if not bill["still_billing"]:
             assert bill["billed_s"] == 600.0
@@ -392,13 +394,13 @@ def test_the_bill_says_what_its_price_covers_and_what_was_launched(tmp_path):
     ])  # fmt: skip
     resources = {"cloud": "vast", "instance_type": "1x-A100-80GB", "use_spot": True}
     report = [{"name": "c1", "total_cost": 1.4, "resources": resources}]
-    bill = cloud.billing(tmp_path, "c1", report)
-    assert bill["price_source"] == cloud.PRICE_SOURCE
+    bill = billing.billing(tmp_path, "c1", report)
+    assert bill["price_source"] == billing.PRICE_SOURCE
     assert "catalog" in bill["price_source"] and "compute only" in bill["price_source"]
     assert "not the rented offer" in bill["price_source"]
     assert bill["launched_resources"] == resources
-    rows = dict(cloud.billing_markdown_rows(bill))
-    assert rows["price source"] == cloud.PRICE_SOURCE
+    rows = dict(billing_markdown_rows(bill))
+    assert rows["price source"] == billing.PRICE_SOURCE
 
 
 def test_sky_reports_no_price_of_the_rented_offer(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from datarax_bench.cloud import billing, tasks
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
 from datarax_bench.workflow.config import check_config
@@ -26,20 +27,20 @@ IMAGE_PROFILES = [n for n in profile_names() if not n.startswith("tpu")]
 @pytest.mark.parametrize("name", IMAGE_PROFILES)
 def test_an_image_replaces_the_install_and_is_recorded(name, tmp_path):
     profile = load_profile(name)
-    plain = cloud.render_provision_task(profile)
-    task = cloud.render_provision_task(profile, IMAGE)
+    plain = tasks.render_provision_task(profile)
+    task = tasks.render_provision_task(profile, IMAGE)
     assert "image_id" not in plain["resources"]
     assert not {"DATARAX_BENCH_IMAGE", "DATARAX_BENCH_PREINSTALLED_VENV"} & set(plain["envs"])
     assert task["resources"] == {**plain["resources"], "image_id": f"docker:{IMAGE}"}
     # setup.sh uses a preinstalled venv instead of installing; every cell inherits the envs
     # (recorded in each result's provenance).
-    assert task["envs"]["DATARAX_BENCH_PREINSTALLED_VENV"] == cloud.IMAGE_VENV
+    assert task["envs"]["DATARAX_BENCH_PREINSTALLED_VENV"] == tasks.IMAGE_VENV
     assert task["envs"]["DATARAX_BENCH_IMAGE"] == IMAGE
     # SkyPilot's setup of the container needs root (apt); the image's own user is `bench`.
     assert task["config"]["docker"]["run_options"] == ["--user", "root"]
-    assert cloud.task_envs(task)["DATARAX_BENCH_IMAGE"] == IMAGE
-    cloud.write_task(task, tmp_path / "task.yaml")
-    cloud.validate_task(yaml.safe_load((tmp_path / "task.yaml").read_text()), "rendered")
+    assert tasks.task_envs(task)["DATARAX_BENCH_IMAGE"] == IMAGE
+    tasks.write_task(task, tmp_path / "task.yaml")
+    tasks.validate_task(yaml.safe_load((tmp_path / "task.yaml").read_text()), "rendered")
 
 
 def test_setup_skips_the_install_where_the_venv_is_preinstalled():
@@ -52,8 +53,8 @@ def test_setup_skips_the_install_where_the_venv_is_preinstalled():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_install_where_the_task_files_look(dockerfile):
     text = dockerfile.read_text()
-    assert f"ENV VIRTUAL_ENV={cloud.IMAGE_VENV}\n" in text
-    assert f"DATARAX_BENCH_PREINSTALLED_VENV={cloud.IMAGE_VENV}" in text
+    assert f"ENV VIRTUAL_ENV={tasks.IMAGE_VENV}\n" in text
+    assert f"DATARAX_BENCH_PREINSTALLED_VENV={tasks.IMAGE_VENV}" in text
     assert re.search(r"^USER bench$", text, re.M)
 
 
@@ -91,7 +92,7 @@ def test_config_refuses_what_is_no_docker_reference(image):
 def test_an_up_cluster_started_for_another_environment_is_not_reused(tmp_path, monkeypatch):
     # The reuse decision is ours; SkyPilot's answer (`sky status`) is its input.
     monkeypatch.setattr(cloud, "cluster_status", lambda cluster, log=None: "UP")
-    ledger = cloud.ledger_for(tmp_path)
+    ledger = billing.ledger_for(tmp_path)
     ledger.add("launch_requested", "dxb-x", infra="gcp", image=None)
     settings = cloud.CloudSettings(image=IMAGE)
     with pytest.raises(RuntimeError) as info:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from datarax_bench.cloud import cluster as cloud
-from datarax_bench.cloud import managed
+from datarax_bench.cloud import managed, tasks
 from datarax_bench.cloud.buckets import parse_bucket
 from datarax_bench.errors import UserError
 from datarax_bench.workflow.config import check_config
@@ -150,7 +150,7 @@ def test_the_results_bucket_is_mounted_by_its_uri_as_skypilot_reads_it(tmp_path,
         mount = task["file_mounts"]["~/datarax-bench-bucket"]
         assert mount == {"source": f"{scheme}://${{DATARAX_BENCH_BUCKET}}", "mode": "MOUNT_CACHED"}
         path = tmp_path / f"shard-1-{scheme}.yaml"
-        cloud.write_task(task, path)
+        tasks.write_task(task, path)
         overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
                      ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
         config = yaml.safe_load(path.read_text())

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datarax_bench.cloud import cluster as cloud
-from datarax_bench.cloud import managed, standalone
+from datarax_bench.cloud import managed, standalone, tasks
 from datarax_bench.workload.catalog import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,11 +144,11 @@ def test_managed_body_ends_through_skypilot_wait_with_its_own_status(node, run_e
 
 @pytest.mark.parametrize("run_exit", [0, 2])
 def test_cluster_bodies_end_through_skypilot_wait_with_their_own_status(node, run_exit):
-    task = cloud.render_provision_task(load_profile("ci_cpu"))
+    task = tasks.render_provision_task(load_profile("ci_cpu"))
     proc = node.run(task["run"], _envs(task))
     _waited(node, proc)
     assert proc.returncode == 0 and node.lines("calls")[0].startswith("doctor")
-    command = cloud.remote_cell_command("ci_cpu", "TAB-1", "small", "numpy")
+    command = tasks.remote_cell_command("ci_cpu", "TAB-1", "small", "numpy")
     proc = node.run(command, {}, run_exit)
     _waited(node, proc)
     assert proc.returncode == run_exit and node.lines("calls")[-1].startswith("run --profile")
@@ -162,7 +161,7 @@ def test_the_loopback_builds_job_scripts_as_skypilot_does(tmp_path, monkeypatch)
     from loopback import skypilot_job
 
     texts = [yaml.safe_load(p.read_text())["run"] for p in TASK_FILES]
-    texts += [cloud.remote_cell_command("ci_cpu", "TAB-1", "small", "numpy"), "exit 3", ""]
+    texts += [tasks.remote_cell_command("ci_cpu", "TAB-1", "small", "numpy"), "exit 3", ""]
     assert all(skypilot_job.matches_skypilot(text) for text in texts)
     cache = tmp_path / "task_script.json"
     assert skypilot_job.task_script("true", cache) == skypilot_job.task_script("true")

@@ -18,8 +18,7 @@ import yaml
 from sky_offline import offline_sky, sky
 
 from datarax_bench import cli
-from datarax_bench.cloud import cluster as cloud
-from datarax_bench.cloud import standalone
+from datarax_bench.cloud import standalone, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FILES = sorted((ROOT / "benchmarks" / "sky").glob("*-benchmark.yaml"))
@@ -175,7 +174,7 @@ def test_bucket_variant_loads_and_mounts_the_named_bucket(path, tmp_path, monkey
     output, launch = _bucket_variant(path, tmp_path, monkeypatch)
     config = yaml.safe_load(output.read_text())
     assert Path(config["workdir"]) == ROOT
-    base = cloud.load_task(path)
+    base = tasks.load_task(path)
     assert {k: v for k, v in config.items() if k not in ("envs", "file_mounts", "workdir")} == {
         k: v for k, v in base.items() if k not in ("envs", "workdir")
     }

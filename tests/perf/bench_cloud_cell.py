@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests" / "loopback"))
 import node as loopback  # noqa: E402
 
 from datarax_bench.cloud import cluster as cloud  # noqa: E402
+from datarax_bench.cloud import sky  # noqa: E402
 from datarax_bench.workload.catalog import load_profile  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def main() -> None:
                 samples.setdefault("sky exec --workdir", []).append(
                     timed(["sky", "exec", cluster, "--workdir", str(ROOT), "--", "true"])
                 )
-                ssh = " ".join(cloud.ssh_command())
+                ssh = " ".join(sky.ssh_command())
                 samples.setdefault("rsync pull", []).append(
                     timed(["rsync", "-a", "-e", ssh, f"{cluster}:~/.datarax-bench-env", str(tmp)])
                 )

@@ -11,6 +11,7 @@ from functools import cache
 os.environ.setdefault("DATARAX_BENCH_ROOT", workflow.basedir)
 
 from datarax_bench.cloud import cluster as cloud, managed
+from datarax_bench.cloud import billing, sky
 from datarax_bench.workflow import engine, progress
 from datarax_bench import machine_load
 from datarax_bench.adapters import all_adapters
@@ -155,15 +156,15 @@ def process_count(profile_name, scenario, variant, adapter, style):
 
 
 # A cloud run's length, estimated from the plan (cells x worker processes x the profile's
-# per-process estimate, cloud.estimate_run): one line on stderr, a warning near
+# per-process estimate, billing.estimate_run): one line on stderr, a warning near
 # max_cluster_hours, and exit 2 with one line when it cannot fit, since the ceiling would cut
 # the run off with cells unmeasured.
 if config["infra"] != "local":
     for _profile in PROFILES:
         _counts = [process_count(_profile.name, *cell) for cell in cells(_profile.name)]
         with one_line_errors():
-            _line = cloud.check_run_fits(
-                cloud.estimate_run(_profile, _counts, machines=config["shards"]),
+            _line = billing.check_run_fits(
+                billing.estimate_run(_profile, _counts, machines=config["shards"]),
                 _profile.name,
                 config["max_cluster_hours"],
             )
@@ -303,7 +304,7 @@ os.environ.setdefault(cloud.INVOCATION_ENV, uuid.uuid4().hex)
 # (`auto` needs no check at planning time: the provision job decides).
 if config["infra"] != "local" and config["use_spot"] is True:
     with one_line_errors():
-        cloud.resolve_use_spot(config["infra"], True)
+        sky.resolve_use_spot(config["infra"], True)
 
 
 def get_teardown_inputs(wildcards):

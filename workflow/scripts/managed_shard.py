@@ -5,7 +5,7 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 from datarax_bench.cloud import cluster as cloud
-from datarax_bench.cloud import managed
+from datarax_bench.cloud import managed, sky
 from datarax_bench.cloud.buckets import parse_bucket
 from datarax_bench.workload.catalog import load_profile
 
@@ -32,7 +32,7 @@ with (
 ):
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
     try:
-        use_spot, why = cloud.resolve_use_spot(p.infra, snakemake.config["use_spot"])  # noqa: F821
+        use_spot, why = sky.resolve_use_spot(p.infra, snakemake.config["use_spot"])  # noqa: F821
         print(f"use_spot: {use_spot} ({why})", file=sys.stderr)
         shard = managed.Shard(
             profile=load_profile(w.profile),

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from datarax_bench import provenance
-from datarax_bench.cloud import buckets
+from datarax_bench.cloud import billing, buckets, sky, tasks
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.cloud.buckets import BucketURI
 from datarax_bench.cloud.standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
+from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.results import (
     ATTEMPTS_DIR,
@@ -58,10 +58,6 @@ _JOB_ID = re.compile(r"Managed [Jj]ob ID:\s*(\d+)")
 S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRETS = ("AWS_SESSION_TOKEN",)
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -99,8 +95,8 @@ def render_task(
     """The profile's task (same setup and resources) with the bucket mounted, or uploaded to
     where it cannot be; its `run` checks the hardware, then measures the cells named in
     CELLS_ENV, resuming from the bucket."""
-    task = cloud.render_provision_task(profile, image)
-    out = f"{cloud.REMOTE_RESULTS}/{profile.name}"
+    task = tasks.render_provision_task(profile, image)
+    out = f"{tasks.REMOTE_RESULTS}/{profile.name}"
     # The machine's hardware report, for the check across shards.
     report = "doctor/$SKYPILOT_TASK_ID.json"
     if mounted:
@@ -112,8 +108,8 @@ def render_task(
         kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
         keep_report = f'datarax-bench upload {out}/doctor.json "{kept}/{report}"'
         resume = f'--resume-bucket "{kept}"'
-    task["run"] = cloud.run_body(
-        *cloud.doctor_commands(profile.name),
+    task["run"] = tasks.run_body(
+        *tasks.doctor_commands(profile.name),
         keep_report,
         f"datarax-bench run --profile {shlex.quote(profile.name)} --output-dir {out} "
         f"{resume} --cells ${CELLS_ENV}",
@@ -130,7 +126,7 @@ def render_task(
     envs.update(provenance.commit_envs())
     # null: given per shard with --env; SkyPilot refuses a launch that leaves one unset.
     envs.update({BUCKET_ENV: None, CELLS_ENV: None, BUCKET_KEY_ENV: None})
-    cloud.validate_task(
+    tasks.validate_task(
         {**task, "envs": {**envs, CELLS_ENV: "x", BUCKET_KEY_ENV: "x", BUCKET_ENV: "x"}},
         f"managed task rendered for profile {profile.name}",
     )
@@ -235,7 +231,7 @@ QUEUE_LIMIT = 1000
 
 def queue(log: Path | None) -> dict[int, dict[str, Any]]:
     argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT)]
-    proc = cloud.run_sky(argv, log, check=True)
+    proc = sky.run_sky(argv, log, check=True)
     return parse_queue(proc.stdout)
 
 
@@ -248,18 +244,18 @@ def duration_s(text: str) -> float | None:
     return float(sum(float(n) * scale[u] for n, u in parts))
 
 
-def cancel(job_ids: Sequence[int], log: Path | None, ledger: cloud.Ledger | None = None) -> None:
+def cancel(job_ids: Sequence[int], log: Path | None, ledger: billing.Ledger | None = None) -> None:
     """`sky jobs cancel -y`, then check with the queue that none of them is still running."""
     job_ids = [int(j) for j in job_ids]
     if not job_ids:
         return
-    cloud.run_sky(["sky", "jobs", "cancel", "-y", *map(str, job_ids)], log, check=False)
-    deadline = time.monotonic() + cloud.SHORT_TIMEOUT_S
+    sky.run_sky(["sky", "jobs", "cancel", "-y", *map(str, job_ids)], log, check=False)
+    deadline = time.monotonic() + sky.SHORT_TIMEOUT_S
     while True:
         try:
             rows = queue(log)
             live = [j for j in job_ids if j in rows and rows[j]["status"] not in TERMINAL]
-        except (RuntimeError, cloud.SkyTimeout):
+        except (RuntimeError, sky.SkyTimeout):
             live = job_ids
         if not live:
             for j in job_ids:
@@ -278,7 +274,7 @@ def cancel_run(
     names: Sequence[str],
     job_ids: Sequence[int],
     log: Path | None,
-    ledger: cloud.Ledger | None = None,
+    ledger: billing.Ledger | None = None,
 ) -> list[int]:
     """Cancel every unfinished job of a run: those recorded, and any job named like one of its
     shards (a launch killed before it could record the id still submitted its job)."""
@@ -306,8 +302,8 @@ def cancel_after_error(
         print(f"keep_cluster: true; managed jobs {', '.join(names)} keep running (and billing)")
         return []
     try:
-        cancelled = cancel_run(names, recorded, log, cloud.ledger_for(work_dir))
-    except (RuntimeError, cloud.SkyTimeout) as exc:
+        cancelled = cancel_run(names, recorded, log, billing.ledger_for(work_dir))
+    except (RuntimeError, sky.SkyTimeout) as exc:
         print(f"onerror: {exc} (see {log})")
         return []
     if cancelled:
@@ -338,8 +334,8 @@ class Shard:
     use_spot: bool = True
 
     @property
-    def ledger(self) -> cloud.Ledger:
-        return cloud.ledger_for(self.work_dir)
+    def ledger(self) -> billing.Ledger:
+        return billing.ledger_for(self.work_dir)
 
     @property
     def key(self) -> str:
@@ -419,7 +415,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         "submitted_cells": missing, "bucket": shard.bucket.uri, "job_id": None,
     }  # fmt: skip
     if not missing:
-        _say(
+        say(
             f"{shard.label}: all {len(shard.cells)} cells are in {shard.bucket.uri}, measured "
             "by this commit with these settings; no job"
         )
@@ -431,7 +427,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     task = render_task(
         shard.profile, shard.settings.image, shard.bucket.scheme, mounts_buckets(shard.infra)
     )
-    cloud.write_task(task, task_file)
+    tasks.write_task(task, task_file)
     envs = {
         BUCKET_ENV: shard.bucket.name,
         BUCKET_KEY_ENV: shard.key,
@@ -441,30 +437,30 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     ledger = shard.ledger
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:
-        proc = cloud.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
+        proc = sky.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
         job_id = parse_job_id(proc.stdout + proc.stderr)
     except BaseException:
         if not shard.keep_cluster:  # a launch cut short may still have submitted its job
             try:
                 cancel_run([shard.name], [], shard.log, ledger)
             except Exception as exc:  # the launch's own error is the one to report
-                _say(f"{shard.label}: could not check for a job left by the launch: {exc}")
+                say(f"{shard.label}: could not check for a job left by the launch: {exc}")
         raise
-    estimate = cloud.parse_launch_estimate(proc.stdout)
+    estimate = sky.parse_launch_estimate(proc.stdout)
     record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
     write_json_atomic(job_record_path(shard.work_dir, shard.index), {
         "job_id": job_id, "name": shard.name, "shard": shard.index, "submitted_at": utc_now(),
     })  # fmt: skip
     ledger.add("managed_job_submitted", shard.name, job_id=job_id, shard=shard.index,
                hourly_usd=estimate["hourly_usd"])  # fmt: skip
-    _say(f"{shard.label}: managed job {job_id} ({shard.name}), {len(missing)} cells")
+    say(f"{shard.label}: managed job {job_id} ({shard.name}), {len(missing)} cells")
     try:
         final = _watch(shard, job_id, missing, store)
     except BaseException:
         if shard.keep_cluster:
-            _say(f"{shard.label}: keep_cluster: managed job {job_id} keeps running (and billing)")
+            say(f"{shard.label}: keep_cluster: managed job {job_id} keeps running (and billing)")
         else:
-            _say(f"{shard.label}: cancelling managed job {job_id}")
+            say(f"{shard.label}: cancelling managed job {job_id}")
             cancel([job_id], shard.log, ledger)
         raise
     record.update(
@@ -491,9 +487,9 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
         try:
             row = queue(shard.log).get(job_id)
             failures = 0
-        except (RuntimeError, cloud.SkyTimeout) as exc:
+        except (RuntimeError, sky.SkyTimeout) as exc:
             failures += 1
-            _say(f"{shard.label}: `sky jobs queue` failed ({failures} in a row): {exc}")
+            say(f"{shard.label}: `sky jobs queue` failed ({failures} in a row): {exc}")
             if failures >= QUEUE_FAILURES_TOLERATED:
                 raise RuntimeError(
                     f"{shard.label}: `sky jobs queue` failed {failures} times in a row; "
@@ -518,7 +514,7 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
         )
         now = time.monotonic()
         if line.split(", ")[:3] != last_line.split(", ")[:3] or now - last_said > PROGRESS_EVERY_S:
-            _say(line)
+            say(line)
             last_line, last_said = line, now
         if row["status"] in TERMINAL:
             if row["status"] != "SUCCEEDED":
@@ -538,8 +534,8 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
 
 def _job_log_tail(job_id: int, log: Path | None) -> str:
     try:
-        proc = cloud.run_sky(["sky", "jobs", "logs", "--no-follow", str(job_id)], log, check=False)
-    except cloud.SkyTimeout:
+        proc = sky.run_sky(["sky", "jobs", "logs", "--no-follow", str(job_id)], log, check=False)
+    except sky.SkyTimeout:
         return ""
     lines = [ln for ln in (proc.stdout or "").splitlines() if ln.strip()]
     return " | ".join(lines[-3:])
@@ -605,7 +601,7 @@ def finish(
     ours = [s["job_id"] for s in shards if s.get("job_id") is not None]
     rows = queue(log) if ours else {}
     live = [j for j in ours if j in rows and rows[j]["status"] not in TERMINAL]
-    ledger = cloud.ledger_for(work_dir)
+    ledger = billing.ledger_for(work_dir)
     if live:
         cancel(live, log, ledger)
     counts = attempts(bucket, profile, infra)

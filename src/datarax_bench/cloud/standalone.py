@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import yaml
 
 from datarax_bench import paths, provenance
 from datarax_bench.cloud.buckets import SCHEMES
-from datarax_bench.cloud.cluster import load_task
+from datarax_bench.cloud.tasks import load_task
+from datarax_bench.console import say
 from datarax_bench.files import write_text_atomic
 
 BUCKET_ENV = "DATARAX_BENCH_BUCKET"
@@ -33,10 +33,6 @@ BUCKET_MOUNT = "~/datarax-bench-bucket"
 RECORD = "PERSISTED.json"
 # Exit status when no copy outside the machine exists (or a requested one failed).
 NOT_KEPT = 3
-
-
-def _say(message: str) -> None:
-    print(f"persist: {message}", file=sys.stderr, flush=True)
 
 
 def _sha256(path: Path) -> str:
@@ -82,7 +78,10 @@ def persist(
     results_dir = Path(results_dir).expanduser()
     stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not results_dir.is_dir():
-        _say(f"no results directory {results_dir}: nothing was measured, nothing to keep")
+        say(
+            f"no results directory {results_dir}: nothing was measured, nothing to keep",
+            prefix="persist",
+        )
         return NOT_KEPT
     kept: list[str] = []
     failed: list[str] = []
@@ -95,34 +94,44 @@ def persist(
 
             report = export_results(results_dir, mode="auto")
         except Exception as exc:  # an incomplete run's results still go to the bucket
-            _say(f"W&B export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            say(
+                f"W&B export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                prefix="persist",
+            )
         else:
             if report.get("mode") == "online":
                 kept.append(f"W&B run {report.get('run_path')}")
             else:
-                _say(f"W&B upload failed; an offline run is in {report.get('run_dir')}")
+                say(
+                    f"W&B upload failed; an offline run is in {report.get('run_dir')}",
+                    prefix="persist",
+                )
     else:
-        _say("WANDB_API_KEY was not forwarded (--secret WANDB_API_KEY): no W&B upload")
+        say(
+            "WANDB_API_KEY was not forwarded (--secret WANDB_API_KEY): no W&B upload",
+            prefix="persist",
+        )
 
     if bucket_dir is not None:
         try:
             dest = copy_to_bucket(results_dir, Path(bucket_dir).expanduser(), stamp)
         except (OSError, RuntimeError) as exc:
             failed.append(f"bucket: {exc}")
-            _say(f"copy to the bucket failed: {exc}")
+            say(f"copy to the bucket failed: {exc}", prefix="persist")
         else:
             name = environ.get(BUCKET_ENV) or "the bucket"
             kept.append(f"bucket {name} at {results_dir.name}/{stamp}/ (mounted at {dest})")
 
     for where in kept:
-        _say(f"results kept in {where}")
+        say(f"results kept in {where}", prefix="persist")
     if kept and not failed:
         return 0
-    _say(
+    say(
         f"the results are ONLY on this machine, in {results_dir}; a cluster launched with --down "
         "deletes them when this job ends. Next time pass --secret WANDB_API_KEY or a results "
         "bucket, or launch without --down and copy them first: "
-        "rsync -a <cluster>:datarax-bench-results/ ./datarax-bench-results/"
+        "rsync -a <cluster>:datarax-bench-results/ ./datarax-bench-results/",
+        prefix="persist",
     )
     return NOT_KEPT
 

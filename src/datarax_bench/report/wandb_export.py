@@ -26,10 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from datarax_bench.cloud.cluster import billing_metrics, managed_metrics
+from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.measures.feed import UTILISATION_PREFIX
 from datarax_bench.measures.feed import row_columns as feed_columns
+from datarax_bench.report.bill import billing_metrics, managed_metrics
 from datarax_bench.report.compare import fresh_comparison, read_comparison
 from datarax_bench.results import (
     CELL_KEYS,
@@ -99,10 +100,6 @@ TABLE_COLUMNS = (
 )
 #: The table's measured numbers, also put in the run summary per cell.
 NUMERIC_COLUMNS = NUMERIC_KEYS
-
-
-def _say(message: str) -> None:
-    print(f"export: {message}", file=sys.stderr, flush=True)
 
 
 # --- reading and validating the results directory ---------------------------------------------
@@ -573,12 +570,13 @@ def export_results(
     }
 
     if skip_without_key and not os.environ.get(API_KEY_ENV):
-        _say(
-            f"skipped: {API_KEY_ENV} is not set, so nothing is uploaded; results stay in {bundle.root}"
+        say(
+            f"skipped: {API_KEY_ENV} is not set, so nothing is uploaded; results stay in {bundle.root}",
+            prefix="export",
         )
         report.update(mode="skipped", reason=f"{API_KEY_ENV} is not set")
     elif chosen == "disabled":
-        _say("W&B export disabled; nothing logged")
+        say("W&B export disabled; nothing logged", prefix="export")
         report.update(mode="disabled", reason="wandb mode is 'disabled'")
     else:
         log = functools.partial(
@@ -597,17 +595,20 @@ def export_results(
                     for partial in _online_run_dirs(bundle.root) - earlier:
                         shutil.rmtree(partial, ignore_errors=True)
             if offline_reason:
-                _say(f"cannot upload to W&B, falling back to offline: {offline_reason}")
+                say(
+                    f"cannot upload to W&B, falling back to offline: {offline_reason}",
+                    prefix="export",
+                )
         if report.get("mode") != "online":
             with _staging_in(bundle.root):
                 report.update(log(mode="offline"), mode="offline", reason=offline_reason)
         report["sync_command"] = f"wandb sync {shlex.quote(report['run_dir'])}"
         if report["mode"] == "online":
-            _say(f"uploaded run {report['run_path']} ({report['run_url']})")
+            say(f"uploaded run {report['run_path']} ({report['run_url']})", prefix="export")
         else:
             why = f" ({offline_reason})" if offline_reason else ""
-            _say(f"offline run written to {report['run_dir']}{why}")
-            _say(f"upload it later with: {report['sync_command']}")
+            say(f"offline run written to {report['run_dir']}{why}", prefix="export")
+            say(f"upload it later with: {report['sync_command']}", prefix="export")
     report["duration_s"] = round(time.monotonic() - started, 3)
     report["finished"] = utc_now()
     if marker is not None:
@@ -629,7 +630,7 @@ def export_for_workflow(results_dir: Path, marker: Path, **options: Any) -> dict
     except UserError:
         raise
     except Exception as exc:
-        _say(f"W&B export failed, results are unaffected: {_one_line(exc)}")
+        say(f"W&B export failed, results are unaffected: {_one_line(exc)}", prefix="export")
         report = {
             "schema_version": 1,
             "results_dir": str(results_dir),

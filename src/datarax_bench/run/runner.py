@@ -24,6 +24,7 @@ from typing import Any
 
 from datarax_bench import measures, provenance
 from datarax_bench.adapters import get_adapter
+from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.results import (
     ATTEMPTS_DIR,
@@ -41,10 +42,6 @@ from datarax_bench.run.cell import Cell, CellClock, cell_identity, make_result, 
 from datarax_bench.workload.catalog import Catalog, Profile, load_catalog
 
 _LOG_TAIL_LINES = 40
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def static_status(cell: Cell) -> tuple[str, str] | None:
@@ -273,7 +270,7 @@ def _attempts(
         attempts.append(attempt)
         if result["status"] != "failed" or number > cell.profile.retries:
             break
-        _say(f"{cell.label}: attempt {number}{which} failed ({result['reason']}); trying again")
+        say(f"{cell.label}: attempt {number}{which} failed ({result['reason']}); trying again")
     result["attempts"] = attempts
     return result
 
@@ -337,7 +334,7 @@ def _check_earlier(cell: Cell, earlier: Sequence[dict[str, Any]], most: int) -> 
 def _measuring(cell: Cell, output: Path):
     """The machine's bench lock, held while a worker measures; SIGTERM and SIGHUP end it like
     Ctrl-C does."""
-    with supervision.signals_exit(), supervision.bench_lock(cell.label, _say) as lock_fd:
+    with supervision.signals_exit(), supervision.bench_lock(cell.label, say) as lock_fd:
         for root in _sweep_roots(output):
             supervision.sweep_stale_files(root)
         yield lock_fd
@@ -504,13 +501,13 @@ class _Rounds:
             kept = self._kept(path, cell)
             if kept is not None:
                 write_result(path, kept)
-                _say(f"{self._prefix(i)}: {describe(kept)} (kept in the resume directory)")
+                say(f"{self._prefix(i)}: {describe(kept)} (kept in the resume directory)")
                 self.results[i] = kept
                 return
         total = processes_of(cell)
         t0 = time.monotonic()
         if total <= 1:
-            _say(f"{self._prefix(i)} ...")
+            say(f"{self._prefix(i)} ...")
             self._started(path)
             result = run_cell(cell, path)
         else:
@@ -520,15 +517,13 @@ class _Rounds:
             result = self._kept(part, cell)
             if result is not None:
                 write_result(part, result)
-                _say(
-                    f"{self._prefix(i)} {which}: {describe(result)} (kept in the resume directory)"
-                )
+                say(f"{self._prefix(i)} {which}: {describe(result)} (kept in the resume directory)")
             else:
-                _say(f"{self._prefix(i)} {which} ...")
+                say(f"{self._prefix(i)} {which} ...")
                 self._started(part)
                 result = run_process(cell, part, round_, measured)
                 self._keep(part, result)
-                _say(
+                say(
                     f"{self._prefix(i)} {which}: {describe(result)} ({time.monotonic() - t0:.1f} s)"
                 )
             measured.append(result)
@@ -536,7 +531,7 @@ class _Rounds:
                 return
             result = _pooled(cell, measured, total)
             write_result(path, result)
-        _say(f"{self._prefix(i)}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
+        say(f"{self._prefix(i)}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
         self._keep(path, result)
         self.results[i] = result
 
@@ -582,7 +577,7 @@ def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
     try:
         result = load_result(path)
     except UserError as exc:
-        _say(f"{exc}; measuring it again")
+        say(f"{exc}; measuring it again")
         return None
     expected = json.loads(json.dumps({
         "cell": cell_identity(cell.profile, cell.workload, cell.adapter),
@@ -595,13 +590,13 @@ def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
     for key, what in (("cell", "another cell's result"), ("workload", "another workload"),
                       ("settings", "measured with other settings")):  # fmt: skip
         if stored.get(key) != expected[key]:
-            _say(f"{path}: {what}; measuring it again")
+            say(f"{path}: {what}; measuring it again")
             return None
     commit, _ = provenance.git_info()
     kept = result["provenance"].get("git_commit")
     # Only a known, equal commit counts: unknown on either side, it may be old code's result.
     if not (kept and commit and kept == commit):
-        _say(f"{path}: measured by {_commit_name(kept)}, this checkout is "
+        say(f"{path}: measured by {_commit_name(kept)}, this checkout is "
              f"{_commit_name(commit)}; measuring it again")  # fmt: skip
         return None
     return result
