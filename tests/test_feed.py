@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from datarax_bench import results
 from datarax_bench.measures import feed
 from datarax_bench.report import plots
 from datarax_bench.report.aggregate import aggregate_run
@@ -128,10 +129,10 @@ def test_shortest_fed_step(utilisation, expected):
 
 def test_shortest_fed_label_says_when_the_range_ends_it():
     steps = [1.0, 5.0, 20.0, 100.0]
-    assert feed.shortest_fed_label(5.0, steps) == "5 ms"
-    assert feed.shortest_fed_label(1.0, steps) == "≤ 1 ms"
-    assert feed.shortest_fed_label(None, steps) == "> 100 ms"
-    assert feed.shortest_fed_label(float("nan"), steps) == "> 100 ms"
+    assert results.shortest_fed_label(5.0, steps) == "5 ms"
+    assert results.shortest_fed_label(1.0, steps) == "≤ 1 ms"
+    assert results.shortest_fed_label(None, steps) == "> 100 ms"
+    assert results.shortest_fed_label(float("nan"), steps) == "> 100 ms"
 
 
 # --- the profile's key -------------------------------------------------------------------------

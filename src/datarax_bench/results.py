@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from datarax_bench.errors import UserError
 from datarax_bench.files import all_or_nothing, user_file_mode, write_text_atomic
-from datarax_bench.measures.feed import row_columns as feed_columns
 from datarax_bench.workload.schemas import first_non_finite, read_json, validate
 
 SCHEMA_VERSION = 1
@@ -230,3 +231,39 @@ def write_run_index(
     write_json_atomic(output_dir / "manifest.json", manifest)
     write_json_atomic(output_dir / "summary.json", summary)
     return summary
+
+
+# --- the feed in a row (results.csv, the W&B table) ----------------------------------------
+
+UTILISATION_PREFIX = "feed_utilisation_"
+_UTILISATION_COLUMN = re.compile(rf"^{UTILISATION_PREFIX}([0-9.e+-]+)ms$")
+
+
+def utilisation_column(step_ms: float) -> str:
+    return f"{UTILISATION_PREFIX}{step_ms:g}ms"
+
+
+def utilisation_columns(columns: Iterable[str]) -> list[tuple[float, str]]:
+    """(step time in ms, column) of every utilisation column, shortest step first."""
+    found = [(m.group(1), c) for c in columns if (m := _UTILISATION_COLUMN.match(c))]
+    return sorted((float(t), c) for t, c in found)
+
+
+def feed_columns(feed: dict[str, Any] | None) -> dict[str, Any]:
+    """The feed's columns of a cell's row: the shortest fed step, the threshold and AU per step."""
+    row: dict[str, Any] = {
+        "feed_shortest_fed_step_ms": feed["shortest_fed_step_ms"] if feed else None,
+        "feed_threshold": feed["threshold"] if feed else None,
+    }
+    for window in (feed or {}).get("windows", []):
+        row[utilisation_column(window["step_ms"])] = window["utilisation"]
+    return row
+
+
+def shortest_fed_label(value: float | None, step_ms: Iterable[float]) -> str:
+    """How the summary says it: `≤ 1 ms` when even the shortest step measured was fed (a shorter
+    one might be too), `> 100 ms` when none was."""
+    steps = sorted(step_ms)
+    if value is None or value != value:  # None, or NaN from a table
+        return f"> {steps[-1]:g} ms" if steps else ""
+    return f"≤ {value:g} ms" if steps and value <= steps[0] else f"{value:g} ms"

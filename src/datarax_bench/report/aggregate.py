@@ -13,13 +13,14 @@ from typing import Any
 import pandas as pd
 
 from datarax_bench.machine_load import BUSY_SHARE
-from datarax_bench.measures.feed import shortest_fed_label, utilisation_columns
 from datarax_bench.report.bill import billing_markdown, managed_markdown
 from datarax_bench.results import (
     all_or_nothing,
     cell_style,
     load_result,
     result_row,
+    shortest_fed_label,
+    utilisation_columns,
     write_run_index,
     write_text_atomic,
 )

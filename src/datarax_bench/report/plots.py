@@ -36,7 +36,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from datarax_bench.files import atomic_file  # noqa: E402
-from datarax_bench.measures.feed import shortest_fed_label, utilisation_columns  # noqa: E402
+from datarax_bench.results import shortest_fed_label, utilisation_columns  # noqa: E402
 from datarax_bench.stats import UNSTABLE_CV  # noqa: E402
 
 PERCENTILES = ("p50", "p95", "p99")

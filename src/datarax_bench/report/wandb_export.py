@@ -28,15 +28,15 @@ from typing import Any
 
 from datarax_bench.console import say
 from datarax_bench.errors import UserError
-from datarax_bench.measures.feed import UTILISATION_PREFIX
-from datarax_bench.measures.feed import row_columns as feed_columns
 from datarax_bench.report.bill import billing_metrics, managed_metrics
 from datarax_bench.report.compare import fresh_comparison, read_comparison
 from datarax_bench.results import (
     CELL_KEYS,
     NUMERIC_KEYS,
+    UTILISATION_PREFIX,
     cell_path,
     cell_style,
+    feed_columns,
     load_result,
     result_row,
     utc_now,
