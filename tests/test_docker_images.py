@@ -211,4 +211,4 @@ def test_the_gpu_file_builds_its_stages_and_asks_for_the_gpu_extra(image):
         "run", "--rm", "datarax-bench:gpu-requirements", "cat", "/tmp/requirements.txt"
     ).stdout.split()  # fmt: skip
     assert listed == docker_support.image_requirements(("bench", "gpu"))
-    assert "jax[cuda12]==0.10.2" in listed
+    assert "jax[cuda13]==0.10.2" in listed

@@ -5,6 +5,7 @@ no install; needs PyPI (metadata only, a few seconds per set)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,7 +49,11 @@ def test_cloud_install_resolves_within_the_lock(extras, tmp_path):
     unlocked = {n: v for n, v in resolved.items() if locked.get(n) != v}
     assert not unlocked, f"not pinned in constraints.txt: {unlocked}"
     if "gpu" in extras:
-        assert {"jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cudnn-cu12"} <= set(resolved)
+        assert {"jax-cuda13-plugin", "jax-cuda13-pjrt"} <= set(resolved)
+    # One CUDA stack per machine: torch's wheels are CUDA 13, so JAX's plugin must be too (two
+    # majors side by side load two runtimes, and the older one decides what the driver allows).
+    other_major = sorted(n for n in resolved if re.search(r"cuda12|-cu12$", n))
+    assert not other_major, f"a second CUDA stack: {other_major}"
     if "tpu" in extras:
         assert "libtpu" in resolved
     assert "nvidia-cudnn-cu13" in resolved  # torch 2.13.0 from PyPI is a CUDA build
