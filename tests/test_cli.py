@@ -149,10 +149,34 @@ def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path
 
 
 @pytest.mark.slow
-def test_doctor_fails_loudly_when_jax_fell_back_to_cpu(cli_path):
-    proc = _run(cli_path, "doctor", "--profile", "gpu_a100")
+def test_doctor_fails_loudly_when_jax_cannot_run_on_the_profile_s_gpu(cli_path, tmp_path):
+    # JAX_PLATFORMS=cuda: no silent CPU fallback. This machine has no GPU and no CUDA plugin.
+    report = tmp_path / "hw.json"
+    proc = _run(cli_path, "doctor", "--profile", "gpu_a100", "--json", str(report))
     assert proc.returncode == 1
-    assert "JAX backend is 'cpu' but profile gpu_a100 expects 'gpu'" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("doctor: JAX cannot start platform 'cuda' that profile gpu_a100 needs")
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(report.read_text())
+    assert not doc["backend_ok"] and doc["jax"] is None
+    # What the GPU stack loaded, reported even where it is absent.
+    stack = doc["gpu_stack"]
+    assert stack["nvidia_driver"] is None and stack["torch"]["pin_memory"] is False
+    assert "pin_memory off" in proc.stdout and "nvidia driver: none" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_gpu_profile_s_cell_fails_instead_of_measuring_the_cpu(cli_path, tmp_path):
+    out = tmp_path / "cell.json"
+    proc = _run(
+        cli_path, "run", "--profile", "gpu_a100", "--scenario", "TAB-1", "--adapter", "numpy",
+        "--output", str(out), timeout=300,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["status"] == "failed", proc.stderr[-2000:]
+    assert "JAX cannot start platform 'cuda'" in result["reason"]
+    assert not result.get("metrics") and not result.get("repetitions")
+    assert result["provenance"]["environment"]["JAX_PLATFORMS"] == "cuda"
 
 
 # /sys refuses new files even to root (a read-only directory does not: root writes anyway).

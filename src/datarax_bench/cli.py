@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -267,18 +266,18 @@ def cmd_run(args) -> int:
 
 
 def hardware_report(profile) -> dict[str, Any]:
-    if profile.backend == "cpu":
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax  # noqa: F401  (imported so that provenance reports the backend)
-
-    from datarax_bench import provenance
+    from datarax_bench import accelerator, provenance
     from datarax_bench.adapters import all_adapters
 
+    accelerator.pin_jax_platform(profile.backend)
+    problem = accelerator.backend_problem(profile.backend, profile.name)
     distributions = [d for a in all_adapters() for d in a.distributions]
     report = provenance.collect(distributions)
     report["profile"] = profile.name
     report["expected_backend"] = profile.backend
-    report["backend_ok"] = report["jax"]["backend"] == profile.backend
+    report["backend_problem"] = problem
+    report["backend_ok"] = problem is None
+    report["gpu_stack"] = accelerator.gpu_stack()
     return report
 
 
@@ -291,12 +290,24 @@ def cmd_doctor(args) -> int:
     if args.json:
         check_output("doctor: --json", args.json, "file")
     report = hardware_report(profile)
-    jax_info = report["jax"]
+    jax_info = report["jax"] or {}
     print(f"profile:      {profile.name} (expects backend {profile.backend})")
-    print(f"jax backend:  {jax_info['backend']}")
-    print(f"devices:      {jax_info['device_count']} x {jax_info['device_kind']}")
-    for d in jax_info["devices"]:
-        print(f"              {d}")
+    print(f"jax backend:  {jax_info.get('backend', 'did not start')}")
+    if jax_info:
+        print(f"devices:      {jax_info['device_count']} x {jax_info['device_kind']}")
+        for d in jax_info["devices"]:
+            print(f"              {d}")
+    stack = report["gpu_stack"]
+    torch_info = stack["torch"]
+    print(f"nvidia driver: {stack['nvidia_driver'] or 'none'}")
+    print(
+        f"torch cuda:   build {torch_info.get('cuda_build') or 'none'}, "
+        f"{'sees ' + str(torch_info.get('device')) if torch_info.get('cuda_available') else 'no GPU'}, "
+        f"pin_memory {'on' if torch_info.get('pin_memory') else 'off'}"
+    )
+    jax_cuda = stack["jax"]
+    plugins = ", ".join(f"{n} {v}" for n, v in jax_cuda["plugins"].items()) or "none"
+    print(f"jax cuda:     {plugins}; {jax_cuda['platform_version'] or 'no GPU backend'}")
     print(f"cpu:          {report['cpu']['model']} ({report['cpu']['usable_cores']} usable cores)")
     print(f"memory:       {report['memory_bytes'] / 2**30:.1f} GiB")
     print(f"git commit:   {report['git_commit']}")
@@ -323,11 +334,7 @@ def cmd_doctor(args) -> int:
         )
         return machine_load.UNFIT_EXIT_CODE
     if not report["backend_ok"]:
-        print(
-            f"doctor: JAX backend is {jax_info['backend']!r} but profile {profile.name} "
-            f"expects {profile.backend!r}; JAX fell back or the wrong jax build is installed",
-            file=sys.stderr,
-        )
+        print(f"doctor: {report['backend_problem']}", file=sys.stderr)
         return 1
     print("doctor: ok")
     return 0

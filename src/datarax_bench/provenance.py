@@ -129,7 +129,10 @@ def jax_info() -> dict[str, Any] | None:
     jax = sys.modules.get("jax")
     if jax is None:
         return None
-    devices = jax.devices()
+    try:
+        devices = jax.devices()
+    except Exception:  # its platform could not start (accelerator.backend_problem says why)
+        return None
     return {
         "backend": jax.default_backend(),
         "device_count": len(devices),

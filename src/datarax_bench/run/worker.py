@@ -12,12 +12,17 @@ import os
 import sys
 import traceback
 
+from datarax_bench import accelerator
 from datarax_bench.adapters import get_adapter
 from datarax_bench.results import write_result
 from datarax_bench.run.cell import CellClock, make_result
 from datarax_bench.run.supervision import guard_worker
 from datarax_bench.workload.catalog import load_catalog, load_profile
 from datarax_bench.workload.data import materialize
+
+
+class WrongBackend(RuntimeError):
+    """JAX runs elsewhere than the profile's accelerator: a failure, never a number."""
 
 
 def _log(message: str) -> None:
@@ -45,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     profile = load_profile(args.profile, catalog)
     workload = catalog.get(args.scenario).resolve(args.variant, profile.size)
     adapter = get_adapter(args.adapter).styled(args.style)
+    # JAX may start only the profile's platform: no probing for accelerators a CPU profile does
+    # not measure, and no silent CPU fallback on a GPU or TPU profile.
+    accelerator.pin_jax_platform(profile.backend)
     if profile.backend == "cpu":
-        # Keep JAX from probing for accelerators that a CPU profile does not measure.
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
         if workload.measure == "sharding":
             # N host devices for this cell's process only; must be set before jax is imported.
             flag = f"--xla_force_host_platform_device_count={workload.options['devices']}"
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from datarax_bench.run.processes import worker_profile
 
     try:
+        if problem := accelerator.backend_problem(profile.backend, profile.name):
+            raise WrongBackend(problem)
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
         measured = worker_profile(profile, workload.measure, args.process, args.tuned_choice)
