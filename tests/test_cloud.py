@@ -18,7 +18,8 @@ import yaml
 from datarax_bench.cloud import billing, sky, tasks
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.errors import UserError
-from datarax_bench.workload.catalog import load_profile, profile_names
+from datarax_bench.results import load_result
+from datarax_bench.workload.catalog import load_catalog, load_profile, profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SKY_DIR = ROOT / "benchmarks" / "sky"
@@ -238,3 +239,23 @@ def test_a_run_that_cannot_fit_max_cluster_hours_is_refused_and_a_close_one_warn
     assert billing.check_run_fits(estimate, "gpu_a100", 8).startswith("warning: profile gpu_a100")
     with pytest.raises(UserError, match=r"^max_cluster_hours: got 6, but .* >= 8, or fewer"):
         billing.check_run_fits(estimate, "gpu_a100", 6)
+
+
+def test_an_unsupported_cell_is_written_here_and_never_sent_to_the_cluster(tmp_path, monkeypatch):
+    # The loopback `sky` first on PATH, HOME a temp dir: any call would leave ~/.sky behind.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{ROOT / 'tests' / 'loopback'}{os.pathsep}{os.environ['PATH']}")
+    profile = load_profile("smoke")
+    variant = next(v for s, v in profile.cells(load_catalog()) if s == "NLP-2")
+    spec = cloud.ClusterSpec(
+        profile=profile, infra="vast", name="unsupported-here", settings=cloud.CloudSettings(),
+        work_dir=tmp_path / "cloud", log=tmp_path / "measure.log",
+    )  # fmt: skip
+    out = tmp_path / "raw" / "NLP-2" / variant / "datarax.json"
+    result = cloud.measure_remote_cell(spec, "NLP-2", variant, "datarax", out)
+    assert result["status"] == "unsupported" and "pad_batch" in result["reason"]
+    assert load_result(out)["status"] == "unsupported"
+    assert not (home / ".sky").exists(), "a `sky` call was made for an unsupported cell"
+    assert not (tmp_path / "cloud").exists()  # no ledger entry: nothing was launched or billed

@@ -65,7 +65,10 @@ from datarax_bench.cloud.tasks import (
 from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.files import atomic_file
-from datarax_bench.results import cell_label, load_result, utc_now, write_json_atomic
+from datarax_bench.results import cell_label, load_result, utc_now, write_json_atomic, write_result
+from datarax_bench.run.cell import CellClock, make_result, resolve_cell
+from datarax_bench.run.runner import static_status
+from datarax_bench.workload.catalog import load_catalog
 
 #: Each Snakemake invocation has its own id (set in common.smk, inherited by its jobs): a
 #: cluster record from an earlier invocation is re-checked before it is trusted.
@@ -354,6 +357,13 @@ def measure_remote_cell(
     """
     label = cell_label(scenario, variant, adapter, style)
     profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
+    cell = resolve_cell(profile, load_catalog(), scenario, variant, adapter, style)
+    if decided := static_status(cell):
+        # Unsupported or not implemented whatever the machine: written here, never billed.
+        result = make_result(*decided, profile, cell.workload, cell.adapter, CellClock())
+        write_result(Path(output), result)
+        say(f"cell {label}: {decided[0]}, written here without the cluster")
+        return result
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger
     with cluster_lock(work_dir / "cluster.lock"):
