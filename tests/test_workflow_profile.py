@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: The earlier run the README's `baseline=` command compares with (conftest's smoke_results).
+SMOKE_RUN = {"numpy": ("TAB-1",)}
 
 
 def checkout(dest: Path) -> Path:
@@ -70,3 +72,41 @@ def test_bare_plan_is_the_first_look_profile_and_announces_nothing(tmp_path):
     assert re.search(r"^measure_process\s+30$", out, re.MULTILINE)
     assert "results/first_look/local/summary.md" in out
     assert "estimate:" not in out and not (workdir / "logs").exists()
+
+
+def _readme_workflow_commands() -> list[str]:
+    """The `snakemake` lines of the README's workflow block, comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+        for line in block.splitlines():
+            command = re.sub(r"\s+#.*$", "", line).strip()
+            if command.startswith("snakemake ") or command == "snakemake":
+                commands.append(command)
+    return commands
+
+
+def test_the_readme_lists_its_workflow_commands():
+    commands = _readme_workflow_commands()
+    assert "snakemake" in commands and len(commands) >= 10, commands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _readme_workflow_commands())
+def test_every_readme_workflow_command_plans_as_written(command, tmp_path, smoke_results):
+    # Typed as written on a fresh checkout, planned with -n (a real run is measured elsewhere:
+    # the bare run above, the report in test_report_browser); offline and instant.
+    workdir = checkout(tmp_path / "checkout")
+    if "baseline=" in command:  # an earlier run's results directory (the shared smoke run's)
+        shutil.copytree(smoke_results, workdir / "results-before" / "first_look" / "local")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DATARAX_BENCH_ROOT", None)
+    if command.startswith("snakemake --report"):
+        pytest.skip("--report renders a finished run: tests/test_report_browser.py runs it")
+    # --dag only prints the graph: as written (with -n, Snakemake's log lines would reach `dot`).
+    argv = command if "--dag" in command else command.replace("snakemake", "snakemake -n", 1)
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {argv}"], cwd=workdir, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
