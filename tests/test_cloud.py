@@ -22,6 +22,8 @@ from datarax_bench.results import load_result
 from datarax_bench.workload.catalog import load_catalog, load_profile, profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Real results whose machine a relaunched cluster's cells are checked against.
+SMOKE_RUN = {"numpy": ("TAB-1", "PR-2")}
 SKY_DIR = ROOT / "benchmarks" / "sky"
 TASK_FILES = sorted(SKY_DIR.glob("*.yaml"))
 CLUSTER_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -259,3 +261,25 @@ def test_an_unsupported_cell_is_written_here_and_never_sent_to_the_cluster(tmp_p
     assert load_result(out)["status"] == "unsupported"
     assert not (home / ".sky").exists(), "a `sky` call was made for an unsupported cell"
     assert not (tmp_path / "cloud").exists()  # no ledger entry: nothing was launched or billed
+
+
+@pytest.mark.slow
+def test_a_cell_from_other_hardware_is_refused_naming_both_machines(tmp_path, smoke_results):
+    # A relaunch after a preemption lands on whatever the cloud offers next.
+    raw = tmp_path / "raw"
+    earlier_path = next((smoke_results / "raw" / "TAB-1").rglob("numpy.json"))
+    (raw / "TAB-1" / "small").mkdir(parents=True)
+    shutil.copy(earlier_path, raw / "TAB-1" / "small" / "numpy.json")
+    arriving = load_result(next((smoke_results / "raw" / "PR-2").rglob("numpy.json")))
+    output = raw / "PR-2" / arriving["cell"]["variant"] / "numpy.json"
+    assert arriving["status"] == "ok"
+    assert cloud.other_hardware(arriving, raw, output) is None  # the same machine
+    moved = copy.deepcopy(arriving)
+    moved["provenance"]["cpu"]["model"] = "AMD EPYC 7B13"
+    moved["provenance"]["cpu"]["usable_cores"] = 64
+    problem = cloud.other_hardware(moved, raw, output)
+    ours = arriving["provenance"]["cpu"]["model"]
+    assert problem and f"CPU model: {ours!r} vs 'AMD EPYC 7B13'" in problem
+    assert "usable cores" in problem and f"remove {raw}" in problem
+    moved["status"] = "failed"  # a failure measured nothing: kept, whatever the machine
+    assert cloud.other_hardware(moved, raw, output) is None

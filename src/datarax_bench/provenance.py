@@ -164,6 +164,12 @@ def hardware(provenance: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def hardware_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two results' machines (`hardware` of each provenance), readably."""
+    ha, hb = hardware(a), hardware(b)
+    return [f"{k}: {ha.get(k)!r} vs {hb.get(k)!r}" for k in ha if ha.get(k) != hb.get(k)]
+
+
 def this_hardware() -> dict[str, Any]:
     """`hardware` of this process's machine, without collecting the rest of the provenance."""
     jax_details = jax_info()

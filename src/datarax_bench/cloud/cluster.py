@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datarax_bench import paths
+from datarax_bench import paths, provenance
 from datarax_bench.cloud.billing import Ledger, billing, cost_report, ledger_for, remaining_minutes
 from datarax_bench.cloud.sky import (
     _UP,
@@ -292,7 +292,34 @@ def pull_cell(
         got = (cell["scenario"], cell["variant"], cell["adapter"], cell.get("style", "plain"))
         if got != (scenario, variant, adapter, style):
             raise RuntimeError(f"cell {label}: the pulled file describes another cell {cell}")
+        if problem := other_hardware(result, Path(output).parents[2], Path(output)):
+            raise RuntimeError(f"cell {label}: {problem}")
     return result
+
+
+def other_hardware(result: dict[str, Any], raw_dir: Path, output: Path) -> str | None:
+    """Why a measured cell may not join the run's cells in `raw_dir`: they were measured on
+    other hardware (a relaunch after a preemption or a teardown lands on whatever the cloud
+    offers), named with both machines; None when the machines agree or nothing was measured."""
+    if result["status"] != "ok":
+        return None
+    for path in sorted(Path(raw_dir).rglob("*.json")) if Path(raw_dir).is_dir() else []:
+        if path == output:
+            continue
+        try:
+            earlier = load_result(path)
+        except UserError:
+            continue
+        if earlier["status"] != "ok":
+            continue
+        if diff := provenance.hardware_differences(earlier["provenance"], result["provenance"]):
+            return (
+                f"measured on other hardware than the run's earlier cells (e.g. {path.name} of "
+                f"{earlier['cell']['scenario']}: {'; '.join(diff)}); not kept. Measure the whole "
+                f"run on one machine: remove {raw_dir} to start again on this one"
+            )
+        return None  # every earlier cell was checked the same way when it arrived
+    return None
 
 
 def cluster_record_path(work_dir: Path) -> Path:

@@ -566,21 +566,15 @@ def check_hardware(results_by_shard: dict[int, list[dict[str, Any]]]) -> dict[st
     reference: tuple[int, dict[str, Any]] | None = None
     for shard, results in sorted(results_by_shard.items()):
         for result in results:
-            hw = provenance.hardware(result["provenance"])
             if reference is None:
-                reference = (shard, hw)
+                reference = (shard, result["provenance"])
                 continue
-            if hw != reference[1]:
-                diff = [
-                    f"{k}: {reference[1].get(k)!r} vs {hw.get(k)!r}"
-                    for k in hw
-                    if hw.get(k) != reference[1].get(k)
-                ]
+            if diff := provenance.hardware_differences(reference[1], result["provenance"]):
                 raise UserError(
                     f"shards ran on different hardware, refusing to aggregate: shard "
                     f"{reference[0]} vs shard {shard} ({'; '.join(diff)})"
                 )
-    return reference[1] if reference else {}
+    return provenance.hardware(reference[1]) if reference else {}
 
 
 def finish(
