@@ -52,10 +52,12 @@ def smoke_results(request, tmp_path_factory, data_cache) -> Path:
     """One real `datarax-bench run --profile smoke --output-dir` of every cell that the modules
     of the session's tests that use it name in their `SMOKE_RUN` (smoke_support.py), made once
     per session. Read only: a module takes its own copy with `smoke_support.smoke_view`."""
+    # Every selected module that names cells (also where a fixture asks for the run
+    # indirectly, as test_plots' `figures` does through getfixturevalue).
     modules = {
         item.module: None
         for item in request.session.items
-        if "smoke_results" in getattr(item, "fixturenames", ())
+        if hasattr(getattr(item, "module", None), "SMOKE_RUN")
     }
     out = tmp_path_factory.mktemp("smoke-results") / "run"
     return run_smoke_matrix(out, union_of(modules))

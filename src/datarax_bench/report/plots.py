@@ -603,6 +603,13 @@ def first_batch_figure(
 # --- overview --------------------------------------------------------------------------------
 
 
+def column_header(name: str, width: int = 14) -> str:
+    """An adapter's name over a narrow column: its style on a line of its own, long names
+    wrapped at word boundaries ("PyTorch DataLoader (tuned)" -> three lines)."""
+    base, style = (name[: -len(" (tuned)")], "(tuned)") if name.endswith(" (tuned)") else (name, "")
+    return "\n".join([*textwrap.wrap(base, width), *([style] if style else [])])
+
+
 def overview_figure(table: pd.DataFrame, facts: RunFacts):
     """Per scenario variant (rows), each adapter's throughput as a fraction of the fastest."""
     if table.empty:
@@ -612,8 +619,15 @@ def overview_figure(table: pd.DataFrame, facts: RunFacts):
         return fig
     rows = list(dict.fromkeys(zip(table["scenario"], table["variant"], strict=True)))
     adapters = list(dict.fromkeys(table["adapter_name"]))
+    headers = [column_header(a) for a in adapters]
+    widest = max(len(line) for h in headers for line in h.splitlines())
+    column_in = max(1.35, 0.085 * widest + 0.25)  # a header line at 9 pt, and a margin
+    lines = max(h.count("\n") + 1 for h in headers)
     fig, ax = plt.subplots(
-        figsize=(max(_WIDTH_IN, 3.5 + 1.35 * len(adapters)), 1.8 + 0.36 * len(rows))
+        figsize=(
+            max(_WIDTH_IN, 3.5 + column_in * len(adapters)),
+            1.8 + 0.16 * (lines - 1) + 0.36 * len(rows),
+        )
     )
     ax.set_title(
         "Who wins where: each adapter's throughput as a fraction of the fastest adapter",
@@ -636,7 +650,7 @@ def overview_figure(table: pd.DataFrame, facts: RunFacts):
     image = ax.imshow(np.ma.masked_invalid(ratio), cmap=cmap, norm=norm, aspect="auto")
     names = dict(zip(table["scenario"], table["scenario_name"], strict=True))
     ax.set_yticks(range(len(rows)), [f"{s} {v} — {names[s]}" for s, v in rows], fontsize=8)
-    ax.set_xticks(range(len(adapters)), adapters, fontsize=9)
+    ax.set_xticks(range(len(adapters)), headers, fontsize=9)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
     for i, (s, v) in enumerate(rows):
