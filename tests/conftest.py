@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import BIN, ROOT
+from support import CLI, ROOT, run_cli
 from support.smoke import run_smoke_matrix, union_of
 
 # Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
@@ -64,8 +63,7 @@ def smoke_results(request, tmp_path_factory, data_cache) -> Path:
 @pytest.fixture
 def cli_path() -> str:
     """The installed `datarax-bench` console script of this interpreter's environment."""
-    path = BIN / "datarax-bench"
-    return str(path) if path.exists() else shutil.which("datarax-bench")
+    return CLI
 
 
 @pytest.fixture
@@ -78,14 +76,13 @@ def project_copy(tmp_path) -> Path:
 
 
 @pytest.fixture
-def run_smoke_cell(cli_path):
+def run_smoke_cell():
     """`datarax-bench run` of one smoke-profile cell into `out`, as a user would type it."""
 
     def run(scenario: str, adapter: str, out: Path, timeout: float = 120, variant=None):
-        cmd = [cli_path, "run", "--profile", "smoke", "--scenario", scenario]
-        cmd += ["--variant", variant] if variant else []
-        cmd += ["--adapter", adapter, "--output", str(out)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        args = ["run", "--profile", "smoke", "--scenario", scenario]
+        args += ["--variant", variant] if variant else []
+        return run_cli(*args, "--adapter", adapter, "--output", str(out), timeout=timeout)
 
     return run
 

@@ -13,14 +13,13 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import ROOT
+from support import ROOT, run_cli
 from support import adapters as support
 from support.process import pid_alive
 
@@ -266,31 +265,22 @@ def test_the_unbroken_reference_passes_the_same_checks():
 # --- end to end through the CLI ------------------------------------------------------------
 
 
-def _cli(cli_path, *args, env=None, timeout=600):
-    return subprocess.run(
-        [cli_path, *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
 @pytest.mark.slow
 # One adapter through the CLI (a framework import per cell, a minute or more on two cores):
 # tf.data's scenarios with unsupported cells, yes cells among them (source backends too), and
 # one plain throughput scenario. Every adapter's 'yes' cells run in-process above, and its
 # special measures in their own tests.
 @pytest.mark.parametrize("adapter_id", ["tfdata"])
-def test_support_matrix_agrees_with_what_runs(adapter_id, cli_path, tmp_path):
+def test_support_matrix_agrees_with_what_runs(adapter_id, tmp_path):
     """Each 'yes' of `datarax-bench list` it runs ends ok; every other cell ends as the matrix says."""
     matrix = support_matrix(support.profile())
-    listed = json.loads(_cli(cli_path, "list", "--profile", "smoke", "--json").stdout)
+    listed = json.loads(run_cli("list", "--profile", "smoke", "--json", timeout=600).stdout)
     assert listed["support"] == matrix
     mixed = {key.split("/")[0] for key, row in matrix.items() if row[adapter_id] != "yes"}
     scenarios = sorted(mixed | {"TAB-1"})
     assert len(mixed) >= 2, "no scenario with an unsupported cell left to check"
     out = tmp_path / "run"
-    proc = _cli(
-        cli_path, "run", "--profile", "smoke", "--adapters", adapter_id, "--scenarios",
-        *scenarios, "--output-dir", str(out),
-    )  # fmt: skip
+    proc = run_cli("run", "--profile", "smoke", "--adapters", adapter_id, "--scenarios", *scenarios, "--output-dir", str(out), timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     seen = set()
@@ -344,7 +334,7 @@ limited(TfData)
 
 @pytest.mark.parametrize("adapter_id", ["pytorch", "tfdata"])
 def test_a_transform_the_framework_cannot_express_is_unsupported_without_a_loader(
-    adapter_id, cli_path, tmp_path
+    adapter_id, tmp_path
 ):
     """An adapter that lacks one op: the matrix says so, and the cell ends `unsupported`
     naming the op, without a worker or loader."""
@@ -357,14 +347,15 @@ def test_a_transform_the_framework_cannot_express_is_unsupported_without_a_loade
         "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])),
     }
     limited = f"test-limited-{adapter_id}"
-    listed = json.loads(_cli(cli_path, "list", "--profile", "smoke", "--json", env=env).stdout)
+    listed = json.loads(
+        run_cli("list", "--profile", "smoke", "--json", env=env, timeout=600).stdout
+    )
     status = listed["support"]["CV-1"][limited]
     assert status.startswith("unsupported:") and "random_horizontal_flip" in status
     assert listed["support"]["TAB-1"][limited] == "yes"
     out = tmp_path / "cell.json"
     started = time.monotonic()
-    proc = _cli(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
@@ -375,6 +366,7 @@ def test_a_transform_the_framework_cannot_express_is_unsupported_without_a_loade
         "--output",
         str(out),
         env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
@@ -403,7 +395,7 @@ def test_a_transform_the_framework_cannot_express_is_unsupported_without_a_loade
     ],
 )
 def test_a_framework_that_fails_to_import_makes_its_cells_unsupported(
-    adapter_id, module, text, error, cli_path, tmp_path
+    adapter_id, module, text, error, tmp_path
 ):
     """A broken install (shadowed here by a module earlier on PYTHONPATH) ends the cell as
     `unsupported` with the import error as the reason, not as a crash."""
@@ -415,8 +407,7 @@ def test_a_framework_that_fails_to_import_makes_its_cells_unsupported(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")])),
     }
     out = tmp_path / "cell.json"
-    proc = _cli(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
@@ -427,6 +418,7 @@ def test_a_framework_that_fails_to_import_makes_its_cells_unsupported(
         "--output",
         str(out),
         env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     result = load_result(out)
@@ -466,7 +458,7 @@ class HangingTorch(pytorch.PyTorchDataLoader):
 
 
 @pytest.mark.slow
-def test_a_hanging_dataloader_times_out_and_leaves_no_worker_process(cli_path, tmp_path):
+def test_a_hanging_dataloader_times_out_and_leaves_no_worker_process(tmp_path):
     def edit(root):
         path = root / "config" / "profiles" / "smoke.yaml"
         path.write_text(path.read_text().replace("timeout_s: 120", "timeout_s: 25"))
@@ -483,8 +475,7 @@ def test_a_hanging_dataloader_times_out_and_leaves_no_worker_process(cli_path, t
         "HANG_PID_DIR": str(pids),
     }
     out = tmp_path / "cell.json"
-    proc = _cli(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from loopback import skypilot_job, storage
-from support import BIN, CLI, ROOT
+from support import BIN, ROOT, run_cli
 
 # The export tests' fixtures (results_dir, wandb_env) read the shared smoke run's SMOKE_RUN cells.
 from support.wandb_offline import (
@@ -26,19 +26,13 @@ from support.wandb_offline import (
 from datarax_bench.cloud import standalone
 
 
-def persist(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CLI, "persist", *args], capture_output=True, text=True, timeout=180, env=env
-    )
-
-
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_nothing_kept_fails_and_says_where_the_only_copy_is(results_dir, wandb_env):
     before = tree(results_dir)
-    proc = persist("--results-dir", str(results_dir))
+    proc = run_cli("persist", "--results-dir", str(results_dir))
     assert proc.returncode == standalone.NOT_KEPT == 3
     assert f"ONLY on this machine, in {results_dir}" in proc.stderr
     assert "--down" in proc.stderr and "rsync -a" in proc.stderr
@@ -48,7 +42,7 @@ def test_nothing_kept_fails_and_says_where_the_only_copy_is(results_dir, wandb_e
 def test_bucket_copy_is_complete_and_verifiable(results_dir, wandb_env, tmp_path):
     bucket = tmp_path / "mount"
     bucket.mkdir()
-    proc = persist("--results-dir", str(results_dir), "--bucket-dir", str(bucket))
+    proc = run_cli("persist", "--results-dir", str(results_dir), "--bucket-dir", str(bucket))
     assert proc.returncode == 0, proc.stderr
     (dest,) = (bucket / results_dir.name).iterdir()
     record = json.loads((dest / standalone.RECORD).read_text())
@@ -59,7 +53,9 @@ def test_bucket_copy_is_complete_and_verifiable(results_dir, wandb_env, tmp_path
 
 
 def test_a_requested_bucket_that_is_not_mounted_fails(results_dir, wandb_env, tmp_path):
-    proc = persist("--results-dir", str(results_dir), "--bucket-dir", str(tmp_path / "absent"))
+    proc = run_cli(
+        "persist", "--results-dir", str(results_dir), "--bucket-dir", str(tmp_path / "absent")
+    )
     assert proc.returncode == 3
     assert "does not exist" in proc.stderr and "task-file --results-bucket" in proc.stderr
 
@@ -68,7 +64,7 @@ def test_a_requested_bucket_that_is_not_mounted_fails(results_dir, wandb_env, tm
 def test_unreachable_wandb_alone_keeps_nothing(results_dir, wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
-    proc = persist("--results-dir", str(results_dir))
+    proc = run_cli("persist", "--results-dir", str(results_dir))
     assert proc.returncode == 3, proc.stderr
     assert "W&B upload failed; an offline run is in" in proc.stderr
     assert_key_nowhere(SENTINEL_KEY, [results_dir, *wandb_env.values()], proc)
@@ -82,7 +78,7 @@ def test_unreachable_wandb_with_bucket_keeps_the_offline_run_there(
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     bucket = tmp_path / "mount"
     bucket.mkdir()
-    proc = persist("--results-dir", str(results_dir), "--bucket-dir", str(bucket))
+    proc = run_cli("persist", "--results-dir", str(results_dir), "--bucket-dir", str(bucket))
     assert proc.returncode == 0, proc.stderr
     (dest,) = (bucket / results_dir.name).iterdir()
     run = offline_run_dir(results_dir).relative_to(results_dir)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.stats
-from support import CLI
+from support import run_cli
 from support.smoke import smoke_view
 
 from datarax_bench import stats
@@ -336,7 +335,7 @@ def _one_line_error(proc, *needles):
 @pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_naming_it(tmp_path, templates):
     base, new = runs(tmp_path, [tab1(templates, TIGHT)], [tab1(templates, TIGHT)])
-    cli = lambda *a: subprocess.run([CLI, "compare", *a], capture_output=True, text=True)  # noqa: E731
+    cli = lambda *a: run_cli("compare", *a)  # noqa: E731
     _one_line_error(cli(str(tmp_path / "nowhere"), new), "nowhere: not a directory")
     _one_line_error(cli(str(tmp_path), new), "no manifest.json, so not a results directory")
     _one_line_error(cli(base, new, "--threshold", "5"), "--threshold '5'")

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from support import BIN, CLI, ROOT
+from support import BIN, ROOT, run_cli
 
 # The fixtures (results_dir, wandb_env) read the shared smoke run's SMOKE_RUN cells.
 from support.wandb_offline import (
@@ -33,17 +33,13 @@ from datarax_bench.errors import UserError
 from datarax_bench.report import wandb_export as export
 
 
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "export", *args], capture_output=True, text=True, timeout=timeout)
-
-
 def cells_of(results_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((results_dir / "raw").glob("*/*/*.json"))]
 
 
 @pytest.mark.slow
 def test_export_cli_without_key_writes_complete_offline_run(results_dir, wandb_env):
-    proc = run_cli("--results-dir", str(results_dir))
+    proc = run_cli("export", "--results-dir", str(results_dir))
     assert proc.returncode == 0, proc.stderr
     run_dir = offline_run_dir(results_dir)
     assert f"wandb sync {run_dir}" in proc.stdout + proc.stderr
@@ -141,7 +137,7 @@ def test_cli_offline_flag_wins_over_a_key_and_sets_project_entity_infra(
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     args = ["--offline", "--infra", "lambda", "--project", "proj", "--entity", "team"]
-    proc = run_cli("--results-dir", str(results_dir), *args)
+    proc = run_cli("export", "--results-dir", str(results_dir), *args)
     assert proc.returncode == 0, proc.stderr
     assert "falling back" not in proc.stderr  # never tried to go online
     run = read_offline_run(offline_run_dir(results_dir))
@@ -150,7 +146,7 @@ def test_cli_offline_flag_wins_over_a_key_and_sets_project_entity_infra(
 
 
 def test_skip_without_key_exports_nothing(results_dir, wandb_env):
-    proc = run_cli("--results-dir", str(results_dir), "--skip-without-key")
+    proc = run_cli("export", "--results-dir", str(results_dir), "--skip-without-key")
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stderr and "WANDB_API_KEY is not set" in proc.stderr
     assert not (results_dir / "wandb").exists()
@@ -169,7 +165,7 @@ def test_key_with_unreachable_server_falls_back_offline_at_once(
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
-    proc = run_cli("--results-dir", str(results_dir))
+    proc = run_cli("export", "--results-dir", str(results_dir))
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - t0 < 30
     assert "falling back to offline" in proc.stderr
@@ -201,7 +197,7 @@ def test_key_with_stalling_server_gives_up_within_a_minute(results_dir, wandb_en
         monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
         t0 = time.monotonic()
-        proc = run_cli("--results-dir", str(results_dir), timeout=150)
+        proc = run_cli("export", "--results-dir", str(results_dir), timeout=150)
         elapsed = time.monotonic() - t0
     finally:
         server.shutdown()
@@ -265,7 +261,7 @@ def _missing_cell(d: Path) -> Path:
 )
 def test_bad_results_dir_exits_2_with_one_line_naming_the_file(results_dir, wandb_env, breaker):
     bad = breaker(results_dir)
-    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    proc = run_cli("export", "--results-dir", str(results_dir), timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -275,7 +271,7 @@ def test_bad_results_dir_exits_2_with_one_line_naming_the_file(results_dir, wand
 
 
 def test_missing_results_dir_exits_2(tmp_path, wandb_env):
-    proc = run_cli("--results-dir", str(tmp_path / "nowhere"), timeout=60)
+    proc = run_cli("export", "--results-dir", str(tmp_path / "nowhere"), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: {tmp_path / 'nowhere'}: results directory not found; "
@@ -412,7 +408,7 @@ def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, w
     assert report["mode"] == "offline" and report["cells"] == len(subset)
     run = read_offline_run(offline_run_dir(results_dir))
     assert {row["scenario"] for row in run["table"]} == {"CV-1"}
-    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    proc = run_cli("export", "--results-dir", str(results_dir), timeout=60)
     assert proc.returncode == 2 and "the manifest is stale" in proc.stderr
 
 
@@ -423,7 +419,9 @@ def test_workflow_export_of_a_scenario_subset_exports_that_subset(results_dir, w
 def test_bad_project_or_entity_is_one_line_exit_2_before_wandb(
     results_dir, wandb_env, option, value
 ):
-    proc = run_cli("--results-dir", str(results_dir), "--offline", option, value, timeout=60)
+    proc = run_cli(
+        "export", "--results-dir", str(results_dir), "--offline", option, value, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"W&B {option[2:]} {value!r}: expected" in lines[0], lines
@@ -436,7 +434,7 @@ def test_a_nan_median_fails_the_export_before_any_wandb_run(results_dir, wandb_e
     )
     median = json.loads(path.read_text())["statistics"]["elements_per_s"]["median"]
     path.write_text(path.read_text().replace(repr(median), "NaN", 1))
-    proc = run_cli("--results-dir", str(results_dir), timeout=60)
+    proc = run_cli("export", "--results-dir", str(results_dir), timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [
@@ -471,7 +469,7 @@ def test_a_failed_online_attempt_leaves_only_the_offline_run(results_dir, wandb_
     try:
         monkeypatch.setenv("WANDB_API_KEY", SENTINEL_KEY)
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
-        proc = run_cli("--results-dir", str(results_dir), timeout=120)
+        proc = run_cli("export", "--results-dir", str(results_dir), timeout=120)
     finally:
         server.shutdown()
         server.server_close()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import run_cli
 
 from datarax_bench.results import load_result
 from datarax_bench.run.cell import resolve_cell
@@ -22,10 +23,6 @@ from datarax_bench.workload.catalog import load_catalog, load_profile
 
 ARGS = ["run", "--profile", "smoke", "--adapters", "numpy"]
 SCENARIOS = ["--scenarios", "TAB-1", "NLP-1", "CV-1", "PC-1"]
-
-
-def _run(cli_path, *args, timeout=300):
-    return subprocess.run([cli_path, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _cells(root: Path) -> dict[str, Path]:
@@ -42,12 +39,11 @@ SENTINEL = "sentinel-secret-value-0123456789"
 
 @pytest.mark.slow
 def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
-    cli_path, tmp_path, data_cache, monkeypatch
+    tmp_path, data_cache, monkeypatch
 ):
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
     store = tmp_path / "store"
-    first = _run(cli_path, *ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "a"),
-                 "--resume-dir", str(store))  # fmt: skip
+    first = run_cli(*ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "a"), "--resume-dir", str(store))  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     measured, kept = _cells(tmp_path / "a"), _cells(store)
     assert len(measured) == 5 and kept.keys() == measured.keys()  # PC-1 has two variants
@@ -62,8 +58,7 @@ def test_a_rerun_takes_the_kept_cells_and_measures_only_the_missing_or_stale(
     kept[stale].write_text(json.dumps(doc))
     before = {rel: _started(kept[rel]) for rel in same}
 
-    second = _run(cli_path, *ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "b"),
-                  "--resume-dir", str(store))  # fmt: skip
+    second = run_cli(*ARGS, *SCENARIOS, "--output-dir", str(tmp_path / "b"), "--resume-dir", str(store))  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     out = _cells(tmp_path / "b")
     assert out.keys() == measured.keys()
@@ -104,7 +99,7 @@ def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_res
     kept = {rel: _started(p) for rel, p in _cells(store).items()}
     assert 2 <= len(kept) < 5
     # A fresh machine: a new output directory, the same store.
-    restart = _run(cli_path, *cmd[1:], "--output-dir", str(tmp_path / "machine-2"))
+    restart = run_cli(*cmd[1:], "--output-dir", str(tmp_path / "machine-2"))
     assert restart.returncode == 0, restart.stderr[-3000:]
     out = _cells(tmp_path / "machine-2")
     assert len(out) == 5 and out.keys() == _cells(store).keys()
@@ -124,12 +119,12 @@ def test_a_killed_run_keeps_every_finished_cell_and_the_restart_measures_the_res
 
 
 @pytest.mark.slow
-def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, data_cache):
+def test_a_kept_cell_of_an_unknown_commit_is_measured_again(tmp_path, data_cache):
     """A result that names no commit (a managed job's, before its task named the commit) may be
     old code's: it is never taken."""
     store = tmp_path / "store"
     args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]
-    first = _run(cli_path, *args, "--output-dir", str(tmp_path / "a"))
+    first = run_cli(*args, "--output-dir", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr[-3000:]
     kept = _cells(store)
     assert kept
@@ -139,7 +134,7 @@ def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, 
         doc["provenance"]["git_commit"] = None
         path.write_text(json.dumps(doc))
     before = max(_started(p) for p in kept.values())
-    second = _run(cli_path, *args, "--output-dir", str(tmp_path / "b"))
+    second = run_cli(*args, "--output-dir", str(tmp_path / "b"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "kept in the resume directory" not in second.stderr
     assert second.stderr.count("measured by an unknown commit") == len(kept)
@@ -148,13 +143,13 @@ def test_a_kept_cell_of_an_unknown_commit_is_measured_again(cli_path, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_corrupt_kept_cell_is_named_and_measured_again(cli_path, tmp_path, data_cache):
+def test_a_corrupt_kept_cell_is_named_and_measured_again(tmp_path, data_cache):
     store = tmp_path / "store"
     args = [*ARGS, "--scenarios", "TAB-1", "--resume-dir", str(store)]
-    assert _run(cli_path, *args, "--output-dir", str(tmp_path / "a")).returncode == 0
+    assert run_cli(*args, "--output-dir", str(tmp_path / "a")).returncode == 0
     (rel, path), = _cells(store).items()  # fmt: skip
     path.write_text('{"schema_version": 1, "status": "ok"')
-    again = _run(cli_path, *args, "--output-dir", str(tmp_path / "b"))
+    again = run_cli(*args, "--output-dir", str(tmp_path / "b"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert str(path) in again.stderr and "measuring it again" in again.stderr
     assert load_result(path)["status"] == "ok"
@@ -181,13 +176,13 @@ def test_bad_resume_arguments_are_one_line_and_exit_2(cli_path, tmp_path, extra,
 
 
 @pytest.mark.slow
-def test_a_feed_change_makes_stale_exactly_the_cells_the_workflow_reruns(cli_path, tmp_path):
+def test_a_feed_change_makes_stale_exactly_the_cells_the_workflow_reruns(tmp_path):
     """One definition of a cell's settings (`Profile.settings(workload)`): results record it and
     `--resume-dir` compares it, as the workflow's rerun trigger does (test_workflow's
     `test_changed_settings_rerun_exactly_the_affected_cells`): a feed for CV-1 leaves a TAB-1
     result current and makes a CV-1 result stale, whatever other cells the run holds."""
     out = tmp_path / "run"
-    proc = _run(cli_path, *ARGS, "--scenarios", "TAB-1", "CV-1", "--output-dir", str(out))
+    proc = run_cli(*ARGS, "--scenarios", "TAB-1", "CV-1", "--output-dir", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     catalog, smoke = load_catalog(), load_profile("smoke")
     cells = _cells(out)

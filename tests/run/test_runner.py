@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from support import PLUGINS, ROOT
+from support import PLUGINS, ROOT, run_cli
 from support.process import pid_alive
 
 from datarax_bench.results import load_result
@@ -25,10 +25,6 @@ def plugin_env(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("DATARAX_BENCH_PLUGINS", "misbehaving_adapters")
     return tmp_path
-
-
-def _run(cli_path, *args, timeout=120):
-    return subprocess.run([cli_path, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _short_timeout_profile(tmp_path, monkeypatch, seconds):
@@ -45,9 +41,7 @@ def _short_timeout_profile(tmp_path, monkeypatch, seconds):
 
 
 @pytest.mark.slow
-def test_ok_cell_writes_a_valid_result_with_provenance(
-    cli_path, tmp_path, monkeypatch, run_smoke_cell
-):
+def test_ok_cell_writes_a_valid_result_with_provenance(tmp_path, monkeypatch, run_smoke_cell):
     monkeypatch.setenv("WANDB_API_KEY", "sentinel-secret-value-0123456789")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
     out = tmp_path / "cell.json"
@@ -79,7 +73,7 @@ def test_ok_cell_writes_a_valid_result_with_provenance(
 
 @pytest.mark.slow
 def test_a_cell_runs_with_the_profiles_threads_whatever_the_callers_environment(
-    cli_path, tmp_path, monkeypatch, run_smoke_cell
+    tmp_path, monkeypatch, run_smoke_cell
 ):
     # SkyPilot runs every job with OMP_NUM_THREADS=1; a local shell may set anything.
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
@@ -120,7 +114,7 @@ def test_a_profiles_threads_env_sets_and_unsets_the_thread_variables(project_cop
         load_profile("smoke")
 
 
-def test_git_commit_comes_from_the_environment_without_a_checkout(cli_path, tmp_path, monkeypatch):
+def test_git_commit_comes_from_the_environment_without_a_checkout(tmp_path, monkeypatch):
     import shutil
 
     root = ROOT
@@ -137,9 +131,7 @@ def test_git_commit_comes_from_the_environment_without_a_checkout(cli_path, tmp_
     provenance.git_info.cache_clear()
 
 
-def test_unsupported_cell_names_the_transform_and_runs_no_loader(
-    cli_path, plugin_env, run_smoke_cell
-):
+def test_unsupported_cell_names_the_transform_and_runs_no_loader(plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     proc = run_smoke_cell("CV-1", "test-limited", out)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +143,7 @@ def test_unsupported_cell_names_the_transform_and_runs_no_loader(
 
 
 def test_a_measure_the_harness_does_not_implement_is_not_implemented_and_nothing_is_timed(
-    cli_path, tmp_path, run_smoke_cell, project_copy, monkeypatch
+    tmp_path, run_smoke_cell, project_copy, monkeypatch
 ):
     """Every shipped measure is implemented; a catalog that declares a new one before the
     harness has it gets `not_implemented` cells, without a worker."""
@@ -169,7 +161,7 @@ def test_a_measure_the_harness_does_not_implement_is_not_implemented_and_nothing
 
 
 @pytest.mark.slow
-def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
+def test_exception_in_the_loader_is_a_failed_result(plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     run_smoke_cell("TAB-1", "test-raise", out)
     result = load_result(out)
@@ -179,7 +171,7 @@ def test_exception_in_the_loader_is_a_failed_result(cli_path, plugin_env, run_sm
 
 
 @pytest.mark.slow
-def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cell):
+def test_worker_that_dies_is_a_failed_result(plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     proc = run_smoke_cell("TAB-1", "test-crash", out)
     assert proc.returncode == 0
@@ -197,7 +189,7 @@ def test_worker_that_dies_is_a_failed_result(cli_path, plugin_env, run_smoke_cel
 
 @pytest.mark.slow
 def test_a_worker_that_aborts_once_is_retried_and_the_cell_is_one_attempts_measurement(
-    cli_path, plugin_env, monkeypatch, run_smoke_cell
+    plugin_env, monkeypatch, run_smoke_cell
 ):
     marker = plugin_env / "aborted"
     monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(marker))
@@ -219,7 +211,7 @@ def test_a_worker_that_aborts_once_is_retried_and_the_cell_is_one_attempts_measu
 
 @pytest.mark.slow
 def test_retries_zero_leaves_a_crashed_cell_failed_after_one_attempt(
-    cli_path, plugin_env, monkeypatch, run_smoke_cell, project_copy
+    plugin_env, monkeypatch, run_smoke_cell, project_copy
 ):
     profile = project_copy / "config/profiles/smoke.yaml"
     profile.write_text(profile.read_text().replace("retries: 1", "retries: 0"))
@@ -232,13 +224,12 @@ def test_retries_zero_leaves_a_crashed_cell_failed_after_one_attempt(
     assert len(result["attempts"]) == 1
 
 
-def test_a_bad_retries_value_is_one_line_naming_it(cli_path, project_copy, monkeypatch, tmp_path):
+def test_a_bad_retries_value_is_one_line_naming_it(project_copy, monkeypatch, tmp_path):
     profile = project_copy / "config/profiles/smoke.yaml"
     profile.write_text(profile.read_text().replace("retries: 1", "retries: -1"))
     monkeypatch.setenv("DATARAX_BENCH_ROOT", str(project_copy))
     out = tmp_path / "cell.json"
-    proc = _run(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
@@ -256,13 +247,12 @@ def test_a_bad_retries_value_is_one_line_naming_it(cli_path, project_copy, monke
 
 
 @pytest.mark.slow
-def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
+def test_the_summary_counts_retried_cells(plugin_env, monkeypatch):
     from datarax_bench.report.aggregate import aggregate_run
 
     monkeypatch.setenv("DATARAX_TEST_ABORT_ONCE_FILE", str(plugin_env / "aborted"))
     out = plugin_env / "results"
-    proc = _run(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
@@ -286,7 +276,7 @@ def test_the_summary_counts_retried_cells(cli_path, plugin_env, monkeypatch):
 
 
 @pytest.mark.slow
-def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_smoke_cell):
+def test_missing_framework_makes_the_cell_unsupported(plugin_env, run_smoke_cell):
     out = plugin_env / "cell.json"
     run_smoke_cell("TAB-1", "test-missing", out)
     result = load_result(out)
@@ -295,9 +285,7 @@ def test_missing_framework_makes_the_cell_unsupported(cli_path, plugin_env, run_
 
 
 @pytest.mark.slow
-def test_hanging_loader_times_out_and_leaves_no_process(
-    cli_path, plugin_env, monkeypatch, run_smoke_cell
-):
+def test_hanging_loader_times_out_and_leaves_no_process(plugin_env, monkeypatch, run_smoke_cell):
     _short_timeout_profile(plugin_env, monkeypatch, 6)
     pid_file = plugin_env / "child.pid"
     monkeypatch.setenv("DATARAX_TEST_CHILD_PID_FILE", str(pid_file))
@@ -343,10 +331,9 @@ def test_a_killed_worker_is_reaped_after_an_interrupt_inside_popen_wait():
 
 
 @pytest.mark.slow
-def test_matrix_writes_every_cell_manifest_and_summary(cli_path, plugin_env):
+def test_matrix_writes_every_cell_manifest_and_summary(plugin_env):
     out = plugin_env / "results"
-    proc = _run(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
