@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from smoke_support import run_smoke_matrix, union_of
+from support import CLI, ROOT, run_cli
+from support.smoke import run_smoke_matrix, union_of
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+# Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
+pytest_plugins = ["support.wandb_offline"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,8 +49,8 @@ _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 @pytest.fixture(scope="session")
 def smoke_results(request, tmp_path_factory, data_cache) -> Path:
     """One real `datarax-bench run --profile smoke --output-dir` of every cell that the modules
-    of the session's tests that use it name in their `SMOKE_RUN` (smoke_support.py), made once
-    per session. Read only: a module takes its own copy with `smoke_support.smoke_view`."""
+    of the session's tests that use it name in their `SMOKE_RUN` (support/smoke.py), made once
+    per session. Read only: a module takes its own copy with `support.smoke.smoke_view`."""
     # Every selected module that names cells (also where a fixture asks for the run
     # indirectly, as test_plots' `figures` does through getfixturevalue).
     modules = {
@@ -66,8 +65,7 @@ def smoke_results(request, tmp_path_factory, data_cache) -> Path:
 @pytest.fixture
 def cli_path() -> str:
     """The installed `datarax-bench` console script of this interpreter's environment."""
-    path = BIN / "datarax-bench"
-    return str(path) if path.exists() else shutil.which("datarax-bench")
+    return CLI
 
 
 @pytest.fixture
@@ -80,14 +78,13 @@ def project_copy(tmp_path) -> Path:
 
 
 @pytest.fixture
-def run_smoke_cell(cli_path):
+def run_smoke_cell():
     """`datarax-bench run` of one smoke-profile cell into `out`, as a user would type it."""
 
     def run(scenario: str, adapter: str, out: Path, timeout: float = 120, variant=None):
-        cmd = [cli_path, "run", "--profile", "smoke", "--scenario", scenario]
-        cmd += ["--variant", variant] if variant else []
-        cmd += ["--adapter", adapter, "--output", str(out)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        args = ["run", "--profile", "smoke", "--scenario", scenario]
+        args += ["--variant", variant] if variant else []
+        return run_cli(*args, "--adapter", adapter, "--output", str(out), timeout=timeout)
 
     return run
 
@@ -109,11 +106,21 @@ def _framework_adapter(item) -> str | None:
     return adapter if isinstance(adapter, str) else None
 
 
+# The framework adapters' own modules (src/datarax_bench/adapters/FRAMEWORK.py), each tested by
+# tests/adapters/test_FRAMEWORK.py.
+_FRAMEWORKS = {
+    p.stem
+    for p in (ROOT / "src" / "datarax_bench" / "adapters").glob("*.py")
+    if not p.stem.startswith("_") and p.stem not in ("base", "numpy_ref")
+}
+
+
 def _runs_a_framework(item) -> bool:
-    """A test of a framework adapter's own module (tests/test_adapters_FRAMEWORK.py), or one
+    """A test of a framework adapter's own module (tests/adapters/test_FRAMEWORK.py), or one
     parametrized over a framework's adapter (anything but the NumPy reference): it imports and
     runs that framework's loader."""
-    if Path(str(item.fspath)).name.startswith("test_adapters_"):
+    path = Path(str(item.fspath))
+    if path.parent.name == "adapters" and path.stem.removeprefix("test_") in _FRAMEWORKS:
         return True
     adapter = _framework_adapter(item)
     return adapter is not None and adapter != "numpy"

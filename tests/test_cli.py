@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
+from support import run_cli
 
 
-def _run(cli_path, *args, timeout=120, env=None):
-    return subprocess.run(
-        [cli_path, *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def test_list_shows_scenarios_profiles_adapters_and_support(cli_path):
-    proc = _run(cli_path, "list")
+def test_list_shows_scenarios_profiles_adapters_and_support():
+    proc = run_cli("list")
     assert proc.returncode == 0, proc.stderr
     for text in (
         "CV-1",
@@ -28,8 +22,8 @@ def test_list_shows_scenarios_profiles_adapters_and_support(cli_path):
         assert text in proc.stdout
 
 
-def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
-    proc = _run(cli_path, "list", "--profile", "ci_cpu", "--json")
+def test_list_json_has_the_support_matrix_and_the_profile_cells():
+    proc = run_cli("list", "--profile", "ci_cpu", "--json")
     doc = json.loads(proc.stdout)
     assert doc["support"]["CV-1"]["numpy"] == "yes"
     assert doc["support"]["PR-2"]["numpy"] == "yes"
@@ -44,7 +38,7 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells(cli_path):
 
 
 @pytest.mark.slow
-def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
+def test_adapter_accepts_display_names(tmp_path, run_smoke_cell):
     out = tmp_path / "c.json"
     proc = run_smoke_cell("TAB-1", "NumPy Reference", out)
     assert proc.returncode == 0, proc.stderr
@@ -52,9 +46,7 @@ def test_adapter_accepts_display_names(cli_path, tmp_path, run_smoke_cell):
 
 
 @pytest.mark.slow
-def test_run_requires_a_variant_when_the_profile_measures_several(
-    cli_path, tmp_path, run_smoke_cell
-):
+def test_run_requires_a_variant_when_the_profile_measures_several(tmp_path, run_smoke_cell):
     out = tmp_path / "c.json"
     proc = run_smoke_cell("PC-1", "numpy", out)
     assert proc.returncode == 2 and "d1, d5; pass --variant" in proc.stderr
@@ -101,21 +93,20 @@ def test_run_requires_a_variant_when_the_profile_measures_several(
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli_path, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out" / "c.json"
     if args[0] == "run":
         args = [*args, "--output", str(out)]
-    proc = _run(cli_path, *args)
+    proc = run_cli(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_matrix_with_a_bad_adapter_writes_nothing(cli_path, tmp_path):
+def test_matrix_with_a_bad_adapter_writes_nothing(tmp_path):
     out = tmp_path / "results"
-    proc = _run(
-        cli_path,
+    proc = run_cli(
         "run",
         "--profile",
         "smoke",
@@ -130,8 +121,8 @@ def test_matrix_with_a_bad_adapter_writes_nothing(cli_path, tmp_path):
     assert not out.exists()
 
 
-def test_run_needs_exactly_one_output_mode(cli_path, tmp_path):
-    proc = _run(cli_path, "run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "numpy")
+def test_run_needs_exactly_one_output_mode(tmp_path):
+    proc = run_cli("run", "--profile", "smoke", "--scenario", "CV-1", "--adapter", "numpy")
     assert (
         proc.returncode == 2
         and "exactly one of --output FILE (one cell) or --output-dir DIR" in proc.stderr
@@ -139,9 +130,9 @@ def test_run_needs_exactly_one_output_mode(cli_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path):
+def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(tmp_path):
     report = tmp_path / "hw.json"
-    proc = _run(cli_path, "doctor", "--profile", "smoke", "--json", str(report))
+    proc = run_cli("doctor", "--profile", "smoke", "--json", str(report))
     assert proc.returncode == 0, proc.stderr
     assert "jax backend:  cpu" in proc.stdout and "doctor: ok" in proc.stdout
     doc = json.loads(report.read_text())
@@ -149,10 +140,10 @@ def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(cli_path, tmp_path
 
 
 @pytest.mark.slow
-def test_doctor_fails_loudly_when_jax_cannot_run_on_the_profile_s_gpu(cli_path, tmp_path):
+def test_doctor_fails_loudly_when_jax_cannot_run_on_the_profile_s_gpu(tmp_path):
     # JAX_PLATFORMS=cuda: no silent CPU fallback. This machine has no GPU and no CUDA plugin.
     report = tmp_path / "hw.json"
-    proc = _run(cli_path, "doctor", "--profile", "gpu_a100", "--json", str(report))
+    proc = run_cli("doctor", "--profile", "gpu_a100", "--json", str(report))
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("doctor: JAX cannot start platform 'cuda' that profile gpu_a100 needs")
@@ -166,11 +157,11 @@ def test_doctor_fails_loudly_when_jax_cannot_run_on_the_profile_s_gpu(cli_path, 
 
 
 @pytest.mark.slow
-def test_a_gpu_profile_s_cell_fails_instead_of_measuring_the_cpu(cli_path, tmp_path):
+def test_a_gpu_profile_s_cell_fails_instead_of_measuring_the_cpu(tmp_path):
     out = tmp_path / "cell.json"
-    proc = _run(
-        cli_path, "run", "--profile", "gpu_a100", "--scenario", "TAB-1", "--adapter", "numpy",
-        "--output", str(out), timeout=300,
+    proc = run_cli(
+        "run", "--profile", "gpu_a100", "--scenario", "TAB-1", "--adapter", "numpy",
+        "--output", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["status"] == "failed", proc.stderr[-2000:]
@@ -196,9 +187,7 @@ UNWRITABLE = "/sys"
         ("doctor", "--json", "{tmp}/existing", "existing: is a directory"),
     ],
 )
-def test_output_paths_are_checked_before_anything_runs(
-    cli_path, tmp_path, command, option, target, message
-):
+def test_output_paths_are_checked_before_anything_runs(tmp_path, command, option, target, message):
     (tmp_path / "existing").mkdir()
     (tmp_path / "afile").write_text("x")
     before = sorted(tmp_path.rglob("*"))
@@ -208,7 +197,7 @@ def test_output_paths_are_checked_before_anything_runs(
         args += ["--scenario", "TAB-1", "--adapter", "numpy"]
     elif command == "run":
         args += ["--scenarios", "TAB-1", "--adapters", "numpy"]
-    proc = _run(cli_path, *args, timeout=60)
+    proc = run_cli(*args, timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{option} {target}: " in lines[0] and message in lines[0], lines
@@ -217,17 +206,14 @@ def test_output_paths_are_checked_before_anything_runs(
 
 
 @pytest.mark.slow
-def test_results_are_written_with_the_users_umask(cli_path, tmp_path):
+def test_results_are_written_with_the_users_umask(tmp_path):
     """A result, manifest and summary as readable as any file the user makes (not 0600)."""
     import os
     import stat
 
     old = os.umask(0o022)
     try:
-        proc = _run(
-            cli_path, "run", "--profile", "smoke", "--scenarios", "TAB-1", "--adapters", "numpy",
-            "--output-dir", str(tmp_path / "run"),
-        )  # fmt: skip
+        proc = run_cli("run", "--profile", "smoke", "--scenarios", "TAB-1", "--adapters", "numpy", "--output-dir", str(tmp_path / "run"))  # fmt: skip
     finally:
         os.umask(old)
     assert proc.returncode == 0, proc.stderr

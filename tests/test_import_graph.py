@@ -1,10 +1,14 @@
-"""The package's import graph has no cycle, counting imports inside functions too (a lazy import
-that closes a cycle hides the cycle, it does not remove it)."""
+"""The package's import graph has no cycle and no upward arrow, counting imports inside functions
+too (a lazy import that closes a cycle hides the cycle, it does not remove it); each module
+imports on its own, in a fresh interpreter."""
 
 from __future__ import annotations
 
 import ast
-import importlib
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datarax_bench
@@ -86,10 +90,73 @@ def test_the_checker_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_every_module_imports_on_its_own():
-    """No module depends on another having been imported first (run in this process: each
-    import that has not happened yet happens here, in sorted order)."""
-    for name in sorted(_modules()):
-        if name.endswith("__main__"):
-            continue
-        importlib.import_module(name)
+# The package's rooms, lowest first (docs/layout.md): a module may import its own room and the
+# rooms below it, never one above. The root's leaves are one room; `results` and `provenance`
+# (the result contract) another; the command line is the top.
+LAYERS: list[set[str]] = [
+    {"errors", "paths", "files", "stats", "machine_load", "plugins", "console", "accelerator"},
+    {"workload"},
+    {"provenance", "results"},
+    {"adapters"},
+    {"measures"},
+    {"run"},
+    {"report"},
+    {"cloud"},
+    {"workflow"},
+    {"cli"},
+]
+
+def _layer(name: str) -> int:
+    """The rank of the room that `name` is in (the package itself, everyone's parent: -1)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return -1
+    for rank, rooms in enumerate(LAYERS):
+        if parts[1] in rooms:
+            return rank
+    raise AssertionError(f"{name} is in no room of LAYERS: place it there (and in docs/layout.md)")
+
+
+def _upward(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Every arrow into a room above the importer's; of the modules and their parent packages
+    that one import names, only the deepest."""
+    out = set()
+    for name, targets in graph.items():
+        up = {t for t in targets if _layer(t) > _layer(name)}
+        out |= {(name, t) for t in up if not any(u.startswith(t + ".") for u in up)}
+    return out
+
+
+def test_no_module_imports_a_room_above_its_own():
+    modules = _modules()
+    known = set(modules)
+    graph = {name: _imports(name, path, known) for name, path in modules.items()}
+    upward = _upward(graph)
+    assert not upward, "upward imports: " + ", ".join(f"{a} -> {b}" for a, b in sorted(upward))
+
+
+def test_the_layer_check_finds_an_upward_arrow():
+    graph = {
+        "datarax_bench.workload.catalog": {"datarax_bench.errors", "datarax_bench.workload"},
+        "datarax_bench.results": {"datarax_bench.measures", "datarax_bench.measures.feed"},
+        "datarax_bench.cli": {"datarax_bench.run.runner", "datarax_bench.run"},
+    }
+    assert _upward(graph) == {("datarax_bench.results", "datarax_bench.measures.feed")}
+
+
+def _import_alone(name: str, cwd: Path) -> tuple[str, subprocess.CompletedProcess]:
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {name}"],
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=dict(os.environ),
+    )  # fmt: skip
+    return name, proc
+
+
+def test_every_module_imports_on_its_own(tmp_path):
+    """No module depends on another having been imported first: each is imported in a fresh
+    interpreter of its own (in one process, an earlier import would hide the dependence)."""
+    names = sorted(n for n in _modules() if not n.endswith("__main__"))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(lambda n: _import_alone(n, tmp_path), names))
+    failed = {name: proc.stderr.strip().splitlines()[-1:] for name, proc in done if proc.returncode}
+    assert not failed, failed

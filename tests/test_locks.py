@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # libtpu's wheels need glibc 2.31; TPU VMs and the GPU images SkyPilot uses are newer.
 PLATFORM = "x86_64-manylinux_2_31"
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from support import PLUGINS, ROOT
 
 from datarax_bench import machine_load
 from datarax_bench.results import load_result
-
-ROOT = Path(__file__).resolve().parents[1]
 
 BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 #: /proc/stat and a process's times tick at USER_HZ (100 Hz here): a few ticks either way.
@@ -151,7 +150,7 @@ def test_doctor_names_a_bad_watch_time():
 def test_the_workflow_with_strict_machine_refuses_a_busy_machine_before_any_job(
     foreign_burner, tmp_path
 ):
-    from test_workflow import copy_workflow, snakemake
+    from support.workflow import copy_workflow, snakemake
 
     work = copy_workflow(tmp_path / "checkout")
     config = ["profile=smoke", "scenarios=[TAB-1]", "adapters=[numpy]", "strict_machine=True"]
@@ -221,7 +220,7 @@ def test_precision_stops_early_on_steady_repetitions_and_runs_to_the_cap_on_nois
         min_batches=10, min_seconds=0.3, repetitions=3, precision=0.05, max_repetitions=7
     )
     (root / "config/profiles/precise.yaml").write_text(yaml.safe_dump(profile))
-    plugins = str(Path(__file__).parent / "plugins")
+    plugins = str(PLUGINS)
     env = {
         **os.environ,
         "DATARAX_BENCH_ROOT": str(root),

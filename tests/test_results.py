@@ -20,7 +20,7 @@ from datarax_bench.results import (
     write_text_atomic,
 )
 
-#: The cells of the shared smoke run this module reads (smoke_support.py).
+#: The cells of the shared smoke run this module reads (support/smoke.py).
 SMOKE_RUN = {"numpy": ("CV-1",)}
 
 

@@ -50,8 +50,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import skypilot_job
 import yaml
+
+try:  # imported by the tests as `loopback.managed`
+    from . import skypilot_job
+except ImportError:  # run next to the `sky` script, which imports its siblings by bare name
+    import skypilot_job
 
 JOB_FAILED, JOB_NOT_FINISHED, JOB_NOT_FOUND, JOB_CANCELLED = 100, 101, 102, 103
 TERMINAL = {

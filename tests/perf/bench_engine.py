@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine_support import OLD_SETTING, ROOT, profile_settings, run_workflow  # noqa: E402
+from support.engine import OLD_SETTING, ROOT, profile_settings, run_workflow  # noqa: E402
 
 from datarax_bench.provenance import cpu_info  # noqa: E402
 

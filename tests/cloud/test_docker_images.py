@@ -1,0 +1,214 @@
+"""The CPU image, built and run for real on a daemon of the tests' own (tests/support/docker.py).
+
+One build per test session (about 4 minutes here, most of it pip installing the stack); the
+tests run last (tests/conftest.py), so a failure here never hides the rest of the suite's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from support import docker as docker_support
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+_REASON = docker_support.unavailable_reason()
+if _REASON:
+    pytestmark.append(pytest.mark.skip(reason=f"no Docker daemon can run here: {_REASON}"))
+
+DOCKERFILE = ROOT / "benchmarks" / "docker" / "Dockerfile.cpu"
+IMAGE = "datarax-bench:cpu-test"
+#: Every framework of the stack on one small scenario: five cells in about half a minute.
+SCENARIO = "TAB-1"
+#: A user that is neither root nor the image's own (uid 1000), as `--user "$(id -u):$(id -g)"`.
+INVOKER = 4321
+
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    work = tmp_path_factory.mktemp("docker")
+    daemon = docker_support.Daemon(work)
+    commit = _commit()  # once: other work may commit while the image builds
+    try:
+        daemon.start()
+        base = docker_support.import_debian_base(daemon, work, "local/debian-minbase")
+        wheels = docker_support.build_wheelhouse(work / "wheels", ("bench",))
+        with docker_support.served(wheels) as wheels_url:
+            built = docker_support.build_image(
+                daemon,
+                DOCKERFILE,
+                IMAGE,
+                ROOT,
+                BASE_IMAGE=base,
+                WHEELS_URL=wheels_url,
+                GIT_COMMIT=commit,
+            )
+            (work / "build.log").write_text(built.stdout + built.stderr)
+            yield {"daemon": daemon, "base": base, "wheels_url": wheels_url, "commit": commit}
+    finally:
+        daemon.stop()
+        # Gigabytes of image layers and wheels; the daemon's and the build's logs stay.
+        for name in ("data", "exec", "wheels", "rootfs"):
+            shutil.rmtree(work / name, ignore_errors=True)
+
+
+def _results_dir(path: Path) -> Path:
+    path.mkdir()
+    os.chown(path, INVOKER, INVOKER)
+    return path
+
+
+def _cells(results: Path) -> dict[str, dict]:
+    return {
+        str(p.relative_to(results / "raw")): json.loads(p.read_text())
+        for p in sorted((results / "raw").rglob("*.json"))
+    }
+
+
+def _digests(result: dict) -> list:
+    return [r.get("first_batch_sha256") for r in result.get("repetitions") or []]
+
+
+def test_default_command_measures_and_exports_like_a_local_run(image, tmp_path, cli_path):
+    mounted = _results_dir(tmp_path / "container")
+    proc = image["daemon"].docker(
+        "run", "--rm", "--network", "host", "--user", f"{INVOKER}:{INVOKER}",
+        "-e", "DATARAX_BENCH_PROFILE=smoke", "-e", f"DATARAX_BENCH_SCENARIOS={SCENARIO}",
+        "-v", f"{mounted}:/app/results", IMAGE,
+        check=False, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    inside = mounted / "smoke"
+
+    local = tmp_path / "local"
+    here = subprocess.run(
+        [
+            cli_path,
+            "run",
+            "--profile",
+            "smoke",
+            "--scenarios",
+            SCENARIO,
+            "--output-dir",
+            str(local),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert here.returncode == 0, here.stderr[-3000:]
+
+    theirs, ours = _cells(inside), _cells(local)
+    assert sorted(theirs) == sorted(ours) and len(ours) == 5
+    for cell, result in ours.items():
+        assert theirs[cell]["status"] == result["status"] == "ok", cell
+        assert theirs[cell]["workload"]["data_digest"] == result["workload"]["data_digest"]
+        assert _digests(theirs[cell]) == _digests(result), cell
+        assert None not in _digests(result)
+        provenance = theirs[cell]["provenance"]
+        # The image has no .git: the commit is the build argument, its cleanliness unknown.
+        assert provenance["git_commit"] == image["commit"] and provenance["git_dirty"] is None
+        assert provenance["environment"]["DATARAX_BENCH_IMAGE"] == "datarax-bench:cpu"
+        assert provenance["packages"] == result["provenance"]["packages"]
+
+    # doctor, the run's manifest and summary, the offline W&B run: all the invoker's, and no
+    # temporary file left beside them.
+    assert json.loads((inside / "doctor.json").read_text())
+    assert list((inside / "wandb").glob("offline-run-*"))
+    files = list(inside.rglob("*"))
+    assert {"manifest.json", "summary.json"} <= {p.name for p in files}
+    # lstat: W&B's offline run links its core log to the container's home.
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [inside, *files]}
+    assert owners == {(INVOKER, INVOKER)}
+    ours = [p for p in files if "wandb" not in p.relative_to(inside).parts]
+    assert not [p for p in ours if ".tmp" in p.name or p.name.startswith(".")]
+
+
+def test_results_dir_the_user_cannot_write_is_refused_before_measuring(image, tmp_path):
+    foreign = tmp_path / "root-owned"
+    foreign.mkdir(mode=0o755)
+    proc = image["daemon"].docker(
+        "run", "--rm", "--network", "host", "--user", f"{INVOKER}:{INVOKER}",
+        "-v", f"{foreign}:/app/results", IMAGE,
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"datarax-bench: /app/results is not writable by uid {INVOKER}; mount a directory of "
+        'yours there and run with --user "$(id -u):$(id -g)"'
+    ]
+    assert list(foreign.iterdir()) == []
+
+
+def test_image_runs_as_a_non_root_user_with_datarax_bench_as_entrypoint(image):
+    config = json.loads(image["daemon"].docker("image", "inspect", IMAGE).stdout)[0]["Config"]
+    assert config["User"] == "bench"
+    listed = image["daemon"].docker("run", "--rm", "--network", "host", IMAGE, "list", "--json")
+    assert SCENARIO in json.loads(listed.stdout)["scenarios"]
+    who = image["daemon"].docker("run", "--rm", "--entrypoint", "id", IMAGE, "-u").stdout
+    assert who.strip() == "1000"
+
+
+def test_a_code_change_rebuilds_without_reinstalling_the_stack(image, tmp_path):
+    context = tmp_path / "context"
+    for name in ("pyproject.toml", "constraints.txt", "README.md", ".dockerignore"):
+        context.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, context / name)
+    for name in ("src", "config", "workflow/schemas", "benchmarks/docker"):
+        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))
+    marker = "# changed after the image was built\n"
+    with open(context / "src" / "datarax_bench" / "__init__.py", "a") as fh:
+        fh.write(marker)
+
+    built = docker_support.build_image(
+        image["daemon"],
+        context / "benchmarks" / "docker" / "Dockerfile.cpu",
+        "datarax-bench:cpu-changed",
+        context,
+        BASE_IMAGE=image["base"],
+        WHEELS_URL=image["wheels_url"],
+        GIT_COMMIT=image["commit"],
+    )
+    log = (built.stdout + built.stderr).splitlines()
+    # BuildKit's plain progress: `#N [stage k/n] RUN ...` then `#N CACHED` for a reused layer.
+    steps = {line.split()[0]: line for line in log if line.startswith("#") and " RUN " in line}
+    install = [n for n, line in steps.items() if "-r /opt/datarax-bench/requirements.txt" in line]
+    project = [n for n, line in steps.items() if "-e /app" in line]
+    assert install and project, "\n".join(log[-40:])
+    assert f"{install[0]} CACHED" in log
+    assert f"{project[0]} CACHED" not in log
+    source = image["daemon"].docker(
+        "run", "--rm", "--entrypoint", "cat", "datarax-bench:cpu-changed",
+        "/app/src/datarax_bench/__init__.py",
+    ).stdout  # fmt: skip
+    assert source.endswith(marker)
+
+
+def test_the_gpu_file_builds_its_stages_and_asks_for_the_gpu_extra(image):
+    # The install itself needs PyPI's CUDA wheels (GBs) and the run a GPU: not on this machine.
+    docker_support.build_image(
+        image["daemon"],
+        ROOT / "benchmarks" / "docker" / "Dockerfile.gpu",
+        "datarax-bench:gpu-requirements",
+        ROOT,
+        "--target",
+        "requirements",
+        BASE_IMAGE=image["base"],
+    )
+    listed = image["daemon"].docker(
+        "run", "--rm", "datarax-bench:gpu-requirements", "cat", "/tmp/requirements.txt"
+    ).stdout.split()  # fmt: skip
+    assert listed == docker_support.image_requirements(("bench", "gpu"))
+    assert "jax[cuda13]==0.10.2" in listed
