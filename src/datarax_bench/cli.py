@@ -236,9 +236,9 @@ def cmd_run(args) -> int:
         styles = [args.style] if args.style else None
         on_cell = None
         if args.keep_each_cell:
-            kept, on_cell = _each_cell_keeper(args, profile.name)
-            if not kept:
-                return kept_nowhere()
+            on_cell, refused = _each_cell_keeper(args, profile.name)
+            if refused is not None:
+                return refused
         with _resume_directory(args) as (resume, keep):
             summary = run_matrix(
                 profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume,
@@ -420,10 +420,10 @@ def _resume_directory(args):
 
 
 def _each_cell_keeper(args, profile: str):
-    """(whether each cell will be kept off this machine or may stay on it, what to call with
-    each cell's result) for `run --keep-each-cell`, decided before the first cell: a bucket
-    (--resume-dir, --resume-bucket) keeps each cell already; else W&B, if it takes the key now."""
-    from datarax_bench.cloud.standalone import cell_keeper
+    """(what to call with each cell's result, the exit status when nothing would keep the
+    cells) for `run --keep-each-cell`, decided before the first cell: a bucket (--resume-dir,
+    --resume-bucket) keeps each cell already; else W&B, if it takes the key now."""
+    from datarax_bench.cloud.standalone import cell_keeper, refuse
     from datarax_bench.console import say
 
     if args.resume_dir or args.resume_bucket:
@@ -431,23 +431,15 @@ def _each_cell_keeper(args, profile: str):
             check_output("run: --resume-dir", args.resume_dir, "directory")
         where = args.resume_dir or args.resume_bucket
         say(f"each cell is kept in {where} as soon as it is measured", prefix="keep")
-        return True, None
-    keep = cell_keeper(Path(args.output_dir), profile)
+        return None, None
+    keep, problem = cell_keeper(Path(args.output_dir), profile)
     if keep is not None:
         say("each cell goes to W&B as soon as it is measured", prefix="keep")
-        return True, keep
+        return keep, None
     if args.results_on_machine:
         say("each cell stays on this machine only, as asked (--results-on-machine)", prefix="keep")
-        return True, None
-    return False, None
-
-
-def kept_nowhere() -> int:
-    """`run --keep-each-cell` with nothing to keep the cells: `persist --check`'s one line."""
-    from datarax_bench.cloud.standalone import check
-
-    # Without a bucket and without a W&B that takes the key, check says why and returns 3.
-    return check(None, on_machine=False)
+        return None, None
+    return None, refuse(problem)
 
 
 def cmd_upload(args) -> int:

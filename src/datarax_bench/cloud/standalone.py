@@ -126,9 +126,14 @@ def check(
             prefix="persist --check",
         )
         return 0
+    return refuse(wandb)
+
+
+def refuse(wandb_problem: str) -> int:
+    """Nothing would keep the results: say why in one line; NOT_KEPT."""
     say(
-        f"nothing would keep the results off this machine ({wandb}; no results bucket), so "
-        f"nothing is measured: {_ADVICE}",
+        f"nothing would keep the results off this machine ({wandb_problem}; no results bucket), "
+        f"so nothing is measured: {_ADVICE}",
         prefix="persist --check",
     )
     return NOT_KEPT
@@ -136,14 +141,16 @@ def check(
 
 def cell_keeper(
     results_dir: Path, profile: str, environ: dict[str, str] | None = None
-) -> Callable[[Path, dict[str, Any]], None] | None:
-    """What `run --keep-each-cell` calls with each cell's result when no bucket keeps the cells:
-    a W&B run resumed per cell (`CellsRun`) if W&B takes the key now, else None. A cell that
-    fails to upload is said in one line and left to the final `persist`."""
+) -> tuple[Callable[[Path, dict[str, Any]], None] | None, str | None]:
+    """(what `run --keep-each-cell` calls with each cell's result when no bucket keeps the
+    cells, why W&B cannot): a W&B run resumed per cell (`CellsRun`) if W&B takes the key now,
+    else (None, the reason). A cell that fails to upload is said in one line and left to the
+    final `persist`."""
     from datarax_bench.report.wandb_export import CellsRun, key_problem
 
-    if key_problem(os.environ if environ is None else environ) is not None:
-        return None
+    problem = key_problem(os.environ if environ is None else environ)
+    if problem is not None:
+        return None, problem
     run = CellsRun(results_dir, profile)
 
     def keep(path: Path, result: dict[str, Any]) -> None:
@@ -160,7 +167,7 @@ def cell_keeper(
         else:
             say(f"kept in W&B run {run.run_id} ({time.monotonic() - t0:.1f} s)", prefix="keep")
 
-    return keep
+    return keep, None
 
 
 def persist(
