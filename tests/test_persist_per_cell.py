@@ -294,3 +294,21 @@ def test_killing_the_run_after_two_cells_leaves_two_cells_in_wandb(tmp_path):
             (out / "raw" / f"{cell}.json").read_text()
         )
     assert logged == ["PC-1/d1/numpy", "PC-1/d5/numpy"]
+    record = json.loads((out / "wandb" / "cells-run.json").read_text())
+    assert record["run_id"] == "cells-test" and record["mode"] == "offline"
+    assert record["cells"] == [f"raw/{cell}.json" for cell in logged]
+
+
+def test_persist_says_which_cells_wandb_has_when_the_complete_run_is_not_uploaded(tmp_path):
+    results = tmp_path / "gpu_a100"
+    (results / "wandb").mkdir(parents=True)
+    record = {"run_id": "cells-x", "run_path": "me/datarax-benchmarks/cells-x", "mode": "online"}
+    record["cells"] = ["raw/PC-1/d1/numpy.json", "raw/PC-1/d5/numpy.json"]
+    (results / "wandb" / "cells-run.json").write_text(json.dumps(record))
+    proc = subprocess.run(
+        [str(CLI), "persist", "--results-dir", str(results)], env=_env(), capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "2 cells were kept in W&B run me/datarax-benchmarks/cells-x" in proc.stderr
+    assert "ONLY on this machine" in proc.stderr

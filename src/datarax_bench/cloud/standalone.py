@@ -216,6 +216,8 @@ def persist(
             "WANDB_API_KEY was not forwarded (--secret WANDB_API_KEY): no W&B upload",
             prefix="persist",
         )
+    if not any(where.startswith("W&B") for where in kept):
+        _say_cells_in_wandb(results_dir)
 
     if bucket_dir is not None:
         try:
@@ -247,6 +249,24 @@ def persist(
         prefix="persist",
     )
     return NOT_KEPT
+
+
+def _say_cells_in_wandb(results_dir: Path) -> None:
+    """When the complete W&B run was not uploaded: which cells `run --keep-each-cell` did keep
+    in W&B as they were measured."""
+    from datarax_bench.report.wandb_export import CELLS_RECORD
+
+    path = results_dir / CELLS_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("run_path"):
+        say(
+            f"{len(record.get('cells') or [])} cells were kept in W&B run {record['run_path']} as "
+            "they were measured; the complete run (table, manifest) was not uploaded",
+            prefix="persist",
+        )
 
 
 def with_results_bucket(task: dict[str, Any], scheme: str) -> dict[str, Any]:

@@ -663,6 +663,10 @@ def export_results(
     return report
 
 
+#: Written by `CellsRun` after each cell kept: the run's id and path, and the cells it holds.
+CELLS_RECORD = "wandb/cells-run.json"
+
+
 class CellsRun:
     """A W&B run that receives each cell as soon as it is measured (`datarax-bench run
     --keep-each-cell` without a bucket): one run per benchmark run, resumed for each cell, which
@@ -729,7 +733,18 @@ class CellsRun:
         run.finish()
         wandb.teardown()
         self.kept += 1
+        record = {
+            "run_id": self.run_id,
+            "run_path": f"{run.entity}/{run.project}/{run.id}" if self.mode == "online" else None,
+            "mode": self.mode,
+            "cells": [*self._kept_cells(), cell.path.as_posix()],
+        }
+        write_json_atomic(self.root / CELLS_RECORD, record)
         return {"run_id": self.run_id, "run_dir": str(Path(run.dir).parent)}
+
+    def _kept_cells(self) -> list[str]:
+        path = self.root / CELLS_RECORD
+        return json.loads(path.read_text())["cells"] if path.is_file() else []
 
 
 def export_for_workflow(results_dir: Path, marker: Path, **options: Any) -> dict[str, Any]:
