@@ -106,6 +106,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 
+
 def _layer(name: str) -> int:
     """The rank of the room that `name` is in (the package itself, everyone's parent: -1)."""
     parts = name.split(".")

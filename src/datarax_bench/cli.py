@@ -216,6 +216,10 @@ def cmd_run(args) -> int:
             f"run: --resume-dir must not be the output directory ({args.output_dir}): it is "
             "where another machine's run kept its cells, e.g. a mounted bucket"
         )
+    if (args.keep_each_cell or args.results_on_machine) and not args.output_dir:
+        raise UserError(
+            "run: --keep-each-cell keeps the cells of a matrix; use it with --output-dir"
+        )
     if args.cells and not args.output_dir:
         raise UserError("run: --cells selects cells of a matrix; use it with --output-dir")
     if args.output_dir and (args.process is not None or args.earlier is not None):
@@ -229,10 +233,15 @@ def cmd_run(args) -> int:
                 "run: --variant selects one cell; use it with --output, not --output-dir"
             )
         styles = [args.style] if args.style else None
+        on_cell = None
+        if args.keep_each_cell:
+            on_cell, refused = _each_cell_keeper(args, profile.name)
+            if refused is not None:
+                return refused
         with _resume_directory(args) as (resume, keep):
             summary = run_matrix(
                 profile, Path(args.output_dir), scenarios, adapters, catalog, styles, resume,
-                _split(args.cells), keep,
+                _split(args.cells), keep, on_cell,
             )  # fmt: skip
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         print(f"{len(summary['cells'])} cells in {args.output_dir}: {counts}")
@@ -417,6 +426,29 @@ def _resume_directory(args):
     yield mirror.local, mirror.push
 
 
+def _each_cell_keeper(args, profile: str):
+    """(what to call with each cell's result, the exit status when nothing would keep the
+    cells) for `run --keep-each-cell`, decided before the first cell: a bucket (--resume-dir,
+    --resume-bucket) keeps each cell already; else W&B, if it takes the key now."""
+    from datarax_bench.cloud.standalone import cell_keeper, refuse
+    from datarax_bench.console import say
+
+    if args.resume_dir or args.resume_bucket:
+        if args.resume_dir:
+            check_output("run: --resume-dir", args.resume_dir, "directory")
+        where = args.resume_dir or args.resume_bucket
+        say(f"each cell is kept in {where} as soon as it is measured", prefix="keep")
+        return None, None
+    keep, problem = cell_keeper(Path(args.output_dir), profile)
+    if keep is not None:
+        say("each cell goes to W&B as soon as it is measured", prefix="keep")
+        return keep, None
+    if args.results_on_machine:
+        say("each cell stays on this machine only, as asked (--results-on-machine)", prefix="keep")
+        return None, None
+    return None, refuse(problem)
+
+
 def cmd_upload(args) -> int:
     from datarax_bench.cloud.buckets import BucketURI, parse_bucket, upload
 
@@ -437,9 +469,14 @@ def cmd_upload(args) -> int:
 
 
 def cmd_persist(args) -> int:
-    from datarax_bench.cloud.standalone import persist
+    from datarax_bench.cloud.standalone import check, persist
 
-    return persist(Path(args.results_dir), Path(args.bucket_dir) if args.bucket_dir else None)
+    bucket = Path(args.bucket_dir) if args.bucket_dir else None
+    if args.check:
+        return check(bucket, on_machine=args.results_on_machine)
+    if not args.results_dir:
+        raise UserError("persist: --results-dir is required (or --check, before measuring)")
+    return persist(Path(args.results_dir), bucket, on_machine=args.results_on_machine)
 
 
 def cmd_task_file(args) -> int:
@@ -511,6 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --output-dir: only these cells of the matrix, as SCENARIO/VARIANT/ADAPTER/STYLE "
         "(one machine's share of a sharded run)",
     )
+    p.add_argument(
+        "--keep-each-cell",
+        action="store_true",
+        help="with --output-dir: keep each cell off this machine as soon as it is measured: in "
+        "--resume-dir / --resume-bucket when given, else in W&B (WANDB_API_KEY); refuse before "
+        "the first cell (exit 3, one line) when nothing would keep it",
+    )
+    p.add_argument(
+        "--results-on-machine",
+        action="store_true",
+        help="with --keep-each-cell: let the cells stay on this machine when nothing else keeps "
+        "them (you copy them off yourself)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("doctor", help="check that JAX sees the profile's backend")
@@ -561,8 +611,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     # standalone task files (benchmarks/sky): see standalone.py
     p = sub.add_parser("persist", help="keep a cloud machine's results (W&B and/or a bucket)")
-    p.add_argument("--results-dir", required=True, help="the --output-dir of a run")
+    p.add_argument("--results-dir", help="the --output-dir of a run (not with --check)")
     p.add_argument("--bucket-dir", help="where the results bucket is mounted")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="before measuring: exit 3 in one line, within seconds, when nothing would keep the "
+        "results (no bucket mount that takes files, and no W&B that takes WANDB_API_KEY)",
+    )
+    p.add_argument(
+        "--results-on-machine",
+        action="store_true",
+        help="the results may stay only on this machine (you copy them off yourself): exit 0",
+    )
     p.set_defaults(func=cmd_persist)
 
     p = sub.add_parser("upload", help="copy one file to a results bucket (s3:// or gs://)")

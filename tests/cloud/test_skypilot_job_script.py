@@ -29,6 +29,7 @@ _STATUS += "to upload {n}, uploading 0, total size 1.2Ki (was 1.2Ki)\n"
 _DATARAX_BENCH = """#!/bin/bash
 echo "$*" >> "$HOME/calls"
 case "$1" in
+  persist) if [ "$2" = --check ]; then exit "${STANDIN_CHECK_EXIT:-0}"; fi ;;
   doctor) while [ $# -gt 0 ]; do [ "$1" = --json ] && echo '{}' > "$2"; shift; done ;;
   run) exit "${STANDIN_RUN_EXIT:-0}" ;;
 esac
@@ -62,7 +63,9 @@ class Node:
         path = self.home / name
         return path.read_text().splitlines() if path.exists() else []
 
-    def run(self, run_text: str, envs: dict, run_exit: int = 0) -> subprocess.CompletedProcess:
+    def run(
+        self, run_text: str, envs: dict, run_exit: int = 0, check_exit: int = 0
+    ) -> subprocess.CompletedProcess:
         """The job script SkyPilot makes of `run_text` and `envs`, run as SkyPilot runs it."""
         from sky.backends.task_codegen import UNSET_RAY_ENV_VARS, TaskCodeGen
         from sky.skylet import log_lib
@@ -73,6 +76,7 @@ class Node:
         script.write_text(log_lib.make_task_bash_script(body, env_vars=envs))
         env = {"HOME": str(self.home), "PATH": f"{self.bin}:/usr/bin:/bin"}
         env["STANDIN_RUN_EXIT"] = str(run_exit)
+        env["STANDIN_CHECK_EXIT"] = str(check_exit)
         return subprocess.run(
             ["/bin/bash", "-i", str(script)],
             env=env,
@@ -120,9 +124,38 @@ def test_task_file_body_ends_through_skypilot_wait_with_its_own_status(node, pat
     proc = node.run(task["run"], _envs(task, DATARAX_BENCH_BUCKET="dxb-test"), run_exit)
     _waited(node, proc)
     assert proc.returncode == run_exit, proc.stdout + proc.stderr
-    # `persist` runs whatever the run's outcome, and the job's status is then the run's.
-    assert [c.split()[0] for c in node.lines("calls")] == ["doctor", "run", "persist"]
-    assert "--bucket-dir" in node.lines("calls")[-1]
+    # The pre-flight comes first; `persist` runs whatever the run's outcome, and the job's
+    # status is then the run's.
+    calls = node.lines("calls")
+    assert [c.split()[0] for c in calls] == ["persist", "doctor", "run", "persist"]
+    assert calls[0].split()[:2] == ["persist", "--check"] and "--bucket-dir" in calls[0]
+    assert "--keep-each-cell" in calls[2].split() and "--resume-dir" in calls[2]
+    assert "--bucket-dir" in calls[-1] and "--check" not in calls[-1]
+    assert not any("--results-on-machine" in c for c in calls)
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.name)
+def test_task_file_body_stops_at_a_failed_check_before_measuring(node, path):
+    """Nothing would keep the results: the job ends with the check's status, through SkyPilot's
+    wait, and neither doctor nor run is started."""
+    task = yaml.safe_load(path.read_text())
+    proc = node.run(task["run"], _envs(task), check_exit=3)
+    _waited(node, proc)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert node.lines("calls") == ["persist --check"]
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.name)
+def test_task_file_body_passes_results_on_machine_when_asked(node, path):
+    task = yaml.safe_load(path.read_text())
+    envs = _envs(task, DATARAX_BENCH_RESULTS_ON_MACHINE="1")
+    proc = node.run(task["run"], envs)
+    _waited(node, proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = node.lines("calls")
+    assert [c.split()[0] for c in calls] == ["persist", "doctor", "run", "persist"]
+    assert all("--results-on-machine" in calls[i].split() for i in (0, 2, 3))
+    assert "--bucket-dir" not in calls[0] and "--resume-dir" not in calls[2]
 
 
 @pytest.mark.parametrize("run_exit", [0, 5])

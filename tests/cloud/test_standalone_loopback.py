@@ -1,8 +1,8 @@
 """A standalone task file launched as the header says, on the loopback cluster (real ssh and
 rsync, setup and run inside one job) with its results bucket on a real S3 API (moto's server,
 MOUNT_CACHED emulated by tests/loopback/storage.py): with the bucket the results are in the
-bucket when `sky launch ... --down` returns; with neither key nor bucket the job fails saying
-that the only copy is on the machine."""
+bucket when `sky launch ... --down` returns; with neither key nor bucket the job fails before
+measuring anything, saying that nothing would keep the results."""
 
 from __future__ import annotations
 
@@ -87,4 +87,5 @@ def test_bucket_keeps_the_results_and_nothing_kept_fails_the_job(tmp_path):
     assert any(k.startswith(f"smoke/{stamp}/raw/TAB-1/") for k in keys), keys
     assert not any("/raw/CV-1/" in k for k in keys)  # only the scenario asked for
     assert lost.returncode != 0, lost.stdout[-3000:] + lost.stderr[-3000:]
-    assert "ONLY on this machine" in lost.stdout + lost.stderr
+    # Refused before anything was measured (`persist --check`, exit 3).
+    assert "nothing would keep the results" in lost.stdout + lost.stderr

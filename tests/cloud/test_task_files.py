@@ -65,6 +65,8 @@ def test_header_shows_each_way_to_keep_results(path):
     # Without key or bucket: an idle limit, and the copy and teardown shown.
     kept = [c for c in direct if not option(c, "--secret")]
     assert kept and all(option(c, "-i") and option(c, "-c") for c in kept)
+    # ... and said, or the run step's pre-flight refuses to measure (persist --check, exit 3).
+    assert all("DATARAX_BENCH_RESULTS_ON_MACHINE=1" in option(c, "--env") for c in kept)
     # A stopped Vast machine may not start again (its GPU rented out): deleted, never stopped.
     assert all("--down" in c for c in kept if option(c, "--infra") == ["vast"])
     cluster = option(kept[0], "-c")[0]

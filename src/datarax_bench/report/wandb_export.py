@@ -246,25 +246,35 @@ def summary_metrics(bundle: ResultsBundle) -> dict[str, Any]:
     before styles existed): no two cells share a key."""
     out: dict[str, Any] = {}
     for cell in bundle.cells:
-        row = table_row(cell)
-        key = f"{row['scenario']}/{row['variant']}/{row['adapter']}"
-        if row["style"] != "plain":
-            key += f".{row['style']}"
-        out[f"{key}/status"] = row["status"]
-        for name in NUMERIC_COLUMNS:
-            if row[name] is not None:
-                out[f"{key}/{name}"] = row[name]
-        special: dict[str, Any] = {}
-        _flatten("special", cell.result.get("special") or {}, special)
-        out.update({f"{key}/{k}": v for k, v in special.items()})
-        # Utilisation per step time (the shortest fed step is among the numeric columns).
-        for name, value in feed_columns(cell.result.get("feed")).items():
-            if name.startswith(UTILISATION_PREFIX):
-                out[f"{key}/{name}"] = value
+        out.update(cell_metrics(cell))
     out.update({f"cells/{status}": n for status, n in bundle.counts().items()})
     out["cells/total"] = len(bundle.cells)
     out.update(billing_metrics(bundle.root))
     out.update(managed_metrics(bundle.root))
+    return out
+
+
+def cell_key(row: dict[str, Any]) -> str:
+    """`<scenario>/<variant>/<adapter>[.<style>]`: a cell's prefix in the run summary."""
+    key = f"{row['scenario']}/{row['variant']}/{row['adapter']}"
+    return key if row["style"] == "plain" else f"{key}.{row['style']}"
+
+
+def cell_metrics(cell: CellResult) -> dict[str, Any]:
+    """One cell's summary keys: its status, measured numbers, special metrics, utilisation."""
+    row = table_row(cell)
+    key = cell_key(row)
+    out: dict[str, Any] = {f"{key}/status": row["status"]}
+    for name in NUMERIC_COLUMNS:
+        if row[name] is not None:
+            out[f"{key}/{name}"] = row[name]
+    special: dict[str, Any] = {}
+    _flatten("special", cell.result.get("special") or {}, special)
+    out.update({f"{key}/{k}": v for k, v in special.items()})
+    # Utilisation per step time (the shortest fed step is among the numeric columns).
+    for name, value in feed_columns(cell.result.get("feed")).items():
+        if name.startswith(UTILISATION_PREFIX):
+            out[f"{key}/{name}"] = value
     return out
 
 
@@ -338,6 +348,43 @@ def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"{url} unreachable ({reason})"
+
+
+def key_problem(environ=None, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when W&B would take results uploaded now: a key, uploads not turned off
+    (`WANDB_MODE`), and the server accepting the key; else why not, in words.
+
+    One GraphQL `viewer` query with the key as HTTP basic auth (what wandb's own client sends),
+    bounded by `timeout`: an unreachable server or a refused key shows in seconds, where
+    `wandb.init` would retry for minutes. The key goes only into that request's header.
+    """
+    import base64
+
+    environ = os.environ if environ is None else environ
+    if not environ.get(API_KEY_ENV):
+        return f"{API_KEY_ENV} is not set"
+    mode, _ = choose_mode("auto", environ)
+    if mode != "online":
+        return f"WANDB_MODE={environ.get('WANDB_MODE')} uploads nothing"
+    url = base_url(environ)
+    auth = base64.b64encode(f"api:{environ[API_KEY_ENV]}".encode()).decode()
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            body = json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return f"W&B at {url} refused the key (HTTP {exc.code})"
+        return f"W&B at {url} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"W&B at {url} is unreachable ({getattr(exc, 'reason', exc)})"
+    if not isinstance(body, dict) or not (body.get("data") or {}).get("viewer"):
+        return f"W&B at {url} did not accept the key (no viewer in its answer)"
+    return None
 
 
 def choose_mode(requested: str, environ=None) -> tuple[str, str | None]:
@@ -614,6 +661,90 @@ def export_results(
     if marker is not None:
         write_json_atomic(Path(marker), report)
     return report
+
+
+#: Written by `CellsRun` after each cell kept: the run's id and path, and the cells it holds.
+CELLS_RECORD = "wandb/cells-run.json"
+
+
+class CellsRun:
+    """A W&B run that receives each cell as soon as it is measured (`datarax-bench run
+    --keep-each-cell` without a bucket): one run per benchmark run, resumed for each cell, which
+    adds the cell's summary keys (as the final export names them), one history row, and the
+    cell's raw result file (uploaded at once, `policy="now"`). The final export (`persist`) then
+    makes the complete run as before; this one only makes sure that an interrupted run has lost
+    no more than the cell in flight.
+
+    In this process, between cells (never while a worker measures): wandb is imported once, and
+    its service process is stopped after each cell (`wandb.teardown`), so nothing of W&B runs
+    during a measurement.
+    """
+
+    def __init__(
+        self,
+        results_dir: Path,
+        profile: str,
+        *,
+        project: str = DEFAULT_PROJECT,
+        entity: str | None = None,
+        mode: str = "online",
+        run_id: str | None = None,
+    ):
+        check_names(project, entity)
+        self.root = Path(results_dir).absolute()
+        self.profile, self.project, self.entity, self.mode = profile, project, entity, mode
+        started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        where = f"{self.root}|{started}|{os.environ.get('SKYPILOT_TASK_ID', '')}"
+        self.run_id = run_id or f"cells-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+        self.name = f"{profile}-cells-{started}"
+        self.kept = 0
+
+    def __call__(self, path: Path, result: dict[str, Any]) -> dict[str, Any]:
+        """Log one cell's result (written at `path` under the results directory)."""
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        if "wandb" not in sys.modules:
+            os.environ.pop("WANDB_SERVICE", None)  # a parent's wandb-core: start our own
+        import wandb
+
+        path = Path(path).absolute()
+        cell = CellResult(path.relative_to(self.root), result)
+        metrics = cell_metrics(cell)
+        run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            id=self.run_id,
+            resume="allow",
+            name=self.name,
+            group=self.profile,
+            job_type="cells",
+            tags=[f"profile:{self.profile}", "cells"],
+            dir=str(self.root),
+            settings=_settings(self.mode),
+            reinit="create_new",
+        )
+        try:
+            run.log({"cell": cell_key(table_row(cell)), **metrics})
+            run.summary.update(metrics)
+            run.save(str(path), base_path=str(self.root), policy="now")
+        except BaseException:
+            run.finish(exit_code=1)
+            wandb.teardown()
+            raise
+        run.finish()
+        wandb.teardown()
+        self.kept += 1
+        record = {
+            "run_id": self.run_id,
+            "run_path": f"{run.entity}/{run.project}/{run.id}" if self.mode == "online" else None,
+            "mode": self.mode,
+            "cells": [*self._kept_cells(), cell.path.as_posix()],
+        }
+        write_json_atomic(self.root / CELLS_RECORD, record)
+        return {"run_id": self.run_id, "run_dir": str(Path(run.dir).parent)}
+
+    def _kept_cells(self) -> list[str]:
+        path = self.root / CELLS_RECORD
+        return json.loads(path.read_text())["cells"] if path.is_file() else []
 
 
 def export_for_workflow(results_dir: Path, marker: Path, **options: Any) -> dict[str, Any]:

@@ -403,6 +403,7 @@ def run_matrix(
     resume_dir: Path | None = None,
     only: Sequence[str] | None = None,
     keep: Callable[[Path], Any] | None = None,
+    on_cell: Callable[[Path, dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Every (scenario, variant, adapter, style) cell of the profile, in rounds of their
     processes (`_Rounds`).
@@ -418,6 +419,9 @@ def run_matrix(
     `only` (cell ids, `S/V/A/STYLE`) keeps just those cells of the matrix: one shard's share.
     `keep` is called with each file written into `resume_dir` (where the directory stands for a
     bucket that is not mounted: it uploads the file).
+    `on_cell` is called with each cell's raw result path and result as soon as it is written
+    (not for a cell taken from `resume_dir`, which is kept already), between measurements:
+    `run --keep-each-cell` sends it to W&B there.
     """
     from datarax_bench.adapters import all_adapters
 
@@ -434,7 +438,7 @@ def run_matrix(
         cells = select_cells(cells, only)
     output_dir = Path(output_dir)
     started = utc_now()
-    run = _Rounds(cells, output_dir, Path(resume_dir) if resume_dir else None, keep)
+    run = _Rounds(cells, output_dir, Path(resume_dir) if resume_dir else None, keep, on_cell)
     for round_ in range(max((processes_of(c) for c in cells), default=0)):
         for i in range(len(cells)):
             if i not in run.results:
@@ -455,9 +459,11 @@ class _Rounds:
     restarted run finds it (so a restart loses at most the process in flight).
     """
 
-    def __init__(self, cells: list[Cell], output_dir: Path, resume_dir: Path | None, keep):
+    def __init__(
+        self, cells: list[Cell], output_dir: Path, resume_dir: Path | None, keep, on_cell=None
+    ):
         self.cells, self.output_dir = cells, output_dir
-        self.resume_dir, self.keep = resume_dir, keep
+        self.resume_dir, self.keep, self.on_cell = resume_dir, keep, on_cell
         self.results: dict[int, dict[str, Any]] = {}
         self.measured: dict[int, list[dict[str, Any]]] = {}
 
@@ -533,6 +539,8 @@ class _Rounds:
             write_result(path, result)
         say(f"{self._prefix(i)}: {describe(result)} ({time.monotonic() - t0:.1f} s)")
         self._keep(path, result)
+        if self.on_cell:
+            self.on_cell(path, result)
         self.results[i] = result
 
 
