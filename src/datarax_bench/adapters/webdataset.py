@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,22 @@ class WebDatasetLoader(Loader):
         self.workers = int(ctx.parallelism.get("workers", 0))
         self.prefetch = max(1, int(ctx.parallelism.get("prefetch", 2)))
         self.pin = ctx.profile.backend == "gpu" and torch.cuda.is_available()
-        urls = build_shards(ctx.dataset, self.batch_size)
-        self.urls = urls[: self.num_batches]  # the shards of whole batches
         per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
         self.transform = ElementTransform(
             list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
         )
         self.collate = Collate(w.transforms, per_batch)
+        built_at = time.perf_counter()
+        was_built = (shard_directory(ctx.dataset, self.batch_size) / _COMPLETE).is_file()
+        urls = build_shards(ctx.dataset, self.batch_size)
+        self.urls = urls[: self.num_batches]  # the shards of whole batches
         self.source_info = {
             "reader": "webdataset tar shards (wds.tarfile_to_samples)",
             "paths": [shard_directory(ctx.dataset, self.batch_size)],
+            # The first loader of a dataset and batch size writes the shards in its setup
+            # (later ones reuse them): how long that took, so that it is never mistaken for
+            # WebDataset's own start-up.
+            "shards_built_in_setup_s": None if was_built else time.perf_counter() - built_at,
         }
         self.parallelism = {
             "workers": self.workers,
