@@ -1,13 +1,16 @@
 """WebDataset: POSIX tar shards read by a `wds.DataPipeline`, batched in `WebLoader` workers.
 
-The pipeline is the one WebDataset's documentation recommends for training input
-(https://github.com/webdataset/webdataset, README "The WebDataset format" and "WebDataset with
-PyTorch"; https://webdataset.github.io/webdataset/ "Creating a WebDataset", "Multinode/Worker
-splitting" and "Batching in workers"): samples written once as tar shards by `wds.TarWriter`
-(each field one `<key>.<field>.npy` member), read back as a stream of shards split between
-workers (`wds.split_by_worker`), expanded into samples (`wds.tarfile_to_samples`), decoded
-(`wds.decode`), transformed per element (`wds.map`) and batched in the workers
-(`wds.batched(batch_size, partial=False)`), then handed to `wds.WebLoader` (a PyTorch
+The pipeline is the one WebDataset's documentation recommends for training input: the README of
+https://github.com/webdataset/webdataset (the tar format, `wds.DataPipeline` with `decode`,
+`map` and `batched`, `wds.WebLoader`), "Splitting Shards across Nodes and Workers"
+(https://webdataset.github.io/webdataset/multinode/: data split at the shard level by
+`split_by_worker`), and its author's training example (https://github.com/tmbdev/wds-distributed:
+"we do the batching inside each worker; this is important for efficiency", `.batched(batch_size,
+partial=False)` then `WebLoader(dataset, num_workers=..., batch_size=None)`). Samples are written
+once as tar shards by `wds.TarWriter` (each field one `<key>.<field>.npy` member), read back as a
+stream of shards split between workers (`wds.split_by_worker`), expanded into samples
+(`wds.tarfile_to_samples`), decoded (`wds.decode`), transformed per element (`wds.map`) and
+batched in the workers (`wds.batched(batch_size, partial=False)`), then handed to `wds.WebLoader` (a PyTorch
 `DataLoader` with `batch_size=None`) with `workers` processes (spawn start method: forking a
 process that imported JAX is unsafe) and `prefetch_factor` batches each.
 
