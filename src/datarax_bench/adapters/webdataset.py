@@ -10,9 +10,9 @@ partial=False)` then `WebLoader(dataset, num_workers=..., batch_size=None)`). Sa
 once as tar shards by `wds.TarWriter` (each field one `<key>.<field>.npy` member), read back as a
 stream of shards split between workers (`wds.split_by_worker`), expanded into samples
 (`wds.tarfile_to_samples`), decoded (`wds.decode`), transformed per element (`wds.map`) and
-batched in the workers (`wds.batched(batch_size, partial=False)`), then handed to `wds.WebLoader` (a PyTorch
-`DataLoader` with `batch_size=None`) with `workers` processes (spawn start method: forking a
-process that imported JAX is unsafe) and `prefetch_factor` batches each.
+batched in the workers (`wds.batched(batch_size, partial=False)`), then handed to
+`wds.WebLoader` (a PyTorch `DataLoader` with `batch_size=None`) with `workers` processes (spawn
+start method: forking a process that imported JAX is unsafe) and `prefetch_factor` batches each.
 
 Shards: built from the cached `.npy` arrays, once per dataset and batch size, atomically
 (`files.atomic_directory`) under the dataset's cache directory, then reused; member
