@@ -1,0 +1,140 @@
+"""The WebDataset adapter: tar shards built once from the cache, element for element; the
+reference's bytes in order with and without WebLoader workers; workers stop on close."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import multiprocessing
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datarax_bench.adapters import get_adapter
+from datarax_bench.adapters.base import CellContext
+from datarax_bench.measures import support
+from datarax_bench.measures.harness import batch_digest
+from datarax_bench.workload import reference
+from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.data import materialize
+
+pytest.importorskip("webdataset")
+
+
+def _context(scenario, variant, workers=0, seed=0, root=None):
+    catalog = load_catalog()
+    profile = load_profile("smoke", catalog)
+    profile = dataclasses.replace(profile, parallelism={"workers": workers, "prefetch": 2})
+    workload = catalog.get(scenario).resolve(variant, "tiny")
+    return CellContext(workload, materialize(workload, 0, root), profile, seed)
+
+
+def _assert_epochs_equal_reference(loader, ctx, epochs):
+    w = ctx.workload
+    adapter = get_adapter("webdataset")
+    for epoch in epochs:
+        batches = list(loader.epoch(epoch))
+        assert len(batches) == w.num_batches
+        for index, batch in enumerate(batches):
+            batch = {k: np.asarray(adapter.to_host(v)) for k, v in batch.items()}
+            expected = reference.reference_batch(
+                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
+            )
+            assert sorted(batch) == sorted(expected)
+            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
+
+
+def test_shards_hold_the_cache_element_for_element_and_are_built_once(tmp_path):
+    from datarax_bench.adapters.webdataset import build_shards
+
+    ctx = _context("NLP-2", "small", root=tmp_path)  # ragged tokens: one length per element
+    paths = build_shards(ctx.dataset, 4)
+    assert len(paths) == -(-ctx.dataset.num_elements // 4)
+    mtimes = [p.stat().st_mtime_ns for p in map(Path, paths)]
+    assert build_shards(ctx.dataset, 4) == paths  # reused, not rebuilt
+    assert [p.stat().st_mtime_ns for p in map(Path, paths)] == mtimes
+    index = 0
+    for path in paths:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            keys = sorted({m.name.split(".")[0] for m in members})
+            for key in keys:
+                assert int(key) == index
+                for name, value in ctx.dataset.element(index).items():
+                    data = tar.extractfile(f"{key}.{name}.npy").read()
+                    got = np.load(io.BytesIO(data))
+                    assert got.dtype == value.dtype and got.tobytes() == value.tobytes()
+                index += 1
+    assert index == ctx.dataset.num_elements
+
+
+@pytest.mark.parametrize(("scenario", "variant"), [("TAB-1", "small"), ("NLP-2", "small")])
+@pytest.mark.parametrize("style", ["plain", "tuned"])
+def test_in_process_pipeline_equals_reference_over_two_epochs(scenario, variant, style):
+    ctx = _context(scenario, variant)
+    adapter = get_adapter("webdataset").styled(style)
+    assert support(adapter, ctx.workload) is None
+    loader = adapter.open(ctx)
+    try:
+        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert loader.parallelism["workers"] == 0
+        assert loader.parallelism["elements_per_shard"] == ctx.workload.batch_size
+    finally:
+        loader.close()
+
+
+def test_epochs_requested_out_of_order_restart_at_the_right_place():
+    ctx = _context("PC-1", "d1")
+    loader = get_adapter("webdataset").open(ctx)
+    try:
+        next(iter(loader.epoch(0)))  # abandoned half-way
+        _assert_epochs_equal_reference(loader, ctx, [2, 1])
+    finally:
+        loader.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_webloader_workers_keep_the_reference_order_and_stop_on_close(workers):
+    ctx = _context("CV-1", "small", workers=workers)
+    loader = get_adapter("webdataset").styled("tuned").open(ctx)
+    try:
+        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert loader.parallelism["workers"] == workers
+        assert loader.parallelism["multiprocessing_context"] == "spawn"
+        assert multiprocessing.active_children(), "WebLoader started no worker process"
+    finally:
+        loader.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_tuned_sweep_covers_in_process_and_workers_up_to_the_cores():
+    ctx = _context("TAB-1", "small")
+    grid = get_adapter("webdataset").styled("tuned").tuning_grid(ctx, 2)
+    assert {"workers": 0, "prefetch": 2} in grid
+    assert {p["workers"] for p in grid} == {0, 1, 2}
+    assert {p["prefetch"] for p in grid if p["workers"]} == {2, 8}
+
+
+def test_unsupported_cells_say_why():
+    adapter = get_adapter("webdataset")
+    catalog = load_catalog()
+    for scenario, variant in [("IO-1", "memory"), ("IO-2", "eager"), ("PR-1", "small")]:
+        reason = support(adapter, catalog.get(scenario).resolve(variant, "tiny"))
+        assert reason and "WebDataset" in reason, (scenario, reason)
+
+
+@pytest.mark.slow
+def test_cli_runs_a_webdataset_cell_end_to_end(tmp_path, run_smoke_cell):
+    out = tmp_path / "tab1-webdataset.json"
+    proc = run_smoke_cell("TAB-1", "webdataset", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert result["parallelism"]["workers"] == 1  # the smoke profile's
+    w = load_catalog().get("TAB-1").resolve("small", "tiny")
+    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
+    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
