@@ -147,6 +147,11 @@ class Adapter(ABC):
                 return f"{self.display_name} cannot express transform {op!r} with the reference semantics"
         return None
 
+    def prepare(self, workload: Workload, dataset: Dataset) -> None:  # noqa: B027 - optional
+        """Write what the framework reads and the cache is not (its own on-disk format), once,
+        before anything is timed: the worker calls it between the data and the measure, so a
+        one-off conversion is never counted as the loader's setup."""
+
     @abstractmethod
     def open(self, ctx: CellContext) -> Loader:
         """Build the pipeline (the timed setup of a repetition)."""

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, ten
 from datarax_bench.adapters.pytorch import join_feeders_at_exit
 from datarax_bench.files import atomic_directory
 from datarax_bench.workload import randomness, reference
+from datarax_bench.workload.catalog import Workload
 from datarax_bench.workload.data import Dataset
 
 # webdataset (and torch) are imported inside functions only: `list` imports every adapter.
@@ -191,17 +191,12 @@ class WebDatasetLoader(Loader):
             list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
         )
         self.collate = Collate(w.transforms, per_batch)
-        built_at = time.perf_counter()
-        was_built = (shard_directory(ctx.dataset, self.batch_size) / _COMPLETE).is_file()
+        # Written by `WebDataset.prepare` before any timing (here only where a caller skipped it).
         urls = build_shards(ctx.dataset, self.batch_size)
         self.urls = urls[: self.num_batches]  # the shards of whole batches
         self.source_info = {
             "reader": "webdataset tar shards (wds.tarfile_to_samples)",
             "paths": [shard_directory(ctx.dataset, self.batch_size)],
-            # The first loader of a dataset and batch size writes the shards in its setup
-            # (later ones reuse them): how long that took, so that it is never mistaken for
-            # WebDataset's own start-up.
-            "shards_built_in_setup_s": None if was_built else time.perf_counter() - built_at,
         }
         self.parallelism = {
             "workers": self.workers,
@@ -300,6 +295,10 @@ class WebDataset(Adapter):
         f"the {backend} backend"
         for backend in ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
     }
+
+    def prepare(self, workload: Workload, dataset: Dataset) -> None:
+        # One batch per shard: the shards of this batch size, written before any timing.
+        build_shards(dataset, workload.batch_size)
 
     def open(self, ctx: CellContext) -> Loader:
         return WebDatasetLoader(ctx, self.batched_ops())

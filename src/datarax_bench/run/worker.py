@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise WrongBackend(problem)
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
+        adapter.prepare(workload, dataset)
         measured = worker_profile(profile, workload.measure, args.process, args.tuned_choice)
         body = measure_cell(adapter, workload, dataset, measured, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)

@@ -138,3 +138,25 @@ def test_cli_runs_a_webdataset_cell_end_to_end(tmp_path, run_smoke_cell):
     w = load_catalog().get("TAB-1").resolve("small", "tiny")
     expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
     assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+
+
+def test_the_worker_writes_the_shards_before_the_measure_starts(tmp_path, monkeypatch):
+    # The shards are WebDataset's own format, written once: never inside a timed setup.
+    from datarax_bench import measures
+    from datarax_bench.adapters import webdataset
+    from datarax_bench.run import worker
+
+    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
+    seen = {}
+
+    def measure_cell(adapter, workload, dataset, profile, progress=None):
+        directory = webdataset.shard_directory(dataset, workload.batch_size)
+        seen["complete"] = (directory / webdataset._COMPLETE).is_file()
+        raise RuntimeError("stop after the check")
+
+    monkeypatch.setattr(measures, "measure_cell", measure_cell)
+    out = tmp_path / "cell.json"
+    argv = ["--profile", "smoke", "--scenario", "TAB-1", "--variant", "small"]
+    assert worker.main([*argv, "--adapter", "webdataset", "--output", str(out)]) == 0
+    assert seen == {"complete": True}
+    assert json.loads(out.read_text())["reason"] == "RuntimeError: stop after the check"
