@@ -222,6 +222,7 @@ def test_the_gpu_file_builds_its_stages_and_asks_for_the_gpu_extra(image):
 VAST_GPUS = "A100-80GB:1"
 
 
+@pytest.mark.network  # the setup installs Ray and SkyPilot's dependencies from PyPI
 def test_skypilot_node_setup_for_vast_runs_in_the_image_as_the_machine(image, tmp_path):
     """On Vast the image is the instance (sky/clouds/vast.py): SkyPilot logs in as root over
     ssh, rsyncs its file mounts and runs templates/vast-ray.yml.j2's setup commands in it. The
