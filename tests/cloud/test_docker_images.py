@@ -10,10 +10,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+import yaml
+from support import ROOT, sky_offline
 from support import docker as docker_support
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -212,3 +215,99 @@ def test_the_gpu_file_builds_its_stages_and_asks_for_the_gpu_extra(image):
     ).stdout.split()  # fmt: skip
     assert listed == docker_support.image_requirements(("bench", "gpu"))
     assert "jax[cuda13]==0.10.2" in listed
+
+
+#: A Vast offer of the seeded catalog (tests/loopback/catalog); which one does not matter here.
+VAST_GPUS = "A100-80GB:1"
+
+
+@pytest.mark.network  # the setup installs Ray and SkyPilot's dependencies from PyPI
+def test_skypilot_node_setup_for_vast_runs_in_the_image_as_the_machine(image, tmp_path):
+    """On Vast the image is the instance (sky/clouds/vast.py): SkyPilot logs in as root over
+    ssh, rsyncs its file mounts and runs templates/vast-ray.yml.j2's setup commands in it. The
+    cluster YAML is SkyPilot's own, rendered by a real `sky launch --dryrun` on Vast with the
+    image (backend_utils.write_cluster_config); its file mounts and setup commands then run
+    through SkyPilot's own runner (tests/support/docker.py, `node_setup`)."""
+    daemon, cluster = image["daemon"], "dxb-vast-image"
+    started = time.monotonic()
+    with sky_offline.offline_sky(tmp_path / "sky") as env:
+        dry = sky_offline.sky(
+            env, "launch", "--dryrun", "-y", "--infra", "vast", "--gpus", VAST_GPUS,
+            "--image-id", f"docker:{IMAGE}", "-c", cluster, "true",
+        )  # fmt: skip
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    cluster_yaml = Path(env["HOME"]) / ".sky" / "generated" / f"{cluster}.yml.tmp"
+    config = yaml.safe_load(cluster_yaml.read_text())
+    assert config["provider"]["module"] == "sky.provision.vast"
+    assert config["available_node_types"]["ray_head_default"]["node_config"]["ImageId"] == IMAGE
+    assert config["auth"]["ssh_user"] == "root"
+    assert config["initialization_commands"] == [] and len(config["setup_commands"]) == 1
+    print(f"{time.monotonic() - started:5.1f} s  SkyPilot's Vast cluster YAML rendered")
+
+    # The instance as Vast's SSH launch mode starts it: the entrypoint replaced, an ssh server
+    # on the container's port 22 (here a free port of the host network), run as root.
+    port = docker_support.free_port()
+    name = f"dxb-vast-{port}"
+    daemon.docker(
+        "run", "-d", "--name", name, "--network", "host", "--user", "root",
+        "--entrypoint", "/usr/sbin/sshd", IMAGE,
+        "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+    )  # fmt: skip
+    try:
+        public_key = Path(config["auth"]["ssh_private_key"] + ".pub").read_text().strip()
+        # SkyPilot's onstart on Vast (provision/vast/utils.py, `launch`): its key for root.
+        daemon.docker(
+            "exec", name, "sh", "-c",
+            "touch ~/.no_auto_tmux && mkdir -p ~/.ssh && chmod 700 ~/.ssh"
+            f" && echo '{public_key}' >> ~/.ssh/authorized_keys"
+            " && chmod 600 ~/.ssh/authorized_keys && mkdir -p ~/.local/bin",
+        )  # fmt: skip
+        # Stand-ins for the two downloads this machine cannot make (no GitHub, no astral.sh):
+        # uv, which the setup would curl from astral.sh (into ~/.local/bin, where it looks
+        # first), and the runtime venv, which it would create with a Python 3.10 that uv
+        # fetches from GitHub: made with the same command on the image's Python 3.11.
+        # Everything else (ray, SkyPilot's wheel and its dependencies) installs from PyPI,
+        # trusting this machine's CA bundle (its route to PyPI may need it), given to the ssh
+        # sessions by pam_env (/etc/environment).
+        bundle = "/etc/ssl/certs/ca-certificates.crt"
+        daemon.docker("cp", bundle, f"{name}:{bundle}")
+        daemon.docker("exec", name, "sh", "-c", f"echo SSL_CERT_FILE={bundle} >> /etc/environment")
+        uv = str(Path(sys.executable).with_name("uv"))
+        daemon.docker("cp", uv, f"{name}:/root/.local/bin/uv")
+        daemon.docker(
+            "exec", "-e", "UV_LINK_MODE=copy", "-e", "UV_SYSTEM_PYTHON=false",
+            "-e", f"SSL_CERT_FILE={bundle}", name,
+            "/root/.local/bin/uv", "venv", "--seed", "/root/skypilot-runtime", "--python", "3.11",
+            timeout=300,
+        )  # fmt: skip
+
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "docker_support.py"), "node-setup",
+             str(cluster_yaml), str(port), str(tmp_path / "provision.log")],
+            env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{time.monotonic() - started:5.1f} s  file mounts and setup commands over ssh")
+        # SkyPilot's own wheel and its cluster YAML went over rsync into root's home.
+        wheel_hash = next(m.rsplit("/", 1)[1] for m in result["file_mounts"] if "/wheels/" in m)
+        assert {"~/.sky/sky_ray.yml", f"~/.sky/wheels/{wheel_hash}"} <= set(result["file_mounts"])
+        assert [s["returncode"] for s in result["setup"]] == [0], result["setup"]
+
+        def inside(script: str) -> str:
+            return daemon.docker("exec", name, "bash", "-c", script).stdout.strip()
+
+        assert inside("cat ~/.sky/wheels/current_sky_wheel_hash") == wheel_hash
+        assert inside("~/skypilot-runtime/bin/python -c 'import sky; print(sky.__version__)'") == (
+            "0.14.1"
+        )
+        assert "2.9.3" in inside('"$(cat ~/.sky/ray_path)" --version')
+        assert inside("ls ~/sky_templates | head -1")
+        assert "MaxSessions 200" in inside("cat /etc/ssh/sshd_config")
+        assert "* hard nofile 1048576" in inside("cat /etc/security/limits.conf")
+        assert "StrictHostKeyChecking no" in inside("cat ~/.ssh/config")
+    finally:
+        logs = daemon.docker("logs", name, check=False)
+        (tmp_path / "sshd.log").write_text(logs.stdout + logs.stderr)
+        daemon.docker("rm", "-f", name, check=False)

@@ -58,6 +58,18 @@ def test_dockerfiles_install_where_the_task_files_look(dockerfile):
     assert re.search(r"^USER bench$", text, re.M)
 
 
+#: What SkyPilot's node setup calls where the image is the machine (Vast: it logs in as root
+#: over ssh, rsyncs, curls uv, calls sudo and patch); test_docker_images.py runs that setup.
+NODE_SETUP_PACKAGES = {"curl", "sudo", "rsync", "patch", "openssh-server"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_install_what_skypilots_node_setup_needs(dockerfile):
+    packages = re.search(r'^RUN packages="([^"]*)"', dockerfile.read_text(), re.M)
+    assert packages and NODE_SETUP_PACKAGES <= set(packages.group(1).split())
+    assert "install -d -m 0755 /run/sshd" in dockerfile.read_text()
+
+
 def test_dockerfiles_cover_the_profiles_templates():
     flavours = {p.suffix.lstrip(".") for p in DOCKERFILES}
     assert {"cpu", "gpu"} <= flavours

@@ -15,6 +15,7 @@ import http.server
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -212,3 +213,67 @@ def build_image(
     for name, value in build_args.items():
         argv += ["--build-arg", f"{name}={value}"]
     return daemon.docker(*argv, "-t", tag, str(context), timeout=1800)
+
+
+# --- SkyPilot's node setup on Vast, where the image is the machine ---------------------------
+#
+# `image_id: docker:X` on Vast makes X the instance itself (sky/clouds/vast.py): Vast's SSH
+# launch mode replaces the image's entrypoint and starts its ssh server, SkyPilot's onstart
+# puts its public key in root's authorized_keys (sky/provision/vast/utils.py), and SkyPilot then
+# logs in as root (`auth.ssh_user` of templates/vast-ray.yml.j2), rsyncs its file mounts and
+# runs the template's `setup_commands`. `node_setup` below does those last two steps with
+# SkyPilot's own runner and functions, against a container of the image; it runs as a script
+# (`python docker_support.py node-setup ...`) so that `import sky` uses a temporary HOME.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_setup(cluster_yaml: str, port: int, log_path: str) -> dict:
+    """SkyPilot 0.14.1's provisioning steps 1-2 ('initializing', 'dependencies' in
+    sky/provision/provisioner.py) on 127.0.0.1:`port`: `_internal_file_mounts` of the cluster
+    YAML's file mounts, then each of its `setup_commands` through `run_setup` with the
+    arguments `instance_setup.setup_runtime_on_cluster` passes."""
+    import yaml
+    from sky.provision import instance_setup
+    from sky.utils import command_runner
+
+    config = yaml.safe_load(Path(cluster_yaml).read_text())
+    auth = config["auth"]
+    runner = command_runner.SSHCommandRunner(
+        ("127.0.0.1", port), ssh_user=auth["ssh_user"], ssh_private_key=auth["ssh_private_key"]
+    )
+    # Cloud credentials SkyPilot would copy only where they exist on this machine.
+    mounts = {
+        dst: src
+        for dst, src in config["file_mounts"].items()
+        if os.path.exists(os.path.expanduser(src))
+    }
+    result: dict = {"file_mounts": sorted(mounts), "setup": []}
+    try:
+        instance_setup._internal_file_mounts(mounts, runner, log_path)
+        for cmd in config["setup_commands"]:
+            started = time.monotonic()
+            rc, stdout, stderr = runner.run_setup(
+                cmd, stream_logs=False, log_path=log_path, require_outputs=True, source_bashrc=True
+            )
+            result["setup"].append(
+                {"returncode": rc, "seconds": round(time.monotonic() - started, 1),
+                 "stdout": stdout[-4000:], "stderr": stderr[-4000:]}
+            )  # fmt: skip
+            if rc:
+                break
+    finally:
+        runner.close_cached_connection()
+    return result
+
+
+if __name__ == "__main__":
+    import json
+
+    if sys.argv[1:2] != ["node-setup"] or len(sys.argv) != 5:
+        sys.exit("usage: docker_support.py node-setup CLUSTER_YAML PORT LOG_PATH")
+    print(json.dumps(node_setup(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
