@@ -11,7 +11,7 @@ rule measure_process:
         "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}{style_suffix}/process-{process}.log",
     params:
         style=get_style,
-        settings=get_measured_settings,
+        settings=get_settings,
         workload=get_workload,
     priority: get_process_priority
     resources:
@@ -32,22 +32,12 @@ rule measure:
     input:
         get_first_processes,
     output:
-        report(
-            CELL,
-            caption="../report/cell.rst",
-            category="{scenario}",
-            subcategory="{variant}",
-            labels={
-                "adapter": "{adapter}{style_suffix}",
-                "variant": "{variant}",
-                "file": "result JSON",
-            },
-        ),
+        CELL_REPORT,
     log:
         "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
         style=get_style,
-        settings=get_measured_settings,
+        settings=get_settings,
         workload=get_workload,
     resources:
         bench_slot=1,

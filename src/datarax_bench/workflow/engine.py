@@ -22,6 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
+#: What the workflow says when `drop_rate_limiter` finds no limiter to drop.
+LIMITER_WARNING = (
+    "warning: Snakemake's job-rate limiter is not where this Snakemake version was expected to "
+    "keep it; its re-planning may load the machine during measurements"
+)
+
 
 def drop_rate_limiter(workflow: Any) -> bool:
     """Remove the job-rate limiter from `workflow`'s scheduler; False when there is none to remove.
