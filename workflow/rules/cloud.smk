@@ -48,4 +48,4 @@ rule teardown:
 # until now and whether it still bills (cloud/failed-run-bill.json).
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
-    cloud_runs.tear_down_after_error(CLOUD_RUNS, config["keep_cluster"])
+    cloud_runs.tear_down_after_error(CLOUD_RUNS.values(), config["keep_cluster"])

@@ -6,7 +6,7 @@
 
 rule export_wandb:
     input:
-        lambda wildcards: get_run_outputs(wildcards.profile, wildcards.infra),
+        lambda wildcards: get_run_outputs(wildcards.profile),
     output:
         marker=f"{RUN_DIR}/wandb_export.json",
     log:

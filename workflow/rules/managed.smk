@@ -71,4 +71,6 @@ rule managed_finish:
 
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
-    cloud_runs.cancel_after_error(CLOUD_RUNS, config["shards"], config["keep_cluster"])
+    cloud_runs.cancel_after_error(
+        CLOUD_RUNS.values(), config["shards"], config["keep_cluster"]
+    )

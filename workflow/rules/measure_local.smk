@@ -30,7 +30,7 @@ rule measure_process:
 # The cell's last process (its only one, for most profiles), pooled with the ones before it.
 rule measure:
     input:
-        get_first_processes,
+        get_earlier_processes,
     output:
         CELL_REPORT,
     log:

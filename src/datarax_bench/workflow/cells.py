@@ -6,11 +6,58 @@ cell stale, its worker processes, and a managed run's split of the cells over it
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from datarax_bench.results import cell_path, process_path
 from datarax_bench.run.cell import CellId, matrix, measured_with, resolve_cell
-from datarax_bench.workload.catalog import Catalog, Profile, Workload, load_profile
+from datarax_bench.workload.catalog import (
+    STYLES,
+    Catalog,
+    Profile,
+    Workload,
+    load_profile,
+    profile_names,
+)
+
+
+def run_dir_pattern(results_dir: str) -> str:
+    """A run's results directory, results/{profile}/{infra}: what `run --output-dir` writes."""
+    return f"{os.path.normpath(results_dir)}/{{profile}}/{{infra}}"
+
+
+def cell_pattern(run_dir: str) -> str:
+    """A cell's result file, for Snakemake: raw/S/V/A.json or raw/S/V/A.STYLE.json (the style
+    suffix is empty or ".STYLE")."""
+    return str(cell_path(run_dir, "{scenario}", "{variant}", "{adapter}{style_suffix}"))
+
+
+def process_pattern(run_dir: str) -> str:
+    """The result of worker process {process} of a cell measured in several, kept until the cell
+    pools them: processes/S/V/A[.STYLE]/K.json."""
+    cell = "{adapter}{style_suffix}"
+    return str(process_path(run_dir, "{scenario}", "{variant}", cell, "plain", "{process}"))
+
+
+def wildcard_constraints(catalog: Catalog, infra: str) -> dict[str, str]:
+    """Each wildcard of the workflow's file patterns matches only the names it can take."""
+    from datarax_bench.adapters import all_adapters
+
+    def alternatives(names) -> str:
+        return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+
+    variants = (v for scenario in catalog.scenarios.values() for v in scenario.variants)
+    return {
+        "profile": alternatives(profile_names()),
+        "infra": re.escape(infra_dir(infra)),
+        "scenario": alternatives(catalog.scenarios),
+        "variant": alternatives(variants),
+        "adapter": alternatives(adapter.id for adapter in all_adapters()),
+        "style_suffix": "|" + alternatives(f".{s}" for s in STYLES if s != "plain"),
+        "process": r"[1-9][0-9]*",
+    }
 
 
 def infra_dir(infra: str) -> str:
@@ -68,6 +115,10 @@ class Matrix:
             )
         return self._cells[profile]
 
+    def result_files(self, profile: str, root: str) -> list[str]:
+        """Every cell's result file under the results directory `root`, in the matrix's order."""
+        return [str(cell.path(root)) for cell in self.cells(profile)]
+
     def workload(self, profile: str, cell: CellId) -> Workload:
         return self.catalog.get(cell.scenario).resolve(cell.variant, self.profile(profile).size)
 
@@ -75,6 +126,10 @@ class Matrix:
         """What makes the cell's result stale (`run.cell.measured_with`): its workload and
         settings, which the workflow's rerun trigger compares as `--resume-dir` does."""
         return measured_with(self.profile(profile), self.workload(profile, cell))
+
+    def measured_with_each(self, profile: str, cells: list[CellId]) -> dict[str, dict[str, Any]]:
+        """Cell id -> `measured_with`: what a managed shard's cells measure."""
+        return {str(cell): self.measured_with(profile, cell) for cell in cells}
 
     def processes(self, profile: str, cell: CellId) -> int:
         """How many worker processes measure the cell (1 for a cell that runs no loader)."""
@@ -84,6 +139,18 @@ class Matrix:
             resolved = resolve_cell(self.profile(profile), self.catalog, *cell)
             self._processes[profile, cell] = processes_of(resolved)
         return self._processes[profile, cell]
+
+    def earlier_processes(self, profile: str, cell: CellId, process: int | str | None) -> list[int]:
+        """The numbers of the cell's worker processes before `process`, in order; with None,
+        those before its last, which the cell's own job measures before pooling them all."""
+        last = self.processes(profile, cell) if process is None else int(process)
+        return list(range(1, last))
+
+    def process_priority(self, profile: str, cell: CellId, process: int | str) -> int:
+        """The scheduling priority of the cell's worker process `process`: in rounds, every
+        cell's first process before any cell's second, and so on (the last has 0, the default),
+        so that a cell's processes spread over the run and sample the machine's drift."""
+        return self.processes(profile, cell) - int(process)
 
     def fed_scenarios(self, profile: str) -> list[str]:
         """The scenarios whose feed the profile measures (each has a feed plot)."""
@@ -107,11 +174,12 @@ class ShardPlan:
         plan = assign_shards([str(c) for c in cells], shards)
         return cls({k: [CellId.parse(c) for c in ids] for k, ids in plan.items()})
 
-    def numbers(self) -> list[int]:
-        return list(self.shards)
-
-    def cells(self, shard: int) -> list[CellId]:
+    def cells(self, shard: int | str) -> list[CellId]:
         return self.shards[int(shard)]
+
+    def ids(self, shard: int | str) -> list[str]:
+        """The shard's cells as `run --cells` names them, as its job is given them."""
+        return [str(c) for c in self.cells(shard)]
 
     def shard_of(self, cell: CellId) -> int:
         for shard, cells in self.shards.items():
@@ -119,10 +187,19 @@ class ShardPlan:
                 return shard
         raise ValueError(f"cell {cell} is in no shard of this plan")
 
-    def cell_files(self, shard: int) -> dict[str, str]:
+    def cell_files(self, shard: int | str) -> dict[str, str]:
         """Cell id -> its file under a results directory (raw/S/V/A[.STYLE].json), as the
         shard's job keeps it in the bucket."""
         return {str(c): str(c.path()) for c in self.cells(shard)}
+
+    def files_by_shard(self, root: str) -> dict[int, list[str]]:
+        """Shard number -> its cells' result files under the results directory `root` (for the
+        check that every shard ran on the same hardware)."""
+        return {k: [str(c.path(root)) for c in cells] for k, cells in self.shards.items()}
+
+    def reports(self, work_dir: str) -> list[str]:
+        """Every shard's job report, in shard order."""
+        return [self.report(work_dir, k) for k in self.shards]
 
     @staticmethod
     def report(work_dir: str, shard: int) -> str:

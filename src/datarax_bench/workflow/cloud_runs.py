@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,12 @@ class CloudRun:
     profile: str
     infra: str
     run: str
+    #: The cloud directory, or its pattern with {profile} and {infra} (as the workflow's).
     work_dir: str
+
+    def __post_init__(self) -> None:
+        work_dir = self.work_dir.format(profile=self.profile, infra=infra_dir(self.infra))
+        object.__setattr__(self, "work_dir", work_dir)
 
     @property
     def cluster(self) -> str:
@@ -37,6 +43,18 @@ class CloudRun:
 
     def log(self, name: str) -> Path:
         return Path(f"logs/{self.profile}/{infra_dir(self.infra)}/cloud/{name}.log")
+
+
+def prepare(config: dict, cells: Matrix, profiles: list, work_dir: str) -> dict[str, CloudRun]:
+    """Profile name -> its cloud run, for the selected `profiles` (`Profile`s; `work_dir`: the
+    cloud directory's pattern). On a cloud infra, before any job: the invocation's id, then
+    `check_before_planning` (which raises UserError)."""
+    names = [profile.name for profile in profiles]
+    runs = {name: CloudRun(name, config["infra"], config["run"], work_dir) for name in names}
+    if config["infra"] != "local":
+        start_invocation()
+        check_before_planning(config, cells, names)
+    return runs
 
 
 def start_invocation() -> None:
@@ -60,7 +78,7 @@ def check_before_planning(config: dict, cells: Matrix, profiles: list[str]) -> N
         cloud.resolve_use_spot(config["infra"], True)
 
 
-def tear_down_after_error(runs: list[CloudRun], keep_cluster: bool) -> None:
+def tear_down_after_error(runs: Iterable[CloudRun], keep_cluster: bool) -> None:
     """cloud.smk's onerror step: each cluster torn down (verified) unless kept, and its bill up to
     now written (`cloud.end_failed_run`)."""
     for run in runs:
@@ -69,7 +87,7 @@ def tear_down_after_error(runs: list[CloudRun], keep_cluster: bool) -> None:
         print(f"onerror: {summary}")
 
 
-def cancel_after_error(runs: list[CloudRun], shards: int, keep_cluster: bool) -> None:
+def cancel_after_error(runs: Iterable[CloudRun], shards: int, keep_cluster: bool) -> None:
     """managed.smk's onerror step: each run's managed jobs cancelled unless kept
     (`managed.cancel_after_error`)."""
     from datarax_bench.cloud import managed
