@@ -86,18 +86,23 @@ class Matrix:
     scenarios: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     styles: list[str] = field(default_factory=list)
-    _profiles: dict[str, Profile] = field(default_factory=dict, repr=False)
+    #: Profiles by name, loaded from config/profiles/ when first asked for (or given).
+    profiles: dict[str, Profile] = field(default_factory=dict, repr=False)
     _cells: dict[str, list[CellId]] = field(default_factory=dict, repr=False)
     _processes: dict[tuple[str, CellId], int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], catalog: Catalog) -> Matrix:
-        return cls(catalog, config["scenarios"], config["adapters"], config["styles"])
+    def from_config(
+        cls, config: dict[str, Any], catalog: Catalog, profiles: dict[str, Profile] | None = None
+    ) -> Matrix:
+        """The config's scenarios, adapters and styles (empty: the profile's, every one)."""
+        selected = (config["scenarios"], config["adapters"], config["styles"])
+        return cls(catalog, *selected, profiles=dict(profiles or {}))
 
     def profile(self, name: str) -> Profile:
-        if name not in self._profiles:
-            self._profiles[name] = load_profile(name, self.catalog)
-        return self._profiles[name]
+        if name not in self.profiles:
+            self.profiles[name] = load_profile(name, self.catalog)
+        return self.profiles[name]
 
     def scenarios_for(self, profile: str) -> list[str]:
         """The scenarios measured: the config's, or else the profile's own list."""
