@@ -207,6 +207,8 @@ def test_every_cell_is_in_exactly_one_shard(catalog, shards):
     assert plan.reports("w") == [f"w/managed/shard-{k}.json" for k in plan.shards]
     with pytest.raises(ValueError, match="no shard"):
         plan.shard_of(CellId("CV-1", "small", "numpy", "no-such-style"))
+    with pytest.raises(UserError, match="shards: got 0"):
+        ShardPlan.split(cells, 0)
 
 
 # --- cloud runs -------------------------------------------------------------------------------

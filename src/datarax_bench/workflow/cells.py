@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datarax_bench.errors import UserError
 from datarax_bench.results import cell_path, process_path
 from datarax_bench.run.cell import CellId, matrix, measured_with, resolve_cell
 from datarax_bench.workload.catalog import (
@@ -167,17 +169,21 @@ class Matrix:
 @dataclass(frozen=True)
 class ShardPlan:
     """A managed run's fixed split of a profile's cells over its shards (numbered from 1): each
-    shard's cells, the shard of a cell, the files a shard's job reads and writes."""
+    shard's cells, the shard of a cell, the files a shard's job reads and writes. The one
+    definition of the split (`cloud.managed.assign_shards` gives the same)."""
 
     shards: dict[int, list[CellId]]
 
     @classmethod
-    def split(cls, cells: list[CellId], shards: int) -> ShardPlan:
-        """Shard k gets every shards-th cell in the matrix's order (`managed.assign_shards`)."""
-        from datarax_bench.cloud.managed import assign_shards
-
-        plan = assign_shards([str(c) for c in cells], shards)
-        return cls({k: [CellId.parse(c) for c in ids] for k, ids in plan.items()})
+    def split(cls, cells: Sequence[CellId], shards: int) -> ShardPlan:
+        """Shard k (from 1) gets every shards-th cell in the matrix's order: each shard sees every
+        scenario, so their lengths stay close, and a cell's shard depends only on the matrix."""
+        if shards < 1:
+            raise UserError(f"shards: got {shards}, expected a whole number of at least 1")
+        plan: dict[int, list[CellId]] = {k: [] for k in range(1, shards + 1)}
+        for i, cell in enumerate(cells):
+            plan[i % shards + 1].append(cell)
+        return cls(plan)
 
     def cells(self, shard: int | str) -> list[CellId]:
         return self.shards[int(shard)]
