@@ -13,7 +13,7 @@ wildcard_constraints:
 
 rule managed_shard:
     output:
-        f"{CLOUD_DIR}/managed/shard-{{shard}}.json",
+        ShardPlan.report(CLOUD_DIR, "{shard}"),
     log:
         "logs/{profile}/{infra}/cloud/managed/shard-{shard}.log",
     params:
