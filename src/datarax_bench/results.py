@@ -267,3 +267,9 @@ def shortest_fed_label(value: float | None, step_ms: Iterable[float]) -> str:
     if value is None or value != value:  # None, or NaN from a table
         return f"> {steps[-1]:g} ms" if steps else ""
     return f"≤ {value:g} ms" if steps and value <= steps[0] else f"{value:g} ms"
+
+
+def infra_dir(infra: str) -> str:
+    """An `--infra` such as gcp/us-central1 as one directory name, as results/ and a managed
+    run's bucket name it: gcp_us-central1."""
+    return infra.replace("/", "_")

@@ -13,26 +13,29 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+from datarax_bench.adapters import all_adapters
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.cloud import managed, tasks
 from datarax_bench.cloud.buckets import parse_bucket
 from datarax_bench.errors import UserError
+from datarax_bench.run.cell import CellId
+from datarax_bench.workflow.cells import ShardPlan
 from datarax_bench.workflow.config import check_config
 from datarax_bench.workload.catalog import load_profile
 
 
 def test_every_cell_goes_to_exactly_one_shard_and_each_shard_sees_every_scenario():
-    ids = [f"{s}/small/{a}/plain" for s in ("CV-1", "NLP-1", "TAB-1") for a in "abcd"]
-    plan = managed.assign_shards(ids, 3)
+    ids = [CellId.parse(f"{s}/small/{a}/plain") for s in ("CV-1", "NLP-1", "TAB-1") for a in "abcd"]
+    plan = ShardPlan.split(ids, 3).shards
     assert sorted(plan) == [1, 2, 3]
     flat = [cid for cells in plan.values() for cid in cells]
     assert sorted(flat) == sorted(ids) and len(flat) == len(ids)
     assert all(len(cells) == 4 for cells in plan.values())
     for cells in plan.values():
-        assert {c.split("/")[0] for c in cells} == {"CV-1", "NLP-1", "TAB-1"}
-    assert managed.assign_shards(ids, 3) == plan  # the split depends only on the matrix
+        assert {c.scenario for c in cells} == {"CV-1", "NLP-1", "TAB-1"}
+    assert ShardPlan.split(ids, 3).shards == plan  # the split depends only on the matrix
     with pytest.raises(UserError, match="shards: got 0"):
-        managed.assign_shards(ids, 0)
+        ShardPlan.split(ids, 0)
 
 
 def test_the_queue_table_skypilot_prints_is_read_by_column(tmp_path, monkeypatch):
@@ -318,7 +321,7 @@ def test_the_plan_has_one_job_per_shard_and_one_pull_per_cell():
         for line in out.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    cells = 2 * 5 * len(load_profile("smoke").styles)
+    cells = 2 * len(all_adapters()) * len(load_profile("smoke").styles)
     assert counts["managed_shard"] == 3 and counts["pull_cell"] == cells, out[-2000:]
     assert counts["managed_finish"] == 1 and "teardown" not in counts
 

@@ -10,25 +10,15 @@
 
 rule measure_remote:
     output:
-        report(
-            CELL,
-            caption="../report/cell.rst",
-            category="{scenario}",
-            subcategory="{variant}",
-            labels={
-                "adapter": "{adapter}{style_suffix}",
-                "variant": "{variant}",
-                "file": "result JSON",
-            },
-        ),
+        CELL_REPORT,
     log:
         "logs/{profile}/{infra}/cloud/measure/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
-        cluster=lambda wildcards: cluster_for(wildcards.profile),
+        cluster=get_cluster,
         infra=config["infra"],
         work_dir=CLOUD_DIR,
         style=get_style,
-        measured=get_measured_settings,
+        settings=get_settings,
         workload=get_workload,
     conda:
         "../envs/orchestrate.yaml"
@@ -41,11 +31,11 @@ rule teardown:
         # As soon as the last cell is pulled: nothing after it needs the cluster.
         get_cell_results,
     output:
-        f"{CLOUD_DIR}/teardown.json",
+        TEARDOWN,
     log:
         "logs/{profile}/{infra}/cloud/teardown.log",
     params:
-        cluster=lambda wildcards: cluster_for(wildcards.profile),
+        cluster=get_cluster,
         keep_cluster=config["keep_cluster"],
         work_dir=CLOUD_DIR,
     conda:
@@ -58,11 +48,4 @@ rule teardown:
 # until now and whether it still bills (cloud/failed-run-bill.json).
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
-    for _profile in PROFILES:
-        _cluster = cluster_for(_profile.name)
-        _log = f"logs/{_profile.name}/{INFRA}/cloud/onerror-teardown.log"
-        _work_dir = CLOUD_DIR.format(profile=_profile.name, infra=INFRA)
-        _, _summary = cloud.end_failed_run(
-            _work_dir, _cluster, _log, config["keep_cluster"]
-        )
-        print(f"onerror: {_summary}")
+    cloud_runs.tear_down_after_error(CLOUD_RUNS.values(), config["keep_cluster"])

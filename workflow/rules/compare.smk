@@ -14,7 +14,7 @@ rule compare:
         # This run's index (written by aggregate) and the baseline's: a re-measured baseline
         # compares again.
         index=f"{RUN_DIR}/manifest.json",
-        baseline=lambda wildcards: f"{baseline_dir(wildcards.profile, wildcards.infra)}/manifest.json",
+        baseline=lambda wildcards: f"{at(config['baseline'], wildcards)}/manifest.json",
     output:
         markdown=report(
             f"{RUN_DIR}/comparison.md",

@@ -6,9 +6,7 @@
 
 rule export_wandb:
     input:
-        lambda wildcards: aggregate_outputs(wildcards.profile, wildcards.infra)
-        + plot_outputs(wildcards.profile, wildcards.infra)
-        + comparison_outputs(wildcards.profile, wildcards.infra),
+        lambda wildcards: get_run_outputs(wildcards.profile),
     output:
         marker=f"{RUN_DIR}/wandb_export.json",
     log:

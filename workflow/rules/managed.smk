@@ -13,17 +13,15 @@ wildcard_constraints:
 
 rule managed_shard:
     output:
-        f"{CLOUD_DIR}/managed/shard-{{shard}}.json",
+        ShardPlan.report(CLOUD_DIR, "{shard}"),
     log:
         "logs/{profile}/{infra}/cloud/managed/shard-{shard}.log",
     params:
-        name=lambda wildcards: managed.job_name(
-            cluster_for(wildcards.profile), int(wildcards.shard)
-        ),
+        name=get_shard_job_name,
         shards=config["shards"],
         cells=get_shard_cells,
         cell_files=get_shard_cell_files,
-        measured=get_shard_settings,
+        settings=get_shard_settings,
         bucket=config["results_bucket"],
         infra=config["infra"],
         keep_cluster=config["keep_cluster"],
@@ -39,17 +37,7 @@ rule pull_cell:
     input:
         get_cell_shard_report,
     output:
-        report(
-            CELL,
-            caption="../report/cell.rst",
-            category="{scenario}",
-            subcategory="{variant}",
-            labels={
-                "adapter": "{adapter}{style_suffix}",
-                "variant": "{variant}",
-                "file": "result JSON",
-            },
-        ),
+        CELL_REPORT,
     log:
         "logs/{profile}/{infra}/cloud/pull/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
@@ -67,7 +55,7 @@ rule managed_finish:
         reports=get_shard_reports,
         cells=get_cell_results,
     output:
-        f"{CLOUD_DIR}/teardown.json",
+        TEARDOWN,
     log:
         "logs/{profile}/{infra}/cloud/managed/finish.log",
     params:
@@ -83,11 +71,6 @@ rule managed_finish:
 
 onerror:
     # Snakemake SIGKILLs job processes on failure or interrupt; this runs in the main process.
-    for _profile in PROFILES:
-        managed.cancel_after_error(
-            CLOUD_DIR.format(profile=_profile.name, infra=INFRA),
-            cluster_for(_profile.name),
-            config["shards"],
-            config["keep_cluster"],
-            f"logs/{_profile.name}/{INFRA}/cloud/onerror-cancel.log",
-        )
+    cloud_runs.cancel_after_error(
+        CLOUD_RUNS.values(), config["shards"], config["keep_cluster"]
+    )

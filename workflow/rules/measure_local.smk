@@ -11,7 +11,7 @@ rule measure_process:
         "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}{style_suffix}/process-{process}.log",
     params:
         style=get_style,
-        settings=get_measured_settings,
+        settings=get_settings,
         workload=get_workload,
     priority: get_process_priority
     resources:
@@ -30,24 +30,14 @@ rule measure_process:
 # The cell's last process (its only one, for most profiles), pooled with the ones before it.
 rule measure:
     input:
-        get_first_processes,
+        get_earlier_processes,
     output:
-        report(
-            CELL,
-            caption="../report/cell.rst",
-            category="{scenario}",
-            subcategory="{variant}",
-            labels={
-                "adapter": "{adapter}{style_suffix}",
-                "variant": "{variant}",
-                "file": "result JSON",
-            },
-        ),
+        CELL_REPORT,
     log:
         "logs/{profile}/{infra}/measure/{scenario}/{variant}/{adapter}{style_suffix}.log",
     params:
         style=get_style,
-        settings=get_measured_settings,
+        settings=get_settings,
         workload=get_workload,
     resources:
         bench_slot=1,

@@ -34,6 +34,7 @@ from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.results import (
     ATTEMPTS_DIR,
+    infra_dir,
     load_result,
     utc_now,
     write_json_atomic,
@@ -63,21 +64,10 @@ S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 # --- the plan ---------------------------------------------------------------------------------
 
 
-def assign_shards(cell_ids: Sequence[str], shards: int) -> dict[int, list[str]]:
-    """Shard k (1-based) gets every shards-th cell in the matrix's order: each shard sees every
-    scenario, so their lengths stay close, and a cell's shard depends only on the matrix."""
-    if shards < 1:
-        raise UserError(f"shards: got {shards}, expected a whole number of at least 1")
-    plan: dict[int, list[str]] = {k: [] for k in range(1, shards + 1)}
-    for i, cid in enumerate(cell_ids):
-        plan[i % shards + 1].append(cid)
-    return plan
-
-
 def cells_key(profile: str, infra: str) -> str:
     """Where in the bucket a run keeps its cells, as results/ keeps them here (an --infra such
     as gcp/us-central1 is one directory name, as in results/)."""
-    return f"{profile}/{infra.replace('/', '_')}/cells"
+    return f"{profile}/{infra_dir(infra)}/cells"
 
 
 def job_name(cluster: str, shard: int) -> str:

@@ -4,14 +4,68 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from datarax_bench import provenance
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import Adapter
-from datarax_bench.results import SCHEMA_VERSION, cell_label, utc_now
+from datarax_bench.errors import UserError
+from datarax_bench.results import SCHEMA_VERSION, cell_label, cell_path, utc_now
 from datarax_bench.workload import reference
 from datarax_bench.workload.catalog import Catalog, Profile, Workload
+
+
+class CellId(NamedTuple):
+    """A cell by name, as `run --cells`, managed shards and the workflow name it:
+    `SCENARIO/VARIANT/ADAPTER/STYLE`. `parse` and `str()` are the one reading and writing."""
+
+    scenario: str
+    variant: str
+    adapter: str
+    style: str = "plain"
+
+    def __str__(self) -> str:
+        return "/".join(self)
+
+    @classmethod
+    def parse(cls, text: str) -> CellId:
+        parts = str(text).split("/")
+        if len(parts) != 4 or not all(parts):
+            raise UserError(f"cell {text!r}: expected SCENARIO/VARIANT/ADAPTER/STYLE")
+        return cls(*parts)
+
+    def path(self, root: Path | str = "") -> Path:
+        """Its result file under a results directory: raw/S/V/A.json, raw/S/V/A.STYLE.json."""
+        return cell_path(Path(root), *self)
+
+
+def matrix(
+    profile: Profile,
+    catalog: Catalog,
+    scenarios: list[str] | None = None,
+    adapters: list[str] | None = None,
+    styles: list[str] | None = None,
+) -> list[CellId]:
+    """Every cell of a profile in the matrix's order: its (scenario, variant) pairs, narrowed to
+    `scenarios`, x `adapters` (default: every registered one) x `styles` (default: the
+    profile's). `run` measures these, the workflow plans them, managed jobs split them."""
+    from datarax_bench.adapters import all_adapters
+
+    names = [get_adapter(a).id for a in adapters] if adapters else [a.id for a in all_adapters()]
+    return [
+        CellId(scenario, variant, adapter, style)
+        for scenario, variant in profile.cells(catalog, scenarios or None)
+        for adapter in names
+        for style in styles or profile.styles
+    ]
+
+
+def measured_with(profile: Profile, workload: Workload) -> dict[str, Any]:
+    """What makes a kept result stale (the commit aside): the workload and the settings it was
+    measured with. Results record both; `run --resume-dir`, managed shards and the workflow's
+    rerun trigger (its `workload` and `settings` params) compare them."""
+    return {"workload": workload.to_dict(), "settings": profile.settings(workload)}
 
 
 @dataclass(frozen=True)
@@ -28,6 +82,11 @@ class Cell:
     def label(self) -> str:
         w = self.workload
         return cell_label(w.scenario, w.variant, self.adapter.id, self.style)
+
+    @property
+    def id(self) -> CellId:
+        w = self.workload
+        return CellId(w.scenario, w.variant, self.adapter.id, self.style)
 
 
 def resolve_cell(
@@ -95,8 +154,7 @@ def make_result(
         "reason": reason,
         "cell": cell_identity(profile, workload, adapter),
         "pipeline": pipeline_steps(adapter, workload),
-        "workload": workload.to_dict(),
-        "settings": profile.settings(workload),
+        **measured_with(profile, workload),
         **body,
         "provenance": provenance.collect(adapter.distributions),
         "timestamps": clock.stamps(),

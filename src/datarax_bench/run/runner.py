@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from datarax_bench import measures, provenance
-from datarax_bench.adapters import get_adapter
 from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.results import (
@@ -38,7 +37,16 @@ from datarax_bench.results import (
     write_run_index,
 )
 from datarax_bench.run import processes, supervision
-from datarax_bench.run.cell import Cell, CellClock, cell_identity, make_result, resolve_cell
+from datarax_bench.run.cell import (
+    Cell,
+    CellClock,
+    CellId,
+    cell_identity,
+    make_result,
+    matrix,
+    measured_with,
+    resolve_cell,
+)
 from datarax_bench.workload.catalog import Catalog, Profile, load_catalog
 
 _LOG_TAIL_LINES = 40
@@ -423,16 +431,10 @@ def run_matrix(
     (not for a cell taken from `resume_dir`, which is kept already), between measurements:
     `run --keep-each-cell` sends it to W&B there.
     """
-    from datarax_bench.adapters import all_adapters
-
     catalog = catalog or load_catalog()
-    chosen = [get_adapter(a) for a in adapters] if adapters else all_adapters()
-    pairs = profile.cells(catalog, scenarios)
     cells = [
-        resolve_cell(profile, catalog, s, v, a.id, style)
-        for s, v in pairs
-        for a in chosen
-        for style in styles or profile.styles
+        resolve_cell(profile, catalog, *cid)
+        for cid in matrix(profile, catalog, scenarios, adapters, styles)
     ]
     if only is not None:
         cells = select_cells(cells, only)
@@ -545,15 +547,13 @@ class _Rounds:
 
 
 def cell_id(scenario: str, variant: str, adapter: str, style: str = "plain") -> str:
-    """A cell as a command line names it (`run --cells`): `S/V/A/STYLE`."""
-    return f"{scenario}/{variant}/{adapter}/{style}"
+    """A cell as a command line names it (`run --cells`): `S/V/A/STYLE` (`CellId`'s format)."""
+    return str(CellId(scenario, variant, adapter, style))
 
 
 def select_cells(cells: list[Cell], wanted: Sequence[str]) -> list[Cell]:
     """The cells named by id, in the matrix's order; an id not in the matrix is a UserError."""
-    by_id = {
-        cell_id(c.workload.scenario, c.workload.variant, c.adapter.id, c.style): c for c in cells
-    }
+    by_id = {str(c.id): c for c in cells}
     unknown = [w for w in wanted if w not in by_id]
     if unknown:
         raise UserError(
@@ -589,8 +589,7 @@ def kept_result(path: Path, cell: Cell) -> dict[str, Any] | None:
         return None
     expected = json.loads(json.dumps({
         "cell": cell_identity(cell.profile, cell.workload, cell.adapter),
-        "workload": cell.workload.to_dict(),
-        "settings": cell.profile.settings(cell.workload),
+        **measured_with(cell.profile, cell.workload),
     }))  # fmt: skip
     # The data digest is the data's, generated from the workload and the seed (in settings).
     stored = {**result, "workload": {k: v for k, v in result["workload"].items()

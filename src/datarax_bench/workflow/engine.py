@@ -20,7 +20,14 @@ workflow runs on this machine (cloud cells through SkyPilot's command line).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+#: What the workflow says when `drop_rate_limiter` finds no limiter to drop.
+LIMITER_WARNING = (
+    "warning: Snakemake's job-rate limiter is not where this Snakemake version was expected to "
+    "keep it; its re-planning may load the machine during measurements"
+)
 
 
 def drop_rate_limiter(workflow: Any) -> bool:
@@ -36,3 +43,21 @@ def drop_rate_limiter(workflow: Any) -> bool:
     # (Snakemake asserts so before each selection).
     scheduler.resources["_job_count"] = scheduler.global_resources["_job_count"]
     return True
+
+
+def on_start(workflow: Any, config: dict, profiles: list, cells: Any, plan: str) -> None:
+    """The workflow's `onstart:` (before the first job, not on a dry run): Snakemake without its
+    job-rate limiter; then, for a local run, what makes this machine noisy now (with
+    strict_machine, refuse to start), and what the run will measure and how long it should take
+    (`progress.announce`, into `plan`). `cells` is the run's `cells.Matrix`."""
+    if not drop_rate_limiter(workflow):
+        print(LIMITER_WARNING, file=sys.stderr)
+    if config["infra"] != "local":
+        return
+    from datarax_bench import machine_load
+    from datarax_bench.workflow import progress
+
+    cores = max(machine_load.cores_assumed(p.parallelism) for p in profiles)
+    machine_load.check_before_measuring(cores, config["strict_machine"], seconds=2.0)
+    jobs = workflow.dag.needrun_jobs()
+    progress.announce(plan, progress.planned_processes(jobs, cells.profile, cells.catalog))

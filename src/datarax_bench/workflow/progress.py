@@ -81,6 +81,7 @@ def planned_processes(jobs, profile_named, catalog, cores: int | None = None) ->
     from datarax_bench.measures.tuning import usable_cores
     from datarax_bench.run.cell import resolve_cell
     from datarax_bench.run.runner import processes_of
+    from datarax_bench.workflow.cells import cell_of
 
     cores = usable_cores() if cores is None else cores
     planned = []
@@ -88,9 +89,7 @@ def planned_processes(jobs, profile_named, catalog, cores: int | None = None) ->
         if job.rule.name not in (PROCESS_RULE, CELL_RULE):
             continue
         w = job.wildcards
-        style = w.style_suffix.lstrip(".") or "plain"
-        profile = profile_named(w.profile)
-        cell = resolve_cell(profile, catalog, w.scenario, w.variant, w.adapter, style)
+        cell = resolve_cell(profile_named(w.profile), catalog, *cell_of(w))
         total = processes_of(cell)
         number = int(w.process) if job.rule.name == PROCESS_RULE else total
         planned.append(planned_process(cell, number, total, job.output[0], cores))
@@ -99,9 +98,8 @@ def planned_processes(jobs, profile_named, catalog, cores: int | None = None) ->
 
 def planned_process(cell, process: int, processes: int, output: str, cores: int):
     """The job that runs worker process `process` of `processes` of `cell` and writes `output`."""
-    w = cell.workload
     return PlannedProcess(
-        cell=f"{cell.profile.name}/{w.scenario}/{w.variant}/{cell.adapter.id}/{cell.adapter.style}",
+        cell=f"{cell.profile.name}/{cell.id}",
         process=int(process),
         processes=int(processes),
         output=str(output),
@@ -166,12 +164,12 @@ def plan_lines(steps: list[PlannedProcess], finish_s: float) -> list[str]:
     hands the jobs over in no particular one)."""
     lines = []
     steps = sorted(steps, key=lambda p: (p.cell, p.process))
-    for profile in _unique(p.cell.split("/")[0] for p in steps):
-        mine = [p for p in steps if p.cell.split("/")[0] == profile]
-        parts = [p.cell.split("/") for p in mine]
-        variants = _unique(f"{s}/{v}" for _, s, v, _, _ in parts)
-        adapters = _unique(a for _, _, _, a, _ in parts)
-        styles = _unique(st for _, _, _, _, st in parts)
+    for profile in _unique(_cell(p)[0] for p in steps):
+        mine = [p for p in steps if _cell(p)[0] == profile]
+        cells = [_cell(p)[1] for p in mine]
+        variants = _unique(f"{c.scenario}/{c.variant}" for c in cells)
+        adapters = _unique(c.adapter for c in cells)
+        styles = _unique(c.style for c in cells)
         per_cell = " or ".join(_unique(str(p.processes) for p in mine))
         lines.append(
             f"plan: profile {profile}: {_count(len(_unique(p.cell for p in mine)), 'cell')} "
@@ -199,8 +197,16 @@ def plan_lines(steps: list[PlannedProcess], finish_s: float) -> list[str]:
 
 def finish_seconds(steps: list[PlannedProcess]) -> float:
     """The model's seconds after the last cell: the table, each scenario's plots, the export."""
-    scenarios = _unique(tuple(p.cell.split("/")[:2]) for p in steps)
+    scenarios = _unique((_cell(p)[0], _cell(p)[1].scenario) for p in steps)
     return FINISH_S + FINISH_PER_SCENARIO_S * len(scenarios)
+
+
+def _cell(step: PlannedProcess):
+    """(profile, `CellId`) of a planned process: its `cell` is PROFILE/SCENARIO/VARIANT/ADAPTER/STYLE."""
+    from datarax_bench.run.cell import CellId
+
+    profile, cell = step.cell.split("/", 1)
+    return profile, CellId.parse(cell)
 
 
 def _count(n: int, noun: str) -> str:
