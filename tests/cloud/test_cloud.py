@@ -202,15 +202,15 @@ def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(tmp_path):
     task = tasks.render_provision_task(load_profile("gpu_a100"))
     task_file = tmp_path / "task.yaml"
     tasks.write_task(task, task_file)
-    sky = str(BIN / "sky")
+    sky_cli = str(BIN / "sky")
     env = {**os.environ, "HOME": str(home)}
     env.pop("WANDB_API_KEY", None)
     argv = sky.launch_argv("dxb-dryrun", task_file, "vast", 10, True)
-    argv = [sky, *argv[1:], "--dryrun"]
+    argv = [sky_cli, *argv[1:], "--dryrun"]
     try:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        subprocess.run([sky, "api", "stop"], env=env, capture_output=True, timeout=120)
+        subprocess.run([sky_cli, "api", "stop"], env=env, capture_output=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     estimate = sky.parse_launch_estimate(out)
