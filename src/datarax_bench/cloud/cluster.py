@@ -50,6 +50,7 @@ from datarax_bench.cloud.sky import (
     parse_launch_estimate,
     resolve_use_spot,
     run_sky,
+    settle_cluster_requests,
 )
 from datarax_bench.cloud.tasks import (
     REMOTE_RESULTS,
@@ -463,6 +464,11 @@ def teardown_attempts(
     clusters = list(clusters)
     attempts: list[dict[str, Any]] = []
     remaining = clusters
+    # A launch whose client was cut (a time limit, a killed run) may still be provisioning on
+    # the API server: cancel it and let it end first, or the status below can miss a cluster
+    # that appears afterwards.
+    for cluster in clusters:
+        settle_cluster_requests(cluster, log)
     for attempt in range(1, TEARDOWN_ATTEMPTS + 1):
         try:
             proc = run_sky(
