@@ -358,7 +358,7 @@ def test_a_failed_run_writes_its_bill_with_a_verified_teardown(tmp_path, monkeyp
     ])  # fmt: skip
     record, line = cloud.end_failed_run(work, "c1", tmp_path / "log", keep_cluster=False)
     written = json.loads((work / cloud.FAILED_RUN_BILL).read_text())
-    assert written == record and "down -y c1" in calls.read_text()
+    assert written == record and "down --async -y c1" in calls.read_text()
     bill = record["billing"]
     assert bill["still_billing"] is False and bill["billing_state"].startswith("ended: torn down")
     assert bill["billed_s"] == pytest.approx(900, abs=30) and bill["cost_usd"] > 0.49
