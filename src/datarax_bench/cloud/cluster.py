@@ -9,7 +9,9 @@ results come back by rsync and the W&B export runs on this machine.
 What keeps a cluster from billing without limit (SkyPilot 0.14 runs the task's setup inside the
 first job and arms autostop just before it; a running job keeps a cluster from ever idling):
 
-- every `sky` call has a wall-clock limit; a launch that fails or overruns is torn down;
+- every `sky` call has a wall-clock limit, and one cut by it (or by an interrupt) has its
+  request cancelled on SkyPilot's API server; a launch that fails or overruns is torn down,
+  and a teardown first cancels and waits for the cluster's requests still running;
 - autodown is armed with `--wait-for none`, which SkyPilot's skylet applies on the cluster
   itself whatever the cluster is doing: it tears the cluster down a fixed number of minutes
   after the last job was submitted (each submission and each setting restarts the count). The

@@ -1,5 +1,9 @@
 """Calling SkyPilot: every `sky` command with a wall-clock limit, its JSON read strictly, the
-command lines we build for it, and rsync over the ssh alias it writes for each cluster."""
+command lines we build for it, and rsync over the ssh alias it writes for each cluster.
+
+A `sky` command is a request that SkyPilot's API server runs; the CLI only streams it. The
+commands that can outlast their client are submitted with `--async` and, when a limit or an
+interrupt cuts them, cancelled on the server (`run_request`, docs/cloud.md)."""
 
 from __future__ import annotations
 
