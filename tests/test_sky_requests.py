@@ -233,6 +233,8 @@ sky.run_sky({launch_argv(task, "c3")!r}, Path({str(log)!r}), timeout=600)
     assert [r["status"] for r in requests(home) if r["name"] == "launch"] == ["RUNNING"]
     record = cloud.teardown(["c3"], log)
     assert record["verified"] and record["still_up"] == []
+    (line,) = record["requests_cancelled"]["c3"]
+    assert line.startswith("launch ") and line.endswith(" CANCELLED")
     assert_nothing_provisions(home, "c3", log)
 
 

@@ -469,8 +469,11 @@ def teardown_attempts(
     # A launch whose client was cut (a time limit, a killed run) may still be provisioning on
     # the API server: cancel it and let it end first, or the status below can miss a cluster
     # that appears afterwards.
-    for cluster in clusters:
-        settle_cluster_requests(cluster, log)
+    cancelled = {
+        cluster: [f"{r.get('name')} {r['request_id']} {r.get('status')}" for r in settled]
+        for cluster in clusters
+        if (settled := settle_cluster_requests(cluster, log))
+    }
     for attempt in range(1, TEARDOWN_ATTEMPTS + 1):
         try:
             proc = run_sky(
@@ -498,6 +501,7 @@ def teardown_attempts(
         "attempts": attempts,
         "verified": bool(attempts[-1]["status_read"]) and not remaining,
         "still_up": remaining,
+        "requests_cancelled": cancelled,  # requests still running before the teardown
         "torn_down_at": utc_now(),
         "cost_report": cost_report(clusters, log),
     }
