@@ -176,10 +176,13 @@ def test_explicit_spot_on_a_cloud_without_it_stops_the_plan_with_one_line(tmp_pa
     auto = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert auto.returncode == 0, auto.stderr[-2000:]
     assert "measure_remote" in auto.stdout
-    # The plan estimates the run's length against max_cluster_hours (default 8 h).
+    # The plan estimates the run's length against max_cluster_hours (default 12 h), from its
+    # own cells: one remote measurement each.
     estimates = [line for line in auto.stderr.splitlines() if "the run is estimated at" in line]
-    assert len(estimates) == 1 and estimates[0].startswith("warning: profile gpu_a100: ")
-    assert "240 cells x 30 s + 572 worker processes x 30 s" in estimates[0]
+    assert len(estimates) == 1 and estimates[0].startswith("profile gpu_a100: "), estimates
+    (cells,) = re.findall(r"^measure_remote\s+(\d+)$", auto.stdout, re.MULTILINE)
+    assert f"({cells} cells x 30 s + " in estimates[0]
+    assert estimates[0].endswith("of max_cluster_hours 12")
 
 
 def test_a_plan_that_cannot_fit_max_cluster_hours_is_refused_in_one_line(tmp_path):
@@ -364,7 +367,7 @@ def test_a_failed_run_writes_its_bill_with_a_verified_teardown(tmp_path, monkeyp
     ])  # fmt: skip
     record, line = cloud.end_failed_run(work, "c1", tmp_path / "log", keep_cluster=False)
     written = json.loads((work / cloud.FAILED_RUN_BILL).read_text())
-    assert written == record and "down -y c1" in calls.read_text()
+    assert written == record and "down --async -y c1" in calls.read_text()
     bill = record["billing"]
     assert bill["still_billing"] is False and bill["billing_state"].startswith("ended: torn down")
     assert bill["billed_s"] == pytest.approx(900, abs=30) and bill["cost_usd"] > 0.49

@@ -9,7 +9,9 @@ results come back by rsync and the W&B export runs on this machine.
 What keeps a cluster from billing without limit (SkyPilot 0.14 runs the task's setup inside the
 first job and arms autostop just before it; a running job keeps a cluster from ever idling):
 
-- every `sky` call has a wall-clock limit; a launch that fails or overruns is torn down;
+- every `sky` call has a wall-clock limit, and one cut by it (or by an interrupt) has its
+  request cancelled on SkyPilot's API server; a launch that fails or overruns is torn down,
+  and a teardown first cancels and waits for the cluster's requests still running;
 - autodown is armed with `--wait-for none`, which SkyPilot's skylet applies on the cluster
   itself whatever the cluster is doing: it tears the cluster down a fixed number of minutes
   after the last job was submitted (each submission and each setting restarts the count). The
@@ -50,6 +52,7 @@ from datarax_bench.cloud.sky import (
     parse_launch_estimate,
     resolve_use_spot,
     run_sky,
+    settle_cluster_requests,
 )
 from datarax_bench.cloud.tasks import (
     REMOTE_RESULTS,
@@ -500,6 +503,14 @@ def teardown_attempts(
     clusters = list(clusters)
     attempts: list[dict[str, Any]] = []
     remaining = clusters
+    # A launch whose client was cut (a time limit, a killed run) may still be provisioning on
+    # the API server: cancel it and let it end first, or the status below can miss a cluster
+    # that appears afterwards.
+    cancelled = {
+        cluster: [f"{r.get('name')} {r['request_id']} {r.get('status')}" for r in settled]
+        for cluster in clusters
+        if (settled := settle_cluster_requests(cluster, log))
+    }
     for attempt in range(1, TEARDOWN_ATTEMPTS + 1):
         try:
             proc = run_sky(
@@ -527,6 +538,7 @@ def teardown_attempts(
         "attempts": attempts,
         "verified": bool(attempts[-1]["status_read"]) and not remaining,
         "still_up": remaining,
+        "requests_cancelled": cancelled,  # requests still running before the teardown
         "torn_down_at": utc_now(),
         "cost_report": cost_report(clusters, log),
     }

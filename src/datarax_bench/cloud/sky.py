@@ -1,5 +1,9 @@
 """Calling SkyPilot: every `sky` command with a wall-clock limit, its JSON read strictly, the
-command lines we build for it, and rsync over the ssh alias it writes for each cluster."""
+command lines we build for it, and rsync over the ssh alias it writes for each cluster.
+
+A `sky` command is a request that SkyPilot's API server runs; the CLI only streams it. The
+commands that can outlast their client are submitted with `--async` and, when a limit or an
+interrupt cuts them, cancelled on the server (`run_request`, docs/cloud.md)."""
 
 from __future__ import annotations
 
@@ -123,14 +127,81 @@ def exec_argv(
     return argv + ["--", command]
 
 
+#: `sky` commands that submit a request which can outlast its client: SkyPilot 0.14's CLI only
+#: streams a request the API server runs, and a killed CLI leaves it running ("Request will
+#: continue running asynchronously", `_async_call_or_wait`). These are submitted with `--async`,
+#: so that their request id is known from the start, waited for with `sky api logs ID`, and
+#: cancelled on the server (`sky api cancel ID`) when the wait is cut by a time limit or an
+#: interrupt. Each accepts `--async` in 0.14.1 (tests/cloud/test_sky_requests.py checks its parser).
+REQUEST_COMMANDS = {
+    ("launch",): "launch",
+    ("exec",): "exec",
+    ("down",): "down",
+    ("autostop",): "autostop",
+    ("cancel",): "cancel",
+    ("jobs", "launch"): "jobs.launch",
+}
+
+
+#: Their requests submit a job that the plain CLI then follows (its exit status is the job's).
+_FOLLOWS_JOB = {("launch",), ("exec",)}
+
+
+#: How long a cancelled request may take to end on the server.
+CANCEL_TIMEOUT_S = 120
+
+
+_ACTIVE = {"PENDING", "WAITING", "RUNNING"}
+
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+# `click.secho(f'Submitted {request_name} request: {request_id}')`; the name can hold spaces
+# ("sky.Scheduling autodown on").
+_SUBMITTED = re.compile(rf"Submitted .+? request: ({_UUID})")
+
+
+_JOB_SUBMITTED = re.compile(r"Job submitted, ID: (\d+)")
+
+
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _command(argv: Sequence[str]) -> tuple[str, ...]:
+    return tuple(argv[1:3]) if argv[1:2] == ["jobs"] else tuple(argv[1:2])
+
+
+def async_argv(argv: Sequence[str]) -> list[str]:
+    """The same command submitted with `--async` (placed before any `--`)."""
+    n = 1 + len(_command(argv))
+    return [*argv[:n], "--async", *argv[n:]]
+
+
 def run_sky(
     argv: list[str], log: Path | None = None, check: bool = True, timeout: float = SHORT_TIMEOUT_S
 ) -> subprocess.CompletedProcess:
     """Run one sky command under a wall-clock limit, teeing its output to `log` (appended).
 
-    On timeout the command is killed and `SkyTimeout` is raised. It stays in this process's
-    group, so whatever kills the workflow kills it too.
+    A command in `REQUEST_COMMANDS` goes through `run_request`: when the limit or an interrupt
+    cuts it, its request is cancelled on SkyPilot's API server and has ended before this
+    returns. On timeout `SkyTimeout` is raised. The CLI stays in this process's group, so
+    whatever kills the workflow kills it too.
     """
+    if _command(argv) in REQUEST_COMMANDS and "--dryrun" not in argv:
+        result = run_request(argv, log, timeout)
+    else:
+        result = _run_cli(argv, log, timeout)
+    if check and result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(
+            f"`{shlex.join(argv[:3])} ...` exited with {result.returncode}: {' | '.join(tail)}"
+        )
+    return result
+
+
+def _run_cli(argv: list[str], log: Path | None, timeout: float) -> subprocess.CompletedProcess:
+    """One CLI process under a wall-clock limit; killed and `SkyTimeout` past it."""
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -141,7 +212,7 @@ def run_sky(
     )
     timed_out = False
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=max(timeout, 0.001))
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
@@ -158,13 +229,178 @@ def run_sky(
             fh.write(f"$ {shlex.join(argv)}\n{stdout}{stderr}[{end}; {took:.1f} s]\n")
     if timed_out:
         raise SkyTimeout(f"`{shlex.join(argv[:3])} ...` ran past its limit of {timeout:g} s")
-    result = subprocess.CompletedProcess(argv, returncode, stdout, stderr)
-    if check and returncode != 0:
-        tail = (stderr or stdout).strip().splitlines()[-3:]
-        raise RuntimeError(
-            f"`{shlex.join(argv[:3])} ...` exited with {returncode}: {' | '.join(tail)}"
-        )
-    return result
+    return subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+
+
+def _cluster_of(argv: Sequence[str]) -> str | None:
+    """The cluster a request command names (`launch -c X`, `exec X`, `autostop X`, ...)."""
+    command = _command(argv)
+    if command == ("launch",):
+        for flag in ("-c", "--cluster"):
+            if flag in argv[:-1]:
+                return argv[argv.index(flag) + 1]
+        return None
+    if command in {("exec",), ("cancel",), ("autostop",), ("down",)}:
+        # Our command lines name the cluster first among the arguments (flags before it
+        # take no value: `cancel -y CLUSTER -a`, `down -y CLUSTER...`).
+        names = [a for a in argv[2:] if not a.startswith("-")]
+        return names[0] if names else None
+    return None
+
+
+def run_request(argv: list[str], log: Path | None, timeout: float) -> subprocess.CompletedProcess:
+    """`argv` submitted with `--async`, its request(s) followed with `sky api logs` and, for
+    `launch` and `exec` without `-d`, their job with `sky logs` (what the plain CLI does).
+
+    If the limit or an interrupt (Ctrl-C, a signal raised as an exception) cuts the submission
+    or the request, the request is cancelled on the server (`sky api cancel`) and waited for
+    until it has ended, then the error goes on. Its output and exit status are the plain
+    command's: the request's log, then the job's.
+    """
+    deadline = time.monotonic() + timeout
+    started_at = time.time()
+    command = _command(argv)
+    name = " ".join(argv[:3]) if command == ("jobs", "launch") else " ".join(argv[:2])
+    try:
+        submitted = _run_cli(async_argv(argv), log, timeout)
+    except BaseException as exc:
+        # The request may be in the server already, its id unknown to us: look it up.
+        found = _requests_since(REQUEST_COMMANDS[command], _cluster_of(argv), started_at, log)
+        cancelled = cancel_requests(found, log) if found else []
+        if isinstance(exc, SkyTimeout):
+            raise SkyTimeout(f"{exc}{_cancelled_note(cancelled)}") from None
+        raise
+    outputs = [submitted]
+    ids = _SUBMITTED.findall(_COLOURS.sub("", submitted.stdout + submitted.stderr))
+    returncode = submitted.returncode
+    try:
+        for request_id in ids:
+            waited = _run_cli(["sky", "api", "logs", request_id], log, deadline - time.monotonic())
+            outputs.append(waited)
+            returncode = waited.returncode
+            if returncode != 0:
+                break
+    except BaseException as exc:
+        cancelled = cancel_requests(ids, log)
+        if isinstance(exc, SkyTimeout):
+            raise SkyTimeout(
+                f"`{name} ...` ran past its limit of {timeout:g} s{_cancelled_note(cancelled)}"
+            ) from None
+        raise
+    detached = "-d" in argv or "--detach-run" in argv
+    if ids and returncode == 0 and command in _FOLLOWS_JOB and not detached:
+        cluster = _cluster_of(argv)
+        text = _COLOURS.sub("", "".join(p.stdout + p.stderr for p in outputs))
+        job = _JOB_SUBMITTED.findall(text)
+        if cluster is not None and command == ("launch",):
+            # The plain CLI writes the cluster's ssh alias after a launch; `sky status` does too.
+            outputs.append(_run_cli(["sky", "status", cluster], log, STATUS_TIMEOUT_S))
+        if cluster is not None and job:
+            remaining = deadline - time.monotonic()
+            try:
+                followed = _run_cli(["sky", "logs", cluster, job[-1]], log, remaining)
+            except SkyTimeout:
+                raise SkyTimeout(
+                    f"`{name} ...` ran past its limit of {timeout:g} s (its job {job[-1]} on "
+                    f"{cluster} still runs)"
+                ) from None
+            outputs.append(followed)
+            returncode = followed.returncode
+    return subprocess.CompletedProcess(
+        argv,
+        returncode,
+        "".join(p.stdout for p in outputs),
+        "".join(p.stderr for p in outputs),
+    )
+
+
+def _cancelled_note(cancelled: Sequence[dict[str, Any]]) -> str:
+    if not cancelled:
+        return ""
+    states = ", ".join(f"{r['request_id'][:8]} {r.get('status', '?')}" for r in cancelled)
+    return f"; its request was cancelled on the API server ({states})"
+
+
+def request_records(
+    request_ids: Sequence[str] = (),
+    log: Path | None = None,
+    all_status: bool = True,
+    cluster: str | None = None,
+) -> list[dict[str, Any]]:
+    """`sky api status -o json` of these requests (or of all, or of one cluster's; active
+    ones only unless `all_status`). Raises RuntimeError when it cannot be read."""
+    argv = ["sky", "api", "status", "-v", "-o", "json", "-l", "none"]
+    if all_status:
+        argv.append("-a")
+    if cluster is not None:
+        argv += ["-c", cluster]
+    proc = _run_cli([*argv, *request_ids], log, STATUS_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`sky api status` exited with {proc.returncode}")
+    try:
+        return json_records(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"`sky api status`: {exc}") from None
+
+
+def _requests_since(name: str, cluster: str | None, since: float, log: Path | None) -> list[str]:
+    """Active requests of this name (and cluster) created since `since`: ours, when the CLI was
+    cut before it printed the id."""
+    try:
+        records = request_records(log=log, all_status=False, cluster=cluster)
+    except (RuntimeError, SkyTimeout) as exc:
+        say(f"could not look up a `{name}` request to cancel: {exc}")
+        return []
+    return [
+        r["request_id"]
+        for r in records
+        if r.get("name") == name
+        and r.get("status") in _ACTIVE
+        and float(r.get("created_at") or 0) >= since - 1
+    ]
+
+
+def cancel_requests(
+    request_ids: Sequence[str], log: Path | None, timeout: float = CANCEL_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """`sky api cancel` these requests, then wait until none is still pending or running.
+
+    Returns their last records. Never raises: it runs while another error is on its way; what
+    it could not do is said.
+    """
+    request_ids = list(request_ids)
+    if not request_ids:
+        return []
+    deadline = time.monotonic() + timeout
+    records: list[dict[str, Any]] = []
+    try:
+        _run_cli(["sky", "api", "cancel", *request_ids], log, timeout)
+        while True:
+            records = request_records(request_ids, log)
+            if not any(r.get("status") in _ACTIVE for r in records):
+                return records
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    except (RuntimeError, SkyTimeout, OSError) as exc:
+        say(f"cancelling request(s) {', '.join(request_ids)}: {exc}")
+        return records
+    active = [r["request_id"] for r in records if r.get("status") in _ACTIVE]
+    say(f"request(s) {', '.join(active)} still running {timeout:g} s after `sky api cancel`")
+    return records
+
+
+def settle_cluster_requests(cluster: str, log: Path | None) -> list[dict[str, Any]]:
+    """Cancel the cluster's requests still running (a launch or exec whose client died) and wait
+    until they have ended: a status read while a launch still provisions can miss the cluster.
+    """
+    try:
+        records = request_records(log=log, all_status=False, cluster=cluster)
+    except (RuntimeError, SkyTimeout) as exc:
+        say(f"cluster {cluster}: its API server requests could not be listed ({exc})")
+        return []
+    active = [r["request_id"] for r in records if r.get("status") in _ACTIVE]
+    return cancel_requests(active, log) if active else []
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
