@@ -15,10 +15,12 @@ shard has finished.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shlex
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +60,16 @@ _JOB_ID = re.compile(r"Managed [Jj]ob ID:\s*(\d+)")
 S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRETS = ("AWS_SESSION_TOKEN",)
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+#: SkyPilot's jobs controller: a cluster of its own, `sky-jobs-controller-<user hash>`
+#: (sky/utils/common.py), launched by the first `sky jobs launch` where none is UP.
+CONTROLLER_PREFIX = "sky-jobs-controller-"
+#: What SkyPilot 0.14.1 gives it unless `jobs.controller.resources` says otherwise
+#: (sky/jobs/constants.py, sky/utils/controller_utils.py).
+CONTROLLER_DEFAULT = (
+    "4+ vCPUs, memory 4x the vCPUs, 50 GB disk, on-demand, on the task's cloud (Vast may host "
+    "it); autostop: STOPPED, not deleted, after 10 idle minutes, its disk billing until `sky "
+    "down`"
+)
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -161,8 +173,9 @@ def launch_argv(
     use_spot: bool,
     envs: dict[str, str],
     by_name: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    config_file: Path | None = None,
 ) -> list[str]:
-    """`sky jobs launch`; `by_name` = (secrets, settings) whose values SkyPilot copies from this
+    """`sky jobs launch` (`config_file`: a SkyPilot config layer, the controller's pin); `by_name` = (secrets, settings) whose values SkyPilot copies from this
     machine's environment, so that they appear on no command line."""
     argv = ["sky", "jobs", "launch", str(task_file), "-n", name, "-y", "-d"]
     if infra != "any":
@@ -171,6 +184,8 @@ def launch_argv(
     for key, value in envs.items():
         argv += ["--env", f"{key}={value}"]
     secrets, settings = by_name
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
     for key in settings:
         argv += ["--env", key]
     for key in secrets:
@@ -233,6 +248,28 @@ def queue(log: Path | None) -> dict[int, dict[str, Any]]:
     argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT)]
     proc = sky.run_sky(argv, log, check=True)
     return parse_queue(proc.stdout)
+
+
+def queue_records(log: Path | None) -> dict[int, dict[str, Any]]:
+    """`sky jobs queue -o json` by job id: SkyPilot's records with `submitted_at` and `end_at`
+    (epoch seconds), from which a job's wall time, provisioning and recoveries included, is
+    read (its `job_duration`, JOB DURATION in the table, leaves both out)."""
+    argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT), "-o", "json"]
+    proc = sky.run_sky(argv, log, check=True)
+    try:
+        records = sky.json_records(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"`sky jobs queue -o json`: {exc}") from None
+    return {int(r["job_id"]): r for r in records if r.get("job_id") is not None}
+
+
+def wall_s(record: dict[str, Any] | None, now: float | None = None) -> float | None:
+    """From submission to the job's end (or now): the controller's wait, every provisioning,
+    every recovery and the run; an upper bound on what the job's machines billed."""
+    if not record or record.get("submitted_at") is None:
+        return None
+    end = record.get("end_at") or (time.time() if now is None else now)
+    return max(0.0, float(end) - float(record["submitted_at"]))
 
 
 def duration_s(text: str) -> float | None:
@@ -300,15 +337,203 @@ def cancel_after_error(
         return []  # no shard got as far as a launch
     if keep_cluster:
         print(f"keep_cluster: true; managed jobs {', '.join(names)} keep running (and billing)")
+        teardown_controller(work_dir, log, keep=True)
         return []
     try:
         cancelled = cancel_run(names, recorded, log, billing.ledger_for(work_dir))
     except (RuntimeError, sky.SkyTimeout) as exc:
         print(f"onerror: {exc} (see {log})")
-        return []
-    if cancelled:
-        print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
+        cancelled = []
+    else:
+        if cancelled:
+            print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
+    controller = teardown_controller(work_dir, log)
+    print(f"onerror: jobs controller {controller.get('name')}: {controller['state']}"
+          + (f"; STILL BILLING, end it with: {controller['command']}"
+             if controller.get("still_billing") and controller.get("command") else ""))  # fmt: skip
     return cancelled
+
+
+# --- the jobs controller ----------------------------------------------------------------------
+
+
+def controller_config(pin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The SkyPilot config layer that pins the jobs controller (`jobs.controller.resources`),
+    None when nothing is pinned. `pin`: the workflow's `managed_controller` (infra, cpus,
+    memory, disk_size; SkyPilot's resource fields, checked by SkyPilot's own schema)."""
+    pin = {k: v for k, v in (pin or {}).items() if v not in (None, "")}
+    if not pin:
+        return None
+    import sky as sky_lib
+
+    try:
+        sky_lib.Resources.from_yaml_config(dict(pin))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise UserError(f"managed_controller: SkyPilot refuses {pin}: {reason}") from None
+    return {"jobs": {"controller": {"resources": pin}}}
+
+
+def controller_plan(infra: str, pin: dict[str, Any] | None) -> str:
+    """Where the jobs controller will run and what it costs, for the run's opening lines."""
+    layer = controller_config(pin)
+    if layer is None:
+        where = (
+            f"not pinned, so SkyPilot's default on the task's infra {infra}: {CONTROLLER_DEFAULT}"
+        )
+    else:
+        where = f"pinned by managed_controller to {layer['jobs']['controller']['resources']}"
+    return (
+        f"jobs controller: {where}; it is billed for as long as it exists (the bill includes "
+        "it), and torn down after the run if this run launched it and no other managed job is "
+        "live; one already UP is SkyPilot's own choice of resources, kept"
+    )
+
+
+def write_controller_config(work_dir: Path, pin: dict[str, Any] | None) -> Path | None:
+    layer = controller_config(pin)
+    if layer is None:
+        return None
+    path = Path(work_dir) / "managed" / "skypilot-config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    path.write_text(yaml.safe_dump(layer, sort_keys=False))
+    return path
+
+
+def find_controller(log: Path | None) -> dict[str, Any] | None:
+    """The jobs controller's `sky status` record (any status), None when there is none.
+    Raises RuntimeError when the status cannot be read: unknown is never taken for absent."""
+    proc = sky.run_sky(["sky", "status", "-o", "json"], log, check=True)
+    try:
+        records = sky.json_records(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"`sky status -o json`: {exc}") from None
+    found = [r for r in records if str(r.get("name", "")).startswith(CONTROLLER_PREFIX)]
+    return found[0] if found else None
+
+
+def controller_record_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "controller.json"
+
+
+def note_controller(work_dir: Path, log: Path | None, after_launch: bool = False) -> dict:
+    """Before this run's first launch: whether the jobs controller existed already (kept in
+    managed/controller.json, written once per run under a lock, so parallel shards agree);
+    after a launch: its name. Only a controller this run launched is this run's to tear down."""
+    path = controller_record_path(work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+        if record is not None and (record.get("name") or not after_launch):
+            return record
+        found = find_controller(log)
+        if record is None:
+            record = {
+                "name": found["name"] if found else None,
+                "status_before_run": found.get("status") if found else None,
+                "launched_by_this_run": found is None,
+                "checked_at": utc_now(),
+            }
+        else:
+            record["name"] = found["name"] if found else None
+        if found is not None:
+            record["launched_at"] = found.get("launched_at")
+        write_json_atomic(path, record)
+        return record
+
+
+def _down_controller(name: str, log: Path | None) -> int:
+    """`sky down NAME`: SkyPilot asks to type 'delete' for a controller, which -y does not skip."""
+    argv = ["sky", "down", name]
+    try:
+        proc = subprocess.run(
+            argv, input="delete\n", capture_output=True, text=True, timeout=sky.DOWN_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return -1
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(f"$ {shlex.join(argv)} <<< delete\n{proc.stdout}{proc.stderr}"
+                     f"[exit {proc.returncode}]\n")  # fmt: skip
+    return proc.returncode
+
+
+def teardown_controller(work_dir: Path, log: Path | None, keep: bool = False) -> dict[str, Any]:
+    """After the run (and on error): tear the jobs controller down when this run launched it
+    and no managed job is live, verified with a refreshed `sky status`; otherwise say loudly
+    that it still bills and the command that ends it. Returns the record for the bill."""
+    path = controller_record_path(work_dir)
+    try:
+        noted = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"state": "not launched: no job of this run was submitted"}
+    out: dict[str, Any] = dict(noted)
+    name = noted.get("name")
+    try:
+        if not name:
+            found = find_controller(log)
+            name = out["name"] = found["name"] if found else None
+        if not name:
+            out.update(state="none found in `sky status`", still_billing=False, verified=True)
+            return out
+        command = f"sky down {name}  (type 'delete' when asked)"
+        out["command"] = command
+        if keep or not noted.get("launched_by_this_run"):
+            why = (
+                "keep_cluster: true"
+                if keep
+                else f"it was {noted.get('status_before_run')} before this run"
+            )
+            out.update(state=f"left: {why}", still_billing=True, verified=False)
+        else:
+            rows = queue(log)
+            live = sorted(j for j, r in rows.items() if r["status"] not in TERMINAL)
+            if live:
+                out.update(
+                    state=f"left: managed job(s) {', '.join(map(str, live))} still live",
+                    still_billing=True,
+                    verified=False,
+                )
+            else:
+                exit_code = _down_controller(name, log)
+                remaining = sky.cluster_records([name], log)
+                if remaining:
+                    out.update(
+                        state=f"teardown failed (`sky down` exit {exit_code}; `sky status` "
+                        f"still lists it {remaining[name].get('status')})",
+                        still_billing=True,
+                        verified=False,
+                    )
+                else:
+                    out.update(
+                        state="torn down (verified with `sky status`)",
+                        torn_down_at=utc_now(),
+                        still_billing=False,
+                        verified=True,
+                    )
+    except (RuntimeError, sky.SkyTimeout) as exc:
+        out.update(state=f"unknown: {exc}", still_billing=True, verified=False)
+    if name:
+        reported = billing.cost_report([name], log)
+        if reported:
+            out["sky_cost_report"] = reported[0]
+    if out.get("still_billing"):
+        say(
+            f"WARNING: the jobs controller {name or '(name unknown)'} STILL BILLS "
+            f"({out['state']}): it stops after 10 idle minutes but is not deleted, and its "
+            f"disk bills until you run: {out.get('command') or 'sky status; sky down <it>'}"
+        )
+    else:
+        say(f"jobs controller {name}: {out['state']}")
+        if out.get("torn_down_at"):
+            path.unlink(missing_ok=True)
+    return out
 
 
 # --- one shard ----------------------------------------------------------------------------------
@@ -332,6 +557,7 @@ class Shard:
     keep_cluster: bool = False
     poll_s: float = 30.0
     use_spot: bool = True
+    controller_pin: dict[str, Any] | None = None  # config managed_controller
 
     @property
     def ledger(self) -> billing.Ledger:
@@ -433,7 +659,17 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         BUCKET_KEY_ENV: shard.key,
         CELLS_ENV: " ".join(missing),
     }
-    argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs, by_name)
+    config_file = write_controller_config(shard.work_dir, shard.controller_pin)
+    argv = launch_argv(
+        task_file, shard.name, shard.infra, shard.use_spot, envs, by_name, config_file
+    )
+    say(f"{shard.label}: {controller_plan(shard.infra, shard.controller_pin)}")
+    noted = note_controller(shard.work_dir, shard.log)
+    if not noted["launched_by_this_run"]:
+        say(
+            f"{shard.label}: jobs controller {noted['name']} was already there "
+            f"({noted['status_before_run']}): SkyPilot uses it as it is, and this run leaves it"
+        )
     ledger = shard.ledger
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:
@@ -446,6 +682,11 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
             except Exception as exc:  # the launch's own error is the one to report
                 say(f"{shard.label}: could not check for a job left by the launch: {exc}")
         raise
+    try:
+        noted = note_controller(shard.work_dir, shard.log, after_launch=True)
+        say(f"{shard.label}: jobs controller {noted.get('name') or '(not found in sky status)'}")
+    except (RuntimeError, sky.SkyTimeout) as exc:  # the teardown looks it up again
+        say(f"{shard.label}: could not read the jobs controller's status: {exc}")
     estimate = sky.parse_launch_estimate(proc.stdout)
     record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
     write_json_atomic(job_record_path(shard.work_dir, shard.index), {
@@ -591,45 +832,79 @@ def finish(
     profile: str,
     infra: str,
     log: Path | None,
+    keep_controller: bool = False,
 ) -> dict[str, Any]:
     """After every cell is pulled: check the hardware across shards, check that no job of this
-    run still runs (cancel any that does), and return the record for cloud/teardown.json."""
+    run still runs (cancel any that does), tear down the jobs controller if this run launched
+    it and nothing else uses it (teardown_controller), and return the record for
+    cloud/teardown.json with the bill: the jobs' wall time and the controller's cost."""
     shards = [json.loads(Path(p).read_text()) for p in reports]
     hardware = check_hardware(
         {k: [load_result(Path(p)) for p in paths] for k, paths in cell_results.items()}
     )
     ours = [s["job_id"] for s in shards if s.get("job_id") is not None]
-    rows = queue(log) if ours else {}
-    live = [j for j in ours if j in rows and rows[j]["status"] not in TERMINAL]
+    records = queue_records(log) if ours else {}
+    live = [j for j in ours if j in records and records[j]["status"] not in TERMINAL]
     ledger = billing.ledger_for(work_dir)
     if live:
         cancel(live, log, ledger)
+        records = queue_records(log)
+    for s in shards:
+        s["wall_s"] = wall_s(records.get(s.get("job_id"))) if s.get("job_id") else 0.0
     counts = attempts(bucket, profile, infra)
     twice = sorted(rel for rel, n in counts.items() if n > 1)
-    billed = [s.get("job_duration_s") or 0.0 for s in shards]
+    # Billed: each job's wall time (JOB DURATION leaves provisioning and recoveries out); where
+    # the queue no longer has the job, SkyPilot's JOB DURATION, said so.
+    billed = [s["wall_s"] if s["wall_s"] is not None else s.get("job_duration_s") or 0.0
+              for s in shards]  # fmt: skip
     costs = [
-        (s.get("hourly_usd") or 0.0) * (s.get("job_duration_s") or 0.0) / 3600
-        for s in shards
+        (s.get("hourly_usd") or 0.0) * b / 3600
+        for s, b in zip(shards, billed, strict=True)
         if s.get("hourly_usd") is not None
     ]
+    controller = teardown_controller(work_dir, log, keep=keep_controller)
+    reported = controller.get("sky_cost_report") or {}
+    jobs_cost = round(sum(costs), 4) if costs else None
+    controller_cost = reported.get("total_cost")
     record = {
         "mode": "managed",
-        "verified": True,
+        # What was checked: every job of this run ended (`sky jobs queue`, after cancelling
+        # any still live); the controller's teardown has its own verdict below.
         "jobs": ours,
+        "jobs_ended_verified": not ours
+        or all(j in records and records[j]["status"] in TERMINAL for j in ours),
         "cancelled_at_finish": live,
-        "torn_down_at": utc_now(),
+        "controller": controller,
+        "still_billing": bool(controller.get("still_billing")),
         "hardware": hardware,
         "managed": {
             "bucket": bucket.uri,
             "shards": [
-                {k: s.get(k) for k in _SHARD_KEYS}
+                {k: s.get(k) for k in (*_SHARD_KEYS, "wall_s")}
                 | {"cells": len(s.get("cells", [])), "submitted": len(s.get("submitted_cells", []))}
                 for s in shards
             ],  # fmt: skip
             "recoveries": sum(s.get("recoveries") or 0 for s in shards),
             "measured_more_than_once": {rel: counts[rel] for rel in twice},
             "billed_s": round(sum(billed), 1),
-            "cost_usd": round(sum(costs), 4) if costs else None,
+            "billed_basis": "each job from submission to its end (`sky jobs queue -o json`): "
+            "the controller's start, provisioning, recoveries and the run",
+            "jobs_cost_usd": jobs_cost,
+            "controller": {
+                "name": controller.get("name"),
+                "state": controller.get("state"),
+                "still_billing": bool(controller.get("still_billing")),
+                "command": controller.get("command"),
+                "billed_s": reported.get("duration"),
+                "cost_usd": controller_cost,
+                "price_source": "`sky cost-report` (SkyPilot's catalog price over its usage "
+                "intervals; a stopped controller's disk is not in it)",
+            },
+            "cost_usd": (
+                None
+                if jobs_cost is None and controller_cost is None
+                else round((jobs_cost or 0.0) + (controller_cost or 0.0), 4)
+            ),
         },
     }
     return record

@@ -1,0 +1,196 @@
+"""SkyPilot's jobs controller, named, placed, billed and torn down (issue #36, items 3 and 6).
+
+The loopback `sky` runs the controller as SkyPilot 0.14.1 does: a cluster of its own,
+`sky-jobs-controller-<user hash>`, launched by the first `sky jobs launch` on the task's infra
+unless `jobs.controller.resources` pins it, stopped (not deleted) after 10 idle minutes, and
+torn down only by a `sky down` that is typed 'delete' while no managed job is live. The
+workflow's side (datarax_bench.cloud.managed) tears down the controller it launched, verified
+with `sky status`, says loudly when it leaves one billing, and bills each job's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "loopback"))
+import node as loopback  # noqa: E402
+
+from datarax_bench.cloud import managed  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(loopback.missing_tools()),
+        reason=f"loopback cluster needs {', '.join(loopback.missing_tools())}",
+    ),
+]
+
+
+@pytest.fixture
+def lb(tmp_path, monkeypatch):
+    """A loopback node and a private HOME; this process's `sky` is the loopback's."""
+    node = loopback.make_node(tmp_path / "node")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = loopback.loopback_env(home, node)
+    env["LOOPBACK_SKY_SECONDS_PER_MINUTE"] = "60"
+    for key in ("HOME", "PATH", "LOOPBACK_SKY_NODE", "LOOPBACK_SKY_SECONDS_PER_MINUTE"):
+        monkeypatch.setenv(key, env[key])
+    try:
+        yield node, home, env, tmp_path
+    finally:
+        loopback.stop_managed_jobs(home)
+        loopback.stop_skylets(home)
+        node.stop()
+
+
+def sky(env, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sky", *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def launch(env, tmp_path: Path, name: str, run: str, *extra: str) -> int:
+    task = tmp_path / f"{name}.yaml"
+    task.write_text(yaml.safe_dump({"name": name, "run": run}))
+    result = sky(env, "jobs", "launch", str(task), "-y", "-d", "--no-use-spot", *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return managed.parse_job_id(result.stdout)
+
+
+def jobs(env) -> dict[int, dict]:
+    result = sky(env, "jobs", "queue", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return {j["job_id"]: j for j in json.loads(result.stdout[result.stdout.index("[") :])}
+
+
+def wait_ended(env, job_id: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = jobs(env).get(job_id)
+        if job and job["status"] in managed.TERMINAL:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+
+
+def clusters(env) -> dict[str, dict]:
+    result = sky(env, "status", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return {r["name"]: r for r in json.loads(result.stdout[result.stdout.index("[") :])}
+
+
+def controller_name(home: Path) -> str:
+    return "sky-jobs-controller-" + (home / ".sky" / "user_hash").read_text().strip()
+
+
+def test_the_first_managed_job_launches_a_controller_cluster_that_stops_and_is_not_deleted(lb):
+    node, home, env, tmp_path = lb
+    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "0.2"}  # 10 idle minutes: 2 s
+    assert not clusters(env)
+    job_id = launch(env, tmp_path, "quick", "echo hi", "--infra", "vast")
+    name = controller_name(home)
+    ctl = clusters(env)[name]  # a cluster of its own, on the task's infra, SkyPilot's autostop
+    assert ctl["status"] == "UP" and ctl["infra"] == "vast"
+    assert ctl["autostop"] == 10 and ctl["to_down"] is False
+    assert ctl["resources"]["cpus"] == "4+" and ctl["use_spot"] is False
+    wait_ended(env, job_id)
+    deadline = time.monotonic() + 30
+    while clusters(env)[name]["status"] != "STOPPED":  # stopped, still listed: still billing
+        assert time.monotonic() < deadline, clusters(env)[name]
+        time.sleep(0.3)
+    time.sleep(1)
+    assert clusters(env)[name]["status"] == "STOPPED"
+    # -y does not confirm a controller's teardown: SkyPilot asks to type 'delete'.
+    refused = sky(env, "down", "-y", name)
+    assert refused.returncode == 1 and "Aborted!" in refused.stderr
+    assert name in clusters(env)
+    assert name not in sky(env, "down", "-a", "-y").stdout  # -a leaves controllers out
+    assert name in clusters(env)
+    # A new launch restarts the stopped controller rather than launching another.
+    job_id = launch(env, tmp_path, "again", "echo again", "--infra", "vast")
+    assert clusters(env)[name]["status"] == "UP" and len(clusters(env)) == 1
+    wait_ended(env, job_id)
+    gone = sky(env, "down", "-y", name, stdin="delete\n")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert name not in clusters(env)
+    assert jobs(env) == {}  # the controller kept the jobs' records: they went with it
+    history = json.loads(sky(env, "cost-report", "-o", "json").stdout)
+    assert [r["name"] for r in history] == [name] and history[0]["status"] == "TERMINATED"
+
+
+def test_a_controller_is_pinned_by_jobs_controller_resources_and_kept_while_a_job_runs(lb):
+    node, home, env, tmp_path = lb
+    config = managed.write_controller_config(tmp_path, {"infra": "aws/us-east-1", "cpus": "2+"})
+    job_id = launch(
+        env, tmp_path, "sleeper", "sleep 60", "--infra", "vast", "--config", str(config)
+    )
+    name = controller_name(home)
+    ctl = clusters(env)[name]
+    assert ctl["infra"] == "aws/us-east-1" and ctl["resources"]["cpus"] == "2+"
+    refused = sky(env, "down", "-y", name, stdin="delete\n")  # a managed job is in progress
+    assert refused.returncode == 1 and "In-progress managed jobs" in refused.stderr
+    assert name in clusters(env)
+    assert sky(env, "jobs", "cancel", "-y", str(job_id)).returncode == 0
+    wait_ended(env, job_id)
+
+
+def test_a_bad_controller_pin_is_one_clear_error():
+    with pytest.raises(managed.UserError, match="managed_controller: SkyPilot refuses"):
+        managed.controller_config({"cpus": "four"})
+    assert managed.controller_config({}) is None
+    assert "not pinned" in managed.controller_plan("vast", None)
+    assert "STOPPED, not deleted" in managed.controller_plan("vast", None)
+
+
+def test_the_run_tears_down_the_controller_it_launched_verified_and_bills_wall_time(lb, capsys):
+    node, home, env, tmp_path = lb
+    work, log = tmp_path / "work", tmp_path / "ctl.log"
+    noted = managed.note_controller(work, log)
+    assert noted["launched_by_this_run"] is True and noted["name"] is None
+    # The job's machine is provisioned, preempted once and provisioned again: its wall time
+    # holds all of it, SkyPilot's job_duration only the runs.
+    loopback.set_faults(home, preempt_managed_after_s=[0.5])
+    job_id = launch(env, tmp_path, "pre", "sleep 2", "--infra", "vast")
+    job = wait_ended(env, job_id)
+    assert job["status"] == "SUCCEEDED" and job["recovery_count"] == 1
+    records = managed.queue_records(log)
+    assert managed.wall_s(records[job_id]) > records[job_id]["job_duration"]
+    assert managed.note_controller(work, log, after_launch=True)["name"] == controller_name(home)
+    out = managed.teardown_controller(work, log)
+    assert out["state"] == "torn down (verified with `sky status`)", out
+    assert out["verified"] is True and out["still_billing"] is False and out["torn_down_at"]
+    assert controller_name(home) not in clusters(env)
+    assert out["sky_cost_report"]["name"] == controller_name(home)
+    assert not managed.controller_record_path(work).exists()  # the next run checks afresh
+
+
+def test_a_controller_this_run_did_not_launch_or_still_in_use_is_left_and_said_loudly(lb, capsys):
+    node, home, env, tmp_path = lb
+    first = launch(env, tmp_path, "theirs", "sleep 60", "--infra", "vast")
+    name = controller_name(home)
+    work, log = tmp_path / "work", tmp_path / "ctl.log"
+    noted = managed.note_controller(work, log)  # up before this run: someone else's
+    assert noted == {**noted, "name": name, "launched_by_this_run": False}
+    out = managed.teardown_controller(work, log)
+    assert out["still_billing"] is True and out["verified"] is False
+    assert out["command"].startswith(f"sky down {name}")
+    said = capsys.readouterr().err
+    assert f"WARNING: the jobs controller {name} STILL BILLS" in said and "sky down" in said
+    assert clusters(env)[name]["status"] == "UP"
+    # Launched by this run, but another managed job is live: left, loudly.
+    managed.controller_record_path(work).write_text(
+        json.dumps({**noted, "launched_by_this_run": True})
+    )
+    out = managed.teardown_controller(work, log)
+    assert out["state"] == f"left: managed job(s) {first} still live" and out["still_billing"]
+    assert name in clusters(env)
+    assert sky(env, "jobs", "cancel", "-y", str(first)).returncode == 0
+    wait_ended(env, first)
