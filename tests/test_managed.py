@@ -278,6 +278,11 @@ def _config(**changes):
          "SkyPilot cannot mount buckets on RunPod, so the job uploads each cell"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "s3://abc", "shards": 0},
          "shards"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc",
+          "managed_controller": {"cpus": "four"}},
+         "managed_controller: got {'cpus': 'four'}, which SkyPilot refuses"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc",
+          "managed_controller": {"cpu": 2}}, "managed_controller"),
     ],
 )  # fmt: skip
 def test_managed_config_is_checked_before_anything_runs(changes, message):

@@ -143,7 +143,7 @@ def test_a_controller_is_pinned_by_jobs_controller_resources_and_kept_while_a_jo
 
 
 def test_a_bad_controller_pin_is_one_clear_error():
-    with pytest.raises(managed.UserError, match="managed_controller: SkyPilot refuses"):
+    with pytest.raises(managed.UserError, match="managed_controller: got .*SkyPilot refuses"):
         managed.controller_config({"cpus": "four"})
     assert managed.controller_config({}) is None
     assert "not pinned" in managed.controller_plan("vast", None)

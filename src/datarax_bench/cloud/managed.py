@@ -364,14 +364,22 @@ def controller_config(pin: dict[str, Any] | None) -> dict[str, Any] | None:
     pin = {k: v for k, v in (pin or {}).items() if v not in (None, "")}
     if not pin:
         return None
+    problem = controller_pin_problem(pin)
+    if problem:
+        raise UserError(f"managed_controller: {problem}")
+    return {"jobs": {"controller": {"resources": pin}}}
+
+
+def controller_pin_problem(pin: dict[str, Any]) -> str | None:
+    """What SkyPilot's own resource parser says against the pin, None when it takes it."""
     import sky as sky_lib
 
     try:
         sky_lib.Resources.from_yaml_config(dict(pin))
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300]
-        raise UserError(f"managed_controller: SkyPilot refuses {pin}: {reason}") from None
-    return {"jobs": {"controller": {"resources": pin}}}
+        return f"got {pin}, which SkyPilot refuses: {reason}"
+    return None
 
 
 def controller_plan(infra: str, pin: dict[str, Any] | None) -> str:
