@@ -24,13 +24,14 @@ import node as loopback  # noqa: E402
 
 from datarax_bench.cloud import managed  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
+
+def loopback_test(test):
+    """A slow test on the loopback node (sshd, rsync)."""
+    skip = pytest.mark.skipif(
         bool(loopback.missing_tools()),
         reason=f"loopback cluster needs {', '.join(loopback.missing_tools())}",
-    ),
-]
+    )
+    return pytest.mark.slow(skip(test))
 
 
 @pytest.fixture
@@ -91,6 +92,7 @@ def controller_name(home: Path) -> str:
     return "sky-jobs-controller-" + (home / ".sky" / "user_hash").read_text().strip()
 
 
+@loopback_test
 def test_the_first_managed_job_launches_a_controller_cluster_that_stops_and_is_not_deleted(lb):
     node, home, env, tmp_path = lb
     env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "0.2"}  # 10 idle minutes: 2 s
@@ -126,6 +128,7 @@ def test_the_first_managed_job_launches_a_controller_cluster_that_stops_and_is_n
     assert [r["name"] for r in history] == [name] and history[0]["status"] == "TERMINATED"
 
 
+@loopback_test
 def test_a_controller_is_pinned_by_jobs_controller_resources_and_kept_while_a_job_runs(lb):
     node, home, env, tmp_path = lb
     config = managed.write_controller_config(tmp_path, {"infra": "aws/us-east-1", "cpus": "2+"})
@@ -150,6 +153,7 @@ def test_a_bad_controller_pin_is_one_clear_error():
     assert "STOPPED, not deleted" in managed.controller_plan("vast", None)
 
 
+@loopback_test
 def test_the_run_tears_down_the_controller_it_launched_verified_and_bills_wall_time(lb, capsys):
     node, home, env, tmp_path = lb
     work, log = tmp_path / "work", tmp_path / "ctl.log"
@@ -172,6 +176,7 @@ def test_the_run_tears_down_the_controller_it_launched_verified_and_bills_wall_t
     assert not managed.controller_record_path(work).exists()  # the next run checks afresh
 
 
+@loopback_test
 def test_a_controller_this_run_did_not_launch_or_still_in_use_is_left_and_said_loudly(lb, capsys):
     node, home, env, tmp_path = lb
     first = launch(env, tmp_path, "theirs", "sleep 60", "--infra", "vast")
@@ -194,3 +199,24 @@ def test_a_controller_this_run_did_not_launch_or_still_in_use_is_left_and_said_l
     assert name in clusters(env)
     assert sky(env, "jobs", "cancel", "-y", str(first)).returncode == 0
     wait_ended(env, first)
+
+
+def test_the_summary_says_loudly_that_a_controller_still_bills_and_how_to_end_it(tmp_path):
+    from datarax_bench.report import bill
+
+    shard = {"shard": 1, "job_id": 3, "status": "SUCCEEDED", "recoveries": 1, "cells": 2,
+             "submitted": 2, "job_duration_s": 60.0, "wall_s": 300.0}  # fmt: skip
+    controller = {"name": "sky-jobs-controller-1a2b3c4d", "state": "left: managed job(s) 7 still "
+                  "live", "still_billing": True, "command": "sky down sky-jobs-controller-1a2b3c4d"
+                  "  (type 'delete' when asked)", "billed_s": 600, "cost_usd": 0.05}  # fmt: skip
+    record = {"managed": {"bucket": "s3://b", "shards": [shard], "recoveries": 1,
+                          "measured_more_than_once": {}, "billed_s": 300.0, "cost_usd": 0.1,
+                          "controller": controller}}  # fmt: skip
+    (tmp_path / "cloud").mkdir()
+    (tmp_path / "cloud" / "teardown.json").write_text(json.dumps(record))
+    text = bill.managed_markdown(tmp_path)
+    assert "**The jobs controller `sky-jobs-controller-1a2b3c4d` STILL BILLS**" in text
+    assert "`sky down sky-jobs-controller-1a2b3c4d  (type 'delete' when asked)`" in text
+    assert "| 5.0 min | 1.0 min |" in text  # wall time, then SkyPilot's JOB DURATION
+    assert "Controller: 10.0 min, $0.0500" in text
+    assert bill.managed_metrics(tmp_path)["cloud/controller_still_billing"] is True
