@@ -220,3 +220,29 @@ def test_the_summary_says_loudly_that_a_controller_still_bills_and_how_to_end_it
     assert "| 5.0 min | 1.0 min |" in text  # wall time, then SkyPilot's JOB DURATION
     assert "Controller: 10.0 min, $0.0500" in text
     assert bill.managed_metrics(tmp_path)["cloud/controller_still_billing"] is True
+
+
+@loopback_test
+def test_a_preempted_vast_machine_is_stopped_not_deleted_and_keeps_billing(lb):
+    node, home, env, tmp_path = lb
+    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "2"}  # autodown 10 "minutes": 20 s
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"run": "true"}))
+    (tmp_path / "wd").mkdir()
+    argv = ["launch", "-c", "c1", str(task), "-y", "--infra", "vast", "--no-use-spot"]
+    argv += ["--workdir", str(tmp_path / "wd")]
+    up = sky(env, *argv)
+    assert up.returncode == 0, up.stdout + up.stderr
+    armed = sky(env, "autostop", "c1", "-i", "10", "--down", "--wait-for", "none", "-y")
+    assert armed.returncode == 0, armed.stderr
+    loopback.set_faults(home, preempt_after_execs=0)
+    lost = sky(env, "exec", "c1", "--", "sleep 30")
+    assert lost.returncode == 1 and "the node is gone" in lost.stderr
+    time.sleep(22)  # past the autodown's deadline: the stopped machine's skylet is gone
+    status = sky(env, "status", "--refresh", "-o", "json", "c1")
+    (record,) = json.loads(status.stdout[status.stdout.index("[") :])
+    assert record["status"] == "STOPPED"
+    history = json.loads(sky(env, "cost-report", "-o", "json").stdout)
+    assert history[0]["name"] == "c1" and history[0]["status"] == "UP"  # still billing
+    assert sky(env, "down", "-y", "c1").returncode == 0
+    assert "c1" not in clusters(env)
