@@ -246,3 +246,53 @@ def test_a_preempted_vast_machine_is_stopped_not_deleted_and_keeps_billing(lb):
     assert history[0]["name"] == "c1" and history[0]["status"] == "UP"  # still billing
     assert sky(env, "down", "-y", "c1").returncode == 0
     assert "c1" not in clusters(env)
+
+
+def doctor_report(cpu_model: str) -> str:
+    return json.dumps({
+        "cpu": {"model": cpu_model, "usable_cores": 8}, "memory_bytes": 64 * 2**30,
+        "jax": {"backend": "gpu", "device_count": 1, "device_kind": "NVIDIA A100"},
+        "gpu": "NVIDIA A100",
+    })  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_recovery_on_other_hardware_is_refused_as_its_report_reaches_the_bucket(
+    tmp_path, monkeypatch
+):
+    import storage
+
+    from datarax_bench.cloud.buckets import parse_bucket
+    from datarax_bench.workload.catalog import load_profile
+
+    with storage.moto_server(tmp_path) as endpoint:
+        for key, value in storage.aws_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        s3 = storage.s3_client(endpoint)
+        s3.create_bucket(Bucket="dxb")
+        shard = managed.Shard(
+            profile=load_profile("smoke"), infra="vast", index=1, total=2, name="dxb-s1",
+            cells=[], cell_files={}, bucket=parse_bucket("s3://dxb/bench"), settings=None,
+            work_dir=tmp_path / "work", log=tmp_path / "shard.log",
+        )  # fmt: skip
+        doctor = "bench/smoke/vast/cells/doctor"
+        first = f"{doctor}/sky-managed-2026-12-07-01_dxb-s1_3-0/20261207T010000.json"
+        s3.put_object(Bucket="dxb", Key=first, Body=doctor_report("AMD EPYC 7B13"))
+        other_job = f"{doctor}/sky-managed-2026-12-07-01_dxb-s2_4-0/20261207T010001.json"
+        s3.put_object(Bucket="dxb", Key=other_job, Body=doctor_report("Intel Xeon 8480"))
+        seen: set[str] = set()
+        managed.check_job_hardware(shard, 3, seen, managed.buckets.client(shard.bucket))
+        assert len(seen) == 1  # its own report only: the reference
+        reference = json.loads(managed.hardware_reference_path(shard.work_dir).read_text())
+        assert reference["hardware"]["CPU model"] == "AMD EPYC 7B13"
+        # The job's recovery lands on another CPU: refused at once, naming both.
+        recovered = f"{doctor}/sky-managed-2026-12-07-01_dxb-s1_3-0/20261207T020000.json"
+        s3.put_object(Bucket="dxb", Key=recovered, Body=doctor_report("Intel Xeon 8480"))
+        with pytest.raises(managed.HardwareMismatch, match="'AMD EPYC 7B13' vs 'Intel Xeon"):
+            managed.check_job_hardware(shard, 3, seen, managed.buckets.client(shard.bucket))
+        # And shard 2's job, on that other CPU, is refused against the run's reference.
+        shard.name, shard.index = "dxb-s2", 2
+        with pytest.raises(managed.HardwareMismatch, match="shard 2/2: managed job 4"):
+            managed.check_job_hardware(shard, 4, set(), managed.buckets.client(shard.bucket))
+        refused = [e for e in shard.ledger.events() if e["event"].endswith("hardware_refused")]
+        assert [e["job_id"] for e in refused] == [3, 4]

@@ -109,12 +109,15 @@ def render_task(
     CELLS_ENV, resuming from the bucket."""
     task = tasks.render_provision_task(profile, image)
     out = f"{tasks.REMOTE_RESULTS}/{profile.name}"
-    # The machine's hardware report, for the check across shards.
-    report = "doctor/$SKYPILOT_TASK_ID.json"
+    # The machine's hardware report, one per attempt (SKYPILOT_TASK_ID is the same for every
+    # recovery of a job), compared by this machine as it arrives (check_job_hardware).
+    report = "doctor/$SKYPILOT_TASK_ID/$(date -u +%Y%m%dT%H%M%S%N).json"
     if mounted:
         # $HOME, not ~: a quoted ~ is not expanded.
         kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
-        keep_report = f'mkdir -p {kept}/doctor && cp {out}/doctor.json "{kept}/{report}"'
+        keep_report = (
+            f'mkdir -p "{kept}/doctor/$SKYPILOT_TASK_ID" && cp {out}/doctor.json "{kept}/{report}"'
+        )
         resume = f"--resume-dir {kept}"
     else:
         kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
@@ -348,7 +351,8 @@ def cancel_after_error(
         if cancelled:
             print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
     controller = teardown_controller(work_dir, log)
-    print(f"onerror: jobs controller {controller.get('name')}: {controller['state']}"
+    if controller.get("name"):
+        print(f"onerror: jobs controller {controller['name']}: {controller['state']}"
           + (f"; STILL BILLING, end it with: {controller['command']}"
              if controller.get("still_billing") and controller.get("command") else ""))  # fmt: skip
     return cancelled
@@ -480,7 +484,7 @@ def teardown_controller(work_dir: Path, log: Path | None, keep: bool = False) ->
     try:
         noted = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return {"state": "not launched: no job of this run was submitted"}
+        return {"state": "no record: no job submitted since the last verified teardown"}
     out: dict[str, Any] = dict(noted)
     name = noted.get("name")
     try:
@@ -727,11 +731,68 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     return record
 
 
+class HardwareMismatch(RuntimeError):
+    """A job's machine is not the hardware of the run's first machine."""
+
+
+def hardware_reference_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "hardware.json"
+
+
+def check_job_hardware(shard: Shard, job_id: int, seen: set[str], store=None) -> None:
+    """Compare each new hardware report of this job (one per attempt, under doctor/ in the
+    bucket) with the run's reference, the first report any shard saw (managed/hardware.json,
+    under a lock). A different machine raises HardwareMismatch naming both, so that the job is
+    cancelled before it measures more; cells it kept stay in the bucket."""
+    import tempfile
+
+    root = cells_key(shard.profile.name, shard.infra)
+    mine = f"_{shard.name}_{job_id}-"  # SKYPILOT_TASK_ID: sky-managed-<stamp>_<name>_<id>-0
+    new = sorted(
+        k for k in buckets.list_keys(shard.bucket, root, "doctor", store=store)
+        if mine in k and k not in seen
+    )  # fmt: skip
+    for key in new:
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = Path(tmp) / "doctor.json"
+            if not buckets.download(shard.bucket, f"{root}/doctor/{key}", dest, store=store):
+                continue
+            try:
+                hw = provenance.hardware(json.loads(dest.read_text()))
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a report cut short: the next poll reads it again
+        seen.add(key)
+        path = hardware_reference_path(shard.work_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                reference = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                reference = {"hardware": hw, "source": f"{shard.label}, job {job_id}: {key}"}
+                write_json_atomic(path, reference)
+        if hw != reference["hardware"]:
+            diff = "; ".join(
+                f"{k}: {reference['hardware'].get(k)!r} vs {hw.get(k)!r}"
+                for k in hw
+                if hw.get(k) != reference["hardware"].get(k)
+            )
+            shard.ledger.add("managed_job_hardware_refused", shard.name, job_id=job_id,
+                             report=key, reference=reference["source"], differs=diff)  # fmt: skip
+            raise HardwareMismatch(
+                f"{shard.label}: managed job {job_id} landed on different hardware ({key}) "
+                f"than the run's first machine ({reference['source']}): {diff}; cancelling it "
+                "before it measures more (SkyPilot picks any offer of the instance type: pin "
+                "the infra's region, or rerun to draw another machine)"
+            )
+
+
 def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, Any]:
     """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
     started = time.monotonic()
     deadline = started + shard.settings.max_cluster_hours * 3600
     failures, recoveries, done, last_line, last_said = 0, 0, 0, "", 0.0
+    seen_reports: set[str] = set()
     while True:
         try:
             row = queue(shard.log).get(job_id)
@@ -756,6 +817,12 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
             done = len(kept_cells(shard, store) & set(missing))
         except Exception:  # a bucket listing that failed once is no reason to stop watching
             pass  # the last count stands
+        try:
+            check_job_hardware(shard, job_id, seen_reports, store)
+        except HardwareMismatch:
+            raise
+        except Exception as exc:  # a listing or download that failed: the next poll retries
+            say(f"{shard.label}: could not read the job's hardware reports: {exc}")
         line = (
             f"{shard.label}: {done}/{len(missing)} cells, {row['status']}, "
             f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}, "
