@@ -296,3 +296,30 @@ def test_a_recovery_on_other_hardware_is_refused_as_its_report_reaches_the_bucke
             managed.check_job_hardware(shard, 4, set(), managed.buckets.client(shard.bucket))
         refused = [e for e in shard.ledger.events() if e["event"].endswith("hardware_refused")]
         assert [e["job_id"] for e in refused] == [3, 4]
+
+
+@loopback_test
+def test_launch_y_prints_no_job_estimate_so_the_job_is_quoted_by_a_dry_run(lb):
+    node, home, env, tmp_path = lb
+    task = tmp_path / "quoted.yaml"
+    task.write_text(yaml.safe_dump({"name": "quoted", "run": "echo hi", "envs": {"X": None}}))
+    argv = ["jobs", "launch", str(task), "-y", "-d", "--infra", "vast", "--no-use-spot"]
+    first = sky(env, *argv, "--env", "X=1")
+    assert first.returncode == 0, first.stderr
+    # The one table is the controller's launch (SkyPilot quotes the job only to confirm it).
+    assert first.stdout.count("Considered resources") == 1 and "loopback-ctl" in first.stdout
+    assert sky_price(first.stdout) == 0.19
+    second = sky(env, *argv, "--env", "X=2")  # the controller is up: no table at all
+    assert second.returncode == 0 and "Considered resources" not in second.stdout
+    quoted = managed.job_estimate(
+        task, "quoted", "vast", False, {"X": "1"}, ((), ()), tmp_path / "estimate.log"
+    )
+    assert quoted["hourly_usd"] == 0.0 and "loopback-1" in quoted["chosen"]
+    for job_id in (managed.parse_job_id(first.stdout), managed.parse_job_id(second.stdout)):
+        wait_ended(env, job_id)
+
+
+def sky_price(output: str) -> float | None:
+    from datarax_bench.cloud import sky as sky_calls
+
+    return sky_calls.parse_launch_estimate(output)["hourly_usd"]

@@ -88,6 +88,9 @@ CONTROLLER_PREFIX = "sky-jobs-controller-"
 CONTROLLER_RESOURCES = {"cpus": "4+", "memory": "4x", "disk_size": 50}
 CONTROLLER_AUTOSTOP = {"idle_minutes": 10, "down": False}
 USER_HASH_LENGTH = 8
+#: The controller is the one loopback machine with a price, so that a bill that takes its
+#: launch table for the job's (with -y it is the only table printed) shows.
+CONTROLLER_PRICE_PER_HOUR = 0.19
 
 
 class Usage(Exception):
@@ -311,7 +314,8 @@ def ensure_controller(cli, task_infra: str | None, config_args) -> str:
             records = cli.history()
             records[name] = {"name": name, "launched_at": int(now), "status": "UP"}
             cli.save_history(records)
-            print(f"Launching jobs controller {name} on {infra}...", flush=True)
+            # execution.launch of the controller's task: its optimizer prints its table.
+            cli.print_considered_resources(infra, "loopback-ctl", 4, CONTROLLER_PRICE_PER_HOUR)
         else:
             print(f"Restarting jobs controller {name}...", flush=True)
         state.update(
@@ -405,11 +409,12 @@ def cmd_launch(cli, argv) -> int:
     if a.job_recovery:
         recovery = {**recovery, "strategy": a.job_recovery}
     resources = f"1x[{a.gpus or (task.get('resources') or {}).get('accelerators') or 'CPU:1+'}]"
+    # The job's estimate is printed only to be confirmed: -y prints none (jobs/client/sdk.py).
     if not a.yes:
         print(f"Managed job {name!r} will be launched on (estimated):")
-    cli.print_considered_resources(a.infra)
-    if not a.yes and not confirm(f"Launching a managed job {name!r}. Proceed?"):
-        return 1
+        cli.print_considered_resources(a.infra)
+        if not confirm(f"Launching a managed job {name!r}. Proceed?"):
+            return 1
     if task.get("file_mounts"):  # SkyPilot checks the task's storage before it submits
         import storage
 

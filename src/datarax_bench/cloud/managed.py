@@ -196,6 +196,38 @@ def launch_argv(
     return argv
 
 
+def job_estimate(
+    task_file: Path,
+    name: str,
+    infra: str,
+    use_spot: bool,
+    envs: dict[str, str],
+    by_name: tuple[Sequence[str], Sequence[str]],
+    log: Path | None,
+) -> dict[str, Any]:
+    """The job's hourly price. `sky jobs launch -y` prints no estimate of the job (SkyPilot
+    shows one only to be confirmed); the only table it may print is the jobs controller's, when
+    it launches one. So a `sky launch --dryrun` of the same task, infra and spot choice quotes
+    the job; None ("not quoted") when that fails."""
+    argv = ["sky", "launch", "--dryrun", "-y", "-c", f"{name}-estimate", str(task_file)]
+    if infra != "any":
+        argv += ["--infra", infra]
+    argv.append("--use-spot" if use_spot else "--no-use-spot")
+    for key, value in envs.items():
+        argv += ["--env", f"{key}={value}"]
+    secrets, settings = by_name
+    for key in settings:
+        argv += ["--env", key]
+    for key in secrets:
+        argv += ["--secret", key]
+    try:
+        proc = sky.run_sky(argv, log, check=True)
+    except (RuntimeError, sky.SkyTimeout) as exc:
+        say(f"{name}: no price quoted for the job ({exc}); its cost is left out of the bill")
+        return {"table_header": None, "chosen": None, "hourly_usd": None}
+    return sky.parse_launch_estimate(proc.stdout)
+
+
 def parse_job_id(output: str) -> int:
     match = _JOB_ID.search(re.sub(r"\x1b\[[0-9;]*m", "", output))
     if not match:
@@ -683,6 +715,9 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
             f"({noted['status_before_run']}): SkyPilot uses it as it is, and this run leaves it"
         )
     ledger = shard.ledger
+    estimate = job_estimate(
+        task_file, shard.name, shard.infra, shard.use_spot, envs, by_name, shard.log
+    )
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:
         proc = sky.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
@@ -699,8 +734,14 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         say(f"{shard.label}: jobs controller {noted.get('name') or '(not found in sky status)'}")
     except (RuntimeError, sky.SkyTimeout) as exc:  # the teardown looks it up again
         say(f"{shard.label}: could not read the jobs controller's status: {exc}")
-    estimate = sky.parse_launch_estimate(proc.stdout)
-    record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
+    # With -y the launch prints only the controller's table, when it launched the controller.
+    controller_price = sky.parse_launch_estimate(proc.stdout)["hourly_usd"]
+    record.update(
+        job_id=job_id,
+        hourly_usd=estimate["hourly_usd"],
+        controller_launch_hourly_usd=controller_price,
+        submitted_at=utc_now(),
+    )
     write_json_atomic(job_record_path(shard.work_dir, shard.index), {
         "job_id": job_id, "name": shard.name, "shard": shard.index, "submitted_at": utc_now(),
     })  # fmt: skip
