@@ -27,6 +27,15 @@ A managed job is run by a controller process on this machine (its own session: i
 - `cancel` only asks (status CANCELLING, as SkyPilot's signal file does); the controller kills
   the attempt, removes its cluster and then marks the job CANCELLED.
 
+- The jobs controller is a cluster of its own, as in SkyPilot 0.14.1: the first `jobs launch`
+  launches `sky-jobs-controller-<user hash>` (listed by `sky status`, priced in `cost-report`)
+  on the task's infra, or where `jobs.controller.resources` (`~/.sky/config.yaml`,
+  `$SKYPILOT_CONFIG`, `--config`) pins it; a STOPPED one is restarted, an UP one kept as it is.
+  Its skylet stops it (not down) after 10 idle minutes without an in-progress job. `sky down`
+  of it is refused while a job is in progress and needs 'delete' typed even with -y; the jobs'
+  records go with it. `jobs launch -y` prints no estimate of the job, only the controller's
+  launch table when it launches one.
+
 State per job, written atomically: ~/.sky/loopback/managed/<id>.json (with its events), the
 job's output in <id>.log and the controller's in <id>.controller.log.
 """
