@@ -364,8 +364,10 @@ def test_on_vast_the_job_uploads_each_cell_itself_and_resumes_from_the_bucket(
     started = [k for k in keys if k.startswith(f"{root}/attempts/raw/TAB-1/small/numpy.json/")]
     assert len(started) == 1
     assert set(info["measured_more_than_once"]) <= {"raw/TAB-1/small/pytorch.json"}
+    # The job's log, kept with the run: the controller's teardown took SkyPilot's copy.
+    assert not list((home / ".sky" / "loopback" / "managed").glob("*.log"))
     job_log = "\n".join(
-        p.read_text() for p in (home / ".sky" / "loopback" / "managed").glob("*.log")
+        p.read_text() for p in (run_dir / "cloud" / "managed").glob("shard-1.job-*.log")
     )
     kept = [ln for ln in job_log.splitlines() if "kept in the resume directory" in ln]
     assert len(kept) == 1 and "TAB-1/small/numpy: ok" in kept[0], job_log[-3000:]

@@ -757,6 +757,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
             say(f"{shard.label}: cancelling managed job {job_id}")
             cancel([job_id], shard.log, ledger)
         raise
+    save_job_log(job_id, job_log_path(shard.work_dir, shard.index, job_id))
     record.update(
         status=final["status"],
         recoveries=final["recoveries"],
@@ -887,6 +888,24 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
                 f"max_cluster_hours={shard.settings.max_cluster_hours:g}"
             )
         time.sleep(shard.poll_s)
+
+
+def job_log_path(work_dir: Path, index: int, job_id: int) -> Path:
+    return Path(work_dir) / "managed" / f"shard-{index}.job-{job_id}.log"
+
+
+def save_job_log(job_id: int, dest: Path) -> None:
+    """Keep the job's own log (all its attempts) with the run: tearing the jobs controller
+    down takes every managed job's log with it (SkyPilot: "All logs and status information
+    of the managed jobs ... will be lost")."""
+    argv = ["sky", "jobs", "logs", "--no-follow", str(job_id)]
+    try:
+        proc = sky.run_sky(argv, None, check=False)
+    except sky.SkyTimeout as exc:
+        say(f"managed job {job_id}: its log was not kept ({exc})")
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(proc.stdout + proc.stderr)
 
 
 def _job_log_tail(job_id: int, log: Path | None) -> str:
