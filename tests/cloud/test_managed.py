@@ -174,7 +174,8 @@ def test_where_buckets_cannot_be_mounted_the_task_uploads_each_file(tmp_path, mo
     kept = "s3://${DATARAX_BENCH_BUCKET}/${DATARAX_BENCH_BUCKET_KEY}"
     run = task["run"]
     assert f'--resume-bucket "{kept}" --cells $DATARAX_BENCH_CELLS' in run
-    assert f'"{kept}/doctor/$SKYPILOT_TASK_ID.json"' in run.split("datarax-bench run")[0]
+    report = f'"{kept}/doctor/$SKYPILOT_TASK_ID/$(date -u +%Y%m%dT%H%M%S%N).json"'
+    assert report in run.split("datarax-bench run")[0]  # one per attempt
     assert "AWS" not in json.dumps(task) and "WANDB" not in json.dumps(task)
     overrides = [(managed.CELLS_ENV, "TAB-1/small/numpy/plain"), (managed.BUCKET_KEY_ENV, "k"),
                  ("DATARAX_BENCH_BUCKET", "dxb-results")]  # fmt: skip
@@ -279,6 +280,11 @@ def _config(**changes):
          "SkyPilot cannot mount buckets on RunPod, so the job uploads each cell"),
         ({"infra": "gcp", "cloud_mode": "managed", "results_bucket": "s3://abc", "shards": 0},
          "shards"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc",
+          "managed_controller": {"cpus": "four"}},
+         "managed_controller: got {'cpus': 'four'}, which SkyPilot refuses"),
+        ({"infra": "vast", "cloud_mode": "managed", "results_bucket": "s3://abc",
+          "managed_controller": {"cpu": 2}}, "managed_controller"),
     ],
 )  # fmt: skip
 def test_managed_config_is_checked_before_anything_runs(changes, message):

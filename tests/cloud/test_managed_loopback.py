@@ -102,22 +102,26 @@ def bucket_keys(s3) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def live_pids(home: Path, grace_s: float = 10.0) -> list[str]:
-    """The jobs' controller and attempt processes still running after `grace_s`.
-
-    A zombie is not running: orphans here wait for an init that reaps them late. A controller
-    exits just after it writes CANCELLED, so a short grace; a leaked one runs on.
-    """
-    pids = []
-    for record in (home / ".sky" / "loopback" / "managed").glob("*.json"):
-        job = json.loads(record.read_text())
-        pids += [pid for pid in (job.get("controller_pid"), job.get("attempt_pid")) if pid]
+def loopback_processes(home: Path, node, grace_s: float = 10.0) -> list[str]:
+    """Controllers and job attempts of this test's loopback still running after `grace_s`,
+    found in /proc (the controller's teardown took the jobs' records with it)."""
+    marks = ("__managed_controller__", ".sky-loopback/job/job.sh")
     deadline = time.monotonic() + grace_s
     while True:
-        running = [pid for pid in pids if process_state(pid) not in (None, "Z")]
-        if not running or time.monotonic() >= deadline:
-            return [f"{pid} {process_state(pid)} {cmdline(pid)}" for pid in running]
-        time.sleep(0.1)
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or process_state(int(proc.name)) in (None, "Z"):
+                continue
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            mine = f"HOME={home}".encode() in environ or str(node.home).encode() in environ
+            if mine and any(m in cmdline(int(proc.name)) for m in marks):
+                found.append(f"{proc.name} {cmdline(int(proc.name))}")
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
 
 
 def process_state(pid: int) -> str | None:
@@ -175,9 +179,20 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
     ]
     assert sum(e["event"] == "managed_job_recovered" for e in events) == 2
     assert sum(e["event"] == "managed_job_submitted" for e in events) == 2
-    assert "SUCCEEDED" in queue(env) and live_pids(home) == []
+    # The bill counts each job from submission to end (provisioning and the recovery
+    # included), not SkyPilot's JOB DURATION.
+    assert all(s["wall_s"] > s["job_duration_s"] for s in info["shards"])
+    # The jobs controller this run launched is torn down, verified with `sky status`; the
+    # jobs' records (`sky jobs queue`) went with it, as with SkyPilot; no process is left.
+    assert teardown["controller"]["state"] == "torn down (verified with `sky status`)"
+    assert teardown["still_billing"] is False and teardown["jobs_ended_verified"] is True
+    status = subprocess.run(["sky", "status", "-o", "json"], env=env, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    assert "sky-jobs-controller-" not in status
+    assert "No in-progress managed jobs." in queue(env) and loopback_processes(home, node) == []
     summary = (run_dir / "summary.md").read_text()
     assert "## Managed jobs" in summary and "Recoveries: 2." in summary
+    assert "Jobs controller `sky-jobs-controller-" in summary and "torn down" in summary
     shard_log = (
         work / "logs" / "smoke" / "ssh_loopback" / "cloud" / "managed" / "shard-1.log"
     ).read_text()
@@ -252,12 +267,17 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_none_running(managed_env, monkeypatc
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0
-    table = queue(env)
-    assert "No in-progress managed jobs." in table, table
-    assert (
-        table.count("CANCELLED") >= 1 and table.count("CANCELLED") + table.count("SUCCEEDED") == 2
-    ), table
-    assert live_pids(home) == [], "a cancelled job's processes are still running"
+    ledger = (run_dir / "cloud" / "ledger.jsonl").read_text()
+    assert '"managed_job_cancelled"' in ledger
+    # Every job ended, so the jobs controller this run launched is torn down (verified), and
+    # the jobs' records went with it, as with SkyPilot.
+    assert "onerror: jobs controller sky-jobs-controller-" in out, out[-3000:]
+    assert "torn down (verified with `sky status`)" in out
+    status = subprocess.run(["sky", "status", "-o", "json"], env=env, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    assert "sky-jobs-controller-" not in status
+    assert "No in-progress managed jobs." in queue(env)
+    assert loopback_processes(home, node) == [], "a cancelled job's processes are still running"
     assert "onerror: cancelled managed jobs" in out or "cancelling managed job" in "\n".join(
         p.read_text() for p in (work / "logs").rglob("*.log")
     )
@@ -341,8 +361,10 @@ def test_on_vast_the_job_uploads_each_cell_itself_and_resumes_from_the_bucket(
     started = [k for k in keys if k.startswith(f"{root}/attempts/raw/TAB-1/small/numpy.json/")]
     assert len(started) == 1
     assert set(info["measured_more_than_once"]) <= {"raw/TAB-1/small/pytorch.json"}
+    # The job's log, kept with the run: the controller's teardown took SkyPilot's copy.
+    assert not list((home / ".sky" / "loopback" / "managed").glob("*.log"))
     job_log = "\n".join(
-        p.read_text() for p in (home / ".sky" / "loopback" / "managed").glob("*.log")
+        p.read_text() for p in (run_dir / "cloud" / "managed").glob("shard-1.job-*.log")
     )
     kept = [ln for ln in job_log.splitlines() if "kept in the resume directory" in ln]
     assert len(kept) == 1 and "TAB-1/small/numpy: ok" in kept[0], job_log[-3000:]

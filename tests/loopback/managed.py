@@ -27,6 +27,15 @@ A managed job is run by a controller process on this machine (its own session: i
 - `cancel` only asks (status CANCELLING, as SkyPilot's signal file does); the controller kills
   the attempt, removes its cluster and then marks the job CANCELLED.
 
+- The jobs controller is a cluster of its own, as in SkyPilot 0.14.1: the first `jobs launch`
+  launches `sky-jobs-controller-<user hash>` (listed by `sky status`, priced in `cost-report`)
+  on the task's infra, or where `jobs.controller.resources` (`~/.sky/config.yaml`,
+  `$SKYPILOT_CONFIG`, `--config`) pins it; a STOPPED one is restarted, an UP one kept as it is.
+  Its skylet stops it (not down) after 10 idle minutes without an in-progress job. `sky down`
+  of it is refused while a job is in progress and needs 'delete' typed even with -y; the jobs'
+  records go with it. `jobs launch -y` prints no estimate of the job, only the controller's
+  launch table when it launches one.
+
 State per job, written atomically: ~/.sky/loopback/managed/<id>.json (with its events), the
 job's output in <id>.log and the controller's in <id>.controller.log.
 """
@@ -84,6 +93,17 @@ NUM_JOBS_TO_SHOW = 50  # `sky jobs queue --limit` default (_NUM_MANAGED_JOBS_TO_
 DEFAULT_TAIL_LINES = 1000
 VALID_NAME = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
 POLL_S = 0.2
+#: The jobs controller: a cluster of its own, named `sky-jobs-controller-<user hash>`
+#: (sky/utils/common.py), with SkyPilot's default resources and autostop (sky/jobs/constants.py):
+#: 4+ vCPUs on the task's cloud unless `jobs.controller.resources` pins it, stopped (not torn
+#: down) after 10 minutes without an in-progress managed job.
+CONTROLLER_PREFIX = "sky-jobs-controller-"
+CONTROLLER_RESOURCES = {"cpus": "4+", "memory": "4x", "disk_size": 50}
+CONTROLLER_AUTOSTOP = {"idle_minutes": 10, "down": False}
+USER_HASH_LENGTH = 8
+#: The controller is the one loopback machine with a price, so that a bill that takes its
+#: launch table for the job's (with -y it is the only table printed) shows.
+CONTROLLER_PRICE_PER_HOUR = 0.19
 
 
 class Usage(Exception):
@@ -219,6 +239,116 @@ def user_name() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
+def user_hash(cli) -> str:
+    """common_utils.get_user_hash: cached in ~/.sky/user_hash, 8 hex digits."""
+    path = cli.HOME / ".sky" / "user_hash"
+    try:
+        value = path.read_text().strip()
+        if len(value) == USER_HASH_LENGTH and re.fullmatch(r"[0-9a-f]+", value):
+            return value
+    except FileNotFoundError:
+        pass
+    value = uuid.uuid4().hex[:USER_HASH_LENGTH]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value)
+    return value
+
+
+def controller_name(cli) -> str:
+    return CONTROLLER_PREFIX + user_hash(cli)
+
+
+def is_controller(name: str) -> bool:
+    return name.startswith(CONTROLLER_PREFIX)
+
+
+def skypilot_config(cli, config_args) -> dict:
+    """~/.sky/config.yaml (or $SKYPILOT_CONFIG), then each `--config` (a file, or key=value)."""
+    config: dict = {}
+    base = Path(os.environ.get("SKYPILOT_CONFIG") or cli.HOME / ".sky" / "config.yaml")
+    layers = [yaml.safe_load(base.read_text()) or {}] if base.is_file() else []
+    for item in config_args or []:
+        if Path(item).expanduser().is_file():
+            layers.append(yaml.safe_load(Path(item).expanduser().read_text()) or {})
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            layer: dict = {}
+            node = layer
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(value)
+            layers.append(layer)
+        else:
+            raise Usage(f"Invalid value for '--config': {item!r} is neither a file nor key=value")
+    for layer in layers:
+        config = merge(config, layer)
+    return config
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def ensure_controller(cli, task_infra: str | None, config_args) -> str:
+    """Launch the jobs controller, or restart it if STOPPED, as `sky jobs launch` does first.
+
+    A new controller goes where `jobs.controller.resources` says, else on the task's infra
+    (controller_utils.get_controller_resources); an existing one keeps its resources.
+    """
+    name = controller_name(cli)
+    pinned = (skypilot_config(cli, config_args).get("jobs") or {}).get("controller") or {}
+    pinned = dict(pinned.get("resources") or {})
+    autostop = {**CONTROLLER_AUTOSTOP, **(pinned.pop("autostop", None) or {})}
+    with open(cli.STATE / "state.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = cli.load_state(name)
+        if state is not None and state.get("status") == "UP":
+            return name
+        now = time.time()
+        if state is None:
+            resources = {**CONTROLLER_RESOURCES, **pinned}
+            infra = resources.pop("infra", None) or task_infra or "loopback"
+            state = {
+                "name": name,
+                "launched_at": int(now),
+                "jobs": [],
+                "controller": True,
+                "infra": infra,
+                "resources": resources,
+                "use_spot": False,
+            }
+            records = cli.history()
+            records[name] = {"name": name, "launched_at": int(now), "status": "UP"}
+            cli.save_history(records)
+            # execution.launch of the controller's task: its optimizer prints its table.
+            cli.print_considered_resources(infra, "loopback-ctl", 4, CONTROLLER_PRICE_PER_HOUR)
+        else:
+            print(f"Restarting jobs controller {name}...", flush=True)
+        state.update(
+            status="UP",
+            autostop=autostop["idle_minutes"],
+            to_down=bool(autostop["down"]),
+            wait_for="jobs",
+            last_active=now,
+        )
+        cli.save_state(name, state)
+    cli.ssh_alias(name)
+    cli.start_skylet(name)
+    return name
+
+
+def controller_busy(cli) -> bool:
+    """An in-progress managed job keeps the controller from autostopping."""
+    return any(refresh(cli, j)["status"] not in TERMINAL for j in all_jobs(cli))
+
+
 # --- sky jobs launch -----------------------------------------------------------------------
 
 
@@ -242,8 +372,9 @@ def cmd_launch(cli, argv) -> int:
     p.add_argument("--secret-file")
     p.add_argument("--secret", action="append")
     p.add_argument("--disk-size", type=int)
-    for flag in ("--disk-tier", "--network-tier", "--local-disk", "--priority", "--config"):
+    for flag in ("--disk-tier", "--network-tier", "--local-disk", "--priority"):
         p.add_argument(flag)
+    p.add_argument("--config", action="append")
     p.add_argument("--ports", action="append")
     p.add_argument("-d", "--detach-run", action="store_true")
     p.add_argument("-y", "--yes", action="store_true")
@@ -291,11 +422,12 @@ def cmd_launch(cli, argv) -> int:
     if a.job_recovery:
         recovery = {**recovery, "strategy": a.job_recovery}
     resources = f"1x[{a.gpus or (task.get('resources') or {}).get('accelerators') or 'CPU:1+'}]"
+    # The job's estimate is printed only to be confirmed: -y prints none (jobs/client/sdk.py).
     if not a.yes:
         print(f"Managed job {name!r} will be launched on (estimated):")
-    cli.print_considered_resources(a.infra)
-    if not a.yes and not confirm(f"Launching a managed job {name!r}. Proceed?"):
-        return 1
+        cli.print_considered_resources(a.infra)
+        if not confirm(f"Launching a managed job {name!r}. Proceed?"):
+            return 1
     if task.get("file_mounts"):  # SkyPilot checks the task's storage before it submits
         import storage
 
@@ -305,6 +437,8 @@ def cmd_launch(cli, argv) -> int:
             print(f"sky.exceptions.StorageError: {exc}", file=sys.stderr)
             return 1
     workdir = a.workdir or task.get("workdir")
+    ensure_controller(cli, a.infra, a.config)
+    print(f"Launching managed job {name!r} from jobs controller...", flush=True)
     now = time.time()
     with Locked(cli):
         job_id = 1 + max((j["job_id"] for j in all_jobs(cli)), default=0)

@@ -18,6 +18,7 @@ with open(snakemake.log[0], "a", buffering=1) as log_file, redirect_stderr(log_f
             w.profile,
             p.infra,
             snakemake.log[0],  # noqa: F821
+            keep_controller=snakemake.config["keep_cluster"],  # noqa: F821
         )
         write_json_atomic(snakemake.output[0], record)  # noqa: F821
     except Exception as exc:

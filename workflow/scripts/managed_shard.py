@@ -49,6 +49,7 @@ with (
             keep_cluster=p.keep_cluster,
             poll_s=p.poll_s,
             use_spot=use_spot,
+            controller_pin=snakemake.config.get("managed_controller") or None,  # noqa: F821
         )
         managed.run_shard(shard, Path(snakemake.output[0]))  # noqa: F821
     except Exception as exc:

@@ -15,10 +15,12 @@ shard has finished.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shlex
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +61,16 @@ _JOB_ID = re.compile(r"Managed [Jj]ob ID:\s*(\d+)")
 S3_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRETS = ("AWS_SESSION_TOKEN",)
 S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+#: SkyPilot's jobs controller: a cluster of its own, `sky-jobs-controller-<user hash>`
+#: (sky/utils/common.py), launched by the first `sky jobs launch` where none is UP.
+CONTROLLER_PREFIX = "sky-jobs-controller-"
+#: What SkyPilot 0.14.1 gives it unless `jobs.controller.resources` says otherwise
+#: (sky/jobs/constants.py, sky/utils/controller_utils.py).
+CONTROLLER_DEFAULT = (
+    "4+ vCPUs, memory 4x the vCPUs, 50 GB disk, on-demand, on the task's cloud (Vast may host "
+    "it); autostop: STOPPED, not deleted, after 10 idle minutes, its disk billing until `sky "
+    "down`"
+)
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -87,12 +99,15 @@ def render_task(
     CELLS_ENV, resuming from the bucket."""
     task = tasks.render_provision_task(profile, image)
     out = f"{tasks.REMOTE_RESULTS}/{profile.name}"
-    # The machine's hardware report, for the check across shards.
-    report = "doctor/$SKYPILOT_TASK_ID.json"
+    # The machine's hardware report, one per attempt (SKYPILOT_TASK_ID is the same for every
+    # recovery of a job), compared by this machine as it arrives (check_job_hardware).
+    report = "doctor/$SKYPILOT_TASK_ID/$(date -u +%Y%m%dT%H%M%S%N).json"
     if mounted:
         # $HOME, not ~: a quoted ~ is not expanded.
         kept = f"$HOME/{BUCKET_MOUNT.removeprefix('~/')}/${{{BUCKET_KEY_ENV}}}"
-        keep_report = f'mkdir -p {kept}/doctor && cp {out}/doctor.json "{kept}/{report}"'
+        keep_report = (
+            f'mkdir -p "{kept}/doctor/$SKYPILOT_TASK_ID" && cp {out}/doctor.json "{kept}/{report}"'
+        )
         resume = f"--resume-dir {kept}"
     else:
         kept = f"{bucket_scheme}://${{{BUCKET_ENV}}}/${{{BUCKET_KEY_ENV}}}"
@@ -151,10 +166,40 @@ def launch_argv(
     use_spot: bool,
     envs: dict[str, str],
     by_name: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    config_file: Path | None = None,
 ) -> list[str]:
-    """`sky jobs launch`; `by_name` = (secrets, settings) whose values SkyPilot copies from this
+    """`sky jobs launch` (`config_file`: a SkyPilot config layer, the controller's pin); `by_name` = (secrets, settings) whose values SkyPilot copies from this
     machine's environment, so that they appear on no command line."""
     argv = ["sky", "jobs", "launch", str(task_file), "-n", name, "-y", "-d"]
+    if infra != "any":
+        argv += ["--infra", infra]
+    argv.append("--use-spot" if use_spot else "--no-use-spot")
+    for key, value in envs.items():
+        argv += ["--env", f"{key}={value}"]
+    secrets, settings = by_name
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    for key in settings:
+        argv += ["--env", key]
+    for key in secrets:
+        argv += ["--secret", key]
+    return argv
+
+
+def job_estimate(
+    task_file: Path,
+    name: str,
+    infra: str,
+    use_spot: bool,
+    envs: dict[str, str],
+    by_name: tuple[Sequence[str], Sequence[str]],
+    log: Path | None,
+) -> dict[str, Any]:
+    """The job's hourly price. `sky jobs launch -y` prints no estimate of the job (SkyPilot
+    shows one only to be confirmed); the only table it may print is the jobs controller's, when
+    it launches one. So a `sky launch --dryrun` of the same task, infra and spot choice quotes
+    the job; None ("not quoted") when that fails."""
+    argv = ["sky", "launch", "--dryrun", "-y", "-c", f"{name}-estimate", str(task_file)]
     if infra != "any":
         argv += ["--infra", infra]
     argv.append("--use-spot" if use_spot else "--no-use-spot")
@@ -165,7 +210,12 @@ def launch_argv(
         argv += ["--env", key]
     for key in secrets:
         argv += ["--secret", key]
-    return argv
+    try:
+        proc = sky.run_sky(argv, log, check=True)
+    except (RuntimeError, sky.SkyTimeout) as exc:
+        say(f"{name}: no price quoted for the job ({exc}); its cost is left out of the bill")
+        return {"table_header": None, "chosen": None, "hourly_usd": None}
+    return sky.parse_launch_estimate(proc.stdout)
 
 
 def parse_job_id(output: str) -> int:
@@ -223,6 +273,28 @@ def queue(log: Path | None) -> dict[int, dict[str, Any]]:
     argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT)]
     proc = sky.run_sky(argv, log, check=True)
     return parse_queue(proc.stdout)
+
+
+def queue_records(log: Path | None) -> dict[int, dict[str, Any]]:
+    """`sky jobs queue -o json` by job id: SkyPilot's records with `submitted_at` and `end_at`
+    (epoch seconds), from which a job's wall time, provisioning and recoveries included, is
+    read (its `job_duration`, JOB DURATION in the table, leaves both out)."""
+    argv = ["sky", "jobs", "queue", "--limit", str(QUEUE_LIMIT), "-o", "json"]
+    proc = sky.run_sky(argv, log, check=True)
+    try:
+        records = sky.json_records(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"`sky jobs queue -o json`: {exc}") from None
+    return {int(r["job_id"]): r for r in records if r.get("job_id") is not None}
+
+
+def wall_s(record: dict[str, Any] | None, now: float | None = None) -> float | None:
+    """From submission to the job's end (or now): the controller's wait, every provisioning,
+    every recovery and the run; an upper bound on what the job's machines billed."""
+    if not record or record.get("submitted_at") is None:
+        return None
+    end = record.get("end_at") or (time.time() if now is None else now)
+    return max(0.0, float(end) - float(record["submitted_at"]))
 
 
 def duration_s(text: str) -> float | None:
@@ -290,15 +362,212 @@ def cancel_after_error(
         return []  # no shard got as far as a launch
     if keep_cluster:
         print(f"keep_cluster: true; managed jobs {', '.join(names)} keep running (and billing)")
+        teardown_controller(work_dir, log, keep=True)
         return []
     try:
         cancelled = cancel_run(names, recorded, log, billing.ledger_for(work_dir))
     except (RuntimeError, sky.SkyTimeout) as exc:
         print(f"onerror: {exc} (see {log})")
-        return []
-    if cancelled:
-        print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
+        cancelled = []
+    else:
+        if cancelled:
+            print(f"onerror: cancelled managed jobs {cancelled} (verified; see {log})")
+    controller = teardown_controller(work_dir, log)
+    if controller.get("name"):
+        print(f"onerror: jobs controller {controller['name']}: {controller['state']}"
+          + (f"; STILL BILLING, end it with: {controller['command']}"
+             if controller.get("still_billing") and controller.get("command") else ""))  # fmt: skip
     return cancelled
+
+
+# --- the jobs controller ----------------------------------------------------------------------
+
+
+def controller_config(pin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The SkyPilot config layer that pins the jobs controller (`jobs.controller.resources`),
+    None when nothing is pinned. `pin`: the workflow's `managed_controller` (infra, cpus,
+    memory, disk_size; SkyPilot's resource fields, checked by SkyPilot's own schema)."""
+    pin = {k: v for k, v in (pin or {}).items() if v not in (None, "")}
+    if not pin:
+        return None
+    problem = controller_pin_problem(pin)
+    if problem:
+        raise UserError(f"managed_controller: {problem}")
+    return {"jobs": {"controller": {"resources": pin}}}
+
+
+def controller_pin_problem(pin: dict[str, Any]) -> str | None:
+    """What SkyPilot's own resource parser says against the pin, None when it takes it."""
+    import sky as sky_lib
+
+    try:
+        sky_lib.Resources.from_yaml_config(dict(pin))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        return f"got {pin}, which SkyPilot refuses: {reason}"
+    return None
+
+
+def controller_plan(infra: str, pin: dict[str, Any] | None) -> str:
+    """Where the jobs controller will run and what it costs, for the run's opening lines."""
+    layer = controller_config(pin)
+    if layer is None:
+        where = (
+            f"not pinned, so SkyPilot's default on the task's infra {infra}: {CONTROLLER_DEFAULT}"
+        )
+    else:
+        where = f"pinned by managed_controller to {layer['jobs']['controller']['resources']}"
+    return (
+        f"jobs controller: {where}; it is billed for as long as it exists (the bill includes "
+        "it), and torn down after the run if this run launched it and no other managed job is "
+        "live; one already UP is SkyPilot's own choice of resources, kept"
+    )
+
+
+def write_controller_config(work_dir: Path, pin: dict[str, Any] | None) -> Path | None:
+    layer = controller_config(pin)
+    if layer is None:
+        return None
+    path = Path(work_dir) / "managed" / "skypilot-config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    path.write_text(yaml.safe_dump(layer, sort_keys=False))
+    return path
+
+
+def find_controller(log: Path | None) -> dict[str, Any] | None:
+    """The jobs controller's `sky status` record (any status), None when there is none.
+    Raises RuntimeError when the status cannot be read: unknown is never taken for absent."""
+    proc = sky.run_sky(["sky", "status", "-o", "json"], log, check=True)
+    try:
+        records = sky.json_records(proc.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"`sky status -o json`: {exc}") from None
+    found = [r for r in records if str(r.get("name", "")).startswith(CONTROLLER_PREFIX)]
+    return found[0] if found else None
+
+
+def controller_record_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "controller.json"
+
+
+def note_controller(work_dir: Path, log: Path | None, after_launch: bool = False) -> dict:
+    """Before this run's first launch: whether the jobs controller existed already (kept in
+    managed/controller.json, written once per run under a lock, so parallel shards agree);
+    after a launch: its name. Only a controller this run launched is this run's to tear down."""
+    path = controller_record_path(work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+        if record is not None and (record.get("name") or not after_launch):
+            return record
+        found = find_controller(log)
+        if record is None:
+            record = {
+                "name": found["name"] if found else None,
+                "status_before_run": found.get("status") if found else None,
+                "launched_by_this_run": found is None,
+                "checked_at": utc_now(),
+            }
+        else:
+            record["name"] = found["name"] if found else None
+        if found is not None:
+            record["launched_at"] = found.get("launched_at")
+        write_json_atomic(path, record)
+        return record
+
+
+def _down_controller(name: str, log: Path | None) -> int:
+    """`sky down NAME`: SkyPilot asks to type 'delete' for a controller, which -y does not skip."""
+    argv = ["sky", "down", name]
+    try:
+        proc = subprocess.run(
+            argv, input="delete\n", capture_output=True, text=True, timeout=sky.DOWN_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return -1
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(f"$ {shlex.join(argv)} <<< delete\n{proc.stdout}{proc.stderr}"
+                     f"[exit {proc.returncode}]\n")  # fmt: skip
+    return proc.returncode
+
+
+def teardown_controller(work_dir: Path, log: Path | None, keep: bool = False) -> dict[str, Any]:
+    """After the run (and on error): tear the jobs controller down when this run launched it
+    and no managed job is live, verified with a refreshed `sky status`; otherwise say loudly
+    that it still bills and the command that ends it. Returns the record for the bill."""
+    path = controller_record_path(work_dir)
+    try:
+        noted = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"state": "no record: no job submitted since the last verified teardown"}
+    out: dict[str, Any] = dict(noted)
+    name = noted.get("name")
+    try:
+        if not name:
+            found = find_controller(log)
+            name = out["name"] = found["name"] if found else None
+        if not name:
+            out.update(state="none found in `sky status`", still_billing=False, verified=True)
+            return out
+        command = f"sky down {name}  (type 'delete' when asked)"
+        out["command"] = command
+        if keep or not noted.get("launched_by_this_run"):
+            why = (
+                "keep_cluster: true"
+                if keep
+                else f"it was {noted.get('status_before_run')} before this run"
+            )
+            out.update(state=f"left: {why}", still_billing=True, verified=False)
+        else:
+            rows = queue(log)
+            live = sorted(j for j, r in rows.items() if r["status"] not in TERMINAL)
+            if live:
+                out.update(
+                    state=f"left: managed job(s) {', '.join(map(str, live))} still live",
+                    still_billing=True,
+                    verified=False,
+                )
+            else:
+                exit_code = _down_controller(name, log)
+                remaining = sky.cluster_records([name], log)
+                if remaining:
+                    out.update(
+                        state=f"teardown failed (`sky down` exit {exit_code}; `sky status` "
+                        f"still lists it {remaining[name].get('status')})",
+                        still_billing=True,
+                        verified=False,
+                    )
+                else:
+                    out.update(
+                        state="torn down (verified with `sky status`)",
+                        torn_down_at=utc_now(),
+                        still_billing=False,
+                        verified=True,
+                    )
+    except (RuntimeError, sky.SkyTimeout) as exc:
+        out.update(state=f"unknown: {exc}", still_billing=True, verified=False)
+    if name:
+        reported = billing.cost_report([name], log)
+        if reported:
+            out["sky_cost_report"] = reported[0]
+    if out.get("still_billing"):
+        say(
+            f"WARNING: the jobs controller {name or '(name unknown)'} STILL BILLS "
+            f"({out['state']}): it stops after 10 idle minutes but is not deleted, and its "
+            f"disk bills until you run: {out.get('command') or 'sky status; sky down <it>'}"
+        )
+    else:
+        say(f"jobs controller {name}: {out['state']}")
+        if out.get("torn_down_at"):
+            path.unlink(missing_ok=True)
+    return out
 
 
 # --- one shard ----------------------------------------------------------------------------------
@@ -322,6 +591,7 @@ class Shard:
     keep_cluster: bool = False
     poll_s: float = 30.0
     use_spot: bool = True
+    controller_pin: dict[str, Any] | None = None  # config managed_controller
 
     @property
     def ledger(self) -> billing.Ledger:
@@ -423,8 +693,21 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
         BUCKET_KEY_ENV: shard.key,
         CELLS_ENV: " ".join(missing),
     }
-    argv = launch_argv(task_file, shard.name, shard.infra, shard.use_spot, envs, by_name)
+    config_file = write_controller_config(shard.work_dir, shard.controller_pin)
+    argv = launch_argv(
+        task_file, shard.name, shard.infra, shard.use_spot, envs, by_name, config_file
+    )
+    say(f"{shard.label}: {controller_plan(shard.infra, shard.controller_pin)}")
+    noted = note_controller(shard.work_dir, shard.log)
+    if not noted["launched_by_this_run"]:
+        say(
+            f"{shard.label}: jobs controller {noted['name']} was already there "
+            f"({noted['status_before_run']}): SkyPilot uses it as it is, and this run leaves it"
+        )
     ledger = shard.ledger
+    estimate = job_estimate(
+        task_file, shard.name, shard.infra, shard.use_spot, envs, by_name, shard.log
+    )
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:
         proc = sky.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
@@ -436,8 +719,19 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
             except Exception as exc:  # the launch's own error is the one to report
                 say(f"{shard.label}: could not check for a job left by the launch: {exc}")
         raise
-    estimate = sky.parse_launch_estimate(proc.stdout)
-    record.update(job_id=job_id, hourly_usd=estimate["hourly_usd"], submitted_at=utc_now())
+    try:
+        noted = note_controller(shard.work_dir, shard.log, after_launch=True)
+        say(f"{shard.label}: jobs controller {noted.get('name') or '(not found in sky status)'}")
+    except (RuntimeError, sky.SkyTimeout) as exc:  # the teardown looks it up again
+        say(f"{shard.label}: could not read the jobs controller's status: {exc}")
+    # With -y the launch prints only the controller's table, when it launched the controller.
+    controller_price = sky.parse_launch_estimate(proc.stdout)["hourly_usd"]
+    record.update(
+        job_id=job_id,
+        hourly_usd=estimate["hourly_usd"],
+        controller_launch_hourly_usd=controller_price,
+        submitted_at=utc_now(),
+    )
     write_json_atomic(job_record_path(shard.work_dir, shard.index), {
         "job_id": job_id, "name": shard.name, "shard": shard.index, "submitted_at": utc_now(),
     })  # fmt: skip
@@ -453,6 +747,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
             say(f"{shard.label}: cancelling managed job {job_id}")
             cancel([job_id], shard.log, ledger)
         raise
+    save_job_log(job_id, job_log_path(shard.work_dir, shard.index, job_id))
     record.update(
         status=final["status"],
         recoveries=final["recoveries"],
@@ -468,11 +763,68 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     return record
 
 
+class HardwareMismatch(RuntimeError):
+    """A job's machine is not the hardware of the run's first machine."""
+
+
+def hardware_reference_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "hardware.json"
+
+
+def check_job_hardware(shard: Shard, job_id: int, seen: set[str], store=None) -> None:
+    """Compare each new hardware report of this job (one per attempt, under doctor/ in the
+    bucket) with the run's reference, the first report any shard saw (managed/hardware.json,
+    under a lock). A different machine raises HardwareMismatch naming both, so that the job is
+    cancelled before it measures more; cells it kept stay in the bucket."""
+    import tempfile
+
+    root = cells_key(shard.profile.name, shard.infra)
+    mine = f"_{shard.name}_{job_id}-"  # SKYPILOT_TASK_ID: sky-managed-<stamp>_<name>_<id>-0
+    new = sorted(
+        k for k in buckets.list_keys(shard.bucket, root, "doctor", store=store)
+        if mine in k and k not in seen
+    )  # fmt: skip
+    for key in new:
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = Path(tmp) / "doctor.json"
+            if not buckets.download(shard.bucket, f"{root}/doctor/{key}", dest, store=store):
+                continue
+            try:
+                hw = provenance.hardware(json.loads(dest.read_text()))
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a report cut short: the next poll reads it again
+        seen.add(key)
+        path = hardware_reference_path(shard.work_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                reference = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                reference = {"hardware": hw, "source": f"{shard.label}, job {job_id}: {key}"}
+                write_json_atomic(path, reference)
+        if hw != reference["hardware"]:
+            diff = "; ".join(
+                f"{k}: {reference['hardware'].get(k)!r} vs {hw.get(k)!r}"
+                for k in hw
+                if hw.get(k) != reference["hardware"].get(k)
+            )
+            shard.ledger.add("managed_job_hardware_refused", shard.name, job_id=job_id,
+                             report=key, reference=reference["source"], differs=diff)  # fmt: skip
+            raise HardwareMismatch(
+                f"{shard.label}: managed job {job_id} landed on different hardware ({key}) "
+                f"than the run's first machine ({reference['source']}): {diff}; cancelling it "
+                "before it measures more (SkyPilot picks any offer of the instance type: pin "
+                "the infra's region, or rerun to draw another machine)"
+            )
+
+
 def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, Any]:
     """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
     started = time.monotonic()
     deadline = started + shard.settings.max_cluster_hours * 3600
     failures, recoveries, done, last_line, last_said = 0, 0, 0, "", 0.0
+    seen_reports: set[str] = set()
     while True:
         try:
             row = queue(shard.log).get(job_id)
@@ -497,6 +849,12 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
             done = len(kept_cells(shard, store) & set(missing))
         except Exception:  # a bucket listing that failed once is no reason to stop watching
             pass  # the last count stands
+        try:
+            check_job_hardware(shard, job_id, seen_reports, store)
+        except HardwareMismatch:
+            raise
+        except Exception as exc:  # a listing or download that failed: the next poll retries
+            say(f"{shard.label}: could not read the job's hardware reports: {exc}")
         line = (
             f"{shard.label}: {done}/{len(missing)} cells, {row['status']}, "
             f"{recoveries} recover{'y' if recoveries == 1 else 'ies'}, "
@@ -520,6 +878,24 @@ def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, An
                 f"max_cluster_hours={shard.settings.max_cluster_hours:g}"
             )
         time.sleep(shard.poll_s)
+
+
+def job_log_path(work_dir: Path, index: int, job_id: int) -> Path:
+    return Path(work_dir) / "managed" / f"shard-{index}.job-{job_id}.log"
+
+
+def save_job_log(job_id: int, dest: Path) -> None:
+    """Keep the job's own log (all its attempts) with the run: tearing the jobs controller
+    down takes every managed job's log with it (SkyPilot: "All logs and status information
+    of the managed jobs ... will be lost")."""
+    argv = ["sky", "jobs", "logs", "--no-follow", str(job_id)]
+    try:
+        proc = sky.run_sky(argv, None, check=False)
+    except sky.SkyTimeout as exc:
+        say(f"managed job {job_id}: its log was not kept ({exc})")
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(proc.stdout + proc.stderr)
 
 
 def _job_log_tail(job_id: int, log: Path | None) -> str:
@@ -575,45 +951,79 @@ def finish(
     profile: str,
     infra: str,
     log: Path | None,
+    keep_controller: bool = False,
 ) -> dict[str, Any]:
     """After every cell is pulled: check the hardware across shards, check that no job of this
-    run still runs (cancel any that does), and return the record for cloud/teardown.json."""
+    run still runs (cancel any that does), tear down the jobs controller if this run launched
+    it and nothing else uses it (teardown_controller), and return the record for
+    cloud/teardown.json with the bill: the jobs' wall time and the controller's cost."""
     shards = [json.loads(Path(p).read_text()) for p in reports]
     hardware = check_hardware(
         {k: [load_result(Path(p)) for p in paths] for k, paths in cell_results.items()}
     )
     ours = [s["job_id"] for s in shards if s.get("job_id") is not None]
-    rows = queue(log) if ours else {}
-    live = [j for j in ours if j in rows and rows[j]["status"] not in TERMINAL]
+    records = queue_records(log) if ours else {}
+    live = [j for j in ours if j in records and records[j]["status"] not in TERMINAL]
     ledger = billing.ledger_for(work_dir)
     if live:
         cancel(live, log, ledger)
+        records = queue_records(log)
+    for s in shards:
+        s["wall_s"] = wall_s(records.get(s.get("job_id"))) if s.get("job_id") else 0.0
     counts = attempts(bucket, profile, infra)
     twice = sorted(rel for rel, n in counts.items() if n > 1)
-    billed = [s.get("job_duration_s") or 0.0 for s in shards]
+    # Billed: each job's wall time (JOB DURATION leaves provisioning and recoveries out); where
+    # the queue no longer has the job, SkyPilot's JOB DURATION, said so.
+    billed = [s["wall_s"] if s["wall_s"] is not None else s.get("job_duration_s") or 0.0
+              for s in shards]  # fmt: skip
     costs = [
-        (s.get("hourly_usd") or 0.0) * (s.get("job_duration_s") or 0.0) / 3600
-        for s in shards
+        (s.get("hourly_usd") or 0.0) * b / 3600
+        for s, b in zip(shards, billed, strict=True)
         if s.get("hourly_usd") is not None
     ]
+    controller = teardown_controller(work_dir, log, keep=keep_controller)
+    reported = controller.get("sky_cost_report") or {}
+    jobs_cost = round(sum(costs), 4) if costs else None
+    controller_cost = reported.get("total_cost")
     record = {
         "mode": "managed",
-        "verified": True,
+        # What was checked: every job of this run ended (`sky jobs queue`, after cancelling
+        # any still live); the controller's teardown has its own verdict below.
         "jobs": ours,
+        "jobs_ended_verified": not ours
+        or all(j in records and records[j]["status"] in TERMINAL for j in ours),
         "cancelled_at_finish": live,
-        "torn_down_at": utc_now(),
+        "controller": controller,
+        "still_billing": bool(controller.get("still_billing")),
         "hardware": hardware,
         "managed": {
             "bucket": bucket.uri,
             "shards": [
-                {k: s.get(k) for k in _SHARD_KEYS}
+                {k: s.get(k) for k in (*_SHARD_KEYS, "wall_s")}
                 | {"cells": len(s.get("cells", [])), "submitted": len(s.get("submitted_cells", []))}
                 for s in shards
             ],  # fmt: skip
             "recoveries": sum(s.get("recoveries") or 0 for s in shards),
             "measured_more_than_once": {rel: counts[rel] for rel in twice},
             "billed_s": round(sum(billed), 1),
-            "cost_usd": round(sum(costs), 4) if costs else None,
+            "billed_basis": "each job from submission to its end (`sky jobs queue -o json`): "
+            "the controller's start, provisioning, recoveries and the run",
+            "jobs_cost_usd": jobs_cost,
+            "controller": {
+                "name": controller.get("name"),
+                "state": controller.get("state"),
+                "still_billing": bool(controller.get("still_billing")),
+                "command": controller.get("command"),
+                "billed_s": reported.get("duration"),
+                "cost_usd": controller_cost,
+                "price_source": "`sky cost-report` (SkyPilot's catalog price over its usage "
+                "intervals; a stopped controller's disk is not in it)",
+            },
+            "cost_usd": (
+                None
+                if jobs_cost is None and controller_cost is None
+                else round((jobs_cost or 0.0) + (controller_cost or 0.0), 4)
+            ),
         },
     }
     return record

@@ -92,6 +92,9 @@ def managed_metrics(run_dir: Path) -> dict[str, Any]:
     }
     if info.get("cost_usd") is not None:
         out["cloud/cost_usd"] = info["cost_usd"]
+    controller = info.get("controller") or {}
+    if controller:
+        out["cloud/controller_still_billing"] = bool(controller.get("still_billing"))
     return out
 
 
@@ -101,16 +104,30 @@ def managed_markdown(run_dir: Path) -> str:
     if not info:
         return ""
     lines = ["", "## Managed jobs", "", f"Results bucket: `{info['bucket']}`.", ""]
-    lines += ["| shard | job | status | recoveries | cells (submitted) | job time |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| shard | job | status | recoveries | cells (submitted) | wall time | "
+              "JOB DURATION |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in info["shards"]:
         minutes = (s.get("job_duration_s") or 0.0) / 60
+        wall = "-" if s.get("wall_s") is None else f"{s['wall_s'] / 60:.1f} min"
         lines.append(
             f"| {s['shard']} | {s.get('job_id') or '-'} | {s.get('status')} | "
-            f"{s.get('recoveries') or 0} | {s['cells']} ({s['submitted']}) | {minutes:.1f} min |"
+            f"{s.get('recoveries') or 0} | {s['cells']} ({s['submitted']}) | {wall} | "
+            f"{minutes:.1f} min |"
         )
     again = info.get("measured_more_than_once") or {}
-    lines += ["", f"Recoveries: {info['recoveries']}. Billed job time: "
+    controller = info.get("controller") or {}
+    if controller.get("still_billing"):
+        lines += ["", f"**The jobs controller `{controller.get('name')}` STILL BILLS** "
+                  f"({controller.get('state')}); end it with `{controller.get('command')}`."]  # fmt: skip
+    elif controller.get("name"):
+        lines += ["", f"Jobs controller `{controller['name']}`: {controller.get('state')}."]
+    if controller.get("cost_usd") is not None or controller.get("billed_s") is not None:
+        lines.append(
+            f"Controller: {(controller.get('billed_s') or 0) / 60:.1f} min, "
+            f"${controller.get('cost_usd') or 0.0:.4f} (`sky cost-report`)."
+        )
+    lines += ["", f"Recoveries: {info['recoveries']}. Billed job time (each job's wall time: "
+              "the controller's start, provisioning, recoveries and the run): "
               f"{info['billed_s'] / 60:.1f} min"
               + ("" if info.get("cost_usd") is None else f", about ${info['cost_usd']:.4f}")
               + "."]  # fmt: skip

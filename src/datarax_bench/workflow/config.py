@@ -120,7 +120,16 @@ def _check_cloud_mode(config: dict[str, Any]) -> tuple[str, str] | None:
             "gs://BUCKET[/PREFIX], where every cell is kept as soon as it is measured"
         )
     problem = unmountable_problem(bucket, infra)
-    return ("results_bucket", problem) if problem else None
+    if problem:
+        return "results_bucket", problem
+    pin = {k: v for k, v in (config.get("managed_controller") or {}).items() if v not in (None, "")}
+    if pin:
+        from datarax_bench.cloud.managed import controller_pin_problem
+
+        problem = controller_pin_problem(pin)
+        if problem:
+            return "managed_controller", problem
+    return None
 
 
 @contextlib.contextmanager
