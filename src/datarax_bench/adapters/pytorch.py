@@ -38,6 +38,7 @@ import numpy as np
 from .. import formats, randomness, reference
 from ..data import Dataset
 from . import register
+from ._sliced import sliced_batch
 from .base import Adapter, Batch, CellContext, Loader, tensor_to_host
 
 # torch is imported inside functions only: importing this module (for `list`) must stay light.
@@ -84,29 +85,36 @@ class ElementDataset:
 
 @dataclass
 class SlicedBatch:
-    """A batch's elements read as one slice of each field (`SlicedDataset.__getitems__`): the
-    stacked fields and, where batch steps draw, the rows' keys."""
+    """A batch read as slices of each field (`SlicedDataset`): the stacked fields, the rows' keys
+    where batch steps draw, and how many batch steps the read already applied (a random window
+    read as windows, `_sliced.sliced_batch`)."""
 
     fields: dict[str, Any]
     keys: randomness.BatchKeys | None
+    done: int = 0
 
 
 class SlicedDataset(ElementDataset):
-    """An `ElementDataset` with nothing to do per element over dense cached arrays: PyTorch's
-    fetcher hands `__getitems__` a batch's keys, and the batch is read as one slice of each
-    array (the bytes of stacking its elements) instead of one read per element."""
+    """Nothing to do per element over dense cached arrays: the DataLoader's sampler yields batch
+    numbers, with automatic batching off (`batch_size=None`, PyTorch's documented way to read
+    "in bulk" when a dataset is cheaper to read a batch at a time), and `dataset[(epoch, b)]` is
+    batch `b` read as one slice (or the windows) of each array: the bytes of stacking its
+    elements, read once instead of once per element."""
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> SlicedBatch:
+    def __init__(self, ctx: CellContext, records, steps, batch_size: int):
+        super().__init__(ctx, records, [], False)
+        self.steps = steps
+        self.batch_size = batch_size
+        self.num_elements = ctx.workload.num_batches
+
+    def __getitem__(self, key: tuple[int, int]) -> SlicedBatch:
         import torch
 
-        rows = self.records.rows([index for _, index in keys])
+        epoch, b = key
+        indices = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+        rows, keys, done = sliced_batch(self.records, indices, self.seed, epoch, self.steps)
         fields = {name: torch.from_numpy(value) for name, value in rows.items()}
-        batch_keys = None
-        if self.keep_key:
-            batch_keys = randomness.BatchKeys.of(
-                [reference.element_key(self.seed, epoch, index) for epoch, index in keys]
-            )
-        return SlicedBatch(fields, batch_keys)
+        return SlicedBatch(fields, keys, done)
 
 
 def _records(ctx: CellContext):
@@ -317,6 +325,7 @@ def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
 
     if isinstance(elements, SlicedBatch):
         batch, keys = dict(elements.fields), elements.keys
+        steps = steps[elements.done :]
     else:
         elements, keys = reference.take_element_keys(elements)
         batch = default_collate(elements)
@@ -403,6 +412,13 @@ class TorchLoader(Loader):
             }
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(ctx.workload.transforms, batch_ops)
+        if per_element:
+            # Steps left per element (CV-1's crop): the trailing ones too, on each element while
+            # it is in the cache, which measured faster than a second pass over the stacked
+            # batch in the collate_fn (docs/measurements.md).
+            per_element, per_batch = reference.split_for_batches(
+                ctx.workload.transforms, frozenset()
+            )
         # A collate_fn only where the workload needs batch-level work: dynamic padding, or the
         # tuned style's batched steps.
         collate = None
@@ -414,12 +430,17 @@ class TorchLoader(Loader):
         # One slice per batch where nothing is left per element and every field is dense.
         sliced = per_batch and not per_element and isinstance(records, Dataset)
         sliced = sliced and not records.ragged
-        dataset_type = SlicedDataset if sliced else ElementDataset
+        if sliced:
+            self.sampler = EpochSampler(ctx.workload.num_batches)  # batch numbers
+            dataset = SlicedDataset(ctx, records, per_batch, ctx.workload.batch_size)
+            batching: dict[str, Any] = {"batch_size": None}
+        else:
+            dataset = ElementDataset(ctx, records, per_element, keep_key)
+            batching = {"batch_size": ctx.workload.batch_size, "drop_last": True}
         self.loader = DataLoader(
-            dataset_type(ctx, records, per_element, keep_key),
-            batch_size=ctx.workload.batch_size,
+            dataset,
             sampler=self.sampler,
-            drop_last=True,
+            **batching,
             num_workers=workers,
             pin_memory=pin,
             collate_fn=collate,
