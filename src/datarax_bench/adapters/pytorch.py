@@ -14,13 +14,21 @@ The tuned style applies the workload's trailing batchable steps (`reference.spli
 value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
 ops in the `collate_fn`, in the workers, after `default_collate` has stacked the elements (flips,
 adds and slices on a stacked tensor give the same bytes as per element), as PyTorch's
-data-loading docs describe for batch-level work ("Working with collate_fn"). A random batch step
+data-loading docs describe for batch-level work ("Working with collate_fn",
+https://pytorch.org/docs/stable/data.html). A random batch step
 draws every row's parameter at once with the reference's draw functions from the rows' keys,
 which `__getitem__` keeps with the element (`reference.ELEMENT_KEY`) and the `collate_fn` takes
 out before `default_collate`, so every row gets the plain pipeline's draws. When nothing is left per
-element, `__getitems__` reads a batch's elements as one slice of each cached array; workers, persistent
-workers and pinned memory the plain style already uses, as its performance tuning guide advises;
-`num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
+element over dense cached arrays, the sampler yields batch numbers with automatic batching off
+(`batch_size=None`: the docs' "Disable automatic batching", for data "cheaper to directly load
+batched", e.g. "reading continuous chunks of memory"), and the dataset reads each batch as one
+slice of each array (NLP-1: only the windows, `_sliced.sliced_batch`, as nanoGPT's `get_batch`
+does from its token memmap). Where steps stay per element (CV-1's crop), the trailing ones stay
+per element too: a second pass over the stacked batch in the `collate_fn` measured slower (CV-1
+tuned/plain 0.91 before, docs/measurements.md). Workers, persistent workers and pinned memory
+the plain style already uses, as its performance tuning guide advises
+(https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html); `num_workers` (none
+included) and `prefetch_factor` are chosen by measurement (`tuning`).
 """
 
 from __future__ import annotations
