@@ -8,7 +8,9 @@ cached sweeps instead of clearing them. Single-thread memcpy bandwidth is measur
 between scenarios and at the end of the same run, as the ceiling a loader that only copied bytes
 would approach. Prints per cell the median elements/s with its 95% CI, tuned/plain, the chosen
 parallelism and the sweep's cost, CPU seconds per 1,000 elements, busy cores and accelerator
-utilisation per step time; then the issue's targets against what was measured.
+utilisation per step time; then the issue's targets against what was measured, beside the
+elements/s of the harness's delivery alone (every field `jax.device_put`, no loader) measured
+at the start and the end: the ceiling of a loader running in the consuming thread.
 
     python tests/perf/bench_styles.py [--profile ci_cpu] [--scenarios CV-1 NLP-1 TAB-1] [--json FILE]
 """
