@@ -75,7 +75,9 @@ def main() -> None:
                 adapter = get_adapter(adapter_id).styled(style)
                 if adapter.style_support() or adapter.ops_support(w):
                     continue
-                ctx = CellContext(w, dataset, profile, profile.seed, dict(overrides))
+                ctx = CellContext(
+                    w, dataset, profile, profile.seed, parallelism_overrides=dict(overrides)
+                )
                 started = start_loader(0, adapter, ctx, make_delivery(adapter))
                 untimed(started.batches, make_delivery(adapter), 3)
                 opened[(adapter_id, style)] = (ctx, started, make_delivery(adapter))
