@@ -358,7 +358,7 @@ class Datarax(Adapter):
     backends = frozenset({"memory", "tfds"})
     backend_reasons = {
         # Datarax 0.1.4 has file sources for these formats, but its own Pipeline cannot iterate
-        # them (tests/test_adapters_datarax.py shows both failures against the installed
+        # them (tests/adapters/test_datarax.py shows both failures against the installed
         # package, so that this reason is re-checked whenever Datarax is upgraded).
         "npy_mmap": "Datarax 0.1.4's .npy memory-map source (StreamingDiskSource) holds one "
         "array per source, and its Pipeline cannot iterate it: `for batch in pipeline` needs a "

@@ -14,7 +14,8 @@ bit.
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.
 
-The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
+The tuned style (Grain's guide: https://google-grain.readthedocs.io/, "Dataset basics" and
+"Performance") applies the workload's trailing batchable steps (`reference.split_for_batches`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to whole batches, in
 the `batch_fn` of `MapDataset.batch`, Grain's hook for batch-level work: the same NumPy functions
 on stacked arrays, so the same bytes. A random batch step draws for every row at once from the
@@ -22,11 +23,18 @@ rows' keys, which the per-element map keeps with the element (`reference.ELEMENT
 `batch_fn` takes out before stacking, so every row gets the plain pipeline's draws and nothing but
 arrays leaves a worker. Its worker processes, reader threads and prefetch buffer are
 chosen by measurement (`tuning`), as Grain's performance guide advises tuning them to the machine.
+Where steps stay per element (CV-1's crop), the trailing ones stay per element too, in the
+element map: a second pass over the stacked batch in the `batch_fn` measured slower (CV-1
+tuned/plain 0.77-0.89 before, docs/measurements.md). Grain's `random_map` is not used: its
+draws come from a Philox generator Grain seeds per element itself, which no other framework
+computes; the counter-based reference draws in a `map_with_index` give every framework's bytes.
 
 With nothing left to do per element over dense cached arrays (TAB-1, NLP-1), the tuned pipeline's
 records are the batches themselves: a `MapDataset` over batch numbers reads each batch as one
-slice of each array (the bytes of stacking its elements), as the NumPy and PyTorch tuned styles
-read them, instead of one record per element.
+slice of each array (NLP-1: only the windows, `_sliced.sliced_batch`), the bytes of stacking its
+elements, as the NumPy and PyTorch tuned styles read them, instead of one record per element.
+Grain's public API has no batched read of a source (`MapDataset.batch` fetches its elements one
+record each, through the private `_getitems`), so the batch numbers are the records.
 
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
 `ArrayRecordDataSource` or TFDS's `data_source`.
@@ -46,7 +54,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from datarax_bench.adapters import register
+from datarax_bench.adapters._sliced import sliced_batch
 from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
 from datarax_bench.workload import formats, randomness, reference
 
@@ -106,11 +117,9 @@ class SlicedBatches:
 
     def __call__(self, position: int, _batch_number: int) -> reference.Element:
         epoch, b = divmod(position, self.num_batches)
-        start = b * self.batch_size
-        indices = list(range(start, start + self.batch_size))
-        batch = self.dataset.rows(indices)
-        keys = randomness.BatchKeys(self.seed, epoch, indices)
-        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
+        indices = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+        batch, keys, done = sliced_batch(self.dataset, indices, self.seed, epoch, self.steps)
+        return reference.apply_batch_steps(self.steps[done:], batch, reference.REFERENCE_OPS, keys)
 
 
 def _records(ctx: CellContext):
@@ -170,6 +179,11 @@ class GrainLoader(Loader):
         )
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
+        if per_element:
+            # Steps left per element (CV-1's crop): the trailing ones too, on each element while
+            # it is in the cache, which measured faster than a second walk over the stacked
+            # batch in the batch_fn (docs/measurements.md).
+            per_element, per_batch = reference.split_for_batches(w.transforms, frozenset())
         keep_key = reference.draws_per_row(per_batch)
         if batch_ops and not per_element and _reads_the_cache(ctx):
             # Grain reads a record per element; with nothing to do per element, a source whose

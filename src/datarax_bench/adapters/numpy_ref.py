@@ -5,11 +5,15 @@ semantics (`datarax_bench.workload.reference`) and stacks batches, in the consum
 state is its position (epoch, next batch): every batch is a pure function of seed, epoch and
 batch index.
 
-The tuned style is NumPy's own advice for speed, vectorise: the workload's trailing batchable
-steps (`reference.split_for_batches`: value-wise ops, shift_targets, and the random flip,
-brightness and window, whose per-row draws come from each element's own generator carried over
-from its per-element steps) run once on the stacked batch instead of per element. When nothing is
-left per element and every field is dense, a batch is read as one slice of each cached array.
+The tuned style is NumPy's own advice for speed, vectorise (https://numpy.org/doc/stable/user/
+whatisnumpy.html, "Why is NumPy fast?"), where nothing is left per element and every field is
+dense: the batch is read as one slice of each cached array (NLP-1: only its windows, through a
+strided window view, `_sliced.sliced_batch`, as nanoGPT's `get_batch` reads a token memmap), and
+the workload's batchable steps (`reference.split_for_batches`: value-wise ops, shift_targets,
+and the random flip, brightness and window, every row's draws at once from the rows' keys) run
+once on the batch. Where steps stay per element (CV-1's crop), the trailing ones stay per element
+too: each runs on an element while it is in the cache, which measured faster than a second walk
+over the stacked batch (tuned/plain 0.75-0.87 on CV-1 before, docs/measurements.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from datarax_bench.adapters import register
+from datarax_bench.adapters._sliced import sliced_batch
 from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
 from datarax_bench.workload import formats, reference
 
@@ -30,7 +37,21 @@ class NumpyLoader(Loader):
         self.source_info = formats.npy_source_info(ctx.dataset)
         self._next = (0, 0)  # (epoch, batch) of the next batch to yield
         self._resume: tuple[int, int] | None = None
-        self._batch = reference.batched_reference_batch if batched else reference.reference_batch
+        self._batch = reference.reference_batch
+        per_element, self._steps = reference.split_for_batches(
+            ctx.workload.transforms, reference.BATCHABLE_OPS if batched else frozenset()
+        )
+        if self._steps and not per_element and not ctx.dataset.ragged:
+            self._batch = self._sliced_batch
+        # With steps left per element (CV-1's crop), the plain per-element pipeline: the
+        # trailing steps run on each element while it is in the cache, which measured faster
+        # than walking the stacked batch again (docs/measurements.md).
+
+    def _sliced_batch(self, dataset, transforms, seed, epoch, b, batch_size):
+        """The batch as slices (windows) of the cached arrays, then the batch steps."""
+        indices = np.arange(b * batch_size, (b + 1) * batch_size)
+        batch, keys, done = sliced_batch(dataset, indices, seed, epoch, self._steps)
+        return reference.apply_batch_steps(self._steps[done:], batch, reference.REFERENCE_OPS, keys)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         w = self.ctx.workload

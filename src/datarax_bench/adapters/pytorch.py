@@ -14,13 +14,21 @@ The tuned style applies the workload's trailing batchable steps (`reference.spli
 value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
 ops in the `collate_fn`, in the workers, after `default_collate` has stacked the elements (flips,
 adds and slices on a stacked tensor give the same bytes as per element), as PyTorch's
-data-loading docs describe for batch-level work ("Working with collate_fn"). A random batch step
+data-loading docs describe for batch-level work ("Working with collate_fn",
+https://pytorch.org/docs/stable/data.html). A random batch step
 draws every row's parameter at once with the reference's draw functions from the rows' keys,
 which `__getitem__` keeps with the element (`reference.ELEMENT_KEY`) and the `collate_fn` takes
 out before `default_collate`, so every row gets the plain pipeline's draws. When nothing is left per
-element, `__getitems__` reads a batch's elements as one slice of each cached array; workers, persistent
-workers and pinned memory the plain style already uses, as its performance tuning guide advises;
-`num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
+element over dense cached arrays, the sampler yields batch numbers with automatic batching off
+(`batch_size=None`: the docs' "Disable automatic batching", for data "cheaper to directly load
+batched", e.g. "reading continuous chunks of memory"), and the dataset reads each batch as one
+slice of each array (NLP-1: only the windows, `_sliced.sliced_batch`, as nanoGPT's `get_batch`
+does from its token memmap). Where steps stay per element (CV-1's crop), the trailing ones stay
+per element too: a second pass over the stacked batch in the `collate_fn` measured slower (CV-1
+tuned/plain 0.91 before, docs/measurements.md). Workers, persistent workers and pinned memory
+the plain style already uses, as its performance tuning guide advises
+(https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html); `num_workers` (none
+included) and `prefetch_factor` are chosen by measurement (`tuning`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from datarax_bench.adapters import register
+from datarax_bench.adapters._sliced import sliced_batch
 from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
 from datarax_bench.workload import formats, randomness, reference
 from datarax_bench.workload.data import Dataset
@@ -84,29 +93,36 @@ class ElementDataset:
 
 @dataclass
 class SlicedBatch:
-    """A batch's elements read as one slice of each field (`SlicedDataset.__getitems__`): the
-    stacked fields and, where batch steps draw, the rows' keys."""
+    """A batch read as slices of each field (`SlicedDataset`): the stacked fields, the rows' keys
+    where batch steps draw, and how many batch steps the read already applied (a random window
+    read as windows, `_sliced.sliced_batch`)."""
 
     fields: dict[str, Any]
     keys: randomness.BatchKeys | None
+    done: int = 0
 
 
 class SlicedDataset(ElementDataset):
-    """An `ElementDataset` with nothing to do per element over dense cached arrays: PyTorch's
-    fetcher hands `__getitems__` a batch's keys, and the batch is read as one slice of each
-    array (the bytes of stacking its elements) instead of one read per element."""
+    """Nothing to do per element over dense cached arrays: the DataLoader's sampler yields batch
+    numbers, with automatic batching off (`batch_size=None`, PyTorch's documented way to read
+    "in bulk" when a dataset is cheaper to read a batch at a time), and `dataset[(epoch, b)]` is
+    batch `b` read as one slice (or the windows) of each array: the bytes of stacking its
+    elements, read once instead of once per element."""
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> SlicedBatch:
+    def __init__(self, ctx: CellContext, records, steps, batch_size: int):
+        super().__init__(ctx, records, [], False)
+        self.steps = steps
+        self.batch_size = batch_size
+        self.num_elements = ctx.workload.num_batches
+
+    def __getitem__(self, key: tuple[int, int]) -> SlicedBatch:
         import torch
 
-        rows = self.records.rows([index for _, index in keys])
+        epoch, b = key
+        indices = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+        rows, keys, done = sliced_batch(self.records, indices, self.seed, epoch, self.steps)
         fields = {name: torch.from_numpy(value) for name, value in rows.items()}
-        batch_keys = None
-        if self.keep_key:
-            batch_keys = randomness.BatchKeys.of(
-                [reference.element_key(self.seed, epoch, index) for epoch, index in keys]
-            )
-        return SlicedBatch(fields, batch_keys)
+        return SlicedBatch(fields, keys, done)
 
 
 def _records(ctx: CellContext):
@@ -317,6 +333,7 @@ def batch_collate(steps: list[dict[str, Any]], elements: list[dict[str, Any]]):
 
     if isinstance(elements, SlicedBatch):
         batch, keys = dict(elements.fields), elements.keys
+        steps = steps[elements.done :]
     else:
         elements, keys = reference.take_element_keys(elements)
         batch = default_collate(elements)
@@ -403,6 +420,13 @@ class TorchLoader(Loader):
             }
         records, self.source_info = _records(ctx)
         per_element, per_batch = reference.split_for_batches(ctx.workload.transforms, batch_ops)
+        if per_element:
+            # Steps left per element (CV-1's crop): the trailing ones too, on each element while
+            # it is in the cache, which measured faster than a second pass over the stacked
+            # batch in the collate_fn (docs/measurements.md).
+            per_element, per_batch = reference.split_for_batches(
+                ctx.workload.transforms, frozenset()
+            )
         # A collate_fn only where the workload needs batch-level work: dynamic padding, or the
         # tuned style's batched steps.
         collate = None
@@ -414,12 +438,17 @@ class TorchLoader(Loader):
         # One slice per batch where nothing is left per element and every field is dense.
         sliced = per_batch and not per_element and isinstance(records, Dataset)
         sliced = sliced and not records.ragged
-        dataset_type = SlicedDataset if sliced else ElementDataset
+        if sliced:
+            self.sampler = EpochSampler(ctx.workload.num_batches)  # batch numbers
+            dataset = SlicedDataset(ctx, records, per_batch, ctx.workload.batch_size)
+            batching: dict[str, Any] = {"batch_size": None}
+        else:
+            dataset = ElementDataset(ctx, records, per_element, keep_key)
+            batching = {"batch_size": ctx.workload.batch_size, "drop_last": True}
         self.loader = DataLoader(
-            dataset_type(ctx, records, per_element, keep_key),
-            batch_size=ctx.workload.batch_size,
+            dataset,
             sampler=self.sampler,
-            drop_last=True,
+            **batching,
             num_workers=workers,
             pin_memory=pin,
             collate_fn=collate,
