@@ -171,8 +171,11 @@ def test_managed_body_ends_through_skypilot_wait_with_its_own_status(node, run_e
     _waited(node, proc)
     assert proc.returncode == run_exit, proc.stdout + proc.stderr
     assert [c.split()[0] for c in node.lines("calls")] == ["doctor", "run"]
+    # One hardware report per attempt of the job, under its task id.
     kept = node.home / "datarax-bench-bucket" / "gpu_a100/gcp/cells" / "doctor"
-    assert [p.name for p in kept.iterdir()] == [f"{envs['SKYPILOT_TASK_ID']}.json"]
+    assert [p.name for p in kept.iterdir()] == [envs["SKYPILOT_TASK_ID"]]
+    (report,) = (kept / envs["SKYPILOT_TASK_ID"]).iterdir()
+    assert report.suffix == ".json"
 
 
 @pytest.mark.parametrize("run_exit", [0, 2])
