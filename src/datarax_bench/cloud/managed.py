@@ -168,22 +168,29 @@ def launch_argv(
     by_name: tuple[Sequence[str], Sequence[str]] = ((), ()),
     config_file: Path | None = None,
 ) -> list[str]:
-    """`sky jobs launch` (`config_file`: a SkyPilot config layer, the controller's pin); `by_name` = (secrets, settings) whose values SkyPilot copies from this
-    machine's environment, so that they appear on no command line."""
+    """`sky jobs launch` (`config_file`: a SkyPilot config layer, the controller's pin);
+    `by_name` = (secrets, settings) whose values SkyPilot copies from this machine's
+    environment, so that they appear on no command line."""
     argv = ["sky", "jobs", "launch", str(task_file), "-n", name, "-y", "-d"]
-    if infra != "any":
-        argv += ["--infra", infra]
+    argv += _placement_and_envs(infra, use_spot, envs)
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    return argv + _by_name(by_name)
+
+
+def _placement_and_envs(infra: str, use_spot: bool, envs: dict[str, str]) -> list[str]:
+    argv = [] if infra == "any" else ["--infra", infra]
     argv.append("--use-spot" if use_spot else "--no-use-spot")
     for key, value in envs.items():
         argv += ["--env", f"{key}={value}"]
-    secrets, settings = by_name
-    if config_file is not None:
-        argv += ["--config", str(config_file)]
-    for key in settings:
-        argv += ["--env", key]
-    for key in secrets:
-        argv += ["--secret", key]
     return argv
+
+
+def _by_name(by_name: tuple[Sequence[str], Sequence[str]]) -> list[str]:
+    secrets, settings = by_name
+    return [a for key in settings for a in ("--env", key)] + [
+        a for key in secrets for a in ("--secret", key)
+    ]
 
 
 def job_estimate(
@@ -200,16 +207,7 @@ def job_estimate(
     it launches one. So a `sky launch --dryrun` of the same task, infra and spot choice quotes
     the job; None ("not quoted") when that fails."""
     argv = ["sky", "launch", "--dryrun", "-y", "-c", f"{name}-estimate", str(task_file)]
-    if infra != "any":
-        argv += ["--infra", infra]
-    argv.append("--use-spot" if use_spot else "--no-use-spot")
-    for key, value in envs.items():
-        argv += ["--env", f"{key}={value}"]
-    secrets, settings = by_name
-    for key in settings:
-        argv += ["--env", key]
-    for key in secrets:
-        argv += ["--secret", key]
+    argv += _placement_and_envs(infra, use_spot, envs) + _by_name(by_name)
     try:
         proc = sky.run_sky(argv, log, check=True)
     except (RuntimeError, sky.SkyTimeout) as exc:
