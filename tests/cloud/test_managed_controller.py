@@ -1,4 +1,4 @@
-"""SkyPilot's jobs controller, named, placed, billed and torn down (issue #36, items 3 and 6).
+"""SkyPilot's jobs controller, named, placed, billed and torn down.
 
 The loopback `sky` runs the controller as SkyPilot 0.14.1 does: a cluster of its own,
 `sky-jobs-controller-<user hash>`, launched by the first `sky jobs launch` on the task's infra

@@ -1,5 +1,5 @@
 """Each cell leaves the machine as soon as it is measured, and a run that nothing would keep is
-refused before its first cell (issue #36): `datarax-bench run --keep-each-cell` and
+refused before its first cell: `datarax-bench run --keep-each-cell` and
 `datarax-bench persist --check`, with a real S3 API (moto's server), the real wandb library
 (offline, and against a closed port), and the task files' run step in the script SkyPilot's own
 `TaskCodeGen` makes of it."""

@@ -1,5 +1,5 @@
-"""What does Snakemake itself cost while jobs run? (a benchmark; issue #34, "the workflow engine
-must not measure itself")
+"""What does Snakemake itself cost while jobs run? (a benchmark: the workflow engine
+must not measure itself)
 
 Runs a trivial workflow of N short jobs (`sleep`, one at a time on the one `bench_slot`, as the
 measuring rules run) with the repository's workflow profile and its `onstart:` hook that drops

@@ -1,4 +1,4 @@
-"""The workflow engine must not measure itself (issue #34): while a job runs, Snakemake idles.
+"""The workflow engine must not measure itself: while a job runs, Snakemake idles.
 
 Snakemake 9.21's job-rate limiter makes every job add a chain of scheduling passes, one per
 timespan for as long as jobs wait (src/datarax_bench/workflow/engine.py); the workflow drops it at start.
