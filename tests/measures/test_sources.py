@@ -107,7 +107,7 @@ def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
 def test_files_are_built_once_by_a_child_process(tmp_path):
     """The writers' frameworks never load into the process that measures."""
     code = (
-        "import sys; from datarax_bench import formats; from datarax_bench.workload.catalog import "
+        "import sys; from datarax_bench.workload import formats; from datarax_bench.workload.catalog import "
         "load_catalog; from datarax_bench.workload.data import materialize; "
         "ds = materialize(load_catalog().get('IO-1').resolve('tfrecord', 'tiny'), 0); "
         "s = formats.prepare(ds, 'tfrecord'); "
