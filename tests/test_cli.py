@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from support import run_cli
@@ -139,11 +140,16 @@ def test_doctor_passes_on_a_cpu_profile_and_writes_the_report(tmp_path):
     assert doc["backend_ok"] and doc["jax"]["backend"] == "cpu" and doc["cpu"]["usable_cores"] >= 1
 
 
+def _no_platform() -> dict[str, str]:
+    """This environment without a JAX_PLATFORMS of its own: the profile's must decide."""
+    return {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+
+
 @pytest.mark.slow
 def test_doctor_fails_loudly_when_jax_cannot_run_on_the_profile_s_gpu(tmp_path):
     # JAX_PLATFORMS=cuda: no silent CPU fallback. This machine has no GPU and no CUDA plugin.
     report = tmp_path / "hw.json"
-    proc = run_cli("doctor", "--profile", "gpu_a100", "--json", str(report))
+    proc = run_cli("doctor", "--profile", "gpu_a100", "--json", str(report), env=_no_platform())
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("doctor: JAX cannot start platform 'cuda' that profile gpu_a100 needs")
@@ -161,7 +167,7 @@ def test_a_gpu_profile_s_cell_fails_instead_of_measuring_the_cpu(tmp_path):
     out = tmp_path / "cell.json"
     proc = run_cli(
         "run", "--profile", "gpu_a100", "--scenario", "TAB-1", "--adapter", "numpy",
-        "--output", str(out),
+        "--output", str(out), env=_no_platform(),
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["status"] == "failed", proc.stderr[-2000:]

@@ -147,6 +147,7 @@ def test_the_worker_writes_the_shards_before_the_measure_starts(tmp_path, monkey
     from datarax_bench.run import worker
 
     monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # what the worker would set, undone after
     seen = {}
 
     def measure_cell(adapter, workload, dataset, profile, progress=None):

@@ -19,6 +19,8 @@ import yaml
 from support import ROOT, sky_offline
 from support import docker as docker_support
 
+from datarax_bench.adapters import all_adapters
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 _REASON = docker_support.unavailable_reason()
@@ -114,7 +116,7 @@ def test_default_command_measures_and_exports_like_a_local_run(image, tmp_path, 
     assert here.returncode == 0, here.stderr[-3000:]
 
     theirs, ours = _cells(inside), _cells(local)
-    assert sorted(theirs) == sorted(ours) and len(ours) == 5
+    assert sorted(theirs) == sorted(ours) and len(ours) == len(all_adapters())
     for cell, result in ours.items():
         assert theirs[cell]["status"] == result["status"] == "ok", cell
         assert theirs[cell]["workload"]["data_digest"] == result["workload"]["data_digest"]
@@ -283,7 +285,7 @@ def test_skypilot_node_setup_for_vast_runs_in_the_image_as_the_machine(image, tm
 
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "docker_support.py"), "node-setup",
+            [sys.executable, str(ROOT / "tests" / "support" / "docker.py"), "node-setup",
              str(cluster_yaml), str(port), str(tmp_path / "provision.log")],
             env=env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
