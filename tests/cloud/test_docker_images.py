@@ -284,10 +284,12 @@ def test_skypilot_node_setup_for_vast_runs_in_the_image_as_the_machine(image, tm
         )  # fmt: skip
 
         started = time.monotonic()
+        # The tests' helpers as a module of their own (support/ imports its package).
+        tests_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "support" / "docker.py"), "node-setup",
+            [sys.executable, "-m", "support.docker", "node-setup",
              str(cluster_yaml), str(port), str(tmp_path / "provision.log")],
-            env=env, capture_output=True, text=True, timeout=1200,
+            env={**env, "PYTHONPATH": tests_path}, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -223,7 +223,7 @@ def build_image(
 # logs in as root (`auth.ssh_user` of templates/vast-ray.yml.j2), rsyncs its file mounts and
 # runs the template's `setup_commands`. `node_setup` below does those last two steps with
 # SkyPilot's own runner and functions, against a container of the image; it runs as a script
-# (`python tests/support/docker.py node-setup ...`) so that `import sky` uses a temporary HOME.
+# (`python -m support.docker node-setup ...`, tests/ on the path) so that `import sky` uses a temporary HOME.
 
 
 def free_port() -> int:
@@ -275,5 +275,5 @@ if __name__ == "__main__":
     import json
 
     if sys.argv[1:2] != ["node-setup"] or len(sys.argv) != 5:
-        sys.exit("usage: docker.py node-setup CLUSTER_YAML PORT LOG_PATH")
+        sys.exit("usage: python -m support.docker node-setup CLUSTER_YAML PORT LOG_PATH")
     print(json.dumps(node_setup(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
