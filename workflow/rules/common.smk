@@ -1,5 +1,4 @@
-# Configuration and input functions: they wire the package's cells, shards and cloud runs
-# (src/datarax_bench/workflow/, tested in tests/test_workflow_logic.py) to the rules.
+# Config and input functions: the package's cells, shards and cloud runs wired to the rules.
 import os
 
 # The catalog and profiles are the ones in this checkout (jobs inherit the variable).
