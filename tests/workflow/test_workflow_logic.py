@@ -113,6 +113,20 @@ def test_the_config_narrows_the_matrix_as_the_cli_does(catalog):
         matrix(smoke, catalog, adapters=["no-such-loader"])
 
 
+def test_a_profile_names_the_adapters_it_measures_and_the_config_replaces_them(catalog):
+    smoke = load_profile("smoke", catalog)
+    chosen = dataclasses.replace(smoke, adapters=("tfdata", "numpy"))
+    adapters = [c.adapter for c in matrix(chosen, catalog)]
+    assert sorted(set(adapters)) == ["numpy", "tfdata"]
+    assert adapters[0] == "numpy"  # the registry's order, not the profile's
+    everything = {c.adapter for c in matrix(smoke, catalog)}
+    assert {"numpy", "tfdata"} < everything  # no list: every registered adapter
+    assert {c.adapter for c in matrix(chosen, catalog, adapters=["grain"])} == {"grain"}
+    wrong = dataclasses.replace(smoke, adapters=("numpy", "no-such-loader"))
+    with pytest.raises(UserError, match="profile 'smoke': adapters: unknown adapter 'no-such"):
+        matrix(wrong, catalog)
+
+
 def test_a_cell_s_processes_come_in_rounds(catalog):
     cells = Matrix.from_config(CONFIG, catalog)
     profile = "first_look"

@@ -48,17 +48,31 @@ def matrix(
     styles: list[str] | None = None,
 ) -> list[CellId]:
     """Every cell of a profile in the matrix's order: its (scenario, variant) pairs, narrowed to
-    `scenarios`, x `adapters` (default: every registered one) x `styles` (default: the
-    profile's). `run` measures these, the workflow plans them, managed jobs split them."""
-    from datarax_bench.adapters import all_adapters
-
-    names = [get_adapter(a).id for a in adapters] if adapters else [a.id for a in all_adapters()]
+    `scenarios`, x `adapters` (default: the profile's, else every registered one) x `styles`
+    (default: the profile's). `run` measures these, the workflow plans them, managed jobs split
+    them."""
+    names = [get_adapter(a).id for a in adapters] if adapters else profile_adapters(profile)
     return [
         CellId(scenario, variant, adapter, style)
         for scenario, variant in profile.cells(catalog, scenarios or None)
         for adapter in names
         for style in styles or profile.styles
     ]
+
+
+def profile_adapters(profile: Profile) -> list[str]:
+    """The adapter ids a profile measures, in the registry's order: its `adapters`, or every
+    registered adapter."""
+    from datarax_bench.adapters import all_adapters
+
+    registered = [a.id for a in all_adapters()]
+    unknown = [a for a in profile.adapters if a not in registered]
+    if unknown:
+        raise UserError(
+            f"profile {profile.name!r}: adapters: unknown adapter {unknown[0]!r}; "
+            f"expected one of {', '.join(registered)}"
+        )
+    return [a for a in registered if not profile.adapters or a in profile.adapters]
 
 
 def measured_with(profile: Profile, workload: Workload) -> dict[str, Any]:

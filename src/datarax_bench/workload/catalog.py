@@ -333,6 +333,8 @@ class Profile:
     feed: dict[str, Any] | None = None
     #: Pipeline styles measured per cell (`adapters.base.STYLES`); which cells, not how.
     styles: tuple[str, ...] = STYLES
+    #: Adapter ids measured per cell; empty: every registered adapter. Which cells, not how.
+    adapters: tuple[str, ...] = ()
     #: How the tuned style's parallelism sweep measures each point (`tuning.TuningSettings`).
     tuning: dict[str, Any] | None = None
     #: The thread variables every worker process starts with (None: unset); the others of
@@ -437,6 +439,7 @@ def load_profile(name: str, catalog: Catalog | None = None) -> Profile:
         retries=doc.get("retries", 1),
         feed=doc.get("feed"),
         styles=tuple(doc.get("styles", STYLES)),
+        adapters=tuple(doc.get("adapters", ())),
         tuning=doc.get("tuning"),
         threads_env=dict(doc.get("threads_env", DEFAULT_THREADS_ENV)),
     )
