@@ -34,8 +34,10 @@ Each element is transformed in the dataset's `__getitem__`, in the workers, with
 semantics and the reference's counter-based draws (`reference.element_key(seed, epoch, index)`,
 the index stored with the sample, the epoch LitData's own epoch counter less one) by the
 reference's NumPy functions: batches equal the reference's bit for bit. Workers use the spawn
-start method (forking a process that imported JAX is unsafe); they are started for each epoch,
-as the StreamingDataLoader does (its dataset's epoch travels to the workers when they start).
+start method (forking a process that imported JAX is unsafe) and persist across epochs
+(`persistent_workers`, a DataLoader kwarg the StreamingDataLoader takes): LitData counts each
+worker's epoch up at the end of its pass, so the next epoch's draws use the next epoch; an epoch
+requested out of turn starts workers anew.
 
 The tuned style moves the workload's trailing batchable steps (`reference.split_for_batches`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to the
@@ -246,18 +248,21 @@ class LitDataLoader(Loader):
             "paths": [self.directory],
         }
         self._dataloader = self._make_loader()
+        workers = self._dataloader.num_workers  # LitData may lower it to fit the memory
         self.parallelism = {
-            "workers": self._dataloader.num_workers,
-            "prefetch_factor": self.prefetch if self._dataloader.num_workers > 0 else None,
-            "multiprocessing_context": "spawn" if self._dataloader.num_workers > 0 else None,
-            "persistent_workers": False,
+            "workers": workers,
+            "prefetch_factor": self.prefetch if workers > 0 else None,
+            "multiprocessing_context": "spawn" if workers > 0 else None,
+            "persistent_workers": workers > 0,
             "pin_memory": self.pin,
             "elements_per_chunk": self.batch_size,
             "rng": f"reference {randomness.SCHEME} draws (numpy)",
         }
-        self._iterator = None
+        self._iterator = None  # the StreamingDataLoader's generator for the current epoch
         self._position = 0  # global batch number the iterator yields next
         self._resumed = False  # set by restore_state: the next epoch() continues mid-epoch
+        self._started = False  # whether the loader's workers have been started
+        self._serves = None  # the epoch its persistent workers serve next, None if unknown
 
     def _make_loader(self):
         import litdata
@@ -268,6 +273,7 @@ class LitDataLoader(Loader):
         options: dict[str, Any] = {}
         if self.workers > 0:
             options = {
+                "persistent_workers": True,
                 "prefetch_factor": self.prefetch,
                 "multiprocessing_context": "spawn",
                 "worker_init_fn": join_feeders_at_exit,
@@ -281,51 +287,59 @@ class LitDataLoader(Loader):
             **options,
         )
 
-    def _start(self, epoch: int) -> None:
-        self._stop()
-        # `__iter__` counts the epoch up before it starts: LitData's epoch `epoch + 1`.
-        self._dataloader.current_epoch = epoch
-        self._iterator = iter(self._dataloader)
-        self._position = epoch * self.num_batches
-
     def epoch(self, epoch: int) -> Iterator[Batch]:
         start = epoch * self.num_batches
         resumed, self._resumed = self._resumed, False
-        if resumed and start <= self._position < start + self.num_batches:
-            self._iterator = iter(self._dataloader)  # from the restored state
-        else:
-            self._start(epoch)
+        if not (resumed and start <= self._position < start + self.num_batches):
+            # Persistent workers keep their own copy of the dataset, whose epoch LitData counts
+            # up at the end of each pass: they serve the epoch after the one they finished, any
+            # other (an epoch abandoned half-way, or out of order) needs workers started anew.
+            if self.workers > 0 and self._started and self._serves != epoch:
+                self._shutdown()
+                self._dataloader = self._make_loader()
+                self._started = False
+            # `__iter__` counts the epoch up before it starts: LitData's epoch `epoch + 1`.
+            self._dataloader.current_epoch = epoch
+            self._position = start
+        self._serves = None
+        self._started = True
+        self._iterator = iter(self._dataloader)
         # Each worker holds whole batches only: the DataLoader ends the epoch by itself, after
         # its last batch (and LitData leaves its resumed mode there).
         for batch in self._iterator:
             self._position += 1
             yield batch
         self._iterator = None
+        self._serves = epoch + 1
 
     def save_state(self, directory: Path) -> None:
         import torch
 
+        # LitData's documented form: the loader's state_dict saved with torch.save.
         torch.save(self._dataloader.state_dict(), directory / "dataloader_state.pt")
         (directory / "loader.json").write_text(json.dumps({"position": self._position}))
 
     def restore_state(self, directory: Path) -> None:
         import torch
 
-        self._stop()
         state = torch.load(directory / "dataloader_state.pt", weights_only=False)
         self._dataloader.load_state_dict(state)
         self._position = int(json.loads((directory / "loader.json").read_text())["position"])
         self._resumed = True
 
-    def _stop(self) -> None:
-        # Closing the StreamingDataLoader's generator drops the DataLoader iterator it holds,
-        # whose finalizer shuts the worker processes down (joins them) there and then.
+    def _shutdown(self) -> None:
         if self._iterator is not None:
             self._iterator.close()
-        self._iterator = None
+            self._iterator = None
+        # Persistent workers live as long as the DataLoader's iterator: stop them now rather
+        # than whenever garbage collection gets to it, so no worker outlives its loader.
+        iterator = getattr(self._dataloader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._dataloader._iterator = None
 
     def close(self) -> None:
-        self._stop()
+        self._shutdown()
 
 
 @register
