@@ -49,6 +49,10 @@ No network: the data are a local directory (no cloud resolver, no copy into LitD
 cache: local chunks are memory-mapped in place), and LitData's PyPI version check is off
 (`LITDATA_DISABLE_VERSION_CHECK=1`, set before LitData is imported).
 
+PR-1 uses the loader's own state API, as "Pause, resume data streaming" does: `state_dict()`
+saved with `torch.save`, `load_state_dict` into a fresh loader, which replays each worker's
+position in its chunks and restarts on the worker whose batch came next.
+
 Not supported: IO-1 (LitData reads its own chunks only, none of the benchmark's source
 backends) and IO-2 (it always streams its chunks: no eager loading).
 """
