@@ -183,6 +183,19 @@ def test_unsupported_cells_say_why():
         assert reason and "LitData" in reason, (scenario, variant, reason)
 
 
+@pytest.mark.slow
+def test_cli_runs_a_litdata_cell_end_to_end(tmp_path, run_smoke_cell):
+    out = tmp_path / "tab1-litdata.json"
+    proc = run_smoke_cell("TAB-1", "litdata", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert result["parallelism"]["workers"] == 1  # the smoke profile's
+    w = load_catalog().get("TAB-1").resolve("small", "tiny")
+    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
+    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+
+
 def test_the_worker_writes_the_chunks_before_the_measure_starts(tmp_path, monkeypatch):
     # The chunks are LitData's own format, written once: never inside a timed setup.
     from datarax_bench import measures
