@@ -172,6 +172,7 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "pytorch": ["memory", "npy_mmap", "tfds"],
         "tfdata": ["memory", "tfrecord", "tfds"],
         "webdataset": [],  # its own tar shards only
+        "litdata": [],  # its own chunks only
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))

@@ -74,6 +74,7 @@ def test_only_loaders_that_read_lazily_claim_streaming():
         "pytorch": True,
         "tfdata": False,
         "webdataset": False,  # no eager source to set against its streamed shards
+        "litdata": False,  # no eager source to set against its streamed chunks
     }
     assert "from_tensor_slices" in support(get_adapter("tfdata"), workload)
     assert "stages the whole dataset" in support(get_adapter("datarax"), workload)
