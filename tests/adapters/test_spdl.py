@@ -75,18 +75,42 @@ def test_pipeline_equals_reference_over_two_epochs(scenario, variant, style, thr
 
 
 def test_tuned_style_runs_the_batch_steps_on_the_batch():
-    ctx = _context("TAB-1", "small", threads=2)
+    # CV-1: the crop stays per element, the flip and normalize run on the stacked batch.
+    ctx = _context("CV-1", "small", threads=2)
     plain = get_adapter("spdl").open(ctx)
     tuned = get_adapter("spdl").styled("tuned").open(ctx)
     try:
-        assert plain.batchify.steps == []
+        assert plain.batchify.steps == [] and plain.read_batch is None
         assert plain.parallelism["batch_concurrency"] == 1
-        # TAB-1's steps are all batchable: none is left per element.
-        assert tuned.load.transforms == []
-        assert [s["op"] for s in tuned.batchify.steps] == [s["op"] for s in ctx.workload.transforms]
+        assert [s["op"] for s in tuned.load.transforms] == ["random_resized_crop"]
+        assert tuned.load.keep_key  # the flip draws per row from the elements' keys
+        assert [s["op"] for s in tuned.batchify.steps] == ["random_horizontal_flip", "normalize"]
+        assert tuned.read_batch is None
         assert tuned.parallelism["batch_concurrency"] == 2
     finally:
         plain.close()
+        tuned.close()
+
+
+def test_tuned_style_reads_whole_batches_where_nothing_is_left_per_element():
+    # TAB-1: every step is batchable and every field dense: one stage reads batch slices.
+    ctx = _context("TAB-1", "small", threads=2)
+    tuned = get_adapter("spdl").styled("tuned").open(ctx)
+    try:
+        assert tuned.read_batch is not None
+        assert [s["op"] for s in tuned.read_batch.steps] == [
+            s["op"] for s in ctx.workload.transforms
+        ]
+        assert tuned.parallelism["read"] == "batch slices"
+        _assert_epochs_equal_reference(tuned, ctx, [0, 1])
+    finally:
+        tuned.close()
+    # NLP-2's tokens are ragged: its elements are read one by one, in both styles.
+    ctx = _context("NLP-2", "small")
+    tuned = get_adapter("spdl").styled("tuned").open(ctx)
+    try:
+        assert tuned.read_batch is None and tuned.parallelism["read"] == "elements"
+    finally:
         tuned.close()
 
 

@@ -34,7 +34,13 @@ concurrency set by measuring): the workload's trailing batchable steps
 window) run once per batch on the stacked batch in the batch stage, drawing for every row from
 the rows' keys (kept with each element as `reference.ELEMENT_KEY`), so the same bytes; that
 stage then runs with the element stage's concurrency, in input order; the threads and the
-sink's prefetch are chosen by measurement (`tuning_grid`).
+sink's prefetch are chosen by measurement (`tuning_grid`). Where nothing is left to do per
+element over dense cached arrays (TAB-1, NLP-1), the batches are known in advance, and the same
+page's advice for a "pre-determined set of images that should go together into a same batch" is
+to load them as a batch: the source yields batch numbers and one stage reads each batch as one
+slice of each array (NLP-1: only its windows, `_sliced.sliced_batch`, as the NumPy, Grain and
+PyTorch tuned styles read them), then runs the batch steps, with no per-element stage and no
+`aggregate`.
 
 Not supported: IO-1's array_record, tfrecord and tfds backends (SPDL has no reader for them:
 its I/O is media decoding and NumPy buffers), and PR-1 (SPDL's pipeline has no iterator-state
@@ -47,7 +53,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from datarax_bench.adapters import register
+from datarax_bench.adapters._sliced import sliced_batch
 from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader
 from datarax_bench.workload import formats, randomness, reference
 
@@ -70,6 +79,22 @@ class EpochElements:
         while True:
             for index in range(self.per_epoch):
                 yield epoch, index
+            epoch += 1
+
+
+class EpochBatches:
+    """The tuned batch read's source: (epoch, batch number), epoch after epoch from
+    `first_epoch` on."""
+
+    def __init__(self, num_batches: int, first_epoch: int):
+        self.num_batches = num_batches
+        self.first_epoch = first_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.first_epoch
+        while True:
+            for batch in range(self.num_batches):
+                yield epoch, batch
             epoch += 1
 
 
@@ -105,6 +130,23 @@ class Batchify:
         return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
 
 
+class LoadBatch:
+    """The tuned batch read: (epoch, batch number) -> the batch as slices (windows) of the cached
+    arrays, then the batch steps with every row's draws from the rows' keys."""
+
+    def __init__(self, dataset, steps: list[dict], seed: int, batch_size: int):
+        self.dataset = dataset
+        self.steps = steps
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def __call__(self, item: tuple[int, int]) -> reference.Element:
+        epoch, b = item
+        indices = np.arange(b * self.batch_size, (b + 1) * self.batch_size)
+        batch, keys, done = sliced_batch(self.dataset, indices, self.seed, epoch, self.steps)
+        return reference.apply_batch_steps(self.steps[done:], batch, reference.REFERENCE_OPS, keys)
+
+
 class SpdlLoader(Loader):
     def __init__(self, ctx: CellContext, batch_ops: frozenset[str] = frozenset()):
         w = ctx.workload
@@ -121,6 +163,10 @@ class SpdlLoader(Loader):
         self.batchify = Batchify(list(w.transforms), per_batch)
         # The batch stage carries the batch steps in the tuned style: as many tasks as threads.
         self.batch_concurrency = self.threads if per_batch else 1
+        # Nothing per element over dense arrays: batches read as slices, no element stage.
+        self.read_batch = None
+        if per_batch and not per_element and not ctx.dataset.ragged:
+            self.read_batch = LoadBatch(ctx.dataset, per_batch, ctx.seed, self.batch_size)
         self.source_info = formats.npy_source_info(ctx.dataset)
         self.parallelism = {
             "threads": self.threads,
@@ -128,6 +174,7 @@ class SpdlLoader(Loader):
             "batch_concurrency": self.batch_concurrency,
             "prefetch": self.prefetch,
             "output_order": "input",
+            "read": "batch slices" if self.read_batch else "elements",
             "workers": 0,
             "rng": f"reference {randomness.SCHEME} draws (numpy)",
         }
@@ -138,6 +185,19 @@ class SpdlLoader(Loader):
     def _build(self, first_epoch: int):
         from spdl.pipeline import PipelineBuilder
 
+        if self.read_batch is not None:
+            return (
+                PipelineBuilder()
+                .add_source(EpochBatches(self.num_batches, first_epoch))
+                .pipe(
+                    self.read_batch,
+                    concurrency=self.batch_concurrency,
+                    output_order="input",
+                    name="load_batch",
+                )
+                .add_sink(self.prefetch)
+                .build(num_threads=self.threads, max_failures=0)
+            )
         return (
             PipelineBuilder()
             .add_source(EpochElements(self.num_batches * self.batch_size, first_epoch))
