@@ -43,8 +43,8 @@ PyTorch tuned styles read them), then runs the batch steps, with no per-element 
 `aggregate`.
 
 Not supported: IO-1's array_record, tfrecord and tfds backends (SPDL has no reader for them:
-its I/O is media decoding and NumPy buffers), and PR-1 (SPDL's pipeline has no iterator-state
-API to checkpoint).
+`spdl.io` reads audio, video and images, WAV, NumPy `.npy`/`.npz` buffers and tar archives),
+and PR-1 (SPDL's pipeline has no iterator-state API to checkpoint).
 """
 
 from __future__ import annotations
@@ -261,9 +261,9 @@ class Spdl(Adapter):
     }
     backends = frozenset({"memory", "npy_mmap"})
     backend_reasons = {
-        backend: "SPDL has no reader for the "
-        f"{backend} backend (its I/O decodes media and NumPy buffers; the pipeline runs the "
-        "user's load function)"
+        backend: f"SPDL has no reader for the {backend} backend: spdl.io reads audio, video and "
+        "images, WAV, NumPy .npy/.npz buffers and tar archives, and the pipeline only runs the "
+        "user's functions"
         for backend in ("array_record", "tfrecord", "tfds")
     }
 
