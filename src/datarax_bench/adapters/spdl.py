@@ -170,7 +170,7 @@ class SpdlLoader(Loader):
         self.source_info = formats.npy_source_info(ctx.dataset)
         self.parallelism = {
             "threads": self.threads,
-            "element_concurrency": self.threads,
+            "element_concurrency": None if self.read_batch else self.threads,
             "batch_concurrency": self.batch_concurrency,
             "prefetch": self.prefetch,
             "output_order": "input",
@@ -185,34 +185,26 @@ class SpdlLoader(Loader):
     def _build(self, first_epoch: int):
         from spdl.pipeline import PipelineBuilder
 
+        builder = PipelineBuilder()
         if self.read_batch is not None:
-            return (
-                PipelineBuilder()
-                .add_source(EpochBatches(self.num_batches, first_epoch))
-                .pipe(
-                    self.read_batch,
-                    concurrency=self.batch_concurrency,
-                    output_order="input",
-                    name="load_batch",
-                )
-                .add_sink(self.prefetch)
-                .build(num_threads=self.threads, max_failures=0)
+            builder.add_source(EpochBatches(self.num_batches, first_epoch)).pipe(
+                self.read_batch,
+                concurrency=self.batch_concurrency,
+                output_order="input",
+                name="load_batch",
             )
-        return (
-            PipelineBuilder()
-            .add_source(EpochElements(self.num_batches * self.batch_size, first_epoch))
-            .pipe(self.load, concurrency=self.threads, output_order="input", name="load")
-            .aggregate(self.batch_size, drop_last=True)
-            .pipe(
+        else:
+            builder.add_source(EpochElements(self.num_batches * self.batch_size, first_epoch)).pipe(
+                self.load, concurrency=self.threads, output_order="input", name="load"
+            )
+            builder.aggregate(self.batch_size, drop_last=True).pipe(
                 self.batchify,
                 concurrency=self.batch_concurrency,
                 output_order="input",
                 name="batchify",
             )
-            .add_sink(self.prefetch)
-            # Any failure stops the pipeline and reaches the consumer: never a skipped element.
-            .build(num_threads=self.threads, max_failures=0)
-        )
+        # Any failure stops the pipeline and reaches the consumer: never a skipped element.
+        return builder.add_sink(self.prefetch).build(num_threads=self.threads, max_failures=0)
 
     def _start(self, epoch: int) -> None:
         self._stop()
