@@ -170,12 +170,14 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "datarax": ["memory", "tfds"],
         "grain": ["memory", "npy_mmap", "array_record", "tfds"],
         "pytorch": ["memory", "npy_mmap", "tfds"],
+        "spdl": ["memory", "npy_mmap"],  # its load function reads the cached arrays
         "tfdata": ["memory", "tfrecord", "tfds"],
         "webdataset": [],  # its own tar shards only
         "litdata": [],  # its own chunks only
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))
+    assert "SPDL has no reader" in support(get_adapter("spdl"), _workload("array_record"))
 
 
 # --- the measurement, through the CLI ------------------------------------------------------
@@ -202,6 +204,7 @@ CELLS = [
     ("datarax", "tfds"),
     ("pytorch", "tfds"),
     ("grain", "tfds"),
+    ("spdl", "npy_mmap"),
 ]
 
 

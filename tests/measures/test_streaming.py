@@ -72,6 +72,7 @@ def test_only_loaders_that_read_lazily_claim_streaming():
         "datarax": False,
         "grain": True,
         "pytorch": True,
+        "spdl": True,  # its load function reads each element from the memory map
         "tfdata": False,
         "webdataset": False,  # no eager source to set against its streamed shards
         "litdata": False,  # no eager source to set against its streamed chunks
@@ -81,7 +82,7 @@ def test_only_loaders_that_read_lazily_claim_streaming():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["grain", "pytorch"])
+@pytest.mark.parametrize("adapter", ["grain", "pytorch", "spdl"])
 def test_framework_loaders_stream_from_the_memory_map(cli_path, tmp_path, adapter):
     result, _ = _run(cli_path, tmp_path, "streaming", adapter)
     assert result["status"] == "ok", result["reason"]
