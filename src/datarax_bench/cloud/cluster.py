@@ -412,7 +412,6 @@ def measure_remote_cell(
     me = CellId(scenario, variant, adapter, style)
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger
-    run_dir = Path(output).parents[3]
     if len(batch) > 1 and provenance.git_info()[0] is None:
         # Without a known commit no cached result can be told fresh: one cell per job.
         say(f"cell {label}: this checkout's commit is unknown; measured alone, not in a batch")
@@ -434,6 +433,7 @@ def measure_remote_cell(
             record["autodown_minutes"] = minutes
             write_json_atomic(cluster_record_path(work_dir), record)
         task = load_task(Path(record.get("task") or work_dir / "task.yaml"))
+        run_dir = Path(output).parents[3] if len(batch) > 1 else None  # results/{profile}/{infra}
         others = [c for c in batch if c != me and _missing(spec, c, run_dir)]
         if not others:
             return _measure_alone(spec, task, me, Path(output))
