@@ -21,6 +21,10 @@ from typing import Any
 from datarax_bench.errors import UserError
 from datarax_bench.run.cell import CellId, cell_identity, measured_with, resolve_cell
 
+#: `remote_batch_cells` when the config does not say (config/config.yaml says the same).
+DEFAULT_CELLS = 12
+
+
 #: The batch cache under a run's cloud directory: results pulled for cells whose jobs come later.
 CACHE_DIR = "batches"
 

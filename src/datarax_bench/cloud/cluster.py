@@ -103,7 +103,7 @@ class CloudSettings:
     #: A benchmark image (benchmarks/docker) the cluster runs in instead of installing; "" none.
     image: str = ""
     #: At most this many cells per `sky exec` (cloud/batches.py); 1: one job per cell.
-    remote_batch_cells: int = 12
+    remote_batch_cells: int = batches.DEFAULT_CELLS
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CloudSettings:
@@ -113,7 +113,7 @@ class CloudSettings:
             max_cluster_hours=config["max_cluster_hours"],
             launch_timeout_minutes=config["launch_timeout_minutes"],
             image=config.get("image") or "",
-            remote_batch_cells=config.get("remote_batch_cells", 12),
+            remote_batch_cells=config.get("remote_batch_cells", batches.DEFAULT_CELLS),
         )
 
 

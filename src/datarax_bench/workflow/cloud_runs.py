@@ -68,7 +68,7 @@ def remote_batch(config: dict, profile: str, cell) -> tuple[list, int]:
 
     catalog = load_catalog()
     matrix = Matrix.from_config(config, catalog)
-    size = config.get("remote_batch_cells", 1)
+    size = config.get("remote_batch_cells", batches.DEFAULT_CELLS)
     plan = batches.remote_plan(matrix.profile(profile), catalog, matrix.cells(profile), size)
     return batches.batch_of(plan, cell), max((len(b) for b in plan), default=1)
 
