@@ -3,6 +3,7 @@ that measures them, and when a kept result still counts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -93,3 +94,39 @@ def test_a_kept_result_counts_only_for_its_cell_workload_and_settings(tmp_path):
     assert not batches.same_measurement(changed, cell)
     cache = batches.cache_path(tmp_path / "cloud", CellId("TAB-1", "small", "numpy"))
     assert cache == tmp_path / "cloud" / "batches" / "raw" / "TAB-1" / "small" / "numpy.json"
+
+
+def test_a_cached_result_is_taken_once_without_any_sky_call_and_a_stale_one_is_dropped(
+    tmp_path, monkeypatch
+):
+    from datarax_bench.cloud import cluster as cloud
+    from datarax_bench.results import load_result, write_result
+
+    # A `sky` and an rsync that only record that they were called.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name in ("sky", "rsync"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit 1\n')
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    catalog = load_catalog()
+    profile = load_profile("smoke", catalog)
+    me, mate = CellId("TAB-1", "small", "numpy"), CellId("TAB-1", "small", "grain")
+    cell = resolve_cell(profile, catalog, *me)
+    work = tmp_path / "results" / "smoke" / "ssh_loopback" / "cloud"
+    spec = cloud.ClusterSpec(profile, "ssh/loopback", "c1", cloud.CloudSettings(), work, tmp_path)
+    result = make_result(
+        "failed", "for the test", profile, cell.workload, cell.adapter, CellClock()
+    )
+    cached = batches.cache_path(work, me)
+    write_result(cached, result)
+    output = me.path(work.parent)
+    assert cloud.measure_remote_cell(spec, *me[:3], output, batch=[me, mate]) == result
+    assert load_result(output) == result and not cached.exists()
+    assert [e["event"] for e in spec.ledger.events()] == ["taken_from_batch"]
+    assert not calls.exists()
+    # Measured by other code (another commit): not taken, and removed.
+    stale = {**result, "provenance": {**result["provenance"], "git_commit": "0" * 40}}
+    write_result(cached, stale)
+    assert cloud._take_from_cache(spec, me, cell, output) is None
+    assert not cached.exists()
