@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from datarax_bench import paths, provenance
+from datarax_bench.cloud import batches
 from datarax_bench.cloud.billing import Ledger, billing, cost_report, ledger_for, remaining_minutes
 from datarax_bench.cloud.sky import (
     _UP,
@@ -48,6 +50,7 @@ from datarax_bench.cloud.sky import (
     cluster_status,
     exec_argv,
     fetch,
+    fetch_present,
     launch_argv,
     parse_launch_estimate,
     resolve_use_spot,
@@ -59,6 +62,7 @@ from datarax_bench.cloud.tasks import (
     REMOTE_SETUP_DONE,
     _environment,
     load_task,
+    remote_batch_command,
     remote_cell_command,
     remote_cell_path,
     render_provision_task,
@@ -69,8 +73,8 @@ from datarax_bench.console import say
 from datarax_bench.errors import UserError
 from datarax_bench.files import atomic_file
 from datarax_bench.results import cell_label, load_result, utc_now, write_json_atomic, write_result
-from datarax_bench.run.cell import CellClock, make_result, resolve_cell
-from datarax_bench.run.runner import static_status
+from datarax_bench.run.cell import CellClock, CellId, make_result, resolve_cell
+from datarax_bench.run.runner import kept_result, static_status
 from datarax_bench.workload.catalog import load_catalog
 
 #: Each Snakemake invocation has its own id (set in common.smk, inherited by its jobs): a
@@ -98,6 +102,8 @@ class CloudSettings:
     launch_timeout_minutes: float = 60
     #: A benchmark image (benchmarks/docker) the cluster runs in instead of installing; "" none.
     image: str = ""
+    #: At most this many cells per `sky exec` (cloud/batches.py); 1: one job per cell.
+    remote_batch_cells: int = batches.DEFAULT_CELLS
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CloudSettings:
@@ -107,6 +113,7 @@ class CloudSettings:
             max_cluster_hours=config["max_cluster_hours"],
             launch_timeout_minutes=config["launch_timeout_minutes"],
             image=config.get("image") or "",
+            remote_batch_cells=config.get("remote_batch_cells", batches.DEFAULT_CELLS),
         )
 
 
@@ -122,6 +129,8 @@ class ClusterSpec:
     settings: CloudSettings
     work_dir: Path
     log: Path
+    #: Cells in the run's longest batch: the autodown deadline covers a whole batch's job.
+    batch_cells: int = 1
 
     @property
     def ledger(self) -> Ledger:
@@ -247,8 +256,8 @@ def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
             ledger.add("setup_done", cluster, remote_t=float(setup_file.read_text().split()[0]))
         except (RuntimeError, OSError, ValueError, IndexError) as exc:
             say(f"cluster {cluster}: setup's end time not read ({exc})")
-    # From now on a job is a cell: autodown follows the longest a cell may take.
-    cell_minutes = cell_allowance_s(profile) / 60 + settings.idle_minutes
+    # From now on a job is a batch of cells: autodown follows the longest one may take.
+    cell_minutes = cell_allowance_s(profile) * spec.batch_cells / 60 + settings.idle_minutes
     autodown = math.ceil(min(remaining, cell_minutes))
     arm_autodown(cluster, ledger, autodown, "cells", log)
     return {
@@ -377,12 +386,18 @@ def measure_remote_cell(
     adapter: str,
     output: Path,
     style: str = "plain",
+    batch: Sequence[CellId] = (),
 ) -> dict[str, Any]:
-    """Run one cell on the cluster, pull its result and validate it: one job, one outcome.
+    """Measure one cell on the cluster, pull its result and validate it: one job, one outcome.
 
-    The local result exists if and only if the cell was measured, pulled and validated. The
-    invocation's first cell provisions; a cluster provisioned by this invocation that is gone
-    fails the cell at once, unmeasured. The cluster lock is held throughout: cells on one
+    The local result exists if and only if the cell was measured, pulled and validated. With
+    `batch` (the cells measured with this one, `cloud/batches.py`) a result pulled earlier by a
+    batch-mate's job is taken from the batch cache without any `sky` call; otherwise this job
+    measures, in one `sky exec`, its cell and every batch-mate that has no result yet, and keeps
+    theirs in the cache. A cell that fails is a `failed` result like any other; a job that
+    dies keeps what was measured before it, and fails only this cell if it has nothing. The
+    invocation's first job provisions; a cluster provisioned by this invocation that is gone
+    fails the cell at once, unmeasured. The cluster lock is held throughout: jobs on one
     cluster never overlap.
     """
     label = cell_label(scenario, variant, adapter, style)
@@ -394,12 +409,18 @@ def measure_remote_cell(
         write_result(Path(output), result)
         say(f"cell {label}: {decided[0]}, written here without the cluster")
         return result
+    me = CellId(scenario, variant, adapter, style)
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger
+    if len(batch) > 1 and provenance.git_info()[0] is None:
+        # Without a known commit no cached result can be told fresh: one cell per job.
+        say(f"cell {label}: this checkout's commit is unknown; measured alone, not in a batch")
+        batch = ()
     with cluster_lock(work_dir / "cluster.lock"):
+        if len(batch) > 1 and (taken := _take_from_cache(spec, me, cell, Path(output))):
+            return taken
         record = _cluster_for_this_invocation(spec)
         remaining = remaining_minutes(ledger, cluster, settings.max_cluster_hours)
-        allowance_s = cell_allowance_s(profile)
         if remaining <= 0:
             raise RuntimeError(
                 f"cell {label}: cluster {cluster} reached max_cluster_hours "
@@ -412,64 +433,220 @@ def measure_remote_cell(
             record["autodown_minutes"] = minutes
             write_json_atomic(cluster_record_path(work_dir), record)
         task = load_task(Path(record.get("task") or work_dir / "task.yaml"))
-        command = remote_cell_command(profile.name, scenario, variant, adapter, style)
-        argv = exec_argv(
-            cluster,
-            profile.cloud["accelerator"],
-            command,
-            task_envs(task),
-            workdir=paths.project_root(),
+        run_dir = Path(output).parents[3] if len(batch) > 1 else None  # results/{profile}/{infra}
+        others = [c for c in batch if c != me and _missing(spec, c, run_dir)]
+        if not others:
+            return _measure_alone(spec, task, me, Path(output))
+        return _measure_batch(spec, task, me, [c for c in batch if c == me or c in others], output)
+
+
+def _exec(spec: ClusterSpec, task: dict[str, Any], command: str) -> list[str]:
+    return exec_argv(
+        spec.name,
+        spec.profile.cloud["accelerator"],
+        command,
+        task_envs(task),
+        workdir=paths.project_root(),
+    )
+
+
+def _measure_alone(spec: ClusterSpec, task: dict[str, Any], me: CellId, output: Path):
+    """One cell, one `sky exec` (`remote_batch_cells: 1`, or no batch-mate left to measure)."""
+    label = cell_label(*me)
+    cluster, ledger, log = spec.name, spec.ledger, spec.log
+    argv = _exec(spec, task, remote_cell_command(spec.profile.name, *me))
+    started = ledger.add("cell_started", cluster, cell=label)
+    try:
+        proc = run_sky(argv, log, check=False, timeout=cell_allowance_s(spec.profile))
+    except SkyTimeout as exc:
+        ledger.add("cell_finished", cluster, cell=label, outcome="timeout")
+        run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
+        raise RuntimeError(f"cell {label}: {exc}; its job on {cluster} was cancelled") from None
+    ledger.add("cell_finished", cluster, cell=label, exit=proc.returncode)
+    if proc.returncode != 0:
+        raise RuntimeError(_exec_failure(spec, label, proc))
+    result = pull_cell(cluster, spec.profile.name, *me[:3], output, log, me.style)
+    ledger.add(
+        "pulled",
+        cluster,
+        cell=label,
+        job_s=round(time.time() - started["t"], 3),  # sync, job, log streaming, pull
+        measured_s=result["timestamps"]["duration_s"],
+        status=result["status"],
+    )
+    return result
+
+
+def _exec_failure(spec: ClusterSpec, label: str, proc) -> str:
+    """Why a `sky exec` that exited non-zero did: raises RuntimeError when the cluster is not
+    UP (gone, stopped, unreadable: nothing can be pulled), else returns the reason."""
+    cluster, ledger, log = spec.name, spec.ledger, spec.log
+    try:
+        status = cluster_status(cluster, log)
+    except RuntimeError as exc:
+        # Unknown is not gone: the cluster may still be up, so its bill runs on.
+        ledger.add("status_unreadable", cluster, error=str(exc))
+        raise RuntimeError(
+            f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} and "
+            f"its status could not be read ({exc}); the cell was not measured and the "
+            "cluster may still be up and billing"
+        ) from None
+    if status is None:
+        ledger.add("gone", cluster)
+        raise RuntimeError(
+            f"cell {label}: cluster {cluster} is gone (preempted, torn down or "
+            "autodowned); the cell was not measured. Rerun the same command to "
+            "provision again and measure what is missing"
         )
-        started = ledger.add("cell_started", cluster, cell=label)
+    if status != _UP:
+        # INIT or STOPPED still exists: a stopped machine's disk bills, an INIT one may be
+        # running.
+        ledger.add("not_up", cluster, status=status)
+        raise RuntimeError(
+            f"cell {label}: cluster {cluster} is {status} (preempted, failing or "
+            "stopped; it still exists and may bill); the cell was not measured. Rerun "
+            "the same command to provision again and measure what is missing"
+        )
+    tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
+    return (
+        f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} (see {spec.log}): "
+        f"{tail}"
+    )
+
+
+def _missing(spec: ClusterSpec, cell: CellId, run_dir: Path) -> bool:
+    """Whether a batch-mate still needs measuring: no result in the run (for its workload and
+    settings, what the workflow's rerun trigger compares) and none fresh in the batch cache."""
+    resolved = resolve_cell(spec.profile, load_catalog(), *cell)
+    local = cell.path(run_dir)
+    if local.is_file():
         try:
-            proc = run_sky(argv, log, check=False, timeout=allowance_s)
-        except SkyTimeout as exc:
-            ledger.add("cell_finished", cluster, cell=label, outcome="timeout")
-            run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
-            raise RuntimeError(f"cell {label}: {exc}; its job on {cluster} was cancelled") from None
-        ledger.add("cell_finished", cluster, cell=label, exit=proc.returncode)
+            if batches.same_measurement(load_result(local), resolved):
+                return False
+        except UserError:
+            pass
+    cached = batches.cache_path(spec.work_dir, cell)
+    return not (cached.is_file() and kept_result(cached, resolved) is not None)
+
+
+def _copy_result(source: Path, output: Path) -> None:
+    with atomic_file(output, suffix=".pull") as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _take_from_cache(spec: ClusterSpec, me: CellId, cell, output: Path) -> dict[str, Any] | None:
+    """The cell's result pulled by a batch-mate's job, moved to `output`; None when there is
+    none for its workload, settings and commit (a stale one is removed)."""
+    cached = batches.cache_path(spec.work_dir, me)
+    if not cached.is_file():
+        return None
+    label = cell_label(*me)
+    result = kept_result(cached, cell)
+    if result is None:
+        cached.unlink(missing_ok=True)
+        return None
+    if problem := other_hardware(result, output.parents[2], output):
+        cached.unlink(missing_ok=True)
+        raise RuntimeError(f"cell {label}: {problem}")
+    _copy_result(cached, output)
+    cached.unlink()  # taken once: a forced rerun of the cell measures it again
+    spec.ledger.add("taken_from_batch", spec.name, cell=label, status=result["status"])
+    say(f"cell {label}: {result['status']}, measured in its batch's job")
+    return result
+
+
+def _measure_batch(
+    spec: ClusterSpec, task: dict[str, Any], me: CellId, cells: list[CellId], output: Path
+) -> dict[str, Any]:
+    """`cells` (this job's cell `me` among them) in one `sky exec`, then one pull of whatever
+    results exist, whether the job ended well or not: `me`'s goes to `output`, the others' to
+    the batch cache. Fails only when `me` has no valid result."""
+    label = cell_label(*me)
+    labels = [cell_label(*c) for c in cells]
+    profile, cluster, ledger, log = spec.profile, spec.name, spec.ledger, spec.log
+    argv = _exec(spec, task, remote_batch_command(profile.name, cells))
+    say(f"cell {label}: measured in a batch of {len(cells)} cells ({', '.join(labels)})")
+    started = ledger.add("batch_started", cluster, cell=label, cells=labels)
+    failure = None
+    try:
+        proc = run_sky(argv, log, check=False, timeout=cell_allowance_s(profile) * len(cells))
+        ledger.add("batch_finished", cluster, cell=label, exit=proc.returncode)
         if proc.returncode != 0:
-            try:
-                status = cluster_status(cluster, log)
-            except RuntimeError as exc:
-                # Unknown is not gone: the cluster may still be up, so its bill runs on.
-                ledger.add("status_unreadable", cluster, error=str(exc))
-                raise RuntimeError(
-                    f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} and "
-                    f"its status could not be read ({exc}); the cell was not measured and the "
-                    "cluster may still be up and billing"
-                ) from None
-            if status is None:
-                ledger.add("gone", cluster)
-                raise RuntimeError(
-                    f"cell {label}: cluster {cluster} is gone (preempted, torn down or "
-                    "autodowned); the cell was not measured. Rerun the same command to "
-                    "provision again and measure what is missing"
-                )
-            if status != _UP:
-                # INIT or STOPPED still exists: a stopped machine's disk bills, an INIT one
-                # may be running.
-                ledger.add("not_up", cluster, status=status)
-                raise RuntimeError(
-                    f"cell {label}: cluster {cluster} is {status} (preempted, failing or "
-                    "stopped; it still exists and may bill); the cell was not measured. Rerun "
-                    "the same command to provision again and measure what is missing"
-                )
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-            raise RuntimeError(
-                f"cell {label}: `sky exec` on {cluster} exited with {proc.returncode} "
-                f"(see {log}): {tail}"
-            )
-        result = pull_cell(cluster, profile.name, scenario, variant, adapter, output, log, style)
+            failure = _exec_failure(spec, label, proc)
+    except SkyTimeout as exc:
+        ledger.add("batch_finished", cluster, cell=label, outcome="timeout")
+        run_sky(["sky", "cancel", "-y", cluster, "-a"], log, check=False)
+        failure = f"cell {label}: {exc}; its batch's job on {cluster} was cancelled"
+    pulled, problems = _pull_batch(spec, me, cells, output)
+    job_s = time.time() - started["t"]  # sync, job, log streaming, pull: shared by the pulled
+    for cell, result in pulled.items():
         ledger.add(
             "pulled",
             cluster,
-            cell=label,
-            job_s=round(time.time() - started["t"], 3),  # sync, job, log streaming, pull
+            cell=cell_label(*cell),
+            job_s=round(job_s / len(pulled), 3),
             measured_s=result["timestamps"]["duration_s"],
             status=result["status"],
+            batch=label,
         )
-    return result
+    if me in pulled:
+        if failure:
+            say(f"{failure}; this cell had been measured and was kept")
+        return pulled[me]
+    kept = f"{len(pulled)} of the batch's {len(cells)} cells were measured and kept"
+    why = failure or problems.get(me) or f"cell {label}: no result on {cluster}"
+    raise RuntimeError(f"{why}; {kept}")
+
+
+def _pull_batch(
+    spec: ClusterSpec, me: CellId, cells: list[CellId], output: Path
+) -> tuple[dict[CellId, dict[str, Any]], dict[CellId, str]]:
+    """One rsync of the cells' results that exist on the cluster, each validated (a valid
+    result, of its cell, on the run's hardware): `me`'s to `output`, the others' to the batch
+    cache. Returns the results kept and, by cell, why one was not."""
+    profile, cluster, log = spec.profile, spec.name, spec.log
+    staging = Path(spec.work_dir) / batches.CACHE_DIR / f".pull-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    pulled: dict[CellId, dict[str, Any]] = {}
+    problems: dict[CellId, str] = {}
+    try:
+        try:
+            fetch_present(
+                cluster,
+                f"{REMOTE_RESULTS}/{profile.name}",
+                [str(c.path()) for c in cells],
+                staging,
+                log=log,
+            )
+        except RuntimeError as exc:
+            return {}, {c: f"cell {cell_label(*c)}: result not retrieved: {exc}" for c in cells}
+        raw_dir = Path(output).parents[2]
+        for cell in cells:
+            label = cell_label(*cell)
+            staged = cell.path(staging)
+            if not staged.is_file():
+                problems[cell] = f"cell {label}: no result on {cluster}"
+                continue
+            try:
+                result = load_result(staged)
+            except UserError as exc:
+                problems[cell] = f"cell {label}: the result pulled from {cluster} is invalid: {exc}"
+                continue
+            c = result["cell"]
+            if (c["scenario"], c["variant"], c["adapter"], c.get("style", "plain")) != cell:
+                problems[cell] = f"cell {label}: the pulled file describes another cell {c}"
+                continue
+            target = Path(output) if cell == me else batches.cache_path(spec.work_dir, cell)
+            if problem := other_hardware(result, raw_dir, target):
+                problems[cell] = f"cell {label}: {problem}"
+                continue
+            _copy_result(staged, target)
+            pulled[cell] = result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for problem in problems.values():
+        say(problem)
+    return pulled, problems
 
 
 def teardown(

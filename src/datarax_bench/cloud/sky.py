@@ -525,3 +525,41 @@ def fetch(
             raise RuntimeError(f"rsync {cluster}:{remote} failed ({proc.returncode}): {message}")
         say(f"rsync {cluster}:{remote}: attempt {attempt} failed ({message}); retrying")
         time.sleep(2 * attempt)
+
+
+#: rsync's "partial transfer": some of the files asked for do not exist, the others came.
+_RSYNC_PARTIAL = 23
+
+
+def fetch_present(
+    cluster: str,
+    root: str,
+    relative: Sequence[str],
+    local_dir: Path,
+    attempts: int = 3,
+    log: Path | None = None,
+) -> None:
+    """rsync the files `relative` to the remote directory `root` that exist into `local_dir`,
+    keeping their paths below it, over one connection (one round trip for a whole batch); a
+    file that is not there is left out, not an error."""
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    ssh = shlex.join([*ssh_command(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+    argv = ["rsync", "-a", "--relative", "--timeout=60", "-e", ssh]
+    argv += [f"{cluster}:{root}/./{name}" for name in relative] + [f"{local_dir}/"]
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
+        )
+        if log is not None:
+            with open(log, "a") as fh:
+                fh.write(
+                    f"$ {shlex.join(argv)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
+                )
+        if proc.returncode in (0, _RSYNC_PARTIAL):
+            return
+        message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode not in _RSYNC_TRANSIENT or attempt == attempts:
+            raise RuntimeError(f"rsync {cluster}:{root} failed ({proc.returncode}): {message}")
+        say(f"rsync {cluster}:{root}: attempt {attempt} failed ({message}); retrying")
+        time.sleep(2 * attempt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,23 @@ def remote_cell_command(
         f"datarax-bench run --profile {q(profile)} --scenario {q(scenario)} "
         f"--variant {q(variant)} --adapter {q(adapter)} --style {q(style)} "
         f"--output {remote_cell_path(profile, scenario, variant, adapter, style)}",
+    )
+
+
+def remote_batch_command(profile: str, cells: Sequence[Any]) -> str:
+    """Several cells (`CellId`s of one scenario and style) in one remote `run`, each result
+    written to its `remote_cell_path` as soon as the cell is measured. Their earlier results
+    there are removed first: after a job that dies, what is left was measured by this one."""
+    q = shlex.quote
+    scenarios = list(dict.fromkeys(c.scenario for c in cells))
+    styles = list(dict.fromkeys(c.style for c in cells))
+    style = f"--style {q(styles[0])} " if len(styles) == 1 else ""
+    return run_body(
+        f"source {REMOTE_ENV_FILE}",
+        "rm -f " + " ".join(remote_cell_path(profile, *c) for c in cells),
+        f"datarax-bench run --profile {q(profile)} --scenarios {' '.join(map(q, scenarios))} "
+        f"{style}--output-dir {REMOTE_RESULTS}/{profile} "
+        f"--cells {' '.join(q(str(c)) for c in cells)}",
     )
 
 

@@ -59,6 +59,20 @@ def prepare(config: dict, cells: Matrix, profiles: list, work_dir: str) -> dict[
     return runs
 
 
+def remote_batch(config: dict, profile: str, cell) -> tuple[list, int]:
+    """A remote cell's batch (`cloud/batches.py`) under the config's matrix and
+    `remote_batch_cells`, and the cell count of the run's longest batch (which the cluster's
+    autodown deadline must cover)."""
+    from datarax_bench.cloud import batches
+    from datarax_bench.workload.catalog import load_catalog
+
+    catalog = load_catalog()
+    matrix = Matrix.from_config(config, catalog)
+    size = config.get("remote_batch_cells", batches.DEFAULT_CELLS)
+    plan = batches.remote_plan(matrix.profile(profile), catalog, matrix.cells(profile), size)
+    return batches.batch_of(plan, cell), max((len(b) for b in plan), default=1)
+
+
 def start_invocation() -> None:
     """One id per invocation, inherited by its jobs: a cluster record from an earlier invocation
     (a killed run) is checked again before a cell trusts it."""
