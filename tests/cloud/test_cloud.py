@@ -205,17 +205,27 @@ def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(tmp_path):
     sky_cli = str(BIN / "sky")
     env = {**os.environ, "HOME": str(home)}
     env.pop("WANDB_API_KEY", None)
-    argv = sky.launch_argv("dxb-dryrun", task_file, "vast", 10, True)
-    argv = [sky_cli, *argv[1:], "--dryrun"]
+    # Pinned (`instance_type`), SkyPilot rents that type, not the cheapest that fits.
+    pinned = "1x-A100-80GB-32-128"
+    pinned_file = tmp_path / "pinned.yaml"
+    tasks.write_task(tasks.render_provision_task(load_profile("gpu_a100"), "", pinned), pinned_file)
+    outs = []
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        for file in (task_file, pinned_file):
+            argv = sky.launch_argv("dxb-dryrun", file, "vast", 10, True)
+            argv = [sky_cli, *argv[1:], "--dryrun"]
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+            outs.append(proc.stdout + proc.stderr)
+            assert proc.returncode == 0, outs[-1][-3000:]
     finally:
         subprocess.run([sky_cli, "api", "stop"], env=env, capture_output=True, timeout=120)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    estimate = sky.parse_launch_estimate(out)
-    assert "A100-80GB" in (estimate["chosen"] or ""), out[-3000:]
+    estimate = sky.parse_launch_estimate(outs[0])
+    assert "A100-80GB" in (estimate["chosen"] or ""), outs[0][-3000:]
     assert estimate["hourly_usd"] == pytest.approx(0.62)
+    assert pinned not in outs[0]
+    estimate = sky.parse_launch_estimate(outs[1])
+    assert pinned in (estimate["chosen"] or "") + outs[1], outs[1][-3000:]
+    assert estimate["hourly_usd"] == pytest.approx(0.80)
     print(json.dumps(estimate))
 
 

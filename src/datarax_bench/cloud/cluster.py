@@ -102,6 +102,8 @@ class CloudSettings:
     launch_timeout_minutes: float = 60
     #: A benchmark image (benchmarks/docker) the cluster runs in instead of installing; "" none.
     image: str = ""
+    #: The machine type every launch asks for (SkyPilot's `instance_type`); "" SkyPilot picks.
+    instance_type: str = ""
     #: At most this many cells per `sky exec` (cloud/batches.py); 1: one job per cell.
     remote_batch_cells: int = batches.DEFAULT_CELLS
 
@@ -113,6 +115,7 @@ class CloudSettings:
             max_cluster_hours=config["max_cluster_hours"],
             launch_timeout_minutes=config["launch_timeout_minutes"],
             image=config.get("image") or "",
+            instance_type=config.get("instance_type") or "",
             remote_batch_cells=config.get("remote_batch_cells", batches.DEFAULT_CELLS),
         )
 
@@ -197,6 +200,7 @@ def _launch(spec: ClusterSpec, task_file: Path, ledger: Ledger) -> dict[str, Any
         use_spot=use_spot,
         autodown_minutes=autodown,
         image=settings.image or None,
+        instance_type=settings.instance_type or None,
     )
     try:
         proc = run_sky(argv, log, timeout=launch_minutes * 60)
@@ -219,7 +223,7 @@ def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
     profile, cluster, settings, log = spec.profile, spec.name, spec.settings, spec.log
     work_dir = Path(spec.work_dir)
     ledger = spec.ledger
-    task = render_provision_task(profile, settings.image)
+    task = render_provision_task(profile, settings.image, settings.instance_type)
     task_file = work_dir / "task.yaml"
     write_task(task, task_file)
     status = cluster_status(cluster, log)
@@ -229,6 +233,14 @@ def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
             raise RuntimeError(
                 f"cluster {cluster} is up with {_environment(launched)}, not the requested "
                 f"{_environment(settings.image)}; tear it down (sky down {cluster}) first"
+            )
+        launched_type = (ledger.current_launch(cluster) or {}).get("instance_type")
+        if settings.instance_type and launched_type != settings.instance_type:
+            # Another machine type measures other hardware: never mixed into one run.
+            raise RuntimeError(
+                f"cluster {cluster} is up as {launched_type or 'the type SkyPilot picked'}, not "
+                f"the pinned instance_type {settings.instance_type}; tear it down "
+                f"(sky down {cluster}) first"
             )
         say(f"cluster {cluster} is up; reusing it")
         launch = {"action": "reused", "status": status}
@@ -269,6 +281,7 @@ def _provision_locked(spec: ClusterSpec) -> dict[str, Any]:
         "max_cluster_hours": settings.max_cluster_hours,
         "task": str(task_file),
         "image": settings.image or None,
+        "instance_type": settings.instance_type or None,
         **launch,
         "hardware": hardware,
     }

@@ -92,12 +92,16 @@ def mounts_buckets(infra: str) -> bool:
 
 
 def render_task(
-    profile, image: str = "", bucket_scheme: str = "s3", mounted: bool = True
+    profile,
+    image: str = "",
+    bucket_scheme: str = "s3",
+    mounted: bool = True,
+    instance_type: str = "",
 ) -> dict[str, Any]:
     """The profile's task (same setup and resources) with the bucket mounted, or uploaded to
     where it cannot be; its `run` checks the hardware, then measures the cells named in
     CELLS_ENV, resuming from the bucket."""
-    task = tasks.render_provision_task(profile, image)
+    task = tasks.render_provision_task(profile, image, instance_type)
     out = f"{tasks.REMOTE_RESULTS}/{profile.name}"
     # The machine's hardware report, one per attempt (SKYPILOT_TASK_ID is the same for every
     # recovery of a job), compared by this machine as it arrives (check_job_hardware).
@@ -683,7 +687,11 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     by_name = upload_credentials(shard.bucket, shard.infra)
     task_file = shard.work_dir / "managed" / f"shard-{shard.index}.yaml"
     task = render_task(
-        shard.profile, shard.settings.image, shard.bucket.scheme, mounts_buckets(shard.infra)
+        shard.profile,
+        shard.settings.image,
+        shard.bucket.scheme,
+        mounts_buckets(shard.infra),
+        shard.settings.instance_type,
     )
     tasks.write_task(task, task_file)
     envs = {

@@ -85,13 +85,14 @@ def doctor_commands(profile_name: str) -> list[str]:
     ]
 
 
-def render_provision_task(profile, image: str = "") -> dict[str, Any]:
+def render_provision_task(profile, image: str = "", instance_type: str = "") -> dict[str, Any]:
     """The profile's task with the same setup; its `run` only checks the hardware (`doctor`).
 
     The cells then run one by one with `sky exec`, so that each becomes a Snakemake job. The
     commit is not passed along: SkyPilot syncs `.git` with the workdir, so provenance is read
     on the cluster from the tree that really runs there. With an `image` the cluster runs in
     that container, whose venv the setup uses instead of installing; every result names it.
+    An `instance_type` pins the machine type, so that shards and recoveries rent the same one.
     """
     template = task_template_path(profile)
     task = load_task(template)
@@ -100,6 +101,8 @@ def render_provision_task(profile, image: str = "") -> dict[str, Any]:
     envs = dict(task.get("envs") or {})
     envs.pop("DATARAX_BENCH_GIT_COMMIT", None)
     envs["DATARAX_BENCH_PROFILE"] = profile.name
+    if instance_type:
+        task["resources"] = {**(task.get("resources") or {}), "instance_type": instance_type}
     if image:
         task["resources"] = {**(task.get("resources") or {}), "image_id": f"docker:{image}"}
         envs["DATARAX_BENCH_IMAGE"] = image
