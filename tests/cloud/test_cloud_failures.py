@@ -179,7 +179,9 @@ def test_explicit_spot_on_a_cloud_without_it_stops_the_plan_with_one_line(tmp_pa
     # The plan estimates the run's length against max_cluster_hours (default 12 h), from its
     # own cells: one remote measurement each.
     estimates = [line for line in auto.stderr.splitlines() if "the run is estimated at" in line]
-    assert len(estimates) == 1 and estimates[0].startswith("profile gpu_a100: "), estimates
+    # (Past 75% of the ceiling it is a warning: eight adapters' plan is.)
+    assert len(estimates) == 1, estimates
+    assert estimates[0].removeprefix("warning: ").startswith("profile gpu_a100: "), estimates
     # (Snakemake prints its job table before and after the plan: the same count twice.)
     (cells,) = set(re.findall(r"^measure_remote\s+(\d+)$", auto.stdout, re.MULTILINE))
     assert f"({cells} cells x 30 s + " in estimates[0]
