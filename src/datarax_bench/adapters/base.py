@@ -8,6 +8,7 @@ with `jax.device_put` onto the profile's device, so the final work is the same f
 from __future__ import annotations
 
 import copy
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,16 @@ class Loader(ABC):
         next when the state was saved, yields from that batch to the end of the epoch.
         """
         raise NotImplementedError(f"{type(self).__name__} has no state API")
+
+
+def worker_prefetch_grid(cores: int) -> list[dict[str, Any]]:
+    """The tuned sweep of a loader with worker processes (PyTorch's DataLoader and those built
+    on it): in-process, or one worker up to one per usable core, a short or a long prefetch."""
+    cores = max(1, min(cores, os.cpu_count() or 1))
+    points: list[dict[str, Any]] = [{"workers": 0, "prefetch": 2}]
+    for workers in sorted({1, cores}):
+        points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
+    return points
 
 
 def tensor_to_host(value: Any) -> Any:

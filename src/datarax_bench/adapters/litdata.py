@@ -68,7 +68,14 @@ from typing import Any
 import numpy as np
 
 from datarax_bench.adapters import register
-from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters.base import (
+    Adapter,
+    Batch,
+    CellContext,
+    Loader,
+    tensor_to_host,
+    worker_prefetch_grid,
+)
 from datarax_bench.adapters.pytorch import join_feeders_at_exit
 from datarax_bench.files import atomic_directory
 from datarax_bench.workload import randomness, reference
@@ -173,20 +180,6 @@ class ElementTransform:
         return out
 
 
-class Collate:
-    """`collate_fn`: the elements stacked as the reference does (`reference.collate`, NLP-2's
-    padding included), then the tuned style's batch steps."""
-
-    def __init__(self, transforms: list[dict], steps: list[dict]):
-        self.transforms = transforms
-        self.steps = steps
-
-    def __call__(self, elements: list[reference.Element]) -> reference.Element:
-        elements, keys = reference.take_element_keys(elements)
-        batch = reference.collate(self.transforms, elements)
-        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
-
-
 def _dataset_class():
     """`StreamingDataset` with the reference's transforms in `__getitem__` and the batch
     stripes as its chunk assignment (a class made on first use: litdata is imported lazily;
@@ -244,7 +237,7 @@ class LitDataLoader(Loader):
         self.transform = ElementTransform(
             list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
         )
-        self.collate = Collate(w.transforms, per_batch)
+        self.collate = reference.CollateWithBatchSteps(w.transforms, per_batch)
         # Written by `LitData.prepare` before any timing (here only where a caller skipped it).
         self.directory = build_chunks(ctx.dataset, self.batch_size)
         self.source_info = {
@@ -376,11 +369,6 @@ class LitData(Adapter):
         return LitDataLoader(ctx, self.batched_ops())
 
     def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
-        # In-process reading, or one worker up to one per core, a short or a long prefetch.
-        cores = max(1, min(cores, os.cpu_count() or 1))
-        points: list[dict[str, Any]] = [{"workers": 0, "prefetch": 2}]
-        for workers in sorted({1, cores}):
-            points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
-        return points
+        return worker_prefetch_grid(cores)
 
     to_host = staticmethod(tensor_to_host)

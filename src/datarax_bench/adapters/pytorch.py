@@ -45,7 +45,14 @@ import numpy as np
 
 from datarax_bench.adapters import register
 from datarax_bench.adapters._sliced import sliced_batch
-from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters.base import (
+    Adapter,
+    Batch,
+    CellContext,
+    Loader,
+    tensor_to_host,
+    worker_prefetch_grid,
+)
 from datarax_bench.workload import formats, randomness, reference
 from datarax_bench.workload.data import Dataset
 
@@ -503,10 +510,6 @@ class PyTorchDataLoader(Adapter):
         return TorchLoader(ctx, self.batched_ops())
 
     def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
-        # In-process loading, or one worker up to one per core with a short or a long prefetch.
-        points: list[dict[str, Any]] = [{"workers": 0, "prefetch": 2}]
-        for workers in sorted({1, cores}):
-            points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
-        return points
+        return worker_prefetch_grid(cores)
 
     to_host = staticmethod(tensor_to_host)

@@ -116,20 +116,6 @@ class LoadElement:
         return out
 
 
-class Batchify:
-    """The batch stage: the aggregated elements stacked as the reference does
-    (`reference.collate`), then the tuned style's batch steps."""
-
-    def __init__(self, transforms: list[dict], steps: list[dict]):
-        self.transforms = transforms
-        self.steps = steps
-
-    def __call__(self, elements: list[reference.Element]) -> reference.Element:
-        elements, keys = reference.take_element_keys(elements)
-        batch = reference.collate(self.transforms, elements)
-        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
-
-
 class LoadBatch:
     """The tuned batch read: (epoch, batch number) -> the batch as slices (windows) of the cached
     arrays, then the batch steps with every row's draws from the rows' keys."""
@@ -160,7 +146,7 @@ class SpdlLoader(Loader):
         self.load = LoadElement(
             ctx.dataset, per_element, ctx.seed, reference.draws_per_row(per_batch)
         )
-        self.batchify = Batchify(list(w.transforms), per_batch)
+        self.batchify = reference.CollateWithBatchSteps(w.transforms, per_batch)
         # The batch stage carries the batch steps in the tuned style: as many tasks as threads.
         self.batch_concurrency = self.threads if per_batch else 1
         # Nothing per element over dense arrays: batches read as slices, no element stage.

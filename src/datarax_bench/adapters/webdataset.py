@@ -43,7 +43,6 @@ iterator-state API to checkpoint).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,14 @@ from typing import Any
 import numpy as np
 
 from datarax_bench.adapters import register
-from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters.base import (
+    Adapter,
+    Batch,
+    CellContext,
+    Loader,
+    tensor_to_host,
+    worker_prefetch_grid,
+)
 from datarax_bench.adapters.pytorch import join_feeders_at_exit
 from datarax_bench.files import atomic_directory
 from datarax_bench.workload import randomness, reference
@@ -160,20 +166,12 @@ class ElementTransform:
         return out
 
 
-class Collate:
-    """`collation_fn` of `wds.batched`: the elements stacked as the reference does
-    (`reference.collate`, NLP-2's padding included), then the tuned style's batch steps."""
-
-    def __init__(self, transforms: list[dict], steps: list[dict]):
-        self.transforms = transforms
-        self.steps = steps
+class Collate(reference.CollateWithBatchSteps):
+    """`collation_fn` of `wds.batched`: the reference's stacking and the tuned style's batch
+    steps, of the elements without the `__key__` that `wds.map` puts back into each."""
 
     def __call__(self, elements: list[reference.Element]) -> reference.Element:
-        # `wds.map` puts the sample's `__key__` back into what the function returned.
-        elements = [{k: v for k, v in e.items() if k != "__key__"} for e in elements]
-        elements, keys = reference.take_element_keys(elements)
-        batch = reference.collate(self.transforms, elements)
-        return reference.apply_batch_steps(self.steps, batch, reference.REFERENCE_OPS, keys)
+        return super().__call__([{k: v for k, v in e.items() if k != "__key__"} for e in elements])
 
 
 class WebDatasetLoader(Loader):
@@ -304,11 +302,6 @@ class WebDataset(Adapter):
         return WebDatasetLoader(ctx, self.batched_ops())
 
     def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
-        # In-process reading, or one worker up to one per core, a short or a long prefetch.
-        cores = max(1, min(cores, os.cpu_count() or 1))
-        points: list[dict[str, Any]] = [{"workers": 0, "prefetch": 2}]
-        for workers in sorted({1, cores}):
-            points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
-        return points
+        return worker_prefetch_grid(cores)
 
     to_host = staticmethod(tensor_to_host)

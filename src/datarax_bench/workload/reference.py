@@ -639,6 +639,21 @@ def collate(transforms: Iterable[Mapping[str, Any]], elements: list[Element]) ->
     return batch
 
 
+class CollateWithBatchSteps:
+    """A tuned pipeline's batch function (picklable for worker processes): the elements
+    stacked as the reference does (`collate`, NLP-2's padding included), then the batch steps
+    (`split_for_batches`) with every row's draws from the keys the elements kept."""
+
+    def __init__(self, transforms: Iterable[Mapping[str, Any]], steps: list[dict[str, Any]]):
+        self.transforms = list(transforms)
+        self.steps = steps
+
+    def __call__(self, elements: list[Element]) -> Element:
+        elements, keys = take_element_keys(elements)
+        batch = collate(self.transforms, elements)
+        return apply_batch_steps(self.steps, batch, REFERENCE_OPS, keys)
+
+
 def reference_batch(
     dataset, transforms, seed: int, epoch: int, batch_index: int, batch_size: int
 ) -> Element:
