@@ -500,15 +500,15 @@ def ssh_command() -> list[str]:
     return ["ssh"]
 
 
-def fetch(
-    cluster: str, remote: str, local: Path, attempts: int = 3, log: Path | None = None
-) -> None:
-    """rsync one remote file over the ssh alias SkyPilot wrote (SkyPilot has no rsync command)."""
-    local = Path(local)
-    local.parent.mkdir(parents=True, exist_ok=True)
+def _rsync_argv(*options: str) -> list[str]:
+    """rsync over the ssh alias SkyPilot wrote (SkyPilot has no rsync command)."""
     ssh = shlex.join([*ssh_command(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
-    argv = ["rsync", "-a", "--timeout=60", "-e", ssh]
-    argv += [f"{cluster}:{remote}", str(local)]
+    return ["rsync", "-a", *options, "--timeout=60", "-e", ssh]
+
+
+def _rsync(argv: list[str], what: str, attempts: int, log: Path | None, done: set[int]) -> None:
+    """Run `argv`, retrying transient failures (a dropped connection, a timeout) with a growing
+    pause; an exit status in `done` is success."""
     for attempt in range(1, attempts + 1):
         proc = subprocess.run(
             argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
@@ -518,13 +518,23 @@ def fetch(
                 fh.write(
                     f"$ {shlex.join(argv)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
                 )
-        if proc.returncode == 0:
+        if proc.returncode in done:
             return
         message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         if proc.returncode not in _RSYNC_TRANSIENT or attempt == attempts:
-            raise RuntimeError(f"rsync {cluster}:{remote} failed ({proc.returncode}): {message}")
-        say(f"rsync {cluster}:{remote}: attempt {attempt} failed ({message}); retrying")
+            raise RuntimeError(f"rsync {what} failed ({proc.returncode}): {message}")
+        say(f"rsync {what}: attempt {attempt} failed ({message}); retrying")
         time.sleep(2 * attempt)
+
+
+def fetch(
+    cluster: str, remote: str, local: Path, attempts: int = 3, log: Path | None = None
+) -> None:
+    """rsync one remote file to `local`."""
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    argv = _rsync_argv() + [f"{cluster}:{remote}", str(local)]
+    _rsync(argv, f"{cluster}:{remote}", attempts, log, {0})
 
 
 #: rsync's "partial transfer": some of the files asked for do not exist, the others came.
@@ -544,22 +554,6 @@ def fetch_present(
     file that is not there is left out, not an error."""
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
-    ssh = shlex.join([*ssh_command(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
-    argv = ["rsync", "-a", "--relative", "--timeout=60", "-e", ssh]
+    argv = _rsync_argv("--relative")
     argv += [f"{cluster}:{root}/./{name}" for name in relative] + [f"{local_dir}/"]
-    for attempt in range(1, attempts + 1):
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
-        )
-        if log is not None:
-            with open(log, "a") as fh:
-                fh.write(
-                    f"$ {shlex.join(argv)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n"
-                )
-        if proc.returncode in (0, _RSYNC_PARTIAL):
-            return
-        message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if proc.returncode not in _RSYNC_TRANSIENT or attempt == attempts:
-            raise RuntimeError(f"rsync {cluster}:{root} failed ({proc.returncode}): {message}")
-        say(f"rsync {cluster}:{root}: attempt {attempt} failed ({message}); retrying")
-        time.sleep(2 * attempt)
+    _rsync(argv, f"{cluster}:{root}", attempts, log, {0, _RSYNC_PARTIAL})
