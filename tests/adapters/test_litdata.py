@@ -11,6 +11,7 @@ import socket
 
 import numpy as np
 import pytest
+from support.adapters import written_before_the_measure
 
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import CellContext
@@ -204,22 +205,9 @@ def test_cli_runs_a_litdata_cell_end_to_end(tmp_path, run_smoke_cell):
 
 def test_the_worker_writes_the_chunks_before_the_measure_starts(tmp_path, monkeypatch):
     # The chunks are LitData's own format, written once: never inside a timed setup.
-    from datarax_bench import measures
     from datarax_bench.adapters import litdata
-    from datarax_bench.run import worker
 
-    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # what the worker would set, undone after
-    seen = {}
+    def complete(dataset, workload):
+        return (litdata.chunk_directory(dataset, workload.batch_size) / litdata._COMPLETE).is_file()
 
-    def measure_cell(adapter, workload, dataset, profile, progress=None):
-        directory = litdata.chunk_directory(dataset, workload.batch_size)
-        seen["complete"] = (directory / litdata._COMPLETE).is_file()
-        raise RuntimeError("stop after the check")
-
-    monkeypatch.setattr(measures, "measure_cell", measure_cell)
-    out = tmp_path / "cell.json"
-    argv = ["--profile", "smoke", "--scenario", "TAB-1", "--variant", "small"]
-    assert worker.main([*argv, "--adapter", "litdata", "--output", str(out)]) == 0
-    assert seen == {"complete": True}
-    assert json.loads(out.read_text())["reason"] == "RuntimeError: stop after the check"
+    assert written_before_the_measure(monkeypatch, tmp_path, "litdata", complete)

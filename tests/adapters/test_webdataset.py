@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.adapters import written_before_the_measure
 
 from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import CellContext
@@ -142,22 +143,11 @@ def test_cli_runs_a_webdataset_cell_end_to_end(tmp_path, run_smoke_cell):
 
 def test_the_worker_writes_the_shards_before_the_measure_starts(tmp_path, monkeypatch):
     # The shards are WebDataset's own format, written once: never inside a timed setup.
-    from datarax_bench import measures
     from datarax_bench.adapters import webdataset
-    from datarax_bench.run import worker
 
-    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # what the worker would set, undone after
-    seen = {}
+    def complete(dataset, workload):
+        return (
+            webdataset.shard_directory(dataset, workload.batch_size) / webdataset._COMPLETE
+        ).is_file()
 
-    def measure_cell(adapter, workload, dataset, profile, progress=None):
-        directory = webdataset.shard_directory(dataset, workload.batch_size)
-        seen["complete"] = (directory / webdataset._COMPLETE).is_file()
-        raise RuntimeError("stop after the check")
-
-    monkeypatch.setattr(measures, "measure_cell", measure_cell)
-    out = tmp_path / "cell.json"
-    argv = ["--profile", "smoke", "--scenario", "TAB-1", "--variant", "small"]
-    assert worker.main([*argv, "--adapter", "webdataset", "--output", str(out)]) == 0
-    assert seen == {"complete": True}
-    assert json.loads(out.read_text())["reason"] == "RuntimeError: stop after the check"
+    assert written_before_the_measure(monkeypatch, tmp_path, "webdataset", complete)

@@ -11,6 +11,7 @@ elements and fail when a transform is missing, weakened, or randomised per batch
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -570,3 +571,26 @@ def _weaken(step: dict) -> dict:
     if op == "random_brightness":
         return {**step, "max_delta": step["max_delta"] / 4}
     return step
+
+
+def written_before_the_measure(monkeypatch, tmp_path, adapter_id: str, complete) -> bool:
+    """Whether the worker of a TAB-1 smoke cell of `adapter_id` has written the framework's own
+    format (`complete(dataset, workload)`: its completion marker exists) when the measure
+    starts: a one-off conversion is never inside a timed setup. The measure stops right there."""
+    from datarax_bench import measures
+    from datarax_bench.run import worker
+
+    monkeypatch.setenv("DATARAX_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # what the worker would set, undone after
+    seen = {}
+
+    def measure_cell(adapter, workload, dataset, profile, progress=None):
+        seen["complete"] = complete(dataset, workload)
+        raise RuntimeError("stop after the check")
+
+    monkeypatch.setattr(measures, "measure_cell", measure_cell)
+    out = tmp_path / "cell.json"
+    argv = ["--profile", "smoke", "--scenario", "TAB-1", "--variant", "small"]
+    assert worker.main([*argv, "--adapter", adapter_id, "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["reason"] == "RuntimeError: stop after the check"
+    return seen["complete"]
