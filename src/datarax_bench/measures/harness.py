@@ -61,7 +61,9 @@ def make_delivery(adapter: Adapter, device=None) -> Callable[[Batch], Delivered]
     ready = jax.block_until_ready
 
     def deliver(batch: Batch) -> Delivered:
-        out = {name: put(to_host(value), target) for name, value in batch.items()}
+        # One put of the whole batch: JAX's per-call cost (~60 µs on a slow CPU) is paid once,
+        # not once per field; the fields still arrive as separate device arrays.
+        out = put({name: to_host(value) for name, value in batch.items()}, target)
         ready(out)
         return out
 
