@@ -1,7 +1,8 @@
 """The ceiling the harness sets: what delivering a batch costs, loader aside (a benchmark, not a test)
 
-Every measured batch ends the same way for every adapter: each field `jax.device_put` onto the
-profile's device and blocked on (`harness.make_delivery`). This times that delivery alone, on
+Every measured batch ends the same way for every adapter: the batch `jax.device_put` onto the
+profile's device in one call and blocked on (`harness.make_delivery`; "per field" times the former
+contract, one put per field, beside it). This times that delivery alone, on
 batches of the reference's bytes for each throughput scenario of a profile, and the reference's
 draws for the batch (`randomness.rows_words` at the chunk cache, and a fresh Threefry pass), so
 the elements/s no loader can pass on this machine is known. Trials alternate between scenarios;
@@ -39,6 +40,21 @@ def _per_batch_s(fn, batches: int) -> float:
     return (time.perf_counter() - start) / batches
 
 
+def _per_field_delivery():
+    """The delivery as it was before one put carried the whole batch: a put per field, the
+    same target and blocking; timed beside it in the same trials."""
+    import jax
+
+    target = jax.devices()[0]
+
+    def deliver(batch):
+        out = {name: jax.device_put(value, target) for name, value in batch.items()}
+        jax.block_until_ready(out)
+        return out
+
+    return deliver
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ci_cpu")
@@ -47,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     catalog, profile = load_catalog(), load_profile(args.profile)
     deliver = make_delivery(get_adapter("numpy"))
+    per_field = _per_field_delivery()
     cases = {}
     for sid, variant in profile.cells(catalog):
         w = catalog.get(sid).resolve(variant, profile.size)
@@ -60,6 +77,7 @@ def main() -> None:
             "batch_size": w.batch_size,
             "bytes": sum(v.nbytes for v in batch.values()),
             "deliver": lambda b=batch: deliver(b),
+            "deliver, per field": lambda b=batch: per_field(b),
             "draws, cached": lambda i=indices: randomness.rows_words(0, 0, i, 0, 1),
             "draws, fresh": lambda i=indices: randomness.batch_words(0, 0, i, 0, 1),
         }
@@ -81,7 +99,7 @@ def main() -> None:
         size = cases[case]["batch_size"]
         for what, values in whats.items():
             per_batch = statistics.median(values)
-            print(f"{case:14s} {what:14s} {per_batch * 1e6:9.1f} µs/batch  "
+            print(f"{case:14s} {what:18s} {per_batch * 1e6:9.1f} µs/batch  "
                   f"{size / per_batch:12,.0f} elements/s ceiling  ({cases[case]['bytes'] / 2**10:,.0f} KiB/batch)")  # fmt: skip
 
 
