@@ -74,19 +74,20 @@ def test_pipeline_equals_reference_over_two_epochs(scenario, variant, style, thr
     assert _spdl_threads() - before == set()
 
 
-def test_tuned_style_runs_the_batch_steps_on_the_batch():
-    # CV-1: the crop stays per element, the flip and normalize run on the stacked batch.
+def test_tuned_style_keeps_every_step_per_element_where_one_stays_there():
+    # CV-1: the crop stays per element, so the flip and normalize do too (`tuned_split`):
+    # the tuned pipeline is the plain one with its own threads.
     ctx = _context("CV-1", "small", threads=2)
     plain = get_adapter("spdl").open(ctx)
     tuned = get_adapter("spdl").styled("tuned").open(ctx)
     try:
         assert plain.batchify.steps == [] and plain.read_batch is None
         assert plain.parallelism["batch_concurrency"] == 1
-        assert [s["op"] for s in tuned.load.transforms] == ["random_resized_crop"]
-        assert tuned.load.keep_key  # the flip draws per row from the elements' keys
-        assert [s["op"] for s in tuned.batchify.steps] == ["random_horizontal_flip", "normalize"]
-        assert tuned.read_batch is None
-        assert tuned.parallelism["batch_concurrency"] == 2
+        ops = ["random_resized_crop", "random_horizontal_flip", "normalize"]
+        assert [s["op"] for s in tuned.load.transforms] == ops
+        assert not tuned.load.keep_key
+        assert tuned.batchify.steps == [] and tuned.read_batch is None
+        assert tuned.parallelism["batch_concurrency"] == 1
     finally:
         plain.close()
         tuned.close()

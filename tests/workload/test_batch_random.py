@@ -195,16 +195,44 @@ def test_taking_the_kept_keys_out_of_the_elements():
         ref.take_element_keys(elements)
 
 
-@pytest.mark.parametrize("adapter_id", ["numpy", "grain", "pytorch", "tfdata"])
+TUNED_ADAPTERS = ["numpy", "grain", "pytorch", "tfdata", "webdataset", "spdl", "litdata"]
+
+
+@pytest.mark.parametrize("adapter_id", TUNED_ADAPTERS)
 def test_tuned_results_record_the_random_steps_per_batch(adapter_id):
+    """What a result records is what the tuned pipeline does: the random steps move to the
+    batch where nothing is left per element (PR-2), and with CV-1's crop left per element every
+    step stays per element (`tuned_split`)."""
     adapter = get_adapter(adapter_id)
     cv1, pr2 = _workload("CV-1", "small"), _workload("PR-2", "small")
     assert pipeline_steps(adapter.styled("tuned"), cv1) == {
-        "per_element": ["random_resized_crop"],
-        "per_batch": ["random_horizontal_flip", "normalize"],
+        "per_element": ["random_resized_crop", "random_horizontal_flip", "normalize"],
+        "per_batch": [],
     }
     assert pipeline_steps(adapter.styled("tuned"), pr2)["per_batch"] == [
         "random_horizontal_flip",
         "random_brightness",
     ]
     assert pipeline_steps(adapter, cv1)["per_batch"] == []
+
+
+@pytest.mark.parametrize(
+    "sid,variant,batch_ops,per_element,per_batch",
+    [
+        (
+            "CV-1",
+            "small",
+            NUMPY_BATCH_OPS,
+            ["random_resized_crop", "random_horizontal_flip", "normalize"],
+            [],
+        ),
+        ("TAB-2", "small", TfData.batch_ops, ["log1p", "hash_bucket", "embedding_lookup"], []),
+        ("NLP-1", "small", TfData.batch_ops, [], ["random_window", "shift_targets"]),
+        ("TAB-1", "small", NUMPY_BATCH_OPS, [], ["standardize"]),
+    ],
+)
+def test_tuned_split_moves_steps_only_where_nothing_is_left_per_element(
+    sid, variant, batch_ops, per_element, per_batch
+):
+    steps = ref.tuned_split(_workload(sid, variant).transforms, batch_ops)
+    assert (_ops(steps[0]), _ops(steps[1])) == (per_element, per_batch)

@@ -15,7 +15,7 @@ One iterator spans all epochs (global element `k` is index `k % M` of epoch `k /
 the elements of the whole batches of an epoch), so worker processes start once per loader.
 
 The tuned style (Grain's guide: https://google-grain.readthedocs.io/, "Dataset basics" and
-"Performance") applies the workload's trailing batchable steps (`reference.split_for_batches`:
+"Performance") applies the workload's trailing batchable steps (`reference.tuned_split`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to whole batches, in
 the `batch_fn` of `MapDataset.batch`, Grain's hook for batch-level work: the same NumPy functions
 on stacked arrays, so the same bytes. A random batch step draws for every row at once from the
@@ -178,12 +178,7 @@ class GrainLoader(Loader):
             num_workers=workers, per_worker_buffer_size=max(1, prefetch)
         )
         records, self.source_info = _records(ctx)
-        per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
-        if per_element:
-            # Steps left per element (CV-1's crop): the trailing ones too, on each element while
-            # it is in the cache, which measured faster than a second walk over the stacked
-            # batch in the batch_fn (docs/measurements.md).
-            per_element, per_batch = reference.split_for_batches(w.transforms, frozenset())
+        per_element, per_batch = reference.tuned_split(w.transforms, batch_ops)
         keep_key = reference.draws_per_row(per_batch)
         if batch_ops and not per_element and _reads_the_cache(ctx):
             # Grain reads a record per element; with nothing to do per element, a source whose

@@ -39,9 +39,9 @@ start method (forking a process that imported JAX is unsafe) and persist across 
 worker's epoch up at the end of its pass, so the next epoch's draws use the next epoch; an epoch
 requested out of turn starts workers anew.
 
-The tuned style moves the workload's trailing batchable steps (`reference.split_for_batches`:
+The tuned style moves the workload's trailing batchable steps (`reference.tuned_split`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to the
-`collate_fn`, once per stacked batch in the workers, drawing for every row from the rows' keys
+`collate_fn`, once per stacked batch in the workers, where nothing else is left per element, drawing for every row from the rows' keys
 (kept with each element as `reference.ELEMENT_KEY`), so the same bytes; `num_workers` and
 `prefetch_factor` are chosen by measurement (`tuning`).
 
@@ -233,7 +233,7 @@ class LitDataLoader(Loader):
         self.workers = int(ctx.parallelism.get("workers", 0))
         self.prefetch = max(1, int(ctx.parallelism.get("prefetch", 2)))
         self.pin = ctx.profile.backend == "gpu" and torch.cuda.is_available()
-        per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
+        per_element, per_batch = reference.tuned_split(w.transforms, batch_ops)
         self.transform = ElementTransform(
             list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
         )

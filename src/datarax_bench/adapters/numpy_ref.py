@@ -9,7 +9,7 @@ The tuned style is NumPy's own advice for speed, vectorise (https://numpy.org/do
 whatisnumpy.html, "Why is NumPy fast?"), where nothing is left per element and every field is
 dense: the batch is read as one slice of each cached array (NLP-1: only its windows, through a
 strided window view, `_sliced.sliced_batch`, as nanoGPT's `get_batch` reads a token memmap), and
-the workload's batchable steps (`reference.split_for_batches`: value-wise ops, shift_targets,
+the workload's batchable steps (`reference.tuned_split`: value-wise ops, shift_targets,
 and the random flip, brightness and window, every row's draws at once from the rows' keys) run
 once on the batch. Where steps stay per element (CV-1's crop), the trailing ones stay per element
 too: each runs on an element while it is in the cache, which measured faster than a second walk
@@ -38,14 +38,11 @@ class NumpyLoader(Loader):
         self._next = (0, 0)  # (epoch, batch) of the next batch to yield
         self._resume: tuple[int, int] | None = None
         self._batch = reference.reference_batch
-        per_element, self._steps = reference.split_for_batches(
+        _, self._steps = reference.tuned_split(
             ctx.workload.transforms, reference.BATCHABLE_OPS if batched else frozenset()
         )
-        if self._steps and not per_element and not ctx.dataset.ragged:
+        if self._steps and not ctx.dataset.ragged:
             self._batch = self._sliced_batch
-        # With steps left per element (CV-1's crop), the plain per-element pipeline: the
-        # trailing steps run on each element while it is in the cache, which measured faster
-        # than walking the stacked batch again (docs/measurements.md).
 
     def _sliced_batch(self, dataset, transforms, seed, epoch, b, batch_size):
         """The batch as slices (windows) of the cached arrays, then the batch steps."""

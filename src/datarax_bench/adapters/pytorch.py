@@ -10,7 +10,7 @@ computed in NumPy an epoch chunk at a time and looked up per element) with the r
 conversion functions, in op order, so batches equal the reference's bit for bit; the pixel,
 token and table work itself, Gaussian noise included, is done by torch.
 
-The tuned style applies the workload's trailing batchable steps (`reference.split_for_batches`:
+The tuned style applies the workload's trailing batchable steps (`reference.tuned_split`:
 value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
 ops in the `collate_fn`, in the workers, after `default_collate` has stacked the elements (flips,
 adds and slices on a stacked tensor give the same bytes as per element), as PyTorch's
@@ -426,14 +426,7 @@ class TorchLoader(Loader):
                 "worker_init_fn": join_feeders_at_exit,
             }
         records, self.source_info = _records(ctx)
-        per_element, per_batch = reference.split_for_batches(ctx.workload.transforms, batch_ops)
-        if per_element:
-            # Steps left per element (CV-1's crop): the trailing ones too, on each element while
-            # it is in the cache, which measured faster than a second pass over the stacked
-            # batch in the collate_fn (docs/measurements.md).
-            per_element, per_batch = reference.split_for_batches(
-                ctx.workload.transforms, frozenset()
-            )
+        per_element, per_batch = reference.tuned_split(ctx.workload.transforms, batch_ops)
         # A collate_fn only where the workload needs batch-level work: dynamic padding, or the
         # tuned style's batched steps.
         collate = None

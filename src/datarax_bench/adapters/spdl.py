@@ -30,8 +30,9 @@ The tuned style follows the same "Best Practices" page ("instead create a batch 
 directly") and the "Optimization Guide"
 (https://facebookresearch.github.io/spdl/latest/optimization_guide/index.html: per-stage
 concurrency set by measuring): the workload's trailing batchable steps
-(`reference.split_for_batches`: value-wise ops, shift_targets, the random flip, brightness and
-window) run once per batch on the stacked batch in the batch stage, drawing for every row from
+(`reference.tuned_split`: value-wise ops, shift_targets, the random flip, brightness and
+window) run once per batch on the stacked batch in the batch stage, where nothing else is left
+per element, drawing for every row from
 the rows' keys (kept with each element as `reference.ELEMENT_KEY`), so the same bytes; that
 stage then runs with the element stage's concurrency, in input order; the threads and the
 sink's prefetch are chosen by measurement (`tuning_grid`). Where nothing is left to do per
@@ -142,7 +143,7 @@ class SpdlLoader(Loader):
         self.threads = max(1, int(ctx.parallelism.get("threads", 1)))
         # A sink of 0 is unbounded in SPDL: at least one batch.
         self.prefetch = max(1, int(ctx.parallelism.get("prefetch", 2)))
-        per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
+        per_element, per_batch = reference.tuned_split(w.transforms, batch_ops)
         self.load = LoadElement(
             ctx.dataset, per_element, ctx.seed, reference.draws_per_row(per_batch)
         )

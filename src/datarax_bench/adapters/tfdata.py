@@ -16,9 +16,10 @@ TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX o
 
 The tuned style follows the guide's "Vectorizing mapping" section
 (https://www.tensorflow.org/guide/data_performance#vectorizing_mapping): the workload's trailing
-batchable steps (`reference.split_for_batches`: value-wise ops but log1p, shift_targets, and the
+batchable steps (`reference.tuned_split`: value-wise ops but log1p, shift_targets, and the
 random flip, brightness and window) are mapped once over each batch, after `batch`, instead of
-once per element before it. With nothing left per element over the cached arrays (TAB-1,
+once per element before it, where nothing else is left per element (with CV-1's crop every step
+stays in the per-element map, at the swept parallelism). With nothing left per element over the cached arrays (TAB-1,
 NLP-1) no element is a record at all: a dataset of batch numbers, one map per batch that makes
 its indices, gathers the rows (`tf.gather` from the arrays as tensors) and applies the batch
 steps; batching 1,024 scalar positions per batch through `batch` measured about 100 times slower.
@@ -278,7 +279,7 @@ class TfDataLoader(Loader):
         w = ctx.workload
         self.num_batches = w.num_batches
         self.seed = ctx.seed
-        per_element, self.batch_steps = reference.split_for_batches(w.transforms, batch_ops)
+        per_element, self.batch_steps = reference.tuned_split(w.transforms, batch_ops)
         self.element_steps = [s for s in per_element if s["op"] not in reference.BATCH_OPS]
         self.pad_steps = [s for s in w.transforms if s["op"] in reference.BATCH_OPS]
         # The batch steps' numbers in the plain walk start after the per-element steps'.

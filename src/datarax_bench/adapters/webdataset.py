@@ -29,9 +29,9 @@ element is transformed with the reference semantics and the reference's counter-
 the reference's bit for bit.
 
 The tuned style follows "Batching in workers" / the performance notes of WebDataset's docs:
-the workload's trailing batchable steps (`reference.split_for_batches`: value-wise ops,
+the workload's trailing batchable steps (`reference.tuned_split`: value-wise ops,
 shift_targets, and the random flip, brightness and window) run once on the stacked batch in the
-`collation_fn` of `wds.batched`, inside the workers, drawing for every row from the rows' keys
+`collation_fn` of `wds.batched`, inside the workers, where nothing else is left per element, drawing for every row from the rows' keys
 (kept with each element as `reference.ELEMENT_KEY`), so the same bytes; `num_workers` and
 `prefetch_factor` are chosen by measurement (`tuning`).
 
@@ -184,7 +184,7 @@ class WebDatasetLoader(Loader):
         self.workers = int(ctx.parallelism.get("workers", 0))
         self.prefetch = max(1, int(ctx.parallelism.get("prefetch", 2)))
         self.pin = ctx.profile.backend == "gpu" and torch.cuda.is_available()
-        per_element, per_batch = reference.split_for_batches(w.transforms, batch_ops)
+        per_element, per_batch = reference.tuned_split(w.transforms, batch_ops)
         self.transform = ElementTransform(
             list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
         )

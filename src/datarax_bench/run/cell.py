@@ -146,7 +146,7 @@ def cell_identity(profile: Profile, workload: Workload, adapter: Adapter) -> dic
 
 def pipeline_steps(adapter: Adapter, workload: Workload) -> dict[str, list[str]]:
     """Which of the workload's steps the adapter's style applies per element and per batch."""
-    per_element, per_batch = reference.split_for_batches(workload.transforms, adapter.batched_ops())
+    per_element, per_batch = reference.tuned_split(workload.transforms, adapter.batched_ops())
     return {
         "per_element": [s["op"] for s in per_element],
         "per_batch": [s["op"] for s in per_batch],

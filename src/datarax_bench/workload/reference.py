@@ -10,7 +10,7 @@ compute the same bits. Images are channel-last (H, W, C); volumes (D, H, W, C). 
 compute in float32.
 
 The tuned styles apply a workload's trailing batchable steps (`split_for_batches`) to the stacked
-batch: value-wise ops as they are, and the random ops whose draws are a fixed number of scalars
+batch where nothing is left per element (`tuned_split`): value-wise ops as they are, and the random ops whose draws are a fixed number of scalars
 per element (`RANDOM_DRAWS`) with one parameter per row, computed for all rows at once from the
 rows' element indices and the step's number in the plain walk, so every row gets the plain
 pipeline's draws.
@@ -505,6 +505,22 @@ def split_for_batches(
     if cut == len(steps):
         return given, []
     return steps[:cut], steps[cut:]
+
+
+def tuned_split(
+    transforms: Iterable[Mapping[str, Any]], batch_ops: frozenset[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per element, per batch): what every tuned style applies per element and per batch.
+
+    `split_for_batches`, but only where nothing is left per element: with a step that stays per
+    element (CV-1's crop) every step stays per element, so the trailing ones run on each element
+    while it is in the cache. A second walk over the stacked batch measured slower on CV-1 in
+    every framework that tried it (docs/measurements.md).
+    """
+    per_element, per_batch = split_for_batches(transforms, batch_ops)
+    if per_element and per_batch:
+        return split_for_batches(transforms, frozenset())
+    return per_element, per_batch
 
 
 def draws_per_row(steps: Iterable[Mapping[str, Any]]) -> bool:
