@@ -239,6 +239,10 @@ def test_a_runs_length_is_estimated_from_its_cells_and_worker_processes():
         (900 + (100 * 30 + 300 * 30) / 4) / 3600
     )
     assert billing.estimate_run(load_profile("smoke"), [1]).process_s == 3.0
+    # Cells measured in batches: one call's orchestration per batch.
+    batched = billing.estimate_run(gpu, [3, 3, 1, 1], calls=2)
+    assert batched.hours == pytest.approx((900 + 2 * 30 + 8 * 30) / 3600)
+    assert batched.describe().startswith("4 cells in 2 remote calls x 30 s + 8 worker processes")
 
 
 def test_a_run_that_cannot_fit_max_cluster_hours_is_refused_and_a_close_one_warned():

@@ -16,7 +16,7 @@ from datarax_bench.cloud import managed
 from datarax_bench.errors import UserError
 from datarax_bench.results import cell_path, infra_dir, process_path, write_json_atomic
 from datarax_bench.run.cell import CellClock, CellId, make_result, matrix, resolve_cell
-from datarax_bench.run.runner import cell_id, kept_result, select_cells
+from datarax_bench.run.runner import cell_id, kept_result, select_cells, static_status
 from datarax_bench.workflow import cloud_runs
 from datarax_bench.workflow.cells import (
     Matrix,
@@ -236,6 +236,33 @@ def test_a_cloud_run_names_its_cluster_directory_and_logs():
 def _config(**more):
     base = {"infra": "local", "run": "bench", "use_spot": "auto", "shards": 1}
     return {**CONFIG, **base, "max_cluster_hours": 8, **more}
+
+
+def test_the_run_estimate_counts_only_the_cells_the_cloud_measures_and_a_call_per_batch(
+    catalog, capsys
+):
+    """An unsupported cell is written here by its own job and a batch of cells is one remote
+    call: neither may push a plan over its ceiling."""
+    cells = Matrix.from_config(CONFIG, catalog)
+    profiles = [cells.profile("smoke")]
+    total = len(cells.cells("smoke"))
+    stated = {}
+    for size in (1, 12):
+        cloud_runs.prepare(
+            _config(infra="aws", remote_batch_cells=size), cells, profiles, "r/{profile}/{infra}"
+        )
+        err = capsys.readouterr().err
+        found = re.search(r"estimated at [\d.]+ h \((\d+) cells in (\d+) remote calls x 30 s", err)
+        assert found, err
+        stated[size] = (int(found[1]), int(found[2]))
+    remote = stated[1][0]
+    unsupported = sum(
+        static_status(resolve_cell(cells.profile("smoke"), catalog, *cell)) is not None
+        for cell in cells.cells("smoke")
+    )
+    assert unsupported > 0 and remote == total - unsupported
+    assert stated[1] == (remote, remote)  # one call per cell
+    assert stated[12][0] == remote and remote / 12 <= stated[12][1] < remote
 
 
 def test_a_cloud_run_that_cannot_fit_its_ceiling_stops_before_any_job(catalog, capsys):

@@ -16,9 +16,9 @@ from datarax_bench.cloud.sky import SkyTimeout, json_records, run_sky
 from datarax_bench.errors import UserError
 from datarax_bench.results import utc_now
 
-#: Stated estimates, not measurements on a cloud: what one cell costs beyond its worker
-#: processes (a real `sky exec` round trip, 15-30 s, with the workdir sync and the pull: the
-#: upper end), the launch (provisioning and the install in setup), and one worker process of a
+#: Stated estimates, not measurements on a cloud: what one remote call costs beyond its cells'
+#: worker processes (a real `sky exec` round trip, 15-30 s, with the workdir sync and the pull:
+#: the upper end; a batch of cells is one call), the launch (provisioning and the install in setup), and one worker process of a
 #: profile that states none (`cloud.process_estimate_s`).
 CELL_ORCHESTRATION_ESTIMATE_S = 30.0
 
@@ -36,8 +36,9 @@ ESTIMATE_WARNING_SHARE = 0.75
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """How long a cloud run should take: its launch, then every cell's orchestration and every
-    worker process of every cell, spread over `machines` (managed shards run in parallel)."""
+    """How long a cloud run should take: its launch, then every remote call's orchestration (a
+    call per cell unless `calls` says fewer: batches) and every worker process of every cell
+    measured there, spread over `machines` (managed shards run in parallel)."""
 
     cells: int
     processes: int
@@ -45,27 +46,41 @@ class RunEstimate:
     cell_s: float = CELL_ORCHESTRATION_ESTIMATE_S
     launch_s: float = LAUNCH_ESTIMATE_S
     machines: int = 1
+    calls: int | None = None
+
+    @property
+    def remote_calls(self) -> int:
+        return self.cells if self.calls is None else self.calls
 
     @property
     def hours(self) -> float:
-        work_s = self.cells * self.cell_s + self.processes * self.process_s
+        work_s = self.remote_calls * self.cell_s + self.processes * self.process_s
         return (self.launch_s + work_s / self.machines) / 3600
 
     def describe(self) -> str:
         spread = f", over {self.machines} machines" if self.machines > 1 else ""
+        calls = (
+            f"{self.cells} cells"
+            if self.calls is None
+            else f"{self.cells} cells in {self.calls} remote calls"
+        )
         return (
-            f"{self.cells} cells x {self.cell_s:g} s + {self.processes} worker processes x "
+            f"{calls} x {self.cell_s:g} s + {self.processes} worker processes x "
             f"{self.process_s:g} s + {self.launch_s / 60:g} min launch{spread}"
         )
 
 
-def estimate_run(profile, process_counts: Sequence[int], machines: int = 1) -> RunEstimate:
-    """`process_counts`: each planned cell's worker processes (`runner.processes_of`)."""
+def estimate_run(
+    profile, process_counts: Sequence[int], machines: int = 1, calls: int | None = None
+) -> RunEstimate:
+    """`process_counts`: the worker processes (`runner.processes_of`) of each cell measured on
+    the cloud; `calls`: how many remote calls measure them (batches), one per cell if None."""
     return RunEstimate(
         cells=len(process_counts),
         processes=sum(process_counts),
         process_s=float(profile.cloud.get("process_estimate_s", DEFAULT_PROCESS_ESTIMATE_S)),
         machines=max(1, machines),
+        calls=calls,
     )
 
 

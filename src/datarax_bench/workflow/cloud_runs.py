@@ -80,14 +80,22 @@ def start_invocation() -> None:
 
 
 def check_before_planning(config: dict, cells: Matrix, profiles: list[str]) -> None:
-    """Before any job of a cloud run: each profile's run length, estimated from its plan (cells
-    x worker processes x the profile's per-process estimate), is said on stderr, with a warning
-    near max_cluster_hours, and is an error when it cannot fit, since the ceiling would cut the
-    run off with cells unmeasured; then an explicit `use_spot: true` on a cloud without spot is
-    an error (`auto` is decided by the provision job). Raises UserError."""
+    """Before any job of a cloud run: each profile's run length, estimated from its plan (the
+    cells measured on the cloud, in their batches, x worker processes x the profile's
+    per-process estimate; an unsupported cell is written here and costs the cloud nothing), is
+    said on stderr, with a warning near max_cluster_hours, and is an error when it cannot fit,
+    since the ceiling would cut the run off with cells unmeasured; then an explicit
+    `use_spot: true` on a cloud without spot is an error (`auto` is decided by the provision
+    job). Raises UserError."""
+    from datarax_bench.cloud import batches
+
+    size = config.get("remote_batch_cells", batches.DEFAULT_CELLS)
     for name in profiles:
-        counts = [cells.processes(name, cell) for cell in cells.cells(name)]
-        estimate = billing.estimate_run(cells.profile(name), counts, machines=config["shards"])
+        plan = batches.remote_plan(cells.profile(name), cells.catalog, cells.cells(name), size)
+        counts = [cells.processes(name, cell) for batch in plan for cell in batch]
+        estimate = billing.estimate_run(
+            cells.profile(name), counts, machines=config["shards"], calls=len(plan)
+        )
         line = billing.check_run_fits(estimate, name, config["max_cluster_hours"])
         print(line, file=sys.stderr)
     if config["use_spot"] is True:
