@@ -172,8 +172,8 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "pytorch": ["memory", "npy_mmap", "tfds"],
         "spdl": ["memory", "npy_mmap"],  # its load function reads the cached arrays
         "tfdata": ["memory", "tfrecord", "tfds"],
-        "webdataset": [],  # its own tar shards only
-        "litdata": [],  # its own chunks only
+        "webdataset": ["webdataset"],  # its own tar shards only
+        "litdata": ["litdata"],  # its own chunks only
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))
@@ -205,6 +205,8 @@ CELLS = [
     ("pytorch", "tfds"),
     ("grain", "tfds"),
     ("spdl", "npy_mmap"),
+    ("webdataset", "webdataset"),
+    ("litdata", "litdata"),
 ]
 
 
@@ -224,6 +226,8 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
     root = (
         dataset.directory
         if backend in formats.NPY_BACKENDS
+        else get_adapter(adapter).own_source(_workload(backend), dataset).root
+        if backend in formats.OWN_FORMAT_BACKENDS
         else formats.source_dir(dataset.directory, backend)
     )
     assert special["bytes_on_disk"] == sum(special["files"].values())
@@ -232,6 +236,16 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
     if backend in formats.NPY_BACKENDS:
         assert sorted(special["files"]) == ["image.npy", "label.npy"]
         assert special["record_encoding"].startswith("NumPy .npy")
+    elif backend == "webdataset":
+        # One tar shard per batch, every one of them (96 elements, batches of 8), no marker.
+        assert sorted(special["files"]) == [f"shard-{i:06d}.tar" for i in range(12)]
+        assert special["record_encoding"].startswith("POSIX tar shards written by wds.TarWriter")
+    elif backend == "litdata":
+        # LitData's index and one chunk per batch; the benchmark's completion marker is no file
+        # LitData reads.
+        assert "index.json" in special["files"] and formats.COMPLETE not in special["files"]
+        assert len([n for n in special["files"] if n.endswith(".bin")]) == 12
+        assert special["record_encoding"].startswith("LitData chunks written by its BinaryWriter")
     elif backend == "tfds":
         # TFDS as_dataset reads its TFRecord copy; data_source its ArrayRecord copy.
         wanted = "array_record" if adapter in ("grain", "pytorch") else "tfrecord"
@@ -250,6 +264,8 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
         "npy_mmap": "np.load(mmap_mode='r') memory maps",
         "array_record": "grain.sources.ArrayRecordDataSource",
         "tfrecord": "tf.data.TFRecordDataset + tf.io.parse_single_example",
+        "webdataset": "webdataset tar shards (wds.tarfile_to_samples)",
+        "litdata": "litdata chunks (litdata.StreamingDataset)",
     }.get(backend, special["reader"])
     dropped, _ = drop_page_cache()
     assert special["page_cache"] == ("cold" if dropped else "warm")

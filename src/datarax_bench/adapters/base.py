@@ -158,6 +158,11 @@ class Adapter(ABC):
                 return f"{self.display_name} cannot express transform {op!r} with the reference semantics"
         return None
 
+    def own_source(self, workload: Workload, dataset: Dataset) -> SourceFiles:
+        """IO-1: the files of the adapter's own format (`formats.OWN_FORMAT_BACKENDS`), as
+        `prepare` wrote them before the measure; only adapters whose `backends` name one."""
+        raise NotImplementedError(f"{self.display_name} writes no format of its own")
+
     def prepare(self, workload: Workload, dataset: Dataset) -> None:  # noqa: B027 - optional
         """Write what the framework reads and the cache is not (its own on-disk format), once,
         before anything is timed: the worker calls it between the data and the measure, so a

@@ -41,9 +41,9 @@ requested out of turn starts workers anew.
 
 The tuned style moves the workload's trailing batchable steps (`reference.tuned_split`:
 value-wise ops, shift_targets, and the random flip, brightness and window) to the
-`collate_fn`, once per stacked batch in the workers, where nothing else is left per element, drawing for every row from the rows' keys
-(kept with each element as `reference.ELEMENT_KEY`), so the same bytes; `num_workers` and
-`prefetch_factor` are chosen by measurement (`tuning`).
+`collate_fn`, once per stacked batch in the workers, where nothing else is left per element,
+drawing for every row from the rows' keys (kept with each element as `reference.ELEMENT_KEY`),
+so the same bytes; `num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
 
 No network: the data are a local directory (no cloud resolver, no copy into LitData's chunk
 cache: local chunks are memory-mapped in place), and LitData's PyPI version check is off
@@ -53,15 +53,18 @@ PR-1 uses the loader's own state API, as "Pause, resume data streaming" does: `s
 saved with `torch.save`, `load_state_dict` into a fresh loader, which replays each worker's
 position in its chunks and restarts on the worker whose batch came next.
 
-Not supported: IO-1 (LitData reads its own chunks only, none of the benchmark's source
-backends) and IO-2 (it always streams its chunks: no eager loading).
+IO-1: LitData reads its own chunks only, so of the source backends it reads its own (`litdata`:
+these chunks, `own_source`). Not supported: IO-2 (it always streams its chunks: no eager
+loading).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +81,19 @@ from datarax_bench.adapters.base import (
 )
 from datarax_bench.adapters.pytorch import join_feeders_at_exit
 from datarax_bench.files import atomic_directory
-from datarax_bench.workload import randomness, reference
+from datarax_bench.workload import formats, randomness, reference
 from datarax_bench.workload.catalog import Workload
 from datarax_bench.workload.data import Dataset
 
 # litdata (and torch) are imported inside functions only: `list` imports every adapter.
 
 #: Bump when the chunks' layout changes, so that old chunks are never read as new ones.
-FORMAT_VERSION = 1
-_COMPLETE = "complete.json"
+FORMAT_VERSION = 2
+_COMPLETE = formats.COMPLETE
+ENCODING = (
+    "LitData chunks written by its BinaryWriter, one batch each; per element one item of the "
+    "element's NumPy arrays and its index"
+)
 _INDEX = "__index__"
 
 
@@ -122,6 +129,7 @@ def build_chunks(dataset: Dataset, elements_per_chunk: int) -> Path:
 
     n = dataset.num_elements
     with atomic_directory(target, lambda d: (d / _COMPLETE).is_file()) as tmp:
+        start = time.perf_counter()
         writer = BinaryWriter(str(tmp), chunk_size=elements_per_chunk)
         for index in range(n):
             sample = {_INDEX: np.asarray(index, dtype=np.int64)}
@@ -134,6 +142,9 @@ def build_chunks(dataset: Dataset, elements_per_chunk: int) -> Path:
             "num_elements": n,
             "elements_per_chunk": elements_per_chunk,
             "chunks": -(-n // elements_per_chunk),
+            "build_s": time.perf_counter() - start,
+            "versions": {"litdata": metadata.version("litdata")},
+            "encoding": ENCODING,
         }
         (tmp / _COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
     return target
@@ -354,16 +365,21 @@ class LitData(Adapter):
         "source, so IO-2's eager loading cannot be expressed (and reading the chunks in both "
         "loadings would compare nothing)",
     }
-    backends = frozenset()
+    backends = frozenset({"litdata"})
     backend_reasons = {
         backend: "LitData reads its own optimized chunks only (written by optimize or its "
         f"BinaryWriter); it has no reader for the {backend} backend"
-        for backend in ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
+        for backend in formats.BACKENDS
+        if backend != "litdata"
     }
 
     def prepare(self, workload: Workload, dataset: Dataset) -> None:
         # One batch per chunk: the chunks of this batch size, written before any timing.
         build_chunks(dataset, workload.batch_size)
+
+    def own_source(self, workload: Workload, dataset: Dataset) -> formats.SourceFiles:
+        root = build_chunks(dataset, workload.batch_size)
+        return formats.SourceFiles("litdata", root, json.loads((root / _COMPLETE).read_text()))
 
     def open(self, ctx: CellContext) -> Loader:
         return LitDataLoader(ctx, self.batched_ops())

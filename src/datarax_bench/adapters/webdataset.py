@@ -31,19 +31,21 @@ the reference's bit for bit.
 The tuned style follows "Batching in workers" / the performance notes of WebDataset's docs:
 the workload's trailing batchable steps (`reference.tuned_split`: value-wise ops,
 shift_targets, and the random flip, brightness and window) run once on the stacked batch in the
-`collation_fn` of `wds.batched`, inside the workers, where nothing else is left per element, drawing for every row from the rows' keys
-(kept with each element as `reference.ELEMENT_KEY`), so the same bytes; `num_workers` and
-`prefetch_factor` are chosen by measurement (`tuning`).
+`collation_fn` of `wds.batched`, inside the workers, where nothing else is left per element,
+drawing for every row from the rows' keys (kept with each element as `reference.ELEMENT_KEY`),
+so the same bytes; `num_workers` and `prefetch_factor` are chosen by measurement (`tuning`).
 
-Not supported: IO-1 (WebDataset reads its own tar shards only, none of the benchmark's source
-backends), IO-2 (it always streams shards from disk: no eager loading) and PR-1 (no
-iterator-state API to checkpoint).
+IO-1: WebDataset reads its own tar shards only, so of the source backends it reads its own
+(`webdataset`: these shards, `own_source`). Not supported: IO-2 (it always streams shards from
+disk: no eager loading) and PR-1 (no iterator-state API to checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +62,20 @@ from datarax_bench.adapters.base import (
 )
 from datarax_bench.adapters.pytorch import join_feeders_at_exit
 from datarax_bench.files import atomic_directory
-from datarax_bench.workload import randomness, reference
+from datarax_bench.workload import formats, randomness, reference
 from datarax_bench.workload.catalog import Workload
 from datarax_bench.workload.data import Dataset
 
 # webdataset (and torch) are imported inside functions only: `list` imports every adapter.
 
 #: Bump when the shards' layout changes, so that old shards are never read as new ones.
-SHARD_VERSION = 1
-_COMPLETE = "complete.json"
+SHARD_VERSION = 2
+_COMPLETE = formats.COMPLETE
 _EPOCH = "__epoch__"
+ENCODING = (
+    "POSIX tar shards written by wds.TarWriter, one batch each; per element one "
+    "<key>.<field>.npy member per field (np.save)"
+)
 
 
 def _shard_name(number: int) -> str:
@@ -98,6 +104,7 @@ def build_shards(dataset: Dataset, elements_per_shard: int) -> list[str]:
         import webdataset as wds
 
         with atomic_directory(target, lambda d: (d / _COMPLETE).is_file()) as tmp:
+            start = time.perf_counter()
             for shard in range(count):
                 with wds.TarWriter(str(tmp / _shard_name(shard))) as sink:
                     for index in range(
@@ -114,6 +121,9 @@ def build_shards(dataset: Dataset, elements_per_shard: int) -> list[str]:
                 "num_elements": n,
                 "elements_per_shard": elements_per_shard,
                 "shards": count,
+                "build_s": time.perf_counter() - start,
+                "versions": {"webdataset": metadata.version("webdataset")},
+                "encoding": ENCODING,
             }
             (tmp / _COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
     return [str(target / _shard_name(s)) for s in range(count)]
@@ -194,7 +204,7 @@ class WebDatasetLoader(Loader):
         self.urls = urls[: self.num_batches]  # the shards of whole batches
         self.source_info = {
             "reader": "webdataset tar shards (wds.tarfile_to_samples)",
-            "paths": [shard_directory(ctx.dataset, self.batch_size)],
+            "paths": list(self.urls),
         }
         self.parallelism = {
             "workers": self.workers,
@@ -287,16 +297,22 @@ class WebDataset(Adapter):
         "checkpoint": "WebDataset has no iterator-state API (its pipelines and WebLoader have no "
         "state to save and restore mid-epoch), so PR-1 cannot use a native one",
     }
-    backends = frozenset()
+    backends = frozenset({"webdataset"})
     backend_reasons = {
         backend: "WebDataset reads POSIX tar shards only (its own format); it has no reader for "
         f"the {backend} backend"
-        for backend in ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
+        for backend in formats.BACKENDS
+        if backend != "webdataset"
     }
 
     def prepare(self, workload: Workload, dataset: Dataset) -> None:
         # One batch per shard: the shards of this batch size, written before any timing.
         build_shards(dataset, workload.batch_size)
+
+    def own_source(self, workload: Workload, dataset: Dataset) -> formats.SourceFiles:
+        build_shards(dataset, workload.batch_size)
+        root = shard_directory(dataset, workload.batch_size)
+        return formats.SourceFiles("webdataset", root, json.loads((root / _COMPLETE).read_text()))
 
     def open(self, ctx: CellContext) -> Loader:
         return WebDatasetLoader(ctx, self.batched_ops())

@@ -1,7 +1,7 @@
 """IO-1: the same records read from memory and from each native on-disk format.
 
-The backend's files are built once (`formats.prepare`, outside every repetition; the build time
-is reported on its own). Each repetition then starts like IO-2's: the OS page cache is dropped
+The backend's files are built once (`formats.prepare`, or a loader's own format by its adapter's
+`prepare`; outside every repetition; the build time is reported on its own). Each repetition then starts like IO-2's: the OS page cache is dropped
 where this process may, and for the `memory` backend the cached arrays are read into RAM first
 (that load is timed apart). The loader reads the backend with its framework's own reader and
 says what it read; the result reports throughput, time to first batch, and the on-disk size of
@@ -48,8 +48,12 @@ def backend_support(adapter: Adapter, workload: Workload) -> str | None:
 @register("source_backends", support=backend_support, pooled=True)
 def measure_source_backends(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     backend = workload.options["backend"]
-    built = not formats.is_prepared(dataset, backend)
-    source = formats.prepare(dataset, backend)
+    if backend in formats.OWN_FORMAT_BACKENDS:
+        # Written by the adapter's `prepare` before the measure, as for every other scenario.
+        built, source = False, adapter.own_source(workload, dataset)
+    else:
+        built = not formats.is_prepared(dataset, backend)
+        source = formats.prepare(dataset, backend)
     if progress and built:
         progress(f"built the {backend} files in {source.meta['build_s']:.1f} s")
     reps, loads, page_cache, note = cold_start_repetitions(

@@ -43,9 +43,12 @@ import numpy as np
 from datarax_bench.files import atomic_directory
 from datarax_bench.workload.data import Dataset
 
-BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")
+BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds", "webdataset", "litdata")
 #: Backends that read the `.npy` cache itself; the others have files of their own.
 NPY_BACKENDS = frozenset({"memory", "npy_mmap"})
+#: A loader's own format, written by its adapter with its framework's writer (one batch per
+#: file, as that loader reads it everywhere: `Adapter.own_source`), not by this module.
+OWN_FORMAT_BACKENDS = frozenset({"webdataset", "litdata"})
 #: Bump when a writer changes, so that files of an old encoding are never read as new.
 FORMAT_VERSION = 3
 #: The TFDS dataset's name and version (its builder is ad hoc: nothing is registered).
@@ -53,7 +56,8 @@ TFDS_NAME = "datarax_bench_records"
 TFDS_VERSION = "1.0.0"
 TFDS_SPLIT = "train"
 TFDS_FILE_FORMATS = ("tfrecord", "array_record")
-_COMPLETE = "complete.json"
+#: The marker of a format written completely (atomic_directory's test), read by no loader.
+COMPLETE = "complete.json"
 _BUILD_TIMEOUT_S = 1800
 
 
@@ -114,10 +118,14 @@ def npy_source_info(dataset: Dataset) -> dict[str, Any]:
 
 
 def files_read(paths: list[str | Path]) -> list[Path]:
-    """Every file under the given files and directories (what a reader opens)."""
+    """Every file under the given files and directories (what a reader opens), but the marker
+    this benchmark writes when a format is complete, which no reader opens."""
     out: list[Path] = []
     for path in map(Path, paths):
-        out.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name != COMPLETE))
+        else:
+            out.append(path)
     return out
 
 
@@ -126,19 +134,22 @@ def source_dir(dataset_dir: Path, backend: str) -> Path:
 
 
 def is_prepared(dataset: Dataset, backend: str) -> bool:
-    return backend in NPY_BACKENDS or (source_dir(dataset.directory, backend) / _COMPLETE).is_file()
+    """Whether `prepare` finds the files built (a loader's own format: see `OWN_FORMAT_BACKENDS`)."""
+    return backend in NPY_BACKENDS or (source_dir(dataset.directory, backend) / COMPLETE).is_file()
 
 
 def prepare(dataset: Dataset, backend: str) -> SourceFiles:
     """The backend's files for `dataset`, built (in a child process) unless already there."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown source backend {backend!r}; expected one of {BACKENDS}")
+    if backend in OWN_FORMAT_BACKENDS:
+        raise ValueError(f"the {backend} files are written by its adapter (Adapter.own_source)")
     if backend in NPY_BACKENDS:
         return SourceFiles(backend, dataset.directory)
     root = source_dir(dataset.directory, backend)
     if not is_prepared(dataset, backend):
         _build_in_child(dataset.directory, backend)
-    return SourceFiles(backend, root, json.loads((root / _COMPLETE).read_text()))
+    return SourceFiles(backend, root, json.loads((root / COMPLETE).read_text()))
 
 
 def _build_in_child(directory: Path, backend: str) -> None:
@@ -306,11 +317,11 @@ def _version(distribution: str) -> str | None:
 def build(directory: Path, backend: str) -> Path:
     """Write `backend`'s files for the cached dataset in `directory`; returns their root."""
     root = source_dir(directory, backend)
-    if (root / _COMPLETE).is_file():
+    if (root / COMPLETE).is_file():
         return root
     writer, distributions = _WRITERS[backend]
     arrays, fields, n = _open_cache(Path(directory))
-    with atomic_directory(root, lambda d: (d / _COMPLETE).is_file()) as tmp:
+    with atomic_directory(root, lambda d: (d / COMPLETE).is_file()) as tmp:
         start = time.perf_counter()
         described = writer(tmp, arrays, fields, n)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in files_read([tmp])}
@@ -323,7 +334,7 @@ def build(directory: Path, backend: str) -> Path:
             "files": files,
             **described,
         }
-        (tmp / _COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
+        (tmp / COMPLETE).write_text(json.dumps(complete, indent=1, sort_keys=True))
     return root
 
 
