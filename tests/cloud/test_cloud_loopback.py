@@ -31,12 +31,15 @@ from support.loopback_cluster import (
     commit,
     raw_cells,
 )
+from support.smoke import smoke_view
 from support.wandb_offline import read_offline_run
 
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.results import load_result
 
 SCENARIOS = ["TAB-1", "CV-1"]
+# The local run a loopback run is compared with: these cells of the session's one smoke run.
+SMOKE_RUN = {"numpy": tuple(SCENARIOS)}
 
 pytestmark = [
     pytest.mark.slow,
@@ -106,7 +109,7 @@ def sky_status(env) -> list:
     return json.loads(proc.stdout[proc.stdout.index("[") :])
 
 
-def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_path):
+def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_path, smoke_results):
     node, home, env, work, repo = cluster_env
     run_dir = work / "results" / "smoke" / "ssh_loopback"
 
@@ -166,12 +169,7 @@ def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_pa
     assert wandb_summary["cloud/measuring_share"] == bill["measuring_share"]
 
     # Same cells, same statuses as a local run.
-    local = tmp_path / "local"
-    subprocess.run(
-        [str(BIN / "datarax-bench"), "run", "--profile", "smoke", "--scenarios", *SCENARIOS,
-         "--adapters", "numpy", "--output-dir", str(local)],
-        check=True, capture_output=True, env={**os.environ, "HOME": str(home)},
-    )  # fmt: skip
+    local = smoke_view(smoke_results, tmp_path / "local", SCENARIOS)
     assert raw_cells(run_dir) == raw_cells(local)
     assert set(raw_cells(run_dir).values()) == {"ok"}
     assert rerun["provenance"]["environment"]["JAX_PLATFORMS"] == "cpu"
