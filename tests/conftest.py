@@ -1,7 +1,8 @@
-"""Shared test setup: a private data cache and paths to the project's files."""
+"""Shared test setup: a private data cache, the package's bytecode, paths to the project's files."""
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +13,16 @@ from support.smoke import run_smoke_matrix, union_of
 
 # Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
 pytest_plugins = ["support.wandb_offline"]
+
+
+def pytest_sessionstart(session):
+    """The package's bytecode (and that of the test code other processes import: the loopback,
+    plugins, helpers) written once, beside the sources as Python caches it (ignored by git).
+    Where PYTHONDONTWRITEBYTECODE is set, as on the project's machines, every process the tests
+    start (the CLI, each cell's worker, each Snakemake job) would compile it again; it still
+    reads a cache that exists, and recompiles a source that changed."""
+    for folder in (ROOT / "src", ROOT / "tests"):
+        compileall.compile_dir(folder, quiet=1)
 
 
 @pytest.fixture(scope="session", autouse=True)

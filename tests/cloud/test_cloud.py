@@ -1,10 +1,10 @@
 """Cloud logic without a cloud: task files through SkyPilot's loader, names, command lines,
-the launch estimate, pulls that validate, and a real `sky launch --dryrun` on a seeded catalog."""
+the launch estimate, pulls that validate (the real `sky launch --dryrun` of a rendered task is in
+test_task_files.py, beside the headers' dry runs, on one API server)."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import BIN, LOOPBACK, ROOT
+from support import ROOT
 
 from datarax_bench.cloud import billing, sky, tasks
 from datarax_bench.cloud import cluster as cloud
@@ -184,49 +184,6 @@ def test_fetch_missing_remote_is_an_error_without_retry_storm(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match=r"rsync c1:~/r.json failed \(23\)"):
         sky.fetch("c1", "~/r.json", tmp_path / "out.json")
     assert len(calls) == 1
-
-
-# --- the real `sky launch --dryrun` against a tiny seeded offline catalog ------------------------
-
-FIXTURES = LOOPBACK / "catalog"
-
-
-@pytest.mark.slow
-def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(tmp_path):
-    home = tmp_path / "home"
-    catalogs = home / ".sky" / "catalogs" / "v8"
-    shutil.copytree(FIXTURES, catalogs)
-    key = home / ".config" / "vastai" / "vast_api_key"
-    key.parent.mkdir(parents=True)
-    key.write_text("dummy-not-a-key\n")
-    task = tasks.render_provision_task(load_profile("gpu_a100"))
-    task_file = tmp_path / "task.yaml"
-    tasks.write_task(task, task_file)
-    sky_cli = str(BIN / "sky")
-    env = {**os.environ, "HOME": str(home)}
-    env.pop("WANDB_API_KEY", None)
-    # Pinned (`instance_type`), SkyPilot rents that type, not the cheapest that fits.
-    pinned = "1x-A100-80GB-32-128"
-    pinned_file = tmp_path / "pinned.yaml"
-    tasks.write_task(tasks.render_provision_task(load_profile("gpu_a100"), "", pinned), pinned_file)
-    outs = []
-    try:
-        for file in (task_file, pinned_file):
-            argv = sky.launch_argv("dxb-dryrun", file, "vast", 10, True)
-            argv = [sky_cli, *argv[1:], "--dryrun"]
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-            outs.append(proc.stdout + proc.stderr)
-            assert proc.returncode == 0, outs[-1][-3000:]
-    finally:
-        subprocess.run([sky_cli, "api", "stop"], env=env, capture_output=True, timeout=120)
-    estimate = sky.parse_launch_estimate(outs[0])
-    assert "A100-80GB" in (estimate["chosen"] or ""), outs[0][-3000:]
-    assert estimate["hourly_usd"] == pytest.approx(0.62)
-    assert pinned not in estimate["chosen"]
-    estimate = sky.parse_launch_estimate(outs[1])
-    assert pinned in (estimate["chosen"] or ""), outs[1][-3000:]
-    assert estimate["hourly_usd"] == pytest.approx(0.80)
-    print(json.dumps(estimate))
 
 
 def test_a_runs_length_is_estimated_from_its_cells_and_worker_processes():

@@ -31,12 +31,15 @@ from support.loopback_cluster import (
     commit,
     raw_cells,
 )
+from support.smoke import smoke_view
 from support.wandb_offline import read_offline_run
 
 from datarax_bench.cloud import cluster as cloud
 from datarax_bench.results import load_result
 
 SCENARIOS = ["TAB-1", "CV-1"]
+# The local run a loopback run is compared with: these cells of the session's one smoke run.
+SMOKE_RUN = {"numpy": tuple(SCENARIOS)}
 
 pytestmark = [
     pytest.mark.slow,
@@ -106,7 +109,7 @@ def sky_status(env) -> list:
     return json.loads(proc.stdout[proc.stdout.index("[") :])
 
 
-def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_path):
+def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_path, smoke_results):
     node, home, env, work, repo = cluster_env
     run_dir = work / "results" / "smoke" / "ssh_loopback"
 
@@ -166,12 +169,7 @@ def test_loopback_run_matches_local_run_bills_and_tears_down(cluster_env, tmp_pa
     assert wandb_summary["cloud/measuring_share"] == bill["measuring_share"]
 
     # Same cells, same statuses as a local run.
-    local = tmp_path / "local"
-    subprocess.run(
-        [str(BIN / "datarax-bench"), "run", "--profile", "smoke", "--scenarios", *SCENARIOS,
-         "--adapters", "numpy", "--output-dir", str(local)],
-        check=True, capture_output=True, env={**os.environ, "HOME": str(home)},
-    )  # fmt: skip
+    local = smoke_view(smoke_results, tmp_path / "local", SCENARIOS)
     assert raw_cells(run_dir) == raw_cells(local)
     assert set(raw_cells(run_dir).values()) == {"ok"}
     assert rerun["provenance"]["environment"]["JAX_PLATFORMS"] == "cpu"
@@ -276,14 +274,15 @@ def test_a_hanging_setup_is_cut_by_the_launch_timeout_and_torn_down(cluster_env)
     node, home, env, work, repo = cluster_env
     loopback.set_faults(home, setup_hangs=True)
     started = time.monotonic()
+    # 9 s: the loopback reaches the hung setup within a few seconds; the test waits the rest out.
     failed = snakemake(
-        repo, work, env, "launch_timeout_minutes=0.25", scenarios=["TAB-1"], timeout=240
+        repo, work, env, "launch_timeout_minutes=0.15", scenarios=["TAB-1"], timeout=240
     )
     assert failed.returncode != 0
     assert time.monotonic() - started < 200
     log = work / "logs" / "smoke" / "ssh_loopback" / "cloud" / "measure" / "TAB-1" / "small"
     log = (log / "numpy.log").read_text()
-    assert "ran past its limit of 15 s" in log
+    assert "ran past its limit of 9 s" in log
     assert "it was torn down (verified with `sky status`)" in log
     assert sky_status(env) == []
     assert not list(node.home.iterdir())
@@ -292,7 +291,7 @@ def test_a_hanging_setup_is_cut_by_the_launch_timeout_and_torn_down(cluster_env)
 def test_the_cluster_autodowns_itself_when_this_machine_dies_during_a_hung_setup(cluster_env):
     node, home, env, work, repo = cluster_env
     loopback.set_faults(home, setup_hangs=True)
-    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "0.25"}
+    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "0.1"}  # its deadline waited out: 6 s
     # The launch limit (60 min) is far away; the cluster's own deadline is 60 + 1 "minutes".
     proc = subprocess.Popen(
         snakemake_argv(repo, work, "idle_minutes=1", scenarios=["TAB-1"]),
@@ -309,7 +308,7 @@ def test_the_cluster_autodowns_itself_when_this_machine_dies_during_a_hung_setup
         os.killpg(proc.pid, signal.SIGKILL)  # nothing on this side tears anything down now
         proc.wait()
     assert list(clusters.glob("*.json")), "the cluster was never launched"
-    deadline = time.monotonic() + 61 * 0.25 + 30
+    deadline = time.monotonic() + 61 * 0.1 + 30
     while time.monotonic() < deadline and list(clusters.glob("*.json")):
         time.sleep(0.5)
     assert not list(clusters.glob("*.json")), "the hung cluster was never torn down"

@@ -6,6 +6,7 @@ tests run last (tests/conftest.py), so a failure here never hides the rest of th
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -46,10 +47,14 @@ def image(tmp_path_factory):
     work = tmp_path_factory.mktemp("docker")
     daemon = docker_support.Daemon(work)
     commit = _commit()  # once: other work may commit while the image builds
+    # The wheelhouse (this environment's pip) is built while debootstrap downloads Debian's
+    # archive: neither needs the other, and each mostly waits on its own disk or network.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
+        wheelhouse = pool.submit(docker_support.build_wheelhouse, work / "wheels", ("bench",))
         daemon.start()
         base = docker_support.import_debian_base(daemon, work, "local/debian-minbase")
-        wheels = docker_support.build_wheelhouse(work / "wheels", ("bench",))
+        wheels = wheelhouse.result()
         with docker_support.served(wheels) as wheels_url:
             built = docker_support.build_image(
                 daemon,
@@ -63,6 +68,7 @@ def image(tmp_path_factory):
             (work / "build.log").write_text(built.stdout + built.stderr)
             yield {"daemon": daemon, "base": base, "wheels_url": wheels_url, "commit": commit}
     finally:
+        pool.shutdown(wait=True)  # a failed start still lets a running pip finish first
         daemon.stop()
         # Gigabytes of image layers and wheels; the daemon's and the build's logs stay.
         for name in ("data", "exec", "wheels", "rootfs"):

@@ -222,7 +222,9 @@ def test_the_summary_says_loudly_that_a_controller_still_bills_and_how_to_end_it
 @loopback_test
 def test_a_preempted_vast_machine_is_stopped_not_deleted_and_keeps_billing(lb):
     node, home, env, tmp_path = lb
-    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "2"}  # autodown 10 "minutes": 20 s
+    # Autodown 10 "minutes": 10 s, for the exec below to lose the machine first (a `sky` call
+    # takes a second or two); sooner and the autodown would take the machine, and the test fail.
+    env = {**env, "LOOPBACK_SKY_SECONDS_PER_MINUTE": "1"}
     task = tmp_path / "task.yaml"
     task.write_text(yaml.safe_dump({"run": "true"}))
     (tmp_path / "wd").mkdir()
@@ -235,7 +237,7 @@ def test_a_preempted_vast_machine_is_stopped_not_deleted_and_keeps_billing(lb):
     loopback.set_faults(home, preempt_after_execs=0)
     lost = sky(env, "exec", "c1", "--", "sleep 30")
     assert lost.returncode == 1 and "the node is gone" in lost.stderr
-    time.sleep(22)  # past the autodown's deadline: the stopped machine's skylet is gone
+    time.sleep(12)  # past the autodown's deadline: the stopped machine's skylet is gone
     status = sky(env, "status", "--refresh", "-o", "json", "c1")
     (record,) = json.loads(status.stdout[status.stdout.index("[") :])
     assert record["status"] == "STOPPED"

@@ -3,11 +3,13 @@ for that file. The commands are read from the headers themselves, so the two can
 `sky` line parses with SkyPilot's own CLI, each `sky launch` of a task file passes a real
 `sky launch --dryrun` on the seeded offline catalog (and lands on the hardware the file is for),
 and the results-bucket variant made by the header's `datarax-bench task-file` line loads with
-SkyPilot's loader and mounts the bucket the way the header says."""
+SkyPilot's loader and mounts the bucket the way the header says. The task a cloud run renders
+passes the same dry run, on the same API server."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import time
@@ -19,7 +21,9 @@ from support import ROOT
 from support.sky_offline import offline_sky, sky
 
 from datarax_bench import cli
+from datarax_bench.cloud import sky as cloud_sky
 from datarax_bench.cloud import standalone, tasks
+from datarax_bench.workload.catalog import load_profile
 
 TASK_FILES = sorted((ROOT / "benchmarks" / "sky").glob("*-benchmark.yaml"))
 BUCKET = "dxb-test-results"
@@ -221,30 +225,64 @@ def _chosen_row(out: str) -> list[str]:
     raise AssertionError(f"no chosen resources in:\n{out[-3000:]}")
 
 
-@pytest.mark.slow
-def test_header_launches_pass_real_sky_dryrun_on_the_seeded_catalog(tmp_path):
+@pytest.fixture(scope="module")
+def offline_sky_env(tmp_path_factory):
+    """One private offline SkyPilot (its API server, the seeded catalog) for the module's real
+    dry runs: the server's start and boot check are most of a first `sky` call."""
     started = time.monotonic()
-    with offline_sky(tmp_path, {"WANDB_API_KEY": "dummy-not-a-key"}) as env:
+    with offline_sky(tmp_path_factory.mktemp("offline-sky")) as env:
         print(f"{time.monotonic() - started:5.1f} s  API server up, boot check done")
-        runs = []
-        for path in TASK_FILES:
-            for argv in launches(path):
-                if argv[2] != str(path.relative_to(ROOT)):
-                    continue  # the bucket variant: its storage is created even in a dry run
-                argv = [str(ROOT / a) if a == argv[2] else a for a in argv]
-                started = time.monotonic()
-                proc = sky(env, *argv[1:], "--dryrun", "-y")
-                runs.append((path.name, argv, proc))
-                print(f"{time.monotonic() - started:5.1f} s  {shlex.join(argv[1:])}")
-                out = proc.stdout + proc.stderr
-                assert proc.returncode == 0, f"{shlex.join(argv)}\n{out[-3000:]}"
-                assert "Dryrun finished" in out
-                row = _chosen_row(out)
-                infra, instance, gpus = EXPECTED[path.name]
-                assert row[0] == infra and instance in row and gpus in row, row
-        assert {name for name, _, _ in runs} == set(EXPECTED) and len(runs) >= 6
-        # What the TPU header used to say is refused: the check above can fail.
-        tpu = str(ROOT / "benchmarks" / "sky" / "tpu-benchmark.yaml")
-        proc = sky(env, "launch", tpu, "--infra", "vast", "--down", "--dryrun", "-y")
-        assert proc.returncode != 0
-        assert "Cloud must be GCP or Kubernetes for TPU" in proc.stdout + proc.stderr
+        yield env
+
+
+@pytest.mark.slow
+def test_header_launches_pass_real_sky_dryrun_on_the_seeded_catalog(offline_sky_env):
+    env = {**offline_sky_env, "WANDB_API_KEY": "dummy-not-a-key"}
+    runs = []
+    for path in TASK_FILES:
+        for argv in launches(path):
+            if argv[2] != str(path.relative_to(ROOT)):
+                continue  # the bucket variant: its storage is created even in a dry run
+            argv = [str(ROOT / a) if a == argv[2] else a for a in argv]
+            started = time.monotonic()
+            proc = sky(env, *argv[1:], "--dryrun", "-y")
+            runs.append((path.name, argv, proc))
+            print(f"{time.monotonic() - started:5.1f} s  {shlex.join(argv[1:])}")
+            out = proc.stdout + proc.stderr
+            assert proc.returncode == 0, f"{shlex.join(argv)}\n{out[-3000:]}"
+            assert "Dryrun finished" in out
+            row = _chosen_row(out)
+            infra, instance, gpus = EXPECTED[path.name]
+            assert row[0] == infra and instance in row and gpus in row, row
+    assert {name for name, _, _ in runs} == set(EXPECTED) and len(runs) >= 6
+    # What the TPU header used to say is refused: the check above can fail.
+    tpu = str(ROOT / "benchmarks" / "sky" / "tpu-benchmark.yaml")
+    proc = sky(env, "launch", tpu, "--infra", "vast", "--down", "--dryrun", "-y")
+    assert proc.returncode != 0
+    assert "Cloud must be GCP or Kubernetes for TPU" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_real_sky_dryrun_of_rendered_gpu_task_on_seeded_vast_catalog(offline_sky_env, tmp_path):
+    task = tasks.render_provision_task(load_profile("gpu_a100"))
+    task_file = tmp_path / "task.yaml"
+    tasks.write_task(task, task_file)
+    env = {k: v for k, v in offline_sky_env.items() if k != "WANDB_API_KEY"}
+    # Pinned (`instance_type`), SkyPilot rents that type, not the cheapest that fits.
+    pinned = "1x-A100-80GB-32-128"
+    pinned_file = tmp_path / "pinned.yaml"
+    tasks.write_task(tasks.render_provision_task(load_profile("gpu_a100"), "", pinned), pinned_file)
+    outs = []
+    for file in (task_file, pinned_file):
+        argv = cloud_sky.launch_argv("dxb-dryrun", file, "vast", 10, True)
+        proc = sky(env, *argv[1:], "--dryrun")
+        outs.append(proc.stdout + proc.stderr)
+        assert proc.returncode == 0, outs[-1][-3000:]
+    estimate = cloud_sky.parse_launch_estimate(outs[0])
+    assert "A100-80GB" in (estimate["chosen"] or ""), outs[0][-3000:]
+    assert estimate["hourly_usd"] == pytest.approx(0.62)
+    assert pinned not in estimate["chosen"]
+    estimate = cloud_sky.parse_launch_estimate(outs[1])
+    assert pinned in (estimate["chosen"] or ""), outs[1][-3000:]
+    assert estimate["hourly_usd"] == pytest.approx(0.80)
+    print(json.dumps(estimate))
