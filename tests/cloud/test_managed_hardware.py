@@ -1,14 +1,27 @@
-"""A managed job's recovery on other hardware: the loopback's managed jobs
-(tests/loopback/managed.py) give every new machine of a job half the cores unless the task
-pins `instance_type`."""
+"""A managed job's recovery on other hardware, as a user meets it: real Snakemake, the loopback's
+managed jobs (whose recoveries land on a machine with half the cores unless the task pins
+`instance_type`, tests/loopback/managed.py) and moto's S3 as the results bucket. Unpinned, the
+recovered job is cancelled as soon as its hardware report reaches the bucket and the run says
+why; rerun with the type pinned, the recovery keeps the machine and every cell is measured."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import pytest
 from loopback import node as loopback
+from support.loopback_cluster import check_against_real_sky_cli, raw_cells
+from test_managed_loopback import (  # the managed loopback's fixture and helpers
+    BUCKET,
+    PREFIX,
+    bucket_keys,
+    loopback_processes,
+    managed_env,  # noqa: F401
+    queue,
+    snakemake,
+)
 from test_stand_in_managed_jobs import (  # the stand-in's fixture and helpers
     INFRA,
     cluster,  # noqa: F401
@@ -19,6 +32,7 @@ from test_stand_in_managed_jobs import (  # the stand-in's fixture and helpers
 )
 
 CORES = len(os.sched_getaffinity(0))
+ADAPTERS = ["numpy", "pytorch", "grain", "tfdata"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,3 +66,67 @@ def test_every_new_machine_of_a_job_has_other_hardware_unless_the_type_is_pinned
         cores = re.findall(r"^cores (\d+)$", logs, re.MULTILINE)
         second = CORES // 2 if name == "drawn" else CORES
         assert cores == [str(CORES), str(second)], (name, logs)
+
+
+def test_a_recovery_on_other_hardware_is_refused_at_once_and_the_summary_says_why(
+    managed_env,  # noqa: F811
+    monkeypatch,
+):
+    node, home, env, work, repo, s3 = managed_env
+    monkeypatch.setenv("HOME", str(home))
+    run_dir = work / "results" / "smoke" / "ssh_loopback"
+    config = {"shards": 1, "scenarios": ["TAB-1"], "adapters": ADAPTERS}
+    # The first machine dies as the first cell lands in the bucket mount; SkyPilot recovers the
+    # job on whatever machine it gets next.
+    loopback.set_faults(
+        home, preempt_first_attempt_on_file="datarax-bench-bucket/*/*/*/cells/raw/*/*/*.json"
+    )
+    refused = snakemake(repo, work, env, **config)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0, out[-4000:]
+    differs = f"usable cores: {CORES} vs {CORES // 2}"
+
+    # The recovered machine's own report (its `doctor`) is what was compared.
+    root = f"{PREFIX}/smoke/ssh_loopback/cells"
+    reports = [k for k in bucket_keys(s3) if k.startswith(f"{root}/doctor/")]
+    cores = sorted(
+        json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())["cpu"]["usable_cores"]
+        for k in reports
+    )
+    assert cores == [CORES // 2, CORES]
+
+    # Refused at once: the job was cancelled before it measured the rest of its cells.
+    events = [json.loads(line) for line in (run_dir / "cloud" / "ledger.jsonl").open()]
+    (event,) = [e for e in events if e["event"] == "managed_job_hardware_refused"]
+    job_id = event["job_id"]
+    assert differs in event["differs"]
+    assert any(e["event"] == "managed_job_cancelled" and e["job_id"] == job_id for e in events)
+    refusal = json.loads((run_dir / "cloud" / "managed" / "shard-1.refused.json").read_text())
+    not_measured = refusal["cells_not_measured"]
+    assert not_measured and len([k for k in bucket_keys(s3) if "/cells/raw/" in k]) < 4
+    assert "No in-progress managed jobs." in queue(env)
+    assert loopback_processes(home, node) == []
+
+    # The run says why, where the user looks: Snakemake's output and summary.md.
+    summary = (run_dir / "summary.md").read_text()
+    for text in (out, summary):
+        assert f"shard 1/1: managed job {job_id} was cancelled" in text, text[-3000:]
+        assert "landed on different hardware" in text and differs in text
+        assert f"{len(not_measured)} of its 4 cells were not measured" in text
+        assert all(cell in text for cell in not_measured)
+        assert "instance_type" in text
+
+    # Pinned, the recovery is the same type of machine: the run resumes and finishes.
+    loopback.set_faults(home, preempt_managed_after_s=[2])
+    pinned = snakemake(repo, work, env, "instance_type=loopback-1", **config)
+    out = pinned.stdout + pinned.stderr
+    assert pinned.returncode == 0, out[-4000:]
+    assert set(raw_cells(run_dir)) == {("TAB-1", "small", a) for a in ADAPTERS}
+    info = json.loads((run_dir / "cloud" / "teardown.json").read_text())["managed"]
+    assert [(s["status"], s["recoveries"]) for s in info["shards"]] == [("SUCCEEDED", 1)]
+    summary = (run_dir / "summary.md").read_text()
+    assert "The run stopped" not in summary and "## Managed jobs" in summary
+    assert not (run_dir / "cloud" / "managed" / "shard-1.refused.json").exists()
+    events = [json.loads(line) for line in (run_dir / "cloud" / "ledger.jsonl").open()]
+    assert sum(e["event"] == "managed_job_hardware_refused" for e in events) == 1
+    check_against_real_sky_cli(loopback.calls(home))
