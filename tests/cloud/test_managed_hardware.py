@@ -130,3 +130,51 @@ def test_a_recovery_on_other_hardware_is_refused_at_once_and_the_summary_says_wh
     events = [json.loads(line) for line in (run_dir / "cloud" / "ledger.jsonl").open()]
     assert sum(e["event"] == "managed_job_hardware_refused" for e in events) == 1
     check_against_real_sky_cli(loopback.calls(home))
+
+
+def test_cells_the_refused_machine_measured_are_taken_out_of_the_bucket(tmp_path, monkeypatch):
+    """Between its report and the cancel, a refused machine may have kept cells: a rerun would
+    resume from them and managed_finish refuse them, so they leave the bucket (kept here)."""
+    from loopback import storage
+
+    from datarax_bench.cloud import managed
+    from datarax_bench.cloud.buckets import parse_bucket
+    from datarax_bench.workload.catalog import load_profile
+
+    files = {f"TAB-1/small/{a}/plain": f"raw/TAB-1/small/{a}.json" for a in ADAPTERS[:3]}
+    numpy, pytorch, grain = files
+    reference = {"CPU model": "X", "usable cores": 2, "RAM GiB": 8, "GPU": None, "GPU count": 0,
+                 "JAX backend": None, "JAX device kind": None}  # fmt: skip
+    refused = managed.HardwareMismatch("refused", {
+        "job_id": 3, "report": "r.json", "reference": "shard 1/1, job 3: first.json",
+        "differs": ["usable cores: 2 vs 1"], "hardware": {**reference, "usable cores": 1},
+        "reference_hardware": reference,
+    })  # fmt: skip
+
+    def result(cores: int) -> bytes:
+        cpu = {"model": "X", "usable_cores": cores}
+        return json.dumps({"provenance": {"cpu": cpu, "memory_bytes": 8 * 2**30}}).encode()
+
+    with storage.moto_server(tmp_path) as endpoint:
+        for key, value in storage.aws_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        s3 = storage.s3_client(endpoint)
+        s3.create_bucket(Bucket="dxb")
+        root = "bench/smoke/vast/cells"
+        s3.put_object(Bucket="dxb", Key=f"{root}/{files[numpy]}", Body=result(2))
+        s3.put_object(Bucket="dxb", Key=f"{root}/{files[pytorch]}", Body=result(1))
+        shard = managed.Shard(
+            profile=load_profile("smoke"), infra="vast", index=1, total=1, name="dxb-s1",
+            cells=list(files), cell_files=files, bucket=parse_bucket("s3://dxb/bench"),
+            settings=None, work_dir=tmp_path / "work", log=tmp_path / "shard.log",
+        )  # fmt: skip
+        store = managed.buckets.client(shard.bucket)
+        record = managed.write_refusal(shard, 3, list(files), store, refused)
+        left = [o["Key"] for o in s3.list_objects_v2(Bucket="dxb").get("Contents", [])]
+    assert (record["cells_kept"], record["cells_set_aside"]) == ([numpy], [pytorch])
+    assert record["cells_not_measured"] == [pytorch, grain]
+    assert left == [f"{root}/{files[numpy]}"]
+    kept_here = managed.refused_cells_dir(shard.work_dir) / files[pytorch]
+    assert json.loads(kept_here.read_text())["provenance"]["cpu"]["usable_cores"] == 1
+    said = "\n".join(managed.explain_refusals(shard.work_dir))
+    assert "taken out of the bucket" in said and pytorch in said and "usable cores: 2 vs 1" in said

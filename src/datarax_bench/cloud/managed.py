@@ -808,23 +808,60 @@ def write_refusal(
     for the explanation the run ends with (explain_refusals); say it in the shard's log."""
     try:
         kept = kept_cells(shard, store) & set(missing)
-    except Exception:  # the bucket could not be listed: none is known to be kept
-        kept = set()
+        # A job still running (keep_cluster) may yet write: only a cancelled one is sorted.
+        aside = [] if shard.keep_cluster else set_aside(shard, sorted(kept), store, exc.details)
+    except Exception as error:  # the bucket could not be read: none is known to be kept
+        say(f"{shard.label}: could not read its cells in the bucket: {error}")
+        kept, aside = set(), []
     record = {
         "shard": shard.index,
         "shards": shard.total,
         "name": shard.name,
-        **exc.details,
+        **{k: v for k, v in exc.details.items() if not k.endswith("hardware")},
         "job_id": job_id,
         "cancelled": not shard.keep_cluster,
-        "cells_kept": [c for c in missing if c in kept],
-        "cells_not_measured": [c for c in missing if c not in kept],
+        "cells_kept": [c for c in missing if c in kept and c not in aside],
+        "cells_not_measured": [c for c in missing if c not in kept or c in aside],
+        "cells_set_aside": aside,
+        "set_aside_in": str(refused_cells_dir(shard.work_dir)),
         "at": utc_now(),
     }
     write_json_atomic(refusal_path(shard.work_dir, shard.index), record)
     for line in refusal_lines(record):
         say(line)
     return record
+
+
+def refused_cells_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "refused-cells"
+
+
+def set_aside(shard: Shard, cells: Sequence[str], store, details: dict[str, Any]) -> list[str]:
+    """Cells of `cells` in the bucket that the refused machine measured before it was
+    cancelled (their hardware has the refused machine's values where it differed from the
+    reference): each is moved out of the bucket to refused_cells_dir here, so that the next
+    run measures it again rather than resuming from it, which managed_finish would refuse."""
+    refused, reference = details.get("hardware") or {}, details.get("reference_hardware") or {}
+    keys = [k for k in refused if refused.get(k) != reference.get(k)]
+    if not keys:
+        return []
+    root = cells_key(shard.profile.name, shard.infra)
+    out = []
+    for cid in cells:
+        rel = shard.cell_files[cid]
+        dest = refused_cells_dir(shard.work_dir) / rel
+        if not buckets.download(shard.bucket, f"{root}/{rel}", dest, store=store):
+            continue
+        try:
+            hw = provenance.hardware(json.loads(dest.read_text())["provenance"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            hw = {}
+        if not all(hw.get(k) == refused[k] for k in keys):
+            dest.unlink()  # measured on the run's hardware: it stays
+            continue
+        buckets.delete(shard.bucket, f"{root}/{rel}", store=store)
+        out.append(cid)
+    return out
 
 
 def refusal_lines(record: dict[str, Any]) -> list[str]:
@@ -845,6 +882,14 @@ def refusal_lines(record: dict[str, Any]) -> list[str]:
         f"measured: {', '.join(not_measured) or 'none'}"
         + (f"; kept in the bucket from before: {', '.join(kept)}" if kept else "")
         + ".",
+    ]
+    if record.get("cells_set_aside"):
+        lines.append(
+            f"{label}: measured on that machine before its cancel, so taken out of the bucket "
+            f"(kept in {record.get('set_aside_in')}) and measured again by the next run: "
+            f"{', '.join(record['cells_set_aside'])}."
+        )
+    lines += [
         f"To avoid it: {PIN_ADVICE}. Then run the same command again: it measures only the "
         "cells that are missing.",
     ]
@@ -922,7 +967,8 @@ def check_job_hardware(shard: Shard, job_id: int, seen: set[str], store=None) ->
                 f"than the run's first machine ({reference['source']}): {diff}; cancelling it "
                 f"before it measures more ({PIN_ADVICE})",
                 {"job_id": job_id, "report": key, "reference": reference["source"],
-                 "differs": differs},
+                 "differs": differs, "hardware": hw,
+                 "reference_hardware": reference["hardware"]},
             )  # fmt: skip
 
 
