@@ -30,6 +30,8 @@ BUCKET = "dxb-results"
 PREFIX = "bench"
 SCENARIOS = ["TAB-1", "NLP-1"]
 ADAPTERS = ["numpy", "pytorch"]
+#: A recovery rents the same machine type, hence (on the loopback) the same hardware.
+PINNED = "instance_type=loopback-1"
 
 pytestmark = [
     pytest.mark.slow,
@@ -145,11 +147,12 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
     monkeypatch.setenv("HOME", str(home))  # the real CLI's parser is imported in this process
     run_dir = work / "results" / "smoke" / "ssh_loopback"
     # Each shard's first machine dies as its first cell lands in the bucket mount; SkyPilot's
-    # recovery (here the loopback's controller) brings up a fresh one and restarts the job.
+    # recovery (here the loopback's controller) brings up a fresh one and restarts the job, on
+    # the same hardware because the machine type is pinned (test_managed_hardware.py: not).
     loopback.set_faults(
         home, preempt_first_attempt_on_file="datarax-bench-bucket/*/*/*/cells/raw/*/*/*.json"
     )
-    done = snakemake(repo, work, env)
+    done = snakemake(repo, work, env, PINNED)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
 
@@ -216,7 +219,7 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
 
     # A rerun submits nothing.
     n_calls = len(calls)
-    again = snakemake(repo, work, env)
+    again = snakemake(repo, work, env, PINNED)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not [c for c in loopback.calls(home)[n_calls:] if c["argv"][:2] == ["jobs", "launch"]]
 
@@ -230,11 +233,11 @@ def test_two_shards_two_preemptions_every_cell_once_and_a_foreign_shard_refused(
     cell.unlink()
     n_calls = len(loopback.calls(home))
     pulled = snakemake(
-        repo, work, env, targets=[str(cell.relative_to(work))]
+        repo, work, env, PINNED, targets=[str(cell.relative_to(work))]
     )  # pulled again, not measured
     assert pulled.returncode == 0, pulled.stderr[-3000:]
     assert not [c for c in loopback.calls(home)[n_calls:] if c["argv"][:2] == ["jobs", "launch"]]
-    refused = snakemake(repo, work, env)
+    refused = snakemake(repo, work, env, PINNED)
     assert refused.returncode != 0
     logs = "\n".join(p.read_text() for p in (work / "logs").rglob("finish.log"))
     assert "shards ran on different hardware" in logs
@@ -336,7 +339,7 @@ def test_on_vast_the_job_uploads_each_cell_itself_and_resumes_from_the_bucket(
         preempt_first_attempt_on_file="datarax-bench-results/.smoke.resume-bucket/attempts/raw/"
         "TAB-1/small/pytorch.json/*",
     )
-    done = snakemake(repo, work, env, infra="vast", shards=1, scenarios=["TAB-1"])
+    done = snakemake(repo, work, env, PINNED, infra="vast", shards=1, scenarios=["TAB-1"])
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert set(raw_cells(run_dir)) == {("TAB-1", "small", a) for a in ADAPTERS}

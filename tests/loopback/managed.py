@@ -21,6 +21,9 @@ A managed job is run by a controller process on this machine (its own session: i
 - Fault `preempt_first_attempt_on_file` (a glob, relative to the machine's HOME): every job's
   first attempt dies as soon as a file matching it exists there, e.g. its first result in
   a bucket mount, whatever the machine's speed; later attempts run undisturbed.
+- Every attempt after the first is a new machine with other hardware (half the node's cores,
+  by CPU affinity), as SkyPilot's recovery takes any offer that fits, unless the task pins
+  `instance_type` (task resources or `-t`): then it is the same type, the same hardware.
 - A job that fails is restarted while `resources.job_recovery.max_restarts_on_errors` allows:
   like SkyPilot, it shows RECOVERING and the restart counts in #RECOVERIES; otherwise it ends
   FAILED, or FAILED_SETUP when its setup failed.
@@ -471,6 +474,7 @@ def cmd_launch(cli, argv) -> int:
         "task": task,
         "envs": envs,
         "workdir": str(Path(workdir).expanduser().resolve()) if workdir else None,
+        "instance_type": a.instance_type or (task.get("resources") or {}).get("instance_type"),
     }
     controller = subprocess.Popen(
         [sys.executable, cli.__file__, "__managed_controller__", str(job_id)],
@@ -628,13 +632,14 @@ class Controller:
 
             script = storage.wrap_job(script, mounts, write_back_s=write_back_s())
         envs = {**self.spec["envs"], "SKYPILOT_TASK_ID": self.job["task_id_env"]}
+        machine = self.machine(number)
         # As `sky launch` does: the environment comes on ssh's stdin and the job inherits it.
         remote = (
             f"{self.cli.env_script(envs)}\n"
             f"export HOME={shlex.quote(str(self.home))}\n"
             f"mkdir -p {jobs} ~/sky_workdir && cd ~/sky_workdir\n"
             f"cat > {jobs}/job.sh <<'LOOPBACK_JOB_EOF'\n{script}\nLOOPBACK_JOB_EOF\n"
-            f"setsid nohup bash -c 'bash {jobs}/job.sh > {jobs}/job.log 2>&1; "
+            f"setsid nohup {machine}bash -c 'bash {jobs}/job.sh > {jobs}/job.log 2>&1; "
             f"echo $? > {jobs}/job.exit' </dev/null >/dev/null 2>&1 &\n"
             "echo $!\n"
         )
@@ -657,6 +662,22 @@ class Controller:
             )
         self.say(f"attempt {number} runs as pid {pid} on {self.home}")
         return self.watch(pid, jobs, first=number == 1)
+
+    def machine(self, number: int) -> str:
+        """The command prefix that makes the attempt's machine. A recovery (or restart) is a new
+        machine: SkyPilot takes any offer that fits (on Vast the first returned, with no CPU
+        model or core count), so unless the task pins `instance_type` it has other hardware;
+        here half the node's cores, by CPU affinity, which every process of the job inherits
+        and `provenance.cpu_info` reads (`sched_getaffinity`)."""
+        if number == 1 or self.spec.get("instance_type"):
+            return ""
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            self.say(f"attempt {number}: a 1-core node cannot give it other hardware")
+            return ""
+        chosen = cores[: len(cores) // 2]
+        self.say(f"attempt {number} lands on other hardware: {len(chosen)} of {len(cores)} cores")
+        return f"taskset -c {','.join(map(str, chosen))} "
 
     def watch(self, pid: int, jobs: Path, first: bool) -> str:
         started, offset, preempt_at = self.job["last_recovered_at"], 0, None

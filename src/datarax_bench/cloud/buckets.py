@@ -91,6 +91,8 @@ class Store(Protocol):
 
     def upload(self, src: Path, bucket: str, key: str) -> None: ...
 
+    def delete(self, bucket: str, key: str) -> None: ...
+
 
 class S3Store:
     def __init__(self):
@@ -118,6 +120,9 @@ class S3Store:
 
     def upload(self, src: Path, bucket: str, key: str) -> None:
         self._s3.upload_file(str(src), bucket, key)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._s3.delete_object(Bucket=bucket, Key=key)
 
 
 class GCSStore:
@@ -155,6 +160,14 @@ class GCSStore:
 
     def upload(self, src: Path, bucket: str, key: str) -> None:
         self._gcs.bucket(bucket).blob(key).upload_from_filename(str(src))
+
+    def delete(self, bucket: str, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._gcs.bucket(bucket).blob(key).delete()
+        except NotFound:
+            pass
 
 
 def client(bucket: BucketURI) -> Store:
@@ -205,3 +218,9 @@ class MirroredDirectory:
     def push(self, path: Path) -> str:
         rel = Path(path).resolve().relative_to(self.local.resolve())
         return upload(path, self.bucket, rel.as_posix(), store=self.store)
+
+
+def delete(bucket: BucketURI, key: str, store: Store | None = None) -> None:
+    """Remove one object under the bucket's prefix (none there: nothing to do)."""
+    store = store or client(bucket)
+    store.delete(bucket.name, bucket.key(key))

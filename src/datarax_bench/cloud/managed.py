@@ -34,6 +34,7 @@ from datarax_bench.cloud.buckets import BucketURI
 from datarax_bench.cloud.standalone import BUCKET_ENV, BUCKET_MOUNT, with_results_bucket
 from datarax_bench.console import say
 from datarax_bench.errors import UserError
+from datarax_bench.files import write_text_atomic
 from datarax_bench.results import (
     ATTEMPTS_DIR,
     infra_dir,
@@ -670,6 +671,7 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     bills until it finishes by itself.
     """
     store = buckets.client(shard.bucket)
+    refusal_path(shard.work_dir, shard.index).unlink(missing_ok=True)  # this attempt decides anew
     current = current_cells(shard, store)
     missing = [cid for cid in shard.cells if cid not in current]
     record: dict[str, Any] = {
@@ -714,6 +716,12 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
     estimate = job_estimate(
         task_file, shard.name, shard.infra, shard.use_spot, envs, by_name, shard.log
     )
+    # Job ids start again at 1 once the jobs controller is torn down, so an earlier run's job
+    # of the same shard and id left reports that must not be taken for this job's.
+    earlier_reports = set(
+        buckets.list_keys(shard.bucket, cells_key(shard.profile.name, shard.infra), "doctor",
+                          store=store)
+    )  # fmt: skip
     ledger.add("managed_job_requested", shard.name, shard=shard.index, cells=len(missing))
     try:
         proc = sky.run_sky(argv, shard.log, timeout=shard.settings.launch_timeout_minutes * 60)
@@ -745,13 +753,15 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
                hourly_usd=estimate["hourly_usd"])  # fmt: skip
     say(f"{shard.label}: managed job {job_id} ({shard.name}), {len(missing)} cells")
     try:
-        final = _watch(shard, job_id, missing, store)
-    except BaseException:
+        final = _watch(shard, job_id, missing, store, earlier_reports)
+    except BaseException as exc:
         if shard.keep_cluster:
             say(f"{shard.label}: keep_cluster: managed job {job_id} keeps running (and billing)")
         else:
             say(f"{shard.label}: cancelling managed job {job_id}")
             cancel([job_id], shard.log, ledger)
+        if isinstance(exc, HardwareMismatch):
+            write_refusal(shard, job_id, missing, store, exc)
         raise
     save_job_log(job_id, job_log_path(shard.work_dir, shard.index, job_id))
     record.update(
@@ -770,7 +780,141 @@ def run_shard(shard: Shard, report: Path) -> dict[str, Any]:
 
 
 class HardwareMismatch(RuntimeError):
-    """A job's machine is not the hardware of the run's first machine."""
+    """A job's machine is not the hardware of the run's first machine; `details`: the job,
+    its report, the reference and what differs, for the run's explanation (refusal_path)."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+#: How to keep a run's machines alike, said wherever a job is refused for its hardware.
+PIN_ADVICE = (
+    "SkyPilot takes any offer that fits the task, after a preemption too; pin the machine type "
+    "with `--config instance_type=<type>` so that every shard and every recovery rents the same "
+    "one (on Vast the CPU model can still differ), and the infra's region with "
+    "`infra=<cloud>/<region>`"
+)
+
+
+def refusal_path(work_dir: Path, index: int) -> Path:
+    return Path(work_dir) / "managed" / f"shard-{index}.refused.json"
+
+
+def write_refusal(
+    shard: Shard, job_id: int, missing: Sequence[str], store, exc: HardwareMismatch
+) -> dict[str, Any]:
+    """Keep why the shard's job was cancelled and what became of its cells (refusal_path),
+    for the explanation the run ends with (explain_refusals); say it in the shard's log."""
+    try:
+        kept = kept_cells(shard, store) & set(missing)
+        # A job still running (keep_cluster) may yet write: only a cancelled one is sorted.
+        aside = [] if shard.keep_cluster else set_aside(shard, sorted(kept), store, exc.details)
+    except Exception as error:  # the bucket could not be read: none is known to be kept
+        say(f"{shard.label}: could not read its cells in the bucket: {error}")
+        kept, aside = set(), []
+    record = {
+        "shard": shard.index,
+        "shards": shard.total,
+        "name": shard.name,
+        **{k: v for k, v in exc.details.items() if not k.endswith("hardware")},
+        "job_id": job_id,
+        "cancelled": not shard.keep_cluster,
+        "cells_kept": [c for c in missing if c in kept and c not in aside],
+        "cells_not_measured": [c for c in missing if c not in kept or c in aside],
+        "cells_set_aside": aside,
+        "set_aside_in": str(refused_cells_dir(shard.work_dir)),
+        "at": utc_now(),
+    }
+    write_json_atomic(refusal_path(shard.work_dir, shard.index), record)
+    for line in refusal_lines(record):
+        say(line)
+    return record
+
+
+def refused_cells_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "managed" / "refused-cells"
+
+
+def set_aside(shard: Shard, cells: Sequence[str], store, details: dict[str, Any]) -> list[str]:
+    """Cells of `cells` in the bucket that the refused machine measured before it was
+    cancelled (their hardware has the refused machine's values where it differed from the
+    reference): each is moved out of the bucket to refused_cells_dir here, so that the next
+    run measures it again rather than resuming from it, which managed_finish would refuse."""
+    refused, reference = details.get("hardware") or {}, details.get("reference_hardware") or {}
+    keys = [k for k in refused if refused.get(k) != reference.get(k)]
+    if not keys:
+        return []
+    root = cells_key(shard.profile.name, shard.infra)
+    out = []
+    for cid in cells:
+        rel = shard.cell_files[cid]
+        dest = refused_cells_dir(shard.work_dir) / rel
+        if not buckets.download(shard.bucket, f"{root}/{rel}", dest, store=store):
+            continue
+        try:
+            hw = provenance.hardware(json.loads(dest.read_text())["provenance"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            hw = {}
+        if not all(hw.get(k) == refused[k] for k in keys):
+            dest.unlink()  # measured on the run's hardware: it stays
+            continue
+        buckets.delete(shard.bucket, f"{root}/{rel}", store=store)
+        out.append(cid)
+    return out
+
+
+def refusal_lines(record: dict[str, Any]) -> list[str]:
+    """A refused job in plain words: which shard and job, what differed, its cells, the fix."""
+    label = f"shard {record['shard']}/{record['shards']}"
+    not_measured, kept = record.get("cells_not_measured", []), record.get("cells_kept", [])
+    lines = [
+        f"{label}: managed job {record['job_id']} "
+        + (
+            "was cancelled"
+            if record.get("cancelled", True)
+            else "was refused (keep_cluster: it keeps running, and billing)"
+        )
+        + " because it landed on different hardware than the run's first machine "
+        f"({record.get('reference')}): "
+        f"{'; '.join(record.get('differs') or []) or 'see the shard log'}.",
+        f"{label}: {len(not_measured)} of its {len(not_measured) + len(kept)} cells were not "
+        f"measured: {', '.join(not_measured) or 'none'}"
+        + (f"; kept in the bucket from before: {', '.join(kept)}" if kept else "")
+        + ".",
+    ]
+    if record.get("cells_set_aside"):
+        lines.append(
+            f"{label}: measured on that machine before its cancel, so taken out of the bucket "
+            f"(kept in {record.get('set_aside_in')}) and measured again by the next run: "
+            f"{', '.join(record['cells_set_aside'])}."
+        )
+    lines += [
+        f"To avoid it: {PIN_ADVICE}. Then run the same command again: it measures only the "
+        "cells that are missing.",
+    ]
+    return lines
+
+
+def explain_refusals(work_dir: Path) -> list[str]:
+    """The lines of every shard of the run refused for its hardware (none when no shard was)."""
+    lines: list[str] = []
+    for path in sorted((Path(work_dir) / "managed").glob("shard-*.refused.json")):
+        try:
+            lines += refusal_lines(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, KeyError):
+            continue
+    return list(dict.fromkeys(lines))  # the advice once, however many shards were refused
+
+
+def write_stopped_summary(work_dir: Path, lines: Sequence[str]) -> Path:
+    """summary.md of a run stopped by a refused job: why, in the words of the shard's log; the
+    run's next complete invocation writes the full summary over it."""
+    path = Path(work_dir).parent / "summary.md"
+    text = ["# The run stopped before every cell was measured", ""]
+    text += [f"- {line}" for line in lines]
+    write_text_atomic(path, "\n".join(text) + "\n")
+    return path
 
 
 def hardware_reference_path(work_dir: Path) -> Path:
@@ -810,27 +954,33 @@ def check_job_hardware(shard: Shard, job_id: int, seen: set[str], store=None) ->
                 reference = {"hardware": hw, "source": f"{shard.label}, job {job_id}: {key}"}
                 write_json_atomic(path, reference)
         if hw != reference["hardware"]:
-            diff = "; ".join(
+            differs = [
                 f"{k}: {reference['hardware'].get(k)!r} vs {hw.get(k)!r}"
                 for k in hw
                 if hw.get(k) != reference["hardware"].get(k)
-            )
+            ]
+            diff = "; ".join(differs)
             shard.ledger.add("managed_job_hardware_refused", shard.name, job_id=job_id,
                              report=key, reference=reference["source"], differs=diff)  # fmt: skip
             raise HardwareMismatch(
                 f"{shard.label}: managed job {job_id} landed on different hardware ({key}) "
                 f"than the run's first machine ({reference['source']}): {diff}; cancelling it "
-                "before it measures more (SkyPilot picks any offer of the instance type: pin "
-                "the infra's region, or rerun to draw another machine)"
-            )
+                f"before it measures more ({PIN_ADVICE})",
+                {"job_id": job_id, "report": key, "reference": reference["source"],
+                 "differs": differs, "hardware": hw,
+                 "reference_hardware": reference["hardware"]},
+            )  # fmt: skip
 
 
-def _watch(shard: Shard, job_id: int, missing: list[str], store) -> dict[str, Any]:
-    """Poll `sky jobs queue` until the job ends; print progress; record recoveries."""
+def _watch(
+    shard: Shard, job_id: int, missing: list[str], store, earlier_reports: set[str]
+) -> dict[str, Any]:
+    """Poll `sky jobs queue` until the job ends; print progress; record recoveries.
+    `earlier_reports`: hardware reports in the bucket before the launch, not this job's."""
     started = time.monotonic()
     deadline = started + shard.settings.max_cluster_hours * 3600
     failures, recoveries, done, last_line, last_said = 0, 0, 0, "", 0.0
-    seen_reports: set[str] = set()
+    seen_reports = set(earlier_reports)
     while True:
         try:
             row = queue(shard.log).get(job_id)

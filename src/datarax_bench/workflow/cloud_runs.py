@@ -113,10 +113,18 @@ def tear_down_after_error(runs: Iterable[CloudRun], keep_cluster: bool) -> None:
 
 def cancel_after_error(runs: Iterable[CloudRun], shards: int, keep_cluster: bool) -> None:
     """managed.smk's onerror step: each run's managed jobs cancelled unless kept
-    (`managed.cancel_after_error`)."""
+    (`managed.cancel_after_error`); a shard refused for its hardware explained on stdout and in
+    the run's summary.md."""
     from datarax_bench.cloud import managed
 
     for run in runs:
         managed.cancel_after_error(
             run.work_dir, run.cluster, shards, keep_cluster, run.log("onerror-cancel")
         )
+        # A job refused for its hardware stops the run: say why where the user looks.
+        lines = managed.explain_refusals(run.work_dir)
+        if lines:
+            for line in lines:
+                print(f"onerror: {line}")
+            summary = managed.write_stopped_summary(run.work_dir, lines)
+            print(f"onerror: why the run stopped: {summary}")
