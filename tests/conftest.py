@@ -12,7 +12,7 @@ from support import CLI, ROOT, run_cli
 from support.smoke import run_smoke_matrix, union_of
 
 # Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
-pytest_plugins = ["support.wandb_offline"]
+pytest_plugins = ["support.wandb_offline", "support.managed_loopback", "support.stand_in_jobs"]
 
 
 def pytest_sessionstart(session):

@@ -13,18 +13,16 @@ import re
 import pytest
 from loopback import node as loopback
 from support.loopback_cluster import check_against_real_sky_cli, raw_cells
-from test_managed_loopback import (  # the managed loopback's fixture and helpers
+from support.managed_loopback import (
     BUCKET,
     PREFIX,
     bucket_keys,
     loopback_processes,
-    managed_env,  # noqa: F401
     queue,
     snakemake,
 )
-from test_stand_in_managed_jobs import (  # the stand-in's fixture and helpers
+from support.stand_in_jobs import (
     INFRA,
-    cluster,  # noqa: F401
     launched_id,
     sky,
     task_file,
