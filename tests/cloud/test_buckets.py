@@ -59,6 +59,16 @@ def test_keys_under_a_prefix_and_one_object_downloaded_or_absent(bucket, tmp_pat
     assert not missing.exists()
 
 
+def test_one_object_is_deleted_and_deleting_an_absent_one_is_nothing(bucket):
+    store = buckets.client(bucket)
+    buckets.delete(bucket, "smoke/gcp/cells/raw/TAB-1/small/numpy.json", store=store)
+    assert sorted(buckets.list_keys(bucket, "smoke/gcp/cells", store=store)) == [
+        "attempts/raw/TAB-1/small/numpy.json/1"
+    ]
+    buckets.delete(bucket, "smoke/gcp/cells/raw/TAB-1/small/numpy.json", store=store)
+    assert len(list(buckets.list_keys(bucket, "smoke/gcp/cells", store=store))) == 1
+
+
 def test_a_mirrored_directory_pulls_the_prefix_and_uploads_what_is_written(bucket, tmp_path):
     cells = parse_bucket(f"{bucket.uri}/smoke/gcp/cells")
     mirror = buckets.MirroredDirectory(cells, tmp_path / "mirror")
