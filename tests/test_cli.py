@@ -32,7 +32,7 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells():
     assert ("PC-1", "d50") in cells and ("IO-1", "tfrecord") in cells
     # IO-1's backends are supported by different adapters: one row per variant.
     io1 = [f"IO-1/{v}" for v in ("memory", "npy_mmap", "array_record", "tfrecord", "tfds")]
-    assert list(doc["support"]) == ["CV-1", "NLP-1", "TAB-1", "PC-1", *io1, "PR-2"]
+    assert list(doc["support"]) == ["CV-1", "CV-3", "NLP-1", "TAB-1", "PC-1", *io1, "PR-2"]
     assert doc["support"]["IO-1/npy_mmap"]["numpy"] == "yes"
     assert doc["support"]["IO-1/tfrecord"]["tfdata"] == "yes"
     assert doc["support"]["IO-1/tfrecord"]["numpy"].startswith("unsupported: The NumPy reference")
