@@ -88,8 +88,8 @@ def _decoded(x, p, key):
 
 
 #: The reference's ops for a framework whose reader decodes JPEG files itself (WebDataset's
-#: `decode`, LitData's image serializer): the walk's decode step takes its pixels as they are,
-#: the step still counted, so every later step draws as the reference's does.
+#: `decode`): the walk's decode step takes its pixels as they are, the step still counted, so
+#: every later step draws as the reference's does.
 DECODED_OPS = dataclasses.replace(
     reference.REFERENCE_OPS, fields={**reference.FIELD_OPS, "decode_jpeg": _decoded}
 )

@@ -10,9 +10,9 @@ step << 24 | draw), with the step numbered as `reference.apply_step` numbers it 
 XLA; the words of a walk's fixed-count draws in one pass per element), then the same
 integer-first conversions, so random cells deliver the reference's bytes, independent of thread
 scheduling. JPEG files are decoded by TensorFlow's own `tf.io.decode_jpeg`, with the accurate
-integer IDCT the other decoders use (`dct_method="INTEGER_ACCURATE"`). The bilinear resize
-is the reference's arithmetic in TF ops, and Grappler's
-arithmetic optimizer is off (`import_tensorflow`): it reassociates float adds.
+integer IDCT the other decoders use (`dct_method="INTEGER_ACCURATE"`). The bilinear resize is
+the reference's arithmetic in TF ops, and Grappler's arithmetic optimizer is off
+(`import_tensorflow`): it reassociates float adds.
 
 TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX owns them.
 
