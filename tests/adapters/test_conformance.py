@@ -204,6 +204,10 @@ BROKEN = [
     ("CV-1", "small", support.DroppingAdapter("normalize")),
     ("CV-1", "small", support.PerBatchRandomAdapter()),
     ("CV-1", "small", support.WeakenedAdapter()),
+    ("CV-3", "small", support.DroppingAdapter("random_horizontal_flip")),
+    ("CV-3", "small", support.PerBatchRandomAdapter()),
+    ("CV-3", "small", support.WeakenedAdapter()),
+    ("CV-3", "imagenet", support.DraftDecodeAdapter()),
     ("CV-2", "small", support.DroppingAdapter("zscore")),
     ("CV-2", "small", support.PerBatchRandomAdapter()),
     ("NLP-1", "small", support.PerBatchRandomAdapter()),
@@ -502,3 +506,25 @@ def test_a_hanging_dataloader_times_out_and_leaves_no_worker_process(tmp_path):
 def test_probe_data_is_the_cached_data_outside_cv1():
     w = support.workload("TAB-1", "small")
     assert support.probe_dataset(w).digest == materialize(w, 0).digest
+
+
+def test_results_of_jpeg_files_name_their_encoder_and_each_adapters_decoder():
+    from datarax_bench.adapters import all_adapters
+    from datarax_bench.run.cell import result_provenance
+
+    w = support.workload("CV-3", "small")
+    decoders = {}
+    for adapter in all_adapters():
+        jpeg = result_provenance(w, adapter).get("jpeg")
+        if "decode_jpeg" in adapter.ops:
+            assert jpeg["encoder"]["library"].startswith("Pillow ")
+            assert jpeg["encoder"]["subsampling"] == "4:2:0"
+            decoders[adapter.id] = jpeg["decoder"]
+        else:
+            assert jpeg is None, adapter.id
+    assert decoders["tfdata"].startswith("tf.io.decode_jpeg, dct_method INTEGER_ACCURATE")
+    assert "PIL.Image.open" in decoders["numpy"] and "libjpeg-turbo" in decoders["numpy"]
+    assert (
+        result_provenance(support.workload("CV-1", "small"), get_adapter("numpy")).get("jpeg")
+        is None
+    )

@@ -255,3 +255,22 @@ def test_planned_words_are_the_words_of_their_steps():
         for step, ((y0, y1), n) in enumerate(zip(got, counts, strict=True)):
             want = randomness.batch_words(11, 2, indices, step, n)
             np.testing.assert_array_equal(np.stack([y0, y1], -1).reshape(want.shape), want)
+
+
+def test_jpeg_files_decode_to_pillows_pixels_with_the_accurate_idct_only():
+    """tf.io.decode_jpeg with the accurate integer IDCT gives the reference's (Pillow's) pixels
+    exactly; its default, a faster and coarser IDCT, differs by more than the conformance
+    bound, which is why the adapter asks for the accurate one."""
+    import tensorflow as tf
+
+    w = support.workload("CV-3", "imagenet")
+    ds = materialize(w, 0)
+    worst = 0
+    for i in range(w.num_elements):
+        file = ds.element(i)["image"]
+        want = reference.FIELD_OPS["decode_jpeg"](file, {}, None)
+        accurate = tf.io.decode_jpeg(file.tobytes(), channels=3, dct_method="INTEGER_ACCURATE")
+        np.testing.assert_array_equal(accurate.numpy(), want)
+        default = tf.io.decode_jpeg(file.tobytes(), channels=3).numpy()
+        worst = max(worst, int(np.abs(default.astype(int) - want).max()))
+    assert worst > support.DECODE_MAX_DIFF

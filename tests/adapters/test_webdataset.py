@@ -72,6 +72,24 @@ def test_shards_hold_the_cache_element_for_element_and_are_built_once(tmp_path):
     assert index == ctx.dataset.num_elements
 
 
+def test_jpeg_files_are_jpg_members_holding_the_files_themselves(tmp_path):
+    """WebDataset's own way to hold images: each JPEG file a `.jpg` member, byte for byte,
+    which its `decode("rgb8")` decodes; the other fields stay `.npy` members."""
+    from datarax_bench.adapters.base import jpeg_fields
+    from datarax_bench.adapters.webdataset import build_shards
+
+    ctx = _context("CV-3", "imagenet", root=tmp_path)
+    paths = build_shards(ctx.dataset, 8, jpeg_fields(ctx.workload.fields))
+    with tarfile.open(paths[1]) as tar:
+        assert sorted(m.name for m in tar.getmembers())[:2] == [
+            "000000008.image.jpg",
+            "000000008.label.npy",
+        ]
+        for index in range(8, 16):
+            data = tar.extractfile(f"{index:09d}.image.jpg").read()
+            assert data == ctx.dataset.element(index)["image"].tobytes()
+
+
 @pytest.mark.parametrize(("scenario", "variant"), [("TAB-1", "small"), ("NLP-2", "small")])
 @pytest.mark.parametrize("style", ["plain", "tuned"])
 def test_in_process_pipeline_equals_reference_over_two_epochs(scenario, variant, style):

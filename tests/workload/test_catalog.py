@@ -13,6 +13,7 @@ from datarax_bench.workload.reference import ALL_OPS
 STANDARD = {
     "CV-1": "Image classification (canonical)",
     "CV-2": "High-resolution 3-D medical volumes",
+    "CV-3": "Image classification from JPEG",
     "NLP-1": "Token-based LLM pretraining data",
     "NLP-2": "Variable-length text with dynamic padding",
     "TAB-1": "Dense feature table",
@@ -27,7 +28,7 @@ STANDARD = {
 }
 
 
-def test_catalog_has_the_thirteen_standard_scenarios():
+def test_catalog_has_the_fourteen_standard_scenarios():
     catalog = load_catalog()
     assert {sid: s.name for sid, s in catalog.scenarios.items()} == STANDARD
 
@@ -73,7 +74,8 @@ def test_shipped_profiles_load(name):
 
 def test_profile_contents_match_their_purpose():
     catalog = load_catalog()
-    assert load_profile("ci_cpu").scenarios == ["CV-1", "NLP-1", "TAB-1", "PC-1", "IO-1", "PR-2"]
+    ci_scenarios = ["CV-1", "CV-3", "NLP-1", "TAB-1", "PC-1", "IO-1", "PR-2"]
+    assert load_profile("ci_cpu").scenarios == ci_scenarios
     assert set(load_profile("gpu_a100").scenarios) == set(catalog.scenarios)
     assert set(load_profile("smoke").scenarios) == set(catalog.scenarios)
     ci = load_profile("ci_cpu").measurement
@@ -133,6 +135,19 @@ def _break(project_copy, monkeypatch, relpath, mutate):
         (
             lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].update(backend="parquet"),
             "scenarios.IO-1.variants.tfds.backend",
+        ),
+        # A jpeg field holds each element's file: ragged bytes, with its generator's keys.
+        (
+            lambda d: d["scenarios"]["CV-3"]["fields"]["image"].update(shape=[96, 96, 3]),
+            "scenarios.CV-3.fields.image: a jpeg field holds each element's file as bytes",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-3"]["fields"]["image"]["generator"].pop("quality"),
+            "scenarios.CV-3.fields.image.generator: missing quality for kind 'jpeg'",
+        ),
+        (
+            lambda d: d["scenarios"]["CV-3"]["fields"]["image"]["generator"].update(quality=100),
+            "scenarios.CV-3.fields.image.generator.quality",
         ),
         # Each op's parameters, as reference.OP_PARAMS declares them.
         (

@@ -3,9 +3,13 @@ memory-mapped."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
+from datarax_bench.workload import data, reference
 from datarax_bench.workload.catalog import load_catalog
 from datarax_bench.workload.data import cache_key, materialize
 
@@ -100,8 +104,84 @@ def test_a_dataset_directory_without_meta_is_regenerated(tmp_path):
     assert again.dense["image"].shape == ds.dense["image"].shape
 
 
-@pytest.mark.parametrize("sid", ["CV-1", "CV-2", "NLP-1", "NLP-2", "TAB-1", "TAB-2", "PC-1"])
+@pytest.mark.parametrize(
+    "sid", ["CV-1", "CV-2", "CV-3", "NLP-1", "NLP-2", "TAB-1", "TAB-2", "PC-1"]
+)
 def test_every_throughput_scenario_materializes(sid, tmp_path):
     scenario = load_catalog().get(sid)
     ds = materialize(scenario.resolve(scenario.default_variants[0], "tiny"), 0, root=tmp_path)
     assert sorted(ds.field_names) == sorted(scenario.raw["fields"])
+
+
+# --- JPEG files (CV-3) -------------------------------------------------------------------------
+
+
+def _files(ds, name="image"):
+    values, offsets = ds.ragged[name]
+    return [bytes(values[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def test_jpeg_files_are_the_same_bytes_in_separate_caches_and_reused(tmp_path):
+    """One encoder with fixed settings: the same files wherever the data is built, one blob
+    with offsets, built once and then reused."""
+    w = _workload("CV-3", "imagenet")
+    a = materialize(w, seed=0, root=tmp_path / "a")
+    b = materialize(w, seed=0, root=tmp_path / "b")
+    assert a.generated and b.generated and a.digest == b.digest
+    assert _files(a) == _files(b)
+    again = materialize(w, seed=0, root=tmp_path / "a")
+    assert not again.generated and again.directory == a.directory
+    assert not any(p.name.startswith(".tmp-") for p in a.directory.parent.iterdir())
+    meta = json.loads((a.directory / "meta.json").read_text())
+    assert meta["data"]["jpeg_encoder"] == data.jpeg_encoder()
+    assert meta["data"]["jpeg_encoder"]["library"].startswith("Pillow ")
+
+
+def test_jpeg_files_are_baseline_jpegs_of_the_drawn_sizes(tmp_path):
+    from PIL import Image
+
+    w = _workload("CV-3", "imagenet")
+    gen = w.fields["image"].generator
+    files = _files(materialize(w, seed=0, root=tmp_path))
+    assert len(files) == w.num_elements
+    sizes = set()
+    for f in files:
+        assert f[:2] == b"\xff\xd8" and f[-2:] == b"\xff\xd9", "not a whole JPEG file"
+        with Image.open(io.BytesIO(f)) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            # 4:2:0: the chroma planes sampled at half the luma's rate both ways.
+            assert image.layer[0][1:3] == (2, 2) and image.layer[1][1:3] == (1, 1)
+            width, height = image.size
+        assert gen["min_side"] <= min(width, height) and max(width, height) <= gen["max_side"]
+        sizes.add((height, width))
+    assert len(sizes) > w.num_elements // 2, "sides are drawn per element"
+
+
+def test_a_failed_jpeg_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The files appear whole or not at all: an encoder failing midway leaves no dataset (and
+    no temporary directory), and the next build makes the complete one."""
+    w = _workload("CV-3")
+    calls = []
+    encode = data.encode_jpeg
+
+    def failing(pixels, quality):
+        calls.append(1)
+        if len(calls) == 10:
+            raise RuntimeError("encoder failed")
+        return encode(pixels, quality)
+
+    monkeypatch.setattr(data, "encode_jpeg", failing)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        materialize(w, seed=0, root=tmp_path)
+    scenario_dir = tmp_path / "data" / "CV-3"
+    assert not any(scenario_dir.iterdir())
+    monkeypatch.setattr(data, "encode_jpeg", encode)
+    ds = materialize(w, seed=0, root=tmp_path)
+    assert ds.generated and len(_files(ds)) == w.num_elements
+
+
+def test_another_jpeg_encoder_is_other_data(monkeypatch):
+    w = _workload("CV-3")
+    key = cache_key(w, 0)
+    monkeypatch.setattr(reference, "jpeg_library", lambda: "Pillow 0.0 (libjpeg 6b)")
+    assert cache_key(w, 0) != key

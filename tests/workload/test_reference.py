@@ -154,3 +154,35 @@ def test_every_catalog_op_has_a_reference_implementation():
     catalog = load_catalog()
     used = {op for s in catalog.scenarios.values() for op in s.resolve(s.variants[0]).ops()}
     assert used <= ref.ALL_OPS
+
+
+def test_decode_jpeg_is_pillows_decode_of_the_file():
+    import io
+
+    from PIL import Image
+
+    from datarax_bench.workload.data import JPEG_NOISE, encode_jpeg, jpeg_pixels
+
+    pixels = jpeg_pixels(np.random.default_rng(0), 37, 53)
+    file = encode_jpeg(pixels, 90)
+    decoded = ref.FIELD_OPS["decode_jpeg"](np.frombuffer(file, np.uint8), {}, None)
+    assert decoded.shape == (37, 53, 3) and decoded.dtype == np.uint8
+    with Image.open(io.BytesIO(file)) as image:
+        np.testing.assert_array_equal(decoded, np.asarray(image.convert("RGB")))
+    # Lossy, but the same picture: what quality 90 loses on average is less than the pixels'
+    # added noise.
+    error = np.abs(decoded.astype(int) - pixels).mean()
+    assert 0 < error < JPEG_NOISE, error
+
+
+def test_cv3_decodes_then_crops_flips_and_normalises_images_of_any_size():
+    batch, w, ds = _batch("CV-3", "imagenet")
+    crop = w.transforms[1]["size"]
+    assert batch["image"].shape == (w.batch_size, *crop, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32
+    sides = {ref.FIELD_OPS["decode_jpeg"](ds.element(i)["image"], {}, None).shape for i in range(8)}
+    assert len(sides) > 1, "the source images differ in size"
+    assert -2.5 < batch["image"].mean() < 2.5 and batch["image"].std() > 0.3
+    # The crop's draws follow the decode's step: the same element, the same batch.
+    again, _, _ = _batch("CV-3", "imagenet")
+    np.testing.assert_array_equal(batch["image"], again["image"])

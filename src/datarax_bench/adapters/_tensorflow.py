@@ -181,13 +181,19 @@ class CounterDraws:
         top = tf.cast(tf.bitwise.right_shift(y, tf.constant(8, tf.uint32)), tf.float32)
         return (top * 2.0**-23 - 1.0) * tf.constant(np.float32(bound))
 
-    def crop_box(self, y, height: int, width: int, scale, ratio):
+    def crop_box(self, y, height, width, scale, ratio):
         """int64 (top, left, h, w) of a random-resized crop from the first words y (...,
         CROP_DRAWS) (`randomness.crop_boxes`): ten tries at once, the first that fits wins,
-        else the centre crop."""
+        else the centre crop. `height` and `width` are ints, or int64 scalar tensors where the
+        image's size is known only at run time (a decoded JPEG's)."""
         tf = self.tf
         tries = randomness.CROP_TRIES
-        low, high = randomness.crop_area_bounds(height, width, scale)
+        if isinstance(height, int) and isinstance(width, int):
+            low, high = randomness.crop_area_bounds(height, width, scale)
+            c_top, c_left, c_h, c_w = randomness.centre_crop_box(height, width, ratio)
+        else:
+            low, high = self.crop_area_bounds(height, width, scale)
+            c_top, c_left, c_h, c_w = self.centre_crop_box(height, width, ratio)
         target = tf.cast(low + self.below(y[..., 0 : 2 * tries : 2], high - low + 1), tf.float32)
         table = tf.constant(randomness.aspect_table(ratio))
         shift = tf.constant(32 - randomness.ASPECT_TABLE_BITS, tf.uint32)
@@ -200,12 +206,32 @@ class CounterDraws:
         first = tf.reduce_min(tf.where(fits, tf.range(tries, dtype=tf.int64), tries), axis=-1)
         found = first < tries
         pick = tf.minimum(first, tries - 1)[..., None]
-        c_top, c_left, c_h, c_w = randomness.centre_crop_box(height, width, ratio)
         h = tf.where(found, tf.gather(hs, pick, batch_dims=pick.shape.rank - 1)[..., 0], c_h)
         w = tf.where(found, tf.gather(ws, pick, batch_dims=pick.shape.rank - 1)[..., 0], c_w)
         top = tf.where(found, self.below(y[..., 2 * tries], height - h + 1), c_top)
         left = tf.where(found, self.below(y[..., 2 * tries + 1], width - w + 1), c_left)
         return top, left, h, w
+
+    def crop_area_bounds(self, height, width, scale):
+        """`randomness.crop_area_bounds` of int64 tensors: the same float64 products, rounded
+        the same way."""
+        tf = self.tf
+        area = tf.cast(height * width, tf.float64)
+        low = tf.maximum(
+            tf.constant(1, tf.int64), tf.cast(tf.math.ceil(area * float(scale[0])), tf.int64)
+        )
+        return low, tf.maximum(low, tf.cast(tf.math.floor(area * float(scale[1])), tf.int64))
+
+    def centre_crop_box(self, height, width, ratio):
+        """`randomness.centre_crop_box` of int64 tensors (tf.round rounds half to even, as
+        Python's round does)."""
+        tf = self.tf
+        h64, w64 = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+        in_ratio = w64 / h64
+        narrow, wide = in_ratio < float(ratio[0]), in_ratio > float(ratio[1])
+        h = tf.where(narrow, tf.cast(tf.round(w64 / float(ratio[0])), tf.int64), height)
+        w = tf.where(wide & ~narrow, tf.cast(tf.round(h64 * float(ratio[1])), tf.int64), width)
+        return (height - h) // 2, (width - w) // 2, h, w
 
     def normal_values(self, key: StepKey, size, std: float):
         """`size` float32 N(0, std²) values of one element's step (`randomness.normal_values`):

@@ -8,6 +8,7 @@ with `jax.device_put` onto the profile's device, so the final work is the same f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datarax_bench.errors import UserError
+from datarax_bench.provenance import package_versions
+from datarax_bench.workload import reference
 from datarax_bench.workload.catalog import STYLES, Profile, Workload
 from datarax_bench.workload.data import Dataset
 from datarax_bench.workload.formats import SourceFiles
@@ -79,6 +82,33 @@ class Loader(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no state API")
 
 
+def _decoded(x, p, key):
+    # The framework's own reader has decoded the JPEG already.
+    return x
+
+
+#: The reference's ops for a framework whose reader decodes JPEG files itself (WebDataset's
+#: `decode`): the walk's decode step takes its pixels as they are, the step still counted, so
+#: every later step draws as the reference's does.
+DECODED_OPS = dataclasses.replace(
+    reference.REFERENCE_OPS, fields={**reference.FIELD_OPS, "decode_jpeg": _decoded}
+)
+
+
+def jpeg_fields(fields: Mapping[str, Any]) -> frozenset[str]:
+    """The fields of a workload that hold JPEG files (a `jpeg` generator's)."""
+    return frozenset(name for name, spec in fields.items() if spec.generator["kind"] == "jpeg")
+
+
+def apply_decoded(transforms, element: dict[str, Any], key) -> dict[str, Any]:
+    """`reference.apply_element` of an element whose JPEG fields the framework decoded."""
+    out = dict(element)
+    for step in transforms:
+        if step["op"] not in reference.BATCH_OPS:
+            reference.apply_step(step, out, DECODED_OPS, key)
+    return out
+
+
 def worker_prefetch_grid(cores: int) -> list[dict[str, Any]]:
     """The tuned sweep of a loader with worker processes (PyTorch's DataLoader and those built
     on it): in-process, or one worker up to one per usable core, a short or a long prefetch."""
@@ -87,6 +117,11 @@ def worker_prefetch_grid(cores: int) -> list[dict[str, Any]]:
     for workers in sorted({1, cores}):
         points += [{"workers": workers, "prefetch": p} for p in (2, 8)]
     return points
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution `name`, None where it is not installed."""
+    return package_versions([name])[name]
 
 
 def tensor_to_host(value: Any) -> Any:
@@ -107,6 +142,9 @@ class Adapter(ABC):
     distributions: ClassVar[tuple[str, ...]] = ()
     #: Catalog ops this adapter implements with the reference semantics.
     ops: ClassVar[frozenset[str]] = frozenset()
+    #: Why an op outside `ops` is not implemented, where there is more to say than that the
+    #: framework cannot express it (shown in the cell's `unsupported` reason).
+    op_reasons: ClassVar[dict[str, str]] = {}
     #: Catalog measures needing a native API (checkpoint, streaming, ...) this adapter supports;
     #: the measures the harness performs alike for every loader need no declaration
     #: (`measures.Measure.any_adapter`), and which are supported is `measures.support`.
@@ -155,7 +193,9 @@ class Adapter(ABC):
         fields, or None."""
         for op in workload.ops():
             if op not in self.ops:
-                return f"{self.display_name} cannot express transform {op!r} with the reference semantics"
+                return self.op_reasons.get(op) or (
+                    f"{self.display_name} cannot express transform {op!r} with the reference semantics"
+                )
         return None
 
     def own_source(self, workload: Workload, dataset: Dataset) -> SourceFiles:
@@ -171,6 +211,11 @@ class Adapter(ABC):
     @abstractmethod
     def open(self, ctx: CellContext) -> Loader:
         """Build the pipeline (the timed setup of a repetition)."""
+
+    def jpeg_decoder(self) -> str:
+        """The JPEG decoder the adapter's `decode_jpeg` uses, with its library's version (in the
+        result's provenance): the reference's own unless the framework documents another."""
+        return f"PIL.Image.open, the reference's decode_jpeg ({reference.jpeg_library()})"
 
     def to_host(self, value: Any) -> Any:
         """What `jax.device_put` receives for one field; override for framework tensors."""

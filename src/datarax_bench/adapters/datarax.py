@@ -53,6 +53,11 @@ from datarax_bench.workload.catalog import Workload
 DATARAX_OPS = frozenset(reference.FIELD_OPS) | reference.STRUCTURE_OPS
 #: Why an op is left out (anything else missing gets the generic reason).
 UNSUPPORTED_REASONS = {
+    "decode_jpeg": (
+        "Datarax 0.1.4 has no JPEG decoder (its documentation and package show none), and its "
+        "pipeline is compiled by XLA, which decodes no JPEG, with static shapes, while a "
+        "file's bytes and its decoded size vary per element"
+    ),
     "pad_batch": (
         "Datarax cannot express transform 'pad_batch' with the reference semantics: its "
         "pipeline is compiled with static shapes, and pad_batch pads each batch to that "

@@ -9,7 +9,9 @@ processes from the profile.
 Each element is transformed with the reference semantics and the reference's counter-based draws
 (`reference.element_key(seed, epoch, index)`, looked up per element): numpy functions mapped per
 element are Grain's documented way to transform data, so batches equal the reference's bit for
-bit.
+bit. Grain has no image decoder of its own (its package and documentation,
+https://google-grain.readthedocs.io/, leave decoding to the user's map), so JPEG files are
+decoded in the element map by Pillow, the reference's `decode_jpeg`.
 
 One iterator spans all epochs (global element `k` is index `k % M` of epoch `k // M`, with `M`
 the elements of the whole batches of an epoch), so worker processes start once per loader.

@@ -356,7 +356,12 @@ class LitData(Adapter):
     display_name = "LitData"
     aliases = ("lit-data",)
     distributions = ("litdata", "torch")
-    ops = reference.ALL_OPS
+    ops = reference.ALL_OPS - reference.DECODE_OPS
+    op_reasons = {
+        "decode_jpeg": "LitData decodes the JPEG images it stores (litdata.Image, Jpeg) with "
+        "torchvision.io.decode_jpeg, and torchvision 0.28.0's compiled ops do not load against "
+        "the CPU-only torch 2.13.0 build (its _C.so links libtorch_cuda)",
+    }
     styles = frozenset({"plain", "tuned"})
     batch_ops = reference.BATCHABLE_OPS
     measures = frozenset({"throughput", "checkpoint"})

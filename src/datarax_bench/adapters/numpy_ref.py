@@ -3,7 +3,8 @@
 Slices elements from the cached arrays, applies every catalog transform with the reference
 semantics (`datarax_bench.workload.reference`) and stacks batches, in the consuming thread. Its whole
 state is its position (epoch, next batch): every batch is a pure function of seed, epoch and
-batch index.
+batch index. JPEG files are decoded by Pillow (the reference's `decode_jpeg`: libjpeg-turbo, its
+accurate integer IDCT), https://pillow.readthedocs.io/en/stable/handbook/image-file-formats.html.
 
 The tuned style is NumPy's own advice for speed, vectorise (https://numpy.org/doc/stable/user/
 whatisnumpy.html, "Why is NumPy fast?"), where nothing is left per element and every field is

@@ -8,7 +8,11 @@ Every transform runs per element in torch ops inside `Dataset.__getitem__` (in t
 parameters are the reference's counter-based draws (`reference.element_key(seed, epoch, index)`,
 computed in NumPy an epoch chunk at a time and looked up per element) with the reference's own
 conversion functions, in op order, so batches equal the reference's bit for bit; the pixel,
-token and table work itself, Gaussian noise included, is done by torch.
+token and table work itself, Gaussian noise included, is done by torch. JPEG files are decoded
+by Pillow, as torchvision's `ImageFolder` (the PyTorch ImageNet example's dataset) does by
+default, and become tensors. Not `torchvision.io.decode_jpeg`: torchvision 0.28.0's compiled ops
+do not load against the CPU-only torch 2.13.0 build (its `_C.so` links `libtorch_cuda`), and one
+decoder on every machine keeps the results comparable.
 
 The tuned style applies the workload's trailing batchable steps (`reference.tuned_split`:
 value-wise ops, shift_targets, and the random flip, brightness and window) as batch-level tensor
@@ -165,6 +169,16 @@ def _float(x):
     import torch
 
     return x.to(torch.float32)
+
+
+def _decode_jpeg(x, p, key):
+    # Pillow, as torchvision's ImageFolder loads images by default (`default_loader`:
+    # `Image.open(...).convert("RGB")`, https://pytorch.org/vision/stable/generated/
+    # torchvision.datasets.ImageFolder.html), then a tensor of its pixels (np.array: a copy
+    # torch may own; Pillow's array view is read-only).
+    import torch
+
+    return torch.from_numpy(np.array(reference.decode_jpeg_pillow(x.numpy().data)))
 
 
 def _random_resized_crop(x, p, key):
@@ -481,7 +495,7 @@ class PyTorchDataLoader(Adapter):
     id = "pytorch"
     display_name = "PyTorch DataLoader"
     aliases = ("torch", "dataloader", "pytorch-dataloader")
-    distributions = ("torch",)
+    distributions = ("torch", "pillow")
     ops = frozenset(_FIELD_OPS) | reference.STRUCTURE_OPS | reference.BATCH_OPS
     styles = frozenset({"plain", "tuned"})
     batch_ops = reference.BATCHABLE_OPS
@@ -501,6 +515,9 @@ class PyTorchDataLoader(Adapter):
 
     def open(self, ctx: CellContext) -> Loader:
         return TorchLoader(ctx, self.batched_ops())
+
+    def jpeg_decoder(self) -> str:
+        return f"PIL.Image.open, as torchvision's ImageFolder loads ({reference.jpeg_library()})"
 
     def tuning_grid(self, ctx: CellContext, cores: int) -> list[dict[str, Any]]:
         return worker_prefetch_grid(cores)

@@ -228,7 +228,12 @@ class Spdl(Adapter):
     id = "spdl"
     display_name = "SPDL"
     distributions = ("spdl", "spdl_core", "spdl_io")
-    ops = reference.ALL_OPS
+    ops = reference.ALL_OPS - reference.DECODE_OPS
+    op_reasons = {
+        "decode_jpeg": "SPDL decodes images with FFmpeg (spdl.io.load_image, demux_image), and "
+        "its libspdl needs FFmpeg's shared libraries (libavutil.so.58 to .61), which this "
+        "install lacks; its other decoder, decode_image_nvjpeg, needs an NVIDIA GPU",
+    }
     styles = frozenset({"plain", "tuned"})
     batch_ops = reference.BATCHABLE_OPS
     # Its load function reads each element from the cached arrays as it goes: memory-mapped

@@ -9,8 +9,10 @@ Threefry-2x32-20 in uint32 `tf.bitwise` ops keyed by (seed, epoch) at counter (e
 step << 24 | draw), with the step numbered as `reference.apply_step` numbers it (compiled by
 XLA; the words of a walk's fixed-count draws in one pass per element), then the same
 integer-first conversions, so random cells deliver the reference's bytes, independent of thread
-scheduling. The bilinear resize is the reference's arithmetic in TF ops, and Grappler's
-arithmetic optimizer is off (`import_tensorflow`): it reassociates float adds.
+scheduling. JPEG files are decoded by TensorFlow's own `tf.io.decode_jpeg`, with the accurate
+integer IDCT the other decoders use (`dct_method="INTEGER_ACCURATE"`). The bilinear resize is
+the reference's arithmetic in TF ops, and Grappler's arithmetic optimizer is off
+(`import_tensorflow`): it reassociates float adds.
 
 TensorFlow is imported inside `open()` only, and is kept off accelerators: JAX owns them.
 
@@ -53,7 +55,14 @@ from datarax_bench.adapters._tensorflow import (
     import_tensorflow,
     visible_gpus,
 )
-from datarax_bench.adapters.base import Adapter, Batch, CellContext, Loader, tensor_to_host
+from datarax_bench.adapters.base import (
+    Adapter,
+    Batch,
+    CellContext,
+    Loader,
+    package_version,
+    tensor_to_host,
+)
 from datarax_bench.workload import formats, randomness, reference
 
 _LENGTH_PREFIX = "__length__"
@@ -80,8 +89,21 @@ class _Ops:
             return self.draws.below(y, element_shape[0] - step["length"] + 1)
         raise ValueError(f"{op!r} draws no per-element parameter")
 
+    def decode_jpeg(self, x, p, key):
+        # TensorFlow's own decoder on the file's bytes as a tf.string, RGB out, with the
+        # accurate integer IDCT that libjpeg (and Pillow) use by default:
+        # https://www.tensorflow.org/api_docs/python/tf/io/decode_jpeg. Its default
+        # (dct_method "", the fast integer IDCT here) is less work and less accurate: up to 5
+        # levels off Pillow's pixels (docs/scenarios.md, "Decoded JPEG files").
+        return self.tf.io.decode_jpeg(x, channels=3, dct_method="INTEGER_ACCURATE")
+
     def random_resized_crop(self, x, p, key):
-        height, width = int(x.shape[0]), int(x.shape[1])
+        if x.shape[0] is None or x.shape[1] is None:
+            # A decoded image's size is known only when it is decoded.
+            shape = self.tf.shape(x, out_type=self.tf.int64)
+            height, width = shape[0], shape[1]
+        else:
+            height, width = int(x.shape[0]), int(x.shape[1])
         y = self.draws.first_words(key, randomness.CROP_DRAWS)
         top, left, h, w = self.draws.crop_box(y, height, width, p["scale"], p["ratio"])
         return self.resize_bilinear(x[top : top + h, left : left + w], *p["size"])
@@ -358,6 +380,14 @@ class TfDataLoader(Loader):
             return records, None, info
         fields: dict[str, Any] = {k: np.asarray(v) for k, v in ctx.dataset.dense.items()}
         for name, (values, offsets) in ctx.dataset.ragged.items():
+            if ctx.workload.fields[name].generator["kind"] == "jpeg":
+                # Each file's bytes as a tf.string, what tf.io.decode_jpeg reads (as it reads
+                # tf.io.read_file's).
+                ends = np.asarray(offsets).tolist()
+                fields[name] = tf.constant(
+                    [values[a:b].tobytes() for a, b in zip(ends[:-1], ends[1:], strict=True)]
+                )
+                continue
             fields[name] = tf.RaggedTensor.from_row_splits(np.asarray(values), np.asarray(offsets))
         info = {**formats.npy_source_info(ctx.dataset), "reader": "from_tensor_slices"}
         return tf.data.Dataset.from_tensor_slices(fields), None, info
@@ -553,6 +583,12 @@ class TfData(Adapter):
         "array_record": "tf.data has no ArrayRecord reader (TFDS's as_dataset refuses ArrayRecord "
         "files: it reads TFRecord, the tfds variant)",
     }
+
+    def jpeg_decoder(self) -> str:
+        return (
+            f"tf.io.decode_jpeg, dct_method INTEGER_ACCURATE "
+            f"(TensorFlow {package_version('tensorflow')})"
+        )
 
     def open(self, ctx: CellContext) -> Loader:
         return TfDataLoader(ctx, self.batched_ops())

@@ -17,7 +17,10 @@ start method: forking a process that imported JAX is unsafe) and `prefetch_facto
 Shards: built from the cached `.npy` arrays, once per dataset and batch size, atomically
 (`files.atomic_directory`) under the dataset's cache directory, then reused; member
 `<index>.<field>.npy` of sample `index` is `np.save` of element `index` of the cache, byte for
-byte. A shard holds exactly one batch (`batch_size` consecutive elements): WebLoader's
+byte; a field of JPEG files (CV-3) is instead a `<index>.<field>.jpg` member holding the file
+itself, which WebDataset's own image decoder reads (`wds.decode("rgb8")`: Pillow, HWC uint8 RGB,
+the README's decoding of images), the decode step of the walk then taking its pixels as they
+are. A shard holds exactly one batch (`batch_size` consecutive elements): WebLoader's
 DataLoader takes one batch from each worker in turn, and worker `w` reads shards `w, w + W, ...`
 (`split_by_worker`), so one batch per shard is what keeps the reference's batch order at any
 worker count. Only the shards of whole batches are read (drop-remainder).
@@ -57,6 +60,8 @@ from datarax_bench.adapters.base import (
     Batch,
     CellContext,
     Loader,
+    apply_decoded,
+    jpeg_fields,
     tensor_to_host,
     worker_prefetch_grid,
 )
@@ -78,6 +83,10 @@ ENCODING = (
 )
 
 
+def _member(name: str, jpeg) -> str:
+    return f"{name}.jpg" if name in jpeg else f"{name}.npy"
+
+
 def _shard_name(number: int) -> str:
     return f"shard-{number:06d}.tar"
 
@@ -91,14 +100,17 @@ def shard_directory(dataset: Dataset, elements_per_shard: int) -> Path:
     )
 
 
-def build_shards(dataset: Dataset, elements_per_shard: int) -> list[str]:
+def build_shards(dataset: Dataset, elements_per_shard: int, jpeg_names=()) -> list[str]:
     """The dataset as tar shards of `elements_per_shard` consecutive elements, written with
     `wds.TarWriter` unless already there (once, atomically); their paths in order.
 
     Sample `i` has key `%09d` and one member `<key>.<field>.npy` per field: `np.save` of element
-    `i` of the cache (`Dataset.element`), so decoding gives its bytes back exactly."""
+    `i` of the cache (`Dataset.element`), so decoding gives its bytes back exactly; a field of
+    JPEG files is a `<key>.<field>.jpg` member holding the file itself, WebDataset's own way to
+    hold images."""
     target = shard_directory(dataset, elements_per_shard)
     n = dataset.num_elements
+    jpeg = set(jpeg_names)
     count = -(-n // elements_per_shard)
     if not (target / _COMPLETE).is_file():
         import webdataset as wds
@@ -113,7 +125,12 @@ def build_shards(dataset: Dataset, elements_per_shard: int) -> list[str]:
                         element = dataset.element(index)
                         sample = {"__key__": f"{index:09d}"}
                         sample.update(
-                            {f"{name}.npy": np.asarray(value) for name, value in element.items()}
+                            {
+                                _member(name, jpeg): bytes(value)
+                                if name in jpeg
+                                else np.asarray(value)
+                                for name, value in element.items()
+                            }
                         )
                         sink.write(sample)
             complete = {
@@ -160,8 +177,16 @@ def tarfile_to_samples_with_epoch(shards):
 class ElementTransform:
     """`wds.map` function: a decoded sample -> the transformed element (picklable for workers)."""
 
-    def __init__(self, fields: list[str], transforms: list[dict], seed: int, keep_key: bool):
+    def __init__(
+        self,
+        fields: list[str],
+        transforms: list[dict],
+        seed: int,
+        keep_key: bool,
+        jpeg: frozenset[str] = frozenset(),
+    ):
         self.fields = fields
+        self.jpeg = jpeg
         self.transforms = transforms
         self.seed = seed
         self.keep_key = keep_key
@@ -169,8 +194,9 @@ class ElementTransform:
     def __call__(self, sample: dict[str, Any]) -> reference.Element:
         index = int(sample["__key__"])
         key = reference.element_key(self.seed, int(sample[_EPOCH]), index)
-        element = {name: sample[f"{name}.npy"] for name in self.fields}
-        out = reference.apply_element(self.transforms, element, key)
+        element = {name: sample[_member(name, self.jpeg)] for name in self.fields}
+        # `wds.decode("rgb8")` has decoded the .jpg members: the walk takes their pixels.
+        out = apply_decoded(self.transforms, element, key)
         if self.keep_key:
             out[reference.ELEMENT_KEY] = key
         return out
@@ -195,12 +221,13 @@ class WebDatasetLoader(Loader):
         self.prefetch = max(1, int(ctx.parallelism.get("prefetch", 2)))
         self.pin = ctx.profile.backend == "gpu" and torch.cuda.is_available()
         per_element, per_batch = reference.tuned_split(w.transforms, batch_ops)
+        self.jpeg = frozenset(jpeg_fields(w.fields))
         self.transform = ElementTransform(
-            list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch)
+            list(w.fields), per_element, ctx.seed, reference.draws_per_row(per_batch), self.jpeg
         )
         self.collate = Collate(w.transforms, per_batch)
         # Written by `WebDataset.prepare` before any timing (here only where a caller skipped it).
-        urls = build_shards(ctx.dataset, self.batch_size)
+        urls = build_shards(ctx.dataset, self.batch_size, self.jpeg)
         self.urls = urls[: self.num_batches]  # the shards of whole batches
         self.source_info = {
             "reader": "webdataset tar shards (wds.tarfile_to_samples)",
@@ -225,7 +252,8 @@ class WebDatasetLoader(Loader):
             EpochShards(self.urls, first_epoch),
             wds.split_by_worker,
             tarfile_to_samples_with_epoch,
-            wds.decode(),
+            # "rgb8": WebDataset's image decoder (Pillow) for the .jpg members, HWC uint8 RGB.
+            wds.decode("rgb8") if self.jpeg else wds.decode(),
             wds.map(self.transform),
             wds.batched(self.batch_size, collation_fn=self.collate, partial=False),
         )
@@ -307,7 +335,10 @@ class WebDataset(Adapter):
 
     def prepare(self, workload: Workload, dataset: Dataset) -> None:
         # One batch per shard: the shards of this batch size, written before any timing.
-        build_shards(dataset, workload.batch_size)
+        build_shards(dataset, workload.batch_size, jpeg_fields(workload.fields))
+
+    def jpeg_decoder(self) -> str:
+        return f"webdataset decode('rgb8'): PIL.Image.open ({reference.jpeg_library()})"
 
     def own_source(self, workload: Workload, dataset: Dataset) -> formats.SourceFiles:
         build_shards(dataset, workload.batch_size)

@@ -12,7 +12,7 @@ from datarax_bench.adapters import get_adapter
 from datarax_bench.adapters.base import Adapter
 from datarax_bench.errors import UserError
 from datarax_bench.results import SCHEMA_VERSION, cell_label, cell_path, utc_now
-from datarax_bench.workload import reference
+from datarax_bench.workload import data, reference
 from datarax_bench.workload.catalog import Catalog, Profile, Workload
 
 
@@ -170,6 +170,15 @@ def make_result(
         "pipeline": pipeline_steps(adapter, workload),
         **measured_with(profile, workload),
         **body,
-        "provenance": provenance.collect(adapter.distributions),
+        "provenance": result_provenance(workload, adapter),
         "timestamps": clock.stamps(),
     }
+
+
+def result_provenance(workload: Workload, adapter: Adapter) -> dict[str, Any]:
+    """The result's provenance; with decoded JPEG files, their encoder and the adapter's decoder."""
+    out = provenance.collect(adapter.distributions)
+    decodes = reference.DECODE_OPS & set(workload.ops())
+    if decodes and decodes <= adapter.ops:
+        out["jpeg"] = {"encoder": data.jpeg_encoder(), "decoder": adapter.jpeg_decoder()}
+    return out

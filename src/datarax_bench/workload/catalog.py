@@ -212,6 +212,8 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
                     f"{where}.variants.{vname}.dims: missing {', '.join(missing)}; "
                     "expected a value for every dimension the scenario names"
                 )
+        for name, f in s["fields"].items():
+            _check_jpeg_field(f, f"{where}.fields.{name}")
         _check_steps(s["transforms"], f"{where}.transforms", dims_resolved=False)
         _check_variant_forms(s, where)
         known = set(s["fields"])
@@ -222,6 +224,24 @@ def _check_catalog(doc: dict[str, Any], path: Path) -> None:
                     f"expected one of {', '.join(sorted(known))}"
                 )
             known |= {step[k] for k in ("output", "inputs", "targets", "mask") if k in step}
+
+
+#: What a `jpeg` generator needs: the range of the images' sides and the encoder's quality.
+JPEG_KEYS = ("min_side", "max_side", "quality")
+
+
+def _check_jpeg_field(f: dict[str, Any], where: str) -> None:
+    """A `jpeg` field holds each element's file: a ragged uint8 field with the generator's keys."""
+    if f["generator"]["kind"] != "jpeg":
+        return
+    if f["shape"] != [None] or f["dtype"] != "uint8":
+        raise UserError(
+            f"{where}: a jpeg field holds each element's file as bytes; expected shape [null] "
+            f"and dtype uint8, got shape {f['shape']} and dtype {f['dtype']}"
+        )
+    missing = [k for k in JPEG_KEYS if k not in f["generator"]]
+    if missing:
+        raise UserError(f"{where}.generator: missing {', '.join(missing)} for kind 'jpeg'")
 
 
 def _check_steps(steps: list[Any], where: str, dims_resolved: bool) -> None:

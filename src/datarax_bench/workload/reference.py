@@ -7,7 +7,8 @@ Randomness is per element and counter-based (`datarax_bench.workload.randomness`
 `i`'s walk in epoch `e` draws Threefry words keyed by (seed, e) at counter (i, s << 24 | draw),
 so results do not depend on batching, worker count or iteration order, and every framework can
 compute the same bits. Images are channel-last (H, W, C); volumes (D, H, W, C). Arithmetic ops
-compute in float32.
+compute in float32. `decode_jpeg` turns a JPEG's bytes into (H, W, 3) uint8 RGB pixels, their
+size the image's own.
 
 The tuned styles apply a workload's trailing batchable steps (`split_for_batches`) to the stacked
 batch where nothing is left per element (`tuned_split`): value-wise ops as they are, and the random ops whose draws are a fixed number of scalars
@@ -18,6 +19,7 @@ pipeline's draws.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ F32 = np.float32
 
 # Ops that work on a whole batch (they need every element's shape); they come last.
 BATCH_OPS = frozenset({"pad_batch"})
+# Ops that decode an encoded field (a JPEG's bytes, a ragged uint8 field) into pixels: each
+# framework decodes with its own documented decoder, whose pixels may differ from the
+# reference's by the rounding of its inverse DCT and upsampling (the conformance suite's bound).
+DECODE_OPS = frozenset({"decode_jpeg"})
 # Ops that draw from the element's randomness.
 RANDOM_OPS = frozenset(
     {"random_resized_crop", "random_horizontal_flip", "random_crop_3d", "random_window"}
@@ -176,6 +182,30 @@ def draw(step: Mapping[str, Any], key: StepKey, element_shape):
 # --- element ops: (array, params, key) -> array ---------------------------------------------
 
 
+def jpeg_library() -> str:
+    """The library behind the reference's JPEG codec, with the libjpeg it was built with."""
+    import PIL
+    from PIL import features
+
+    if features.check_feature("libjpeg_turbo"):
+        return f"Pillow {PIL.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')})"
+    return f"Pillow {PIL.__version__} (libjpeg {features.version('jpg')})"
+
+
+def decode_jpeg_pillow(data) -> Any:
+    """A JPEG file's bytes as a Pillow RGB image (for frameworks that take Pillow's images)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(bytes(data)), formats=("JPEG",)) as image:
+        return image.convert("RGB")
+
+
+def _decode_jpeg(x, p, key):
+    # Pillow's decoder with libjpeg's defaults (the accurate integer IDCT, fancy upsampling):
+    # https://pillow.readthedocs.io/en/stable/handbook/image-file-formats.html#jpeg
+    return np.asarray(decode_jpeg_pillow(np.asarray(x).data))
+
+
 def _random_resized_crop(x, p, key):
     top, left, h, w = resized_crop_box(p, key, x.shape)
     return resize_bilinear(x[top : top + h, left : left + w], *p["size"])
@@ -248,6 +278,7 @@ def _cast(x, p, key):
 
 
 FIELD_OPS: dict[str, Callable[[np.ndarray, Mapping[str, Any], np.random.Generator], np.ndarray]] = {
+    "decode_jpeg": _decode_jpeg,
     "random_resized_crop": _random_resized_crop,
     "random_horizontal_flip": _random_horizontal_flip,
     "normalize": _normalize,
@@ -396,6 +427,7 @@ _NAME = Param("name")
 #: Every op's parameters besides `op` and `field`, each declared once; the semantics above use
 #: exactly these.
 OP_PARAMS: dict[str, dict[str, Param]] = {
+    "decode_jpeg": {},
     "random_resized_crop": {
         "scale": _number(0, 1, low_open=True, count=2),
         "ratio": _number(0, low_open=True, count=2),
