@@ -23,7 +23,8 @@ from datarax_bench import paths
 from datarax_bench.adapters import Adapter, CellContext, all_adapters
 from datarax_bench.adapters.numpy_ref import NumpyLoader, NumpyReference
 from datarax_bench.measures import implemented, support
-from datarax_bench.workload import formats, reference
+from datarax_bench.measures.sources import source_files
+from datarax_bench.workload import reference
 from datarax_bench.workload.catalog import Workload, load_catalog, load_profile
 from datarax_bench.workload.data import Dataset, materialize
 
@@ -102,7 +103,7 @@ def run_loader(
     IO-1 cells read their backend's files (built from `dataset`) as the harness has them do."""
     source = None
     if w.measure == "source_backends":
-        source = formats.prepare(dataset, w.options["backend"])
+        source, _ = source_files(adapter, w, dataset)
         if w.options["backend"] == "memory":
             dataset = dataset.load_into_memory()
     ctx = CellContext(

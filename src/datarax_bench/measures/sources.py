@@ -45,15 +45,21 @@ def backend_support(adapter: Adapter, workload: Workload) -> str | None:
     )
 
 
+def source_files(adapter: Adapter, workload: Workload, dataset) -> tuple[formats.SourceFiles, bool]:
+    """The files of the variant's backend that `adapter` reads, and whether this call built
+    them: a loader's own format from its adapter (`own_source`: written by its `prepare` before
+    the measure, as for every other scenario), any other backend's from `formats.prepare`."""
+    backend = workload.options["backend"]
+    if backend in formats.OWN_FORMAT_BACKENDS:
+        return adapter.own_source(workload, dataset), False
+    built = not formats.is_prepared(dataset, backend)
+    return formats.prepare(dataset, backend), built
+
+
 @register("source_backends", support=backend_support, pooled=True)
 def measure_source_backends(adapter, workload, dataset, profile, progress=None) -> MeasureBody:
     backend = workload.options["backend"]
-    if backend in formats.OWN_FORMAT_BACKENDS:
-        # Written by the adapter's `prepare` before the measure, as for every other scenario.
-        built, source = False, adapter.own_source(workload, dataset)
-    else:
-        built = not formats.is_prepared(dataset, backend)
-        source = formats.prepare(dataset, backend)
+    source, built = source_files(adapter, workload, dataset)
     if progress and built:
         progress(f"built the {backend} files in {source.meta['build_s']:.1f} s")
     reps, loads, page_cache, note = cold_start_repetitions(
