@@ -134,7 +134,8 @@ def source_dir(dataset_dir: Path, backend: str) -> Path:
 
 
 def is_prepared(dataset: Dataset, backend: str) -> bool:
-    """Whether `prepare` finds the files built (a loader's own format: see `OWN_FORMAT_BACKENDS`)."""
+    """Whether `prepare` finds the files built (not for a loader's own format, which its adapter
+    writes: `OWN_FORMAT_BACKENDS`)."""
     return backend in NPY_BACKENDS or (source_dir(dataset.directory, backend) / COMPLETE).is_file()
 
 
