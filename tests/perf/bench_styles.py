@@ -12,7 +12,8 @@ utilisation per step time; then the issue's targets against what was measured, b
 elements/s of the harness's delivery alone (every field `jax.device_put`, no loader) measured
 at the start and the end: the ceiling of a loader running in the consuming thread.
 
-    python tests/perf/bench_styles.py [--profile ci_cpu] [--scenarios CV-1 NLP-1 TAB-1] [--json FILE]
+    python tests/perf/bench_styles.py [--profile ci_cpu] [--scenarios CV-1 NLP-1 TAB-1]
+        [--adapters every registered one] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from datarax_bench import paths
+from datarax_bench.adapters import all_adapters
 from datarax_bench.provenance import cpu_info
 from datarax_bench.results import result_row
 from datarax_bench.workload.catalog import load_catalog, load_profile
 
-ADAPTERS = ["numpy", "datarax", "grain", "pytorch", "tfdata"]
+ADAPTERS = [a.id for a in all_adapters()]
 STYLES = ("plain", "tuned")
 
 
