@@ -52,8 +52,8 @@ def test_every_new_machine_of_a_job_has_other_hardware_unless_the_type_is_pinned
     restart = {"job_recovery": {"max_restarts_on_errors": 1}}
     for name, resources, flags in (
         ("drawn", restart, []),
-        ("pinned", {**restart, "instance_type": "loopback-1"}, []),
-        ("flag", restart, ["-t", "loopback-1"]),
+        ("pinned", {**restart, "instance_type": "2CPU--8GB"}, []),
+        ("flag", restart, ["-t", "2CPU--8GB"]),
     ):
         path = task_file(tmp_path, name, resources=resources, **run)
         launch = sky(env, tmp_path, "jobs", "launch", str(path), "-y", "-d", *INFRA, *flags)
@@ -64,6 +64,36 @@ def test_every_new_machine_of_a_job_has_other_hardware_unless_the_type_is_pinned
         cores = re.findall(r"^cores (\d+)$", logs, re.MULTILINE)
         second = CORES // 2 if name == "drawn" else CORES
         assert cores == [str(CORES), str(second)], (name, logs)
+
+
+@pytest.mark.parametrize(
+    "flags, resources",
+    [([], {"instance_type": "loopback-1"}), (["-t", "loopback-1"], {})],
+    ids=["task", "flag"],
+)
+def test_a_type_the_cloud_does_not_have_is_refused_before_anything_starts(
+    cluster,  # noqa: F811
+    flags,
+    resources,
+):
+    """A pinned type must be one SkyPilot accepts for the infra: on an SSH node pool only its
+    virtual `{n}CPU--{k}GB` names. The loopback refuses any other with the words of SkyPilot's
+    own check, before a controller or a job exists, as `sky` does."""
+    import sky as sky_lib
+    from sky import clouds
+
+    node, home, env, tmp_path = cluster
+    with pytest.raises(ValueError) as real:
+        sky_lib.Resources(
+            cloud=clouds.SSH(), instance_type="loopback-1"
+        )._try_validate_instance_type()
+    path = task_file(tmp_path, "typed", resources=resources, run="echo ran")
+    launch = sky(env, tmp_path, "jobs", "launch", str(path), "-y", "-d", *INFRA, *flags)
+    assert launch.returncode == 1, launch.stdout
+    assert launch.stderr.strip().splitlines()[-1] == f"ValueError: {real.value}"
+    assert "Job submitted" not in launch.stdout
+    status = sky(env, tmp_path, "status").stdout
+    assert "sky-jobs-controller" not in status, status
 
 
 def test_a_recovery_on_other_hardware_is_refused_at_once_and_the_summary_says_why(
@@ -116,7 +146,7 @@ def test_a_recovery_on_other_hardware_is_refused_at_once_and_the_summary_says_wh
 
     # Pinned, the recovery is the same type of machine: the run resumes and finishes.
     loopback.set_faults(home, preempt_managed_after_s=[2])
-    pinned = snakemake(repo, work, env, "instance_type=loopback-1", **config)
+    pinned = snakemake(repo, work, env, "instance_type=2CPU--8GB", **config)
     out = pinned.stdout + pinned.stderr
     assert pinned.returncode == 0, out[-4000:]
     assert set(raw_cells(run_dir)) == {("TAB-1", "small", a) for a in ADAPTERS}

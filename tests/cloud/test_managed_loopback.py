@@ -26,6 +26,7 @@ from support.managed_loopback import (
     ADAPTERS,
     BUCKET,
     PINNED,
+    PINNED_VAST,
     PREFIX,
     SCENARIOS,
     bucket_keys,
@@ -243,7 +244,7 @@ def test_on_vast_the_job_uploads_each_cell_itself_and_resumes_from_the_bucket(
         preempt_first_attempt_on_file="datarax-bench-results/.smoke.resume-bucket/attempts/raw/"
         "TAB-1/small/pytorch.json/*",
     )
-    done = snakemake(repo, work, env, PINNED, infra="vast", shards=1, scenarios=["TAB-1"])
+    done = snakemake(repo, work, env, PINNED_VAST, infra="vast", shards=1, scenarios=["TAB-1"])
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert set(raw_cells(run_dir)) == {("TAB-1", "small", a) for a in ADAPTERS}

@@ -406,7 +406,7 @@ def cmd_launch(cli, argv) -> int:
     else:  # SkyPilot runs anything that is not a task YAML as a command
         task = {"run": " ".join(a.entrypoint)}
     try:
-        envs, use_spot = cli.check_task(task, a.env, a.secret, a.use_spot, a.infra)
+        envs, use_spot = cli.check_task(task, a.env, a.secret, a.use_spot, a.infra, a.instance_type)
     except cli.Refused as exc:
         print(exc, file=sys.stderr)
         return 1
