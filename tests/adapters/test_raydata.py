@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -194,8 +196,10 @@ ctx = CellContext(w, materialize(w, 0), load_profile("smoke", catalog), 0)
 loader = get_adapter("raydata").open(ctx)
 batches = loader.epoch(0)
 next(batches)
+from datarax_bench.adapters.raydata import ray_session
+
 pids = [p.pid for p in psutil.Process().children(recursive=True)]
-print(json.dumps(pids), flush=True)
+print(json.dumps({"pids": pids, "temp_dir": ray_session()["temp_dir"]}), flush=True)
 if sys.argv[1] == "exit":
     loader.close()
 else:
@@ -216,7 +220,8 @@ def test_no_ray_process_outlives_the_process_that_started_it(how):
         cwd=ROOT,
     )
     try:
-        pids = json.loads(proc.stdout.readline())
+        started = json.loads(proc.stdout.readline())
+        pids, temp_dir = started["pids"], Path(started["temp_dir"])
         assert pids, "Ray started no process"
         if how == "killed":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -231,6 +236,9 @@ def test_no_ray_process_outlives_the_process_that_started_it(how):
     assert not [p for p in pids if pid_alive(p)], "a Ray process outlived its cell"
     if how == "exit":
         assert proc.returncode == 0
+        assert not temp_dir.exists(), "Ray's directory outlived its process"
+    else:
+        shutil.rmtree(temp_dir, ignore_errors=True)  # a killed process removes nothing
 
 
 def test_ray_starts_before_the_measure(tmp_path, monkeypatch):
