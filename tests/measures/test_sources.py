@@ -174,7 +174,7 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "tfdata": ["memory", "tfrecord", "tfds"],
         "webdataset": ["webdataset"],  # its own tar shards only
         "litdata": ["litdata"],  # its own chunks only
-        "raydata": ["memory", "npy_mmap"],  # its map reads the cached arrays
+        "raydata": ["memory", "npy_mmap", "tfrecord"],  # cached arrays, read_tfrecords
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))

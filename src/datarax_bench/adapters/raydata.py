@@ -41,8 +41,9 @@ first loader's open, and every later loader of the process reuses it; `close` en
 execution (closing its iterator shuts Ray Data's streaming executor down, ray-project/ray#62949;
 Ray 2.60 leaves an abandoned iteration's block-prefetcher thread parked, so `close` stops that
 too), and Ray itself stops at process exit (an `atexit` hook, before Ray's own), which in a
-benchmark is the end of the cell. Ray's processes die with the process that started them, so a
-killed cell leaves none either (tested).
+benchmark is the end of the cell. A killed cell leaves none either (tested): GCS and raylet end
+with the process that started them, Ray's workers (sessions of their own, out of reach of the
+runner's process-group kill) once they find their raylet gone, within 30 s here.
 
 The tuned style follows the "Performance Tips" page (https://docs.ray.io/en/latest/data/
 performance-tips.html: "If your transformation is vectorized ... use map_batches() rather than
@@ -60,10 +61,20 @@ JPEG files (CV-3) are decoded with Pillow, the decoder Ray Data's own image read
 ("read_images() uses PIL", https://docs.ray.io/en/latest/data/working-with-images.html), inside
 the map function: the reference's `decode_jpeg`.
 
-Not supported: IO-1's array_record, tfrecord and tfds backends (Ray Data has no reader for
-ArrayRecord, and its `read_tfrecords` and TFDS path read tf.train.Example records, not the
-arrays these files hold), and PR-1 (Ray Data's iterators have no state API to save and restore
-a position mid-epoch).
+IO-1's TFRecord file is read with Ray Data's own reader, `ray.data.read_tfrecords`
+(https://docs.ray.io/en/latest/data/api/doc/ray.data.read_tfrecords.html: one row per
+tf.train.Example, each bytes feature a binary column), the map decoding each field's raw bytes
+(`np.frombuffer`) before the transforms. Its rows carry no element index, so a workload that
+draws cannot be read from it (`ops_support` says so; IO-1 draws nothing). read_tfrecords parses
+with TensorFlow inside Ray's workers, which are started without an accelerator
+(`CUDA_VISIBLE_DEVICES=""` in Ray's runtime environment): the harness delivers to the device
+from the driver.
+
+Not supported: IO-1's array_record backend (Ray Data has no ArrayRecord reader) and tfds (Ray
+Data reads TFDS only through `ray.data.from_tf` of a tf.data pipeline, which "isn't
+parallelized" and "loads the entire dataset into the local node's memory": tf.data's pipeline
+copied, not a Ray Data reader), and PR-1 (Ray Data's iterators have no state API to save and
+restore a position mid-epoch).
 """
 
 from __future__ import annotations
@@ -141,6 +152,10 @@ def ray_session() -> dict[str, Any]:
                 object_store_memory=_object_store_bytes(),
                 log_to_driver=False,
                 logging_level=logging.WARNING,
+                # Ray's workers never use an accelerator (the harness delivers to the device
+                # from this process); TensorFlow, which read_tfrecords imports there, must not
+                # take one either.
+                runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
                 _temp_dir=temp_dir,
             )
         except BaseException:
@@ -211,6 +226,51 @@ class LoadRow:
         index = int(row["id"])
         key = reference.element_key(self.seed, self.epoch, index)
         return reference.apply_element(self.transforms, _dataset_of(dataset).element(index), key)
+
+
+def _record_element(fields: dict[str, tuple], record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A TFRecord row (each field's raw C-order bytes, `formats`' encoding) as the element."""
+    out = {}
+    for name, (shape, dtype) in fields.items():
+        values = np.frombuffer(record[name], dtype=dtype)
+        out[name] = values if None in shape else values.reshape(shape)
+    return out
+
+
+class LoadRecord:
+    """The plain map over IO-1's TFRecord file: a row of raw bytes -> the element, transformed.
+    The row carries no element index: only workloads that draw nothing read it (`ops_support`),
+    so the key is never drawn from."""
+
+    def __init__(self, fields: dict[str, tuple], transforms: list[dict], seed: int, epoch: int):
+        self.fields = fields
+        self.transforms = transforms
+        self.key = reference.element_key(seed, epoch, 0)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return reference.apply_element(self.transforms, _record_element(self.fields, row), self.key)
+
+
+class LoadRecords(LoadRecord):
+    """The tuned map_batches over IO-1's TFRecord file: a batch of rows -> the batch, the
+    batchable steps applied once to the stacked batch."""
+
+    def __init__(self, fields, transforms, per_element, per_batch, seed: int, epoch: int):
+        super().__init__(fields, per_element, seed, epoch)
+        self.collate = reference.CollateWithBatchSteps(transforms, per_batch)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(self.fields)
+        rows = zip(*(batch[name] for name in names), strict=True)
+        elements = [
+            reference.apply_element(
+                self.transforms,
+                _record_element(self.fields, dict(zip(names, row, strict=True))),
+                self.key,
+            )
+            for row in rows
+        ]
+        return self.collate(elements)
 
 
 class LoadBatch:
@@ -291,6 +351,13 @@ class RayLoader(Loader):
         # in the object store once for every task of every epoch.
         self.dataset_ref = ray.put(ctx.dataset)
         self.source_info = formats.npy_source_info(ctx.dataset)
+        # IO-1's TFRecord file: read with Ray Data's own reader instead of the cached arrays.
+        self.records: list[str] | None = None
+        if w.options.get("backend") == "tfrecord":
+            self.records = ctx.source.tfrecord_paths()
+            self.fields = {n: (tuple(f.shape), np.dtype(f.dtype)) for n, f in w.fields.items()}
+            self.source_info = {"reader": "ray.data.read_tfrecords", "paths": self.records}
+            self.sliced = False
         self.parallelism = {
             "map": f"map_batches(batch_size={self.batch_size})" if tuned else "map (per row)",
             "read": "batch slices" if self.sliced else "elements",
@@ -315,6 +382,17 @@ class RayLoader(Loader):
             self.num_batches * self.batch_size, override_num_blocks=self.num_batches
         )
         compute = ray.data.TaskPoolStrategy(size=self.tasks)
+        if self.records is not None:
+            records = ray.data.read_tfrecords(self.records)
+            if not self.tuned:
+                load = LoadRecord(self.fields, self.transforms, self.seed, epoch)
+                return records.map(load, compute=compute)
+            load = LoadRecords(
+                self.fields, self.transforms, self.per_element, self.per_batch, self.seed, epoch
+            )
+            return records.map_batches(
+                load, batch_size=self.batch_size, batch_format="numpy", compute=compute
+            )
         kwargs = {"dataset": self.dataset_ref}
         if not self.tuned:
             load = LoadRow(self.transforms, self.seed, epoch)
@@ -410,13 +488,9 @@ class RayData(Adapter):
         "checkpoint": "Ray Data's iterators (Dataset.iter_batches, DataIterator) have no state "
         "API to save and restore a position mid-epoch, so PR-1 cannot use a native one",
     }
-    backends = frozenset({"memory", "npy_mmap"})
+    backends = frozenset({"memory", "npy_mmap", "tfrecord"})
     backend_reasons = {
         "array_record": "Ray Data has no ArrayRecord reader",
-        "tfrecord": "not built for Ray Data: its read_tfrecords would parse these "
-        "tf.train.Example records with TensorFlow inside Ray's worker processes, which this "
-        "adapter does not keep off the accelerator (the tf.data adapter does, in its own "
-        "process), as rows without their index in the file, by which draws are keyed",
         "tfds": "Ray Data reads TFDS only through ray.data.from_tf of a tf.data pipeline, which "
         '"isn\'t parallelized" and "loads the entire dataset into the local node\'s memory" '
         "(its API page): tf.data's pipeline copied, not a Ray Data reader",
@@ -426,6 +500,16 @@ class RayData(Adapter):
         "litdata": "the litdata backend is the LitData adapter's own format (its chunks), which "
         "IO-1 reads with that loader only, not with Ray Data",
     }
+
+    def ops_support(self, workload) -> str | None:
+        if workload.options.get("backend") == "tfrecord" and reference.RANDOM_OPS & set(
+            workload.ops()
+        ):
+            return (
+                "Ray Data's read_tfrecords yields records without their index in the file, by "
+                "which the reference keys each element's random draws"
+            )
+        return super().ops_support(workload)
 
     def prepare(self, workload, dataset) -> None:
         # Ray's start (seconds, several processes) before anything is timed; its loaders reuse it.
