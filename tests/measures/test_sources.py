@@ -174,10 +174,12 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "tfdata": ["memory", "tfrecord", "tfds"],
         "webdataset": ["webdataset"],  # its own tar shards only
         "litdata": ["litdata"],  # its own chunks only
+        "raydata": ["memory", "npy_mmap", "tfrecord"],  # cached arrays, read_tfrecords
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))
     assert "SPDL has no reader" in support(get_adapter("spdl"), _workload("array_record"))
+    assert "ArrayRecord" in support(get_adapter("raydata"), _workload("array_record"))
 
 
 # --- the measurement, through the CLI ------------------------------------------------------
@@ -205,6 +207,7 @@ CELLS = [
     ("pytorch", "tfds"),
     ("grain", "tfds"),
     ("spdl", "npy_mmap"),
+    ("raydata", "npy_mmap"),
     ("webdataset", "webdataset"),
     ("litdata", "litdata"),
 ]

@@ -76,13 +76,14 @@ def test_only_loaders_that_read_lazily_claim_streaming():
         "tfdata": False,
         "webdataset": False,  # no eager source to set against its streamed shards
         "litdata": False,  # no eager source to set against its streamed chunks
+        "raydata": True,  # its map tasks read each element from the memory map
     }
     assert "from_tensor_slices" in support(get_adapter("tfdata"), workload)
     assert "stages the whole dataset" in support(get_adapter("datarax"), workload)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["grain", "pytorch", "spdl"])
+@pytest.mark.parametrize("adapter", ["grain", "pytorch", "spdl", "raydata"])
 def test_framework_loaders_stream_from_the_memory_map(cli_path, tmp_path, adapter):
     result, _ = _run(cli_path, tmp_path, "streaming", adapter)
     assert result["status"] == "ok", result["reason"]

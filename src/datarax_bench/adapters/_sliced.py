@@ -1,5 +1,5 @@
 """Reading a batch as slices of the cached arrays: the tuned styles' read where nothing is left to
-do per element and every field is dense (NumPy, Grain, PyTorch, SPDL).
+do per element and every field is dense (NumPy, Grain, PyTorch, SPDL, Ray Data).
 
 A batch of consecutive elements is one slice of each array. Where the first batch step is a
 random window on a 2-D field (NLP-1), only the windows are read: each row's window is gathered
