@@ -5,6 +5,8 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,21 @@ from support.smoke import run_smoke_matrix, union_of
 
 # Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
 pytest_plugins = ["support.wandb_offline", "support.managed_loopback", "support.stand_in_jobs"]
+
+
+def pytest_configure(config):
+    """The `docker` marker; Ctrl-C reaches the processes the tests start as from a terminal.
+
+    A process that inherits SIGINT ignored keeps ignoring it (Python too: no KeyboardInterrupt),
+    as every background job of a non-interactive shell does, and a CI runner may start pytest
+    so. Handled here, the children start with SIGINT at its default, like a terminal's
+    foreground job, and the tests that press Ctrl-C do not depend on how pytest was started.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    config.addinivalue_line(
+        "markers", "docker: builds and runs the benchmark images on a Docker daemon (run last)"
+    )
 
 
 def pytest_sessionstart(session):
@@ -57,6 +74,17 @@ def isolated_wandb(tmp_path_factory):
 _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_local_ray_outlives_its_module():
+    """The Ray Data adapter starts a local Ray in the process that runs it (here: pytest) and
+    keeps it for the process's life. Its processes use CPU all along, which later tests would
+    count as this process's own (machine-load checks) or feel as a busier machine."""
+    yield
+    raydata = sys.modules.get("datarax_bench.adapters.raydata")
+    if raydata is not None:
+        raydata.stop_ray()
+
+
 @pytest.fixture(scope="session")
 def smoke_results(request, tmp_path_factory, data_cache) -> Path:
     """One real `datarax-bench run --profile smoke --output-dir` of every cell that the modules
@@ -98,12 +126,6 @@ def run_smoke_cell():
         return run_cli(*args, "--adapter", adapter, "--output", str(out), timeout=timeout)
 
     return run
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "docker: builds and runs the benchmark images on a Docker daemon (run last)"
-    )
 
 
 def _framework_adapter(item) -> str | None:

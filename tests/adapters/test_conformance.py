@@ -41,6 +41,14 @@ def _ids(cells):
 _RUNS: dict = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_runs():
+    """The memoised batches go with the module: some are views of a loader's shared memory
+    (Grain's workers), which must be released while the loader's modules are still loaded."""
+    yield
+    _RUNS.clear()
+
+
 def _run(
     adapter_id: str,
     scenario: str,

@@ -31,14 +31,8 @@ GONE_WITHIN_S = 1.5
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """Test adapters available, a bench lock of this test's own, and Ctrl-C that reaches children.
-
-    A process that inherits SIGINT ignored keeps ignoring it (Python does too: no
-    KeyboardInterrupt), as a background job of a non-interactive shell does; a CI runner may
-    start pytest so. The children here start with SIGINT at its default, like a terminal's
-    foreground job, so that what the SIGINT tests measure does not depend on how pytest started.
-    """
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Test adapters available and a bench lock of this test's own (Ctrl-C reaches the children
+    as from a terminal: tests/conftest.py)."""
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
     )
@@ -46,7 +40,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("DATARAX_BENCH_LOCK", str(tmp_path / "bench.lock"))
     monkeypatch.delenv("DATARAX_BENCH_LOCK_TIMEOUT_S", raising=False)
     yield tmp_path
-    signal.signal(signal.SIGINT, previous)
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
@@ -96,6 +89,14 @@ def _workers(root: psutil.Process) -> list[psutil.Process]:
     except psutil.Error:
         return []
     return [p for p in below if "datarax_bench.run.worker" in _cmdline(p)]
+
+
+def test_a_process_the_tests_start_takes_ctrl_c_as_from_a_terminal():
+    """However pytest was started (a CI runner's background job inherits SIGINT ignored),
+    what the Ctrl-C tests start raises KeyboardInterrupt on SIGINT."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert child.stdout.strip() == "True", child.stdout + child.stderr
 
 
 def test_a_process_that_ends_while_it_is_looked_at_is_no_worker():
