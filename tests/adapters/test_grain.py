@@ -9,13 +9,12 @@ import threading
 
 import numpy as np
 import pytest
+from support.adapters import assert_epochs_equal_reference, smoke_context, smoke_first_batch_digest
 
 from datarax_bench.adapters import get_adapter
-from datarax_bench.adapters.base import CellContext
 from datarax_bench.measures import support
 from datarax_bench.measures.harness import batch_digest
-from datarax_bench.workload import reference
-from datarax_bench.workload.catalog import load_catalog, load_profile
+from datarax_bench.workload.catalog import load_catalog
 from datarax_bench.workload.data import materialize
 
 pytest.importorskip("grain")
@@ -32,26 +31,8 @@ THROUGHPUT_CELLS = [
 
 
 def _context(scenario, variant, workers=0, threads=2, seed=0):
-    catalog = load_catalog()
-    profile = load_profile("smoke", catalog)
-    profile = dataclasses.replace(
-        profile, parallelism={"workers": workers, "threads": threads, "prefetch": 2}
-    )
-    workload = catalog.get(scenario).resolve(variant, "tiny")
-    return CellContext(workload, materialize(workload, 0), profile, seed)
-
-
-def _assert_epochs_equal_reference(loader, ctx, epochs):
-    w = ctx.workload
-    for epoch in epochs:
-        batches = list(loader.epoch(epoch))
-        assert len(batches) == w.num_batches
-        for index, batch in enumerate(batches):
-            expected = reference.reference_batch(
-                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
-            )
-            assert sorted(batch) == sorted(expected)
-            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
+    parallelism = {"workers": workers, "threads": threads, "prefetch": 2}
+    return smoke_context(scenario, variant, parallelism, seed)
 
 
 @pytest.mark.parametrize(("scenario", "variant"), THROUGHPUT_CELLS)
@@ -61,7 +42,7 @@ def test_threaded_pipeline_equals_reference_over_two_epochs(scenario, variant):
     assert support(adapter, ctx.workload) is None
     loader = adapter.open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1])
         assert loader.parallelism["threads"] == 2
         assert loader.parallelism["mode"] == "threads"
     finally:
@@ -74,7 +55,7 @@ def test_epochs_requested_out_of_order_restart_at_the_right_place():
     try:
         # Abandon epoch 0 half-way, then ask for epoch 2 and epoch 1.
         next(iter(loader.epoch(0)))
-        _assert_epochs_equal_reference(loader, ctx, [2, 1])
+        assert_epochs_equal_reference(loader, ctx, [2, 1])
     finally:
         loader.close()
 
@@ -98,7 +79,7 @@ def test_worker_processes_equal_reference_and_stop_on_close(workers):
     ctx = _context("NLP-2", "small", workers=workers)
     loader = get_adapter("grain").open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1])
         assert loader.parallelism["mode"] == "mp_prefetch"
         assert loader.parallelism["workers"] == workers
         assert multiprocessing.active_children(), "mp_prefetch started no worker process"
@@ -138,10 +119,8 @@ def test_cli_runs_a_grain_cell_end_to_end(tmp_path, run_smoke_cell):
     assert result["parallelism"]["mode"] == "mp_prefetch"  # the smoke profile has 1 worker
     assert result["parallelism"]["workers"] == 1
     # The delivered first batch is the reference's first batch.
-    catalog = load_catalog()
-    w = catalog.get("CV-1").resolve("small", "tiny")
-    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
-    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+    want = smoke_first_batch_digest("CV-1")
+    assert result["statistics"]["first_batch_sha256"] == want
     assert result["statistics"]["first_batch_consistent"] is True
 
 
@@ -154,6 +133,6 @@ def test_worker_processes_read_arrays_held_in_memory_not_the_cache_files():
     )
     loader = get_adapter("grain").open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0])
+        assert_epochs_equal_reference(loader, ctx, [0])
     finally:
         loader.close()

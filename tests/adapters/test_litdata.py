@@ -3,7 +3,6 @@ bytes in order with and without StreamingDataLoader workers; workers stop on clo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -11,40 +10,24 @@ import socket
 
 import numpy as np
 import pytest
-from support.adapters import written_before_the_measure
+from support.adapters import (
+    assert_epochs_equal_reference,
+    smoke_context,
+    smoke_first_batch_digest,
+    written_before_the_measure,
+)
 
 from datarax_bench.adapters import get_adapter
-from datarax_bench.adapters.base import CellContext
 from datarax_bench.measures import support
 from datarax_bench.measures.harness import batch_digest
-from datarax_bench.workload import reference
-from datarax_bench.workload.catalog import load_catalog, load_profile
-from datarax_bench.workload.data import materialize
+from datarax_bench.workload.catalog import load_catalog
 
 pytest.importorskip("litdata")
 
 
 def _context(scenario, variant, workers=0, seed=0, root=None):
-    catalog = load_catalog()
-    profile = load_profile("smoke", catalog)
-    profile = dataclasses.replace(profile, parallelism={"workers": workers, "prefetch": 2})
-    workload = catalog.get(scenario).resolve(variant, "tiny")
-    return CellContext(workload, materialize(workload, 0, root), profile, seed)
-
-
-def _assert_epochs_equal_reference(loader, ctx, epochs):
-    w = ctx.workload
-    adapter = get_adapter("litdata")
-    for epoch in epochs:
-        batches = list(loader.epoch(epoch))
-        assert len(batches) == w.num_batches
-        for index, batch in enumerate(batches):
-            batch = {k: np.asarray(adapter.to_host(v)) for k, v in batch.items()}
-            expected = reference.reference_batch(
-                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
-            )
-            assert sorted(batch) == sorted(expected)
-            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
+    parallelism = {"workers": workers, "prefetch": 2}
+    return smoke_context(scenario, variant, parallelism, seed, root=root)
 
 
 def test_chunks_hold_the_cache_element_for_element_and_are_built_once(tmp_path):
@@ -84,7 +67,7 @@ def test_in_process_pipeline_equals_reference_over_two_epochs(scenario, variant,
     assert support(adapter, ctx.workload) is None
     loader = adapter.open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1], get_adapter("litdata"))
         assert loader.parallelism["workers"] == 0
         assert loader.parallelism["elements_per_chunk"] == ctx.workload.batch_size
     finally:
@@ -96,7 +79,7 @@ def test_epochs_requested_out_of_order_restart_at_the_right_place():
     loader = get_adapter("litdata").open(ctx)
     try:
         next(iter(loader.epoch(0)))  # abandoned half-way
-        _assert_epochs_equal_reference(loader, ctx, [2, 1])
+        assert_epochs_equal_reference(loader, ctx, [2, 1], get_adapter("litdata"))
     finally:
         loader.close()
 
@@ -108,14 +91,14 @@ def test_workers_keep_the_reference_order_across_epochs_and_stop_on_close(style)
     ctx = _context("CV-1", "small", workers=2)
     loader = get_adapter("litdata").styled(style).open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1, 2])
+        assert_epochs_equal_reference(loader, ctx, [0, 1, 2], get_adapter("litdata"))
         assert loader.parallelism["workers"] == 2
         assert loader.parallelism["multiprocessing_context"] == "spawn"
         assert loader.parallelism["persistent_workers"] is True
         workers = multiprocessing.active_children()
         assert len(workers) == 2, "StreamingDataLoader did not keep its two workers"
         next(iter(loader.epoch(3)))  # abandoned half-way: workers started anew after
-        _assert_epochs_equal_reference(loader, ctx, [1])
+        assert_epochs_equal_reference(loader, ctx, [1], get_adapter("litdata"))
         assert not set(workers) & set(multiprocessing.active_children())
     finally:
         loader.close()
@@ -152,7 +135,9 @@ def test_a_restored_loader_goes_on_from_the_saved_batch(workers, taken, tmp_path
         restored.restore_state(tmp_path)
         if taken < nb:
             assert _digests(restored.epoch(1)) == rest
-        _assert_epochs_equal_reference(restored, ctx, [2])  # then the next epoch, whole
+        assert_epochs_equal_reference(
+            restored, ctx, [2], get_adapter("litdata")
+        )  # then the next epoch, whole
     finally:
         restored.close()
     assert multiprocessing.active_children() == []
@@ -168,7 +153,7 @@ def test_reading_makes_no_network_connection(monkeypatch):
     ctx = _context("TAB-1", "small")
     loader = get_adapter("litdata").open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0])
+        assert_epochs_equal_reference(loader, ctx, [0], get_adapter("litdata"))
     finally:
         loader.close()
 
@@ -198,9 +183,8 @@ def test_cli_runs_a_litdata_cell_end_to_end(tmp_path, run_smoke_cell):
     result = json.loads(out.read_text())
     assert result["status"] == "ok", result["reason"]
     assert result["parallelism"]["workers"] == 1  # the smoke profile's
-    w = load_catalog().get("TAB-1").resolve("small", "tiny")
-    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
-    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+    want = smoke_first_batch_digest("TAB-1")
+    assert result["statistics"]["first_batch_sha256"] == want
 
 
 def test_the_worker_writes_the_chunks_before_the_measure_starts(tmp_path, monkeypatch):

@@ -8,45 +8,23 @@ import dataclasses
 import json
 import threading
 
-import numpy as np
 import pytest
+from support.adapters import assert_epochs_equal_reference, smoke_context, smoke_first_batch_digest
 
 from datarax_bench.adapters import get_adapter
-from datarax_bench.adapters.base import CellContext
 from datarax_bench.measures import support
-from datarax_bench.measures.harness import batch_digest
-from datarax_bench.workload import reference
-from datarax_bench.workload.catalog import load_catalog, load_profile
-from datarax_bench.workload.data import materialize
+from datarax_bench.workload.catalog import load_catalog
 
 pytest.importorskip("spdl.pipeline")
 
 
 def _context(scenario, variant, threads=1, prefetch=2, seed=0):
-    catalog = load_catalog()
-    profile = load_profile("smoke", catalog)
     parallelism = {"workers": 0, "threads": threads, "prefetch": prefetch}
-    profile = dataclasses.replace(profile, parallelism=parallelism)
-    workload = catalog.get(scenario).resolve(variant, "tiny")
-    return CellContext(workload, materialize(workload, 0), profile, seed)
+    return smoke_context(scenario, variant, parallelism, seed)
 
 
 def _spdl_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("spdl_")}
-
-
-def _assert_epochs_equal_reference(loader, ctx, epochs):
-    w = ctx.workload
-    for epoch in epochs:
-        batches = list(loader.epoch(epoch))
-        assert len(batches) == w.num_batches
-        for index, batch in enumerate(batches):
-            batch = {k: np.asarray(v) for k, v in batch.items()}
-            expected = reference.reference_batch(
-                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
-            )
-            assert sorted(batch) == sorted(expected)
-            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +40,7 @@ def test_pipeline_equals_reference_over_two_epochs(scenario, variant, style, thr
     before = _spdl_threads()
     loader = adapter.open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1])
         assert loader.parallelism["threads"] == threads
         assert loader.parallelism["output_order"] == "input"
         # The event loop, the source and one pool thread per thread, all SPDL's.
@@ -103,7 +81,7 @@ def test_tuned_style_reads_whole_batches_where_nothing_is_left_per_element():
             s["op"] for s in ctx.workload.transforms
         ]
         assert tuned.parallelism["read"] == "batch slices"
-        _assert_epochs_equal_reference(tuned, ctx, [0, 1])
+        assert_epochs_equal_reference(tuned, ctx, [0, 1])
     finally:
         tuned.close()
     # NLP-2's tokens are ragged: its elements are read one by one, in both styles.
@@ -120,7 +98,7 @@ def test_epochs_requested_out_of_order_restart_at_the_right_place():
     loader = get_adapter("spdl").open(ctx)
     try:
         next(iter(loader.epoch(0)))  # abandoned half-way
-        _assert_epochs_equal_reference(loader, ctx, [2, 1])
+        assert_epochs_equal_reference(loader, ctx, [2, 1])
     finally:
         loader.close()
     assert _spdl_threads() == set()
@@ -181,7 +159,7 @@ def test_memory_and_memory_mapped_sources_give_the_same_bytes():
         loader = get_adapter("spdl").open(c)
         try:
             assert reader in loader.source_info["reader"]
-            _assert_epochs_equal_reference(loader, c, [0])
+            assert_epochs_equal_reference(loader, c, [0])
         finally:
             loader.close()
 
@@ -210,6 +188,5 @@ def test_cli_runs_an_spdl_cell_end_to_end(tmp_path, run_smoke_cell):
     result = json.loads(out.read_text())
     assert result["status"] == "ok", result["reason"]
     assert result["parallelism"]["threads"] == 2  # the smoke profile's
-    w = load_catalog().get("TAB-1").resolve("small", "tiny")
-    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
-    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+    want = smoke_first_batch_digest("TAB-1")
+    assert result["statistics"]["first_batch_sha256"] == want

@@ -3,7 +3,6 @@ reference's bytes in order with and without WebLoader workers; workers stop on c
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import multiprocessing
@@ -12,40 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.adapters import written_before_the_measure
+from support.adapters import (
+    assert_epochs_equal_reference,
+    smoke_context,
+    smoke_first_batch_digest,
+    written_before_the_measure,
+)
 
 from datarax_bench.adapters import get_adapter
-from datarax_bench.adapters.base import CellContext
 from datarax_bench.measures import support
-from datarax_bench.measures.harness import batch_digest
-from datarax_bench.workload import reference
-from datarax_bench.workload.catalog import load_catalog, load_profile
-from datarax_bench.workload.data import materialize
+from datarax_bench.workload.catalog import load_catalog
 
 pytest.importorskip("webdataset")
 
 
 def _context(scenario, variant, workers=0, seed=0, root=None):
-    catalog = load_catalog()
-    profile = load_profile("smoke", catalog)
-    profile = dataclasses.replace(profile, parallelism={"workers": workers, "prefetch": 2})
-    workload = catalog.get(scenario).resolve(variant, "tiny")
-    return CellContext(workload, materialize(workload, 0, root), profile, seed)
-
-
-def _assert_epochs_equal_reference(loader, ctx, epochs):
-    w = ctx.workload
-    adapter = get_adapter("webdataset")
-    for epoch in epochs:
-        batches = list(loader.epoch(epoch))
-        assert len(batches) == w.num_batches
-        for index, batch in enumerate(batches):
-            batch = {k: np.asarray(adapter.to_host(v)) for k, v in batch.items()}
-            expected = reference.reference_batch(
-                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
-            )
-            assert sorted(batch) == sorted(expected)
-            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
+    parallelism = {"workers": workers, "prefetch": 2}
+    return smoke_context(scenario, variant, parallelism, seed, root=root)
 
 
 def test_shards_hold_the_cache_element_for_element_and_are_built_once(tmp_path):
@@ -98,7 +80,7 @@ def test_in_process_pipeline_equals_reference_over_two_epochs(scenario, variant,
     assert support(adapter, ctx.workload) is None
     loader = adapter.open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1], get_adapter("webdataset"))
         assert loader.parallelism["workers"] == 0
         assert loader.parallelism["elements_per_shard"] == ctx.workload.batch_size
     finally:
@@ -110,7 +92,7 @@ def test_epochs_requested_out_of_order_restart_at_the_right_place():
     loader = get_adapter("webdataset").open(ctx)
     try:
         next(iter(loader.epoch(0)))  # abandoned half-way
-        _assert_epochs_equal_reference(loader, ctx, [2, 1])
+        assert_epochs_equal_reference(loader, ctx, [2, 1], get_adapter("webdataset"))
     finally:
         loader.close()
 
@@ -121,7 +103,7 @@ def test_webloader_workers_keep_the_reference_order_and_stop_on_close(workers):
     ctx = _context("CV-1", "small", workers=workers)
     loader = get_adapter("webdataset").styled("tuned").open(ctx)
     try:
-        _assert_epochs_equal_reference(loader, ctx, [0, 1])
+        assert_epochs_equal_reference(loader, ctx, [0, 1], get_adapter("webdataset"))
         assert loader.parallelism["workers"] == workers
         assert loader.parallelism["multiprocessing_context"] == "spawn"
         assert multiprocessing.active_children(), "WebLoader started no worker process"
@@ -154,9 +136,8 @@ def test_cli_runs_a_webdataset_cell_end_to_end(tmp_path, run_smoke_cell):
     result = json.loads(out.read_text())
     assert result["status"] == "ok", result["reason"]
     assert result["parallelism"]["workers"] == 1  # the smoke profile's
-    w = load_catalog().get("TAB-1").resolve("small", "tiny")
-    expected = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
-    assert result["statistics"]["first_batch_sha256"] == batch_digest(expected)
+    want = smoke_first_batch_digest("TAB-1")
+    assert result["statistics"]["first_batch_sha256"] == want
 
 
 def test_the_worker_writes_the_shards_before_the_measure_starts(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from datarax_bench import paths
 from datarax_bench.adapters import Adapter, CellContext, all_adapters
 from datarax_bench.adapters.numpy_ref import NumpyLoader, NumpyReference
 from datarax_bench.measures import implemented, support
+from datarax_bench.measures.harness import batch_digest
 from datarax_bench.measures.sources import source_files
 from datarax_bench.workload import reference
 from datarax_bench.workload.catalog import Workload, load_catalog, load_profile
@@ -695,3 +696,47 @@ def written_before_the_measure(monkeypatch, tmp_path, adapter_id: str, complete)
     assert worker.main([*argv, "--adapter", adapter_id, "--output", str(out)]) == 0
     assert json.loads(out.read_text())["reason"] == "RuntimeError: stop after the check"
     return seen["complete"]
+
+
+def smoke_context(
+    scenario: str,
+    variant: str,
+    parallelism: dict[str, int],
+    seed: int = 0,
+    root=None,
+    dataset: Dataset | None = None,
+) -> CellContext:
+    """A smoke-profile cell at the `tiny` size with `parallelism`, on the cache's data (under
+    `root` where given) or on `dataset`: what an adapter is opened with in the test process."""
+    catalog = load_catalog()
+    profile = dataclasses.replace(load_profile("smoke", catalog), parallelism=parallelism)
+    w = catalog.get(scenario).resolve(variant, "tiny")
+    return CellContext(w, dataset or materialize(w, 0, root), profile, seed)
+
+
+def assert_epochs_equal_reference(loader, ctx: CellContext, epochs, adapter=None) -> None:
+    """Each of `epochs` delivers the reference's batches: their count, fields, dtypes, shapes
+    and bytes. `adapter`'s `to_host` first, where its batches live elsewhere."""
+    w = ctx.workload
+    for epoch in epochs:
+        batches = list(loader.epoch(epoch))
+        assert len(batches) == w.num_batches, (epoch, len(batches))
+        for index, batch in enumerate(batches):
+            if adapter is not None:
+                batch = {k: adapter.to_host(v) for k, v in batch.items()}
+            batch = {k: np.asarray(v) for k, v in batch.items()}
+            expected = reference.reference_batch(
+                ctx.dataset, w.transforms, ctx.seed, epoch, index, w.batch_size
+            )
+            assert sorted(batch) == sorted(expected)
+            for name, value in expected.items():
+                assert batch[name].dtype == value.dtype, (name, batch[name].dtype)
+                assert batch[name].shape == value.shape, (name, batch[name].shape)
+            assert batch_digest(batch) == batch_digest(expected), (epoch, index)
+
+
+def smoke_first_batch_digest(scenario: str, variant: str = "small") -> str:
+    """The digest a smoke run of the cell records for its first batch (seed 0, epoch 0)."""
+    w = load_catalog().get(scenario).resolve(variant, "tiny")
+    first = reference.reference_batch(materialize(w, 0), w.transforms, 0, 0, 0, w.batch_size)
+    return batch_digest(first)
