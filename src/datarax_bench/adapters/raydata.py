@@ -367,7 +367,6 @@ class RayLoader(Loader):
             "blocks_per_epoch": self.num_batches,
             "preserve_order": True,
             "ray_num_cpus": session["num_cpus"],
-            "ray_init_s": round(session["init_s"], 3),
             "ray_version": ray.__version__,
             "rng": f"reference {randomness.SCHEME} draws (numpy)",
         }
@@ -513,7 +512,14 @@ class RayData(Adapter):
 
     def prepare(self, workload, dataset) -> None:
         # Ray's start (seconds, several processes) before anything is timed; its loaders reuse it.
-        ray_session()
+        # What it cost goes to the log: the result's parallelism must be the same in every
+        # process of a cell, or the processes' windows cannot be pooled.
+        session = ray_session()
+        print(
+            f"[raydata] local Ray up in {session['init_s']:.1f} s, before anything is timed",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def open(self, ctx: CellContext) -> Loader:
         return RayLoader(ctx, self.style == "tuned", self.batched_ops())
