@@ -135,9 +135,8 @@ def test_a_restored_loader_goes_on_from_the_saved_batch(workers, taken, tmp_path
         restored.restore_state(tmp_path)
         if taken < nb:
             assert _digests(restored.epoch(1)) == rest
-        assert_epochs_equal_reference(
-            restored, ctx, [2], get_adapter("litdata")
-        )  # then the next epoch, whole
+        # then the next epoch, whole
+        assert_epochs_equal_reference(restored, ctx, [2], get_adapter("litdata"))
     finally:
         restored.close()
     assert multiprocessing.active_children() == []

@@ -512,14 +512,9 @@ class RayData(Adapter):
 
     def prepare(self, workload, dataset) -> None:
         # Ray's start (seconds, several processes) before anything is timed; its loaders reuse it.
-        # What it cost goes to the log: the result's parallelism must be the same in every
-        # process of a cell, or the processes' windows cannot be pooled.
-        session = ray_session()
-        print(
-            f"[raydata] local Ray up in {session['init_s']:.1f} s, before anything is timed",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The worker logs what `prepare` cost: not the parallelism, which must be the same in
+        # every process of a cell for their windows to be pooled.
+        ray_session()
 
     def open(self, ctx: CellContext) -> Loader:
         return RayLoader(ctx, self.style == "tuned", self.batched_ops())

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 
 from datarax_bench import accelerator
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             raise WrongBackend(problem)
         dataset = materialize(workload, profile.seed)
         _log(f"data {dataset.directory} ({'generated' if dataset.generated else 'cached'})")
+        started = time.perf_counter()
         adapter.prepare(workload, dataset)
+        _log(f"prepared in {time.perf_counter() - started:.1f} s (before anything is timed)")
         measured = worker_profile(profile, workload.measure, args.process, args.tuned_choice)
         body = measure_cell(adapter, workload, dataset, measured, progress=_log)
         result = make_result("ok", None, profile, workload, adapter, clock, **body)
