@@ -133,7 +133,7 @@ def _break(project_copy, monkeypatch, relpath, mutate):
             "'source_backends' scenario must say its backend",
         ),
         (
-            lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].update(backend="parquet"),
+            lambda d: d["scenarios"]["IO-1"]["variants"]["tfds"].update(backend="hdf5"),
             "scenarios.IO-1.variants.tfds.backend",
         ),
         # A jpeg field holds each element's file: ragged bytes, with its generator's keys.

@@ -16,6 +16,12 @@ tfds            a TFDS dataset built here with `tfds.dataset_builders.store_as_t
                 recommends for them, element order kept), in both file formats TFDS reads:
                 TFRecord for `as_dataset` (tf.data, Datarax's `from_tfds`) and ArrayRecord
                 for `data_source` (Grain, PyTorch)
+parquet         one Parquet file written with pyarrow (row groups of 1024 elements, in order),
+                one row per element: an `index` column (the element's index, so a reader that
+                draws per element can key its draws) and one binary column per field holding
+                its raw C-order bytes, the encoding `ray.data.read_parquet` documents for
+                tensors (`tensor_column_schema`); the fields' dtypes and shapes are in the
+                file's schema metadata
 ==============  =========================================================================
 
 Element `i` of every backend is element `i` of the cache, byte for byte, so every backend must
@@ -43,7 +49,16 @@ import numpy as np
 from datarax_bench.files import atomic_directory
 from datarax_bench.workload.data import Dataset
 
-BACKENDS = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds", "webdataset", "litdata")
+BACKENDS = (
+    "memory",
+    "npy_mmap",
+    "array_record",
+    "tfrecord",
+    "tfds",
+    "parquet",
+    "webdataset",
+    "litdata",
+)
 #: Backends that read the `.npy` cache itself; the others have files of their own.
 NPY_BACKENDS = frozenset({"memory", "npy_mmap"})
 #: A loader's own format, written by its adapter with its framework's writer (one batch per
@@ -56,6 +71,11 @@ TFDS_NAME = "datarax_bench_records"
 TFDS_VERSION = "1.0.0"
 TFDS_SPLIT = "train"
 TFDS_FILE_FORMATS = ("tfrecord", "array_record")
+#: The Parquet column of each row's element index, and the schema metadata key of the fields.
+PARQUET_INDEX = "index"
+PARQUET_FIELDS_KEY = b"datarax_bench.fields"
+#: Rows per Parquet row group (the unit a Parquet reader reads, and Ray Data packs into blocks).
+PARQUET_ROW_GROUP = 1024
 #: The marker of a format written completely (atomic_directory's test), read by no loader.
 COMPLETE = "complete.json"
 _BUILD_TIMEOUT_S = 1800
@@ -74,6 +94,9 @@ class SourceFiles:
 
     def tfrecord_paths(self) -> list[str]:
         return [str(self.root / "records.tfrecord")]
+
+    def parquet_paths(self) -> list[str]:
+        return [str(self.root / "records.parquet")]
 
     def tfds_data_dir(self, file_format: str) -> str:
         """The TFDS `data_dir` holding the dataset in `file_format` (tfrecord, array_record)."""
@@ -301,10 +324,55 @@ def _write_tfds(target: Path, arrays, fields, n) -> dict[str, Any]:
     }
 
 
+def _parquet_rows(arrays, schema, start: int, stop: int):
+    """Elements `start` to `stop` as a pyarrow table: their indices, each field's raw bytes."""
+    import pyarrow as pa
+
+    columns = {PARQUET_INDEX: pa.array(np.arange(start, stop, dtype=np.int64))}
+    for name in schema.names[1:]:
+        raw = [np.array(arrays[name][i], order="C").tobytes() for i in range(start, stop)]
+        columns[name] = pa.array(raw, pa.binary())
+    return pa.table(columns, schema=schema)
+
+
+def _write_parquet(target: Path, arrays, fields, n) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Each field a binary column of its raw C-order bytes: the form `ray.data.read_parquet`
+    # documents for tensors in Parquet ("serialized in the raw NumPy array format in C-contiguous
+    # order (e.g., via arr.tobytes())", its `tensor_column_schema`). Ray's own tensor extension
+    # type would take Ray to write; raw bytes hold every field (scalars too) exactly, any Parquet
+    # reader reads them, and the TFRecord file holds the same bytes.
+    if PARQUET_INDEX in fields:
+        raise ValueError(f"a field may not be named {PARQUET_INDEX!r}: the index column is")
+    described = {
+        name: {"dtype": np.dtype(f["dtype"]).str, "shape": list(f["shape"])}
+        for name, f in sorted(fields.items())
+    }
+    schema = pa.schema(
+        [(PARQUET_INDEX, pa.int64()), *((name, pa.binary()) for name in described)],
+        metadata={PARQUET_FIELDS_KEY: json.dumps(described).encode()},
+    )
+    # Uncompressed, as the other formats hold their bytes (the records are random numbers).
+    with pq.ParquetWriter(str(target / "records.parquet"), schema, compression="none") as writer:
+        for start in range(0, n, PARQUET_ROW_GROUP):
+            stop = min(n, start + PARQUET_ROW_GROUP)
+            rows = _parquet_rows(arrays, schema, start, stop)
+            writer.write_table(rows, row_group_size=stop - start)
+    return {
+        "encoding": f"Parquet rows: an int64 {PARQUET_INDEX!r} column (the element index) and "
+        "each field its raw C-order bytes in a binary column (little-endian), uncompressed",
+        "fields": described,
+        "row_group_size": PARQUET_ROW_GROUP,
+    }
+
+
 _WRITERS = {
     "array_record": (_write_array_record, ("array-record",)),
     "tfrecord": (_write_tfrecord, ("tensorflow",)),
     "tfds": (_write_tfds, ("tensorflow-datasets", "tensorflow", "array-record")),
+    "parquet": (_write_parquet, ("pyarrow",)),
 }
 
 
