@@ -301,6 +301,7 @@ def test_unsupported_cells_say_why():
         ("IO-1", "memory"),
         ("IO-1", "npy_mmap"),
         ("IO-1", "tfrecord"),
+        ("IO-1", "parquet"),
         ("IO-2", "eager"),
         ("IO-2", "streaming"),
         ("CV-3", "small"),
@@ -331,6 +332,37 @@ def test_the_tfrecord_backend_is_read_with_ray_datas_reader(style):
     flip = {"op": "random_horizontal_flip", "field": "image", "p": 0.5}
     drawing = dataclasses.replace(w, transforms=(*w.transforms, flip))
     assert "without their index" in support(adapter, drawing)
+
+
+@pytest.mark.parametrize("style", ["plain", "tuned"])
+def test_the_parquet_backend_is_read_with_ray_datas_reader_and_keys_draws_by_its_index(style):
+    from datarax_bench.measures.sources import source_files
+
+    adapter = get_adapter("raydata").styled(style)
+    w = load_catalog().get("IO-1").resolve("parquet", "tiny")
+    dataset = materialize(w, 0)
+    source, _ = source_files(adapter, w, dataset)
+    ctx = dataclasses.replace(_context("IO-1", "parquet", workers=2), source=source)
+    loader = adapter.open(ctx)
+    try:
+        assert loader.source_info == {
+            "reader": "ray.data.read_parquet",
+            "paths": source.parquet_paths(),
+        }
+        assert_epochs_equal_reference(loader, ctx, [0, 1])
+    finally:
+        loader.close()
+    # Its rows carry their element index: a workload that draws reads it, with the reference's
+    # draws (a flip of every other image, differing by epoch).
+    flip = {"op": "random_horizontal_flip", "field": "image", "p": 0.5}
+    drawing = dataclasses.replace(w, transforms=(*w.transforms, flip))
+    assert support(adapter, drawing) is None
+    ctx = dataclasses.replace(ctx, workload=drawing)
+    loader = adapter.open(ctx)
+    try:
+        assert_epochs_equal_reference(loader, ctx, [0, 1])
+    finally:
+        loader.close()
 
 
 @pytest.mark.slow

@@ -70,6 +70,16 @@ with TensorFlow inside Ray's workers, which are started without an accelerator
 (`CUDA_VISIBLE_DEVICES=""` in Ray's runtime environment): the harness delivers to the device
 from the driver.
 
+IO-1's Parquet files are read with `ray.data.read_parquet`
+(https://docs.ray.io/en/latest/data/api/doc/ray.data.read_parquet.html), Ray Data's primary
+on-disk format: one row per element, each field a binary column of its raw C-order bytes (the
+tensor encoding that page documents for `tensor_column_schema`), decoded with `np.frombuffer` in
+the map as for TFRecord. The rows carry their element index (the `index` column), by which the
+map keys each element's draws as the reference does, so a workload that draws can be read from
+them too. Ray Data 2.60 packs a Parquet dataset's row groups into read blocks of up to
+`DataContext.target_max_block_size` (128 MiB), whatever `override_num_blocks` or the number of
+files: IO-1's file (48 MiB) is read as one block, so its map runs as one task at a time.
+
 Not supported: IO-1's array_record backend (Ray Data has no ArrayRecord reader) and tfds (Ray
 Data reads TFDS only through `ray.data.from_tf` of a tf.data pipeline, which "isn't
 parallelized" and "loads the entire dataset into the local node's memory": tf.data's pipeline
@@ -229,7 +239,8 @@ class LoadRow:
 
 
 def _record_element(fields: dict[str, tuple], record: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A TFRecord row (each field's raw C-order bytes, `formats`' encoding) as the element."""
+    """A TFRecord or Parquet row (each field's raw C-order bytes, `formats`' encoding) as the
+    element (a Parquet row's index column left out)."""
     out = {}
     for name, (shape, dtype) in fields.items():
         values = np.frombuffer(record[name], dtype=dtype)
@@ -238,38 +249,53 @@ def _record_element(fields: dict[str, tuple], record: dict[str, Any]) -> dict[st
 
 
 class LoadRecord:
-    """The plain map over IO-1's TFRecord file: a row of raw bytes -> the element, transformed.
-    The row carries no element index: only workloads that draw nothing read it (`ops_support`),
-    so the key is never drawn from."""
+    """The plain map over IO-1's TFRecord or Parquet file: a row of raw bytes -> the element,
+    transformed. A Parquet row carries its element index (`index`), which keys its draws as the
+    reference's; a TFRecord row does not: only workloads that draw nothing read it
+    (`ops_support`), so its key is never drawn from."""
 
     def __init__(self, fields: dict[str, tuple], transforms: list[dict], seed: int, epoch: int):
         self.fields = fields
         self.transforms = transforms
+        self.seed = seed
+        self.epoch = epoch
         self.key = reference.element_key(seed, epoch, 0)
 
+    def key_of(self, row: dict[str, Any]):
+        index = row.get(formats.PARQUET_INDEX)
+        if index is None:
+            return self.key
+        return reference.element_key(self.seed, self.epoch, int(index))
+
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return reference.apply_element(self.transforms, _record_element(self.fields, row), self.key)
+        element = _record_element(self.fields, row)
+        return reference.apply_element(self.transforms, element, self.key_of(row))
 
 
 class LoadRecords(LoadRecord):
-    """The tuned map_batches over IO-1's TFRecord file: a batch of rows -> the batch, the
-    batchable steps applied once to the stacked batch."""
+    """The tuned map_batches over IO-1's TFRecord or Parquet file: a batch of rows -> the batch,
+    the batchable steps applied once to the stacked batch (with every row's key, where they
+    draw)."""
 
     def __init__(self, fields, transforms, per_element, per_batch, seed: int, epoch: int):
         super().__init__(fields, per_element, seed, epoch)
         self.collate = reference.CollateWithBatchSteps(transforms, per_batch)
+        self.keep_key = reference.draws_per_row(per_batch)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(self.fields)
-        rows = zip(*(batch[name] for name in names), strict=True)
-        elements = [
-            reference.apply_element(
-                self.transforms,
-                _record_element(self.fields, dict(zip(names, row, strict=True))),
-                self.key,
+        if formats.PARQUET_INDEX in batch:
+            names.append(formats.PARQUET_INDEX)
+        elements = []
+        for values in zip(*(batch[name] for name in names), strict=True):
+            row = dict(zip(names, values, strict=True))
+            key = self.key_of(row)
+            element = reference.apply_element(
+                self.transforms, _record_element(self.fields, row), key
             )
-            for row in rows
-        ]
+            if self.keep_key:
+                element[reference.ELEMENT_KEY] = key
+            elements.append(element)
         return self.collate(elements)
 
 
@@ -351,12 +377,18 @@ class RayLoader(Loader):
         # in the object store once for every task of every epoch.
         self.dataset_ref = ray.put(ctx.dataset)
         self.source_info = formats.npy_source_info(ctx.dataset)
-        # IO-1's TFRecord file: read with Ray Data's own reader instead of the cached arrays.
+        # IO-1's TFRecord and Parquet files: read with Ray Data's own readers instead of the
+        # cached arrays.
         self.records: list[str] | None = None
-        if w.options.get("backend") == "tfrecord":
-            self.records = ctx.source.tfrecord_paths()
+        self.reader = None
+        backend = w.options.get("backend")
+        if backend in ("tfrecord", "parquet"):
+            self.reader = "read_tfrecords" if backend == "tfrecord" else "read_parquet"
+            self.records = (
+                ctx.source.tfrecord_paths() if backend == "tfrecord" else ctx.source.parquet_paths()
+            )
             self.fields = {n: (tuple(f.shape), np.dtype(f.dtype)) for n, f in w.fields.items()}
-            self.source_info = {"reader": "ray.data.read_tfrecords", "paths": self.records}
+            self.source_info = {"reader": f"ray.data.{self.reader}", "paths": self.records}
             self.sliced = False
         self.parallelism = {
             "map": f"map_batches(batch_size={self.batch_size})" if tuned else "map (per row)",
@@ -382,7 +414,10 @@ class RayLoader(Loader):
         )
         compute = ray.data.TaskPoolStrategy(size=self.tasks)
         if self.records is not None:
-            records = ray.data.read_tfrecords(self.records)
+            read = (
+                ray.data.read_parquet if self.reader == "read_parquet" else ray.data.read_tfrecords
+            )
+            records = read(self.records)
             if not self.tuned:
                 load = LoadRecord(self.fields, self.transforms, self.seed, epoch)
                 return records.map(load, compute=compute)
@@ -487,7 +522,7 @@ class RayData(Adapter):
         "checkpoint": "Ray Data's iterators (Dataset.iter_batches, DataIterator) have no state "
         "API to save and restore a position mid-epoch, so PR-1 cannot use a native one",
     }
-    backends = frozenset({"memory", "npy_mmap", "tfrecord"})
+    backends = frozenset({"memory", "npy_mmap", "tfrecord", "parquet"})
     backend_reasons = {
         "array_record": "Ray Data has no ArrayRecord reader",
         "tfds": "Ray Data reads TFDS only through ray.data.from_tf of a tf.data pipeline, which "
