@@ -373,6 +373,8 @@ class Datarax(Adapter):
         "pipeline` needs a get_batch it lacks, and step() needs a concrete start index",
         "tfrecord": "Datarax has no TFRecord source (it reads TFRecord through TFDS: the tfds "
         "variant)",
+        "parquet": "Datarax 0.1.4 has no Parquet source (its HF sources reach Parquet only "
+        "through Hugging Face datasets' load_dataset, which is not installed)",
     }
 
     def ops_support(self, workload: Workload) -> str | None:

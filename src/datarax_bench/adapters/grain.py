@@ -39,7 +39,9 @@ Grain's public API has no batched read of a source (`MapDataset.batch` fetches i
 record each, through the private `_getitems`), so the batch numbers are the records.
 
 The source is the cached arrays themselves or, for IO-1's file backends, Grain's
-`ArrayRecordDataSource` or TFDS's `data_source`.
+`ArrayRecordDataSource` or TFDS's `data_source`. Grain's Parquet reader
+(`grain.experimental.ParquetIterDataset`) is a sequential `IterDataset`, not a random-access
+source the pipeline above can slice, repeat and index: IO-1's parquet backend is not read.
 
 Checkpoints use Grain's own: the iterator's `get_state()`/`set_state()` as written and read by
 `grain.checkpoint.CheckpointHandler` (JSON, worker states included under `mp_prefetch`).
@@ -350,6 +352,9 @@ class Grain(Adapter):
         "tfrecord": "Google Grain has no TFRecord reader for these records: its only one, "
         "grain.experimental.TFRecordIterDataset, yields raw record bytes sequentially, and the "
         "records are tf.train.Example protos, which Grain cannot parse without TensorFlow",
+        "parquet": "Google Grain's only Parquet reader, grain.experimental.ParquetIterDataset, is "
+        "a sequential IterDataset: it cannot be the random-access MapDataset source (sliced, "
+        "repeated, indexed per element) this adapter's pipeline and checkpoints are built on",
     }
 
     def open(self, ctx: CellContext) -> Loader:

@@ -53,9 +53,10 @@ PR-1 uses the loader's own state API, as "Pause, resume data streaming" does: `s
 saved with `torch.save`, `load_state_dict` into a fresh loader, which replays each worker's
 position in its chunks and restarts on the worker whose batch came next.
 
-IO-1: LitData reads its own chunks only, so of the source backends it reads its own (`litdata`:
-these chunks, `own_source`). Not supported: IO-2 (it always streams its chunks: no eager
-loading).
+IO-1: of the source backends LitData reads its own (`litdata`: these chunks, `own_source`);
+its other reader, for Parquet (`ParquetLoader`), needs polars (`litdata[extras]`), which is not
+installed, so IO-1's parquet backend is not read with LitData. Not supported: IO-2 (it always
+streams its chunks: no eager loading).
 """
 
 from __future__ import annotations
@@ -372,10 +373,14 @@ class LitData(Adapter):
     }
     backends = frozenset({"litdata"})
     backend_reasons = {
-        backend: "LitData reads its own optimized chunks only (written by optimize or its "
-        f"BinaryWriter); it has no reader for the {backend} backend"
-        for backend in formats.BACKENDS
-        if backend != "litdata"
+        **{
+            backend: "LitData reads its own optimized chunks (written by optimize or its "
+            f"BinaryWriter) and Parquet; it has no reader for the {backend} backend"
+            for backend in formats.BACKENDS
+            if backend not in ("litdata", "parquet")
+        },
+        "parquet": "LitData streams Parquet through its ParquetLoader (index_parquet_dataset, "
+        "then StreamingDataset), which needs polars (litdata[extras]), not installed here",
     }
 
     def prepare(self, workload: Workload, dataset: Dataset) -> None:

@@ -89,7 +89,7 @@ class NumpyReference(Adapter):
     backend_reasons = {
         b: f"The NumPy reference reads only the .npy cache (in memory or memory-mapped); "
         f"reading {b} files takes a framework"
-        for b in ("array_record", "tfrecord", "tfds")
+        for b in ("array_record", "tfrecord", "tfds", "parquet")
     }
 
     def open(self, ctx: CellContext) -> Loader:

@@ -507,6 +507,8 @@ class PyTorchDataLoader(Adapter):
         "random-access path, is the tfds variant)",
         "tfrecord": "PyTorch has no TFRecord reader (torchdata's TFRecordLoader went with its "
         "DataPipes)",
+        "parquet": "PyTorch has no Parquet reader (torchdata's ParquetDataFrameLoader went with "
+        "its DataPipes)",
     }
     measure_reasons = {
         "checkpoint": "PyTorch DataLoader has no iterator-state API (no state_dict to save and "

@@ -43,9 +43,9 @@ slice of each array (NLP-1: only its windows, `_sliced.sliced_batch`, as the Num
 PyTorch tuned styles read them), then runs the batch steps, with no per-element stage and no
 `aggregate`.
 
-Not supported: IO-1's array_record, tfrecord and tfds backends (SPDL has no reader for them:
-`spdl.io` reads audio, video and images, WAV, NumPy `.npy`/`.npz` buffers and tar archives),
-and PR-1 (SPDL's pipeline has no iterator-state API to checkpoint).
+Not supported: IO-1's array_record, tfrecord, tfds and parquet backends (SPDL has no reader for
+them: `spdl.io` reads audio, video and images, WAV, NumPy `.npy`/`.npz` buffers and tar
+archives), and PR-1 (SPDL's pipeline has no iterator-state API to checkpoint).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class Spdl(Adapter):
         backend: f"SPDL has no reader for the {backend} backend: spdl.io reads audio, video and "
         "images, WAV, NumPy .npy/.npz buffers and tar archives, and the pipeline only runs the "
         "user's functions"
-        for backend in ("array_record", "tfrecord", "tfds")
+        for backend in ("array_record", "tfrecord", "tfds", "parquet")
     }
 
     def open(self, ctx: CellContext) -> Loader:

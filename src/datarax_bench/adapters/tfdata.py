@@ -582,6 +582,8 @@ class TfData(Adapter):
         "which copies the arrays into memory at setup (the memory variant)",
         "array_record": "tf.data has no ArrayRecord reader (TFDS's as_dataset refuses ArrayRecord "
         "files: it reads TFRecord, the tfds variant)",
+        "parquet": "tf.data has no Parquet reader (TensorFlow I/O's IODataset.from_parquet is "
+        "another package, not installed here)",
     }
 
     def jpeg_decoder(self) -> str:
