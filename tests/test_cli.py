@@ -31,14 +31,15 @@ def test_list_json_has_the_support_matrix_and_the_profile_cells():
     cells = {(c["scenario"], c["variant"]) for c in doc["cells"]}
     assert ("PC-1", "d50") in cells and ("IO-1", "tfrecord") in cells
     # IO-1's backends are supported by different adapters: one row per variant.
-    backends = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds", "webdataset", "litdata")
-    io1 = [f"IO-1/{v}" for v in backends]
+    backends = ("memory", "npy_mmap", "array_record", "tfrecord", "tfds", "parquet")
+    io1 = [f"IO-1/{v}" for v in (*backends, "webdataset", "litdata")]
     assert list(doc["support"]) == ["CV-1", "CV-3", "NLP-1", "TAB-1", "PC-1", *io1, "PR-2"]
     assert doc["support"]["IO-1/webdataset"]["webdataset"] == "yes"
     assert doc["support"]["IO-1/litdata"]["webdataset"].startswith("unsupported: WebDataset")
     assert doc["support"]["IO-1/npy_mmap"]["numpy"] == "yes"
     assert doc["support"]["IO-1/tfrecord"]["tfdata"] == "yes"
     assert doc["support"]["IO-1/tfrecord"]["numpy"].startswith("unsupported: The NumPy reference")
+    assert doc["support"]["IO-1/parquet"]["raydata"] == "yes"
 
 
 @pytest.mark.slow

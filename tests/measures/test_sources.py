@@ -81,6 +81,56 @@ def test_array_record_and_tfrecord_files_hold_the_cached_records_in_order():
     assert source.meta["records"] == len(dataset) and source.meta["backend"] == "tfrecord"
 
 
+def _parquet_records(path: str) -> tuple[list[int], list[dict]]:
+    """A Parquet file's index column, and its rows decoded with the fields its metadata gives."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    fields = json.loads(table.schema.metadata[formats.PARQUET_FIELDS_KEY])
+    assert [table.schema.field(name).type for name in fields] == ["binary"] * len(fields)
+    records = [
+        {
+            name: np.frombuffer(row[name], np.dtype(f["dtype"])).reshape(f["shape"])
+            for name, f in fields.items()
+        }
+        for row in table.to_pylist()
+    ]
+    return table.column(formats.PARQUET_INDEX).to_pylist(), records
+
+
+@pytest.mark.slow
+def test_the_parquet_file_holds_the_cached_records_in_order_with_their_index():
+    dataset = _dataset()
+    want = _cached_records(dataset)
+    source = formats.prepare(dataset, "parquet")
+    (path,) = source.parquet_paths()
+    indices, got = _parquet_records(path)
+    assert indices == list(range(len(dataset)))
+    _assert_records_equal(got, want)
+    assert source.meta["records"] == len(dataset) and source.meta["backend"] == "parquet"
+    assert list(source.meta["files"]) == ["records.parquet"]
+    assert source.meta["fields"] == {
+        "image": {"dtype": "|u1", "shape": [8, 8, 3]},
+        "label": {"dtype": "<i4", "shape": []},
+    }
+    assert source.meta["versions"]["pyarrow"]
+
+
+def test_parquet_row_groups_split_the_records_and_keep_them_in_order(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    dataset = materialize(_workload("memory"), 0, root=tmp_path)
+    monkeypatch.setattr(formats, "PARQUET_ROW_GROUP", 40)
+    root = formats.build(dataset.directory, "parquet")  # in this process, with 40-row groups
+    path = root / "records.parquet"
+    row_groups = pq.ParquetFile(path).metadata
+    sizes = [row_groups.row_group(i).num_rows for i in range(row_groups.num_row_groups)]
+    assert sizes == [40, 40, 16]
+    indices, got = _parquet_records(str(path))
+    assert indices == list(range(len(dataset)))
+    _assert_records_equal(got, _cached_records(dataset))
+
+
 @pytest.mark.slow
 def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
     import tensorflow_datasets as tfds
@@ -104,14 +154,18 @@ def test_the_tfds_dataset_holds_the_cached_records_in_both_file_formats():
 
 
 @pytest.mark.slow
-def test_files_are_built_once_by_a_child_process(tmp_path):
+@pytest.mark.parametrize(
+    ("backend", "module", "distribution"),
+    [("tfrecord", "tensorflow", "tensorflow"), ("parquet", "pyarrow.parquet", "pyarrow")],
+)
+def test_files_are_built_once_by_a_child_process(tmp_path, backend, module, distribution):
     """The writers' frameworks never load into the process that measures."""
     code = (
         "import sys; from datarax_bench.workload import formats; from datarax_bench.workload.catalog import "
         "load_catalog; from datarax_bench.workload.data import materialize; "
-        "ds = materialize(load_catalog().get('IO-1').resolve('tfrecord', 'tiny'), 0); "
-        "s = formats.prepare(ds, 'tfrecord'); "
-        "print(s.meta['build_s'], 'tensorflow' in sys.modules)"
+        f"ds = materialize(load_catalog().get('IO-1').resolve('{backend}', 'tiny'), 0); "
+        f"s = formats.prepare(ds, '{backend}'); "
+        f"print(s.meta['build_s'], '{module}' in sys.modules)"
     )
     env = {**os.environ, "DATARAX_BENCH_CACHE": str(tmp_path)}  # an empty cache: it must build
     first = subprocess.run(
@@ -119,29 +173,28 @@ def test_files_are_built_once_by_a_child_process(tmp_path):
     )
     build_s, imported = first.stdout.split()
     assert imported == "False"
-    again = formats.prepare(materialize(_workload("memory"), 0, root=tmp_path), "tfrecord")
+    again = formats.prepare(materialize(_workload("memory"), 0, root=tmp_path), backend)
     assert again.meta["build_s"] == float(build_s), "the files were built a second time"
-    assert again.meta["versions"]["tensorflow"]
+    assert again.meta["versions"][distribution]
     leftovers = [p.name for p in again.root.parent.iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 
 
 @pytest.mark.slow
-def test_two_processes_building_the_same_files_end_with_one_complete_copy(tmp_path):
+@pytest.mark.parametrize("backend", ["array_record", "parquet"])
+def test_two_processes_building_the_same_files_end_with_one_complete_copy(tmp_path, backend):
     dataset = materialize(_workload("memory"), 0, root=tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "datarax_bench.workload.formats",
-        str(dataset.directory),
-        "array_record",
-    ]
+    cmd = [sys.executable, "-m", "datarax_bench.workload.formats", str(dataset.directory), backend]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    root = formats.source_dir(dataset.directory, "array_record")
-    assert sorted(p.name for p in root.parent.iterdir()) == ["array_record"]
-    assert formats.prepare(dataset, "array_record").meta["records"] == len(dataset)
+    root = formats.source_dir(dataset.directory, backend)
+    assert sorted(p.name for p in root.parent.iterdir()) == [backend]
+    source = formats.prepare(dataset, backend)
+    assert source.meta["records"] == len(dataset)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [*source.meta["files"], formats.COMPLETE]
+    )
 
 
 @pytest.mark.slow
@@ -153,11 +206,11 @@ def test_a_failed_build_is_one_clear_error_and_leaves_nothing(tmp_path):
     formats_dir = dataset.directory / "formats"
     assert not [p for p in formats_dir.rglob("*") if p.is_file()]
     usage = subprocess.run(
-        [sys.executable, "-m", "datarax_bench.workload.formats", str(dataset.directory), "parquet"],
+        [sys.executable, "-m", "datarax_bench.workload.formats", str(dataset.directory), "hdf5"],
         capture_output=True,
         text=True,
     )
-    assert usage.returncode == 2 and "array_record,tfrecord,tfds" in usage.stderr
+    assert usage.returncode == 2 and "array_record,tfrecord,tfds,parquet" in usage.stderr
 
 
 def test_each_adapter_claims_the_backends_its_framework_reads():
@@ -174,12 +227,19 @@ def test_each_adapter_claims_the_backends_its_framework_reads():
         "tfdata": ["memory", "tfrecord", "tfds"],
         "webdataset": ["webdataset"],  # its own tar shards only
         "litdata": ["litdata"],  # its own chunks only
-        "raydata": ["memory", "npy_mmap", "tfrecord"],  # cached arrays, read_tfrecords
+        # cached arrays, read_tfrecords, read_parquet
+        "raydata": ["memory", "npy_mmap", "tfrecord", "parquet"],
     }
     assert "TFRecordIterDataset" in support(get_adapter("grain"), _workload("tfrecord"))
     assert "from_tensor_slices" in support(get_adapter("tfdata"), _workload("npy_mmap"))
     assert "SPDL has no reader" in support(get_adapter("spdl"), _workload("array_record"))
     assert "ArrayRecord" in support(get_adapter("raydata"), _workload("array_record"))
+    # Grain and LitData ship Parquet readers of their own; why neither reads this backend.
+    assert "ParquetIterDataset" in support(get_adapter("grain"), _workload("parquet"))
+    assert "polars" in support(get_adapter("litdata"), _workload("parquet"))
+    for adapter in all_adapters():
+        if adapter.id != "raydata":
+            assert "parquet" in adapter.backend_reasons, adapter.id
 
 
 # --- the measurement, through the CLI ------------------------------------------------------
@@ -208,6 +268,7 @@ CELLS = [
     ("grain", "tfds"),
     ("spdl", "npy_mmap"),
     ("raydata", "npy_mmap"),
+    ("raydata", "parquet"),
     ("webdataset", "webdataset"),
     ("litdata", "litdata"),
 ]
@@ -256,6 +317,8 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
         assert any(name.endswith(f".{wanted}-00000-of-00001") for name in special["files"])
     else:
         assert list(special["files"]) == [f"records.{backend}"]
+        if backend == "parquet":
+            assert special["record_encoding"].startswith("Parquet rows")
     reps = result["repetitions"]
     assert special["time_to_first_batch_s"] == [r["time_to_first_batch_s"] for r in reps]
     if backend == "memory":
@@ -269,6 +332,7 @@ def test_a_backend_delivers_the_reference_records_and_reports_what_it_read(
         "tfrecord": "tf.data.TFRecordDataset + tf.io.parse_single_example",
         "webdataset": "webdataset tar shards (wds.tarfile_to_samples)",
         "litdata": "litdata chunks (litdata.StreamingDataset)",
+        "parquet": "ray.data.read_parquet",
     }.get(backend, special["reader"])
     dropped, _ = drop_page_cache()
     assert special["page_cache"] == ("cold" if dropped else "warm")

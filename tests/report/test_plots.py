@@ -326,9 +326,8 @@ def test_io1_is_a_backend_by_adapter_matrix_with_unsupported_cells_empty(figures
             assert mask[i, j], (r.variant, r.adapter_name)
             (text,) = [t for t in ax.texts if t.get_position() == (j, i)]
             assert text.get_text() == r.status
-    assert "unsupported: NumPy reference (array_record, tfrecord, tfds, webdataset, litdata)" in (
-        below_plot(fig)
-    )
+    unsupported = "array_record, tfrecord, tfds, parquet, webdataset, litdata"
+    assert f"unsupported: NumPy reference ({unsupported})" in below_plot(fig)
 
 
 def test_first_batch_is_a_dot_per_repetition(figures):
