@@ -54,8 +54,8 @@ saved with `torch.save`, `load_state_dict` into a fresh loader, which replays ea
 position in its chunks and restarts on the worker whose batch came next.
 
 IO-1: of the source backends LitData reads its own (`litdata`: these chunks, `own_source`);
-its other reader, for Parquet (`ParquetLoader`), needs polars (`litdata[extras]`), which is not
-installed, so IO-1's parquet backend is not read with LitData. Not supported: IO-2 (it always
+its Parquet reader (`ParquetLoader`) needs polars (`litdata[extras]`), which is not installed,
+so IO-1's parquet backend is not read with LitData. Not supported: IO-2 (it always
 streams its chunks: no eager loading).
 """
 
