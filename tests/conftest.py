@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import fcntl
 import os
 import shutil
 import signal
@@ -13,8 +14,14 @@ import pytest
 from support import CLI, ROOT, run_cli
 from support.smoke import run_smoke_matrix, union_of
 
-# Fixtures of more than one test module: a real smoke run's results, a private wandb environment.
-pytest_plugins = ["support.wandb_offline", "support.managed_loopback", "support.stand_in_jobs"]
+# Fixtures of more than one test module (a real smoke run's results, a private wandb environment)
+# and the `alone` marker of the tests that must not share the machine with another.
+pytest_plugins = [
+    "support.wandb_offline",
+    "support.managed_loopback",
+    "support.stand_in_jobs",
+    "support.alone",
+]
 
 
 def pytest_configure(config):
@@ -74,6 +81,30 @@ def isolated_wandb(tmp_path_factory):
 _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
+@pytest.fixture(autouse=True)
+def no_test_leaves_the_environment_changed():
+    """A variable a test sets in this process's environment (by calling code that sets it, not
+    through `monkeypatch`) reaches every later test of the process and every process they start
+    (the workflow's invocation id made a later run's cells trust an earlier run's cluster).
+    Such a leak is put back and fails the test that left it."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k) and k != "PYTEST_CURRENT_TEST"  # pytest's own
+    )
+    if not changed:
+        return
+    for name in changed:
+        if name in before:
+            os.environ[name] = before[name]
+        else:
+            del os.environ[name]
+    pytest.fail(f"the test left the environment changed: {', '.join(changed)}")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_local_ray_outlives_its_module():
     """The Ray Data adapter starts a local Ray in the process that runs it (here: pytest) and
@@ -97,8 +128,21 @@ def smoke_results(request, tmp_path_factory, data_cache) -> Path:
         for item in request.session.items
         if hasattr(getattr(item, "module", None), "SMOKE_RUN")
     }
-    out = tmp_path_factory.mktemp("smoke-results") / "run"
-    return run_smoke_matrix(out, union_of(modules))
+    from support.alone import shared_dir  # a plugin (pytest_plugins): imported by pytest first
+
+    matrix = union_of(modules)
+    folder = shared_dir(request.config)
+    if folder is None:
+        return run_smoke_matrix(tmp_path_factory.mktemp("smoke-results") / "run", matrix)
+    # Several processes: the first to need it measures it for all (each collected every test).
+    out, done = folder / "smoke-results" / "run", folder / "smoke-results" / "measured"
+    with open(folder / "smoke-results.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            run_smoke_matrix(out, matrix)
+            done.touch()
+    return out
 
 
 @pytest.fixture
@@ -163,8 +207,12 @@ def _runs_a_framework(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     """A test that runs a framework's loader (`_runs_a_framework`) is `slow`, wherever it is
     written (the NumPy reference's cells of the same tests stay in the fast tier). The Docker
-    tests last: one image build for all of them, after everything else has run."""
+    tests (one image build for all of them, minutes) last in one process, after everything
+    else has run; first where the suite runs in several, beside everything else."""
     for item in items:
         if _runs_a_framework(item) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
+    from support.alone import shared_dir  # a plugin (pytest_plugins): imported by pytest first
+
+    several = shared_dir(config) is not None
+    items.sort(key=lambda item: (item.get_closest_marker("docker") is not None) != several)

@@ -19,6 +19,9 @@ from support import PLUGINS, ROOT
 from datarax_bench import machine_load
 from datarax_bench.results import load_result
 
+# Every test here measures the machine's load or a window's timing.
+pytestmark = pytest.mark.alone
+
 BURN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 #: /proc/stat and a process's times tick at USER_HZ (100 Hz here): a few ticks either way.
 TICKS = 0.05

@@ -366,6 +366,7 @@ def test_the_parquet_backend_is_read_with_ray_datas_reader_and_keys_draws_by_its
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # looks at every raylet of the machine
 def test_cli_runs_a_ray_data_cell_end_to_end(tmp_path, run_smoke_cell):
     out = tmp_path / "tab1-raydata.json"
     rays_before = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"}

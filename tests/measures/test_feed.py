@@ -236,6 +236,7 @@ def _windows(section) -> dict[float, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # fed_run measures step times (in the first test to use it)
 def test_a_fast_loader_keeps_the_step_busy(fed_run):
     _, out = fed_run
     section = _feed(out, "TAB-1", "numpy")
@@ -250,6 +251,7 @@ def test_a_fast_loader_keeps_the_step_busy(fed_run):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # fed_run measures step times (in the first test to use it)
 def test_a_slow_loader_feeds_step_over_its_time_per_batch(fed_run):
     _, out = fed_run
     section = _feed(out, "TAB-1", SLOW)
@@ -265,12 +267,14 @@ def test_a_slow_loader_feeds_step_over_its_time_per_batch(fed_run):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # fed_run measures step times (in the first test to use it)
 def test_scenarios_outside_the_feed_have_none(fed_run):
     _, out = fed_run
     assert _feed(out, "NLP-1", "numpy") is None and _feed(out, "NLP-1", SLOW) is None
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # fed_run measures step times (in the first test to use it)
 def test_summary_table_rows_and_plot(fed_run, monkeypatch, tmp_path):
     root, out = fed_run
     monkeypatch.setenv("DATARAX_BENCH_ROOT", str(root))

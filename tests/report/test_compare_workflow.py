@@ -43,6 +43,7 @@ def _prepare(workdir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # compares two timed runs
 def test_a_slower_adapter_is_caught_against_the_baseline(tmp_path, monkeypatch):
     workdir = copy_workflow(tmp_path / "checkout")
     _prepare(workdir)

@@ -15,6 +15,9 @@ import textwrap
 import pytest
 from support.engine import OLD_SETTING, ROOT, profile_settings, run_workflow
 
+# Every test here measures how much CPU Snakemake takes during a window.
+pytestmark = pytest.mark.alone
+
 #: Jobs before the window (each adds a chain while the limiter exists) and after it (waiting for
 #: the slot during the window, as measuring jobs wait during a cell).
 BEFORE, AFTER = 60, 40

@@ -238,8 +238,14 @@ def _config(**more):
     return {**CONFIG, **base, "max_cluster_hours": 8, **more}
 
 
+@pytest.fixture
+def invocation(monkeypatch):
+    """A cloud run's `prepare` gives the process its invocation id (for its jobs): this test's."""
+    monkeypatch.setenv(cloud.INVOCATION_ENV, "this-test")
+
+
 def test_the_run_estimate_counts_only_the_cells_the_cloud_measures_and_a_call_per_batch(
-    catalog, capsys
+    catalog, capsys, invocation
 ):
     """An unsupported cell is written here by its own job and a batch of cells is one remote
     call: neither may push a plan over its ceiling."""
@@ -265,7 +271,7 @@ def test_the_run_estimate_counts_only_the_cells_the_cloud_measures_and_a_call_pe
     assert stated[12][0] == remote and remote / 12 <= stated[12][1] < remote
 
 
-def test_a_cloud_run_that_cannot_fit_its_ceiling_stops_before_any_job(catalog, capsys):
+def test_a_cloud_run_that_cannot_fit_its_ceiling_stops_before_any_job(catalog, capsys, invocation):
     cells = Matrix.from_config(CONFIG, catalog)
     profiles = [cells.profile("smoke")]
     runs = cloud_runs.prepare(_config(), cells, profiles, "r/{profile}/{infra}/cloud")
