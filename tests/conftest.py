@@ -82,27 +82,28 @@ _WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
 @pytest.fixture(autouse=True)
-def no_test_leaves_the_environment_changed():
-    """A variable a test sets in this process's environment (by calling code that sets it, not
-    through `monkeypatch`) reaches every later test of the process and every process they start
-    (the workflow's invocation id made a later run's cells trust an earlier run's cluster).
-    Such a leak is put back and fails the test that left it."""
-    before = dict(os.environ)
+def no_test_leaves_the_benchmarks_variables_changed():
+    """A `DATARAX_BENCH_*` variable that a test sets in this process's environment (by calling
+    code that sets it, not through `monkeypatch`) reaches every later test of the process and
+    every process they start (the workflow's invocation id made a later run's cells trust an
+    earlier run's cluster). Such a leak is put back and fails the test that left it. (The
+    frameworks set variables of their own as they are imported: not ours to police.)"""
+    before = _own_variables()
     yield
-    after = dict(os.environ)
-    changed = sorted(
-        k
-        for k in before.keys() | after.keys()
-        if before.get(k) != after.get(k) and k != "PYTEST_CURRENT_TEST"  # pytest's own
-    )
-    if not changed:
+    after = _own_variables()
+    if after == before:
         return
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     for name in changed:
         if name in before:
             os.environ[name] = before[name]
         else:
             del os.environ[name]
     pytest.fail(f"the test left the environment changed: {', '.join(changed)}")
+
+
+def _own_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("DATARAX_BENCH_")}
 
 
 @pytest.fixture(scope="module", autouse=True)
