@@ -310,24 +310,28 @@ def test_unsupported_cells_say_why():
         assert support(adapter, catalog.get(scenario).resolve(variant, "tiny")) is None
 
 
-@pytest.mark.parametrize("style", ["plain", "tuned"])
-def test_the_tfrecord_backend_is_read_with_ray_datas_reader(style):
+def _reads_its_own_file_as_the_reference(style: str, backend: str, reader: str):
+    """IO-1's `backend` file read by Ray Data's `reader` delivers the reference's epochs; the
+    adapter, the workload and the cell's context, for more."""
     from datarax_bench.measures.sources import source_files
 
     adapter = get_adapter("raydata").styled(style)
-    w = load_catalog().get("IO-1").resolve("tfrecord", "tiny")
-    dataset = materialize(w, 0)
-    source, _ = source_files(adapter, w, dataset)
-    ctx = dataclasses.replace(_context("IO-1", "tfrecord", workers=2), source=source)
+    w = load_catalog().get("IO-1").resolve(backend, "tiny")
+    source, _ = source_files(adapter, w, materialize(w, 0))
+    ctx = dataclasses.replace(_context("IO-1", backend, workers=2), source=source)
     loader = adapter.open(ctx)
     try:
-        assert loader.source_info == {
-            "reader": "ray.data.read_tfrecords",
-            "paths": source.tfrecord_paths(),
-        }
+        paths = getattr(source, f"{backend}_paths")()
+        assert loader.source_info == {"reader": f"ray.data.{reader}", "paths": paths}
         assert_epochs_equal_reference(loader, ctx, [0, 1])
     finally:
         loader.close()
+    return adapter, w, ctx
+
+
+@pytest.mark.parametrize("style", ["plain", "tuned"])
+def test_the_tfrecord_backend_is_read_with_ray_datas_reader(style):
+    adapter, w, _ = _reads_its_own_file_as_the_reference(style, "tfrecord", "read_tfrecords")
     # Its rows carry no element index: a workload that draws cannot be read from it.
     flip = {"op": "random_horizontal_flip", "field": "image", "p": 0.5}
     drawing = dataclasses.replace(w, transforms=(*w.transforms, flip))
@@ -336,22 +340,7 @@ def test_the_tfrecord_backend_is_read_with_ray_datas_reader(style):
 
 @pytest.mark.parametrize("style", ["plain", "tuned"])
 def test_the_parquet_backend_is_read_with_ray_datas_reader_and_keys_draws_by_its_index(style):
-    from datarax_bench.measures.sources import source_files
-
-    adapter = get_adapter("raydata").styled(style)
-    w = load_catalog().get("IO-1").resolve("parquet", "tiny")
-    dataset = materialize(w, 0)
-    source, _ = source_files(adapter, w, dataset)
-    ctx = dataclasses.replace(_context("IO-1", "parquet", workers=2), source=source)
-    loader = adapter.open(ctx)
-    try:
-        assert loader.source_info == {
-            "reader": "ray.data.read_parquet",
-            "paths": source.parquet_paths(),
-        }
-        assert_epochs_equal_reference(loader, ctx, [0, 1])
-    finally:
-        loader.close()
+    adapter, w, ctx = _reads_its_own_file_as_the_reference(style, "parquet", "read_parquet")
     # Its rows carry their element index: a workload that draws reads it, with the reference's
     # draws (a flip of every other image, differing by epoch).
     flip = {"op": "random_horizontal_flip", "field": "image", "p": 0.5}
