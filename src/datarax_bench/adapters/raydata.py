@@ -354,6 +354,10 @@ class LoadBatch:
         return reference.CollateWithBatchSteps(self.transforms, self.per_batch)(elements)
 
 
+#: IO-1's file backends Ray Data reads with a reader of its own (`ray.data.<reader>`).
+_READERS = {"tfrecord": "read_tfrecords", "parquet": "read_parquet"}
+
+
 class RayLoader(Loader):
     def __init__(self, ctx: CellContext, tuned: bool, batch_ops: frozenset[str] = frozenset()):
         session = ray_session()
@@ -380,13 +384,9 @@ class RayLoader(Loader):
         # IO-1's TFRecord and Parquet files: read with Ray Data's own readers instead of the
         # cached arrays.
         self.records: list[str] | None = None
-        self.reader = None
-        backend = w.options.get("backend")
-        if backend in ("tfrecord", "parquet"):
-            self.reader = "read_tfrecords" if backend == "tfrecord" else "read_parquet"
-            self.records = (
-                ctx.source.tfrecord_paths() if backend == "tfrecord" else ctx.source.parquet_paths()
-            )
+        self.reader = _READERS.get(w.options.get("backend"))
+        if self.reader is not None:
+            self.records = getattr(ctx.source, f"{w.options['backend']}_paths")()
             self.fields = {n: (tuple(f.shape), np.dtype(f.dtype)) for n, f in w.fields.items()}
             self.source_info = {"reader": f"ray.data.{self.reader}", "paths": self.records}
             self.sliced = False
@@ -414,10 +414,7 @@ class RayLoader(Loader):
         )
         compute = ray.data.TaskPoolStrategy(size=self.tasks)
         if self.records is not None:
-            read = (
-                ray.data.read_parquet if self.reader == "read_parquet" else ray.data.read_tfrecords
-            )
-            records = read(self.records)
+            records = getattr(ray.data, self.reader)(self.records)
             if not self.tuned:
                 load = LoadRecord(self.fields, self.transforms, self.seed, epoch)
                 return records.map(load, compute=compute)
